@@ -1,0 +1,101 @@
+# alloy — build, test and tooling. Plain GNU make, C11, POSIX threads.
+#
+#   make            build build/alloy (CLI) and build/liballoy.a (installs missing Debian deps first)
+#   make demo       build, then merge and evaluate the bundled tiny models
+#   make check      build and run the whole test suite (prints "N passed, M failed")
+#   make asan       run the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make tsan       run the test suite under ThreadSanitizer
+#   make fuzz       build the libFuzzer targets (clang) and run each for FUZZ_SECONDS
+#   make bench      run the throughput / memory benchmark (bench/README.md)
+#   make install    install alloy and the mergekit-yaml alias into $(PREFIX)/bin
+
+PREFIX  ?= /usr/local
+BUILD   ?= build
+CC      ?= cc
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+WARN     = -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
+BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+ARCH    := $(shell uname -m)
+ifeq ($(ARCH),x86_64)
+  ARCHDEF = -DALLOY_HAVE_AVX2
+endif
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(ARCHDEF) $(WARN) -Iinclude -Isrc $(BLAS_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
+LIBS    = -lyaml -ljansson $(BLAS_LIBS) -lpthread -lm
+
+LIB_SRC  := $(shell find src -name '*.c' | sort)
+CLI_SRC  := $(wildcard cli/*.c)
+TEST_SRC := $(wildcard tests/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+DEPS_STAMP := $(BUILD)/.deps-ok
+
+.PHONY: all deps demo check test asan tsan fuzz bench install clean lint
+
+all: $(BUILD)/alloy $(BUILD)/alloy_tests
+
+# Install missing Debian packages (libyaml-dev, libjansson-dev, libopenblas-dev) once.
+$(DEPS_STAMP): scripts/deps.sh
+	@mkdir -p $(BUILD)
+	@sh scripts/deps.sh
+	@touch $@
+
+deps: $(DEPS_STAMP)
+
+$(BUILD)/%.o: %.c $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+# The SIMD conversion rows are compiled for AVX2+F16C and only called after a CPU check.
+$(BUILD)/src/core/convert_avx2.o: src/core/convert_avx2.c $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(if $(ARCHDEF),-mavx2 -mf16c) -MMD -MP -c $< -o $@
+
+$(BUILD)/liballoy.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/alloy: $(CLI_OBJ) $(BUILD)/liballoy.a
+	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/liballoy.a $(LIBS)
+
+$(BUILD)/alloy_tests: $(TEST_OBJ) $(BUILD)/liballoy.a
+	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/liballoy.a $(LIBS)
+
+# Merge and evaluate the bundled models: the two-command promise of the README.
+demo: all
+	sh scripts/demo.sh $(BUILD)/alloy
+
+# The README's test command. ALLOY_TEST_FILTER=substring runs a subset.
+check: all
+	ALLOY_BIN=$(BUILD)/alloy $(BUILD)/alloy_tests $(ALLOY_TEST_FILTER)
+
+test: check
+
+# Sanitizer builds use their own build folders so they never mix objects.
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	    LDFLAGS="-fsanitize=address,undefined" check
+
+tsan:
+	$(MAKE) BUILD=build-tsan OPT=-O1 EXTRA_CFLAGS="-fsanitize=thread" check
+
+FUZZ_SECONDS ?= 30
+fuzz:
+	sh fuzz/run.sh $(FUZZ_SECONDS)
+
+bench: all
+	sh bench/run.sh $(BUILD)/alloy
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(BUILD)/alloy $(DESTDIR)$(PREFIX)/bin/alloy
+	ln -sf alloy $(DESTDIR)$(PREFIX)/bin/mergekit-yaml
+	install -m 644 $(BUILD)/liballoy.a $(DESTDIR)$(PREFIX)/lib/liballoy.a
+	install -m 644 include/alloy.h $(DESTDIR)$(PREFIX)/include/alloy.h
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

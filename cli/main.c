@@ -1,0 +1,3 @@
+/* placeholder, replaced below */
+#include "alloy.h"
+int main(void) { return 0; }

@@ -1,0 +1,233 @@
+/*
+ * alloy.h — the public interface of liballoy, a model-merging library.
+ *
+ * DESIGN
+ *   alloy reads Hugging Face model folders (safetensors, possibly sharded),
+ *   merges them tensor by tensor as a mergekit YAML config describes, and
+ *   writes a new model folder. It streams: inputs are memory-mapped read-only,
+ *   every tensor is processed in row chunks converted to float32, and output
+ *   bytes go straight to their final place in the output shard, so memory is
+ *   bounded by a few chunks per thread, never by the model or tensor size.
+ *
+ * ERRORS
+ *   Every fallible function returns an `int` status (ALLOY_OK == 0) and fills
+ *   a caller-provided `struct alloy_err` with one line of the form
+ *   "<file>: <tensor or key>: <what was expected, what was found>".
+ *   The library never prints and never exits; warnings go through the log
+ *   callback in the options (NULL: dropped).
+ *
+ * OWNERSHIP
+ *   `*_open`/`*_new`/`*_load` return owned objects freed with the matching
+ *   `*_close`/`*_free`; `*_free(NULL)` is a no-op. Getters return borrowed
+ *   pointers valid until the owner is closed. Objects are not thread-safe
+ *   unless stated; read-only getters on an opened file may be called from
+ *   several threads at once.
+ */
+#ifndef ALLOY_H
+#define ALLOY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ALLOY_VERSION "0.1.0"
+
+/* ---------------------------------------------------------------- status */
+
+enum alloy_status {
+    ALLOY_OK = 0,
+    ALLOY_ERR_IO,          /* open/read/write/fsync/rename failed */
+    ALLOY_ERR_FORMAT,      /* a file is not what it claims to be */
+    ALLOY_ERR_CONFIG,      /* the merge config is invalid */
+    ALLOY_ERR_SHAPE,       /* tensors disagree in name, shape or count */
+    ALLOY_ERR_UNSUPPORTED, /* valid input alloy cannot handle */
+    ALLOY_ERR_NOMEM,       /* allocation failed */
+    ALLOY_ERR_INTERRUPTED, /* a signal asked the merge to stop */
+};
+
+struct alloy_err {
+    enum alloy_status status;
+    char msg[1024];
+};
+
+/* Formats msg into err (err may be NULL) and returns status. */
+int alloy_err_set(struct alloy_err *err, enum alloy_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+const char *alloy_status_str(enum alloy_status status);
+
+/* Log callback for warnings and notes (level 0 = warning, 1 = info). */
+typedef void (*alloy_log_fn)(void *user, int level, const char *msg);
+
+/* ---------------------------------------------------------------- dtypes */
+
+enum alloy_dtype {
+    ALLOY_DTYPE_F32 = 0,
+    ALLOY_DTYPE_F16,
+    ALLOY_DTYPE_BF16,
+    ALLOY_DTYPE_F64,
+    ALLOY_DTYPE_BOOL,
+    ALLOY_DTYPE_U8,
+    ALLOY_DTYPE_I8,
+    ALLOY_DTYPE_I16,
+    ALLOY_DTYPE_U16,
+    ALLOY_DTYPE_I32,
+    ALLOY_DTYPE_U32,
+    ALLOY_DTYPE_I64,
+    ALLOY_DTYPE_U64,
+    ALLOY_DTYPE_F8_E4M3,
+    ALLOY_DTYPE_F8_E5M2,
+    ALLOY_DTYPE_F8_E4M3FNUZ,
+    ALLOY_DTYPE_F8_E5M2FNUZ,
+    ALLOY_DTYPE_F8_E8M0,
+    ALLOY_DTYPE_F6_E2M3,
+    ALLOY_DTYPE_F6_E3M2,
+    ALLOY_DTYPE_F4,
+    ALLOY_DTYPE_C64,
+    ALLOY_DTYPE_COUNT
+};
+
+struct alloy_dtype_traits {
+    const char *name;     /* safetensors spelling: "BF16" */
+    const char *torch;    /* torch spelling: "bfloat16" (NULL if none) */
+    unsigned bits;        /* bits per element */
+    int mergeable;        /* 1: float type alloy converts to/from float32 */
+};
+
+const struct alloy_dtype_traits *alloy_dtype_traits(enum alloy_dtype dtype);
+/* Parses "BF16" (safetensors) or, with torch_names, "bfloat16"/"torch.bfloat16". */
+int alloy_dtype_parse(const char *s, int torch_names, enum alloy_dtype *out);
+
+/* Row conversions for mergeable dtypes. float32 -> narrower rounds to nearest
+ * even; NaN stays NaN (quiet); overflow gives Inf as IEEE rounding does.
+ * The dispatch picks AVX2/F16C versions when the CPU has them; results are
+ * bit-identical to the scalar reference (tests/test_convert.c pins this). */
+void alloy_to_f32(enum alloy_dtype src_type, const void *src, float *dst, size_t n);
+void alloy_from_f32(enum alloy_dtype dst_type, const float *src, void *dst, size_t n);
+
+uint16_t alloy_f32_to_bf16(float f);
+float    alloy_bf16_to_f32(uint16_t h);
+uint16_t alloy_f32_to_f16(float f);
+float    alloy_f16_to_f32(uint16_t h);
+
+/* ---------------------------------------------------------------- tensors */
+
+#define ALLOY_MAX_DIMS 8
+
+/* A tensor inside a mapped file. `data` is not necessarily aligned. */
+struct alloy_tensor {
+    const char     *name;
+    enum alloy_dtype dtype;
+    int             ndim;
+    int64_t         shape[ALLOY_MAX_DIMS];
+    uint64_t        numel;
+    const uint8_t  *data;
+    uint64_t        nbytes;
+    struct alloy_st_file *file; /* the file it lives in */
+};
+
+/* ---------------------------------------------------------------- safetensors */
+
+/*
+ * A safetensors file: u64 LE header length N (<= 100,000,000), N bytes of
+ * UTF-8 JSON {"name": {"dtype","shape","data_offsets":[b,e]}, ...,
+ * "__metadata__": {str: str}}, then the data buffer. Validation follows the
+ * reference Rust reader (see docs/formats.md): offsets sorted are contiguous
+ * from 0, byte counts match dtype x shape (overflow-checked), the buffer ends
+ * exactly at end of file; alloy additionally rejects duplicate names.
+ */
+#define ALLOY_ST_MAX_HEADER 100000000ull
+
+struct alloy_st_file;
+
+int  alloy_st_open(const char *path, struct alloy_st_file **out, struct alloy_err *err);
+/* Parses an in-memory image (not copied; must outlive the handle). `label` names it in errors. */
+int  alloy_st_open_memory(const uint8_t *buf, size_t len, const char *label,
+                          struct alloy_st_file **out, struct alloy_err *err);
+void alloy_st_close(struct alloy_st_file *f);
+
+const char                *alloy_st_path(const struct alloy_st_file *f);
+size_t                     alloy_st_count(const struct alloy_st_file *f);
+const struct alloy_tensor *alloy_st_tensor(const struct alloy_st_file *f, size_t i); /* header order */
+const struct alloy_tensor *alloy_st_find(const struct alloy_st_file *f, const char *name);
+/* __metadata__ value for key, or NULL. */
+const char                *alloy_st_metadata(const struct alloy_st_file *f, const char *key);
+/* Drops the pages of t's bytes from this process (they stay in the page cache). */
+void                       alloy_st_release(const struct alloy_tensor *t);
+
+/* ---------------------------------------------------------------- models */
+
+/*
+ * A model folder: config.json plus model.safetensors, or shards listed by
+ * model.safetensors.index.json. A reference that is not a directory
+ * ("org/name" or "org/name@rev") is looked up in the local Hugging Face cache:
+ * $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub.
+ */
+struct alloy_model;
+
+int  alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err *err);
+void alloy_model_close(struct alloy_model *m);
+
+const char                *alloy_model_ref(const struct alloy_model *m);  /* as given */
+const char                *alloy_model_dir(const struct alloy_model *m);  /* resolved folder */
+size_t                     alloy_model_count(const struct alloy_model *m);
+const struct alloy_tensor *alloy_model_tensor(const struct alloy_model *m, size_t i); /* file order */
+const struct alloy_tensor *alloy_model_find(const struct alloy_model *m, const char *name);
+/* config.json as text (NUL-terminated), or NULL when the folder has none. */
+const char                *alloy_model_config_text(const struct alloy_model *m);
+
+/* ---------------------------------------------------------------- threads */
+
+struct alloy_pool;
+
+struct alloy_pool *alloy_pool_new(int nthreads);  /* nthreads <= 0: all cores */
+void               alloy_pool_free(struct alloy_pool *p);
+int                alloy_pool_size(const struct alloy_pool *p);
+/* Runs fn(ctx, item, ith) for item in [0, n), items handed out by an atomic
+ * counter; returns when all are done. fn runs on the caller too (ith 0). */
+void alloy_pool_for(struct alloy_pool *p, size_t n,
+                    void (*fn)(void *ctx, size_t item, int ith), void *ctx);
+int  alloy_cpu_count(void);
+
+/* ---------------------------------------------------------------- merge */
+
+struct alloy_progress {
+    size_t   tensors_done, tensors_total;
+    uint64_t bytes_done, bytes_total; /* output bytes */
+};
+typedef void (*alloy_progress_fn)(void *user, const struct alloy_progress *p);
+
+struct alloy_merge_options {
+    const char *config_path;   /* mergekit YAML */
+    const char *out_dir;       /* output model folder */
+    int         threads;       /* <= 0: all cores */
+    uint64_t    shard_size;    /* max bytes per output shard; 0: default 5e9 */
+    int         dry_run;       /* print the plan to plan_out, write nothing */
+    FILE       *plan_out;
+    int         copy_tokenizer;   /* default 1 */
+    int         write_model_card; /* default 1 */
+    int         allow_crimes;
+    int         has_seed;
+    uint64_t    seed;
+    alloy_log_fn      log;
+    void             *log_user;
+    alloy_progress_fn progress;
+    void             *progress_user;
+    volatile int     *interrupt;   /* when non-NULL and set, the merge stops cleanly */
+};
+
+void alloy_merge_options_init(struct alloy_merge_options *o);
+int  alloy_merge(const struct alloy_merge_options *o, struct alloy_err *err);
+
+/* Parses a byte count: "4096", "500M", "1G", "5B", "2.5G", "512MiB".
+ * K/M/G/T and mergekit's B (billion) are decimal, case-insensitive, as in
+ * mergekit ("5B" = 5e9); KiB/MiB/GiB/TiB are binary. */
+int alloy_parse_size(const char *s, uint64_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ALLOY_H */

@@ -1,0 +1,185 @@
+/*
+ * dtype.c — the dtype traits table and the scalar reference conversions.
+ *
+ * DESIGN
+ *   One table describes every safetensors dtype; nothing else in alloy
+ *   switches on dtype names. Mergeable dtypes (F32, F16, BF16, F64) convert
+ *   to and from float32 in rows. The scalar functions here are the reference:
+ *   round-to-nearest-even, NaN kept NaN (forced quiet), subnormals exact. The
+ *   AVX2/F16C rows in convert_avx2.c must give bit-identical results and are
+ *   chosen at run time when the CPU supports them.
+ */
+#include "alloy.h"
+#include "core/internal.h"
+
+#include <string.h>
+
+static const struct alloy_dtype_traits g_dtypes[ALLOY_DTYPE_COUNT] = {
+    [ALLOY_DTYPE_F32]         = {"F32", "float32", 32, 1},
+    [ALLOY_DTYPE_F16]         = {"F16", "float16", 16, 1},
+    [ALLOY_DTYPE_BF16]        = {"BF16", "bfloat16", 16, 1},
+    [ALLOY_DTYPE_F64]         = {"F64", "float64", 64, 1},
+    [ALLOY_DTYPE_BOOL]        = {"BOOL", "bool", 8, 0},
+    [ALLOY_DTYPE_U8]          = {"U8", "uint8", 8, 0},
+    [ALLOY_DTYPE_I8]          = {"I8", "int8", 8, 0},
+    [ALLOY_DTYPE_I16]         = {"I16", "int16", 16, 0},
+    [ALLOY_DTYPE_U16]         = {"U16", "uint16", 16, 0},
+    [ALLOY_DTYPE_I32]         = {"I32", "int32", 32, 0},
+    [ALLOY_DTYPE_U32]         = {"U32", "uint32", 32, 0},
+    [ALLOY_DTYPE_I64]         = {"I64", "int64", 64, 0},
+    [ALLOY_DTYPE_U64]         = {"U64", "uint64", 64, 0},
+    [ALLOY_DTYPE_F8_E4M3]     = {"F8_E4M3", NULL, 8, 0},
+    [ALLOY_DTYPE_F8_E5M2]     = {"F8_E5M2", NULL, 8, 0},
+    [ALLOY_DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", NULL, 8, 0},
+    [ALLOY_DTYPE_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", NULL, 8, 0},
+    [ALLOY_DTYPE_F8_E8M0]     = {"F8_E8M0", NULL, 8, 0},
+    [ALLOY_DTYPE_F6_E2M3]     = {"F6_E2M3", NULL, 6, 0},
+    [ALLOY_DTYPE_F6_E3M2]     = {"F6_E3M2", NULL, 6, 0},
+    [ALLOY_DTYPE_F4]          = {"F4", NULL, 4, 0},
+    [ALLOY_DTYPE_C64]         = {"C64", "complex64", 64, 0},
+};
+
+const struct alloy_dtype_traits *alloy_dtype_traits(enum alloy_dtype dtype)
+{
+    if ((unsigned)dtype >= ALLOY_DTYPE_COUNT) return NULL;
+    return &g_dtypes[dtype];
+}
+
+int alloy_dtype_parse(const char *s, int torch_names, enum alloy_dtype *out)
+{
+    if (torch_names && strncmp(s, "torch.", 6) == 0) s += 6;
+    for (int i = 0; i < ALLOY_DTYPE_COUNT; i++) {
+        const struct alloy_dtype_traits *t = &g_dtypes[i];
+        if ((!torch_names && strcmp(s, t->name) == 0) ||
+            (torch_names && t->torch && strcmp(s, t->torch) == 0)) {
+            *out = (enum alloy_dtype)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------ scalar reference */
+
+static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+uint16_t alloy_f32_to_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+float alloy_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t alloy_f32_to_f16(float f)
+{
+    uint32_t x = f32_bits(f);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    if (x >= 0x7f800000u) /* Inf or NaN; NaN keeps its top payload bits, made quiet */
+        return (uint16_t)(sign | 0x7c00u | (x > 0x7f800000u ? 0x200u | ((x >> 13) & 0x3ffu) : 0));
+    if (x >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to Inf */
+    if (x < 0x38800000u) {                                    /* f16 subnormal or zero */
+        if (x < 0x33000000u) return (uint16_t)sign;           /* <= 2^-25 rounds to 0 */
+        uint32_t e = x >> 23, m = (x & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126 - e, r = m >> shift;
+        uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1u))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = x - 0x38000000u; /* rebias 127 -> 15 */
+    uint32_t res = r >> 13, rem = r & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (res & 1u))) res++;
+    return (uint16_t)(sign | res);
+}
+
+float alloy_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m ? 0x400000u | (m << 13) : 0));
+    if (e == 0) {
+        if (m == 0) return bits_f32(sign);
+        float v = (float)m * 0x1p-24f; /* exact: m < 2^10 */
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((e + 112) << 23) | (m << 13));
+}
+
+void alloy_ref_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
+{
+    const uint8_t *p = src;
+    switch (t) {
+    case ALLOY_DTYPE_F32: memcpy(dst, src, n * 4); break;
+    case ALLOY_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = alloy_bf16_to_f32(h); }
+        break;
+    case ALLOY_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = alloy_f16_to_f32(h); }
+        break;
+    case ALLOY_DTYPE_F64:
+        for (size_t i = 0; i < n; i++) { double d; memcpy(&d, p + 8 * i, 8); dst[i] = (float)d; }
+        break;
+    default: memset(dst, 0, n * sizeof *dst); break; /* callers only pass mergeable types */
+    }
+}
+
+void alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
+{
+    uint8_t *p = dst;
+    switch (t) {
+    case ALLOY_DTYPE_F32: memcpy(dst, src, n * 4); break;
+    case ALLOY_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) { uint16_t h = alloy_f32_to_bf16(src[i]); memcpy(p + 2 * i, &h, 2); }
+        break;
+    case ALLOY_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) { uint16_t h = alloy_f32_to_f16(src[i]); memcpy(p + 2 * i, &h, 2); }
+        break;
+    case ALLOY_DTYPE_F64:
+        for (size_t i = 0; i < n; i++) { double d = src[i]; memcpy(p + 8 * i, &d, 8); }
+        break;
+    default: break;
+    }
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+static int use_simd(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+        if (getenv_flag("ALLOY_NO_SIMD")) cached = 0;
+#else
+        cached = 0;
+#endif
+    }
+    return cached;
+}
+
+void alloy_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
+{
+#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
+    if (use_simd() && (t == ALLOY_DTYPE_BF16 || t == ALLOY_DTYPE_F16)) {
+        alloy_avx2_to_f32(t, src, dst, n);
+        return;
+    }
+#endif
+    (void)use_simd;
+    alloy_ref_to_f32(t, src, dst, n);
+}
+
+void alloy_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
+{
+#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
+    if (use_simd() && (t == ALLOY_DTYPE_BF16 || t == ALLOY_DTYPE_F16)) {
+        alloy_avx2_from_f32(t, src, dst, n);
+        return;
+    }
+#endif
+    alloy_ref_from_f32(t, src, dst, n);
+}

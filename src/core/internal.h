@@ -1,0 +1,61 @@
+/*
+ * internal.h — helpers shared by the library's source files (not installed).
+ *
+ * Overflow-checked arithmetic, small string/path utilities, the reference and
+ * SIMD conversion rows, and the allocation macros tests can hook.
+ */
+#ifndef ALLOY_INTERNAL_H
+#define ALLOY_INTERNAL_H
+
+#include "alloy.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ALLOY_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Checked arithmetic: return true on overflow. */
+static inline bool ckd_mul_u64(uint64_t *r, uint64_t a, uint64_t b) { return __builtin_mul_overflow(a, b, r); }
+static inline bool ckd_add_u64(uint64_t *r, uint64_t a, uint64_t b) { return __builtin_add_overflow(a, b, r); }
+
+static inline int getenv_flag(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+/* Allocation wrappers; NULL on failure, never abort. */
+void *alloy_xmalloc(size_t n);
+void *alloy_xcalloc(size_t n, size_t size);
+void *alloy_xrealloc(void *p, size_t n);
+char *alloy_xstrdup(const char *s);
+char *alloy_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Reads a whole file into a NUL-terminated buffer (max bytes; 0 = 1 GiB). */
+int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err);
+int alloy_is_dir(const char *path);
+int alloy_is_file(const char *path);
+/* Copies a regular file (data + fsync). */
+int alloy_copy_file(const char *src, const char *dst, struct alloy_err *err);
+/* Writes buf to path (create/truncate) and fsyncs it. */
+int alloy_write_file(const char *path, const void *buf, size_t len, struct alloy_err *err);
+/* Writes the whole buffer at offset, retrying short writes. */
+int alloy_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *path, struct alloy_err *err);
+
+/* Conversion rows. */
+void alloy_ref_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n);
+void alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
+void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n);
+void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
+
+/* Counter-based random numbers (rng.c): a pure function of (key, counter). */
+uint64_t alloy_rng_key(uint64_t seed, const char *name, uint64_t stream);
+uint64_t alloy_rng_u64(uint64_t key, uint64_t counter);
+/* Uniform in [0, 1) with 53 bits. */
+static inline double alloy_rng_uniform(uint64_t key, uint64_t counter)
+{
+    return (double)(alloy_rng_u64(key, counter) >> 11) * 0x1p-53;
+}
+
+#endif

@@ -1,0 +1,31 @@
+/*
+ * rng.c — a counter-based random generator for the random merge methods.
+ *
+ * DESIGN
+ *   Random methods (DARE, DELLA, arcee_fusion sampling) must give the same
+ *   bits for any thread count and chunking, so a draw is a pure function of
+ *   (key, counter): key = hash(seed, tensor name, stream), counter = element
+ *   index. The mixer is two rounds of the SplitMix64 finalizer over the pair
+ *   (a bijection of the counter for a fixed key, passes BigCrush-level
+ *   statistics as used in SplitMix/Java's SplittableRandom).
+ */
+#include "core/internal.h"
+
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t alloy_rng_key(uint64_t seed, const char *name, uint64_t stream)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a over the name */
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) h = (h ^ *p) * 0x100000001b3ull;
+    return mix64(mix64(seed ^ 0x9e3779b97f4a7c15ull) ^ h ^ mix64(stream + 0x632be59bd9b4e019ull));
+}
+
+uint64_t alloy_rng_u64(uint64_t key, uint64_t counter)
+{
+    return mix64(mix64(counter * 0x9e3779b97f4a7c15ull + key) ^ key);
+}

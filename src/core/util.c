@@ -1,0 +1,149 @@
+/*
+ * util.c — allocation wrappers and small file helpers.
+ *
+ * DESIGN
+ *   Allocation goes through alloy_x* so a test build can inject failures
+ *   (ALLOY_FAIL_ALLOC_AFTER=N makes the N-th allocation fail). File helpers
+ *   report errors as "<path>: <what failed>: <strerror>" and retry short
+ *   reads/writes and EINTR.
+ */
+#include "core/internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int alloc_should_fail(void)
+{
+    static long budget = -2;
+    if (budget == -2) {
+        const char *v = getenv("ALLOY_FAIL_ALLOC_AFTER");
+        budget = v ? atol(v) : -1;
+    }
+    if (budget < 0) return 0;
+    if (budget == 0) return 1;
+    budget--;
+    return 0;
+}
+
+void *alloy_xmalloc(size_t n) { return alloc_should_fail() ? NULL : malloc(n ? n : 1); }
+void *alloy_xcalloc(size_t n, size_t size) { return alloc_should_fail() ? NULL : calloc(n ? n : 1, size ? size : 1); }
+void *alloy_xrealloc(void *p, size_t n) { return alloc_should_fail() ? NULL : realloc(p, n ? n : 1); }
+
+char *alloy_xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = alloy_xmalloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+char *alloy_xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return NULL;
+    char *s = alloy_xmalloc((size_t)n + 1);
+    if (!s) return NULL;
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+int alloy_is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int alloy_is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err)
+{
+    if (!max) max = (size_t)1 << 30;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return alloy_err_set(err, ALLOY_ERR_IO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: file is %lld bytes, more than the %zu allowed",
+                             path, (long long)st.st_size, max);
+    }
+    size_t n = (size_t)st.st_size, got = 0;
+    char *buf = alloy_xmalloc(n + 1);
+    if (!buf) {
+        close(fd);
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, n);
+    }
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : EIO;
+            free(buf);
+            close(fd);
+            return alloy_err_set(err, ALLOY_ERR_IO, "%s: read failed: %s", path, strerror(e));
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    *out = buf;
+    if (len) *len = n;
+    return ALLOY_OK;
+}
+
+int alloy_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *path, struct alloy_err *err)
+{
+    const uint8_t *p = buf;
+    while (len) {
+        ssize_t w = pwrite(fd, p, len, (off_t)off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : ENOSPC;
+            return alloy_err_set(err, ALLOY_ERR_IO, "%s: write failed at offset %llu: %s", path,
+                                 (unsigned long long)off, strerror(e));
+        }
+        p += w;
+        len -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return ALLOY_OK;
+}
+
+int alloy_write_file(const char *path, const void *buf, size_t len, struct alloy_err *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    int rc = alloy_pwrite_all(fd, buf, len, 0, path, err);
+    if (rc == ALLOY_OK && fsync(fd) != 0)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    if (close(fd) != 0 && rc == ALLOY_OK)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: close failed: %s", path, strerror(errno));
+    return rc;
+}
+
+int alloy_copy_file(const char *src, const char *dst, struct alloy_err *err)
+{
+    char *buf;
+    size_t len;
+    int rc = alloy_read_file(src, (size_t)1 << 31, &buf, &len, err);
+    if (rc) return rc;
+    rc = alloy_write_file(dst, buf, len, err);
+    free(buf);
+    return rc;
+}

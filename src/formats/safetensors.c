@@ -1,0 +1,389 @@
+/*
+ * safetensors.c — read and validate safetensors files.
+ *
+ * DESIGN
+ *   Layout: u64 LE header size N, N bytes of UTF-8 JSON, then the data
+ *   buffer. The file is mapped read-only and never written. Validation runs
+ *   entirely on the header before any tensor byte is touched, in the order of
+ *   the reference Rust reader (safetensors/src/tensor.rs), each rule with its
+ *   own message:
+ *     1. file >= 8 bytes                         (HeaderTooSmall)
+ *     2. N <= 100,000,000                          (HeaderTooLarge)
+ *     3. 8 + N <= file size                        (InvalidHeaderLength)
+ *     4. header is UTF-8, then JSON of the right shape: every entry has a
+ *        known dtype, a shape of non-negative integers, data_offsets [b, e];
+ *        __metadata__ maps strings to strings       (InvalidHeader*)
+ *     5. sorted by offsets, tensors are contiguous from 0 with no gap or
+ *        overlap; numel x bits is overflow-checked, a whole number of bytes
+ *        and equal to e - b                         (InvalidOffset, ...)
+ *     6. the last tensor ends exactly at end of file (MetadataIncompleteBuffer)
+ *   alloy also rejects duplicate names (the reference silently overwrites),
+ *   more than ALLOY_MAX_DIMS dimensions and extra keys are ignored as the
+ *   reference does. Leading/trailing JSON whitespace in the header is allowed.
+ */
+#include "core/internal.h"
+#include "core/strmap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct alloy_st_file {
+    char *path;
+    const uint8_t *map;     /* whole file */
+    size_t size;
+    int owns_map;
+    const uint8_t *data;    /* start of the data buffer */
+    size_t count;
+    struct alloy_tensor *tensors; /* header order */
+    char **names;
+    struct alloy_strmap index;
+    size_t nmeta;
+    char **meta;            /* key0, value0, key1, value1, ... */
+};
+
+/* Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF). Returns the
+ * offset of the first bad byte, or len when valid. */
+static size_t utf8_check(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint8_t c = s[i];
+        size_t n;
+        uint32_t cp;
+        if (c < 0x80) { i++; continue; }
+        else if ((c & 0xe0) == 0xc0) { n = 1; cp = c & 0x1f; }
+        else if ((c & 0xf0) == 0xe0) { n = 2; cp = c & 0x0f; }
+        else if ((c & 0xf8) == 0xf0) { n = 3; cp = c & 0x07; }
+        else return i;
+        for (size_t k = 1; k <= n; k++) {
+            if (i + k >= len || (s[i + k] & 0xc0) != 0x80) return i;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return i;
+        i += n + 1;
+    }
+    return len;
+}
+
+static uint64_t read_u64le(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static int cmp_by_offset(const void *a, const void *b, void *ctx)
+{
+    const struct alloy_tensor *ta = *(const struct alloy_tensor *const *)a;
+    const struct alloy_tensor *tb = *(const struct alloy_tensor *const *)b;
+    (void)ctx; /* before validation, data holds the begin offset and nbytes the end offset */
+    if (ta->data != tb->data) return ta->data < tb->data ? -1 : 1;
+    if (ta->nbytes != tb->nbytes) return ta->nbytes < tb->nbytes ? -1 : 1;
+    return 0;
+}
+
+/* Parses one tensor entry into t; begin/end are returned separately because
+ * t->data is only set after validation. */
+static int parse_entry(const char *label, const char *name, json_t *v, struct alloy_tensor *t,
+                       uint64_t *begin, uint64_t *end, struct alloy_err *err)
+{
+    if (!json_is_object(v))
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': header entry must be an object", label, name);
+    json_t *dt = json_object_get(v, "dtype"), *sh = json_object_get(v, "shape"),
+           *off = json_object_get(v, "data_offsets");
+    if (!json_is_string(dt))
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': missing or non-string \"dtype\"", label, name);
+    if (alloy_dtype_parse(json_string_value(dt), 0, &t->dtype) != 0)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': unknown dtype \"%.40s\"", label, name,
+                             json_string_value(dt));
+    if (!json_is_array(sh))
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': missing or non-array \"shape\"", label, name);
+    size_t nd = json_array_size(sh);
+    if (nd > ALLOY_MAX_DIMS)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': %zu dimensions, at most %d supported",
+                             label, name, nd, ALLOY_MAX_DIMS);
+    t->ndim = (int)nd;
+    for (size_t i = 0; i < nd; i++) {
+        json_t *d = json_array_get(sh, i);
+        if (!json_is_integer(d) || json_integer_value(d) < 0)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT,
+                                 "%s: tensor '%s': shape[%zu] must be a non-negative integer", label, name, i);
+        t->shape[i] = json_integer_value(d);
+    }
+    if (!json_is_array(off) || json_array_size(off) != 2 || !json_is_integer(json_array_get(off, 0)) ||
+        !json_is_integer(json_array_get(off, 1)) || json_integer_value(json_array_get(off, 0)) < 0 ||
+        json_integer_value(json_array_get(off, 1)) < 0)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT,
+                             "%s: tensor '%s': \"data_offsets\" must be a pair of non-negative integers", label, name);
+    *begin = (uint64_t)json_integer_value(json_array_get(off, 0));
+    *end = (uint64_t)json_integer_value(json_array_get(off, 1));
+    return ALLOY_OK;
+}
+
+static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
+{
+    const char *label = f->path;
+    if (f->size < 8)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: file is %zu bytes, too small for the 8-byte header size",
+                             label, f->size);
+    uint64_t n = read_u64le(f->map);
+    if (n > ALLOY_ST_MAX_HEADER)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header size %llu exceeds the %llu-byte limit", label,
+                             (unsigned long long)n, (unsigned long long)ALLOY_ST_MAX_HEADER);
+    if (n > f->size - 8)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header size %llu runs past the end of the %zu-byte file",
+                             label, (unsigned long long)n, f->size);
+    const uint8_t *hdr = f->map + 8;
+    size_t bad = utf8_check(hdr, (size_t)n);
+    if (bad != n)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %zu)", label, bad);
+
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)hdr, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header JSON: %s (column %d)", label, jerr.text,
+                             jerr.column);
+    int rc = ALLOY_OK;
+    struct alloy_tensor **sorted = NULL;
+    uint64_t *begins = NULL;
+    if (!json_is_object(root)) {
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header must be a JSON object", label);
+        goto out;
+    }
+    size_t total = json_object_size(root);
+    json_t *meta = json_object_get(root, "__metadata__");
+    size_t ntensors = total - (meta ? 1 : 0);
+    f->tensors = alloy_xcalloc(ntensors, sizeof *f->tensors);
+    f->names = alloy_xcalloc(ntensors, sizeof *f->names);
+    begins = alloy_xcalloc(ntensors * 2, sizeof *begins);
+    sorted = alloy_xcalloc(ntensors, sizeof *sorted);
+    if (!f->tensors || !f->names || !begins || !sorted) {
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu tensors", label, ntensors);
+        goto out;
+    }
+    if (meta) {
+        if (!json_is_object(meta)) {
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: __metadata__ must be an object of strings", label);
+            goto out;
+        }
+        f->meta = alloy_xcalloc(json_object_size(meta) * 2, sizeof *f->meta);
+        if (!f->meta) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label); goto out; }
+        const char *k;
+        json_t *v;
+        json_object_foreach(meta, k, v) {
+            if (!json_is_string(v)) {
+                rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: __metadata__: key '%s' must map to a string", label, k);
+                goto out;
+            }
+            f->meta[2 * f->nmeta] = alloy_xstrdup(k);
+            f->meta[2 * f->nmeta + 1] = alloy_xstrdup(json_string_value(v));
+            f->nmeta++;
+            if (!f->meta[2 * f->nmeta - 2] || !f->meta[2 * f->nmeta - 1]) {
+                rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label);
+                goto out;
+            }
+        }
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val) {
+        if (strcmp(key, "__metadata__") == 0) continue;
+        size_t i = f->count;
+        struct alloy_tensor *t = &f->tensors[i];
+        rc = parse_entry(label, key, val, t, &begins[2 * i], &begins[2 * i + 1], err);
+        if (rc) goto out;
+        f->names[i] = alloy_xstrdup(key);
+        if (!f->names[i]) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label); goto out; }
+        t->name = f->names[i];
+        t->file = f;
+        f->count++;
+        /* stash offsets in data/nbytes fields for sorting; fixed up below */
+        t->data = (const uint8_t *)(uintptr_t)begins[2 * i];
+        t->nbytes = begins[2 * i + 1];
+        sorted[i] = t;
+        int dup;
+        if (alloy_strmap_put(&f->index, t->name, i, &dup) != 0) {
+            rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label);
+            goto out;
+        }
+        if (dup) { /* JSON_REJECT_DUPLICATES catches this first; kept as a guard */
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name", label, key);
+            goto out;
+        }
+    }
+    qsort_r(sorted, f->count, sizeof *sorted, cmp_by_offset, NULL);
+    uint64_t expect = 0;
+    for (size_t i = 0; i < f->count; i++) {
+        struct alloy_tensor *t = sorted[i];
+        uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
+        if (b != expect || e < b) {
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
+                               "%s: tensor '%s': data_offsets [%llu, %llu] but the previous tensor ends at %llu "
+                               "(tensors must be contiguous, without gaps or overlaps)",
+                               label, t->name, (unsigned long long)b, (unsigned long long)e,
+                               (unsigned long long)expect);
+            goto out;
+        }
+        uint64_t numel = 1, nbits;
+        for (int d = 0; d < t->ndim; d++) {
+            if (ckd_mul_u64(&numel, numel, (uint64_t)t->shape[d])) {
+                rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': element count overflows 64 bits",
+                                   label, t->name);
+                goto out;
+            }
+        }
+        if (ckd_mul_u64(&nbits, numel, alloy_dtype_traits(t->dtype)->bits)) {
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': byte size overflows 64 bits", label, t->name);
+            goto out;
+        }
+        if (nbits % 8) {
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': %llu elements of %s are not a whole number of bytes",
+                               label, t->name, (unsigned long long)numel, alloy_dtype_traits(t->dtype)->name);
+            goto out;
+        }
+        if (e - b != nbits / 8) {
+            char shape[160];
+            size_t pos = 0;
+            shape[0] = '\0';
+            for (int d = 0; d < t->ndim && pos < sizeof shape - 24; d++)
+                pos += (size_t)snprintf(shape + pos, sizeof shape - pos, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
+                               "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape [%s] x %s needs %llu",
+                               label, t->name, (unsigned long long)b, (unsigned long long)e,
+                               (unsigned long long)(e - b), shape, alloy_dtype_traits(t->dtype)->name,
+                               (unsigned long long)(nbits / 8));
+            goto out;
+        }
+        t->numel = numel;
+        expect = e;
+    }
+    uint64_t data_len = f->size - 8 - n;
+    if (expect != data_len) {
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
+                           "%s: tensor data ends at byte %llu of the data buffer but the file holds %llu bytes there "
+                           "(%s)",
+                           label, (unsigned long long)expect, (unsigned long long)data_len,
+                           expect < data_len ? "trailing bytes" : "file is truncated");
+        goto out;
+    }
+    f->data = f->map + 8 + n;
+    for (size_t i = 0; i < f->count; i++) {
+        struct alloy_tensor *t = &f->tensors[i];
+        uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
+        t->data = f->data + b;
+        t->nbytes = e - b;
+    }
+out:
+    free(sorted);
+    free(begins);
+    json_decref(root);
+    return rc;
+}
+
+static int open_common(struct alloy_st_file *f, struct alloy_st_file **out, struct alloy_err *err)
+{
+    int rc = parse_header(f, err);
+    if (rc) {
+        alloy_st_close(f);
+        return rc;
+    }
+    *out = f;
+    return ALLOY_OK;
+}
+
+int alloy_st_open_memory(const uint8_t *buf, size_t len, const char *label, struct alloy_st_file **out,
+                         struct alloy_err *err)
+{
+    struct alloy_st_file *f = alloy_xcalloc(1, sizeof *f);
+    if (!f || !(f->path = alloy_xstrdup(label ? label : "<memory>"))) {
+        free(f);
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label ? label : "<memory>");
+    }
+    f->map = buf;
+    f->size = len;
+    return open_common(f, out, err);
+}
+
+int alloy_st_open(const char *path, struct alloy_st_file **out, struct alloy_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return alloy_err_set(err, ALLOY_ERR_IO, "%s: not a regular file", path);
+    }
+    struct alloy_st_file *f = alloy_xcalloc(1, sizeof *f);
+    if (!f || !(f->path = alloy_xstrdup(path))) {
+        free(f);
+        close(fd);
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", path);
+    }
+    f->size = (size_t)st.st_size;
+    if (f->size > 0) {
+        void *m = mmap(NULL, f->size, PROT_READ, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            free(f->path);
+            free(f);
+            return alloy_err_set(err, ALLOY_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
+        }
+        f->map = m;
+        f->owns_map = 1;
+        posix_madvise(m, f->size, POSIX_MADV_SEQUENTIAL);
+    }
+    close(fd);
+    return open_common(f, out, err);
+}
+
+void alloy_st_close(struct alloy_st_file *f)
+{
+    if (!f) return;
+    if (f->owns_map && f->map) munmap((void *)f->map, f->size);
+    for (size_t i = 0; i < f->count; i++) free(f->names[i]);
+    for (size_t i = 0; i < 2 * f->nmeta; i++) free(f->meta[i]);
+    free(f->meta);
+    free(f->names);
+    free(f->tensors);
+    alloy_strmap_free(&f->index);
+    free(f->path);
+    free(f);
+}
+
+const char *alloy_st_path(const struct alloy_st_file *f) { return f->path; }
+size_t alloy_st_count(const struct alloy_st_file *f) { return f->count; }
+
+const struct alloy_tensor *alloy_st_tensor(const struct alloy_st_file *f, size_t i)
+{
+    return i < f->count ? &f->tensors[i] : NULL;
+}
+
+const struct alloy_tensor *alloy_st_find(const struct alloy_st_file *f, const char *name)
+{
+    size_t i;
+    return alloy_strmap_get(&f->index, name, &i) ? &f->tensors[i] : NULL;
+}
+
+const char *alloy_st_metadata(const struct alloy_st_file *f, const char *key)
+{
+    for (size_t i = 0; i < f->nmeta; i++)
+        if (strcmp(f->meta[2 * i], key) == 0) return f->meta[2 * i + 1];
+    return NULL;
+}
+
+void alloy_st_release(const struct alloy_tensor *t)
+{
+    const struct alloy_st_file *f = t->file;
+    if (!f || !f->owns_map || !t->nbytes) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)t->data + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)t->data + t->nbytes) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}

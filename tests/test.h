@@ -1,0 +1,43 @@
+/*
+ * test.h — the in-tree test harness: TEST() registers a function at load
+ * time, CHECK*() record failures without stopping the test. The runner
+ * (tests/main.c) prints one line per failure and ends with
+ * "N passed, M failed". No framework, no dependencies.
+ */
+#ifndef ALLOY_TEST_H
+#define ALLOY_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+void test_register(const char *name, const char *file, void (*fn)(void));
+void test_fail(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A fresh empty directory for this test (removed at exit unless ALLOY_KEEP_TMP). */
+const char *test_tmpdir(void);
+/* Path of the alloy CLI under test (ALLOY_BIN, default build/alloy). */
+const char *test_alloy_bin(void);
+/* Runs a shell command; returns its exit status (or -1). Output goes to *out if non-NULL (malloc'd). */
+int test_run(const char *cmd, char **out);
+/* Repository-relative data path: tests/data/<rel>. */
+const char *test_data(const char *rel);
+
+#define TEST(name)                                                                       \
+    static void name(void);                                                              \
+    __attribute__((constructor)) static void test_reg_##name(void) { test_register(#name, __FILE__, name); } \
+    static void name(void)
+
+#define CHECK(cond)                                                                      \
+    do { if (!(cond)) test_fail(__FILE__, __LINE__, "CHECK(%s)", #cond); } while (0)
+#define CHECK_MSG(cond, ...)                                                             \
+    do { if (!(cond)) test_fail(__FILE__, __LINE__, __VA_ARGS__); } while (0)
+#define CHECK_INT(a, b)                                                                  \
+    do { long long a_ = (long long)(a), b_ = (long long)(b);                             \
+         if (a_ != b_) test_fail(__FILE__, __LINE__, "%s == %lld, expected %s == %lld", #a, a_, #b, b_); } while (0)
+#define CHECK_NEAR(a, b, tol)                                                            \
+    do { double a_ = (double)(a), b_ = (double)(b);                                      \
+         if (!(fabs(a_ - b_) <= (tol))) test_fail(__FILE__, __LINE__, "%s = %.9g, expected %.9g (tol %g)", #a, a_, b_, (double)(tol)); } while (0)
+#define CHECK_STR_CONTAINS(hay, needle)                                                  \
+    do { const char *h_ = (hay); if (!h_ || !strstr(h_, (needle))) test_fail(__FILE__, __LINE__, "\"%s\" does not contain \"%s\"", h_ ? h_ : "(null)", (needle)); } while (0)
+
+#endif
