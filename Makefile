@@ -58,10 +58,10 @@ $(BUILD)/liballoy.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/alloy: $(CLI_OBJ) $(BUILD)/liballoy.a
-	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/liballoy.a $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(LIBS)
 
 $(BUILD)/alloy_tests: $(TEST_OBJ) $(BUILD)/liballoy.a
-	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/liballoy.a $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(LIB_OBJ) $(LIBS)
 
 # Merge and evaluate the bundled models: the two-command promise of the README.
 demo: all

@@ -1,0 +1,114 @@
+/*
+ * config.h — the merge configuration, as read from a mergekit YAML file.
+ *
+ * DESIGN
+ *   config.c turns the YAML text (libyaml) into these plain structs and
+ *   validates everything that does not need the models: key names (unknown
+ *   keys are errors with line and column, unlike mergekit which ignores
+ *   them), value types, dtype names, layer ranges, model reference syntax,
+ *   exclusivity of models/slices. `models:` configs are normalised into one
+ *   slice whose sources have no layer_range (has_range = 0), exactly as
+ *   mergekit's planner treats them.
+ *
+ *   Parameter values (struct alloy_setting) keep mergekit's three forms:
+ *   a scalar, a gradient list of numbers, or a list of conditional entries
+ *   {filter, value}. params.c evaluates them for a tensor name and layer
+ *   position t. YAML booleans are read as 1/0 (mergekit coerces them to
+ *   numbers too).
+ *
+ *   Every struct records the line/column of its YAML node so later stages
+ *   (planning, method validation) can point at the offending key.
+ */
+#ifndef ALLOY_CONFIG_H
+#define ALLOY_CONFIG_H
+
+#include "alloy.h"
+
+#include <stddef.h>
+
+struct alloy_pos { int line, col; }; /* 1-based; 0 when unknown */
+
+enum alloy_setting_kind {
+    ALLOY_SETTING_SCALAR,   /* value */
+    ALLOY_SETTING_GRADIENT, /* grad[0..ngrad-1], ngrad >= 1 */
+    ALLOY_SETTING_COND,     /* conds[0..nconds-1] */
+};
+
+struct alloy_cond;
+
+struct alloy_setting {
+    enum alloy_setting_kind kind;
+    double value;
+    double *grad;
+    size_t ngrad;
+    struct alloy_cond *conds;
+    size_t nconds;
+    struct alloy_pos pos;
+};
+
+struct alloy_cond {
+    char *filter;               /* NULL or "*": matches every tensor */
+    struct alloy_setting value; /* SCALAR or GRADIENT (or nested COND) */
+};
+
+/* An ordered map name -> setting (order as in the YAML). */
+struct alloy_params {
+    size_t n;
+    char **names;
+    struct alloy_setting *values;
+    struct alloy_pos *pos;      /* position of each key */
+};
+
+struct alloy_source {
+    char *model;                /* reference string: path or org/name[@rev] */
+    int has_range;
+    long long layer_range[2];   /* [start, end) when has_range */
+    struct alloy_params params;
+    struct alloy_pos pos;
+};
+
+struct alloy_slice {
+    struct alloy_source *sources;
+    size_t nsources;
+    char *base_model;           /* per-slice override, NULL if none */
+    struct alloy_params params;
+    struct alloy_pos pos;
+};
+
+struct alloy_config {
+    char *path;                 /* file name used in messages */
+    char *text;                 /* verbatim YAML (written as mergekit_config.yml) */
+    size_t text_len;
+    char *merge_method;
+    struct alloy_pos merge_method_pos;
+    int from_slices;            /* 1: `slices:`, 0: `models:` (one normalised slice) */
+    struct alloy_slice *slices;
+    size_t nslices;
+    char *base_model;           /* NULL if none */
+    struct alloy_pos base_model_pos;
+    struct alloy_params params; /* top-level `parameters:` */
+    int has_dtype, has_out_dtype;
+    enum alloy_dtype dtype, out_dtype;
+    char *tokenizer_source;     /* NULL, "base", "union" or a model reference */
+    struct alloy_pos tokenizer_pos;
+    char *chat_template;        /* NULL or as given */
+};
+
+/* Parses YAML text (len bytes, need not be NUL-terminated). `path` names the
+ * file in messages: "<path>:<line>:<col>: <key>: <what was expected>". */
+int  alloy_config_parse(const char *text, size_t len, const char *path, struct alloy_config **out,
+                        struct alloy_err *err);
+int  alloy_config_load(const char *path, struct alloy_config **out, struct alloy_err *err);
+void alloy_config_free(struct alloy_config *c);
+
+/* Looks a key up in params; NULL when absent. */
+const struct alloy_setting *alloy_params_get(const struct alloy_params *p, const char *name);
+
+/* Evaluates a setting for `tensor` (filter subject) at layer position t in
+ * [0, 1]. Returns 1 and sets *out when the setting yields a value, 0 when it
+ * is "unset" (no conditional entry matched). Gradient rule (mergekit):
+ * s = t*(L-1), i0 = floor(s), i1 = min(L-1, i0+1), f = s-i0,
+ * value = (1-f)*v[i0] + f*v[i1]. */
+int  alloy_setting_eval(const struct alloy_setting *s, const char *tensor, double t, double *out);
+
+#endif

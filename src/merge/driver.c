@@ -1,0 +1,178 @@
+/*
+ * driver.c — runs one merge method over one tensor, chunk by chunk.
+ *
+ * DESIGN
+ *   The tensor is cut into chunks whose boundaries depend only on its shape
+ *   (and on ALLOY_METHOD_WHOLE_ROWS), so reductions folded in chunk order
+ *   give the same bits for any thread count. Each pool thread owns scratch
+ *   for one chunk of every input plus the output; nothing scales with the
+ *   tensor size except the per-chunk accumulators of scan passes
+ *   (nchunks x acc_size bytes). The first error raised by any chunk wins;
+ *   the remaining chunks are skipped.
+ */
+#include "core/internal.h"
+#include "merge/method.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct run {
+    const struct alloy_method *m;
+    const struct alloy_merge_job *job;
+    alloy_load_fn load;
+    void *load_ctx;
+    alloy_store_fn store;
+    void *store_ctx;
+    uint64_t chunk_elems;   /* elements per chunk (whole rows when required) */
+    size_t nchunks;
+    float **scratch;        /* per thread: (n + 1) * chunk_elems floats */
+    void *state;
+    int pass;               /* -1: apply */
+    uint8_t *accs;
+    atomic_int failed;
+    pthread_mutex_t mu;
+    struct alloy_err err;
+};
+
+static void chunk_at(const struct run *r, size_t i, struct alloy_chunk *c)
+{
+    c->index = i;
+    c->e0 = (uint64_t)i * r->chunk_elems;
+    c->e1 = c->e0 + r->chunk_elems;
+    if (c->e1 > r->job->numel) c->e1 = r->job->numel;
+}
+
+static void fail(struct run *r, const struct alloy_err *e)
+{
+    pthread_mutex_lock(&r->mu);
+    if (!atomic_load(&r->failed)) {
+        r->err = *e;
+        atomic_store(&r->failed, 1);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void run_chunk(void *ctx, size_t item, int ith)
+{
+    struct run *r = ctx;
+    if (atomic_load(&r->failed)) return;
+    const struct alloy_merge_job *job = r->job;
+    struct alloy_chunk c;
+    chunk_at(r, item, &c);
+    float *base = r->scratch[ith];
+    const float *x[job->n > 0 ? job->n : 1];
+    struct alloy_err e = {0};
+    for (int i = 0; i < job->n; i++) {
+        float *dst = base + (size_t)i * r->chunk_elems;
+        if (r->load(r->load_ctx, i, c.e0, c.e1, dst, &e) != ALLOY_OK) { fail(r, &e); return; }
+        x[i] = dst;
+    }
+    if (r->pass >= 0) {
+        r->m->scan(job, r->state, r->pass, &c, x, r->accs + item * r->m->acc_size);
+        return;
+    }
+    float *out = base + (size_t)job->n * r->chunk_elems;
+    r->m->apply(job, r->state, &c, x, out);
+    if (r->store(r->store_ctx, c.e0, c.e1, out, &e) != ALLOY_OK) fail(r, &e);
+}
+
+int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_job *job, alloy_load_fn load,
+                         void *load_ctx, alloy_store_fn store, void *store_ctx, struct alloy_pool *pool,
+                         uint64_t chunk_elems, struct alloy_err *err)
+{
+    if (!chunk_elems) chunk_elems = ALLOY_CHUNK_ELEMS;
+    if (m->flags & ALLOY_METHOD_WHOLE_ROWS) {
+        uint64_t rows = chunk_elems / (job->cols ? job->cols : 1);
+        chunk_elems = (rows ? rows : 1) * (job->cols ? job->cols : 1);
+    }
+    if (job->numel && chunk_elems > job->numel) chunk_elems = job->numel;
+    struct run r = {.m = m, .job = job, .load = load, .load_ctx = load_ctx, .store = store, .store_ctx = store_ctx,
+                    .chunk_elems = chunk_elems ? chunk_elems : 1};
+    r.nchunks = job->numel ? (size_t)((job->numel + r.chunk_elems - 1) / r.chunk_elems) : 0;
+    int nth = alloy_pool_size(pool);
+    int rc = ALLOY_OK;
+    pthread_mutex_init(&r.mu, NULL);
+    atomic_init(&r.failed, 0);
+    r.scratch = alloy_xcalloc((size_t)nth, sizeof *r.scratch);
+    r.state = alloy_xcalloc(1, m->state_size ? m->state_size : 1);
+    if (!r.scratch || !r.state) {
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for merge state", job->name);
+        goto out;
+    }
+    for (int t = 0; t < nth; t++) {
+        r.scratch[t] = alloy_xmalloc(((size_t)job->n + 1) * r.chunk_elems * sizeof(float));
+        if (!r.scratch[t]) {
+            rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %llu-element chunks", job->name,
+                               (unsigned long long)r.chunk_elems);
+            goto out;
+        }
+    }
+    if (m->init && (rc = m->init(job, r.state, err)) != ALLOY_OK) goto out_state;
+    for (int pass = 0; m->want_pass && m->want_pass(job, r.state, pass); pass++) {
+        r.pass = pass;
+        r.accs = alloy_xcalloc(r.nchunks ? r.nchunks : 1, m->acc_size ? m->acc_size : 1);
+        if (!r.accs) {
+            rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu chunk accumulators", job->name,
+                               r.nchunks);
+            goto out_state;
+        }
+        alloy_pool_for(pool, r.nchunks, run_chunk, &r);
+        if (atomic_load(&r.failed)) {
+            if (err) *err = r.err;
+            rc = r.err.status ? (int)r.err.status : ALLOY_ERR_IO;
+        } else if (m->end_pass) {
+            rc = m->end_pass(job, r.state, pass, r.accs, r.nchunks, err);
+        }
+        free(r.accs);
+        r.accs = NULL;
+        if (rc) goto out_state;
+    }
+    r.pass = -1;
+    alloy_pool_for(pool, r.nchunks, run_chunk, &r);
+    if (atomic_load(&r.failed)) {
+        if (err) *err = r.err;
+        rc = r.err.status ? (int)r.err.status : ALLOY_ERR_IO;
+    }
+out_state:
+    if (m->fini) m->fini(job, r.state);
+out:
+    if (r.scratch)
+        for (int t = 0; t < nth; t++) free(r.scratch[t]);
+    free(r.scratch);
+    free(r.state);
+    pthread_mutex_destroy(&r.mu);
+    return rc;
+}
+
+/* ------------------------------------------------------------ in-memory runner (tests) */
+
+struct mem_io {
+    const float *const *inputs;
+    float *out;
+};
+
+static int mem_load(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, struct alloy_err *err)
+{
+    const struct mem_io *io = ctx;
+    memcpy(dst, io->inputs[input] + e0, (size_t)(e1 - e0) * sizeof *dst);
+    return ALLOY_OK;
+}
+
+static int mem_store(void *ctx, uint64_t e0, uint64_t e1, const float *src, struct alloy_err *err)
+{
+    struct mem_io *io = ctx;
+    memcpy(io->out + e0, src, (size_t)(e1 - e0) * sizeof *src);
+    return ALLOY_OK;
+}
+
+int alloy_method_run_memory(const struct alloy_method *m, const struct alloy_merge_job *job,
+                            const float *const *inputs, float *out, struct alloy_pool *pool, uint64_t chunk_elems,
+                            struct alloy_err *err)
+{
+    struct mem_io io = {inputs, out};
+    if (m->check) {
+        int rc = m->check(job, err);
+        if (rc) return rc;
+    }
+    return alloy_method_execute(m, job, mem_load, &io, mem_store, &io, pool, chunk_elems, err);
+}

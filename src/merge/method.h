@@ -1,0 +1,148 @@
+/*
+ * method.h — the interface every merge method implements.
+ *
+ * DESIGN
+ *   A method merges one output tensor from n input tensors of the same shape
+ *   (float32 values; the engine converts from the stored dtype and rounds the
+ *   result once to the output dtype). Methods never see whole tensors: the
+ *   driver (driver.c) cuts the tensor into chunks of elements and streams
+ *   them, so memory stays bounded whatever the tensor size.
+ *
+ *   Whole-tensor statistics (norms, dot products, top-k thresholds,
+ *   variances) come from scan passes:
+ *
+ *       init(job, state)
+ *       for pass = 0, 1, ... while want_pass(job, state, pass):
+ *           scan(job, state, pass, chunk, x, acc[chunk])   for every chunk, in parallel
+ *           end_pass(job, state, pass, acc, nchunks)       reduce, in chunk order
+ *       apply(job, state, chunk, x, out)                   for every chunk, in parallel
+ *       fini(job, state)
+ *
+ *   scan() may read `state` but writes only its own chunk's accumulator
+ *   (acc_size bytes, zeroed before every pass); end_pass() folds the
+ *   accumulators in chunk order. Chunk boundaries depend only on the tensor
+ *   shape, never on the thread count, so results are bit-identical for any
+ *   number of threads. apply() writes only its `out` range.
+ *
+ *   x[i] points at the chunk's elements [e0, e1) of input i (row-major,
+ *   float32, contiguous). With ALLOY_METHOD_WHOLE_ROWS every chunk holds
+ *   whole rows (rows of the last dimension) — for methods working per row.
+ *
+ *   Parameters are resolved by the planner before the method runs: gp[k] is
+ *   the value of global parameter k (params[k].scope == GLOBAL) and
+ *   tp[i * nparams + k] the value of tensor parameter k for input i; an
+ *   unset parameter without default is NAN. Methods validate their inputs in
+ *   check(), which also runs during --dry-run.
+ *
+ *   Random methods draw with alloy_rng_uniform(alloy_rng_key(job->seed,
+ *   job->name, stream), element_index) (core/internal.h), a pure function of
+ *   the seed, the tensor name and the element, so chunking and threads do
+ *   not change the result.
+ */
+#ifndef ALLOY_METHOD_H
+#define ALLOY_METHOD_H
+
+#include "alloy.h"
+
+#include <math.h>
+
+enum alloy_param_scope {
+    ALLOY_PARAM_GLOBAL, /* one value per output tensor (top/slice level) */
+    ALLOY_PARAM_TENSOR, /* one value per input model (may also be set per model) */
+};
+
+struct alloy_param_spec {
+    const char *name;
+    enum alloy_param_scope scope;
+    double def;         /* default value; NAN: none */
+    int required;       /* unset and no default is an error (tensor params: not for the base) */
+    const char *help;   /* one line for docs and --help */
+};
+
+enum {
+    ALLOY_METHOD_NEEDS_BASE  = 1 << 0, /* base_model is required */
+    ALLOY_METHOD_WHOLE_ROWS  = 1 << 1, /* chunks hold whole rows */
+    ALLOY_METHOD_F32_OUTPUT  = 1 << 2, /* result dtype is float32 unless out_dtype is set (mergekit promotion) */
+    ALLOY_METHOD_RECTIFY     = 1 << 3, /* embeddings of different sizes: use the common top-left block */
+    ALLOY_METHOD_BASE_SHAPE  = 1 << 4, /* embeddings: truncate larger inputs to the base's shape */
+    ALLOY_METHOD_RANDOM      = 1 << 5, /* uses the random generator */
+};
+
+struct alloy_merge_job {
+    const char *name;            /* output tensor name */
+    const char *config_path;     /* for messages */
+    int ndim;
+    const int64_t *shape;
+    uint64_t numel, rows, cols;  /* rows * cols == numel; cols = last dim (1 for scalars) */
+    int is_embed;
+    int n;                       /* inputs, base included */
+    int base;                    /* index of the base model among inputs, -1 if none */
+    const char *const *models;   /* model reference of each input (messages) */
+    const double *gp;            /* [nparams] */
+    const double *tp;            /* [n * nparams] */
+    uint64_t seed;               /* --random-seed (0 when unset) */
+};
+
+struct alloy_chunk {
+    size_t index;                /* 0 .. nchunks-1 in element order */
+    uint64_t e0, e1;             /* element range [e0, e1) */
+};
+
+struct alloy_method {
+    const char *name;
+    const char *summary;         /* one line: what it does */
+    const struct alloy_param_spec *params;
+    int nparams;
+    unsigned flags;
+    size_t state_size;           /* bytes, zeroed before init */
+    size_t acc_size;             /* bytes per chunk accumulator */
+
+    int  (*check)(const struct alloy_merge_job *job, struct alloy_err *err);                  /* may be NULL */
+    int  (*init)(const struct alloy_merge_job *job, void *state, struct alloy_err *err);      /* may be NULL */
+    int  (*want_pass)(const struct alloy_merge_job *job, void *state, int pass);               /* NULL: no passes */
+    void (*scan)(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                 const float *const *x, void *acc);
+    int  (*end_pass)(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
+                     struct alloy_err *err);
+    void (*apply)(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                  const float *const *x, float *out);
+    void (*fini)(const struct alloy_merge_job *job, void *state);                             /* may be NULL */
+};
+
+/* Registry (methods.c). */
+const struct alloy_method *alloy_method_find(const char *name);
+size_t                     alloy_method_count(void);
+const struct alloy_method *alloy_method_at(size_t i);
+/* Index of a parameter in m->params, or -1. */
+int                        alloy_method_param(const struct alloy_method *m, const char *name);
+
+/* Convenience accessors for method code. */
+static inline double alloy_job_gp(const struct alloy_merge_job *j, int k) { return j->gp[k]; }
+static inline double alloy_job_tp(const struct alloy_merge_job *j, const struct alloy_method *m, int i, int k)
+{
+    return j->tp[(size_t)i * (size_t)m->nparams + (size_t)k];
+}
+
+/* ---------------------------------------------------------------- driver (driver.c) */
+
+/* Fills dst[0 .. e1-e0) with input i's elements [e0, e1) as float32. */
+typedef int (*alloy_load_fn)(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, struct alloy_err *err);
+/* Consumes the output elements [e0, e1). Called from worker threads, any order. */
+typedef int (*alloy_store_fn)(void *ctx, uint64_t e0, uint64_t e1, const float *src, struct alloy_err *err);
+
+/* Default chunk size in elements; chunks with whole rows hold at least one row. */
+#define ALLOY_CHUNK_ELEMS ((uint64_t)1 << 18)
+
+/* Runs a method over one tensor: passes, then apply, chunk by chunk on the
+ * pool (NULL: this thread). chunk_elems 0 means ALLOY_CHUNK_ELEMS. */
+int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_job *job, alloy_load_fn load,
+                         void *load_ctx, alloy_store_fn store, void *store_ctx, struct alloy_pool *pool,
+                         uint64_t chunk_elems, struct alloy_err *err);
+
+/* Test helper: runs a method on whole in-memory float32 tensors inputs[i]
+ * (numel each), writing out[numel]. */
+int alloy_method_run_memory(const struct alloy_method *m, const struct alloy_merge_job *job,
+                            const float *const *inputs, float *out, struct alloy_pool *pool, uint64_t chunk_elems,
+                            struct alloy_err *err);
+
+#endif
