@@ -1,0 +1,175 @@
+/*
+ * select.h — exact top-k / k-th largest selection over a streamed tensor,
+ * by radix selection on order-preserving float keys.
+ *
+ * DESIGN
+ *   Merge methods see a tensor only chunk by chunk (merge/method.h), so a
+ *   top-k threshold cannot come from sorting. Instead every float is mapped
+ *   to a uint32 key whose unsigned order is the float order, and the k-th
+ *   largest key is found digit by digit, most significant first, with one
+ *   histogram scan pass per digit:
+ *
+ *       level 0: bits 31..21 (2048 bins)   all keys
+ *       level 1: bits 20..10 (2048 bins)   only keys whose bits 31..21 match
+ *       level 2: bits  9..0  (1024 bins)   only keys whose bits 31..10 match
+ *
+ *   so at most ALLOY_SEL_LEVELS (3) passes; a level whose chosen bin is
+ *   kept entirely ends the selection early (no exact value needed then).
+ *   Memory: one uint32 histogram of ALLOY_SEL_BINS per chunk accumulator and
+ *   selection, plus, only when ties at the threshold are split, one uint64
+ *   per chunk — never anything proportional to the element count.
+ *
+ *   Total order and tie rule. Elements are ordered by key, and among equal
+ *   keys the LOWER element index counts as LARGER. "The k largest" is then
+ *   a well-defined set: every element with key > thr, plus the first
+ *   (lowest-index) `ties` elements with key == thr... split across chunks:
+ *   chunk c keeps the first alloy_sel_chunk_ties(s, c) of its elements equal
+ *   to thr, in element order. The per-chunk tie counts come for free from
+ *   the level-2 histograms (at that level a bin is one exact key), so no
+ *   extra pass is needed. Two selections on the same keys (e.g. the top
+ *   k1 and the top k2 < k1) are nested sets under this order.
+ *
+ *   Keys: alloy_sel_key() orders all floats (-NaN < -Inf < ... < -0 < +0 <
+ *   ... < +Inf < +NaN; -0 and +0 are distinct keys). alloy_sel_key_abs()
+ *   orders magnitudes |x| (NaN above Inf). Never mix the two in one
+ *   selection.
+ *
+ * USAGE (inside a method; acc holds `uint32_t hist[ALLOY_SEL_BINS]`)
+ *
+ *   init:      alloy_sel_init(&s, n, k, want_value);
+ *   want_pass: return alloy_sel_active(&s);
+ *   scan:      for each element: int b = alloy_sel_bin(&s, key); if (b >= 0) acc->hist[b]++;
+ *   end_pass:  alloy_sel_reduce(&s, accs, nchunks, acc_size, offsetof(struct acc, hist), err);
+ *   apply:     uint64_t t = alloy_sel_chunk_ties(&s, c->index);
+ *              for each element: keep = alloy_sel_keep(&s, key, &t);
+ *   fini:      alloy_sel_free(&s);
+ *
+ * Thread safety: scan/apply only read the selection; reduce/free write it.
+ */
+#ifndef ALLOY_SELECT_H
+#define ALLOY_SELECT_H
+
+#include "alloy.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ALLOY_SEL_BINS   2048
+#define ALLOY_SEL_LEVELS 3
+
+struct alloy_select {
+    uint64_t n;          /* number of keys */
+    uint64_t k;          /* wanted: the k largest (0 <= k <= n) */
+    uint64_t rem;        /* rank still to find inside the current prefix (1-based) */
+    uint32_t prefix;     /* key bits fixed by the levels done so far */
+    int level;           /* next level 0..2; ALLOY_SEL_LEVELS when done */
+    int want_value;      /* 1: always find the exact k-th key (no early exit) */
+    /* Result (valid once !alloy_sel_active()): keep key > thr, plus ties == thr per chunk. */
+    int64_t thr;         /* -1: keep everything */
+    uint64_t n_gt;       /* keys strictly greater than thr */
+    uint64_t n_eq;       /* keys equal to thr (0 if unknown after an early exit) */
+    uint64_t n_tie;      /* of those, how many are kept (n_tie < n_eq: split ties) */
+    uint32_t kth;        /* the k-th largest key, when kth_known */
+    int kth_known;
+    uint64_t *tie_before; /* split ties only: [nchunks] ties (== thr) in chunks before c */
+    size_t nchunks;
+};
+
+/* Order-preserving key of any float. */
+static inline uint32_t alloy_sel_key(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* Inverse of alloy_sel_key(). */
+static inline float alloy_sel_unkey(uint32_t key)
+{
+    uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Order-preserving key of |f| (the bits of |f|). */
+static inline uint32_t alloy_sel_key_abs(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u & 0x7fffffffu;
+}
+
+/* Inverse of alloy_sel_key_abs(): the magnitude. */
+static inline float alloy_sel_unkey_abs(uint32_t key)
+{
+    float f;
+    memcpy(&f, &key, sizeof f);
+    return f;
+}
+
+/* Starts selecting the k largest of n keys (k is clamped to n). k == 0 and
+ * k == n finish immediately (keep nothing / everything) unless want_value
+ * asks for the exact k-th key (then 1 <= k <= n is required). */
+void alloy_sel_init(struct alloy_select *s, uint64_t n, uint64_t k, int want_value);
+
+/* 1 while another histogram pass is needed. */
+static inline int alloy_sel_active(const struct alloy_select *s) { return s->level < ALLOY_SEL_LEVELS; }
+
+/* Histogram bin of `key` at the current level, or -1 if the key is outside
+ * the prefix being refined (or the selection is done). */
+static inline int alloy_sel_bin(const struct alloy_select *s, uint32_t key)
+{
+    static const unsigned shift[ALLOY_SEL_LEVELS + 1] = {21, 10, 0, 0};
+    static const unsigned pshift[ALLOY_SEL_LEVELS + 1] = {32, 21, 10, 0};
+    static const uint32_t mask[ALLOY_SEL_LEVELS + 1] = {0x7ff, 0x7ff, 0x3ff, 0};
+    int l = s->level;
+    if (l >= ALLOY_SEL_LEVELS || (uint32_t)((uint64_t)key >> pshift[l]) != s->prefix) return -1;
+    return (int)((key >> shift[l]) & mask[l]);
+}
+
+/* Adds one chunk's keys to hist (convenience for the simple case). */
+void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, size_t n, uint32_t *hist);
+
+/* Folds the current level's per-chunk histograms (chunk c's histogram is at
+ * (const char *)accs + c * acc_size + hist_offset, in chunk order) and moves
+ * to the next level or finishes. Allocates tie_before when the threshold
+ * splits ties; ALLOY_ERR_NOMEM if that fails. */
+int alloy_sel_reduce(struct alloy_select *s, const void *accs, size_t nchunks, size_t acc_size, size_t hist_offset,
+                     struct alloy_err *err);
+
+/* Same, from one already-summed histogram; only valid when the caller
+ * knows no per-chunk tie split is needed (e.g. want_value quantiles, or a
+ * single chunk: then pass nchunks_total = 1). Returns ALLOY_ERR_NOMEM like
+ * alloy_sel_reduce. */
+int alloy_sel_reduce_total(struct alloy_select *s, const uint64_t *hist, struct alloy_err *err);
+
+/* Ties (key == thr) that chunk c keeps: its first ones in element order. */
+static inline uint64_t alloy_sel_chunk_ties(const struct alloy_select *s, size_t chunk)
+{
+    if (!s->tie_before) return s->n_tie;  /* no split: all or nothing, see alloy_sel_keep */
+    uint64_t before = s->tie_before[chunk];
+    return s->n_tie > before ? s->n_tie - before : 0;
+}
+
+/* Whether the next element (in element order within its chunk) with this
+ * key is among the k largest; *ties is the chunk's remaining tie budget,
+ * initialised from alloy_sel_chunk_ties(). */
+static inline int alloy_sel_keep(const struct alloy_select *s, uint32_t key, uint64_t *ties)
+{
+    if ((int64_t)key > s->thr) return 1;
+    if ((int64_t)key == s->thr && *ties) {
+        (*ties)--;
+        return 1;
+    }
+    return 0;
+}
+
+/* The k-th largest key as a float (alloy_sel_unkey / _unkey_abs of kth);
+ * requires kth_known. */
+static inline uint32_t alloy_sel_kth(const struct alloy_select *s) { return s->kth; }
+
+void alloy_sel_free(struct alloy_select *s);
+
+#endif

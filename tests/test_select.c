@@ -1,0 +1,225 @@
+/*
+ * test_select.c — radix selection (src/methods/select.c) against sorting.
+ *
+ * Every case streams the values through simulated chunks exactly as a merge
+ * method would (per-chunk histograms, reduce in chunk order, per-chunk tie
+ * budgets) and compares the kept set with a reference computed by sorting
+ * (key descending, then index ascending) — the documented total order.
+ */
+#include "test.h"
+#include "alloy.h"
+#include "methods/select.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+static uint64_t g_state = 0x1234567;
+static double urand(void) /* xorshift64*, independent of the library's generator */
+{
+    g_state ^= g_state >> 12;
+    g_state ^= g_state << 25;
+    g_state ^= g_state >> 27;
+    return (double)((g_state * 2685821657736338717ull) >> 11) * 0x1p-53;
+}
+
+static float bf16_round(float f) { return alloy_bf16_to_f32(alloy_f32_to_bf16(f)); }
+
+struct ref_item { uint32_t key; size_t idx; };
+
+static int ref_cmp(const void *a, const void *b)
+{
+    const struct ref_item *x = a, *y = b;
+    if (x->key != y->key) return x->key > y->key ? -1 : 1; /* descending key */
+    return x->idx < y->idx ? -1 : (x->idx > y->idx);       /* lower index first */
+}
+
+static uint32_t key_of(float v, int abs_keys) { return abs_keys ? alloy_sel_key_abs(v) : alloy_sel_key(v); }
+
+/* Runs the selection over chunks of `cs` elements; fills keep[]; returns the pass count or -1. */
+static int run_select(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int want_value,
+                      struct alloy_select *s, unsigned char *keep)
+{
+    size_t nchunks = (n + cs - 1) / cs;
+    int passes = 0;
+    alloy_sel_init(s, n, k, want_value);
+    while (alloy_sel_active(s)) {
+        uint32_t *accs = calloc(nchunks ? nchunks : 1, ALLOY_SEL_BINS * sizeof(uint32_t));
+        for (size_t c = 0; c < nchunks; c++)
+            for (size_t e = c * cs; e < n && e < (c + 1) * cs; e++) {
+                int b = alloy_sel_bin(s, key_of(v[e], abs_keys));
+                if (b >= 0) accs[c * ALLOY_SEL_BINS + (size_t)b]++;
+            }
+        struct alloy_err err = {0};
+        int rc = alloy_sel_reduce(s, accs, nchunks, ALLOY_SEL_BINS * sizeof(uint32_t), 0, &err);
+        free(accs);
+        if (rc) return -1;
+        if (++passes > ALLOY_SEL_LEVELS) return -1;
+    }
+    for (size_t c = 0; c < nchunks; c++) {
+        uint64_t ties = alloy_sel_chunk_ties(s, c);
+        for (size_t e = c * cs; e < n && e < (c + 1) * cs; e++) keep[e] = (unsigned char)alloy_sel_keep(s, key_of(v[e], abs_keys), &ties);
+    }
+    return passes;
+}
+
+/* Compares with sorting; returns the number of mismatching elements. */
+static size_t check_against_sort(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int want_value)
+{
+    struct ref_item *it = malloc((n ? n : 1) * sizeof *it);
+    unsigned char *ref = calloc(n ? n : 1, 1), *got = calloc(n ? n : 1, 1);
+    for (size_t e = 0; e < n; e++) it[e] = (struct ref_item){key_of(v[e], abs_keys), e};
+    qsort(it, n, sizeof *it, ref_cmp);
+    for (size_t r = 0; r < k && r < n; r++) ref[it[r].idx] = 1;
+    struct alloy_select s;
+    int passes = run_select(v, n, cs, k, abs_keys, want_value, &s, got);
+    size_t bad = passes < 0 ? n + 1 : 0;
+    for (size_t e = 0; e < n && passes >= 0; e++) bad += ref[e] != got[e];
+    if (want_value && k >= 1 && k <= n && passes >= 0) {
+        CHECK_MSG(s.kth_known && s.kth == it[k - 1].key, "k=%llu: kth key %08x, expected %08x",
+                  (unsigned long long)k, s.kth, it[k - 1].key);
+    }
+    if (bad) test_fail(__FILE__, __LINE__, "n=%zu cs=%zu k=%llu abs=%d: %zu mismatches (passes %d)", n, cs,
+                       (unsigned long long)k, abs_keys, bad, passes);
+    alloy_sel_free(&s);
+    free(it);
+    free(ref);
+    free(got);
+    return bad;
+}
+
+TEST(select_key_orders_floats)
+{
+    for (int t = 0; t < 20000; t++) {
+        float a = (float)((urand() - 0.5) * pow(10, (int)(urand() * 20) - 10));
+        float b = (t % 3 == 0) ? a : (float)((urand() - 0.5) * pow(10, (int)(urand() * 20) - 10));
+        CHECK((a < b) == (alloy_sel_key(a) < alloy_sel_key(b)));
+        CHECK((fabsf(a) < fabsf(b)) == (alloy_sel_key_abs(a) < alloy_sel_key_abs(b)));
+        CHECK(alloy_sel_unkey(alloy_sel_key(a)) == a);
+        CHECK(alloy_sel_unkey_abs(alloy_sel_key_abs(a)) == fabsf(a));
+    }
+    CHECK(alloy_sel_key(-INFINITY) < alloy_sel_key(-1e30f));
+    CHECK(alloy_sel_key(-0.0f) < alloy_sel_key(0.0f));
+    CHECK(alloy_sel_key(1e30f) < alloy_sel_key(INFINITY));
+    CHECK(alloy_sel_key_abs(INFINITY) < alloy_sel_key_abs(NAN));
+}
+
+TEST(select_matches_sort_many_ties)
+{
+    enum { N = 1000 };
+    static float v[N];
+    for (size_t e = 0; e < N; e++) v[e] = (float)((int)(urand() * 9) - 4) * 0.25f; /* 9 distinct values */
+    const size_t cs[] = {1, 7, 64, N};
+    const uint64_t ks[] = {0, 1, 2, 17, 111, 500, 999, 1000};
+    for (size_t a = 0; a < 4; a++)
+        for (size_t b = 0; b < 8; b++) {
+            check_against_sort(v, N, cs[a], ks[b], 1, 0);
+            check_against_sort(v, N, cs[a], ks[b], 0, 1);
+        }
+}
+
+TEST(select_matches_sort_bf16_values)
+{
+    enum { N = 5000 };
+    static float v[N];
+    for (size_t e = 0; e < N; e++) {
+        double g = sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand());
+        v[e] = bf16_round((float)(g * 0.02));
+    }
+    const uint64_t ks[] = {1, 50, 1234, 2500, 4999};
+    for (size_t b = 0; b < 5; b++) {
+        check_against_sort(v, N, 333, ks[b], 1, 0);
+        check_against_sort(v, N, 5000, ks[b], 1, 1);
+        check_against_sort(v, N, 64, ks[b], 0, 0);
+    }
+}
+
+TEST(select_matches_sort_distinct_values)
+{
+    enum { N = 3000 };
+    static float v[N];
+    for (size_t e = 0; e < N; e++) v[e] = (float)(urand() * 2 - 1);
+    check_against_sort(v, N, 100, 1500, 1, 0);
+    check_against_sort(v, N, 100, 1500, 1, 1);
+    check_against_sort(v, N, 1, 7, 0, 1);
+}
+
+TEST(select_all_equal)
+{
+    enum { N = 100 };
+    static float v[N];
+    for (size_t e = 0; e < N; e++) v[e] = 0.5f;
+    const uint64_t ks[] = {0, 1, 37, 99, 100};
+    for (size_t b = 0; b < 5; b++) {
+        check_against_sort(v, N, 9, ks[b], 1, 0);
+        check_against_sort(v, N, 9, ks[b], 0, 1);
+    }
+    /* all zeros, too: the lowest possible key (0) must still work */
+    for (size_t e = 0; e < N; e++) v[e] = 0.0f;
+    for (size_t b = 0; b < 5; b++) check_against_sort(v, N, 13, ks[b], 1, 0);
+}
+
+TEST(select_k_zero_and_n_need_no_pass)
+{
+    float v[10] = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3};
+    unsigned char keep[10];
+    struct alloy_select s;
+    CHECK_INT(run_select(v, 10, 3, 0, 1, 0, &s, keep), 0);
+    for (int e = 0; e < 10; e++) CHECK_INT(keep[e], 0);
+    CHECK_INT(run_select(v, 10, 3, 10, 1, 0, &s, keep), 0);
+    for (int e = 0; e < 10; e++) CHECK_INT(keep[e], 1);
+    CHECK_INT(run_select(v, 10, 3, 25, 1, 0, &s, keep), 0); /* k clamped to n */
+    for (int e = 0; e < 10; e++) CHECK_INT(keep[e], 1);
+    /* the k = 2 largest: 9 and 6 */
+    CHECK(run_select(v, 10, 3, 2, 1, 0, &s, keep) > 0);
+    for (int e = 0; e < 10; e++) CHECK_INT(keep[e], v[e] >= 6);
+    /* ties split across chunks: k = 3 takes 9, 6 and the FIRST 5 (index 4), not index 8 */
+    CHECK(run_select(v, 10, 3, 3, 1, 0, &s, keep) > 0);
+    CHECK(keep[4] && !keep[8] && keep[5] && keep[7] && keep[3] == 0);
+    alloy_sel_free(&s);
+}
+
+TEST(select_nested_selections_are_subsets)
+{
+    enum { N = 777 };
+    static float v[N];
+    static unsigned char a[N], b[N];
+    for (size_t e = 0; e < N; e++) v[e] = bf16_round((float)(urand() - 0.5) * 0.01f) * (e % 5 ? 1 : 0);
+    struct alloy_select s1, s2;
+    run_select(v, N, 50, 400, 1, 0, &s1, a);
+    run_select(v, N, 50, 123, 1, 0, &s2, b);
+    size_t na = 0, nb = 0, bad = 0;
+    for (size_t e = 0; e < N; e++) {
+        na += a[e];
+        nb += b[e];
+        bad += b[e] && !a[e];
+    }
+    CHECK_INT(na, 400);
+    CHECK_INT(nb, 123);
+    CHECK_INT(bad, 0);
+    alloy_sel_free(&s1);
+    alloy_sel_free(&s2);
+}
+
+TEST(select_want_value_gives_quantiles)
+{
+    enum { N = 2001 };
+    static float v[N], sorted[N];
+    for (size_t e = 0; e < N; e++) sorted[e] = v[e] = (float)(urand() * 100 - 50);
+    /* ascending sort by insertion into a copy (reference) */
+    for (size_t i = 1; i < N; i++) {
+        float x = sorted[i];
+        size_t j = i;
+        while (j > 0 && sorted[j - 1] > x) { sorted[j] = sorted[j - 1]; j--; }
+        sorted[j] = x;
+    }
+    const double qs[] = {0.25, 0.5, 0.75};
+    for (int q = 0; q < 3; q++) {
+        size_t idx = (size_t)floor(qs[q] * (N - 1));  /* ascending index */
+        unsigned char keep[N];
+        struct alloy_select s;
+        run_select(v, N, 100, N - idx, 0, 1, &s, keep); /* (N-idx)-th largest */
+        CHECK(s.kth_known);
+        CHECK(alloy_sel_unkey(alloy_sel_kth(&s)) == sorted[idx]);
+        alloy_sel_free(&s);
+    }
+}
