@@ -158,7 +158,7 @@ static int mem_load(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, 
     return ALLOY_OK;
 }
 
-static int mem_store(void *ctx, uint64_t e0, uint64_t e1, const float *src, struct alloy_err *err)
+static int mem_store(void *ctx, uint64_t e0, uint64_t e1, float *src, struct alloy_err *err)
 {
     struct mem_io *io = ctx;
     memcpy(io->out + e0, src, (size_t)(e1 - e0) * sizeof *src);

@@ -127,8 +127,10 @@ static inline double alloy_job_tp(const struct alloy_merge_job *j, const struct 
 
 /* Fills dst[0 .. e1-e0) with input i's elements [e0, e1) as float32. */
 typedef int (*alloy_load_fn)(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, struct alloy_err *err);
-/* Consumes the output elements [e0, e1). Called from worker threads, any order. */
-typedef int (*alloy_store_fn)(void *ctx, uint64_t e0, uint64_t e1, const float *src, struct alloy_err *err);
+/* Consumes the output elements [e0, e1). Called from worker threads, any
+ * order. src is the driver's scratch: the store may overwrite it (e.g. to
+ * convert to the output dtype in place). */
+typedef int (*alloy_store_fn)(void *ctx, uint64_t e0, uint64_t e1, float *src, struct alloy_err *err);
 
 /* Default chunk size in elements; chunks with whole rows hold at least one row. */
 #define ALLOY_CHUNK_ELEMS ((uint64_t)1 << 18)

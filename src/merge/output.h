@@ -1,0 +1,14 @@
+/*
+ * output.h — the non-tensor files of an output folder (output.c).
+ */
+#ifndef ALLOY_OUTPUT_H
+#define ALLOY_OUTPUT_H
+
+#include "merge/plan.h"
+
+/* Writes index, config.json, tokenizer files, mergekit_config.yml and
+ * README.md into dir (the temporary output folder). */
+int alloy_output_write_files(const struct alloy_plan *p, const struct alloy_merge_options *o, const char *dir,
+                             struct alloy_err *err);
+
+#endif

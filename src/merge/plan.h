@@ -1,0 +1,86 @@
+/*
+ * plan.h — from a config and the opened models to the list of output tensors.
+ *
+ * DESIGN
+ *   The plan is everything the engine needs and nothing it has to decide:
+ *   for every output tensor its name, shape, output dtype, its inputs (model
+ *   and stored tensor, possibly a top-left block for embeddings), the index
+ *   of the base among them, every method parameter already resolved for this
+ *   tensor (mergekit's precedence, filters and gradients), and its place in
+ *   the output shards. Planning reads only headers, so --dry-run is instant
+ *   and every config or shape error is found before a byte is written.
+ *
+ *   Tensors are matched by name; layers are found from the first numeric
+ *   path component of a name (`model.layers.12.mlp...`, `h.3.attn...`,
+ *   `blocks.0...`), so no per-architecture template is needed.
+ */
+#ifndef ALLOY_PLAN_H
+#define ALLOY_PLAN_H
+
+#include "alloy.h"
+#include "config/config.h"
+#include "merge/method.h"
+
+struct alloy_plan_input {
+    int model;                       /* index into plan->models */
+    const struct alloy_tensor *t;    /* stored tensor */
+};
+
+struct alloy_plan_tensor {
+    char *name;                      /* output name */
+    enum alloy_dtype dtype;          /* output dtype */
+    int ndim;
+    int64_t shape[ALLOY_MAX_DIMS];
+    uint64_t numel, nbytes, rows, cols;
+    int copy;                        /* 1: copy inputs[0]'s bytes (integer tensors) */
+    int n;
+    struct alloy_plan_input *inputs;
+    int base;                        /* index of the base among inputs, -1 if none */
+    double *gp;                      /* [method->nparams] */
+    double *tp;                      /* [n * method->nparams] */
+    double t;                        /* gradient position used */
+    int is_embed;
+    int layer;                       /* output layer index, -1 for other tensors */
+    int shard;                       /* output shard index */
+    uint64_t offset;                 /* byte offset in the shard's data buffer */
+};
+
+struct alloy_plan_shard {
+    char *file;                      /* final name: model.safetensors or model-0000i-of-0000N.safetensors */
+    size_t first, count;             /* tensors [first, first + count) */
+    uint64_t data_bytes;
+};
+
+struct alloy_plan {
+    const struct alloy_config *cfg;
+    const struct alloy_method *method;
+    size_t nmodels;
+    struct alloy_model **models;     /* opened once each, in order of first reference */
+    int base;                        /* index into models of the global base_model, -1 if none */
+    int donor;                       /* model whose config.json is the output's */
+    int tokenizer_donor;             /* model whose tokenizer files are copied, -1: none */
+    long long out_layers;            /* layer count after a slices merge, -1 for models: merges */
+    size_t ntensors;
+    struct alloy_plan_tensor *tensors;
+    size_t nshards;
+    struct alloy_plan_shard *shards;
+    uint64_t total_bytes;
+    size_t nwarnings;
+};
+
+int  alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_options *o, struct alloy_plan **out,
+                      struct alloy_err *err);
+void alloy_plan_free(struct alloy_plan *p);
+/* Human-readable plan (--dry-run). */
+void alloy_plan_print(const struct alloy_plan *p, FILE *f);
+/* The job a method sees for tensor i. `shape` storage comes from the tensor. */
+void alloy_plan_job(const struct alloy_plan *p, size_t i, uint64_t seed, const char **model_names,
+                    struct alloy_merge_job *job);
+
+/* Name analysis (exposed for tests). Returns the layer index and sets
+ * *prefix_len (bytes before ".N.") and *suffix (text after ".N."), or -1. */
+long long alloy_name_layer(const char *name, size_t *prefix_len, const char **suffix);
+int       alloy_name_is_embed(const char *name);
+int       alloy_name_is_pre(const char *name); /* embeddings come before the layers */
+
+#endif
