@@ -155,8 +155,11 @@ const struct alloy_tensor *alloy_st_tensor(const struct alloy_st_file *f, size_t
 const struct alloy_tensor *alloy_st_find(const struct alloy_st_file *f, const char *name);
 /* __metadata__ value for key, or NULL. */
 const char                *alloy_st_metadata(const struct alloy_st_file *f, const char *key);
-/* Drops the pages of t's bytes from this process (they stay in the page cache). */
+/* Drops the pages of t's bytes from this process (they stay in the page
+ * cache; a later access faults them back in). _range drops the whole pages
+ * inside bytes [off, off + len) of the tensor. */
 void                       alloy_st_release(const struct alloy_tensor *t);
+void                       alloy_st_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t len);
 
 /* ---------------------------------------------------------------- models */
 

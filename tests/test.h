@@ -22,6 +22,22 @@ int test_run(const char *cmd, char **out);
 /* Repository-relative data path: tests/data/<rel>. */
 const char *test_data(const char *rel);
 
+/* A tensor for test_write_safetensors: data holds numel values of `dtype`
+ * ("F32", "BF16", "F16", "I64", ...), already encoded. */
+struct test_tensor {
+    const char *name;
+    const char *dtype;
+    int ndim;
+    long long shape[4];
+    const void *data;
+};
+/* Writes a safetensors file (header padded to 8, tensors in the given order). Returns 0 on success. */
+int test_write_safetensors(const char *path, const struct test_tensor *t, int n);
+/* Writes a text file; returns 0 on success. */
+int test_write_text(const char *path, const char *text);
+/* Runs a shell command (output discarded) and reports its peak resident set in KiB. Returns the exit status. */
+int test_run_rss(const char *cmd, long *maxrss_kib);
+
 #define TEST(name)                                                                       \
     static void name(void);                                                              \
     __attribute__((constructor)) static void test_reg_##name(void) { test_register(#name, __FILE__, name); } \

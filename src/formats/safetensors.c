@@ -378,12 +378,16 @@ const char *alloy_st_metadata(const struct alloy_st_file *f, const char *key)
     return NULL;
 }
 
-void alloy_st_release(const struct alloy_tensor *t)
+void alloy_st_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t len)
 {
     const struct alloy_st_file *f = t->file;
-    if (!f || !f->owns_map || !t->nbytes) return;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)t->data + page - 1) & ~(page - 1);
-    uintptr_t hi = ((uintptr_t)t->data + t->nbytes) & ~(page - 1);
+    if (!f || !f->owns_map || !len || off >= t->nbytes) return;
+    if (len > t->nbytes - off) len = t->nbytes - off;
+    static uintptr_t page;
+    if (!page) page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)(t->data + off) + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)(t->data + off + len)) & ~(page - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
+
+void alloy_st_release(const struct alloy_tensor *t) { alloy_st_release_range(t, 0, t->nbytes); }

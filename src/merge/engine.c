@@ -1,0 +1,357 @@
+/*
+ * engine.c — execute a merge plan: stream every tensor into its output shard.
+ *
+ * DESIGN
+ *   The output folder is built as a hidden sibling "<out>.alloy-tmp-XXXXXX"
+ *   and renamed into place only after every file is written and fsynced, so
+ *   a failure or an interrupt leaves either the old folder or the complete
+ *   new one, never a partial folder that looks finished. The temporary
+ *   folder is removed on any failure. Inputs are opened read-only and an
+ *   output folder that is one of the inputs is refused.
+ *
+ *   Each shard file is created at its final size with its header written
+ *   first (the plan knows every offset), then tensors are merged chunk by
+ *   chunk on the thread pool; each chunk is converted to the output dtype in
+ *   place and written with pwrite at its final offset, so no tensor is ever
+ *   held whole in memory. After a tensor, the input pages it used are
+ *   dropped from the process (madvise DONTNEED), keeping the resident set
+ *   bounded by the chunks in flight.
+ *
+ *   Memory bound: threads x (inputs + 1) x ALLOY_CHUNK_ELEMS x 4 bytes of
+ *   scratch (2 threads, 3 models: 8 MiB), plus per-chunk scan accumulators,
+ *   plus the input pages of the tensor in progress that the kernel has not
+ *   yet reclaimed.
+ */
+#include "core/internal.h"
+#include "merge/output.h"
+#include "merge/plan.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct tensor_io {
+    const struct alloy_plan *plan;
+    const struct alloy_plan_tensor *t;
+    int fd;
+    const char *path;
+    uint64_t data_start;          /* file offset of the shard's data buffer */
+    int round_to;                 /* working dtype rounding: -1 none, else dtype */
+    volatile int *interrupt;
+};
+
+/* ------------------------------------------------------------ chunk I/O */
+
+static int load_chunk(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, struct alloy_err *err)
+{
+    const struct tensor_io *io = ctx;
+    const struct alloy_plan_tensor *t = io->t;
+    const struct alloy_tensor *src = t->inputs[input].t;
+    if (io->interrupt && *io->interrupt)
+        return alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while merging '%s'", t->name);
+    size_t esize = alloy_dtype_traits(src->dtype)->bits / 8;
+    uint64_t src_cols = src->ndim ? (uint64_t)src->shape[src->ndim - 1] : 1;
+    if (src->numel == t->numel) {
+        alloy_to_f32(src->dtype, src->data + e0 * esize, dst, (size_t)(e1 - e0));
+        /* consumed: drop the pages so the resident set does not grow with the tensor */
+        alloy_st_release_range(src, e0 * esize, (e1 - e0) * esize);
+    } else { /* a top-left block of a larger embedding matrix */
+        uint64_t e = e0;
+        while (e < e1) {
+            uint64_t r = e / t->cols, c = e % t->cols;
+            uint64_t n = t->cols - c;
+            if (n > e1 - e) n = e1 - e;
+            alloy_to_f32(src->dtype, src->data + (r * src_cols + c) * esize, dst + (e - e0), (size_t)n);
+            e += n;
+        }
+    }
+    if (io->round_to >= 0 && (enum alloy_dtype)io->round_to != src->dtype) {
+        /* mergekit casts inputs to the working dtype before merging */
+        for (uint64_t i = 0; i < e1 - e0; i++) {
+            if (io->round_to == ALLOY_DTYPE_BF16) dst[i] = alloy_bf16_to_f32(alloy_f32_to_bf16(dst[i]));
+            else if (io->round_to == ALLOY_DTYPE_F16) dst[i] = alloy_f16_to_f32(alloy_f32_to_f16(dst[i]));
+        }
+    }
+    return ALLOY_OK;
+}
+
+static int store_chunk(void *ctx, uint64_t e0, uint64_t e1, float *src, struct alloy_err *err)
+{
+    const struct tensor_io *io = ctx;
+    const struct alloy_plan_tensor *t = io->t;
+    size_t esize = alloy_dtype_traits(t->dtype)->bits / 8;
+    /* in place: esize <= 4 and the write position never passes the read position */
+    alloy_from_f32(t->dtype, src, src, (size_t)(e1 - e0));
+    return alloy_pwrite_all(io->fd, src, (size_t)(e1 - e0) * esize, io->data_start + t->offset + e0 * esize, io->path,
+                            err);
+}
+
+static int copy_tensor(const struct tensor_io *io, struct alloy_err *err)
+{
+    const struct alloy_tensor *src = io->t->inputs[0].t;
+    const uint64_t step = (uint64_t)8 << 20;
+    for (uint64_t off = 0; off < src->nbytes; off += step) {
+        uint64_t n = src->nbytes - off < step ? src->nbytes - off : step;
+        int rc = alloy_pwrite_all(io->fd, src->data + off, (size_t)n, io->data_start + io->t->offset + off, io->path, err);
+        if (rc) return rc;
+    }
+    return ALLOY_OK;
+}
+
+/* ------------------------------------------------------------ shards */
+
+static char *shard_header(const struct alloy_plan *p, const struct alloy_plan_shard *s, size_t *len)
+{
+    json_t *root = json_object();
+    for (size_t i = s->first; i < s->first + s->count && root; i++) {
+        const struct alloy_plan_tensor *t = &p->tensors[i];
+        json_t *shape = json_array(), *offs = json_array(), *e = json_object();
+        for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
+        json_array_append_new(offs, json_integer((json_int_t)t->offset));
+        json_array_append_new(offs, json_integer((json_int_t)(t->offset + t->nbytes)));
+        json_object_set_new(e, "dtype", json_string(alloy_dtype_traits(t->dtype)->name));
+        json_object_set_new(e, "shape", shape);
+        json_object_set_new(e, "data_offsets", offs);
+        json_object_set_new(root, t->name, e);
+    }
+    json_t *meta = json_object();
+    json_object_set_new(meta, "format", json_string("pt"));
+    json_object_set_new(root, "__metadata__", meta);
+    char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (!text) return NULL;
+    size_t n = strlen(text), padded = (n + 7) & ~(size_t)7;
+    char *buf = alloy_xmalloc(8 + padded);
+    if (buf) {
+        uint64_t v = padded;
+        for (int i = 0; i < 8; i++) buf[i] = (char)(v >> (8 * i));
+        memcpy(buf + 8, text, n);
+        memset(buf + 8 + n, ' ', padded - n);
+        *len = 8 + padded;
+    }
+    free(text);
+    return buf;
+}
+
+static void report(const struct alloy_merge_options *o, struct alloy_progress *pr)
+{
+    if (o->progress) o->progress(o->progress_user, pr);
+}
+
+static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, struct alloy_pool *pool,
+                       const struct alloy_merge_options *o, struct alloy_progress *pr, struct alloy_err *err)
+{
+    const struct alloy_plan_shard *s = &p->shards[si];
+    char *path = alloy_xasprintf("%s/%s", dir, s->file);
+    size_t hlen = 0;
+    char *hdr = shard_header(p, s, &hlen);
+    if (!path || !hdr) {
+        free(path);
+        free(hdr);
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory building the header of %s", s->file);
+    }
+    int rc = ALLOY_OK;
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        goto out;
+    }
+    rc = alloy_pwrite_all(fd, hdr, hlen, 0, path, err);
+    if (!rc && s->data_bytes && ftruncate(fd, (off_t)(hlen + s->data_bytes)) != 0)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot size the file to %llu bytes: %s", path,
+                           (unsigned long long)(hlen + s->data_bytes), strerror(errno));
+    const char *names[64];
+    for (size_t i = s->first; i < s->first + s->count && !rc; i++) {
+        const struct alloy_plan_tensor *t = &p->tensors[i];
+        struct tensor_io io = {.plan = p, .t = t, .fd = fd, .path = path, .data_start = hlen, .round_to = -1,
+                               .interrupt = o->interrupt};
+        if (p->cfg->has_dtype && (p->cfg->dtype == ALLOY_DTYPE_BF16 || p->cfg->dtype == ALLOY_DTYPE_F16))
+            io.round_to = (int)p->cfg->dtype;
+        if (o->interrupt && *o->interrupt) {
+            rc = alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted before tensor '%s'", t->name);
+            break;
+        }
+        if (t->copy) {
+            rc = copy_tensor(&io, err);
+        } else {
+            struct alloy_merge_job job;
+            for (int k = 0; k < t->n && k < 64; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
+            alloy_plan_job(p, i, o->has_seed ? o->seed : 0, names, &job);
+            rc = alloy_method_execute(p->method, &job, load_chunk, &io, store_chunk, &io, pool, 0, err);
+        }
+        for (int k = 0; k < t->n; k++) alloy_st_release(t->inputs[k].t);
+        pr->tensors_done++;
+        pr->bytes_done += t->nbytes;
+        report(o, pr);
+    }
+    if (!rc && fsync(fd) != 0) rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    if (fd >= 0 && close(fd) != 0 && !rc)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: close failed: %s", path, strerror(errno));
+out:
+    free(path);
+    free(hdr);
+    return rc;
+}
+
+/* ------------------------------------------------------------ folder handling */
+
+static int remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d) return unlink(path);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *sub = alloy_xasprintf("%s/%s", path, e->d_name);
+        if (!sub) continue;
+        struct stat st;
+        if (lstat(sub, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(sub);
+        else unlink(sub);
+        free(sub);
+    }
+    closedir(d);
+    return rmdir(path);
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static char *parent_dir(const char *path)
+{
+    char *copy = alloy_xstrdup(path);
+    if (!copy) return NULL;
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/') copy[--n] = '\0';
+    char *slash = strrchr(copy, '/');
+    if (!slash) { free(copy); return alloy_xstrdup("."); }
+    if (slash == copy) slash[1] = '\0';
+    else *slash = '\0';
+    return copy;
+}
+
+/* Refuses an output folder that is (or contains, or lies inside) an input folder. */
+static int check_out_dir(const struct alloy_plan *p, const char *out, struct alloy_err *err)
+{
+    char real_out[PATH_MAX];
+    char *parent = parent_dir(out);
+    if (!parent) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!alloy_is_dir(parent)) {
+        int rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: the parent folder %s does not exist", out, parent);
+        free(parent);
+        return rc;
+    }
+    free(parent);
+    if (!realpath(out, real_out)) return ALLOY_OK; /* does not exist yet: cannot be an input */
+    for (size_t i = 0; i < p->nmodels; i++) {
+        char real_in[PATH_MAX];
+        if (!realpath(alloy_model_dir(p->models[i]), real_in)) continue;
+        size_t lo = strlen(real_out), li = strlen(real_in);
+        int same = strcmp(real_out, real_in) == 0;
+        int out_holds_in = li > lo && strncmp(real_in, real_out, lo) == 0 && real_in[lo] == '/';
+        if (same || out_holds_in)
+            return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: output folder %s input model %s; choose another output "
+                                 "folder (alloy never overwrites its inputs)", out,
+                                 same ? "is the" : "contains the", alloy_model_ref(p->models[i]));
+    }
+    return ALLOY_OK;
+}
+
+/* Moves tmp into place as out. An existing out is replaced only now, as a whole. */
+static int publish(const char *tmp, const char *out, struct alloy_err *err)
+{
+    char *old = NULL;
+    if (alloy_is_dir(out) || access(out, F_OK) == 0) {
+        old = alloy_xasprintf("%s.alloy-old-%ld", out, (long)getpid());
+        if (!old) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        if (rename(out, old) != 0) {
+            int rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot move the existing folder aside: %s", out, strerror(errno));
+            free(old);
+            return rc;
+        }
+    }
+    if (rename(tmp, out) != 0) {
+        int rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot rename %s into place: %s", out, tmp, strerror(errno));
+        if (old) rename(old, out);
+        free(old);
+        return rc;
+    }
+    if (old) {
+        remove_tree(old);
+        free(old);
+    }
+    char *parent = parent_dir(out);
+    if (parent) fsync_dir(parent);
+    free(parent);
+    return ALLOY_OK;
+}
+
+/* ------------------------------------------------------------ entry */
+
+void alloy_merge_options_init(struct alloy_merge_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->copy_tokenizer = 1;
+    o->write_model_card = 1;
+}
+
+int alloy_merge(const struct alloy_merge_options *opts, struct alloy_err *err)
+{
+    if (!opts->config_path || (!opts->out_dir && !opts->dry_run))
+        return alloy_err_set(err, ALLOY_ERR_CONFIG, "a config file and an output folder are required");
+    struct alloy_merge_options oo = *opts;
+    const struct alloy_merge_options *o = &oo;
+    char *out_dir = alloy_xstrdup(opts->out_dir ? opts->out_dir : ".");
+    if (!out_dir) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    for (size_t n = strlen(out_dir); n > 1 && out_dir[n - 1] == '/';) out_dir[--n] = '\0';
+    oo.out_dir = out_dir;
+    struct alloy_config *cfg = NULL;
+    struct alloy_plan *plan = NULL;
+    struct alloy_pool *pool = NULL;
+    char *tmp = NULL;
+    int rc = alloy_config_load(o->config_path, &cfg, err);
+    if (rc) { free(out_dir); return rc; }
+    rc = alloy_plan_build(cfg, o, &plan, err);
+    if (rc) goto out;
+    if (o->dry_run) {
+        alloy_plan_print(plan, o->plan_out ? o->plan_out : stdout);
+        goto out;
+    }
+    rc = check_out_dir(plan, o->out_dir, err);
+    if (rc) goto out;
+    tmp = alloy_xasprintf("%s.alloy-tmp-XXXXXX", o->out_dir);
+    if (!tmp) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto out; }
+    if (!mkdtemp(tmp)) {
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create a temporary folder next to it: %s", o->out_dir,
+                           strerror(errno));
+        free(tmp);
+        tmp = NULL;
+        goto out;
+    }
+    pool = alloy_pool_new(o->threads);
+    if (!pool) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "cannot start %d threads", o->threads); goto out; }
+    struct alloy_progress pr = {.tensors_total = plan->ntensors, .bytes_total = plan->total_bytes};
+    report(o, &pr);
+    for (size_t s = 0; s < plan->nshards && !rc; s++) rc = write_shard(plan, s, tmp, pool, o, &pr, err);
+    if (!rc) rc = alloy_output_write_files(plan, o, tmp, err);
+    if (!rc && fsync_dir(tmp) != 0) rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (!rc && o->interrupt && *o->interrupt) rc = alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted");
+    if (!rc) rc = publish(tmp, o->out_dir, err);
+out:
+    if (rc && tmp) remove_tree(tmp);
+    free(tmp);
+    alloy_pool_free(pool);
+    alloy_plan_free(plan);
+    alloy_config_free(cfg);
+    free(out_dir);
+    return rc;
+}

@@ -1,0 +1,81 @@
+/*
+ * util.c — helpers shared by the tests: an independent safetensors writer
+ * (so reader and engine are checked against bytes they did not produce),
+ * text files, and child-process peak memory.
+ */
+#include "test.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static size_t dtype_size(const char *d)
+{
+    if (!strcmp(d, "F64") || !strcmp(d, "I64") || !strcmp(d, "U64")) return 8;
+    if (!strcmp(d, "F32") || !strcmp(d, "I32") || !strcmp(d, "U32")) return 4;
+    if (!strcmp(d, "F16") || !strcmp(d, "BF16") || !strcmp(d, "I16") || !strcmp(d, "U16")) return 2;
+    return 1;
+}
+
+int test_write_safetensors(const char *path, const struct test_tensor *t, int n)
+{
+    size_t cap = 256 + (size_t)n * 256, len = 0;
+    char *h = malloc(cap);
+    uint64_t off = 0;
+    len += (size_t)snprintf(h + len, cap - len, "{");
+    for (int i = 0; i < n; i++) {
+        uint64_t numel = 1;
+        for (int d = 0; d < t[i].ndim; d++) numel *= (uint64_t)t[i].shape[d];
+        uint64_t bytes = numel * dtype_size(t[i].dtype);
+        len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "", t[i].name,
+                                t[i].dtype);
+        for (int d = 0; d < t[i].ndim; d++) len += (size_t)snprintf(h + len, cap - len, "%s%lld", d ? "," : "", t[i].shape[d]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                                (unsigned long long)(off + bytes));
+        off += bytes;
+    }
+    len += (size_t)snprintf(h + len, cap - len, ",\"__metadata__\":{\"format\":\"pt\"}}");
+    while (len % 8) h[len++] = ' ';
+    FILE *f = fopen(path, "wb");
+    if (!f) { free(h); return -1; }
+    uint8_t hl[8];
+    for (int i = 0; i < 8; i++) hl[i] = (uint8_t)((uint64_t)len >> (8 * i));
+    int ok = fwrite(hl, 1, 8, f) == 8 && fwrite(h, 1, len, f) == len;
+    for (int i = 0; i < n && ok; i++) {
+        uint64_t numel = 1;
+        for (int d = 0; d < t[i].ndim; d++) numel *= (uint64_t)t[i].shape[d];
+        size_t bytes = (size_t)numel * dtype_size(t[i].dtype);
+        ok = fwrite(t[i].data, 1, bytes, f) == bytes;
+    }
+    ok &= fclose(f) == 0;
+    free(h);
+    return ok ? 0 : -1;
+}
+
+int test_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    int ok = fputs(text, f) >= 0;
+    ok &= fclose(f) == 0;
+    return ok ? 0 : -1;
+}
+
+int test_run_rss(const char *cmd, long *maxrss_kib)
+{
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        freopen("/dev/null", "w", stdout);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    struct rusage ru;
+    if (wait4(pid, &st, 0, &ru) != pid) return -1;
+    *maxrss_kib = ru.ru_maxrss;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
