@@ -31,6 +31,8 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,6 +44,7 @@ struct tensor_io {
     uint64_t data_start;          /* file offset of the shard's data buffer */
     int round_to;                 /* working dtype rounding: -1 none, else dtype */
     volatile int *interrupt;
+    atomic_ullong nonfinite;      /* NaN/Inf values written (warned about once per tensor) */
 };
 
 /* ------------------------------------------------------------ chunk I/O */
@@ -84,6 +87,9 @@ static int store_chunk(void *ctx, uint64_t e0, uint64_t e1, float *src, struct a
     const struct tensor_io *io = ctx;
     const struct alloy_plan_tensor *t = io->t;
     size_t esize = alloy_dtype_traits(t->dtype)->bits / 8;
+    uint64_t bad = 0;
+    for (uint64_t i = 0; i < e1 - e0; i++) bad += !isfinite(src[i]);
+    if (bad) atomic_fetch_add(&((struct tensor_io *)ctx)->nonfinite, bad);
     /* in place: esize <= 4 and the write position never passes the read position */
     alloy_from_f32(t->dtype, src, src, (size_t)(e1 - e0));
     return alloy_pwrite_all(io->fd, src, (size_t)(e1 - e0) * esize, io->data_start + t->offset + e0 * esize, io->path,
@@ -182,6 +188,13 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
             for (int k = 0; k < t->n && k < 64; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
             alloy_plan_job(p, i, o->has_seed ? o->seed : 0, names, &job);
             rc = alloy_method_execute(p->method, &job, load_chunk, &io, store_chunk, &io, pool, 0, err);
+            unsigned long long bad = atomic_load(&io.nonfinite);
+            if (!rc && bad && o->log) {
+                char msg[600];
+                snprintf(msg, sizeof msg, "tensor '%.400s': %llu of %llu output values are NaN or Inf", t->name, bad,
+                         (unsigned long long)t->numel);
+                o->log(o->log_user, 0, msg);
+            }
         }
         for (int k = 0; k < t->n; k++) alloy_st_release(t->inputs[k].t);
         pr->tensors_done++;
