@@ -1,0 +1,868 @@
+/*
+ * test_gta.c — the task-arithmetic family (task_arithmetic, ties,
+ * breadcrumbs, breadcrumbs_ties; shared machinery in src/methods/gta.c)
+ * against a naive double-precision evaluation of spec §1.6 / §1.6.1
+ * written out below: sort-based top-k and outlier slices with the
+ * documented tie order (|delta| descending, then lower index first),
+ * the "sum" sign consensus with its mask/divisor rules, normalize, lambda.
+ * Inputs are multiples of 1/64 so deltas are exact in float32 and the
+ * reference sees exactly the magnitudes (and ties) the code sees.
+ * Random methods (dare, della): the masks are observed from single-model
+ * runs (out != base), checked statistically (kept fraction, della's keep
+ * probability per rank, L1 rescale, expectation over many seeds), and then
+ * fed to the same naive pipeline to check the multi-model merge.
+ */
+#include "test.h"
+#include "alloy.h"
+#include "merge/method.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+#define MAXM 24
+
+static uint64_t g_rs = 88172645463325252ull;
+static double urand(void) /* xorshift64*: the tests' own generator */
+{
+    g_rs ^= g_rs >> 12;
+    g_rs ^= g_rs << 25;
+    g_rs ^= g_rs >> 27;
+    return (double)((g_rs * 2685821657736338717ull) >> 11) * 0x1p-53;
+}
+
+/* A value in [-span, span] on the 1/64 grid. */
+static float grid(int span) { return (float)((int)(urand() * (2 * span + 1)) - span) / 64.0f; }
+
+struct gcase {
+    const char *method;
+    int n, base;
+    int ndim;
+    uint64_t rows, cols;
+    double w[MAXM], density[MAXM], extra[MAXM]; /* NAN: method default */
+    double normalize, rescale, lambda;          /* NAN: method default */
+    uint64_t seed;
+};
+
+static void gcase_init(struct gcase *k, const char *method, int n, int base, uint64_t rows, uint64_t cols)
+{
+    memset(k, 0, sizeof *k);
+    k->method = method;
+    k->n = n;
+    k->base = base;
+    k->ndim = rows == 1 ? 1 : 2;
+    k->rows = rows;
+    k->cols = cols;
+    for (int i = 0; i < MAXM; i++) k->w[i] = k->density[i] = k->extra[i] = NAN;
+    k->normalize = k->rescale = k->lambda = NAN;
+    k->seed = 7;
+}
+
+static int run_case(const struct gcase *k, const float *const *in, float *out, int threads, uint64_t chunk,
+                    struct alloy_err *err)
+{
+    const struct alloy_method *m = alloy_method_find(k->method);
+    if (!m) return -1;
+    int np = m->nparams;
+    double gp[16], tp[MAXM * 16];
+    static const char *models[MAXM] = {"m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11",
+                                       "m12", "m13", "m14", "m15", "m16", "m17", "m18", "m19", "m20", "m21", "m22", "m23"};
+    for (int p = 0; p < np; p++) {
+        const char *nm = m->params[p].name;
+        double v = m->params[p].def;
+        if (!strcmp(nm, "normalize") && !isnan(k->normalize)) v = k->normalize;
+        if (!strcmp(nm, "rescale") && !isnan(k->rescale)) v = k->rescale;
+        if (!strcmp(nm, "lambda") && !isnan(k->lambda)) v = k->lambda;
+        gp[p] = v;
+        for (int i = 0; i < k->n; i++) {
+            double t = m->params[p].def;
+            if (!strcmp(nm, "weight")) t = k->w[i];
+            if (!strcmp(nm, "density") && !isnan(k->density[i])) t = k->density[i];
+            if ((!strcmp(nm, "gamma") || !strcmp(nm, "epsilon")) && !isnan(k->extra[i])) t = k->extra[i];
+            tp[i * np + p] = t;
+        }
+    }
+    int64_t shape[2] = {(int64_t)k->rows, (int64_t)k->cols};
+    if (k->ndim == 1) shape[0] = (int64_t)(k->rows * k->cols);
+    struct alloy_merge_job job = {.name = "model.layers.0.mlp.up_proj.weight", .config_path = "test.yml",
+                                  .ndim = k->ndim, .shape = shape, .numel = k->rows * k->cols, .rows = k->rows,
+                                  .cols = k->cols, .n = k->n, .base = k->base, .models = models, .gp = gp,
+                                  .tp = tp, .seed = k->seed};
+    struct alloy_pool *pool = threads > 1 ? alloy_pool_new(threads) : NULL;
+    int rc = alloy_method_run_memory(m, &job, in, out, pool, chunk, err);
+    alloy_pool_free(pool);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- naive reference */
+
+enum { SP_NONE, SP_MAGNITUDE, SP_OUTLIERS };
+
+struct ord { double a; size_t idx; };
+static int ord_desc(const void *x, const void *y) /* |delta| descending, lower index first */
+{
+    const struct ord *p = x, *q = y;
+    if (p->a != q->a) return p->a > q->a ? -1 : 1;
+    return p->idx < q->idx ? -1 : (p->idx > q->idx);
+}
+static int ord_asc(const void *x, const void *y) { return ord_desc(y, x); } /* the exact reverse order */
+
+/* Spec §1.6.1 magnitude / magnitude_outliers on one task vector, in double. */
+static void naive_sparsify(int sp, double density, double gamma, int rescale, size_t N, double *d)
+{
+    if (sp == SP_NONE || density >= 1) return;
+    struct ord *o = malloc(N * sizeof *o);
+    unsigned char *keep = calloc(N, 1);
+    for (size_t e = 0; e < N; e++) o[e] = (struct ord){fabs(d[e]), e};
+    if (sp == SP_MAGNITUDE) {
+        size_t k = (size_t)(density * (double)N);             /* k == 0: keep nothing (mergekit asserts) */
+        qsort(o, N, sizeof *o, ord_desc);
+        for (size_t r = 0; r < k; r++) keep[o[r].idx] = 1;
+    } else {
+        long long target = (long long)(density * (double)N), n_top = (long long)(gamma * (double)N);
+        long long n_bot = (long long)N - target - n_top;
+        if (n_bot < 0) { n_top += n_bot; n_bot = 0; }
+        qsort(o, N, sizeof *o, ord_asc);
+        for (long long r = n_bot; r < (long long)N - n_top; r++) keep[o[r].idx] = 1; /* n_top == 0: up to N */
+    }
+    double before = 0, after = 0;
+    for (size_t e = 0; e < N; e++) {
+        before += fabs(d[e]);
+        if (!keep[e]) d[e] = 0;
+        after += fabs(d[e]);
+    }
+    if (rescale && before >= 1e-7 && after >= 1e-7)
+        for (size_t e = 0; e < N; e++) d[e] *= before / after;
+    free(o);
+    free(keep);
+}
+
+/* Spec §1.6 steps 1-7 in double. Masks, if given, replace step 2's pruning
+ * (mask[i][e] = 1 keeps) and are then L1-rescaled when `rescale`. */
+static void naive_gta(int sp, int consensus, const struct gcase *k, int normalize, int rescale, double lambda,
+                      const float *const *in, const unsigned char *const *mask, double *res)
+{
+    size_t N = (size_t)(k->rows * k->cols);
+    double *delta[MAXM] = {0};
+    double wsum = 0;
+    for (int i = 0; i < k->n; i++) {
+        if (i == k->base) continue;
+        delta[i] = malloc(N * sizeof(double));
+        for (size_t e = 0; e < N; e++) delta[i][e] = (double)in[i][e] - (double)in[k->base][e];
+        double dens = isnan(k->density[i]) ? 1.0 : k->density[i];
+        if (mask && mask[i] && dens < 1) {
+            double before = 0, after = 0;
+            for (size_t e = 0; e < N; e++) {
+                before += fabs(delta[i][e]);
+                if (!mask[i][e]) delta[i][e] = 0;
+                after += fabs(delta[i][e]);
+            }
+            if (rescale && before >= 1e-7 && after >= 1e-7)
+                for (size_t e = 0; e < N; e++) delta[i][e] *= before / after;
+        } else {
+            naive_sparsify(sp, dens, isnan(k->extra[i]) ? 0.01 : k->extra[i], rescale, N, delta[i]);
+        }
+        wsum += k->w[i];
+    }
+    for (size_t e = 0; e < N; e++) {
+        double S = 0, num = 0, Z = 0;
+        for (int i = 0; i < k->n; i++)
+            if (i != k->base) S += k->w[i] * delta[i][e];
+        if (consensus) {
+            int sigma = S >= 0 ? 1 : -1;
+            for (int i = 0; i < k->n; i++) {
+                if (i == k->base) continue;
+                double D = k->w[i] * delta[i][e];
+                int sg = D > 0 ? 1 : (D < 0 ? -1 : 0);
+                if (sg == sigma) { num += D; Z += k->w[i]; }
+            }
+            if (Z == 0) Z = 1;
+        } else {
+            num = S;
+            Z = fabs(wsum) < 1e-8 ? 1 : wsum;
+        }
+        if (normalize) num /= Z;
+        res[e] = (double)in[k->base][e] + lambda * num;
+    }
+    for (int i = 0; i < k->n; i++) free(delta[i]);
+}
+
+/* Runs the case with several chunkings and thread counts; compares with ref. */
+static void expect_case(const struct gcase *k, const float *const *in, const double *ref, double tol, int line)
+{
+    size_t N = (size_t)(k->rows * k->cols);
+    float *out = malloc(N * sizeof *out), *first = malloc(N * sizeof *first);
+    const uint64_t chunks[] = {5, 64, 0};
+    const int threads[] = {1, 3, 1};
+    for (int r = 0; r < 3; r++) {
+        struct alloy_err err = {0};
+        int rc = run_case(k, in, out, threads[r], chunks[r], &err);
+        if (rc) {
+            test_fail(__FILE__, line, "%s: rc %d: %s", k->method, rc, err.msg);
+            break;
+        }
+        size_t bad = 0, worst = 0;
+        for (size_t e = 0; e < N; e++)
+            if (!(fabs(out[e] - ref[e]) <= tol * (1 + fabs(ref[e])))) {
+                if (!bad) worst = e;
+                bad++;
+            }
+        if (bad)
+            test_fail(__FILE__, line, "%s chunk %llu: %zu of %zu differ, first at %zu: %.9g vs %.9g", k->method,
+                      (unsigned long long)chunks[r], bad, N, worst, out[worst], ref[worst]);
+        if (r == 0) memcpy(first, out, N * sizeof *out);
+        else if (memcmp(first, out, N * sizeof *out))
+            test_fail(__FILE__, line, "%s: chunk %llu / %d threads changed the bits", k->method,
+                      (unsigned long long)chunks[r], threads[r]);
+    }
+    free(out);
+    free(first);
+}
+
+static float **make_inputs(int n, size_t N, int span)
+{
+    float **in = malloc((size_t)n * sizeof *in);
+    for (int i = 0; i < n; i++) {
+        in[i] = malloc(N * sizeof(float));
+        for (size_t e = 0; e < N; e++) in[i][e] = grid(span);
+    }
+    return in;
+}
+
+static void free_inputs(float **in, int n)
+{
+    for (int i = 0; i < n; i++) free(in[i]);
+    free(in);
+}
+
+/* ---------------------------------------------------------------- registry and parameters */
+
+static const struct alloy_param_spec *param(const struct alloy_method *m, const char *name)
+{
+    int k = alloy_method_param(m, name);
+    return k >= 0 ? &m->params[k] : NULL;
+}
+
+TEST(gta_registered_with_spec_defaults)
+{
+    static const struct { const char *name; double normalize, rescale; const char *extra; double extra_def; } t[] = {
+        {"task_arithmetic", 0, 0, NULL, 0}, {"ties", 1, 0, NULL, 0},
+        {"dare_ties", 0, 1, NULL, 0},       {"dare_linear", 0, 1, NULL, 0},
+        {"breadcrumbs", 0, 0, "gamma", 0.01}, {"breadcrumbs_ties", 0, 0, "gamma", 0.01},
+        {"della", 1, 1, "epsilon", 0.15},   {"della_linear", 0, 1, "epsilon", 0.15},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        const struct alloy_method *m = alloy_method_find(t[i].name);
+        CHECK_MSG(m != NULL, "%s not registered", t[i].name);
+        if (!m) continue;
+        CHECK(m->flags & ALLOY_METHOD_NEEDS_BASE);
+        CHECK(m->flags & ALLOY_METHOD_BASE_SHAPE);
+        const struct alloy_param_spec *w = param(m, "weight"), *d = param(m, "density");
+        CHECK(w && w->scope == ALLOY_PARAM_TENSOR && w->required && isnan(w->def));
+        CHECK(d && d->scope == ALLOY_PARAM_TENSOR && !d->required && d->def == 1.0);
+        const struct alloy_param_spec *nz = param(m, "normalize"), *rs = param(m, "rescale");
+        const struct alloy_param_spec *lb = param(m, "lambda"), *i8 = param(m, "int8_mask");
+        CHECK(nz && nz->scope == ALLOY_PARAM_GLOBAL && nz->def == t[i].normalize);
+        CHECK(rs && rs->scope == ALLOY_PARAM_GLOBAL && rs->def == t[i].rescale);
+        CHECK(lb && lb->scope == ALLOY_PARAM_GLOBAL && lb->def == 1.0);
+        CHECK(i8 && i8->scope == ALLOY_PARAM_GLOBAL && i8->def == 0.0);
+        if (t[i].extra) {
+            const struct alloy_param_spec *x = param(m, t[i].extra);
+            CHECK(x && x->scope == ALLOY_PARAM_TENSOR && x->def == t[i].extra_def);
+            CHECK_INT(m->nparams, 7);
+        } else {
+            CHECK_INT(m->nparams, 6);
+        }
+        int random = !strncmp(t[i].name, "dare", 4) || !strncmp(t[i].name, "della", 5);
+        CHECK_INT(!!(m->flags & ALLOY_METHOD_RANDOM), random);
+        CHECK_INT(!!(m->flags & ALLOY_METHOD_WHOLE_ROWS), !strncmp(t[i].name, "della", 5));
+    }
+}
+
+TEST(gta_check_rejects_bad_configs)
+{
+    float a[4] = {0, 1, 2, 3}, b[4] = {1, 1, 1, 1};
+    const float *in[2] = {a, b};
+    float out[4];
+    struct gcase k;
+    struct alloy_err err;
+    const char *names[] = {"task_arithmetic", "ties", "dare_ties", "breadcrumbs", "della_linear"};
+    for (int i = 0; i < 5; i++) {
+        gcase_init(&k, names[i], 2, -1, 2, 2);
+        k.w[0] = k.w[1] = 1;
+        memset(&err, 0, sizeof err);
+        CHECK(run_case(&k, in, out, 1, 0, &err) == ALLOY_ERR_CONFIG);
+        CHECK_STR_CONTAINS(err.msg, "base_model");
+        CHECK_STR_CONTAINS(err.msg, "test.yml: tensor 'model.layers.0.mlp.up_proj.weight'");
+        gcase_init(&k, names[i], 2, 1, 2, 2); /* model 0 lacks a weight; the base needs none */
+        CHECK(run_case(&k, in, out, 1, 0, &err) == ALLOY_ERR_CONFIG);
+        CHECK_STR_CONTAINS(err.msg, "model m0 has no `weight`");
+        k.w[0] = 1;
+        k.density[0] = -0.5;
+        CHECK(run_case(&k, in, out, 1, 0, &err) == ALLOY_ERR_CONFIG);
+        CHECK_STR_CONTAINS(err.msg, "density must be >= 0");
+        k.density[0] = NAN;
+        CHECK_INT(run_case(&k, in, out, 1, 0, &err), ALLOY_OK);
+    }
+    gcase_init(&k, "breadcrumbs_ties", 2, 0, 2, 2);
+    k.w[1] = 1;
+    k.extra[1] = -0.1;
+    CHECK(run_case(&k, in, out, 1, 0, &err) == ALLOY_ERR_CONFIG);
+    CHECK_STR_CONTAINS(err.msg, "gamma must be >= 0");
+}
+
+/* ---------------------------------------------------------------- task_arithmetic */
+
+TEST(task_arithmetic_golden)
+{
+    enum { R = 7, C = 9, N = R * C };
+    float **in = make_inputs(4, N, 40);
+    double ref[N];
+    struct gcase k;
+    gcase_init(&k, "task_arithmetic", 4, 1, R, C);           /* base in the middle of the inputs */
+    k.w[0] = 0.5; k.w[2] = 1.0; k.w[3] = -0.25;
+    k.density[0] = 0.1;                                       /* ignored: no sparsification */
+    naive_gta(SP_NONE, 0, &k, 0, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    k.normalize = 1;
+    k.lambda = 0.7;
+    naive_gta(SP_NONE, 0, &k, 1, 0, 0.7, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    k.w[3] = -1.5;                                            /* weights sum to 0: divisor falls back to 1 */
+    naive_gta(SP_NONE, 0, &k, 1, 0, 0.7, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    free_inputs(in, 4);
+}
+
+TEST(task_arithmetic_negation_and_base_only)
+{
+    float base[6] = {1, 2, 3, -4, 0.5f, 0}, ft[6] = {1.5f, 2, 2, -4.25f, 0.5f, 1};
+    const float *in[2] = {base, ft};
+    float out[6];
+    struct gcase k;
+    gcase_init(&k, "task_arithmetic", 2, 0, 1, 6);            /* 1-D */
+    k.w[1] = -1.0;                                            /* task negation: R = 2B - X */
+    struct alloy_err err = {0};
+    CHECK_INT(run_case(&k, in, out, 1, 4, &err), ALLOY_OK);
+    for (int e = 0; e < 6; e++) CHECK_NEAR(out[e], 2.0 * base[e] - ft[e], 0);
+    gcase_init(&k, "task_arithmetic", 1, 0, 1, 6);            /* only the base: R = B */
+    CHECK_INT(run_case(&k, in, out, 1, 0, &err), ALLOY_OK);
+    CHECK(!memcmp(out, base, sizeof out));
+}
+
+/* ---------------------------------------------------------------- ties */
+
+TEST(ties_golden_many_ties)
+{
+    enum { R = 12, C = 17, N = R * C };
+    float **in = make_inputs(4, N, 6);                        /* 13 levels: |delta| ties everywhere */
+    double ref[N];
+    struct gcase k;
+    gcase_init(&k, "ties", 4, 2, R, C);
+    k.w[0] = 1.0; k.w[1] = 0.5; k.w[3] = 0.75;
+    k.density[0] = 0.3; k.density[1] = 0.55; k.density[3] = 1.0;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    k.normalize = 0;
+    k.lambda = 1.25;
+    naive_gta(SP_MAGNITUDE, 1, &k, 0, 0, 1.25, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    k.rescale = 1;                                            /* L1 matching after pruning */
+    naive_gta(SP_MAGNITUDE, 1, &k, 0, 1, 1.25, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    free_inputs(in, 4);
+}
+
+TEST(ties_golden_continuous_values)
+{
+    enum { R = 33, C = 40, N = R * C };
+    float **in = malloc(3 * sizeof *in);
+    for (int i = 0; i < 3; i++) {
+        in[i] = malloc(N * sizeof(float));
+        for (size_t e = 0; e < N; e++) in[i][e] = (float)(urand() - 0.5) * 0.25f + (i == 0 ? 0.0f : in[0][e]);
+    }
+    /* deltas of continuous values: recompute them as the float32 the method sees, for the reference */
+    for (int i = 1; i < 3; i++)
+        for (size_t e = 0; e < N; e++) in[i][e] = in[0][e] + (in[i][e] - in[0][e]);
+    double *ref = malloc(N * sizeof *ref);
+    struct gcase k;
+    gcase_init(&k, "ties", 3, 0, R, C);
+    k.w[1] = 0.6; k.w[2] = 0.4;
+    k.density[1] = 0.2; k.density[2] = 0.7;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    free(ref);
+    free_inputs(in, 3);
+}
+
+TEST(ties_density_edges)
+{
+    enum { N = 64 };
+    float **in = make_inputs(3, N, 20);
+    double ref[N];
+    struct gcase k;
+    gcase_init(&k, "ties", 3, 0, 8, 8);
+    k.w[1] = 1; k.w[2] = 1;
+    k.density[1] = 0.01; k.density[2] = 0.01;                 /* k = int(0.64) = 0: mergekit asserts; here R = B */
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    for (size_t e = 0; e < N; e++) CHECK_NEAR(ref[e], in[0][e], 0);
+    expect_case(&k, (const float *const *)in, ref, 0, __LINE__);
+    k.density[1] = 0; k.density[2] = 1;                       /* density 0 drops, 1 keeps everything */
+    k.rescale = 1;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 1, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    k.density[1] = 1.0 / 64;                                  /* k = 1: the single largest |delta| */
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 1, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    free_inputs(in, 3);
+}
+
+TEST(ties_consensus_hand_values)
+{
+    /* element 0: +2 vs -2 (sum 0 -> +): only the positive one;  1: +1 vs -3 -> negative wins;
+     * 2: both zero -> divisor 0 -> 1, R = B;  3: +1, +2 agree -> mean 1.5;  4: 0 and -1 -> -1 only */
+    float b[5] = {10, 10, 10, 10, 10};
+    float x1[5] = {12, 11, 10, 11, 10}, x2[5] = {8, 7, 10, 12, 9};
+    const float *in[3] = {b, x1, x2};
+    float out[5];
+    struct gcase k;
+    gcase_init(&k, "ties", 3, 0, 1, 5);
+    k.w[1] = 1; k.w[2] = 1;
+    struct alloy_err err = {0};
+    CHECK_INT(run_case(&k, in, out, 1, 2, &err), ALLOY_OK);
+    const float want[5] = {12, 7, 10, 11.5f, 9};
+    for (int e = 0; e < 5; e++) CHECK_NEAR(out[e], want[e], 0);
+    k.normalize = 0;                                          /* sums of the agreeing deltas */
+    CHECK_INT(run_case(&k, in, out, 1, 0, &err), ALLOY_OK);
+    const float want2[5] = {12, 7, 10, 13, 9};
+    for (int e = 0; e < 5; e++) CHECK_NEAR(out[e], want2[e], 0);
+    /* all-conflicting signs with weights: D = (+1*2, -3*1) -> negative, divisor 3 -> R = B - 1 */
+    k.normalize = 1;
+    k.w[2] = 3;
+    x1[0] = 12; x2[0] = 9;
+    CHECK_INT(run_case(&k, in, out, 1, 0, &err), ALLOY_OK);
+    CHECK_NEAR(out[0], 9, 0);
+}
+
+TEST(ties_single_model_and_zero_deltas)
+{
+    enum { N = 50 };
+    float **in = make_inputs(2, N, 30);
+    double ref[N];
+    struct gcase k;
+    gcase_init(&k, "ties", 2, 1, 1, N);                       /* 1-D, one task vector */
+    k.w[0] = 0.8;
+    k.density[0] = 0.5;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    memcpy(in[0], in[1], N * sizeof(float));                  /* zero task vector: R = B exactly */
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 0, __LINE__);
+    free_inputs(in, 2);
+}
+
+TEST(ties_more_models_than_histogram_slots)
+{
+    enum { R = 9, C = 11, N = R * C, M = 12 };               /* 11 selections > GTA_HIST_SLOTS: two rounds */
+    float **in = make_inputs(M, N, 9);
+    double ref[N];
+    struct gcase k;
+    gcase_init(&k, "ties", M, 5, R, C);
+    for (int i = 0; i < M; i++) {
+        k.w[i] = 0.25 * (1 + i % 4);
+        k.density[i] = 0.1 + 0.07 * i;
+    }
+    k.rescale = 1;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 1, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    free_inputs(in, M);
+}
+
+/* ---------------------------------------------------------------- breadcrumbs */
+
+TEST(breadcrumbs_golden)
+{
+    enum { R = 10, C = 20, N = R * C };
+    float **in = make_inputs(4, N, 12);
+    double ref[N];
+    struct gcase k;
+    gcase_init(&k, "breadcrumbs", 4, 0, R, C);
+    k.w[1] = 0.5; k.w[2] = 0.25; k.w[3] = 1;
+    k.density[1] = 0.5; k.extra[1] = 0.1;                     /* target 100, n_top 20, n_bot 80 */
+    k.density[2] = 0.95; k.extra[2] = 0.1;                    /* n_bot < 0: n_top shrinks to 10 */
+    k.density[3] = 0.3;                                       /* default gamma 0.01: n_top 2 */
+    naive_gta(SP_OUTLIERS, 0, &k, 0, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    k.normalize = 1; k.rescale = 1; k.lambda = 0.5;
+    naive_gta(SP_OUTLIERS, 0, &k, 1, 1, 0.5, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    k.method = "breadcrumbs_ties";
+    naive_gta(SP_OUTLIERS, 1, &k, 1, 1, 0.5, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    k.normalize = 0; k.rescale = 0; k.lambda = 1;
+    naive_gta(SP_OUTLIERS, 1, &k, 0, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    free_inputs(in, 4);
+}
+
+TEST(breadcrumbs_small_tensor_keeps_top_when_n_top_is_zero)
+{
+    /* N = 64 < 100: int(0.01 * 64) = 0. mergekit's [n_bot:-0] slice zeroes the task vector;
+     * alloy keeps [n_bot, N): the int(0.5 * 64) = 32 largest |delta|. */
+    enum { N = 64 };
+    float b[N], x[N];
+    for (int e = 0; e < N; e++) {
+        b[e] = 1.0f;
+        x[e] = 1.0f + (float)(e % 2 ? e + 1 : -(e + 1)) / 64.0f; /* distinct magnitudes (e + 1)/64 */
+    }
+    const float *in[2] = {b, x};
+    float out[N];
+    struct gcase k;
+    gcase_init(&k, "breadcrumbs", 2, 0, 8, 8);
+    k.w[1] = 1;
+    k.density[1] = 0.5;
+    struct alloy_err err = {0};
+    CHECK_INT(run_case(&k, in, out, 1, 7, &err), ALLOY_OK);
+    for (int e = 0; e < N; e++) CHECK_NEAR(out[e], e >= 32 ? x[e] : b[e], 0);
+}
+
+TEST(breadcrumbs_nonzero_count_matches_density)
+{
+    /* mergekit tests/test_sparsify.py: gamma = g (1 - density) -> exactly int(N density) survive */
+    enum { R = 32, C = 16, N = R * C };
+    float **in = make_inputs(2, N, 200);
+    for (size_t e = 0; e < N; e++) if (in[1][e] == in[0][e]) in[1][e] += 7.0f; /* no zero deltas */
+    float *out = malloc(N * sizeof *out);
+    const double gs[] = {0.1, 0.2, 0.5, 1.0}, ds[] = {0.1, 0.3, 0.5, 0.6, 0.9, 1.0};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 6; b++) {
+            struct gcase k;
+            gcase_init(&k, "breadcrumbs", 2, 0, R, C);
+            k.w[1] = 1;
+            k.density[1] = ds[b];
+            k.extra[1] = gs[a] * (1 - ds[b]);
+            struct alloy_err err = {0};
+            CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 100, &err), ALLOY_OK);
+            size_t nz = 0;
+            for (size_t e = 0; e < N; e++) nz += out[e] != in[0][e];
+            CHECK_MSG(nz == (size_t)(N * ds[b]), "gamma %g density %g: %zu kept, expected %zu", k.extra[1], ds[b],
+                      nz, (size_t)(N * ds[b]));
+        }
+    free(out);
+    free_inputs(in, 2);
+}
+
+TEST(breadcrumbs_more_models_than_histogram_slots)
+{
+    enum { R = 6, C = 25, N = R * C, M = 6 };                /* 5 models x 2 selections > 8 slots */
+    float **in = make_inputs(M, N, 8);
+    double ref[N];
+    struct gcase k;
+    gcase_init(&k, "breadcrumbs_ties", M, 3, R, C);
+    for (int i = 0; i < M; i++) {
+        k.w[i] = 0.5 + 0.25 * (i % 3);
+        k.density[i] = 0.2 + 0.1 * i;
+        k.extra[i] = 0.05 * (i % 3);                          /* includes gamma 0 */
+    }
+    naive_gta(SP_OUTLIERS, 1, &k, 0, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_case(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    free_inputs(in, M);
+}
+
+/* ---------------------------------------------------------------- dare and della */
+
+/* Observes model i's keep mask: the same job with every other model equal to
+ * the base, weight 1, no normalize/rescale, lambda 1, so out - B = mask * delta_i.
+ * Needs delta_i != 0 everywhere. */
+static void observe_mask(const struct gcase *k0, const float *const *in, int i, unsigned char *mask)
+{
+    size_t N = (size_t)(k0->rows * k0->cols);
+    struct gcase k = *k0;
+    const float *in2[MAXM];
+    for (int j = 0; j < k.n; j++) {
+        in2[j] = (j == i || j == k.base) ? in[j] : in[k.base];
+        k.w[j] = 1;
+    }
+    k.normalize = 0;
+    k.rescale = 0;
+    k.lambda = 1;
+    float *out = malloc(N * sizeof *out);
+    struct alloy_err err = {0};
+    CHECK_INT(run_case(&k, in2, out, 1, 0, &err), ALLOY_OK);
+    for (size_t e = 0; e < N; e++) {
+        mask[e] = out[e] != in[k.base][e];
+        CHECK(out[e] == (mask[e] ? in[i][e] : in[k.base][e]));
+    }
+    free(out);
+}
+
+static float **make_nonzero_deltas(int n, int base, size_t N, int span)
+{
+    float **in = make_inputs(n, N, span);
+    for (int i = 0; i < n; i++)
+        if (i != base)
+            for (size_t e = 0; e < N; e++)
+                if (in[i][e] == in[base][e]) in[i][e] += (e % 2 ? 1.0f : -1.0f) / 64.0f;
+    return in;
+}
+
+static void golden_with_observed_masks(struct gcase *k, float **in, int consensus, int normalize, int rescale,
+                                       double lambda, int line)
+{
+    size_t N = (size_t)(k->rows * k->cols);
+    unsigned char *mask[MAXM] = {0};
+    for (int i = 0; i < k->n; i++) {
+        if (i == k->base) continue;
+        mask[i] = malloc(N);
+        observe_mask(k, (const float *const *)in, i, mask[i]);
+    }
+    double *ref = malloc(N * sizeof *ref);
+    naive_gta(SP_NONE, consensus, k, normalize, rescale, lambda, (const float *const *)in,
+              (const unsigned char *const *)mask, ref);
+    expect_case(k, (const float *const *)in, ref, 1e-5, line);
+    free(ref);
+    for (int i = 0; i < k->n; i++) free(mask[i]);
+}
+
+TEST(dare_golden_with_observed_masks)
+{
+    enum { R = 15, C = 20, N = R * C };
+    float **in = make_nonzero_deltas(4, 1, N, 30);
+    struct gcase k;
+    gcase_init(&k, "dare_linear", 4, 1, R, C);
+    k.w[0] = 0.5; k.w[2] = 1; k.w[3] = 0.75;
+    k.density[0] = 0.3; k.density[2] = 0.6; k.density[3] = 1.0;
+    golden_with_observed_masks(&k, in, 0, 0, 1, 1.0, __LINE__);      /* defaults: rescale on */
+    k.normalize = 1; k.lambda = 0.8; k.rescale = 0;
+    golden_with_observed_masks(&k, in, 0, 1, 0, 0.8, __LINE__);
+    gcase_init(&k, "dare_ties", 4, 1, R, C);
+    k.w[0] = 0.5; k.w[2] = 1; k.w[3] = 0.75;
+    k.density[0] = 0.3; k.density[2] = 0.6; k.density[3] = 1.0;
+    golden_with_observed_masks(&k, in, 1, 0, 1, 1.0, __LINE__);
+    k.normalize = 1; k.lambda = 1.5;
+    golden_with_observed_masks(&k, in, 1, 1, 1, 1.5, __LINE__);
+    free_inputs(in, 4);
+}
+
+TEST(dare_more_models_than_l1_slots)
+{
+    enum { N = 120, M = 19 };                                 /* 18 rescaled task vectors > 16 L1 slots */
+    float **in = make_nonzero_deltas(M, 0, N, 10);
+    struct gcase k;
+    gcase_init(&k, "dare_ties", M, 0, 1, N);
+    for (int i = 1; i < M; i++) {
+        k.w[i] = 0.25 * (1 + i % 3);
+        k.density[i] = 0.2 + 0.04 * i;
+    }
+    golden_with_observed_masks(&k, in, 1, 0, 1, 1.0, __LINE__);
+    free_inputs(in, M);
+}
+
+TEST(dare_statistics_over_seeds)
+{
+    enum { N = 2000, SEEDS = 100 };
+    const double p = 0.3;
+    float **in = make_nonzero_deltas(3, 0, N, 40);
+    float *out = malloc(N * sizeof *out);
+    unsigned char *first = malloc(N);
+    double kept = 0, ratio_sum = 0, ratio_norescale = 0, both = 0;
+    for (uint64_t seed = 1; seed <= SEEDS; seed++) {
+        struct gcase k;
+        gcase_init(&k, "dare_linear", 2, 0, 40, 50);
+        k.w[1] = 1; k.density[1] = p; k.seed = seed;
+        struct alloy_err err = {0};
+        CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+        double before = 0, after = 0;
+        size_t nk = 0;
+        for (size_t e = 0; e < N; e++) {
+            double d = (double)in[1][e] - in[0][e], o = (double)out[e] - in[0][e];
+            before += fabs(d);
+            after += fabs(o);
+            nk += o != 0;
+            ratio_sum += o / d;
+            if (seed == 1) first[e] = o != 0;
+        }
+        kept += (double)nk;
+        CHECK_NEAR(after / before, 1.0, 1e-5);                   /* L1 rescale is exact */
+        k.rescale = 0;                                           /* no rescale: E[out - B] = p delta */
+        CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+        for (size_t e = 0; e < N; e++) ratio_norescale += ((double)out[e] - in[0][e]) / ((double)in[1][e] - in[0][e]);
+        if (seed == 2) {                                         /* another seed, another mask */
+            size_t same = 0;
+            for (size_t e = 0; e < N; e++) same += first[e] == (out[e] != in[0][e]);
+            CHECK(same < N);
+        }
+    }
+    double total = (double)N * SEEDS, se = sqrt(p * (1 - p) / total);
+    CHECK_NEAR(kept / total, p, 4 * se);
+    CHECK_NEAR(ratio_norescale / total, p, 4 * se);
+    CHECK_NEAR(ratio_sum / total, 1.0, 4 * sqrt((1 - p) / p / total) + 0.01);
+    /* two models in one job draw independently: overlap ~ p^2 */
+    struct gcase k;
+    gcase_init(&k, "dare_linear", 3, 0, 40, 50);
+    k.density[1] = k.density[2] = p;
+    unsigned char *m1 = malloc(N), *m2 = malloc(N);
+    observe_mask(&k, (const float *const *)in, 1, m1);
+    observe_mask(&k, (const float *const *)in, 2, m2);
+    for (size_t e = 0; e < N; e++) both += m1[e] && m2[e];
+    CHECK_NEAR(both / N, p * p, 4 * sqrt(p * p * (1 - p * p) / N));
+    free(m1);
+    free(m2);
+    free(first);
+    free(out);
+    free_inputs(in, 3);
+}
+
+TEST(dare_density_edges)
+{
+    enum { N = 30 };
+    float **in = make_nonzero_deltas(2, 0, N, 20);
+    float out[N];
+    struct gcase k;
+    gcase_init(&k, "dare_ties", 2, 0, 1, N);
+    k.w[1] = 1;
+    k.density[1] = 0;                                         /* nothing kept: R = B */
+    struct alloy_err err = {0};
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+    CHECK(!memcmp(out, in[0], sizeof out));
+    k.density[1] = 1;                                         /* everything kept, no rescale: R = X */
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+    CHECK(!memcmp(out, in[1], sizeof out));
+    free_inputs(in, 2);
+}
+
+/* A [rows, cols] delta whose rows are random permutations of the magnitudes 1..cols (/64), random signs. */
+static float **make_ranked_rows(size_t rows, size_t cols)
+{
+    float **in = malloc(2 * sizeof *in);
+    in[0] = malloc(rows * cols * sizeof(float));
+    in[1] = malloc(rows * cols * sizeof(float));
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t c = 0; c < cols; c++) in[1][r * cols + c] = (float)(c + 1);
+        for (size_t c = cols - 1; c > 0; c--) {               /* Fisher-Yates */
+            size_t j = (size_t)(urand() * (double)(c + 1));
+            float t = in[1][r * cols + c];
+            in[1][r * cols + c] = in[1][r * cols + j];
+            in[1][r * cols + j] = t;
+        }
+        for (size_t c = 0; c < cols; c++) {
+            size_t e = r * cols + c;
+            in[0][e] = grid(64);
+            in[1][e] = in[0][e] + (urand() < 0.5 ? -1.0f : 1.0f) * in[1][e] / 64.0f;
+        }
+    }
+    return in;
+}
+
+TEST(della_keep_probability_follows_rank)
+{
+    enum { R = 40, C = 50, N = R * C, SEEDS = 100 };
+    const double d = 0.5, eps = 0.2;
+    float **in = make_ranked_rows(R, C);
+    float *out = malloc(N * sizeof *out);
+    static double kept_by_rank[C + 1];
+    double kept = 0;
+    for (uint64_t seed = 1; seed <= SEEDS; seed++) {
+        struct gcase k;
+        gcase_init(&k, "della_linear", 2, 0, R, C);
+        k.w[1] = 1; k.density[1] = d; k.extra[1] = eps; k.rescale = 0; k.seed = seed;
+        struct alloy_err err = {0};
+        CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 3 * C, &err), ALLOY_OK);
+        for (size_t e = 0; e < N; e++) {
+            int rank = (int)lround(fabs((double)in[1][e] - in[0][e]) * 64.0); /* 1..C by construction */
+            int keep = out[e] != in[0][e];
+            kept_by_rank[rank] += keep;
+            kept += keep;
+        }
+        k.rescale = 1;                                           /* L1 rescale exact */
+        CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+        double before = 0, after = 0;
+        for (size_t e = 0; e < N; e++) {
+            before += fabs((double)in[1][e] - in[0][e]);
+            after += fabs((double)out[e] - in[0][e]);
+        }
+        CHECK_NEAR(after / before, 1.0, 1e-5);
+    }
+    for (int r = 1; r <= C; r++) {
+        double p = (d - eps) + 2 * eps * (r - 1) / (double)(C - 1), n = (double)R * SEEDS;
+        CHECK_MSG(fabs(kept_by_rank[r] / n - p) <= 4.5 * sqrt(p * (1 - p) / n), "rank %d: kept %.4f, p %.4f", r,
+                  kept_by_rank[r] / n, p);
+    }
+    CHECK_NEAR(kept / ((double)N * SEEDS), d, 4 * sqrt(0.25 / ((double)N * SEEDS)));
+    free(out);
+    free_inputs(in, 2);
+}
+
+TEST(della_golden_with_observed_masks)
+{
+    enum { R = 12, C = 16, N = R * C };
+    float **in = make_nonzero_deltas(4, 3, N, 25);
+    struct gcase k;
+    gcase_init(&k, "della", 4, 3, R, C);
+    k.w[0] = 1; k.w[1] = 0.5; k.w[2] = 0.75;
+    k.density[0] = 0.4; k.density[1] = 0.6; k.density[2] = 1.0;
+    k.extra[0] = 0.1;                                         /* model 1 keeps the default 0.15 */
+    golden_with_observed_masks(&k, in, 1, 1, 1, 1.0, __LINE__); /* della defaults: normalize, rescale */
+    k.lambda = 0.5; k.normalize = 0;
+    golden_with_observed_masks(&k, in, 1, 0, 1, 0.5, __LINE__);
+    k.method = "della_linear";
+    k.normalize = NAN; k.lambda = NAN;
+    golden_with_observed_masks(&k, in, 0, 0, 1, 1.0, __LINE__);
+    k.normalize = 1; k.rescale = 0; k.lambda = 2;
+    golden_with_observed_masks(&k, in, 0, 1, 0, 2.0, __LINE__);
+    free_inputs(in, 4);
+}
+
+TEST(della_epsilon_validation_and_edges)
+{
+    enum { N = 40 };
+    float **in = make_nonzero_deltas(2, 0, N, 20);
+    float out[N];
+    struct gcase k;
+    gcase_init(&k, "della", 2, 0, 4, 10);
+    k.w[1] = 1;
+    k.density[1] = 0.66; k.extra[1] = 1.35;                   /* mergekit's test_della_invalid_epsilon */
+    struct alloy_err err = {0};
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_ERR_CONFIG);
+    CHECK_STR_CONTAINS(err.msg, "density +/- epsilon must lie inside (0, 1)");
+    CHECK_STR_CONTAINS(err.msg, "model m1");
+    k.density[1] = 0.5; k.extra[1] = 0.5;                     /* density - epsilon == 0: rejected */
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_ERR_CONFIG);
+    k.density[1] = 0.3; k.extra[1] = 0.25;                    /* valid */
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+    k.density[1] = 1.0; k.extra[1] = 1.35;                    /* no pruning, no check: R = X */
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+    CHECK(!memcmp(out, in[1], sizeof out));
+    k.density[1] = 0.0;                                       /* density 0: zeros, R = B */
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+    CHECK(!memcmp(out, in[0], sizeof out));
+    free_inputs(in, 2);
+}
+
+TEST(della_column_vector_and_1d)
+{
+    enum { N = 4000 };
+    float **in = make_ranked_rows(1, N);                      /* 1-D: one row of N */
+    float *out = malloc(N * sizeof *out);
+    struct gcase k;
+    gcase_init(&k, "della_linear", 2, 0, 1, N);
+    k.w[1] = 1; k.density[1] = 0.5; k.extra[1] = 0.4; k.rescale = 0;
+    struct alloy_err err = {0};
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 0, &err), ALLOY_OK);
+    double lo = 0, hi = 0;                                    /* expected 0.2..0.5 vs 0.5..0.8: means 0.35, 0.65 */
+    for (size_t e = 0; e < N; e++) {
+        double a = fabs((double)in[1][e] - in[0][e]) * 64.0;
+        if (out[e] != in[0][e]) *(a <= N / 2 ? &lo : &hi) += 1;
+    }
+    CHECK_NEAR(lo / (N / 2), 0.35, 4 * sqrt(0.35 * 0.65 / (N / 2)));
+    CHECK_NEAR(hi / (N / 2), 0.65, 4 * sqrt(0.35 * 0.65 / (N / 2)));
+    /* [N, 1]: one element per row, mergekit divides 0/0; alloy keeps with p = density */
+    gcase_init(&k, "della_linear", 2, 0, N, 1);
+    k.ndim = 2;
+    k.w[1] = 1; k.density[1] = 0.3; k.extra[1] = 0.2; k.rescale = 0;
+    CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 64, &err), ALLOY_OK);
+    double kept = 0;
+    for (size_t e = 0; e < N; e++) kept += out[e] != in[0][e];
+    CHECK_NEAR(kept / N, 0.3, 4 * sqrt(0.21 / N));
+    free(out);
+    free_inputs(in, 2);
+}
