@@ -80,7 +80,12 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
                          void *load_ctx, alloy_store_fn store, void *store_ctx, struct alloy_pool *pool,
                          uint64_t chunk_elems, struct alloy_err *err)
 {
-    if (!chunk_elems) chunk_elems = ALLOY_CHUNK_ELEMS;
+    if (!chunk_elems) {
+        /* At most ALLOY_MAX_CHUNKS chunks, so per-chunk accumulators stay bounded for huge tensors;
+           the size still depends only on the shape. */
+        chunk_elems = ALLOY_CHUNK_ELEMS;
+        if (job->numel / chunk_elems >= ALLOY_MAX_CHUNKS) chunk_elems = job->numel / ALLOY_MAX_CHUNKS + 1;
+    }
     if (m->flags & ALLOY_METHOD_WHOLE_ROWS) {
         uint64_t rows = chunk_elems / (job->cols ? job->cols : 1);
         chunk_elems = (rows ? rows : 1) * (job->cols ? job->cols : 1);

@@ -134,6 +134,8 @@ typedef int (*alloy_store_fn)(void *ctx, uint64_t e0, uint64_t e1, float *src, s
 
 /* Default chunk size in elements; chunks with whole rows hold at least one row. */
 #define ALLOY_CHUNK_ELEMS ((uint64_t)1 << 18)
+/* Tensors larger than ALLOY_CHUNK_ELEMS x ALLOY_MAX_CHUNKS get larger chunks instead of more. */
+#define ALLOY_MAX_CHUNKS 1024
 
 /* Runs a method over one tensor: passes, then apply, chunk by chunk on the
  * pool (NULL: this thread). chunk_elems 0 means ALLOY_CHUNK_ELEMS. */
