@@ -87,7 +87,7 @@ static int run_case(const struct gcase *k, const float *const *in, float *out, i
                                   .ndim = k->ndim, .shape = shape, .numel = k->rows * k->cols, .rows = k->rows,
                                   .cols = k->cols, .n = k->n, .base = k->base, .models = models, .gp = gp,
                                   .tp = tp, .seed = k->seed};
-    struct alloy_pool *pool = threads > 1 ? alloy_pool_new(threads) : NULL;
+    struct alloy_pool *pool = threads > 0 ? alloy_pool_new(threads) : NULL; /* 0: this thread */
     int rc = alloy_method_run_memory(m, &job, in, out, pool, chunk, err);
     alloy_pool_free(pool);
     return rc;
@@ -191,9 +191,9 @@ static void expect_case(const struct gcase *k, const float *const *in, const dou
 {
     size_t N = (size_t)(k->rows * k->cols);
     float *out = malloc(N * sizeof *out), *first = malloc(N * sizeof *first);
-    const uint64_t chunks[] = {5, 64, 0};
-    const int threads[] = {1, 3, 1};
-    for (int r = 0; r < 3; r++) {
+    const uint64_t chunks[] = {5, 64, 0, 7};
+    const int threads[] = {1, 3, 0, 2};
+    for (int r = 0; r < 4; r++) {
         struct alloy_err err = {0};
         int rc = run_case(k, in, out, threads[r], chunks[r], &err);
         if (rc) {
