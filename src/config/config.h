@@ -48,7 +48,7 @@ struct alloy_setting {
 
 struct alloy_cond {
     char *filter;               /* NULL or "*": matches every tensor */
-    struct alloy_setting value; /* SCALAR or GRADIENT (or nested COND) */
+    struct alloy_setting value; /* SCALAR or GRADIENT (the reader never nests COND; eval would recurse) */
 };
 
 /* An ordered map name -> setting (order as in the YAML). */
@@ -94,12 +94,20 @@ struct alloy_config {
     char *chat_template;        /* NULL or as given */
 };
 
+#define ALLOY_CONFIG_MAX_BYTES  ((size_t)16 << 20) /* config file size */
+#define ALLOY_CONFIG_MAX_DEPTH  64                 /* nested lists/mappings */
+#define ALLOY_CONFIG_MAX_NODES  ((size_t)1 << 18)  /* YAML values and aliases in the text */
+#define ALLOY_CONFIG_MAX_EXPAND ((size_t)1 << 22)  /* values visited after alias expansion */
+
 /* Parses YAML text (len bytes, need not be NUL-terminated). `path` names the
  * file in messages: "<path>:<line>:<col>: <key>: <what was expected>". */
 int  alloy_config_parse(const char *text, size_t len, const char *path, struct alloy_config **out,
                         struct alloy_err *err);
 int  alloy_config_load(const char *path, struct alloy_config **out, struct alloy_err *err);
 void alloy_config_free(struct alloy_config *c);
+
+/* Frees the names and settings of p and empties it (p itself is not freed). */
+void alloy_params_free(struct alloy_params *p);
 
 /* Looks a key up in params; NULL when absent. */
 const struct alloy_setting *alloy_params_get(const struct alloy_params *p, const char *name);
@@ -110,5 +118,14 @@ const struct alloy_setting *alloy_params_get(const struct alloy_params *p, const
  * s = t*(L-1), i0 = floor(s), i1 = min(L-1, i0+1), f = s-i0,
  * value = (1-f)*v[i0] + f*v[i1]. */
 int  alloy_setting_eval(const struct alloy_setting *s, const char *tensor, double t, double *out);
+
+/* How mergekit (PyYAML safe_load + pydantic) reads numbers; params.c.
+ * alloy_yaml_resolve types an UNQUOTED scalar by YAML 1.1 rules (as
+ * PyYAML's resolver does) and sets *num for NULL (0), BOOL (1/0), INT and
+ * FLOAT. alloy_yaml_coerce_number is pydantic's lax str -> float: returns 0
+ * and sets *out when s (trimmed) is a decimal number, inf/infinity or nan. */
+enum alloy_yaml_type { ALLOY_YAML_NULL, ALLOY_YAML_BOOL, ALLOY_YAML_INT, ALLOY_YAML_FLOAT, ALLOY_YAML_STR };
+enum alloy_yaml_type alloy_yaml_resolve(const char *s, size_t len, double *num);
+int                  alloy_yaml_coerce_number(const char *s, size_t len, double *out);
 
 #endif
