@@ -420,3 +420,57 @@ TEST(merge_memory_bounded_by_chunks)
     }
     alloy_model_close(o);
 }
+
+TEST(merge_tokenizer_source_and_chat_template)
+{
+    const char *dir = test_tmpdir();
+    char tokdir[600], path[900], out[600], cmd[1600], *log = NULL;
+    /* a tokenizer source whose files are recognisably different */
+    snprintf(tokdir, sizeof tokdir, "%s/tok", dir);
+    snprintf(cmd, sizeof cmd, "cp -r " M("prose") " %s && echo '{\"marker\": 1}' > %s/tokenizer.json", tokdir, tokdir);
+    CHECK_INT(system(cmd), 0);
+    char yaml[1200];
+    snprintf(yaml, sizeof yaml, "merge_method: passthrough\nmodels:\n  - model: " M("code") "\n"
+             "tokenizer_source: model:%s\nchat_template: chatml\n", tokdir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    CHECK_MSG(merge(yaml, out, NULL, &log) == 0, "%s", log);
+    free(log);
+    snprintf(path, sizeof path, "%s/tokenizer.json", out);
+    char *tok = read_all(path);
+    CHECK_STR_CONTAINS(tok, "marker");
+    free(tok);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
+    char *tc = read_all(path);
+    CHECK_STR_CONTAINS(tc, "<|im_start|>");
+    free(tc);
+    /* --no-copy-tokenizer writes no tokenizer files */
+    snprintf(yaml, sizeof yaml, "merge_method: passthrough\nmodels:\n  - model: " M("code") "\n");
+    CHECK_MSG(merge(yaml, out, "--no-copy-tokenizer --no-write-model-card", &log) == 0, "%s", log);
+    free(log);
+    snprintf(path, sizeof path, "%s/tokenizer.json", out);
+    CHECK(access(path, F_OK) != 0);
+    snprintf(path, sizeof path, "%s/README.md", out);
+    CHECK(access(path, F_OK) != 0);
+    /* union vocabularies are not built yet: a clear error, not a silent copy */
+    snprintf(yaml, sizeof yaml, "merge_method: passthrough\nmodels:\n  - model: " M("code") "\ntokenizer_source: union\n");
+    CHECK_INT(merge(yaml, out, NULL, &log), 1);
+    CHECK_STR_CONTAINS(log, "union");
+    free(log);
+}
+
+TEST(merge_mergekit_yaml_alias)
+{
+    const char *dir = test_tmpdir();
+    char link[600], cmd[1600], real[4096], *log = NULL;
+    if (!realpath(test_alloy_bin(), real)) { CHECK(0); return; }
+    snprintf(link, sizeof link, "%s/mergekit-yaml", dir);
+    CHECK_INT(symlink(real, link), 0);
+    snprintf(cmd, sizeof cmd, "%s examples/linear.yml %s/out --lazy-unpickle --cuda --copy-tokenizer --allow-crimes "
+             "--out-shard-size 5B -j 2", link, dir);
+    int rc = test_run(cmd, &log);
+    CHECK_MSG(rc == 0, "%s", log);
+    CHECK_STR_CONTAINS(log, "--lazy-unpickle has no effect");
+    free(log);
+    snprintf(cmd, sizeof cmd, "%s/out/model.safetensors", dir);
+    CHECK(access(cmd, F_OK) == 0);
+}
