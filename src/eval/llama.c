@@ -1,0 +1,763 @@
+/*
+ * llama.c — config.json parsing, weight loading and the float32 forward pass
+ * of Llama-family causal language models (Llama, Mistral, Qwen2).
+ *
+ * DESIGN
+ *   The forward pass is HF `LlamaForCausalLM` with eager attention, in
+ *   float32: RMSNorm (w * (x * rsqrt(mean(x^2) + eps))), GQA attention with
+ *   half-split RoPE (rope_theta, rope_scaling "linear" or "llama3" computed
+ *   as transformers' _compute_*_parameters do), optional q/k/v(/o) biases,
+ *   causal (and Mistral sliding-window) mask, float32 softmax, SiLU-gated MLP.
+ *   Weights are converted once from the memory-mapped safetensors into one
+ *   float32 arena (exact upcast), with q/k/v and gate/up stacked so a layer is
+ *   four cblas_sgemm calls over all tokens of a batch of sequences.
+ *
+ * INVARIANTS
+ *   - Matrices are row-major [out][in] like nn.Linear.weight; y = x W^T.
+ *   - A workspace is used by one thread at a time; the model is read-only
+ *     after alloy_llama_open, so several threads may run forward passes.
+ *   - Sequences in a batch are independent: positions restart at 0 in each,
+ *     and attention never crosses a sequence boundary.
+ */
+#include "eval/eval.h"
+#include "core/internal.h"
+
+#include <cblas.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+
+struct llama_layer {
+    const float *attn_norm, *ffn_norm;
+    const float *wqkv, *bqkv; /* [(nh + 2 nkv) hd][H], bias or NULL */
+    const float *wo, *bo;     /* [H][nh hd] */
+    const float *wgu, *bgu;   /* [2 F][H]: gate rows, then up rows */
+    const float *wdown, *bdown; /* [H][F] */
+};
+
+struct alloy_llama {
+    struct alloy_llama_config cfg;
+    char *dir;
+    float *arena;
+    uint64_t n_params;
+    const float *embed, *norm, *lm_head;
+    struct llama_layer *layers;
+    float *inv_freq; /* [head_dim / 2] */
+};
+
+struct alloy_llama_ws {
+    int max_len, max_seqs;
+    float *h, *a, *qkv, *att, *gu, *act, *scores, *logits, *sel;
+    float *cos, *sin; /* [max_len][head_dim / 2] */
+};
+
+#define LOGIT_ROWS 64 /* rows of logits materialised at a time by alloy_llama_nll */
+#define ATT_BLOCK 32  /* query rows per causal attention block */
+
+/* ------------------------------------------------------------ config.json */
+
+static const char *json_kind(const json_t *j, char *buf, size_t n)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT:  return "an object";
+    case JSON_ARRAY:   return "an array";
+    case JSON_STRING:  snprintf(buf, n, "\"%.60s\"", json_string_value(j)); return buf;
+    case JSON_INTEGER: snprintf(buf, n, "%lld", (long long)json_integer_value(j)); return buf;
+    case JSON_REAL:    snprintf(buf, n, "%g", json_real_value(j)); return buf;
+    case JSON_TRUE:    return "true";
+    case JSON_FALSE:   return "false";
+    case JSON_NULL:    return "null";
+    }
+    return "?";
+}
+
+/* An integer key in [lo, hi]; absent or null gives def, or an error when def < lo. */
+static int cfg_int(const json_t *root, const char *label, const char *key, long long def, long long lo,
+                   long long hi, int *out, struct alloy_err *err)
+{
+    const json_t *j = json_object_get(root, key);
+    char buf[96];
+    if (!j || json_is_null(j)) {
+        if (def < lo)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: missing, expected an integer in [%lld, %lld]",
+                                 label, key, lo, hi);
+        *out = (int)def;
+        return ALLOY_OK;
+    }
+    double v = json_is_integer(j) ? (double)json_integer_value(j) : json_is_real(j) ? json_real_value(j) : NAN;
+    if (!(v >= (double)lo && v <= (double)hi) || v != floor(v))
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected an integer in [%lld, %lld], found %s", label,
+                             key, lo, hi, json_kind(j, buf, sizeof buf));
+    *out = (int)v;
+    return ALLOY_OK;
+}
+
+static int num_value(const json_t *j, double *v)
+{
+    if (json_is_integer(j)) *v = (double)json_integer_value(j);
+    else if (json_is_real(j)) *v = json_real_value(j);
+    else return 0;
+    return 1;
+}
+
+/* A positive number; absent or null gives def (or an error when def <= 0). */
+static int cfg_pos(const json_t *root, const char *label, const char *prefix, const char *key, double def,
+                   double *out, struct alloy_err *err)
+{
+    const json_t *j = json_object_get(root, key);
+    char buf[96];
+    if (!j || json_is_null(j)) {
+        if (def <= 0)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s%s: missing, expected a positive number", label,
+                                 prefix, key);
+        *out = def;
+        return ALLOY_OK;
+    }
+    double v;
+    if (!num_value(j, &v) || !(v > 0) || !isfinite(v))
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s%s: expected a positive number, found %s", label, prefix,
+                             key, json_kind(j, buf, sizeof buf));
+    *out = v;
+    return ALLOY_OK;
+}
+
+static int cfg_bool(const json_t *root, const char *label, const char *key, int def, int *out, struct alloy_err *err)
+{
+    const json_t *j = json_object_get(root, key);
+    char buf[96];
+    if (!j || json_is_null(j)) { *out = def; return ALLOY_OK; }
+    if (!json_is_boolean(j))
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected true or false, found %s", label, key,
+                             json_kind(j, buf, sizeof buf));
+    *out = json_is_true(j);
+    return ALLOY_OK;
+}
+
+static int parse_rope_scaling(const json_t *rs, const char *label, struct alloy_llama_config *c,
+                              struct alloy_err *err)
+{
+    char buf[96];
+    c->rope_kind = ALLOY_ROPE_DEFAULT;
+    if (!rs || json_is_null(rs)) return ALLOY_OK;
+    if (!json_is_object(rs))
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: rope_scaling: expected an object or null, found %s", label,
+                             json_kind(rs, buf, sizeof buf));
+    const char *tkey = "rope_type";
+    const json_t *t = json_object_get(rs, "rope_type");
+    if (!t || json_is_null(t)) { t = json_object_get(rs, "type"); tkey = "type"; }
+    if (!json_is_string(t))
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: rope_scaling.rope_type: expected a string, found %s", label,
+                             t ? json_kind(t, buf, sizeof buf) : "nothing");
+    const char *type = json_string_value(t);
+    int rc;
+    if (strcmp(type, "default") == 0) return ALLOY_OK;
+    if (strcmp(type, "linear") == 0) {
+        c->rope_kind = ALLOY_ROPE_LINEAR;
+        return cfg_pos(rs, label, "rope_scaling.", "factor", 0, &c->rope_factor, err);
+    }
+    if (strcmp(type, "llama3") == 0) {
+        c->rope_kind = ALLOY_ROPE_LLAMA3;
+        if ((rc = cfg_pos(rs, label, "rope_scaling.", "factor", 0, &c->rope_factor, err)) ||
+            (rc = cfg_pos(rs, label, "rope_scaling.", "low_freq_factor", 0, &c->rope_low_freq_factor, err)) ||
+            (rc = cfg_pos(rs, label, "rope_scaling.", "high_freq_factor", 0, &c->rope_high_freq_factor, err)) ||
+            (rc = cfg_pos(rs, label, "rope_scaling.", "original_max_position_embeddings", 0,
+                          &c->rope_original_max_pos, err)))
+            return rc;
+        if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT,
+                                 "%s: rope_scaling.high_freq_factor: expected more than low_freq_factor (%g), found %g",
+                                 label, c->rope_low_freq_factor, c->rope_high_freq_factor);
+        return ALLOY_OK;
+    }
+    return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
+                         "%s: rope_scaling.%s: \"%s\" is not supported (default, linear, llama3 are)", label, tkey,
+                         type);
+}
+
+int alloy_llama_config_parse(const char *json_text, const char *label, struct alloy_llama_config *c,
+                             struct alloy_err *err)
+{
+    json_error_t jerr;
+    char buf[96];
+    memset(c, 0, sizeof *c);
+    json_t *root = json_loads(json_text, 0, &jerr);
+    if (!root)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: not valid JSON: %s (line %d)", label, jerr.text, jerr.line);
+    int rc = ALLOY_OK;
+    if (!json_is_object(root)) {
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: expected a JSON object, found %s", label,
+                           json_kind(root, buf, sizeof buf));
+        goto done;
+    }
+    const json_t *mt = json_object_get(root, "model_type");
+    if (!json_is_string(mt)) {
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model_type: expected \"llama\", \"mistral\" or \"qwen2\", found %s",
+                           label, mt ? json_kind(mt, buf, sizeof buf) : "nothing");
+        goto done;
+    }
+    const char *type = json_string_value(mt);
+    int is_llama = strcmp(type, "llama") == 0, is_mistral = strcmp(type, "mistral") == 0,
+        is_qwen2 = strcmp(type, "qwen2") == 0;
+    if (!is_llama && !is_mistral && !is_qwen2) {
+        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, qwen2 are)",
+                           label, type);
+        goto done;
+    }
+    snprintf(c->model_type, sizeof c->model_type, "%s", type);
+    const int big = 1 << 24;
+    if ((rc = cfg_int(root, label, "vocab_size", -1, 1, big, &c->vocab_size, err)) ||
+        (rc = cfg_int(root, label, "hidden_size", -1, 1, big, &c->hidden_size, err)) ||
+        (rc = cfg_int(root, label, "intermediate_size", -1, 1, big, &c->intermediate_size, err)) ||
+        (rc = cfg_int(root, label, "num_hidden_layers", -1, 1, 100000, &c->num_layers, err)) ||
+        (rc = cfg_int(root, label, "num_attention_heads", -1, 1, 65536, &c->num_heads, err)) ||
+        (rc = cfg_int(root, label, "num_key_value_heads", c->num_heads, 1, c->num_heads, &c->num_kv_heads, err)))
+        goto done;
+    if (c->num_heads % c->num_kv_heads) {
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
+                           "%s: num_key_value_heads: expected a divisor of num_attention_heads (%d), found %d", label,
+                           c->num_heads, c->num_kv_heads);
+        goto done;
+    }
+    int def_hd = c->hidden_size % c->num_heads == 0 ? c->hidden_size / c->num_heads : -1;
+    if ((rc = cfg_int(root, label, "head_dim", def_hd, 2, 1 << 16, &c->head_dim, err))) goto done;
+    if (c->head_dim % 2) {
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: head_dim: expected an even number (RoPE rotates halves), found %d",
+                           label, c->head_dim);
+        goto done;
+    }
+    int def_maxpos = is_llama ? 2048 : is_mistral ? 131072 : 32768;
+    if ((rc = cfg_int(root, label, "max_position_embeddings", def_maxpos, 1, 1 << 30, &c->max_position_embeddings,
+                      err)) ||
+        (rc = cfg_pos(root, label, "", "rms_norm_eps", 1e-6, &c->rms_norm_eps, err)) ||
+        (rc = cfg_pos(root, label, "", "rope_theta", 10000.0, &c->rope_theta, err)) ||
+        (rc = parse_rope_scaling(json_object_get(root, "rope_scaling"), label, c, err)) ||
+        (rc = cfg_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)))
+        goto done;
+    const json_t *act = json_object_get(root, "hidden_act");
+    if (act && !json_is_null(act) &&
+        (!json_is_string(act) || (strcmp(json_string_value(act), "silu") && strcmp(json_string_value(act), "swish")))) {
+        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: hidden_act: %s is not supported (silu is)", label,
+                           json_kind(act, buf, sizeof buf));
+        goto done;
+    }
+    if (is_llama) {
+        int ab = 0;
+        if ((rc = cfg_bool(root, label, "attention_bias", 0, &ab, err)) ||
+            (rc = cfg_bool(root, label, "mlp_bias", 0, &c->mlp_bias, err)))
+            goto done;
+        c->qkv_bias = c->o_bias = ab;
+    } else if (is_qwen2) {
+        int sw = 0;
+        c->qkv_bias = 1;
+        if ((rc = cfg_bool(root, label, "use_sliding_window", 0, &sw, err))) goto done;
+        if (sw) {
+            rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
+                               "%s: use_sliding_window: true is not supported for qwen2 (false is)", label);
+            goto done;
+        }
+    } else {
+        if ((rc = cfg_int(root, label, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, err))) goto done;
+    }
+    const json_t *bos = json_object_get(root, "bos_token_id");
+    c->bos_token_id = -1;
+    if (json_is_integer(bos) && json_integer_value(bos) >= 0 && json_integer_value(bos) < c->vocab_size)
+        c->bos_token_id = (int)json_integer_value(bos);
+done:
+    json_decref(root);
+    return rc;
+}
+
+/* ------------------------------------------------------------ weights */
+
+static void shape_str(const int64_t *s, int nd, char *buf, size_t n)
+{
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, n - k, "[");
+    for (int i = 0; i < nd && k < n; i++) k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)s[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+/* Converts tensor `name` of shape [d0] (d1 < 0) or [d0, d1] into dst. */
+static int load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0, int64_t d1,
+                       float *dst, struct alloy_err *err)
+{
+    int64_t want[2] = {d0, d1};
+    int nd = d1 < 0 ? 1 : 2;
+    char ws[64], fs[160];
+    shape_str(want, nd, ws, sizeof ws);
+    const struct alloy_tensor *t = alloy_model_find(mod, name);
+    if (!t)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: tensor not found (expected shape %s)", dir, name, ws);
+    const char *file = alloy_st_path(t->file);
+    if (t->ndim != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
+        shape_str(t->shape, t->ndim, fs, sizeof fs);
+        return alloy_err_set(err, ALLOY_ERR_SHAPE, "%s: %s: expected shape %s (from config.json), found %s", file, name,
+                             ws, fs);
+    }
+    if (!alloy_dtype_traits(t->dtype)->mergeable)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected a float dtype (F32, F16, BF16, F64), found %s",
+                             file, name, alloy_dtype_traits(t->dtype)->name);
+    alloy_to_f32(t->dtype, t->data, dst, (size_t)t->numel);
+    alloy_st_release(t);
+    return ALLOY_OK;
+}
+
+static void compute_inv_freq(const struct alloy_llama_config *c, float *inv)
+{
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float e = (float)(2 * i) / (float)c->head_dim;
+        inv[i] = 1.0f / powf((float)c->rope_theta, e);
+    }
+    if (c->rope_kind == ALLOY_ROPE_LINEAR) {
+        for (int i = 0; i < half; i++) inv[i] = inv[i] / (float)c->rope_factor;
+    } else if (c->rope_kind == ALLOY_ROPE_LLAMA3) {
+        /* transformers' _compute_llama3_parameters, elementwise in float32 */
+        float factor = (float)c->rope_factor, lo = (float)c->rope_low_freq_factor, hi = (float)c->rope_high_freq_factor;
+        float old = (float)c->rope_original_max_pos;
+        float low_wavelen = old / lo, high_wavelen = old / hi;
+        for (int i = 0; i < half; i++) {
+            float wavelen = (float)(2.0 * M_PI) / inv[i];
+            float f = wavelen > low_wavelen ? inv[i] / factor : inv[i];
+            if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+                float smooth = (old / wavelen - lo) / (hi - lo);
+                f = (1.0f - smooth) * f / factor + smooth * f;
+            }
+            inv[i] = f;
+        }
+    }
+}
+
+int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err *err)
+{
+    struct alloy_model *mod = NULL;
+    int rc = alloy_model_open(ref, &mod, err);
+    if (rc) return rc;
+    const char *dir = alloy_model_dir(mod);
+    char *label = alloy_xasprintf("%s/config.json", dir);
+    struct alloy_llama *m = alloy_xcalloc(1, sizeof *m);
+    if (!label || !m) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto fail; }
+    if (!alloy_model_config_text(mod)) {
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: file not found (evaluation needs the model's config)", label);
+        goto fail;
+    }
+    if ((rc = alloy_llama_config_parse(alloy_model_config_text(mod), label, &m->cfg, err))) goto fail;
+    const struct alloy_llama_config *c = &m->cfg;
+    if (!(m->dir = alloy_xstrdup(dir))) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto fail; }
+
+    uint64_t H = (uint64_t)c->hidden_size, F = (uint64_t)c->intermediate_size, V = (uint64_t)c->vocab_size;
+    uint64_t hd = (uint64_t)c->head_dim, Q = (uint64_t)c->num_heads * hd, KV = (uint64_t)c->num_kv_heads * hd;
+    uint64_t QKV = Q + 2 * KV;
+    uint64_t per_layer = 2 * H + QKV * H + H * Q + 2 * F * H + H * F;
+    if (c->qkv_bias) per_layer += QKV;
+    if (c->o_bias) per_layer += H;
+    if (c->mlp_bias) per_layer += 2 * F + H;
+    int own_head = !c->tie_word_embeddings;
+    uint64_t total = V * H + H + (own_head ? V * H : 0) + per_layer * (uint64_t)c->num_layers;
+    if (total > ((uint64_t)1 << 40)) {
+        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model too large (%llu parameters)", label,
+                           (unsigned long long)total);
+        goto fail;
+    }
+    m->n_params = total;
+    m->arena = alloy_xmalloc(total * sizeof(float));
+    m->layers = alloy_xcalloc((size_t)c->num_layers, sizeof *m->layers);
+    m->inv_freq = alloy_xmalloc((size_t)hd / 2 * sizeof(float));
+    if (!m->arena || !m->layers || !m->inv_freq) {
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %llu float32 weights", dir,
+                           (unsigned long long)total);
+        goto fail;
+    }
+    float *p = m->arena;
+    char name[256];
+    if ((rc = load_tensor(mod, dir, "model.embed_tokens.weight", (int64_t)V, (int64_t)H, p, err))) goto fail;
+    m->embed = p;
+    p += V * H;
+    for (int l = 0; l < c->num_layers; l++) {
+        struct llama_layer *L = &m->layers[l];
+#define LOAD(suffix, d0, d1)                                                                            \
+    do {                                                                                                \
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                   \
+        int64_t d0_ = (int64_t)(d0), d1_ = (int64_t)(d1);                                               \
+        if ((rc = load_tensor(mod, dir, name, d0_, d1_, p, err))) goto fail;                              \
+        p += (uint64_t)d0_ * (d1_ < 0 ? 1u : (uint64_t)d1_);                                              \
+    } while (0)
+        L->attn_norm = p; LOAD("input_layernorm.weight", H, -1);
+        L->ffn_norm = p;  LOAD("post_attention_layernorm.weight", H, -1);
+        L->wqkv = p;
+        LOAD("self_attn.q_proj.weight", Q, H);
+        LOAD("self_attn.k_proj.weight", KV, H);
+        LOAD("self_attn.v_proj.weight", KV, H);
+        if (c->qkv_bias) {
+            L->bqkv = p;
+            LOAD("self_attn.q_proj.bias", Q, -1);
+            LOAD("self_attn.k_proj.bias", KV, -1);
+            LOAD("self_attn.v_proj.bias", KV, -1);
+        }
+        L->wo = p; LOAD("self_attn.o_proj.weight", H, Q);
+        if (c->o_bias) { L->bo = p; LOAD("self_attn.o_proj.bias", H, -1); }
+        L->wgu = p;
+        LOAD("mlp.gate_proj.weight", F, H);
+        LOAD("mlp.up_proj.weight", F, H);
+        L->wdown = p; LOAD("mlp.down_proj.weight", H, F);
+        if (c->mlp_bias) {
+            L->bgu = p;
+            LOAD("mlp.gate_proj.bias", F, -1);
+            LOAD("mlp.up_proj.bias", F, -1);
+            L->bdown = p;
+            LOAD("mlp.down_proj.bias", H, -1);
+        }
+#undef LOAD
+    }
+    if ((rc = load_tensor(mod, dir, "model.norm.weight", (int64_t)H, -1, p, err))) goto fail;
+    m->norm = p;
+    p += H;
+    if (own_head) {
+        if (!alloy_model_find(mod, "lm_head.weight")) {
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
+                               "%s: lm_head.weight: tensor not found and tie_word_embeddings is false in config.json",
+                               dir);
+            goto fail;
+        }
+        if ((rc = load_tensor(mod, dir, "lm_head.weight", (int64_t)V, (int64_t)H, p, err))) goto fail;
+        m->lm_head = p;
+        p += V * H;
+    } else {
+        m->lm_head = m->embed;
+    }
+    compute_inv_freq(c, m->inv_freq);
+    free(label);
+    alloy_model_close(mod);
+    *out = m;
+    return ALLOY_OK;
+fail:
+    free(label);
+    alloy_model_close(mod);
+    alloy_llama_close(m);
+    return rc;
+}
+
+void alloy_llama_close(struct alloy_llama *m)
+{
+    if (!m) return;
+    free(m->arena);
+    free(m->layers);
+    free(m->inv_freq);
+    free(m->dir);
+    free(m);
+}
+
+const struct alloy_llama_config *alloy_llama_cfg(const struct alloy_llama *m) { return &m->cfg; }
+const char *alloy_llama_dir(const struct alloy_llama *m) { return m->dir; }
+uint64_t alloy_llama_n_params(const struct alloy_llama *m) { return m->n_params; }
+
+/* ------------------------------------------------------------ workspace */
+
+struct alloy_llama_ws *alloy_llama_ws_new(const struct alloy_llama *m, int max_len, int max_seqs)
+{
+    const struct alloy_llama_config *c = &m->cfg;
+    if (max_len < 1 || max_seqs < 1) return NULL;
+    struct alloy_llama_ws *ws = alloy_xcalloc(1, sizeof *ws);
+    if (!ws) return NULL;
+    size_t T = (size_t)max_len * (size_t)max_seqs, H = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
+    size_t hd = (size_t)c->head_dim, Q = (size_t)c->num_heads * hd, QKV = Q + 2 * (size_t)c->num_kv_heads * hd;
+    size_t half = hd / 2, rows = T < LOGIT_ROWS ? T : LOGIT_ROWS;
+    ws->max_len = max_len;
+    ws->max_seqs = max_seqs;
+    ws->h = alloy_xmalloc(T * H * sizeof(float));
+    ws->a = alloy_xmalloc(T * H * sizeof(float));
+    ws->qkv = alloy_xmalloc(T * QKV * sizeof(float));
+    ws->att = alloy_xmalloc(T * Q * sizeof(float));
+    ws->gu = alloy_xmalloc(T * 2 * F * sizeof(float));
+    ws->act = alloy_xmalloc(T * F * sizeof(float));
+    ws->scores = alloy_xmalloc((size_t)max_len * (size_t)max_len * sizeof(float));
+    ws->logits = alloy_xmalloc(rows * (size_t)c->vocab_size * sizeof(float));
+    ws->sel = alloy_xmalloc(rows * H * sizeof(float));
+    ws->cos = alloy_xmalloc((size_t)max_len * half * sizeof(float));
+    ws->sin = alloy_xmalloc((size_t)max_len * half * sizeof(float));
+    if (!ws->h || !ws->a || !ws->qkv || !ws->att || !ws->gu || !ws->act || !ws->scores || !ws->logits || !ws->sel || !ws->cos ||
+        !ws->sin) {
+        alloy_llama_ws_free(ws);
+        return NULL;
+    }
+    /* HF: freqs = inv_freq (f32) * position (f32); cos/sin in float32 */
+    for (int p = 0; p < max_len; p++)
+        for (size_t i = 0; i < half; i++) {
+            float ang = (float)p * m->inv_freq[i];
+            ws->cos[(size_t)p * half + i] = (float)cos((double)ang);
+            ws->sin[(size_t)p * half + i] = (float)sin((double)ang);
+        }
+    return ws;
+}
+
+void alloy_llama_ws_free(struct alloy_llama_ws *ws)
+{
+    if (!ws) return;
+    free(ws->h);
+    free(ws->a);
+    free(ws->qkv);
+    free(ws->att);
+    free(ws->gu);
+    free(ws->act);
+    free(ws->scores);
+    free(ws->logits);
+    free(ws->sel);
+    free(ws->cos);
+    free(ws->sin);
+    free(ws);
+}
+
+/* ------------------------------------------------------------ forward */
+
+/* y[T][N] = x[T][K] W[N][K]^T (+ b) */
+static void linear(const float *x, const float *W, const float *b, float *y, size_t T, size_t N, size_t K)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)N, (int)K, 1.0f, x, (int)K, W, (int)K, 0.0f, y,
+                (int)N);
+    if (b)
+        for (size_t t = 0; t < T; t++)
+            for (size_t n = 0; n < N; n++) y[t * N + n] += b[n];
+}
+
+static void rope(float *x, const float *cosr, const float *sinr, size_t half)
+{
+    for (size_t i = 0; i < half; i++) {
+        float x1 = x[i], x2 = x[i + half];
+        x[i] = x1 * cosr[i] + (-x2) * sinr[i];
+        x[i + half] = x2 * cosr[i] + x1 * sinr[i];
+    }
+}
+
+/* Element-wise kernels on 8-float vectors (GCC vector extensions: SSE2 at
+ * baseline, an AVX2 clone chosen at load time on x86-64). exp is Cephes'
+ * single-precision polynomial (about 1 ulp, like the vectorised expf that
+ * PyTorch uses on CPU). Tails are padded into a local vector. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* No clones under ThreadSanitizer: their ifunc resolvers run before the TSan
+ * runtime is initialised and crash the program at load time. */
+#if defined(ALLOY_HAVE_AVX2) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VEC_CLONES
+#endif
+
+#define V8(x) ((v8f){(x), (x), (x), (x), (x), (x), (x), (x)})
+
+/* Selects a where mask (all ones) else b. */
+#define V8_SEL(mask, a, b) ((v8f)(((mask) & (v8i)(a)) | (~(mask) & (v8i)(b))))
+
+/* *v = exp(*v); pointers rather than vector values keep the function ABI-neutral. */
+static inline void v8_exp(v8f *v)
+{
+    v8f x = *v;
+    x = V8_SEL(x < V8(88.3762626647949f), x, V8(88.3762626647949f));
+    x = V8_SEL(x > V8(-87.3365447504f), x, V8(-87.3365447504f));
+    v8f fx = x * V8(1.44269504088896341f) + V8(0.5f);
+    v8f fl = __builtin_convertvector(__builtin_convertvector(fx, v8i), v8f);
+    fl = V8_SEL(fl > fx, fl - V8(1.0f), fl); /* floor */
+    x = x - fl * V8(0.693359375f) - fl * V8(-2.12194440e-4f);
+    v8f z = x * x;
+    v8f y = V8(1.9875691500e-4f);
+    y = y * x + V8(1.3981999507e-3f);
+    y = y * x + V8(8.3334519073e-3f);
+    y = y * x + V8(4.1665795894e-2f);
+    y = y * x + V8(1.6666665459e-1f);
+    y = y * x + V8(5.0000001201e-1f);
+    y = y * z + x + V8(1.0f);
+    v8i e = (__builtin_convertvector(fl, v8i) + 127) << 23;
+    *v = y * (v8f)e;
+}
+
+static inline void v8_load(v8f *v, const float *p, size_t n, float pad)
+{
+    if (n == 8) { memcpy(v, p, sizeof *v); return; } /* one unaligned load */
+    *v = V8(pad);
+    memcpy(v, p, n * sizeof(float));
+}
+
+static inline void v8_store(float *p, const v8f *v, size_t n)
+{
+    if (n == 8) memcpy(p, v, sizeof *v);
+    else memcpy(p, v, n * sizeof(float));
+}
+
+/* o = silu(g) * u = g / (1 + exp(-g)) * u */
+VEC_CLONES static void silu_mul(const float *g, const float *u, float *o, size_t n)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        size_t k = n - i < 8 ? n - i : 8;
+        v8f gv, uv, e;
+        v8_load(&gv, g + i, k, 0);
+        v8_load(&uv, u + i, k, 0);
+        e = -gv;
+        v8_exp(&e);
+        v8f r = gv / (V8(1.0f) + e) * uv;
+        v8_store(o + i, &r, k);
+    }
+}
+
+VEC_CLONES static void add_inplace(float *h, const float *a, size_t n)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        size_t k = n - i < 8 ? n - i : 8;
+        v8f x, y;
+        v8_load(&x, h + i, k, 0);
+        v8_load(&y, a + i, k, 0);
+        v8f r = x + y;
+        v8_store(h + i, &r, k);
+    }
+}
+
+/* Softmax of r[lo..hi) in place; r[0..lo) and r[hi..n) become 0 (masked). */
+VEC_CLONES static void softmax_causal(float *r, size_t lo, size_t hi, size_t n)
+{
+    v8f vmx = V8(-INFINITY), sum = V8(0.0f), x;
+    for (size_t t = lo; t < hi; t += 8) {
+        v8_load(&x, r + t, hi - t < 8 ? hi - t : 8, -INFINITY);
+        vmx = V8_SEL(x > vmx, x, vmx);
+    }
+    float mx = vmx[0];
+    for (int j = 1; j < 8; j++) mx = vmx[j] > mx ? vmx[j] : mx;
+    for (size_t t = lo; t < hi; t += 8) {
+        size_t k = hi - t < 8 ? hi - t : 8;
+        v8_load(&x, r + t, k, 0);
+        x = x - V8(mx);
+        v8_exp(&x);
+        for (size_t j = k; j < 8; j++) x[j] = 0;
+        sum += x;
+        v8_store(r + t, &x, k);
+    }
+    float s = 0;
+    for (int j = 0; j < 8; j++) s += sum[j];
+    v8f inv = V8(1.0f / s);
+    for (size_t t = lo; t < hi; t += 8) {
+        size_t k = hi - t < 8 ? hi - t : 8;
+        v8_load(&x, r + t, k, 0);
+        x = x * inv;
+        v8_store(r + t, &x, k);
+    }
+    memset(r, 0, lo * sizeof(float));
+    memset(r + hi, 0, (n - hi) * sizeof(float));
+}
+
+/* out = w * (x * rsqrt(mean(x^2) + eps)) per row of H; the mean in float32 lanes as PyTorch does. */
+VEC_CLONES static void rmsnorm(const float *x, const float *w, float *out, size_t T, size_t H, float eps)
+{
+    for (size_t t = 0; t < T; t++) {
+        const float *xr = x + t * H;
+        float *o = out + t * H;
+        v8f acc = V8(0.0f), v, wv;
+        for (size_t i = 0; i < H; i += 8) {
+            v8_load(&v, xr + i, H - i < 8 ? H - i : 8, 0);
+            acc += v * v;
+        }
+        float ss = 0;
+        for (int j = 0; j < 8; j++) ss += acc[j];
+        float inv = 1.0f / sqrtf(ss / (float)H + eps);
+        for (size_t i = 0; i < H; i += 8) {
+            size_t k = H - i < 8 ? H - i : 8;
+            v8_load(&v, xr + i, k, 0);
+            v8_load(&wv, w + i, k, 0);
+            v = wv * (v * V8(inv));
+            v8_store(o + i, &v, k);
+        }
+    }
+}
+
+/* Runs the layers; leaves the final-normed hidden states [nseq*len][H] in ws->a. */
+static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
+                           int len)
+{
+    const struct alloy_llama_config *c = &m->cfg;
+    size_t T = (size_t)nseq * (size_t)len, H = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
+    size_t hd = (size_t)c->head_dim, half = hd / 2, nh = (size_t)c->num_heads, nkv = (size_t)c->num_kv_heads;
+    size_t Q = nh * hd, QKV = Q + 2 * nkv * hd, group = nh / nkv;
+    float eps = (float)c->rms_norm_eps, scale = (float)(1.0 / sqrt((double)hd));
+    size_t n = (size_t)len;
+
+    for (size_t t = 0; t < T; t++) memcpy(ws->h + t * H, m->embed + (size_t)ids[t] * H, H * sizeof(float));
+    for (int l = 0; l < c->num_layers; l++) {
+        const struct llama_layer *L = &m->layers[l];
+        rmsnorm(ws->h, L->attn_norm, ws->a, T, H, eps);
+        linear(ws->a, L->wqkv, L->bqkv, ws->qkv, T, QKV, H);
+        for (size_t t = 0; t < T; t++) {
+            size_t pos = t % n;
+            float *row = ws->qkv + t * QKV;
+            const float *cr = ws->cos + pos * half, *sr = ws->sin + pos * half;
+            for (size_t j = 0; j < nh + nkv; j++) rope(row + j * hd, cr, sr, half); /* q heads, then k heads */
+        }
+        for (size_t s = 0; s < (size_t)nseq; s++) {
+            const float *base = ws->qkv + s * n * QKV;
+            for (size_t j = 0; j < nh; j++) {
+                size_t kvh = j / group;
+                const float *q = base + j * hd, *k = base + Q + kvh * hd, *v = base + Q + nkv * hd + kvh * hd;
+                float *S = ws->scores;
+                /* Causal attention in row blocks: rows [i0, i1) only need keys [0, i1). */
+                for (size_t i0 = 0; i0 < n; i0 += ATT_BLOCK) {
+                    size_t i1 = i0 + ATT_BLOCK < n ? i0 + ATT_BLOCK : n;
+                    /* (q k^T) * scale: OpenBLAS applies alpha to the finished dot product, as HF does */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(i1 - i0), (int)i1, (int)hd, scale,
+                                q + i0 * QKV, (int)QKV, k, (int)QKV, 0.0f, S + i0 * n, (int)n);
+                    for (size_t i = i0; i < i1; i++) {
+                        size_t lo = 0;
+                        if (c->sliding_window > 0 && i + 1 > (size_t)c->sliding_window)
+                            lo = i + 1 - (size_t)c->sliding_window;
+                        softmax_causal(S + i * n, lo, i + 1, i1);
+                    }
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(i1 - i0), (int)hd, (int)i1, 1.0f,
+                                S + i0 * n, (int)n, v, (int)QKV, 0.0f, ws->att + (s * n + i0) * Q + j * hd, (int)Q);
+                }
+            }
+        }
+        linear(ws->att, L->wo, L->bo, ws->a, T, H, Q);
+        add_inplace(ws->h, ws->a, T * H);
+        rmsnorm(ws->h, L->ffn_norm, ws->a, T, H, eps);
+        linear(ws->a, L->wgu, L->bgu, ws->gu, T, 2 * F, H);
+        for (size_t t = 0; t < T; t++) silu_mul(ws->gu + t * 2 * F, ws->gu + t * 2 * F + F, ws->act + t * F, F);
+        linear(ws->act, L->wdown, L->bdown, ws->a, T, H, F);
+        add_inplace(ws->h, ws->a, T * H);
+    }
+    rmsnorm(ws->h, m->norm, ws->a, T, H, eps);
+}
+
+void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
+                        int len, float *logits)
+{
+    forward_hidden(m, ws, ids, nseq, len);
+    linear(ws->a, m->lm_head, NULL, logits, (size_t)nseq * (size_t)len, (size_t)m->cfg.vocab_size,
+           (size_t)m->cfg.hidden_size);
+}
+
+void alloy_llama_nll(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids,
+                     const int32_t *targets, int nseq, int len, double *nll_sum)
+{
+    size_t T = (size_t)nseq * (size_t)len, V = (size_t)m->cfg.vocab_size, H = (size_t)m->cfg.hidden_size;
+    forward_hidden(m, ws, ids, nseq, len);
+    /* Only the rows that are scored go through the head: gather them in chunks. */
+    for (size_t t0 = 0; t0 < T;) {
+        size_t rows = 0, idx[LOGIT_ROWS];
+        for (; t0 < T && rows < LOGIT_ROWS; t0++)
+            if (targets[t0] >= 0) idx[rows++] = t0;
+        if (!rows) continue;
+        /* rows that are not contiguous (unscored positions between them) are gathered into ws->sel */
+        const float *xin = ws->a + idx[0] * H;
+        int contiguous = idx[rows - 1] - idx[0] == rows - 1;
+        if (!contiguous) {
+            for (size_t r = 0; r < rows; r++) memcpy(ws->sel + r * H, ws->a + idx[r] * H, H * sizeof(float));
+            xin = ws->sel;
+        }
+        linear(xin, m->lm_head, NULL, ws->logits, rows, V, H);
+        for (size_t r = 0; r < rows; r++) {
+            const float *lg = ws->logits + r * V;
+            float mx = lg[0];
+            for (size_t v = 1; v < V; v++)
+                if (lg[v] > mx) mx = lg[v];
+            double sum = 0;
+            for (size_t v = 0; v < V; v++) sum += exp((double)lg[v] - (double)mx);
+            double lse = (double)mx + log(sum);
+            nll_sum[idx[r] / (size_t)len] += lse - (double)lg[targets[idx[r]]];
+        }
+    }
+}
