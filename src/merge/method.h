@@ -20,7 +20,10 @@
  *
  *   scan() may read `state` but writes only its own chunk's accumulator
  *   (acc_size bytes, zeroed before every pass); end_pass() folds the
- *   accumulators in chunk order. Chunk boundaries depend only on the tensor
+ *   accumulators in chunk order. The one allowed exception: a scan may add
+ *   into shared state under a lock when the arithmetic is exact and order
+ *   independent (integer or fixed-point sums, e.g. nuslerp's per-column
+ *   sums), which keeps the result independent of the thread count. Chunk boundaries depend only on the tensor
  *   shape, never on the thread count, so results are bit-identical for any
  *   number of threads. apply() writes only its `out` range.
  *
