@@ -135,6 +135,14 @@ static const char *base_name(const char *p)
     return s && s[1] ? s + 1 : p;
 }
 
+/* Prints one table line with trailing blanks removed. */
+static void put_line(char *line)
+{
+    size_t n = strlen(line);
+    while (n && line[n - 1] == ' ') line[--n] = '\0';
+    printf("%s\n", line);
+}
+
 static void print_table(const struct row *rows, size_t nmodels, const struct input *in, size_t nin)
 {
     size_t mw = 5;
@@ -143,31 +151,40 @@ static void print_table(const struct row *rows, size_t nmodels, const struct inp
     /* column titles: base names unless two inputs share one */
     const char **title = calloc(nin, sizeof *title);
     size_t cw = 18;
-    for (size_t i = 0; i < nin; i++) {
+    for (size_t i = 0; title && i < nin; i++) {
         title[i] = base_name(in[i].path);
         for (size_t j = 0; j < nin; j++)
             if (j != i && !strcmp(base_name(in[j].path), title[i])) title[i] = in[i].path;
         if (strlen(title[i]) + 2 > cw) cw = strlen(title[i]) + 2;
     }
-    printf("%-*s", (int)mw + 2, "model");
-    for (size_t i = 0; i < nin; i++) printf("%-*s", (int)cw, title[i]);
-    if (nin > 1) printf("average");
-    printf("\n%-*s", (int)mw + 2, "");
-    for (size_t i = 0; i < nin + (nin > 1); i++) printf("%-9s%-*s", "nll", (int)cw - 9, "ppl");
-    printf("\n");
+    size_t cap = mw + 2 + (nin + 1) * (cw + 32) + 64, k;
+    char *line = malloc(cap);
+    if (!title || !line) {
+        free(title);
+        free(line);
+        return;
+    }
+    k = (size_t)snprintf(line, cap, "%-*s", (int)mw + 2, "model");
+    for (size_t i = 0; i < nin; i++) k += (size_t)snprintf(line + k, cap - k, "%-*s", (int)cw, title[i]);
+    if (nin > 1) snprintf(line + k, cap - k, "average");
+    put_line(line);
+    k = (size_t)snprintf(line, cap, "%-*s", (int)mw + 2, "");
+    for (size_t i = 0; i < nin + (nin > 1); i++) k += (size_t)snprintf(line + k, cap - k, "%-9s%-*s", "nll", (int)cw - 9, "ppl");
+    put_line(line);
     for (size_t m = 0; m < nmodels; m++) {
-        printf("%-*s", (int)mw + 2, rows[m * nin].model);
+        k = (size_t)snprintf(line, cap, "%-*s", (int)mw + 2, rows[m * nin].model);
         double sum = 0;
         for (size_t i = 0; i < nin; i++) {
             const struct row *r = &rows[m * nin + i];
             char cell[64];
             snprintf(cell, sizeof cell, "%-8.5f %.4f", r->nll, r->ppl);
-            printf("%-*s", (int)cw, cell);
+            k += (size_t)snprintf(line + k, cap - k, "%-*s", (int)cw, cell);
             sum += r->nll;
         }
-        if (nin > 1) printf("%-8.5f %.4f", sum / (double)nin, exp(sum / (double)nin));
-        printf("\n");
+        if (nin > 1) snprintf(line + k, cap - k, "%-8.5f %.4f", sum / (double)nin, exp(sum / (double)nin));
+        put_line(line);
     }
+    free(line);
     free(title);
 }
 
@@ -376,13 +393,13 @@ int alloy_cmd_eval(int argc, char **argv)
     if (json) {
         status = print_json(rows, nm * nin);
         if (!quiet)
-            fprintf(stderr, "alloy: eval: ctx %lld, %d threads: %llu tokens in %.2f s, %.0f tokens/s\n", ctx,
-                    alloy_pool_size(pool), (unsigned long long)total_tokens, total_seconds, tps);
+            fprintf(stderr, "alloy: eval: ctx %lld: %llu tokens in %.2f s on %d threads, %.0f tokens/s\n", ctx,
+                    (unsigned long long)total_tokens, total_seconds, alloy_pool_size(pool), tps);
     } else {
         print_table(rows, nm, in, nin);
-        printf("\nnll: mean negative log-likelihood, nats/token; ppl = exp(nll). ctx %lld, %d threads: "
-               "%llu tokens in %.2f s, %.0f tokens/s\n",
-               ctx, alloy_pool_size(pool), (unsigned long long)total_tokens, total_seconds, tps);
+        printf("\nnll: mean negative log-likelihood, nats/token; ppl = exp(nll); ctx %lld tokens per window\n"
+               "speed: %llu tokens in %.2f s on %d threads, %.0f tokens/s\n",
+               ctx, (unsigned long long)total_tokens, total_seconds, alloy_pool_size(pool), tps);
     }
 out:
     for (size_t i = 0; i < nin; i++) {
