@@ -249,10 +249,7 @@ static int check_models(char **models, size_t nm, int *ctx)
             fprintf(stderr, "alloy: error: %s\n", err.msg);
             return 1;
         }
-        int d = cfg.max_position_embeddings / 2;
-        if (d > 512) d = 512;
-        if (d < 2) d = 2;
-        if (d < best) best = d;
+        if (alloy_eval_default_ctx(&cfg) < best) best = alloy_eval_default_ctx(&cfg);
     }
     *ctx = best;
     return 0;

@@ -53,7 +53,7 @@ TEST(eval_reference_losses_all_models)
         snprintf(tpath, sizeof tpath, "%s/tokenizer.json", dir);
         rc = alloy_tokenizer_load(tpath, &tok, &err);
         CHECK_MSG(rc == 0, "%s", err.msg);
-        CHECK_INT(alloy_eval_default_ctx(m), 128);
+        CHECK_INT(alloy_eval_default_ctx(alloy_llama_cfg(m)), 128);
         CHECK_INT(alloy_eval_bos(m, -2), 256);
         for (size_t ti = 0; !rc && ti < 2; ti++) {
             char path[300];
@@ -305,6 +305,7 @@ TEST(eval_cli_json_and_table)
     CHECK_STR_CONTAINS(out, "tests/data/tiny-llama/prose");
     CHECK_STR_CONTAINS(out, "tokens/s");
     CHECK_STR_CONTAINS(out, "ctx 128");
+    CHECK_MSG(out && !strchr(out, '\r'), "a progress bar was drawn although stderr is not a terminal");
     free(out);
 }
 

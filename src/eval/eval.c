@@ -35,9 +35,9 @@ void alloy_eval_options_init(struct alloy_eval_options *o)
     o->bos = -2;
 }
 
-int alloy_eval_default_ctx(const struct alloy_llama *m)
+int alloy_eval_default_ctx(const struct alloy_llama_config *cfg)
 {
-    int c = alloy_llama_cfg(m)->max_position_embeddings / 2;
+    int c = cfg->max_position_embeddings / 2;
     if (c > 512) c = 512;
     if (c < 2) c = 2;
     return c;
@@ -92,7 +92,7 @@ int alloy_eval_ids(const struct alloy_llama *m, const int32_t *ids, size_t n, co
                    const struct alloy_eval_options *o, struct alloy_eval_result *r, struct alloy_err *err)
 {
     const struct alloy_llama_config *c = alloy_llama_cfg(m);
-    int ctx = o->ctx > 0 ? o->ctx : alloy_eval_default_ctx(m);
+    int ctx = o->ctx > 0 ? o->ctx : alloy_eval_default_ctx(c);
     int bos = alloy_eval_bos(m, o->bos);
     memset(r, 0, sizeof *r);
     if (bos >= c->vocab_size)

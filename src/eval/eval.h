@@ -147,7 +147,7 @@ struct alloy_eval_result {
 
 void alloy_eval_options_init(struct alloy_eval_options *o);
 /* Default window length for a model: min(max_position_embeddings / 2, 512), at least 2. */
-int  alloy_eval_default_ctx(const struct alloy_llama *m);
+int  alloy_eval_default_ctx(const struct alloy_llama_config *cfg);
 /* The BOS id used under `bos` (-2: config), or -1. */
 int  alloy_eval_bos(const struct alloy_llama *m, int bos);
 /* Evaluates ids (label names them in errors) under the protocol of docs/eval.md. */
