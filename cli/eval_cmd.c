@@ -197,8 +197,9 @@ static int print_json(const struct row *rows, size_t nrows)
         json_object_set_new(o, "model", json_string(rows[i].model));
         json_object_set_new(o, "text", json_string(rows[i].text));
         json_object_set_new(o, "tokens", json_integer((json_int_t)rows[i].tokens));
-        json_object_set_new(o, "nll", json_real(rows[i].nll));
-        json_object_set_new(o, "ppl", json_real(rows[i].ppl));
+        /* a model with NaN/Inf activations gets null (JSON has no NaN) */
+        json_object_set_new(o, "nll", isfinite(rows[i].nll) ? json_real(rows[i].nll) : json_null());
+        json_object_set_new(o, "ppl", isfinite(rows[i].ppl) ? json_real(rows[i].ppl) : json_null());
         json_array_append_new(arr, o);
     }
     char *s = arr ? json_dumps(arr, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17)) : NULL;

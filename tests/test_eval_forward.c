@@ -434,7 +434,16 @@ TEST(eval_model_errors)
     expect_open_error(dir, "model.layers.0.mlp.gate_proj.weight: expected shape [6, 8] (from config.json), found [5, 8]",
                       ALLOY_ERR_SHAPE);
 
+    /* a config asking for a huge model is checked against the tensors before anything is allocated */
     write_model(&m, dir, NULL);
+    write_text(dir, "config.json", "{\"model_type\":\"llama\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":6,"
+                                   "\"num_hidden_layers\":100000,\"num_attention_heads\":2}");
+    expect_open_error(dir, "model.layers.1.input_layernorm.weight: tensor not found", ALLOY_ERR_FORMAT);
+    write_text(dir, "config.json", "{\"model_type\":\"llama\",\"vocab_size\":6,\"hidden_size\":16000000,"
+                                   "\"intermediate_size\":16000000,\"num_hidden_layers\":100000,\"num_attention_heads\":2}");
+    expect_open_error(dir, "model.embed_tokens.weight: expected shape [6, 16000000] (from config.json), found [6, 8]",
+                      ALLOY_ERR_SHAPE);
+
     write_text(dir, "config.json", "{\"model_type\": \"gpt2\"}");
     snprintf(buf, sizeof buf, "%s/config.json: model_type: \"gpt2\" is not supported (llama, mistral, qwen2 are)", dir);
     expect_open_error(dir, buf, ALLOY_ERR_UNSUPPORTED);
@@ -492,4 +501,34 @@ TEST(eval_config_errors)
     CHECK_NEAR(c.rope_theta, 10000, 0);
     CHECK_NEAR(c.rms_norm_eps, 1e-6, 0);
     CHECK_INT(c.tie_word_embeddings, 0);
+}
+
+/* A model whose activations are NaN is reported, not hidden: nan in the table, null in JSON. */
+TEST(eval_cli_nan_model)
+{
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s eval --help", test_alloy_bin());
+    if (test_run(cmd, NULL) != 0) return; /* the CLI is not wired into this binary */
+    struct tiny m = base_tiny();
+    g_rng = 7;
+    tiny_init(&m);
+    m.layer[0].wq[3] = NAN;
+    const char *dir = test_tmpdir();
+    write_model(&m, dir, NULL);
+    char toks[700];
+    snprintf(toks, sizeof toks, "%s/ids.txt", dir);
+    FILE *f = fopen(toks, "w");
+    fputs("1 2 3 4 5 0 1 2", f);
+    fclose(f);
+    char *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s eval %s --tokens %s --ctx 4 --json --quiet", test_alloy_bin(), dir, toks);
+    CHECK_INT(test_run(cmd, &out), 0);
+    CHECK_STR_CONTAINS(out, "\"nll\": null");
+    CHECK_STR_CONTAINS(out, "\"tokens\": 8");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s eval %s --tokens %s --ctx 4 --quiet", test_alloy_bin(), dir, toks);
+    CHECK_INT(test_run(cmd, &out), 0);
+    CHECK_STR_CONTAINS(out, "nan");
+    free(out);
+    tiny_free(&m);
 }

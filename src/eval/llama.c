@@ -277,7 +277,8 @@ static void shape_str(const int64_t *s, int nd, char *buf, size_t n)
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-/* Converts tensor `name` of shape [d0] (d1 < 0) or [d0, d1] into dst. */
+/* Checks tensor `name` (shape [d0], d1 < 0, or [d0, d1], a float dtype) and
+ * converts it into dst; dst NULL only checks. */
 static int load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0, int64_t d1,
                        float *dst, struct alloy_err *err)
 {
@@ -297,8 +298,10 @@ static int load_tensor(const struct alloy_model *mod, const char *dir, const cha
     if (!alloy_dtype_traits(t->dtype)->mergeable)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected a float dtype (F32, F16, BF16, F64), found %s",
                              file, name, alloy_dtype_traits(t->dtype)->name);
-    alloy_to_f32(t->dtype, t->data, dst, (size_t)t->numel);
-    alloy_st_release(t);
+    if (dst) {
+        alloy_to_f32(t->dtype, t->data, dst, (size_t)t->numel);
+        alloy_st_release(t);
+    }
     return ALLOY_OK;
 }
 
@@ -328,6 +331,80 @@ static void compute_inv_freq(const struct alloy_llama_config *c, float *inv)
     }
 }
 
+/* Walks the tensors config.json implies, in arena order (embed, per layer:
+ * norms, q/k/v stacked, biases, o, gate/up stacked, down, MLP biases; final
+ * norm; lm_head unless tied), adding their sizes into *total. With arena NULL
+ * it only checks them, so the arena is sized from tensors that exist (at most
+ * what the files hold), never from config numbers alone. */
+static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, const char *dir, float *arena,
+                        uint64_t *total, struct alloy_err *err)
+{
+    const struct alloy_llama_config *c = &m->cfg;
+    int64_t H = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
+    int64_t Q = (int64_t)c->num_heads * hd, KV = (int64_t)c->num_kv_heads * hd;
+    uint64_t off = 0;
+    char name[256];
+    int rc;
+#define PTR(field) do { if (arena) (field) = arena + off; } while (0)
+#define LOAD(nm, d0, d1)                                                                                 \
+    do {                                                                                                 \
+        if ((rc = load_tensor(mod, dir, nm, d0, d1, arena ? arena + off : NULL, err))) return rc;        \
+        off += (uint64_t)(d0) * ((d1) < 0 ? 1u : (uint64_t)(d1));                                        \
+    } while (0)
+#define LLOAD(suffix, d0, d1)                                                                            \
+    do {                                                                                                 \
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                    \
+        LOAD(name, d0, d1);                                                                              \
+    } while (0)
+    PTR(m->embed);
+    LOAD("model.embed_tokens.weight", V, H);
+    for (int l = 0; l < c->num_layers; l++) {
+        struct llama_layer *L = &m->layers[l];
+        PTR(L->attn_norm); LLOAD("input_layernorm.weight", H, -1);
+        PTR(L->ffn_norm);  LLOAD("post_attention_layernorm.weight", H, -1);
+        PTR(L->wqkv);
+        LLOAD("self_attn.q_proj.weight", Q, H);
+        LLOAD("self_attn.k_proj.weight", KV, H);
+        LLOAD("self_attn.v_proj.weight", KV, H);
+        if (c->qkv_bias) {
+            PTR(L->bqkv);
+            LLOAD("self_attn.q_proj.bias", Q, -1);
+            LLOAD("self_attn.k_proj.bias", KV, -1);
+            LLOAD("self_attn.v_proj.bias", KV, -1);
+        }
+        PTR(L->wo); LLOAD("self_attn.o_proj.weight", H, Q);
+        if (c->o_bias) { PTR(L->bo); LLOAD("self_attn.o_proj.bias", H, -1); }
+        PTR(L->wgu);
+        LLOAD("mlp.gate_proj.weight", F, H);
+        LLOAD("mlp.up_proj.weight", F, H);
+        PTR(L->wdown); LLOAD("mlp.down_proj.weight", H, F);
+        if (c->mlp_bias) {
+            PTR(L->bgu);
+            LLOAD("mlp.gate_proj.bias", F, -1);
+            LLOAD("mlp.up_proj.bias", F, -1);
+            PTR(L->bdown);
+            LLOAD("mlp.down_proj.bias", H, -1);
+        }
+    }
+    PTR(m->norm);
+    LOAD("model.norm.weight", H, -1);
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+    } else {
+        if (!alloy_model_find(mod, "lm_head.weight"))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT,
+                                 "%s: lm_head.weight: tensor not found and tie_word_embeddings is false in config.json",
+                                 dir);
+        PTR(m->lm_head);
+        LOAD("lm_head.weight", V, H);
+    }
+#undef PTR
+#undef LOAD
+#undef LLOAD
+    *total = off;
+    return ALLOY_OK;
+}
+
 int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err *err)
 {
     struct alloy_model *mod = NULL;
@@ -336,6 +413,7 @@ int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err
     const char *dir = alloy_model_dir(mod);
     char *label = alloy_xasprintf("%s/config.json", dir);
     struct alloy_llama *m = alloy_xcalloc(1, sizeof *m);
+    uint64_t total = 0, total2 = 0;
     if (!label || !m) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto fail; }
     if (!alloy_model_config_text(mod)) {
         rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: file not found (evaluation needs the model's config)", label);
@@ -343,17 +421,12 @@ int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err
     }
     if ((rc = alloy_llama_config_parse(alloy_model_config_text(mod), label, &m->cfg, err))) goto fail;
     const struct alloy_llama_config *c = &m->cfg;
-    if (!(m->dir = alloy_xstrdup(dir))) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto fail; }
-
-    uint64_t H = (uint64_t)c->hidden_size, F = (uint64_t)c->intermediate_size, V = (uint64_t)c->vocab_size;
-    uint64_t hd = (uint64_t)c->head_dim, Q = (uint64_t)c->num_heads * hd, KV = (uint64_t)c->num_kv_heads * hd;
-    uint64_t QKV = Q + 2 * KV;
-    uint64_t per_layer = 2 * H + QKV * H + H * Q + 2 * F * H + H * F;
-    if (c->qkv_bias) per_layer += QKV;
-    if (c->o_bias) per_layer += H;
-    if (c->mlp_bias) per_layer += 2 * F + H;
-    int own_head = !c->tie_word_embeddings;
-    uint64_t total = V * H + H + (own_head ? V * H : 0) + per_layer * (uint64_t)c->num_layers;
+    m->dir = alloy_xstrdup(dir);
+    m->layers = alloy_xcalloc((size_t)c->num_layers, sizeof *m->layers);
+    m->inv_freq = alloy_xmalloc((size_t)c->head_dim / 2 * sizeof(float));
+    if (!m->dir || !m->layers || !m->inv_freq) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto fail; }
+    /* check every tensor first: the arena is sized only from tensors that exist */
+    if ((rc = walk_tensors(m, mod, dir, NULL, &total, err))) goto fail;
     if (total > ((uint64_t)1 << 40)) {
         rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model too large (%llu parameters)", label,
                            (unsigned long long)total);
@@ -361,70 +434,12 @@ int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err
     }
     m->n_params = total;
     m->arena = alloy_xmalloc(total * sizeof(float));
-    m->layers = alloy_xcalloc((size_t)c->num_layers, sizeof *m->layers);
-    m->inv_freq = alloy_xmalloc((size_t)hd / 2 * sizeof(float));
-    if (!m->arena || !m->layers || !m->inv_freq) {
+    if (!m->arena) {
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %llu float32 weights", dir,
                            (unsigned long long)total);
         goto fail;
     }
-    float *p = m->arena;
-    char name[256];
-    if ((rc = load_tensor(mod, dir, "model.embed_tokens.weight", (int64_t)V, (int64_t)H, p, err))) goto fail;
-    m->embed = p;
-    p += V * H;
-    for (int l = 0; l < c->num_layers; l++) {
-        struct llama_layer *L = &m->layers[l];
-#define LOAD(suffix, d0, d1)                                                                            \
-    do {                                                                                                \
-        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                   \
-        int64_t d0_ = (int64_t)(d0), d1_ = (int64_t)(d1);                                               \
-        if ((rc = load_tensor(mod, dir, name, d0_, d1_, p, err))) goto fail;                              \
-        p += (uint64_t)d0_ * (d1_ < 0 ? 1u : (uint64_t)d1_);                                              \
-    } while (0)
-        L->attn_norm = p; LOAD("input_layernorm.weight", H, -1);
-        L->ffn_norm = p;  LOAD("post_attention_layernorm.weight", H, -1);
-        L->wqkv = p;
-        LOAD("self_attn.q_proj.weight", Q, H);
-        LOAD("self_attn.k_proj.weight", KV, H);
-        LOAD("self_attn.v_proj.weight", KV, H);
-        if (c->qkv_bias) {
-            L->bqkv = p;
-            LOAD("self_attn.q_proj.bias", Q, -1);
-            LOAD("self_attn.k_proj.bias", KV, -1);
-            LOAD("self_attn.v_proj.bias", KV, -1);
-        }
-        L->wo = p; LOAD("self_attn.o_proj.weight", H, Q);
-        if (c->o_bias) { L->bo = p; LOAD("self_attn.o_proj.bias", H, -1); }
-        L->wgu = p;
-        LOAD("mlp.gate_proj.weight", F, H);
-        LOAD("mlp.up_proj.weight", F, H);
-        L->wdown = p; LOAD("mlp.down_proj.weight", H, F);
-        if (c->mlp_bias) {
-            L->bgu = p;
-            LOAD("mlp.gate_proj.bias", F, -1);
-            LOAD("mlp.up_proj.bias", F, -1);
-            L->bdown = p;
-            LOAD("mlp.down_proj.bias", H, -1);
-        }
-#undef LOAD
-    }
-    if ((rc = load_tensor(mod, dir, "model.norm.weight", (int64_t)H, -1, p, err))) goto fail;
-    m->norm = p;
-    p += H;
-    if (own_head) {
-        if (!alloy_model_find(mod, "lm_head.weight")) {
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
-                               "%s: lm_head.weight: tensor not found and tie_word_embeddings is false in config.json",
-                               dir);
-            goto fail;
-        }
-        if ((rc = load_tensor(mod, dir, "lm_head.weight", (int64_t)V, (int64_t)H, p, err))) goto fail;
-        m->lm_head = p;
-        p += V * H;
-    } else {
-        m->lm_head = m->embed;
-    }
+    if ((rc = walk_tensors(m, mod, dir, m->arena, &total2, err))) goto fail;
     compute_inv_freq(c, m->inv_freq);
     free(label);
     alloy_model_close(mod);
@@ -552,8 +567,9 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 static inline void v8_exp(v8f *v)
 {
     v8f x = *v;
-    x = V8_SEL(x < V8(88.3762626647949f), x, V8(88.3762626647949f));
-    x = V8_SEL(x > V8(-87.3365447504f), x, V8(-87.3365447504f));
+    /* clamp so 2^n stays a normal float; comparisons are false for NaN, which passes through */
+    x = V8_SEL(x > V8(88.3762626647949f), V8(88.3762626647949f), x);
+    x = V8_SEL(x < V8(-87.3365447504f), V8(-87.3365447504f), x);
     v8f fx = x * V8(1.44269504088896341f) + V8(0.5f);
     v8f fl = __builtin_convertvector(__builtin_convertvector(fx, v8i), v8f);
     fl = V8_SEL(fl > fx, fl - V8(1.0f), fl); /* floor */
