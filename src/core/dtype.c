@@ -12,6 +12,10 @@
 #include "alloy.h"
 #include "core/internal.h"
 
+#include <stdatomic.h>
+#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
+#include <cpuid.h>
+#endif
 #include <string.h>
 
 static const struct alloy_dtype_traits g_dtypes[ALLOY_DTYPE_COUNT] = {
@@ -146,19 +150,24 @@ void alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t 
 
 /* ------------------------------------------------------------ dispatch */
 
+/* Decided once; pool threads may race to decide it first, all reaching the
+ * same value, so a relaxed atomic is enough (and keeps ThreadSanitizer quiet). */
 static int use_simd(void)
 {
-    static int cached = -1;
-    if (cached < 0) {
+    static atomic_int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v < 0) {
 #if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-        if (getenv_flag("ALLOY_NO_SIMD")) cached = 0;
+        unsigned a, b, c, d; /* F16C from CPUID.1:ECX (clang's __builtin_cpu_supports has no "f16c") */
+        v = __builtin_cpu_supports("avx2") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+        if (getenv_flag("ALLOY_NO_SIMD")) v = 0;
 #else
-        cached = 0;
+        v = 0;
 #endif
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
     }
-    return cached;
+    return v;
 }
 
 void alloy_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)

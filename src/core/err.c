@@ -5,6 +5,9 @@
  *   There is no global error state: every fallible call takes a
  *   `struct alloy_err *` and writes one line into it. alloy_err_set keeps
  *   errno intact so callers may still inspect it after cleanup.
+ *   Messages quote untrusted text (tensor names, JSON and YAML snippets), so
+ *   control characters, and the UTF-8 C1 controls U+0080..U+009F, become '?':
+ *   the message stays one line and cannot drive a terminal (ESC sequences).
  */
 #include "alloy.h"
 
@@ -20,6 +23,10 @@ int alloy_err_set(struct alloy_err *err, enum alloy_status status, const char *f
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        for (unsigned char *p = (unsigned char *)err->msg; *p; p++) {
+            if (*p < 0x20 || *p == 0x7f) *p = '?';
+            else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) p[0] = p[1] = '?';
+        }
         err->status = status;
     }
     errno = saved;

@@ -71,7 +71,8 @@ int alloy_is_file(const char *path)
 int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err)
 {
     if (!max) max = (size_t)1 << 30;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO without a writer must not hang; it is refused below */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

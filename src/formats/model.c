@@ -152,7 +152,8 @@ static int add_file_tensors(struct alloy_model *m, struct alloy_st_file *f, json
         const struct alloy_tensor *t = alloy_st_tensor(f, i);
         if (weight_map) {
             json_t *v = json_object_get(weight_map, t->name);
-            if (!v || strcmp(json_string_value(v), fname) != 0) continue; /* not indexed here */
+            /* not indexed here (a non-string entry is reported by the caller's walk) */
+            if (!json_is_string(v) || strcmp(json_string_value(v), fname) != 0) continue;
         }
         m->tensors[first + added++] = t;
     }

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -312,7 +313,7 @@ int alloy_st_open_memory(const uint8_t *buf, size_t len, const char *label, stru
 
 int alloy_st_open(const char *path, struct alloy_st_file **out, struct alloy_err *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
     if (fd < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -383,8 +384,9 @@ void alloy_st_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t
     const struct alloy_st_file *f = t->file;
     if (!f || !f->owns_map || !len || off >= t->nbytes) return;
     if (len > t->nbytes - off) len = t->nbytes - off;
-    static uintptr_t page;
-    if (!page) page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    static _Atomic uintptr_t page_size; /* set once; racing threads store the same value */
+    uintptr_t page = atomic_load_explicit(&page_size, memory_order_relaxed);
+    if (!page) atomic_store_explicit(&page_size, page = (uintptr_t)sysconf(_SC_PAGESIZE), memory_order_relaxed);
     uintptr_t lo = ((uintptr_t)(t->data + off) + page - 1) & ~(page - 1);
     uintptr_t hi = ((uintptr_t)(t->data + off + len)) & ~(page - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);

@@ -101,6 +101,8 @@ static int copy_tensor(const struct tensor_io *io, struct alloy_err *err)
     const struct alloy_tensor *src = io->t->inputs[0].t;
     const uint64_t step = (uint64_t)8 << 20;
     for (uint64_t off = 0; off < src->nbytes; off += step) {
+        if (io->interrupt && *io->interrupt)
+            return alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while copying '%s'", io->t->name);
         uint64_t n = src->nbytes - off < step ? src->nbytes - off : step;
         int rc = alloy_pwrite_all(io->fd, src->data + off, (size_t)n, io->data_start + io->t->offset + off, io->path, err);
         if (rc) return rc;
@@ -170,7 +172,6 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
     if (!rc && s->data_bytes && ftruncate(fd, (off_t)(hlen + s->data_bytes)) != 0)
         rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot size the file to %llu bytes: %s", path,
                            (unsigned long long)(hlen + s->data_bytes), strerror(errno));
-    const char *names[64];
     for (size_t i = s->first; i < s->first + s->count && !rc; i++) {
         const struct alloy_plan_tensor *t = &p->tensors[i];
         struct tensor_io io = {.plan = p, .t = t, .fd = fd, .path = path, .data_start = hlen, .round_to = -1,
@@ -185,7 +186,8 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
             rc = copy_tensor(&io, err);
         } else {
             struct alloy_merge_job job;
-            for (int k = 0; k < t->n && k < 64; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
+            const char *names[t->n > 0 ? t->n : 1]; /* every input named, however many the config lists */
+            for (int k = 0; k < t->n; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
             alloy_plan_job(p, i, o->has_seed ? o->seed : 0, names, &job);
             rc = alloy_method_execute(p->method, &job, load_chunk, &io, store_chunk, &io, pool, 0, err);
             unsigned long long bad = atomic_load(&io.nonfinite);
@@ -214,16 +216,17 @@ out:
 
 static int remove_tree(const char *path)
 {
+    struct stat st; /* a symlink is removed, never followed: its target is not ours */
+    if (lstat(path, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) return unlink(path);
     DIR *d = opendir(path);
-    if (!d) return unlink(path);
+    if (!d) return -1;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         char *sub = alloy_xasprintf("%s/%s", path, e->d_name);
         if (!sub) continue;
-        struct stat st;
-        if (lstat(sub, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(sub);
-        else unlink(sub);
+        remove_tree(sub);
         free(sub);
     }
     closedir(d);
@@ -252,29 +255,56 @@ static char *parent_dir(const char *path)
     return copy;
 }
 
-/* Refuses an output folder that is (or contains, or lies inside) an input folder. */
+/* 1 when path a is b or lies inside b (both canonical). */
+static int path_within(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (lb == 1 && b[0] == '/') return 1;
+    return la >= lb && strncmp(a, b, lb) == 0 && (a[lb] == '\0' || a[lb] == '/');
+}
+
+/* Refuses an output folder that is (or contains, or lies inside) an input
+ * folder, or that holds an input file (an HF-cache snapshot links its files
+ * into blobs/): publishing replaces the output path as a whole. */
 static int check_out_dir(const struct alloy_plan *p, const char *out, struct alloy_err *err)
 {
-    char real_out[PATH_MAX];
+    char real_out[PATH_MAX], real_parent[PATH_MAX];
     char *parent = parent_dir(out);
     if (!parent) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    if (!alloy_is_dir(parent)) {
+    if (!alloy_is_dir(parent) || !realpath(parent, real_parent)) {
         int rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: the parent folder %s does not exist", out, parent);
         free(parent);
         return rc;
     }
     free(parent);
-    if (!realpath(out, real_out)) return ALLOY_OK; /* does not exist yet: cannot be an input */
+    if (!realpath(out, real_out)) { /* not there yet: where it will be */
+        const char *base = strrchr(out, '/');
+        base = base ? base + 1 : out;
+        if ((size_t)snprintf(real_out, sizeof real_out, "%s/%s", strcmp(real_parent, "/") ? real_parent : "", base) >=
+            sizeof real_out)
+            return alloy_err_set(err, ALLOY_ERR_IO, "%s: path too long", out);
+    }
     for (size_t i = 0; i < p->nmodels; i++) {
+        const struct alloy_model *m = p->models[i];
         char real_in[PATH_MAX];
-        if (!realpath(alloy_model_dir(p->models[i]), real_in)) continue;
-        size_t lo = strlen(real_out), li = strlen(real_in);
+        if (!realpath(alloy_model_dir(m), real_in)) continue;
         int same = strcmp(real_out, real_in) == 0;
-        int out_holds_in = li > lo && strncmp(real_in, real_out, lo) == 0 && real_in[lo] == '/';
-        if (same || out_holds_in)
+        if (same || path_within(real_in, real_out) || path_within(real_out, real_in))
             return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: output folder %s input model %s; choose another output "
                                  "folder (alloy never overwrites its inputs)", out,
-                                 same ? "is the" : "contains the", alloy_model_ref(p->models[i]));
+                                 same ? "is the" : path_within(real_in, real_out) ? "contains the" : "lies inside the",
+                                 alloy_model_ref(m));
+        const struct alloy_st_file *last = NULL;
+        for (size_t k = 0; k < alloy_model_count(m); k++) {
+            const struct alloy_st_file *f = alloy_model_tensor(m, k)->file;
+            char real_file[PATH_MAX];
+            if (f == last || !realpath(alloy_st_path(f), real_file)) continue;
+            last = f;
+            if (path_within(real_file, real_out))
+                return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: output folder holds %s, a file of input model %s; "
+                                     "choose another output folder (alloy never overwrites its inputs)", out,
+                                     real_file, alloy_model_ref(m));
+        }
     }
     return ALLOY_OK;
 }
