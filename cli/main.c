@@ -40,7 +40,10 @@ static void log_line(void *user, int level, const char *msg)
 {
     (void)user;
     if (g_quiet && level > 0) return;
-    fprintf(stderr, "alloy: %s: %s\n", level == 0 ? "warning" : "note", msg);
+    /* messages quote tensor names from untrusted files: keep them one line, free of terminal escapes */
+    fprintf(stderr, "alloy: %s: ", level == 0 ? "warning" : "note");
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++) fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+    fputc('\n', stderr);
 }
 
 /* ------------------------------------------------------------ progress */

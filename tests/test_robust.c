@@ -426,17 +426,20 @@ TEST(robust_nan_tensor_merges_with_warning)
         good[i] = (float)i * 0.25f;
         bad[i] = i % 3 ? NAN : 1.0f; /* 8 of 12 NaN */
     }
+    /* the third name holds an escape sequence (a JSON \\u escape): the warning must not pass it on */
     struct test_tensor ta[] = {{"model.layers.0.mlp.down_proj.weight", "F32", 2, {3, 4}, good},
-                               {"model.norm.weight", "F32", 1, {4}, good}};
+                               {"model.norm.weight", "F32", 1, {4}, good},
+                               {"model.layers.0.\\u001b[2Jx", "F32", 1, {4}, good}};
     struct test_tensor tb[] = {{"model.layers.0.mlp.down_proj.weight", "F32", 2, {3, 4}, bad},
-                               {"model.norm.weight", "F32", 1, {4}, good}};
+                               {"model.norm.weight", "F32", 1, {4}, good},
+                               {"model.layers.0.\\u001b[2Jx", "F32", 1, {4}, bad}};
     snprintf(a, sizeof a, "%s/a", dir);
     snprintf(b, sizeof b, "%s/b", dir);
     for (int k = 0; k < 2; k++) {
         char path[1100];
         mkdir_p(k ? b : a);
         snprintf(path, sizeof path, "%s/model.safetensors", k ? b : a);
-        CHECK_INT(test_write_safetensors(path, k ? tb : ta, 2), 0);
+        CHECK_INT(test_write_safetensors(path, k ? tb : ta, 3), 0);
         snprintf(path, sizeof path, "%s/config.json", k ? b : a);
         CHECK_INT(test_write_text(path, "{\"num_hidden_layers\": 1}"), 0);
     }
@@ -450,6 +453,8 @@ TEST(robust_nan_tensor_merges_with_warning)
     CHECK_MSG(rc == 0, "NaN input must not stop the merge (exit %d): %s", rc, log);
     CHECK_STR_CONTAINS(log, "alloy: warning: tensor 'model.layers.0.mlp.down_proj.weight': 8 of 12 output values are NaN");
     CHECK_MSG(log && !strstr(log, "model.norm.weight"), "warning for a finite tensor: %s", log);
+    CHECK_STR_CONTAINS(log, "alloy: warning: tensor 'model.layers.0.?[2Jx': 2 of 4 output values are NaN");
+    CHECK_MSG(log && !strchr(log, '\x1b'), "escape sequence echoed: %s", log);
     free(log);
     struct alloy_model *m = NULL;
     struct alloy_err err = {0};
@@ -486,6 +491,40 @@ TEST(robust_eval_sizes_checked_before_allocation)
     const char *want[] = {"model.embed_tokens.weight", "[1000000, 16384] (from config.json), found [260, 128]", NULL};
     expect_failure("eval sizes", rc, log, NULL, want);
     free(log);
+}
+
+TEST(robust_empty_tensor_with_huge_rows)
+{
+    /* shape [0, 2^40] is a valid, empty tensor: whole-row methods must not size scratch from the row length
+       (that asked malloc for 12 TB: "out of memory" in a normal build, an abort under ASan) */
+    const char *dir = test_tmpdir();
+    char m[3][1000], path[1200], cfg[1100], yaml[4000], args[3000], *log = NULL;
+    static const char hdr[] = "{\"model.layers.0.mlp.up_proj.weight\":{\"dtype\":\"F32\",\"shape\":[0,1099511627776],"
+                              "\"data_offsets\":[0,0]},\"model.norm.weight\":{\"dtype\":\"F32\",\"shape\":[2],"
+                              "\"data_offsets\":[0,8]}}";
+    for (int k = 0; k < 3; k++) {
+        snprintf(m[k], sizeof m[k], "%s/m%d", dir, k);
+        size_t len;
+        uint8_t *img = st_image(hdr, 8, &len);
+        model_dir(m[k], img, len);
+        free(img);
+    }
+    static const char *const methods[] = {
+        "della\nparameters: {weight: 1, density: 0.5, epsilon: 0.1}", "model_stock", "arcee_fusion",
+        "nuslerp\nparameters: {weight: 0.5, nuslerp_flatten: false, nuslerp_row_wise: true}", "linear\nparameters: {weight: 1}",
+    };
+    snprintf(cfg, sizeof cfg, "%s/c.yml", dir);
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
+        int two = !strncmp(methods[i], "arcee", 5);
+        snprintf(yaml, sizeof yaml, "merge_method: %s\nbase_model: %s\nmodels:\n  - model: %s\n%s%s%s\n", methods[i], m[0],
+                 m[1], two ? "" : "  - model: ", two ? "" : m[2], "");
+        CHECK_INT(test_write_text(cfg, yaml), 0);
+        snprintf(path, sizeof path, "%s/out%zu", dir, i);
+        snprintf(args, sizeof args, "merge %s %s --quiet --random-seed 3", cfg, path);
+        int rc = alloy(args, &log);
+        CHECK_MSG(rc == 0, "%s: exit %d: %s", methods[i], rc, log);
+        free(log);
+    }
 }
 
 /* ------------------------------------------------------------ output folder safety */

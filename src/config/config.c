@@ -223,6 +223,7 @@ static int merge_source(struct cfgp *P, struct ynode *v, struct ynode ***pairs, 
         if ((P->merged += src->n) > ALLOY_CONFIG_MAX_EXPAND)
             return perr(P, ALLOY_ERR_CONFIG, src->pos, "<<", "merge keys expand to more than %zu values",
                         (size_t)ALLOY_CONFIG_MAX_EXPAND);
+        if (!src->n) continue; /* `<<: {}`: nothing to add (and *pairs may still be NULL) */
         if (grow((void **)pairs, cap, *np + src->n, sizeof **pairs)) return nomem(P);
         memcpy(*pairs + *np, src->kids, src->n * sizeof **pairs);
         *np += src->n;

@@ -90,7 +90,8 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
         uint64_t rows = chunk_elems / (job->cols ? job->cols : 1);
         chunk_elems = (rows ? rows : 1) * (job->cols ? job->cols : 1);
     }
-    if (job->numel && chunk_elems > job->numel) chunk_elems = job->numel;
+    /* never more than the tensor holds: an empty tensor with rows of 2^40 elements needs no scratch */
+    if (chunk_elems > job->numel) chunk_elems = job->numel ? job->numel : 1;
     struct run r = {.m = m, .job = job, .load = load, .load_ctx = load_ctx, .store = store, .store_ctx = store_ctx,
                     .chunk_elems = chunk_elems ? chunk_elems : 1};
     r.nchunks = job->numel ? (size_t)((job->numel + r.chunk_elems - 1) / r.chunk_elems) : 0;
