@@ -456,6 +456,12 @@ TEST(robust_nan_tensor_merges_with_warning)
     CHECK_STR_CONTAINS(log, "alloy: warning: tensor 'model.layers.0.?[2Jx': 2 of 4 output values are NaN");
     CHECK_MSG(log && !strchr(log, '\x1b'), "escape sequence echoed: %s", log);
     free(log);
+    /* the --dry-run plan lists the names, neutralised too */
+    snprintf(args, sizeof args, "merge %s --dry-run", cfg);
+    CHECK_INT(alloy(args, &log), 0);
+    CHECK_STR_CONTAINS(log, "model.layers.0.?[2Jx [4] F32 <- linear");
+    CHECK_MSG(log && !strchr(log, '\x1b'), "escape sequence echoed by --dry-run: %s", log);
+    free(log);
     struct alloy_model *m = NULL;
     struct alloy_err err = {0};
     CHECK_INT(alloy_model_open(out, &m, &err), ALLOY_OK);
