@@ -596,7 +596,7 @@ TEST(robust_output_never_touches_inputs)
     CHECK_MSG(hash_dir(blobs) == blobs_before, "the blobs folder changed");
 }
 
-TEST(robust_output_symlink_target_is_not_deleted)
+TEST(robust_output_symlink_target_is_not_deleted_and_mode)
 {
     const char *dir = test_tmpdir();
     char target[1000], keep[1100], link[1000], cfg[1100], args[3000], path[1200], *log = NULL;
@@ -616,6 +616,10 @@ TEST(robust_output_symlink_target_is_not_deleted)
     CHECK_MSG(access(keep, F_OK) == 0, "the symlink's target was emptied");
     struct stat st;
     CHECK(lstat(link, &st) == 0 && S_ISDIR(st.st_mode));
+    /* built private (0700) but published with the permissions the umask gives a new folder */
+    mode_t um = umask(0);
+    umask(um);
+    CHECK_INT(st.st_mode & 0777, 0777 & ~um);
     snprintf(path, sizeof path, "%s/model.safetensors", link);
     CHECK(access(path, F_OK) == 0);
     CHECK_INT(leftovers(dir), 0);

@@ -388,6 +388,12 @@ int alloy_merge(const struct alloy_merge_options *opts, struct alloy_err *err)
     if (!rc) rc = alloy_output_write_files(plan, o, tmp, err);
     if (!rc && fsync_dir(tmp) != 0) rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
     if (!rc && o->interrupt && *o->interrupt) rc = alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted");
+    if (!rc) { /* private (mkdtemp: 0700) while incomplete; published with the usual umask permissions */
+        mode_t um = umask(0);
+        umask(um);
+        if (chmod(tmp, 0777 & ~um) != 0)
+            rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: chmod failed: %s", tmp, strerror(errno));
+    }
     if (!rc) rc = publish(tmp, o->out_dir, err);
 out:
     if (rc && tmp) remove_tree(tmp);
