@@ -573,6 +573,18 @@ TEST(robust_output_never_touches_inputs)
     snprintf(path, sizeof path, "%s/merged", in);
     CHECK_MSG(access(path, F_OK) != 0, "a folder was created inside the input");
 
+    /* an output path that is a file (not an input) is not deleted to make room */
+    char file[1100];
+    snprintf(file, sizeof file, "%s/notes.txt", dir);
+    CHECK_INT(test_write_text(file, "mine"), 0);
+    snprintf(args, sizeof args, "merge %s %s --quiet", cfg, file);
+    int frc = alloy(args, &log);
+    const char *wf[] = {"exists and is not a folder", NULL};
+    expect_failure("output is a file", frc, log, NULL, wf);
+    free(log);
+    struct stat fst;
+    CHECK(stat(file, &fst) == 0 && S_ISREG(fst.st_mode) && fst.st_size == 4);
+
     /* HF-cache layout: the snapshot's files are links into blobs/; writing over blobs/ must be refused */
     char blobs[1100], snap[1100];
     snprintf(blobs, sizeof blobs, "%s/hub/blobs", dir);

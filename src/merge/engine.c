@@ -306,6 +306,10 @@ static int check_out_dir(const struct alloy_plan *p, const char *out, struct all
                                      real_file, alloy_model_ref(m));
         }
     }
+    struct stat st;
+    if (stat(out, &st) == 0 && !S_ISDIR(st.st_mode)) /* publishing would delete it */
+        return alloy_err_set(err, ALLOY_ERR_IO, "%s: exists and is not a folder; alloy only replaces a folder "
+                             "(move it away or choose another output path)", out);
     return ALLOY_OK;
 }
 
