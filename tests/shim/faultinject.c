@@ -21,7 +21,9 @@
  *   write, pwrite and pwrite64 are wrapped (alloy writes with pwrite).
  *   Counters are atomic: pool threads write concurrently.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
