@@ -117,6 +117,8 @@ static void expect_failure(const char *what, int rc, const char *log, const char
 {
     CHECK_MSG(rc == 1, "%s: exit %d, expected 1: %s", what, rc, log ? log : "");
     CHECK_MSG(count_prefix_lines(log, "alloy: error: ") == 1, "%s: expected one error line: %s", what, log);
+    /* a message broken over lines (a newline from the file) shows up as a line without the prefix */
+    CHECK_MSG(log && count_prefix_lines(log, "alloy: ") == count_prefix_lines(log, ""), "%s: stray lines: %s", what, log);
     for (; *want; want++) CHECK_MSG(log && strstr(log, *want), "%s: \"%s\" not in: %s", what, *want, log);
     CHECK_MSG(log && !strstr(log, "Sanitizer") && !strstr(log, "runtime error"), "%s: %s", what, log);
     if (out) {
