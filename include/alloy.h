@@ -160,6 +160,10 @@ const char                *alloy_st_metadata(const struct alloy_st_file *f, cons
  * inside bytes [off, off + len) of the tensor. */
 void                       alloy_st_release(const struct alloy_tensor *t);
 void                       alloy_st_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t len);
+/* Copies bytes [off, off + len) of t into dst with pread (memcpy for an
+ * in-memory image): streaming readers use it instead of faulting the mapping. */
+int                        alloy_st_pread(const struct alloy_tensor *t, uint64_t off, void *dst, size_t len,
+                                          struct alloy_err *err);
 
 /* ---------------------------------------------------------------- models */
 
@@ -194,6 +198,10 @@ int                alloy_pool_size(const struct alloy_pool *p);
 void alloy_pool_for(struct alloy_pool *p, size_t n,
                     void (*fn)(void *ctx, size_t item, int ith), void *ctx);
 int  alloy_cpu_count(void);
+/* A grow-only buffer of at least `bytes` owned by thread ith of the pool,
+ * kept across calls and freed with the pool (NULL on allocation failure).
+ * Call it from the thread that calls alloy_pool_for, not from workers. */
+void *alloy_pool_scratch(struct alloy_pool *p, int ith, size_t bytes);
 
 /* ---------------------------------------------------------------- merge */
 

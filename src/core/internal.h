@@ -51,7 +51,18 @@ void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t
 
 /* Counter-based random numbers (rng.c): a pure function of (key, counter). */
 uint64_t alloy_rng_key(uint64_t seed, const char *name, uint64_t stream);
-uint64_t alloy_rng_u64(uint64_t key, uint64_t counter);
+/* Two rounds of the SplitMix64 finalizer; inline because random methods draw
+ * once per element and model. */
+static inline uint64_t alloy_rng_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static inline uint64_t alloy_rng_u64(uint64_t key, uint64_t counter)
+{
+    return alloy_rng_mix64(alloy_rng_mix64(counter * 0x9e3779b97f4a7c15ull + key) ^ key);
+}
 /* Uniform in [0, 1) with 53 bits. */
 static inline double alloy_rng_uniform(uint64_t key, uint64_t counter)
 {

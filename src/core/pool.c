@@ -26,6 +26,8 @@ struct alloy_pool {
     void *ctx;
     size_t n;
     atomic_size_t next;
+    void **scratch;        /* per thread, grow-only, freed with the pool */
+    size_t *scratch_size;
 };
 
 struct worker_arg {
@@ -104,6 +106,9 @@ void alloy_pool_free(struct alloy_pool *p)
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->nthreads; i++) pthread_join(p->threads[i - 1], NULL);
     free(p->threads);
+    for (int i = 0; p->scratch && i < p->nthreads; i++) free(p->scratch[i]);
+    free(p->scratch);
+    free(p->scratch_size);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
@@ -131,4 +136,28 @@ void alloy_pool_for(struct alloy_pool *p, size_t n, void (*fn)(void *ctx, size_t
     pthread_mutex_lock(&p->mu);
     while (p->busy > 0) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
+}
+
+void *alloy_pool_scratch(struct alloy_pool *p, int ith, size_t bytes)
+{
+    if (!p->scratch) {
+        p->scratch = alloy_xcalloc((size_t)p->nthreads, sizeof *p->scratch);
+        p->scratch_size = alloy_xcalloc((size_t)p->nthreads, sizeof *p->scratch_size);
+        if (!p->scratch || !p->scratch_size) {
+            free(p->scratch);
+            free(p->scratch_size);
+            p->scratch = NULL;
+            p->scratch_size = NULL;
+            return NULL;
+        }
+    }
+    if (ith < 0 || ith >= p->nthreads) return NULL;
+    if (p->scratch_size[ith] < bytes) {
+        void *nb = alloy_xmalloc(bytes);
+        if (!nb) return NULL;
+        free(p->scratch[ith]);
+        p->scratch[ith] = nb;
+        p->scratch_size[ith] = bytes;
+    }
+    return p->scratch[ith];
 }

@@ -11,12 +11,7 @@
  */
 #include "core/internal.h"
 
-static inline uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+#define mix64 alloy_rng_mix64
 
 uint64_t alloy_rng_key(uint64_t seed, const char *name, uint64_t stream)
 {
@@ -25,7 +20,4 @@ uint64_t alloy_rng_key(uint64_t seed, const char *name, uint64_t stream)
     return mix64(mix64(seed ^ 0x9e3779b97f4a7c15ull) ^ h ^ mix64(stream + 0x632be59bd9b4e019ull));
 }
 
-uint64_t alloy_rng_u64(uint64_t key, uint64_t counter)
-{
-    return mix64(mix64(counter * 0x9e3779b97f4a7c15ull + key) ^ key);
-}
+/* alloy_rng_u64 is inline in core/internal.h. */

@@ -37,6 +37,7 @@ struct alloy_st_file {
     const uint8_t *map;     /* whole file */
     size_t size;
     int owns_map;
+    int fd;                 /* kept open for pread (-1 for in-memory images) */
     const uint8_t *data;    /* start of the data buffer */
     size_t count;
     struct alloy_tensor *tensors; /* header order */
@@ -308,6 +309,7 @@ int alloy_st_open_memory(const uint8_t *buf, size_t len, const char *label, stru
     }
     f->map = buf;
     f->size = len;
+    f->fd = -1;
     return open_common(f, out, err);
 }
 
@@ -338,9 +340,8 @@ int alloy_st_open(const char *path, struct alloy_st_file **out, struct alloy_err
         }
         f->map = m;
         f->owns_map = 1;
-        posix_madvise(m, f->size, POSIX_MADV_SEQUENTIAL);
     }
-    close(fd);
+    f->fd = fd;
     return open_common(f, out, err);
 }
 
@@ -348,6 +349,7 @@ void alloy_st_close(struct alloy_st_file *f)
 {
     if (!f) return;
     if (f->owns_map && f->map) munmap((void *)f->map, f->size);
+    if (f->fd >= 0) close(f->fd);
     for (size_t i = 0; i < f->count; i++) free(f->names[i]);
     for (size_t i = 0; i < 2 * f->nmeta; i++) free(f->meta[i]);
     free(f->meta);
@@ -393,3 +395,28 @@ void alloy_st_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t
 }
 
 void alloy_st_release(const struct alloy_tensor *t) { alloy_st_release_range(t, 0, t->nbytes); }
+
+int alloy_st_pread(const struct alloy_tensor *t, uint64_t off, void *dst, size_t len, struct alloy_err *err)
+{
+    const struct alloy_st_file *f = t->file;
+    if (off > t->nbytes || len > t->nbytes - off)
+        return alloy_err_set(err, ALLOY_ERR_IO, "%s: tensor '%s': read of %zu bytes at %llu is outside the tensor",
+                             f ? f->path : "?", t->name, len, (unsigned long long)off);
+    if (!f || f->fd < 0) {
+        memcpy(dst, t->data + off, len);
+        return ALLOY_OK;
+    }
+    uint64_t pos = (uint64_t)(t->data - f->map) + off;
+    uint8_t *p = dst;
+    while (len) {
+        ssize_t r = pread(f->fd, p, len, (off_t)pos);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            return alloy_err_set(err, ALLOY_ERR_IO, "%s: tensor '%s': read failed at byte %llu: %s", f->path, t->name,
+                                 (unsigned long long)pos, r < 0 ? strerror(errno) : "file shrank while open");
+        p += r;
+        len -= (size_t)r;
+        pos += (uint64_t)r;
+    }
+    return ALLOY_OK;
+}

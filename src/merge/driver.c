@@ -106,7 +106,9 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
         goto out;
     }
     for (int t = 0; t < nth; t++) {
-        r.scratch[t] = alloy_xmalloc(((size_t)job->n + 1) * r.chunk_elems * sizeof(float));
+        size_t bytes = ((size_t)job->n + 1) * r.chunk_elems * sizeof(float);
+        /* the pool keeps its buffers across tensors: no fresh pages to fault and zero per tensor */
+        r.scratch[t] = pool ? alloy_pool_scratch(pool, t, bytes) : alloy_xmalloc(bytes);
         if (!r.scratch[t]) {
             rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %llu-element chunks", job->name,
                                (unsigned long long)r.chunk_elems);
@@ -142,7 +144,7 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
 out_state:
     if (m->fini) m->fini(job, r.state);
 out:
-    if (r.scratch)
+    if (r.scratch && !pool)
         for (int t = 0; t < nth; t++) free(r.scratch[t]);
     free(r.scratch);
     free(r.state);

@@ -58,18 +58,25 @@ static int load_chunk(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst
         return alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while merging '%s'", t->name);
     size_t esize = alloy_dtype_traits(src->dtype)->bits / 8;
     uint64_t src_cols = src->ndim ? (uint64_t)src->shape[src->ndim - 1] : 1;
-    if (src->numel == t->numel) {
-        alloy_to_f32(src->dtype, src->data + e0 * esize, dst, (size_t)(e1 - e0));
-        /* consumed: drop the pages so the resident set does not grow with the tensor */
-        alloy_st_release_range(src, e0 * esize, (e1 - e0) * esize);
+    size_t n = (size_t)(e1 - e0);
+    if (src->numel == t->numel && esize <= 4) {
+        /* pread the stored bytes into the top of dst and widen them forward in place: a write
+           never passes a read that is still to come. No page of the input stays mapped. */
+        uint8_t *raw = (uint8_t *)dst + n * (4 - esize);
+        int rc = alloy_st_pread(src, e0 * esize, raw, n * esize, err);
+        if (rc) return rc;
+        if (src->dtype != ALLOY_DTYPE_F32) alloy_to_f32(src->dtype, raw, dst, n);
+    } else if (src->numel == t->numel) { /* F64: through the mapping */
+        alloy_to_f32(src->dtype, src->data + e0 * esize, dst, n);
+        alloy_st_release_range(src, e0 * esize, n * esize);
     } else { /* a top-left block of a larger embedding matrix */
         uint64_t e = e0;
         while (e < e1) {
             uint64_t r = e / t->cols, c = e % t->cols;
-            uint64_t n = t->cols - c;
-            if (n > e1 - e) n = e1 - e;
-            alloy_to_f32(src->dtype, src->data + (r * src_cols + c) * esize, dst + (e - e0), (size_t)n);
-            e += n;
+            uint64_t run = t->cols - c;
+            if (run > e1 - e) run = e1 - e;
+            alloy_to_f32(src->dtype, src->data + (r * src_cols + c) * esize, dst + (e - e0), (size_t)run);
+            e += run;
         }
     }
     if (io->round_to >= 0 && (enum alloy_dtype)io->round_to != src->dtype) {
@@ -88,7 +95,11 @@ static int store_chunk(void *ctx, uint64_t e0, uint64_t e1, float *src, struct a
     const struct alloy_plan_tensor *t = io->t;
     size_t esize = alloy_dtype_traits(t->dtype)->bits / 8;
     uint64_t bad = 0;
-    for (uint64_t i = 0; i < e1 - e0; i++) bad += !isfinite(src[i]);
+    for (uint64_t i = 0; i < e1 - e0; i++) { /* NaN/Inf test on the exponent bits: vectorizes */
+        uint32_t u;
+        memcpy(&u, &src[i], 4);
+        bad += (u & 0x7f800000u) == 0x7f800000u;
+    }
     if (bad) atomic_fetch_add(&((struct tensor_io *)ctx)->nonfinite, bad);
     /* in place: esize <= 4 and the write position never passes the read position */
     alloy_from_f32(t->dtype, src, src, (size_t)(e1 - e0));
@@ -199,6 +210,9 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
             }
         }
         for (int k = 0; k < t->n; k++) alloy_st_release(t->inputs[k].t);
+        /* start writeback now so the disk works while the next tensors are merged */
+        if (!rc && t->nbytes >= ((uint64_t)1 << 20))
+            sync_file_range(fd, (off64_t)(hlen + t->offset), (off64_t)t->nbytes, SYNC_FILE_RANGE_WRITE);
         pr->tensors_done++;
         pr->bytes_done += t->nbytes;
         report(o, pr);
