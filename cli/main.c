@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -276,8 +277,23 @@ static int finish(int rc)
     return rc;
 }
 
+/* Every input shard keeps a descriptor open for the whole run (pread), and a
+ * merge of several large sharded models passes the usual soft limit of 1024:
+ * raise it to the hard limit (capped), as the process is allowed to. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int main(int argc, char **argv)
 {
+    raise_fd_limit();
     const char *prog = strrchr(argv[0], '/');
     prog = prog ? prog + 1 : argv[0];
     if (!strcmp(prog, "mergekit-yaml")) return finish(cmd_merge(argc, argv));

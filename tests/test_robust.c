@@ -535,6 +535,43 @@ TEST(robust_empty_tensor_with_huge_rows)
     }
 }
 
+TEST(robust_many_shards_under_a_low_fd_limit)
+{
+    /* 2 models x 40 shards with a soft limit of 64 descriptors: every shard stays open during the merge,
+       so the CLI must raise its soft limit (the hard one allows it) instead of failing with EMFILE */
+    const char *dir = test_tmpdir();
+    char m[2][900], path[2100], cfg[1100], yaml[3000], cmd[4000], *log = NULL;
+    float v[2] = {1, 2};
+    for (int k = 0; k < 2; k++) {
+        snprintf(m[k], sizeof m[k], "%s/m%d", dir, k);
+        mkdir_p(m[k]);
+        char index[8192];
+        size_t n = (size_t)snprintf(index, sizeof index, "{\"weight_map\":{");
+        for (int i = 0; i < 40; i++) {
+            char name[64], file[64];
+            snprintf(name, sizeof name, "model.layers.%d.w", i);
+            snprintf(file, sizeof file, "model-%05d-of-00040.safetensors", i + 1);
+            struct test_tensor t[] = {{name, "F32", 1, {2}, v}};
+            snprintf(path, sizeof path, "%s/%s", m[k], file);
+            CHECK_INT(test_write_safetensors(path, t, 1), 0);
+            n += (size_t)snprintf(index + n, sizeof index - n, "%s\"%s\":\"%s\"", i ? "," : "", name, file);
+        }
+        snprintf(index + n, sizeof index - n, "}}");
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", m[k]);
+        CHECK_INT(test_write_text(path, index), 0);
+        snprintf(path, sizeof path, "%s/config.json", m[k]);
+        CHECK_INT(test_write_text(path, "{\"num_hidden_layers\": 40}"), 0);
+    }
+    snprintf(cfg, sizeof cfg, "%s/c.yml", dir);
+    snprintf(yaml, sizeof yaml, "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: 1}\n"
+             "  - model: %s\n    parameters: {weight: 1}\n", m[0], m[1]);
+    CHECK_INT(test_write_text(cfg, yaml), 0);
+    snprintf(cmd, sizeof cmd, "ulimit -S -n 64 && timeout 60 %s merge %s %s/out --quiet", test_alloy_bin(), cfg, dir);
+    int rc = test_run(cmd, &log);
+    CHECK_MSG(rc == 0, "exit %d: %s", rc, log);
+    free(log);
+}
+
 /* ------------------------------------------------------------ output folder safety */
 
 TEST(robust_output_never_touches_inputs)
