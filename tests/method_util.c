@@ -67,3 +67,12 @@ void check_runs(const struct alloy_method *m, const struct alloy_merge_job *job,
     free(out);
 }
 
+
+int run_on_threads(const struct alloy_method *m, const struct alloy_merge_job *job, const float *const *in,
+                   float *out, int threads, uint64_t chunk, struct alloy_err *err)
+{
+    struct alloy_pool *pool = alloy_pool_new(threads);
+    int rc = alloy_method_run_memory(m, job, in, out, pool, chunk, err);
+    alloy_pool_free(pool);
+    return rc;
+}

@@ -27,4 +27,8 @@ float frand(void);
 void check_runs(const struct alloy_method *m, const struct alloy_merge_job *job, const float *const *in,
                 const double *expect, double tol);
 
+/* Runs the job (check() included) on a fresh pool of `threads` threads. */
+int run_on_threads(const struct alloy_method *m, const struct alloy_merge_job *job, const float *const *in,
+                   float *out, int threads, uint64_t chunk, struct alloy_err *err);
+
 #endif

@@ -7,6 +7,7 @@
 #include "test.h"
 #include "alloy.h"
 #include "merge/method.h"
+#include "method_util.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -31,10 +32,7 @@ static int run_nearswap(int n, int base, int ndim, uint64_t rows, uint64_t cols,
     struct alloy_merge_job job = {.name = "model.layers.0.mlp.up_proj.weight", .config_path = "test.yml",
                                   .ndim = ndim, .shape = shape, .numel = rows * cols, .rows = rows, .cols = cols,
                                   .n = n, .base = base, .models = models, .gp = gp, .tp = tp, .seed = 0};
-    struct alloy_pool *pool = alloy_pool_new(threads);
-    int rc = alloy_method_run_memory(m, &job, in, out, pool, chunk, err);
-    alloy_pool_free(pool);
-    return rc;
+    return run_on_threads(m, &job, in, out, threads, chunk, err);
 }
 
 /* The spec formula, written out independently in double precision. */
