@@ -20,9 +20,10 @@
 #      dropped: root only), and the big-tensor memory run (one 512 MiB F32
 #      tensor per model, linear and ties, peak RSS must stay <= 256 MiB).
 #   6. Prints the table and writes bench/results/<date>.json.
-#   Each measurement is the best (lowest time) of --repeat runs (a merge
-#   slower than 10x its limit runs once); the machine's load average is
-#   recorded, since other work on the machine skews the numbers.
+#   Everything runs in --repeat rounds and each measurement keeps its best
+#   (lowest) time, so a passing disturbance spoils one round, not a row; a
+#   merge slower than 10x its limit runs in the first round only. The load
+#   average is recorded with every row, since other work skews the numbers.
 #   Ratio = limit seconds / alloy seconds for the same inputs and cache state
 #   (1.0 = as fast as moving the bytes once).
 set -eu
@@ -32,8 +33,8 @@ usage() {
 usage: sh bench/run.sh [ALLOY_BINARY] [options]
   --quick            ~50 MB models, no big-tensor run (smoke test, well under a minute)
   --size SIZE        bytes per model (default 470M; k/M/G = 10^3/10^6/10^9)
-  --repeat N         best of N runs for every measurement (default 3; a merge slower than
-                     10x its limit runs once: noise cannot change its verdict)
+  --repeat N         N rounds, each measurement keeps its best (default 3; a merge slower
+                     than 10x its limit runs once: noise cannot change its verdict)
   --methods "A B"    only these configs (names in bench/configs/)
   --threads "1 2"    thread counts for the scaling runs (default 1..nproc)
   --no-scaling --no-cold --no-big --no-progress   skip those parts
@@ -100,8 +101,10 @@ WORK=$CACHE/work
 NPROC=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 CC=${CC:-cc}
 mkdir -p "$WORK" "$BENCH/results"
-rm -rf "$WORK/out" "$WORK"/*.yml "$WORK/rows.tsv"
+rm -rf "$WORK/out" "$WORK"/*.yml
 : > "$WORK/rows.tsv"
+: > "$WORK/once.txt"
+: > "$WORK/limits.txt"
 
 # ------------------------------------------------------------ helpers
 
@@ -174,6 +177,7 @@ limit_row() {
     key=$1 lcache=$2 lout=$3; shift 3
     lc=0; [ "$lcache" = cold ] && lc=1
     measure_limit "$lout" "$lc" "$@"
+    echo "$key $LIMIT_S" >> "$WORK/limits.txt"
     row limit "read+write+fsync" $# - "$lcache" "$(st_bytes "$@")" "$lout" "$LIMIT_S" 0 ok "$LIMIT_JSON" "$key" 0 \
         "$(loadavg1)"
     echo "  $key: ${LIMIT_S}s  (read $(jv "$LIMIT_JSON" read_s)s, write $(jv "$LIMIT_JSON" write_s)s, fsync $(jv "$LIMIT_JSON" fsync_s)s)" >&2
@@ -190,55 +194,55 @@ make_config() {
     echo "$cfg"
 }
 
-# merge KIND METHOD CONFIG NMODELS THREADS CACHE(hot|cold) BYTES_IN LIMIT_S [pty|quiet] -> appends a row.
-# The model folders of the config are read just before each hot run: this machine may page out
-# file pages idle for a minute (DAMON), and "hot" must mean hot.
+# limit_of KEY: the best limit measured so far for KEY
+limit_of() { awk -v k="$1" '$1 == k && (m == "" || $2 < m) { m = $2 } END { print (m == "" ? 0 : m) }' "$WORK/limits.txt"; }
+
+# run_merge KIND METHOD CONFIG NMODELS THREADS CACHE(hot|cold) BYTES_IN LIMIT_KEY [pty|quiet]: one run,
+# one row (the report keeps the best of the rounds). A config that took more than 10x its limit is
+# not run again in later rounds: noise cannot change its verdict. The model folders of the config
+# are read just before each hot run: this machine may page out file pages idle for a minute (DAMON),
+# and "hot" must mean hot.
 run_merge() {
     kind=$1 method=$2 cfg=$3 n=$4 th=$5 cache=$6 bin=$7 lim=$8 pty=${9:-}
+    id="$kind/$method/$n/$th/$cache/$pty"
+    grep -qxF "$id" "$WORK/once.txt" && return 0
     if [ -z "$cfg" ]; then
         row "$kind" "$method" "$n" "$th" "$cache" "$bin" 0 0 0 n/a "method takes other model counts" "$lim" 0 "$(loadavg1)"
+        echo "$id" >> "$WORK/once.txt"
         return 0
     fi
-    best="" rss=0 status=ok note="" cpu=0 load=$(loadavg1)
+    status=ok note="" cpu=0 load=$(loadavg1) w=0 rss=0
     dirs=$(sed -n 's/^ *- model: *//p; s/^base_model: *//p' "$cfg" | sort -u)
-    i=0
-    while [ $i -lt "$REPEAT" ]; do
-        rm -rf "$WORK/out"
-        # shellcheck disable=SC2086
-        [ "$cache" = hot ] && warm $dirs
-        flags="-q"
-        ropt=""
-        [ "$pty" = pty ] && flags="" && ropt="--pty"
-        [ "$pty" = quiet ] && flags="-q"
-        [ "$cache" = cold ] && ropt="$ropt --drop-caches"
-        line=$("$BIN/bench_rss" $ropt -- "$WORK/alloy" merge "$cfg" "$WORK/out" $flags --threads "$th" \
-               --random-seed 1 2>"$WORK/stderr.txt" | tail -n 1)
-        st=$(kv "$line" status)
-        if [ "$st" != 0 ]; then
-            note=$(grep -m1 'error' "$WORK/stderr.txt" | cut -c1-160 || true)
-            case "$note" in *"unknown"*method*|*method*unknown*|*"not a merge method"*) status=n/a ;; *) status=fail ;; esac
-            [ -n "$note" ] || note="exit status $st"
-            break
-        fi
-        w=$(kv "$line" wall_s) r=$(kv "$line" maxrss_kib) ptyb=$(kv "$line" pty_bytes)
-        [ "$r" -gt "$rss" ] && rss=$r
-        if [ -z "$best" ] || awk "BEGIN{exit !($w < $best)}"; then
-            best=$w cpu=$(awk "BEGIN{print $(kv "$line" user_s) + $(kv "$line" sys_s)}")
-        fi
-        i=$((i + 1))
-        awk "BEGIN{exit !($w > 10 * $lim)}" && break
-    done
-    bout=0
-    if [ "$status" = ok ]; then
-        bout=$(cat "$WORK"/out/*.safetensors | wc -c | tr -d ' ')
-        [ "$pty" = pty ] && note="progress bar on a pseudo-terminal ($ptyb bytes drawn)"
-        [ "$pty" = quiet ] && note="-q (no progress bar)"
-    fi
-    [ "$KEEP" = 1 ] && [ "$status" = ok ] && mv "$WORK/out" "$WORK/out-$method-$n-$th-$cache"
     rm -rf "$WORK/out"
-    row "$kind" "$method" "$n" "$th" "$cache" "$bin" "$bout" "${best:-0}" "$rss" "$status" "$note" "$lim" "$cpu" "$load"
+    # shellcheck disable=SC2086
+    [ "$cache" = hot ] && warm $dirs
+    flags="-q" ropt=""
+    [ "$pty" = pty ] && flags="" && ropt="--pty"
+    [ "$cache" = cold ] && ropt="$ropt --drop-caches"
+    # shellcheck disable=SC2086
+    line=$("$BIN/bench_rss" $ropt -- "$WORK/alloy" merge "$cfg" "$WORK/out" $flags --threads "$th" \
+           --random-seed 1 2>"$WORK/stderr.txt" | tail -n 1)
+    st=$(kv "$line" status)
+    if [ "$st" != 0 ]; then
+        note=$(grep -m1 'error' "$WORK/stderr.txt" | cut -c1-160 || true)
+        case "$note" in *"unknown"*method*|*method*unknown*|*"not a merge method"*) status=n/a ;; *) status=fail ;; esac
+        [ -n "$note" ] || note="exit status $st"
+        echo "$id" >> "$WORK/once.txt"
+    else
+        w=$(kv "$line" wall_s) rss=$(kv "$line" maxrss_kib)
+        cpu=$(awk "BEGIN{print $(kv "$line" user_s) + $(kv "$line" sys_s)}")
+        [ "$pty" = pty ] && note="progress bar on a pseudo-terminal ($(kv "$line" pty_bytes) bytes drawn)"
+        [ "$pty" = quiet ] && note="-q (no progress bar)"
+        awk "BEGIN{exit !($w > 10 * $(limit_of "$lim"))}" && echo "$id" >> "$WORK/once.txt"
+    fi
+    bout=0
+    [ "$status" = ok ] && bout=$(cat "$WORK"/out/*.safetensors | wc -c | tr -d ' ')
+    [ "$KEEP" = 1 ] && [ "$status" = ok ] && rm -rf "$WORK/out-$method-$n-$th-$cache" &&
+        mv "$WORK/out" "$WORK/out-$method-$n-$th-$cache"
+    rm -rf "$WORK/out"
+    row "$kind" "$method" "$n" "$th" "$cache" "$bin" "$bout" "$w" "$rss" "$status" "$note" "$lim" "$cpu" "$load"
     printf '  %-16s %s models  %2s threads  %-4s  %s\n' "$method" "$n" "$th" "$cache" \
-        "$( [ "$status" = ok ] && echo "${best}s (cpu ${cpu}s)  $((rss / 1024)) MiB" || echo "$status: $note")" >&2
+        "$( [ "$status" = ok ] && echo "${w}s (cpu ${cpu}s)  $((rss / 1024)) MiB" || echo "$status: $note")" >&2
 }
 
 # ------------------------------------------------------------ models
@@ -280,21 +284,26 @@ limit_row hot3 hot "$OUT1" $B3
 if [ -z "$METHODS" ]; then
     METHODS="linear task_arithmetic ties dare_ties slerp breadcrumbs della model_stock"
 fi
-echo "bench: methods (hot cache, $NPROC threads)" >&2
-for m in $METHODS; do
-    [ -f "$BENCH/configs/$m.yml" ] || { echo "bench: no config bench/configs/$m.yml" >&2; exit 2; }
-    for n in 2 3; do
-        cfg=$(make_config "$m" "$n" bfloat16 "$MD/base" "$MD/ft1" "$MD/ft2")
-        if [ "$n" = 2 ]; then run_merge method "$m" "$cfg" 2 "$NPROC" hot "$IN2" hot2
-        else run_merge method "$m" "$cfg" 3 "$NPROC" hot "$IN3" hot3; fi
+ROUNDS=$(awk -v r="$REPEAT" 'BEGIN { for (i = 1; i <= r; i++) printf "%d ", i }')
+for round in $ROUNDS; do
+    echo "bench: methods, round $round of $REPEAT (hot cache, $NPROC threads)" >&2
+    for m in $METHODS; do
+        [ -f "$BENCH/configs/$m.yml" ] || { echo "bench: no config bench/configs/$m.yml" >&2; exit 2; }
+        for n in 2 3; do
+            cfg=$(make_config "$m" "$n" bfloat16 "$MD/base" "$MD/ft1" "$MD/ft2")
+            if [ "$n" = 2 ]; then run_merge method "$m" "$cfg" 2 "$NPROC" hot "$IN2" hot2
+            else run_merge method "$m" "$cfg" 3 "$NPROC" hot "$IN3" hot3; fi
+        done
     done
 done
 
 if [ "$PROGRESS" = 1 ]; then
     echo "bench: progress bar cost (linear, 3 models)" >&2
     cfg=$(make_config linear 3 bfloat16 "$MD/base" "$MD/ft1" "$MD/ft2")
-    run_merge progress linear "$cfg" 3 "$NPROC" hot "$IN3" hot3 quiet
-    run_merge progress linear "$cfg" 3 "$NPROC" hot "$IN3" hot3 pty
+    for round in $ROUNDS; do
+        run_merge progress linear "$cfg" 3 "$NPROC" hot "$IN3" hot3 quiet
+        run_merge progress linear "$cfg" 3 "$NPROC" hot "$IN3" hot3 pty
+    done
 fi
 
 if [ "$SCALING" = 1 ]; then
@@ -304,9 +313,11 @@ if [ "$SCALING" = 1 ]; then
         [ "$NPROC" -gt 1 ] && THREADS="$THREADS $NPROC"
     fi
     echo "bench: thread scaling ($THREADS)" >&2
-    for m in linear ties; do
-        cfg=$(make_config "$m" 3 bfloat16 "$MD/base" "$MD/ft1" "$MD/ft2")
-        for t in $THREADS; do run_merge scaling "$m" "$cfg" 3 "$t" hot "$IN3" hot3; done
+    for round in $ROUNDS; do
+        for m in linear ties; do
+            cfg=$(make_config "$m" 3 bfloat16 "$MD/base" "$MD/ft1" "$MD/ft2")
+            for t in $THREADS; do run_merge scaling "$m" "$cfg" 3 "$t" hot "$IN3" hot3; done
+        done
     done
 fi
 
@@ -316,9 +327,11 @@ if [ "$COLD" = 1 ]; then
         echo "bench: cold cache (page cache dropped before each run)" >&2
         # shellcheck disable=SC2086
         limit_row cold3 cold "$OUT1" $B3
-        for m in linear ties; do
-            cfg=$(make_config "$m" 3 bfloat16 "$MD/base" "$MD/ft1" "$MD/ft2")
-            run_merge cold "$m" "$cfg" 3 "$NPROC" cold "$IN3" cold3
+        for round in $ROUNDS; do
+            for m in linear ties; do
+                cfg=$(make_config "$m" 3 bfloat16 "$MD/base" "$MD/ft1" "$MD/ft2")
+                run_merge cold "$m" "$cfg" 3 "$NPROC" cold "$IN3" cold3
+            done
         done
     else
         COLD_NOTE="cold cache skipped: cannot write /proc/sys/vm/drop_caches (needs root)"
@@ -338,9 +351,11 @@ if [ "$BIG" = 1 ]; then
     BIN3=$(st_bytes $BB3) BOUT=$(st_bytes "$BD/base")
     # shellcheck disable=SC2086
     limit_row big3 hot "$BOUT" $BB3
-    for m in linear ties; do
-        cfg=$(make_config "$m" 3 float32 "$BD/base" "$BD/ft1" "$BD/ft2")
-        run_merge big "$m" "$cfg" 3 "$NPROC" hot "$BIN3" big3
+    for round in $ROUNDS; do
+        for m in linear ties; do
+            cfg=$(make_config "$m" 3 float32 "$BD/base" "$BD/ft1" "$BD/ft2")
+            run_merge big "$m" "$cfg" 3 "$NPROC" hot "$BIN3" big3
+        done
     done
 fi
 
@@ -356,44 +371,67 @@ LOAD_END=$(loadavg)
 # ------------------------------------------------------------ report
 
 TARGETS='linear=0.70 task_arithmetic=0.70 ties=0.40 dare_ties=0.40 slerp=0.40 breadcrumbs=0.40 della=0.40 model_stock=0.40'
-# Two passes over rows.tsv: the first finds the best (lowest) time of every limit KEY.
+# One awk program, two outputs (mode=table|json). It groups the runs of each measurement (kind,
+# method, models, threads, cache, progress mode; limits by key) and keeps the fastest run, the
+# largest peak RSS and every time measured.
 REPORT_AWK='
 function target(m,   i, n, kvs, p) {
     n = split(targets, kvs, " ")
     for (i = 1; i <= n; i++) { split(kvs[i], p, "="); if (p[1] == m) return p[2] + 0 }
     return 0.40
 }
+function q(s) { gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); return "\"" s "\"" }
 BEGIN { FS = "\t"; rss_limit = 256 * 1024 }
-NR == FNR { if ($1 == "limit" && (!($12 in lim) || $8 < lim[$12])) lim[$12] = $8; next }
 {
-    kind = $1; method = $2; n = $3; th = $4; cache = $5; bin = $6; bout = $7; s = $8; rss = $9
-    status = $10; note = $11; key = $12; cpu = $13; load = $14
-    moved = bin + bout
-    if (kind == "limit") {
-        printf "%-8s %-16s %6s %7s %-5s %7.2f GB %7.3f %6s %6.2f %6.2f %8s %5s  %s\n", kind, method, n, "-", cache,
-               moved / 1e9, s, "-", moved / s / 1e9, lim[key] / s, "-", load, key (s == lim[key] ? " (best)" : "")
-        next
+    if ($1 == "limit") { g = "limit" SUBSEP $12; if (!($12 in lim) || $8 < lim[$12]) lim[$12] = $8 }
+    else g = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4 SUBSEP $5 SUBSEP ($1 == "progress" ? substr($11, 1, 2) : "")
+    if (!(g in seen)) { seen[g] = 1; order[++ng] = g; row[g] = $0 }
+    if ($10 != "ok") next
+    ok[g]++
+    times[g] = times[g] (times[g] == "" ? "" : ", ") $8
+    if (!(g in best) || $8 < best[g]) { best[g] = $8; row[g] = $0 }
+    if ($9 > rss[g]) rss[g] = $9
+}
+END {
+    for (i = 1; i <= ng; i++) {
+        g = order[i]; split(row[g], f, "\t")
+        kind = f[1]; method = f[2]; n = f[3]; th = f[4]; cache = f[5]; moved = f[6] + f[7]; s = f[8]
+        status = f[10]; note = f[11]; key = f[12]; cpu = f[13]; load = f[14]
+        ratio = (status == "ok" && s > 0) ? lim[key] / s : 0
+        verdict = ""
+        if (status != "ok") verdict = note
+        else if (kind == "limit") verdict = key
+        else if (kind == "method" || kind == "cold") {
+            t = target(method)
+            verdict = sprintf("target >= %.2f: %s", t, ratio >= t ? "met" : "MISSED")
+        } else if (kind == "scaling") {
+            if (th == 1) one[method] = s
+            verdict = (method in one) ? sprintf("speedup x%.2f", one[method] / s) : ""
+        } else if (kind == "progress") verdict = note
+        if (kind == "big") verdict = sprintf("peak RSS <= 256 MiB: %s", rss[g] <= rss_limit ? "met" : "MISSED")
+        else if (kind != "limit" && rss[g] > rss_limit) verdict = verdict "; peak RSS > 256 MiB"
+        if (mode == "json") {
+            extra = (kind == "limit") ? ", \"detail\": " note : ""
+            printf "%s    {\"kind\": %s, \"method\": %s, \"models\": %s, \"threads\": %s, \"cache\": %s, \"limit\": %s, " \
+                   "\"bytes_in\": %s, \"bytes_out\": %s, \"seconds\": %s, \"seconds_all\": [%s], \"cpu_seconds\": %s, " \
+                   "\"gbps\": %.4f, \"ratio\": %.4f, \"peak_rss_kib\": %d, \"load\": %s, \"status\": %s, " \
+                   "\"verdict\": %s%s}", (i > 1 ? ",\n" : ""), q(kind), q(method), n, (th == "-" ? 0 : th), q(cache),
+                   q(key), f[6], f[7], s, times[g], cpu, (s > 0 ? moved / s / 1e9 : 0), ratio, rss[g], load,
+                   q(status), q(verdict), extra
+            continue
+        }
+        if (status != "ok") {
+            printf "%-8s %-16s %6s %7s %-5s %10s %7s %6s %6s %6s %8s %5s  %s\n", kind, method, n, th, cache, "-",
+                   "-", "-", "-", status, "-", load, verdict
+        } else if (kind == "limit") {
+            printf "%-8s %-16s %6s %7s %-5s %7.2f GB %7.3f %6s %6.2f %6.2f %8s %5s  %s\n", kind, method, n, "-",
+                   cache, moved / 1e9, s, "-", moved / s / 1e9, 1.0, "-", load, verdict
+        } else {
+            printf "%-8s %-16s %6s %7s %-5s %7.2f GB %7.3f %6.2f %6.2f %6.2f %4.0f MiB %5s  %s\n", kind, method,
+                   n, th, cache, moved / 1e9, s, cpu, moved / s / 1e9, ratio, rss[g] / 1024, load, verdict
+        }
     }
-    if (status != "ok") {
-        printf "%-8s %-16s %6s %7s %-5s %10s %7s %6s %6s %6s %8s %5s  %s\n", kind, method, n, th, cache, "-", "-",
-               "-", "-", status, "-", load, note
-        next
-    }
-    ratio = lim[key] / s
-    verdict = ""
-    if (kind == "method" || kind == "cold") {
-        t = target(method)
-        verdict = sprintf("target >= %.2f: %s", t, ratio >= t ? "met" : "MISSED")
-    }
-    if (kind == "scaling") {
-        if (th == 1) one[method] = s
-        verdict = (method in one) ? sprintf("speedup x%.2f", one[method] / s) : ""
-    }
-    if (kind == "progress") verdict = note
-    if (kind == "big") verdict = sprintf("peak RSS <= 256 MiB: %s", rss <= rss_limit ? "met" : "MISSED")
-    else if (rss > rss_limit) verdict = verdict "; peak RSS > 256 MiB"
-    printf "%-8s %-16s %6s %7s %-5s %7.2f GB %7.3f %6.2f %6.2f %6.2f %4.0f MiB %5s  %s\n", kind, method, n, th, cache,
-           moved / 1e9, s, cpu, moved / s / 1e9, ratio, rss / 1024, load, verdict
+    if (mode == "json") printf "\n"
 }'
 
 CPU_NAME=$(sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -n1)
@@ -403,11 +441,12 @@ CPU_NAME=$(sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -n1)
     echo "machine: $NPROC cores ($CPU_NAME), $PRIO, load average $LOAD_START at start, $LOAD_END at end"
     echo "models: $PROFILE, $(awk -v b="$OUT1" 'BEGIN{printf "%.0f MB", b/1e6}') per model (bf16); memory copy $MEMBW1 GB/s (1 thread), $MEMBWN GB/s ($NPROC threads)"
     [ -n "$COLD_NOTE" ] && echo "$COLD_NOTE"
-    echo "seconds: wall, best of $REPEAT; cpu: user+sys of that run; ratio: best limit seconds / seconds (same inputs and cache state)"
+    echo "seconds: wall, best of $REPEAT rounds (limits: best of $REPEAT per measurement); cpu: user+sys of that run;"
+    echo "ratio: best limit seconds / seconds (same inputs and cache state); peak RSS: largest of the rounds"
     echo
     printf '%-8s %-16s %6s %7s %-5s %10s %7s %6s %6s %6s %8s %5s  %s\n' kind method models threads cache "moved" \
         seconds "cpu s" "GB/s" ratio "peak RSS" load "verdict"
-    awk -v targets="$TARGETS" "$REPORT_AWK" "$WORK/rows.tsv" "$WORK/rows.tsv"
+    awk -v targets="$TARGETS" -v mode=table "$REPORT_AWK" "$WORK/rows.tsv"
 } | tee "$WORK/table.txt"
 
 # ------------------------------------------------------------ JSON
@@ -422,20 +461,7 @@ STAMP=$(date -u '+%Y-%m-%dT%H%M%SZ')
     printf '  "models": {"profile": "%s", "bytes_per_model": %s, "dir": "%s"},\n' "$PROFILE" "$OUT1" "$MD"
     printf '  "repeat": %s,\n  "memory_bandwidth": %s,\n' "$REPEAT" "$BW"
     printf '  "cold": "%s",\n  "rows": [\n' "${COLD_NOTE:-measured}"
-    awk 'BEGIN { FS = "\t" }
-    function q(s) { gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); return "\"" s "\"" }
-    NR == FNR { if ($1 == "limit" && (!($12 in lim) || $8 < lim[$12])) lim[$12] = $8; next }
-    {
-        moved = $6 + $7
-        ratio = ($8 > 0 && $10 == "ok") ? lim[$12] / $8 : 0
-        extra = ($1 == "limit") ? ", \"detail\": " $11 : ", \"note\": " q($11)
-        printf "%s    {\"kind\": %s, \"method\": %s, \"models\": %s, \"threads\": %s, \"cache\": %s, \"limit\": %s, " \
-               "\"bytes_in\": %s, \"bytes_out\": %s, \"seconds\": %s, \"cpu_seconds\": %s, \"gbps\": %.4f, " \
-               "\"ratio\": %.4f, \"peak_rss_kib\": %s, \"load\": %s, \"status\": %s%s}", (n++ ? ",\n" : ""), q($1),
-               q($2), $3, ($4 == "-" ? 0 : $4), q($5), q($12), $6, $7, $8, $13, ($8 > 0 ? moved / $8 / 1e9 : 0),
-               ratio, $9, $14, q($10), extra
-    }
-    END { printf "\n" }' "$WORK/rows.tsv" "$WORK/rows.tsv"
+    awk -v targets="$TARGETS" -v mode=json "$REPORT_AWK" "$WORK/rows.tsv"
     printf '  ]\n}\n'
 } > "$JSON"
 echo "bench: results in $JSON" >&2
