@@ -255,8 +255,8 @@ static void write_index(const struct spec *s, const char *dir)
     if (!j) die("%s", "out of memory");
     uint64_t total = 0;
     for (int i = 0; i < s->ntensors; i++) total += s->t[i].nbytes;
-    len += (size_t)snprintf(j + len, cap - len, "{\n  \"metadata\": {\"total_size\": %" PRIu64 "},\n  \"weight_map\": {",
-                            total);
+    len += (size_t)snprintf(j + len, cap - len,
+                            "{\n  \"metadata\": {\"total_size\": %" PRIu64 "},\n  \"weight_map\": {", total);
     for (int i = 0; i < s->ntensors; i++) {
         char fname[64];
         shard_name(s, s->t[i].shard, fname, sizeof fname);
@@ -362,7 +362,7 @@ int main(int argc, char **argv)
     if (rename(tmp, out) != 0) die("cannot rename into %s", out);
     uint64_t total = 0;
     for (int i = 0; i < s.ntensors; i++) total += s.t[i].nbytes;
-    printf("%s: %d tensors, %" PRId64 " layers, %.1f MB in %d file(s)\n", out, s.ntensors, s.layers, (double)total / 1e6,
-           s.nshards);
+    printf("%s: %d tensors, %" PRId64 " layers, %.1f MB in %d file(s)\n", out, s.ntensors, s.layers,
+           (double)total / 1e6, s.nshards);
     return 0;
 }

@@ -111,7 +111,8 @@ static double copy_bw(char *dst, const char *src, size_t n, int nth)
     for (int rep = 0; rep < 3; rep++) {
         double t0 = now();
         for (int t = 0; t < nth; t++) {
-            jobs[t] = (struct copy_job){dst + (size_t)t * per, src + (size_t)t * per, t == nth - 1 ? n - (size_t)t * per : per};
+            size_t len = t == nth - 1 ? n - (size_t)t * per : per;
+            jobs[t] = (struct copy_job){dst + (size_t)t * per, src + (size_t)t * per, len};
             if (t && pthread_create(&tid[t], NULL, copy_main, &jobs[t]) != 0) die("cannot start a thread", "");
         }
         copy_main(&jobs[0]);
