@@ -94,6 +94,17 @@ int gta_check(const struct gta_kind *kind, const struct alloy_merge_job *job, st
 
 /* ---------------------------------------------------------------- setup */
 
+/* The exact integer form of `alloy_rng_uniform(key, e) < p`: the draw is x * 2^-53 with the integer
+ * x = alloy_rng_u64(key, e) >> 11 < 2^53, and x * 2^-53 < p  <=>  x < ceil(p * 2^53) (p * 2^53 is
+ * exact), clamped to [0, 2^53]; NaN keeps nothing, like the comparison. */
+static uint64_t draw_threshold(double p)
+{
+    double t = p * 0x1p53;
+    if (!(t > 0)) return 0;
+    if (t >= 0x1p53) return (uint64_t)1 << 53;
+    return (uint64_t)ceil(t);
+}
+
 int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, void *state, struct alloy_err *err)
 {
     struct gta_state *s = state;
@@ -119,6 +130,7 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
         if (!m->sparse) continue;
         m->zero = m->density <= 0;
         m->rng_key = alloy_rng_key(job->seed, job->name, ((uint64_t)kind->sparsify << 32) | (uint64_t)i);
+        m->draw_thr = draw_threshold(m->density);
         if (kind->sparsify == GTA_SPARSIFY_MAGNITUDE) {
             uint64_t k = (uint64_t)(m->density * (double)N); /* Python int(): truncation */
             if (k == 0) m->zero = 1;    /* mergekit asserts k > 0; keeping nothing is the sensible reading */
@@ -184,10 +196,11 @@ int gta_want_pass(const struct alloy_merge_job *job, void *state, int pass)
 
 /* ---------------------------------------------------------------- masks */
 
-/* Per model and chunk: tie budgets of the selections, della's row ranks. */
+/* Per model and chunk: tie budgets of the selections, della's row ranks and draw thresholds. */
 struct gta_cursor {
     uint64_t ties[2];
-    const uint32_t *rank;   /* della: ranks of the current row, NULL: count on the fly */
+    const uint32_t *rank;   /* della: ranks of the current row, NULL: counted per element */
+    const uint64_t *dthr;   /* della: draw threshold of each rank (index rank - 1), NULL: computed per element */
 };
 
 static void cursor_init(const struct gta_model *m, size_t chunk, struct gta_cursor *cur)
@@ -195,6 +208,14 @@ static void cursor_init(const struct gta_model *m, size_t chunk, struct gta_curs
     cur->ties[0] = m->nsel > 0 ? alloy_sel_chunk_ties(&m->sel[0], chunk) : 0;
     cur->ties[1] = m->nsel > 1 ? alloy_sel_chunk_ties(&m->sel[1], chunk) : 0;
     cur->rank = NULL;
+    cur->dthr = NULL;
+}
+
+/* Della's keep probability of rank r (1-based) in a row of cols >= 2 elements, as a draw threshold. */
+static uint64_t della_threshold(const struct gta_model *m, uint32_t r, size_t cols)
+{
+    double p = (m->density - m->extra) + 2.0 * m->extra * (double)(r - 1) / (double)(cols - 1);
+    return draw_threshold(p);
 }
 
 /* 1-based ascending rank of |xi[j] - b[j]| within the row (ties by column), counted directly: O(C). */
@@ -238,47 +259,116 @@ static void rank_row(const float *xi, const float *b, size_t cols, uint32_t *ran
     for (size_t p = 0; p < cols; p++) rank[idx[p]] = (uint32_t)(p + 1);
 }
 
-/* Whether model m keeps element e (global index; j inside the current row block, d its delta). */
-static inline int gta_keep(const struct gta_state *s, const struct gta_model *m, struct gta_cursor *cur,
-                           uint64_t e, size_t j, float d, const float *xi, const float *b, size_t cols)
+/* Elements per block of the apply() and scan() loops. */
+#define GTA_BLK 256
+
+/* Deltas of one block: d[q] = xi[q] - b[q]. */
+static void block_delta(const float *restrict xi, const float *restrict b, size_t n, float *restrict d)
 {
-    if (!m->sparse) return 1;
-    if (m->zero) return 0;
+    for (size_t q = 0; q < n; q++) d[q] = xi[q] - b[q];
+}
+
+/* Keep masks of a sparsified model (m->sparse) over one block: keep[q] = ~0u if it keeps element
+ * e + q (global index) with delta d[q], else 0. Della: the block is [j0, j0 + n) of the row
+ * xi/b of cols elements. Decisions per element as in the DESIGN note, consumed in element order. */
+static void keep_block(const struct gta_state *s, const struct gta_model *m, struct gta_cursor *cur, uint64_t e,
+                       const float *d, size_t n, size_t j0, const float *xi, const float *b, size_t cols,
+                       uint32_t *restrict keep)
+{
+    uint32_t key[GTA_BLK];
+    if (m->zero) {
+        memset(keep, 0, n * sizeof *keep);
+        return;
+    }
     switch (s->kind->sparsify) {
     case GTA_SPARSIFY_MAGNITUDE:
-        return alloy_sel_keep(&m->sel[0], alloy_sel_key_abs(d), &cur->ties[0]);
+        for (size_t q = 0; q < n; q++) key[q] = alloy_sel_key_abs(d[q]);
+        alloy_sel_keep_block(&m->sel[0], key, n, &cur->ties[0], keep);
+        return;
     case GTA_SPARSIFY_OUTLIERS: {
-        uint32_t key = alloy_sel_key_abs(d);
-        int in_a = alloy_sel_keep(&m->sel[0], key, &cur->ties[0]);
-        int in_b = alloy_sel_keep(&m->sel[1], key, &cur->ties[1]); /* always evaluated: consumes its tie budget */
-        return in_a && !in_b;
+        uint32_t top[GTA_BLK];
+        for (size_t q = 0; q < n; q++) key[q] = alloy_sel_key_abs(d[q]);
+        alloy_sel_keep_block(&m->sel[0], key, n, &cur->ties[0], keep);
+        alloy_sel_keep_block(&m->sel[1], key, n, &cur->ties[1], top); /* always: consumes its tie budget */
+        for (size_t q = 0; q < n; q++) keep[q] &= ~top[q];
+        return;
     }
-    case GTA_SPARSIFY_RANDOM:
-        return alloy_rng_uniform(m->rng_key, e) < m->density;
+    case GTA_SPARSIFY_RANDOM: {
+        const uint64_t rk = m->rng_key, thr = m->draw_thr;
+        for (size_t q = 0; q < n; q++) keep[q] = -(uint32_t)((alloy_rng_u64(rk, e + q) >> 11) < thr);
+        return;
+    }
     case GTA_SPARSIFY_DELLA: {
-        double p;
-        if (cols < 2) {
-            p = m->density; /* mergekit: 0/0 rank normalisation (NaN, Bernoulli error) */
-        } else {
-            uint32_t r = cur->rank ? cur->rank[j] : rank_count(xi, b, cols, j);
-            p = (m->density - m->extra) + 2.0 * m->extra * (double)(r - 1) / (double)(cols - 1);
+        const uint64_t rk = m->rng_key;
+        if (cols < 2) { /* mergekit: 0/0 rank normalisation (NaN, Bernoulli error): p = density */
+            const uint64_t thr = m->draw_thr;
+            for (size_t q = 0; q < n; q++) keep[q] = -(uint32_t)((alloy_rng_u64(rk, e + q) >> 11) < thr);
+            return;
         }
-        return alloy_rng_uniform(m->rng_key, e) < p;
+        for (size_t q = 0; q < n; q++) {
+            uint32_t r = cur->rank ? cur->rank[j0 + q] : rank_count(xi, b, cols, j0 + q);
+            uint64_t thr = cur->dthr ? cur->dthr[r - 1] : della_threshold(m, r, cols);
+            keep[q] = -(uint32_t)((alloy_rng_u64(rk, e + q) >> 11) < thr);
+        }
+        return;
     }
     case GTA_SPARSIFY_NONE:
         break;
     }
-    return 1;
+    for (size_t q = 0; q < n; q++) keep[q] = ~0u;
 }
 
 /* Row blocks: della works row by row (chunks hold whole rows), the others on the whole chunk. */
-static size_t block_len(const struct gta_state *s, const struct alloy_merge_job *job, size_t len)
+static size_t row_len(const struct gta_state *s, const struct alloy_merge_job *job, size_t len)
 {
     if (s->kind->sparsify == GTA_SPARSIFY_DELLA) {
         size_t cols = job->cols ? (size_t)job->cols : 1;
         return cols < len ? cols : len;
     }
     return len;
+}
+
+/* Della's per-call scratch: rank_row's 4 rows, the ranks of nr models and their draw thresholds per rank.
+ * NULL when not della, rows shorter than 2, or out of memory (then everything is computed per element). */
+struct della_scratch {
+    uint32_t *sort;         /* 4 * cols */
+    uint32_t *rank;         /* nr * cols */
+    uint64_t *thr;          /* nr * cols */
+};
+
+static int della_scratch_new(const struct gta_state *s, size_t cols, size_t nr, struct della_scratch *ds)
+{
+    memset(ds, 0, sizeof *ds);
+    if (s->kind->sparsify != GTA_SPARSIFY_DELLA || cols < 2) return 0;
+    ds->thr = alloy_xmalloc(nr * cols * sizeof *ds->thr);
+    ds->sort = alloy_xmalloc((4 + nr) * cols * sizeof *ds->sort);
+    if (!ds->thr || !ds->sort) {
+        free(ds->thr);
+        free(ds->sort);
+        memset(ds, 0, sizeof *ds);
+        return 0;
+    }
+    ds->rank = ds->sort + 4 * cols;
+    return 1;
+}
+
+/* Points model m's cursor (slot i of the scratch) at its thresholds; per call, not per row. */
+static void della_scratch_thresholds(const struct della_scratch *ds, const struct gta_model *m, size_t i,
+                                     size_t cols, struct gta_cursor *cur)
+{
+    if (!ds->thr || !m->sparse || m->zero) return;
+    uint64_t *thr = ds->thr + i * cols;
+    for (size_t r = 1; r <= cols; r++) thr[r - 1] = della_threshold(m, (uint32_t)r, cols);
+    cur->dthr = thr;
+}
+
+/* Ranks the row of model m (slot i) at xi/b into the scratch. */
+static void della_scratch_rank(const struct della_scratch *ds, const struct gta_model *m, size_t i,
+                               const float *xi, const float *b, size_t cols, struct gta_cursor *cur)
+{
+    if (!ds->sort || !m->sparse || m->zero) return;
+    rank_row(xi, b, cols, ds->rank + i * cols, ds->sort);
+    cur->rank = ds->rank + i * cols;
 }
 
 /* ---------------------------------------------------------------- scan passes */
@@ -295,38 +385,45 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
         const struct alloy_select *sel = &m->sel[s->hist_sel[h]];
         const float *xi = x[m->input];
         uint32_t *hist = hist0 + (size_t)h * ALLOY_SEL_BINS;
-        for (size_t e = 0; e < len; e++) {
-            int bin = alloy_sel_bin(sel, alloy_sel_key_abs(xi[e] - b[e]));
-            if (bin >= 0) hist[bin]++;
+        for (size_t e = 0; e < len; e += GTA_BLK) {
+            size_t n = len - e < GTA_BLK ? len - e : GTA_BLK;
+            uint32_t key[GTA_BLK];
+            for (size_t q = 0; q < n; q++) key[q] = alloy_sel_key_abs(xi[e + q] - b[e + q]);
+            alloy_sel_hist_keys(sel, key, n, hist);
         }
     }
     if (!s->n_l1) return;
     struct gta_acc_head *head = acc;
-    size_t blk = block_len(s, job, len);
-    uint32_t *scratch = NULL;
-    if (s->kind->sparsify == GTA_SPARSIFY_DELLA && blk >= 2) scratch = alloy_xmalloc(5 * blk * sizeof *scratch);
+    size_t cols = row_len(s, job, len);
+    struct della_scratch ds;
+    della_scratch_new(s, cols, 1, &ds);
     for (int l = 0; l < s->n_l1; l++) {
         const struct gta_model *m = &s->m[s->l1_model[l]];
         const float *xi = x[m->input];
         struct gta_cursor cur;
         cursor_init(m, c->index, &cur);
+        della_scratch_thresholds(&ds, m, 0, cols, &cur);
         double before = 0, after = 0;
-        for (size_t r0 = 0; r0 < len; r0 += blk) {
-            if (scratch) {
-                rank_row(xi + r0, b + r0, blk, scratch + 4 * blk, scratch);
-                cur.rank = scratch + 4 * blk;
-            }
-            for (size_t j = 0; j < blk; j++) {
-                float d = xi[r0 + j] - b[r0 + j];
-                double a = fabs((double)d);
-                before += a;
-                if (gta_keep(s, m, &cur, c->e0 + r0 + j, j, d, xi + r0, b + r0, blk)) after += a;
+        for (size_t r0 = 0; r0 < len; r0 += cols) {
+            della_scratch_rank(&ds, m, 0, xi + r0, b + r0, cols, &cur);
+            for (size_t j0 = 0; j0 < cols; j0 += GTA_BLK) {
+                size_t n = cols - j0 < GTA_BLK ? cols - j0 : GTA_BLK, e = r0 + j0;
+                float d[GTA_BLK];
+                uint32_t keep[GTA_BLK];
+                block_delta(xi + e, b + e, n, d);
+                keep_block(s, m, &cur, c->e0 + e, d, n, j0, xi + r0, b + r0, cols, keep);
+                for (size_t q = 0; q < n; q++) { /* in element order: the sums' bits depend on it */
+                    double a = fabs((double)d[q]);
+                    before += a;
+                    after += keep[q] ? a : 0.0; /* after >= +0: adding +0 changes nothing */
+                }
             }
         }
         head->l1[l][0] = before;
         head->l1[l][1] = after;
     }
-    free(scratch);
+    free(ds.thr);
+    free(ds.sort);
 }
 
 int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
@@ -359,6 +456,38 @@ int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const
 
 /* ---------------------------------------------------------------- apply */
 
+/* Merges one block of n elements from the models' masked, weighted deltas D[j][0..n). The sums over
+ * models run in model order in double, as the per-element formula in gta.h reads; zero entries and
+ * disagreeing signs add +0, which leaves the sums' bits unchanged (none of them is ever -0). */
+static void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b, size_t n,
+                        float *restrict out)
+{
+    double sum[GTA_BLK], num[GTA_BLK], z[GTA_BLK];
+    for (size_t q = 0; q < n; q++) sum[q] = 0;
+    for (int j = 0; j < nm; j++)
+        for (size_t q = 0; q < n; q++) sum[q] += D[j][q];
+    if (!s->kind->consensus) {
+        const double ls = s->lin_scale;
+        for (size_t q = 0; q < n; q++) out[q] = b[q] + (float)(ls * sum[q]);
+        return;
+    }
+    /* "sum" consensus: majority sign of the weighted sum (0 counts as +); zero entries never agree */
+    for (size_t q = 0; q < n; q++) num[q] = z[q] = 0;
+    for (int j = 0; j < nm; j++) {
+        const float *Dj = D[j];
+        const double w = s->m[j].w;
+        for (size_t q = 0; q < n; q++) {
+            int agree = sum[q] >= 0 ? Dj[q] > 0 : Dj[q] < 0;
+            num[q] += agree ? (double)Dj[q] : 0.0;
+            z[q] += agree ? w : 0.0;
+        }
+    }
+    const double lambda = s->lambda;
+    if (s->normalize)
+        for (size_t q = 0; q < n; q++) num[q] /= (z[q] == 0 ? 1.0 : z[q]);
+    for (size_t q = 0; q < n; q++) out[q] = b[q] + (float)(lambda * num[q]);
+}
+
 void gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
                const float *const *x, float *out)
 {
@@ -372,48 +501,43 @@ void gta_apply(const struct alloy_merge_job *job, const void *state, const struc
     }
     struct gta_cursor cur[GTA_MAX_MODELS];
     float coef[GTA_MAX_MODELS];
+    size_t cols = row_len(s, job, len);
+    struct della_scratch ds;
+    della_scratch_new(s, cols, (size_t)nm, &ds);
     for (int j = 0; j < nm; j++) {
         cursor_init(&s->m[j], c->index, &cur[j]);
         coef[j] = s->m[j].w * s->m[j].rescale;
+        della_scratch_thresholds(&ds, &s->m[j], (size_t)j, cols, &cur[j]);
     }
-    size_t blk = block_len(s, job, len);
-    uint32_t *scratch = NULL;
-    if (s->kind->sparsify == GTA_SPARSIFY_DELLA && blk >= 2)
-        scratch = alloy_xmalloc((4 + (size_t)nm) * blk * sizeof *scratch);
-    for (size_t r0 = 0; r0 < len; r0 += blk) {
-        if (scratch)
-            for (int j = 0; j < nm; j++) {
-                uint32_t *rank = scratch + (4 + (size_t)j) * blk;
-                rank_row(x[s->m[j].input] + r0, b + r0, blk, rank, scratch);
-                cur[j].rank = rank;
-            }
-        for (size_t q = 0; q < blk; q++) {
-            size_t e = r0 + q;
-            float D[GTA_MAX_MODELS];
-            double sum = 0;
+    float D[GTA_MAX_MODELS][GTA_BLK];
+    for (size_t r0 = 0; r0 < len; r0 += cols) {
+        for (int j = 0; j < nm; j++)
+            della_scratch_rank(&ds, &s->m[j], (size_t)j, x[s->m[j].input] + r0, b + r0, cols, &cur[j]);
+        for (size_t j0 = 0; j0 < cols; j0 += GTA_BLK) {
+            size_t n = cols - j0 < GTA_BLK ? cols - j0 : GTA_BLK, e = r0 + j0;
             for (int j = 0; j < nm; j++) {
                 const struct gta_model *m = &s->m[j];
                 const float *xi = x[m->input];
-                float d = xi[e] - b[e];
-                D[j] = gta_keep(s, m, &cur[j], c->e0 + e, q, d, xi + r0, b + r0, blk) ? coef[j] * d : 0.0f;
-                sum += D[j];
+                float *Dj = D[j];
+                const float cj = coef[j];
+                block_delta(xi + e, b + e, n, Dj);
+                if (!m->sparse) {
+                    for (size_t q = 0; q < n; q++) Dj[q] *= cj;
+                    continue;
+                }
+                uint32_t keep[GTA_BLK];
+                keep_block(s, m, &cur[j], c->e0 + e, Dj, n, j0, xi + r0, b + r0, cols, keep);
+                for (size_t q = 0; q < n; q++) { /* keep ? cj * d : +0, on the bits */
+                    float v = cj * Dj[q];
+                    uint32_t u;
+                    memcpy(&u, &v, sizeof u);
+                    u &= keep[q];
+                    memcpy(&Dj[q], &u, sizeof u);
+                }
             }
-            if (!s->kind->consensus) {
-                out[e] = b[e] + (float)(s->lin_scale * sum);
-                continue;
-            }
-            /* "sum" consensus: majority sign of the weighted sum (0 counts as +); zero entries never agree */
-            double num = 0, z = 0;
-            if (sum >= 0) {
-                for (int j = 0; j < nm; j++)
-                    if (D[j] > 0) { num += D[j]; z += s->m[j].w; }
-            } else {
-                for (int j = 0; j < nm; j++)
-                    if (D[j] < 0) { num += D[j]; z += s->m[j].w; }
-            }
-            if (s->normalize) num /= (z == 0 ? 1.0 : z);
-            out[e] = b[e] + (float)(s->lambda * num);
+            merge_block(s, nm, D, b + e, n, out + e);
         }
     }
-    free(scratch);
+    free(ds.thr);
+    free(ds.sort);
 }

@@ -79,6 +79,7 @@ struct gta_model {
     double before, after;   /* sum |delta|, sum |kept delta| */
     float rescale;          /* before / after, or 1 */
     uint64_t rng_key;       /* random methods */
+    uint64_t draw_thr;      /* random methods: keep iff alloy_rng_u64() >> 11 < draw_thr (u < density) */
 };
 
 struct gta_state {

@@ -42,10 +42,47 @@ void alloy_sel_init(struct alloy_select *s, uint64_t n, uint64_t k, int want_val
 
 void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, size_t n, uint32_t *hist)
 {
-    for (size_t e = 0; e < n; e++) {
-        int b = alloy_sel_bin(s, keys[e]);
-        if (b >= 0) hist[b]++;
+    /* alloy_sel_bin() with the level's shifts and prefix in locals: the hist[] stores may alias
+       the selection, so the compiler would reload them for every key */
+    int l = s->level;
+    if (l >= ALLOY_SEL_LEVELS) return;
+    if (l == 0) { /* no prefix yet: bits 31..21 */
+        for (size_t e = 0; e < n; e++) hist[keys[e] >> 21]++;
+        return;
     }
+    const unsigned sh = g_shift[l], psh = g_shift[l - 1];
+    const uint32_t prefix = s->prefix, mask = g_nbins[l] - 1;
+    for (size_t e = 0; e < n; e++) {
+        uint32_t key = keys[e];
+        if ((key >> psh) == prefix) hist[(key >> sh) & mask]++;
+    }
+}
+
+void alloy_sel_keep_block(const struct alloy_select *s, const uint32_t *keys, size_t n, uint64_t *ties,
+                          uint32_t *mask)
+{
+    if (s->thr < 0) { /* keep everything */
+        for (size_t e = 0; e < n; e++) mask[e] = ~0u;
+        return;
+    }
+    if (s->thr > (int64_t)UINT32_MAX) { /* keep nothing (never: thr <= UINT32_MAX) */
+        for (size_t e = 0; e < n; e++) mask[e] = 0;
+        return;
+    }
+    const uint32_t thr = (uint32_t)s->thr;
+    if (*ties) {
+        uint64_t eq = 0;
+        for (size_t e = 0; e < n; e++) eq += keys[e] == thr;
+        if (eq <= *ties) { /* the budget covers every tie of the block */
+            for (size_t e = 0; e < n; e++) mask[e] = -(uint32_t)(keys[e] >= thr);
+            *ties -= eq;
+            return;
+        }
+        /* the one block of the chunk where the budget runs out: element by element */
+        for (size_t e = 0; e < n; e++) mask[e] = alloy_sel_keep(s, keys[e], ties) ? ~0u : 0;
+        return;
+    }
+    for (size_t e = 0; e < n; e++) mask[e] = -(uint32_t)(keys[e] > thr);
 }
 
 /* Chooses the bin of the current level from the summed histogram; returns

@@ -129,7 +129,7 @@ static inline int alloy_sel_bin(const struct alloy_select *s, uint32_t key)
     return (int)((key >> shift[l]) & mask[l]);
 }
 
-/* Adds one chunk's keys to hist (convenience for the simple case). */
+/* Adds keys to hist: alloy_sel_bin() for each, hist[bin]++ where >= 0. */
 void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, size_t n, uint32_t *hist);
 
 /* Folds the current level's per-chunk histograms (chunk c's histogram is at
@@ -165,6 +165,13 @@ static inline int alloy_sel_keep(const struct alloy_select *s, uint32_t key, uin
     }
     return 0;
 }
+
+/* Block form of alloy_sel_keep() for the next n elements of a chunk (in
+ * element order): mask[i] = ~0u if keys[i] is kept, else 0 — the same
+ * decisions as n calls of alloy_sel_keep(). Branch-free except in the one
+ * block per chunk where the tie budget runs out. */
+void alloy_sel_keep_block(const struct alloy_select *s, const uint32_t *keys, size_t n, uint64_t *ties,
+                          uint32_t *mask);
 
 /* The k-th largest key as a float (alloy_sel_unkey / _unkey_abs of kth);
  * requires kth_known. */
