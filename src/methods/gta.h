@@ -82,8 +82,12 @@ struct gta_model {
     uint64_t draw_thr;      /* random methods: keep iff alloy_rng_u64() >> 11 < draw_thr (u < density) */
 };
 
+/* Random keep decisions of a block (gta.c): the fastest version this CPU runs. */
+typedef void (*gta_draw_fn)(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint64_t *thrs, uint32_t *keep);
+
 struct gta_state {
     const struct gta_kind *kind;
+    gta_draw_fn draw;
     int nm;                 /* task vectors */
     int base;
     struct gta_model m[GTA_MAX_MODELS];

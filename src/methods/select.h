@@ -29,6 +29,25 @@
  *   extra pass is needed. Two selections on the same keys (e.g. the top
  *   k1 and the top k2 < k1) are nested sets under this order.
  *
+ *   Wide layout (alloy_sel_init_wide), for large tensors: two passes
+ *   instead of three when the threshold key has its low 16 bits zero, as
+ *   every magnitude of a bfloat16 value has (and most differences of two):
+ *
+ *       level 0: bits 31..16 (65536 bins)  all keys, counted per chunk into
+ *                a local table and added under a lock into one total per
+ *                selection (integer sums: order does not matter, so this is
+ *                method.h's allowed exception; 512 KiB, freed at reduce)
+ *       level 1: bits 15..6  (1024 bins)   per chunk, plus bin 1024: the keys
+ *                equal to prefix << 16 (low 16 bits zero) — when the k-th
+ *                key is that one, bin 1024 gives the per-chunk tie counts and
+ *                the selection ends here
+ *       level 2: bits  5..0  (64 bins)     per chunk, only otherwise
+ *
+ *   Both layouts select the same set: only the passes differ. Keys outside
+ *   the current prefix are a large, unpredictable fraction at level 1 of
+ *   the narrow layout, so the histogram loops gather the matching keys'
+ *   bins without a branch before counting them.
+ *
  *   Keys: alloy_sel_key() orders all floats (-NaN < -Inf < ... < -0 < +0 <
  *   ... < +Inf < +NaN; -0 and +0 are distinct keys). alloy_sel_key_abs()
  *   orders magnitudes |x| (NaN above Inf). Never mix the two in one
@@ -44,7 +63,15 @@
  *              for each element: keep = alloy_sel_keep(&s, key, &t);
  *   fini:      alloy_sel_free(&s);
  *
- * Thread safety: scan/apply only read the selection; reduce/free write it.
+ *   Wide: alloy_sel_init_wide() (may fail: out of memory); scan counts
+ *   through alloy_sel_hist_keys() only, and at level 0
+ *   (alloy_sel_wide_level0()) into a chunk-local table instead of acc:
+ *              struct alloy_sel_local loc; alloy_sel_local_init(&loc);
+ *              alloy_sel_hist_wide(&s, keys, n, &loc) per block of keys;
+ *              alloy_sel_merge_wide(&s, &loc); alloy_sel_local_free(&loc);
+ *
+ * Thread safety: scan/apply only read the selection (a wide level 0 adds
+ * into its shared counts under their locks); reduce/free write it.
  */
 #ifndef ALLOY_SELECT_H
 #define ALLOY_SELECT_H
@@ -74,6 +101,18 @@ struct alloy_select {
     int kth_known;
     uint64_t *tie_before; /* split ties only: [nchunks] ties (== thr) in chunks before c */
     size_t nchunks;
+    int wide;            /* the wide layout (alloy_sel_init_wide) */
+    struct alloy_sel_shared *shared; /* wide: level 0's total counts and their locks */
+};
+
+#define ALLOY_SEL_WIDE_BINS 65536
+
+/* A chunk's local level-0 counts of a wide selection: bins [lo, hi] of h
+ * hold counts (none when lo > hi); h NULL: counted straight into the
+ * shared total (slow; only when the table could not be allocated). */
+struct alloy_sel_local {
+    uint32_t *h;         /* [ALLOY_SEL_WIDE_BINS] */
+    uint32_t lo, hi;
 };
 
 /* Order-preserving key of any float. */
@@ -114,11 +153,19 @@ static inline float alloy_sel_unkey_abs(uint32_t key)
  * asks for the exact k-th key (then 1 <= k <= n is required). */
 void alloy_sel_init(struct alloy_select *s, uint64_t n, uint64_t k, int want_value);
 
+/* Same selection in the wide layout (see DESIGN; want_value is not
+ * supported). ALLOY_ERR_NOMEM if its lock block cannot be allocated. */
+int alloy_sel_init_wide(struct alloy_select *s, uint64_t n, uint64_t k, struct alloy_err *err);
+
 /* 1 while another histogram pass is needed. */
 static inline int alloy_sel_active(const struct alloy_select *s) { return s->level < ALLOY_SEL_LEVELS; }
 
+/* 1 when the next pass is a wide selection's level 0 (alloy_sel_hist_wide). */
+static inline int alloy_sel_wide_level0(const struct alloy_select *s) { return s->wide && s->level == 0; }
+
 /* Histogram bin of `key` at the current level, or -1 if the key is outside
- * the prefix being refined (or the selection is done). */
+ * the prefix being refined (or the selection is done). Narrow layout only:
+ * wide selections count with alloy_sel_hist_keys(). */
 static inline int alloy_sel_bin(const struct alloy_select *s, uint32_t key)
 {
     static const unsigned shift[ALLOY_SEL_LEVELS + 1] = {21, 10, 0, 0};
@@ -129,17 +176,30 @@ static inline int alloy_sel_bin(const struct alloy_select *s, uint32_t key)
     return (int)((key >> shift[l]) & mask[l]);
 }
 
-/* Adds keys to hist: alloy_sel_bin() for each, hist[bin]++ where >= 0. */
+/* Adds keys to the chunk's histogram at the current level: alloy_sel_bin()
+ * for each, hist[bin]++ where >= 0 (wide levels 1 and 2 likewise, with bin
+ * 1024 at level 1; a wide level 0 goes to the shared total, slowly: use
+ * alloy_sel_hist_wide). */
 void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, size_t n, uint32_t *hist);
 
+/* Wide level 0: a chunk-local table (h NULL if it cannot be allocated),
+ * counting keys into it, adding it to the selection's total (and emptying
+ * it for the next chunk), freeing it. */
+void alloy_sel_local_init(struct alloy_sel_local *l);
+void alloy_sel_hist_wide(const struct alloy_select *s, const uint32_t *keys, size_t n, struct alloy_sel_local *l);
+void alloy_sel_merge_wide(const struct alloy_select *s, struct alloy_sel_local *l);
+void alloy_sel_local_free(struct alloy_sel_local *l);
+
 /* Folds the current level's per-chunk histograms (chunk c's histogram is at
- * (const char *)accs + c * acc_size + hist_offset, in chunk order) and moves
- * to the next level or finishes. Allocates tie_before when the threshold
- * splits ties; ALLOY_ERR_NOMEM if that fails. */
+ * (const char *)accs + c * acc_size + hist_offset, in chunk order; a wide
+ * level 0 reads its shared total instead) and moves to the next level or
+ * finishes. Allocates tie_before when the threshold splits ties;
+ * ALLOY_ERR_NOMEM if that fails (or a wide level 0's total could not be
+ * allocated during the pass). */
 int alloy_sel_reduce(struct alloy_select *s, const void *accs, size_t nchunks, size_t acc_size, size_t hist_offset,
                      struct alloy_err *err);
 
-/* Same, from one already-summed histogram; only valid when the caller
+/* Same, from one already-summed histogram (narrow layout); only valid when the caller
  * knows no per-chunk tie split is needed (e.g. want_value quantiles, or a
  * single chunk: then pass nchunks_total = 1). Returns ALLOY_ERR_NOMEM like
  * alloy_sel_reduce. */
