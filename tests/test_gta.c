@@ -568,6 +568,75 @@ TEST(breadcrumbs_more_models_than_histogram_slots)
     free_inputs(in, M);
 }
 
+/* expect_case() for tensors of at least 2^17 elements (gta.c selects them in select.h's wide
+ * layout): fewer, larger chunkings. */
+static void expect_large(const struct gcase *k, const float *const *in, const double *ref, double tol, int line)
+{
+    size_t N = (size_t)(k->rows * k->cols);
+    float *out = malloc(N * sizeof *out), *first = malloc(N * sizeof *first);
+    const uint64_t chunks[] = {0, 4099, 50000};
+    const int threads[] = {0, 2, 3};
+    for (int r = 0; r < 3; r++) {
+        struct alloy_err err = {0};
+        int rc = run_case(k, in, out, threads[r], chunks[r], &err);
+        if (rc) {
+            test_fail(__FILE__, line, "%s: rc %d: %s", k->method, rc, err.msg);
+            break;
+        }
+        size_t bad = 0, worst = 0;
+        for (size_t e = 0; e < N; e++)
+            if (!(fabs(out[e] - ref[e]) <= tol * (1 + fabs(ref[e])))) {
+                if (!bad) worst = e;
+                bad++;
+            }
+        if (bad)
+            test_fail(__FILE__, line, "%s chunk %llu: %zu of %zu differ, first at %zu: %.9g vs %.9g", k->method,
+                      (unsigned long long)chunks[r], bad, N, worst, out[worst], ref[worst]);
+        if (r == 0) memcpy(first, out, N * sizeof *out);
+        else if (memcmp(first, out, N * sizeof *out))
+            test_fail(__FILE__, line, "%s: chunk %llu / %d threads changed the bits", k->method,
+                      (unsigned long long)chunks[r], threads[r]);
+    }
+    free(out);
+    free(first);
+}
+
+TEST(magnitude_methods_on_large_tensors)
+{
+    enum { R = 260, C = 512, N = R * C };                     /* >= 2^17: the wide selection */
+    float **in = make_inputs(3, N, 40);                       /* grid deltas: thresholds with zero low bits */
+    double *ref = malloc(N * sizeof *ref);
+    struct gcase k;
+    gcase_init(&k, "ties", 3, 1, R, C);
+    k.w[0] = 0.7; k.w[2] = 0.4;
+    k.density[0] = 0.3; k.density[2] = 0.65;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_large(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    k.rescale = 1;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 1, 1.0, (const float *const *)in, NULL, ref);
+    expect_large(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    gcase_init(&k, "breadcrumbs", 3, 1, R, C);
+    k.w[0] = 0.7; k.w[2] = 0.4;
+    k.density[0] = 0.5; k.extra[0] = 0.05;
+    k.density[2] = 0.8; k.extra[2] = 0.01;
+    naive_gta(SP_OUTLIERS, 0, &k, 0, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_large(&k, (const float *const *)in, ref, 1e-6, __LINE__);
+    /* continuous deltas: thresholds need the third level */
+    for (int i = 0; i < 3; i++)
+        if (i != 1)
+            for (size_t e = 0; e < N; e++) in[i][e] = in[1][e] + ((float)(urand() - 0.5) * 0.25f + in[1][e] - in[1][e]);
+    for (int i = 0; i < 3; i++)
+        if (i != 1)
+            for (size_t e = 0; e < N; e++) in[i][e] = in[1][e] + (in[i][e] - in[1][e]);
+    gcase_init(&k, "ties", 3, 1, R, C);
+    k.w[0] = 0.6; k.w[2] = 0.4;
+    k.density[0] = 0.2; k.density[2] = 0.7;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_large(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    free(ref);
+    free_inputs(in, 3);
+}
+
 /* ---------------------------------------------------------------- dare and della */
 
 /* Observes model i's keep mask: the same job with every other model equal to

@@ -223,3 +223,171 @@ TEST(select_want_value_gives_quantiles)
         alloy_sel_free(&s);
     }
 }
+
+/* ---------------------------------------------------------------- wide layout, block keep */
+
+/* run_select() for the wide layout: level 0 through chunk-local tables (or, with no_local, straight
+ * into the shared total), the other levels through alloy_sel_hist_keys() in blocks of varying
+ * size; keep decisions through alloy_sel_keep_block() in blocks of varying size. */
+static int run_select_wide(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local,
+                           struct alloy_select *s, unsigned char *keep)
+{
+    size_t nchunks = (n + cs - 1) / cs;
+    int passes = 0;
+    struct alloy_err err = {0};
+    if (alloy_sel_init_wide(s, n, k, &err)) return -1;
+    uint32_t *keys = malloc((n ? n : 1) * sizeof *keys), *mask = malloc((n ? n : 1) * sizeof *mask);
+    for (size_t e = 0; e < n; e++) keys[e] = key_of(v[e], abs_keys);
+    while (alloy_sel_active(s)) {
+        uint32_t *accs = calloc(nchunks ? nchunks : 1, ALLOY_SEL_BINS * sizeof(uint32_t));
+        for (size_t c = 0; c < nchunks; c++) {
+            size_t e0 = c * cs, e1 = e0 + cs < n ? e0 + cs : n;
+            struct alloy_sel_local loc = {NULL, 1, 0};
+            int wide0 = alloy_sel_wide_level0(s);
+            if (wide0 && !no_local) alloy_sel_local_init(&loc);
+            for (size_t e = e0; e < e1;) {
+                size_t len = 1 + (size_t)(urand() * 300);
+                if (len > e1 - e) len = e1 - e;
+                if (wide0)
+                    alloy_sel_hist_wide(s, keys + e, len, &loc);
+                else
+                    alloy_sel_hist_keys(s, keys + e, len, accs + c * ALLOY_SEL_BINS);
+                e += len;
+            }
+            if (wide0) {
+                alloy_sel_merge_wide(s, &loc);
+                alloy_sel_local_free(&loc);
+            }
+        }
+        int rc = alloy_sel_reduce(s, accs, nchunks, ALLOY_SEL_BINS * sizeof(uint32_t), 0, &err);
+        free(accs);
+        if (rc || ++passes > ALLOY_SEL_LEVELS) {
+            free(keys);
+            free(mask);
+            return -1;
+        }
+    }
+    for (size_t c = 0; c < nchunks; c++) {
+        uint64_t ties = alloy_sel_chunk_ties(s, c);
+        size_t e0 = c * cs, e1 = e0 + cs < n ? e0 + cs : n;
+        for (size_t e = e0; e < e1;) {
+            size_t len = 1 + (size_t)(urand() * 300);
+            if (len > e1 - e) len = e1 - e;
+            alloy_sel_keep_block(s, keys + e, len, &ties, mask + e);
+            e += len;
+        }
+    }
+    for (size_t e = 0; e < n; e++) keep[e] = mask[e] == ~0u ? 1 : mask[e] == 0 ? 0 : 2;
+    free(keys);
+    free(mask);
+    return passes;
+}
+
+/* Compares the wide layout with sorting; returns the pass count (-1 on mismatch or failure). */
+static int check_wide(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local)
+{
+    struct ref_item *it = malloc((n ? n : 1) * sizeof *it);
+    unsigned char *ref = calloc(n ? n : 1, 1), *got = calloc(n ? n : 1, 1);
+    for (size_t e = 0; e < n; e++) it[e] = (struct ref_item){key_of(v[e], abs_keys), e};
+    qsort(it, n, sizeof *it, ref_cmp);
+    for (size_t r = 0; r < k && r < n; r++) ref[it[r].idx] = 1;
+    struct alloy_select s;
+    int passes = run_select_wide(v, n, cs, k, abs_keys, no_local, &s, got);
+    size_t bad = passes < 0 ? n + 1 : 0;
+    for (size_t e = 0; e < n && passes >= 0; e++) bad += ref[e] != got[e];
+    if (bad) {
+        test_fail(__FILE__, __LINE__, "wide: n=%zu cs=%zu k=%llu abs=%d: %zu mismatches (passes %d)", n, cs,
+                  (unsigned long long)k, abs_keys, bad, passes);
+        passes = -1;
+    }
+    alloy_sel_free(&s);
+    free(it);
+    free(ref);
+    free(got);
+    return passes;
+}
+
+TEST(select_wide_matches_sort)
+{
+    enum { N = 6000 };
+    static float v[N];
+    const uint64_t ks[] = {0, 1, 2, 77, 1500, 3000, 5999, 6000};
+    const size_t cs[] = {1, 97, 1000, N};
+    /* bfloat16 values, many ties, both signs and zeros: thresholds with zero low bits */
+    for (size_t e = 0; e < N; e++) {
+        double g = sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand());
+        v[e] = e % 7 == 3 ? 0.0f : bf16_round((float)(g * 0.01));
+    }
+    for (size_t a = 0; a < 4; a++)
+        for (size_t b = 0; b < 8; b++) {
+            int p = check_wide(v, N, cs[a], ks[b], 1, 0);
+            if (ks[b] > 0 && ks[b] < N) CHECK(p >= 1 && p <= 2); /* the zero bin ends it at level 1 */
+            check_wide(v, N, cs[a], ks[b], 0, 0);
+        }
+    /* bfloat16 values and a few with random low bits in the same 16-bit bins (differences across
+       exponents): the zero bin is used only when the threshold is below all of those */
+    for (size_t e = 0; e < N; e++) {
+        uint32_t u;
+        memcpy(&u, &v[e], sizeof u);
+        if (e % 11 == 5) u |= 1u + (uint32_t)(urand() * 65535);
+        if (e % 13 == 6) u |= 1u + (uint32_t)(urand() * 63); /* bin 0 of level 1, above the zero key */
+        memcpy(&v[e], &u, sizeof u);
+    }
+    for (size_t a = 0; a < 4; a++)
+        for (size_t b = 0; b < 8; b++) {
+            check_wide(v, N, cs[a], ks[b], 1, 0);
+            check_wide(v, N, cs[a], ks[b], 0, 0);
+        }
+    for (uint64_t k = 1; k < N; k += 37) check_wide(v, N, 1000, k, 1, 0); /* thresholds all over bin 0 */
+    /* continuous values: three levels */
+    for (size_t e = 0; e < N; e++) v[e] = (float)(urand() * 2 - 1);
+    for (size_t b = 0; b < 8; b++) {
+        check_wide(v, N, 333, ks[b], 1, 0);
+        check_wide(v, N, 1000, ks[b], 0, 0);
+    }
+    /* all equal, and all zero */
+    for (size_t e = 0; e < N; e++) v[e] = 0.25f;
+    for (size_t b = 0; b < 8; b++) CHECK(check_wide(v, N, 1000, ks[b], 1, 0) <= 2);
+    for (size_t e = 0; e < N; e++) v[e] = 0.0f;
+    for (size_t b = 0; b < 8; b++) check_wide(v, N, 777, ks[b], 1, 0);
+}
+
+TEST(select_wide_without_local_tables)
+{
+    enum { N = 3000 };
+    static float v[N];
+    for (size_t e = 0; e < N; e++) v[e] = bf16_round((float)(urand() - 0.5) * 0.02f);
+    const uint64_t ks[] = {1, 1000, 2999};
+    for (size_t b = 0; b < 3; b++) {
+        check_wide(v, N, 400, ks[b], 1, 1);
+        check_wide(v, N, 400, ks[b], 0, 1);
+    }
+}
+
+TEST(select_keep_block_matches_keep)
+{
+    enum { N = 4000 };
+    static float v[N];
+    static uint32_t keys[N], mask[N];
+    for (size_t e = 0; e < N; e++) v[e] = (float)((int)(urand() * 5)) * 0.5f; /* 5 values: heavy ties */
+    for (size_t e = 0; e < N; e++) keys[e] = alloy_sel_key_abs(v[e]);
+    const uint64_t ks[] = {0, 1, 800, 1999, 2000, 3999, 4000};
+    for (size_t b = 0; b < 7; b++) {
+        unsigned char want[N];
+        struct alloy_select s;
+        CHECK(run_select(v, N, 500, ks[b], 1, 0, &s, want) >= 0);
+        size_t bad = 0;
+        for (size_t c = 0; c < N / 500; c++) {
+            uint64_t ties = alloy_sel_chunk_ties(&s, c);
+            for (size_t e = c * 500; e < (c + 1) * 500;) {
+                size_t len = 1 + (size_t)(urand() * 64);
+                if (len > (c + 1) * 500 - e) len = (c + 1) * 500 - e;
+                alloy_sel_keep_block(&s, keys + e, len, &ties, mask + e);
+                e += len;
+            }
+        }
+        for (size_t e = 0; e < N; e++) bad += mask[e] != (want[e] ? ~0u : 0u);
+        CHECK_INT(bad, 0);
+        alloy_sel_free(&s);
+    }
+}
