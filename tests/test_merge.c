@@ -474,3 +474,30 @@ TEST(merge_mergekit_yaml_alias)
     snprintf(cmd, sizeof cmd, "%s/out/model.safetensors", dir);
     CHECK(access(cmd, F_OK) == 0);
 }
+
+TEST(merge_chat_template_auto_majority)
+{
+    const char *dir = test_tmpdir();
+    char cmd[2400], path[900], out[600], yaml[1600], *log = NULL;
+    const char *tpl[3] = {"{{ 'B' }}{% for m in messages %}{{ m }}{% endfor %}",
+                          "{{ 'A' }}{% for m in messages %}{{ m }}{% endfor %}",
+                          "{{ 'A' }}{% for m in messages %}{{ m }}{% endfor %}"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(cmd, sizeof cmd, "cp -r " M("code") " %s/m%d", dir, i);
+        CHECK_INT(system(cmd), 0);
+        snprintf(path, sizeof path, "%s/m%d/tokenizer_config.json", dir, i);
+        char body[300];
+        snprintf(body, sizeof body, "{\"chat_template\": \"%s\"}", tpl[i]);
+        test_write_text(path, body);
+    }
+    snprintf(yaml, sizeof yaml, "merge_method: linear\nmodels:\n  - model: %s/m0\n    parameters: {weight: 1}\n"
+             "  - model: %s/m1\n    parameters: {weight: 1}\n  - model: %s/m2\n    parameters: {weight: 1}\n"
+             "chat_template: auto\n", dir, dir, dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    CHECK_MSG(merge(yaml, out, NULL, &log) == 0, "%s", log);
+    free(log);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
+    char *tc = read_all(path);
+    CHECK_STR_CONTAINS(tc, "{{ 'A' }}"); /* two of three models agree */
+    free(tc);
+}

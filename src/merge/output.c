@@ -93,6 +93,19 @@ static int write_config(const struct alloy_plan *p, const char *dir, struct allo
 
 /* ------------------------------------------------------------ tokenizer */
 
+/* Reads a JSON file of at most 16 MiB (NULL on error, with err filled when given). */
+static json_t *load_json(const char *path, struct alloy_err *err)
+{
+    char *text;
+    size_t len;
+    if (alloy_read_file(path, (size_t)16 << 20, &text, &len, err) != ALLOY_OK) return NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(text);
+    if (!root) alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: not valid JSON: %s (line %d)", path, jerr.text, jerr.line);
+    return root;
+}
+
 static const char *const g_tokenizer_files[] = {
     "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "added_tokens.json",
     "merges.txt", "vocab.json", "chat_template.jinja", "generation_config.json", "chat_template.json",
@@ -110,31 +123,26 @@ static int resolve_chat_template(const struct alloy_plan *p, char **out, struct 
     if (!ct) return ALLOY_OK;
     if (strcmp(ct, "chatml") == 0) return (*out = alloy_xstrdup(g_chatml)) ? ALLOY_OK : ALLOY_ERR_NOMEM;
     if (strcmp(ct, "auto") == 0) {
-        /* the most common template among the models (ties: first seen) */
-        int best = 0;
+        /* the most common template among the models (ties: first seen), each file read once */
+        char **tpl = alloy_xcalloc(p->nmodels, sizeof *tpl);
+        if (!tpl) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < p->nmodels; i++) {
             char *path = alloy_xasprintf("%s/tokenizer_config.json", alloy_model_dir(p->models[i]));
-            json_t *tc = path && alloy_is_file(path) ? json_load_file(path, 0, NULL) : NULL;
-            free(path);
+            json_t *tc = path && alloy_is_file(path) ? load_json(path, NULL) : NULL;
             const char *s = json_string_value(json_object_get(tc, "chat_template"));
-            int count = 0;
-            if (s && *s) {
-                for (size_t j = 0; j < p->nmodels; j++) {
-                    char *pj = alloy_xasprintf("%s/tokenizer_config.json", alloy_model_dir(p->models[j]));
-                    json_t *tj = pj && alloy_is_file(pj) ? json_load_file(pj, 0, NULL) : NULL;
-                    const char *sj = json_string_value(json_object_get(tj, "chat_template"));
-                    count += sj && strcmp(sj, s) == 0;
-                    json_decref(tj);
-                    free(pj);
-                }
-                if (count > best) {
-                    free(*out);
-                    *out = alloy_xstrdup(s);
-                    best = count;
-                }
-            }
+            if (s && *s) tpl[i] = alloy_xstrdup(s);
             json_decref(tc);
+            free(path);
         }
+        size_t best = 0;
+        for (size_t i = 0; i < p->nmodels; i++) {
+            size_t count = 0;
+            for (size_t j = 0; tpl[i] && j < p->nmodels; j++) count += tpl[j] && strcmp(tpl[i], tpl[j]) == 0;
+            if (count > best) best = count, *out = tpl[i];
+        }
+        for (size_t i = 0; i < p->nmodels; i++)
+            if (tpl[i] != *out) free(tpl[i]);
+        free(tpl);
         return ALLOY_OK;
     }
     if (strcmp(ct, "alpaca") == 0 || strcmp(ct, "llama3") == 0 || strcmp(ct, "mistral") == 0 ||
@@ -164,11 +172,10 @@ static int copy_tokenizer(const struct alloy_plan *p, const struct alloy_merge_o
         if (!from || !to) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
         else if (alloy_is_file(from)) {
             if (template_text && strcmp(g_tokenizer_files[i], "tokenizer_config.json") == 0) {
-                json_error_t jerr;
-                json_t *tc = json_load_file(from, JSON_REJECT_DUPLICATES, &jerr);
+                json_t *tc = load_json(from, err);
                 if (!json_is_object(tc)) {
-                    rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: not a JSON object (%s, line %d)", from, jerr.text,
-                                       jerr.line);
+                    if (tc) rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: expected a JSON object", from);
+                    else rc = err && err->status ? (int)err->status : ALLOY_ERR_FORMAT;
                 } else {
                     json_object_set_new(tc, "chat_template", json_string(template_text));
                     rc = write_json(dir, g_tokenizer_files[i], tc, err);
