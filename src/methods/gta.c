@@ -165,6 +165,16 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
         }
         m->need_l1 = rescale && !m->zero;
     }
+    /* Keep bitmaps for the random methods' apply(), in model order while the budget lasts; without
+       one (or if it cannot be allocated) apply() draws (and della ranks) again. */
+    uint64_t bits = 0, words = (N + 63) / 64;
+    for (int j = 0; j < s->nm && (kind->sparsify == GTA_SPARSIFY_RANDOM || kind->sparsify == GTA_SPARSIFY_DELLA);
+         j++) {
+        struct gta_model *m = &s->m[j];
+        if (!m->need_l1 || !N || bits + words * 64 > GTA_KEEP_BITS) continue;
+        m->keep_bits = alloy_xcalloc((size_t)words, sizeof *m->keep_bits);
+        if (m->keep_bits) bits += words * 64;
+    }
     if (s->normalize) {
         double z = fabs(wsum) < 1e-8 ? 1.0 : wsum;
         s->lin_scale = (float)(job->gp[GTA_P_LAMBDA] / z);
@@ -177,8 +187,11 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
 void gta_fini(const struct alloy_merge_job *job, void *state)
 {
     struct gta_state *s = state;
-    for (int j = 0; j < s->nm; j++)
+    for (int j = 0; j < s->nm; j++) {
         for (int q = 0; q < s->m[j].nsel; q++) alloy_sel_free(&s->m[j].sel[q]);
+        free((void *)s->m[j].keep_bits);
+        s->m[j].keep_bits = NULL;
+    }
 }
 
 static int sel_active(const struct gta_model *m)
@@ -243,34 +256,72 @@ static uint32_t rank_count(const float *xi, const float *b, size_t cols, size_t 
     return r;
 }
 
-/* Ranks of one row by a stable LSD radix sort (8-bit digits, constant digits skipped).
- * scratch: 4 * cols uint32. */
+/* Ranks of one row by a stable LSD radix sort on 8-bit digits: the four digit histograms in one
+ * counting pass (two tables per digit, even and odd columns, so runs of one digit value do not
+ * chain their increments through memory), digits all keys share skipped, the first pass reading
+ * the keys in column order and the last one writing the ranks. scratch: 4 * cols uint32. */
 static void rank_row(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch)
 {
     uint32_t *key = scratch, *idx = scratch + cols, *key2 = scratch + 2 * cols, *idx2 = scratch + 3 * cols;
-    for (size_t j = 0; j < cols; j++) {
-        key[j] = alloy_sel_key_abs(xi[j] - b[j]);
-        idx[j] = (uint32_t)j;
+    uint32_t cnt[2][4][256];
+    memset(cnt, 0, sizeof cnt);
+    size_t j = 0;
+    for (; j + 1 < cols; j += 2) {
+        uint32_t k0 = alloy_sel_key_abs(xi[j] - b[j]), k1 = alloy_sel_key_abs(xi[j + 1] - b[j + 1]);
+        key[j] = k0;
+        key[j + 1] = k1;
+        cnt[0][0][k0 & 0xff]++;
+        cnt[0][1][(k0 >> 8) & 0xff]++;
+        cnt[0][2][(k0 >> 16) & 0xff]++;
+        cnt[0][3][k0 >> 24]++;
+        cnt[1][0][k1 & 0xff]++;
+        cnt[1][1][(k1 >> 8) & 0xff]++;
+        cnt[1][2][(k1 >> 16) & 0xff]++;
+        cnt[1][3][k1 >> 24]++;
     }
-    for (unsigned shift = 0; shift < 32; shift += 8) {
-        size_t cnt[256] = {0};
-        for (size_t j = 0; j < cols; j++) cnt[(key[j] >> shift) & 0xff]++;
-        if (cnt[(key[0] >> shift) & 0xff] == cols) continue; /* every key has this digit */
-        size_t pos = 0;
-        for (int d = 0; d < 256; d++) {
-            size_t c = cnt[d];
-            cnt[d] = pos;
-            pos += c;
+    for (; j < cols; j++) {
+        uint32_t k0 = alloy_sel_key_abs(xi[j] - b[j]);
+        key[j] = k0;
+        cnt[0][0][k0 & 0xff]++;
+        cnt[0][1][(k0 >> 8) & 0xff]++;
+        cnt[0][2][(k0 >> 16) & 0xff]++;
+        cnt[0][3][k0 >> 24]++;
+    }
+    unsigned act[4], na = 0;
+    for (unsigned d = 0; d < 4; d++) {
+        uint32_t *c = cnt[0][d];
+        for (int v = 0; v < 256; v++) c[v] += cnt[1][d][v];
+        if (c[(key[0] >> (8 * d)) & 0xff] == cols) continue; /* every key has this digit */
+        uint32_t pos = 0;
+        for (int v = 0; v < 256; v++) {
+            uint32_t n = c[v];
+            c[v] = pos;
+            pos += n;
         }
-        for (size_t j = 0; j < cols; j++) {
-            size_t p = cnt[(key[j] >> shift) & 0xff]++;
+        act[na++] = d;
+    }
+    if (na == 0) { /* all keys equal: column order */
+        for (j = 0; j < cols; j++) rank[j] = (uint32_t)(j + 1);
+        return;
+    }
+    for (unsigned a = 0; a < na; a++) {
+        const unsigned sh = 8 * act[a];
+        uint32_t *c = cnt[0][act[a]];
+        if (a + 1 == na) { /* last pass: the position is the rank */
+            for (j = 0; j < cols; j++) {
+                uint32_t p = c[(key[j] >> sh) & 0xff]++;
+                rank[a ? idx[j] : j] = p + 1;
+            }
+            break;
+        }
+        for (j = 0; j < cols; j++) {
+            uint32_t p = c[(key[j] >> sh) & 0xff]++;
             key2[p] = key[j];
-            idx2[p] = idx[j];
+            idx2[p] = a ? idx[j] : (uint32_t)j;
         }
         uint32_t *t = key; key = key2; key2 = t;
         t = idx; idx = idx2; idx2 = t;
     }
-    for (size_t p = 0; p < cols; p++) rank[idx[p]] = (uint32_t)(p + 1);
 }
 
 /* Random keep decisions of one block: keep[q] = ~0u iff alloy_rng_u64(rk, e + q) >> 11 < thr (or
@@ -424,6 +475,49 @@ static void della_scratch_rank(const struct della_scratch *ds, const struct gta_
     cur->rank = ds->rank + i * cols;
 }
 
+/* Keep bitmaps: bits [e, e + n) of map from keep[] (bitmap zeroed before the pass; each bit is
+ * written once). Words inside the chunk [c0, c1) belong to this call's chunk alone; a word that
+ * reaches into a neighbouring chunk is OR-ed atomically, since that chunk may run at the same time. */
+static void bits_store(_Atomic uint64_t *map, uint64_t e, const uint32_t *keep, size_t n, uint64_t c0, uint64_t c1)
+{
+    for (size_t q = 0; q < n;) {
+        uint64_t w = (e + q) >> 6;
+        unsigned bit = (unsigned)((e + q) & 63);
+        size_t take = 64 - bit < n - q ? 64 - bit : n - q;
+        uint64_t v = 0;
+        for (size_t i = 0; i < take; i++) v |= (uint64_t)(keep[q + i] & 1) << (bit + i);
+        if (w * 64 < c0 || w * 64 + 64 > c1)
+            atomic_fetch_or_explicit(&map[w], v, memory_order_relaxed);
+        else
+            atomic_store_explicit(&map[w], atomic_load_explicit(&map[w], memory_order_relaxed) | v,
+                                  memory_order_relaxed);
+        q += take;
+    }
+}
+
+/* keep[q] = ~0u if bit e + q of map is set, else 0 (after the pass: the pool's barrier orders it). */
+static void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, uint32_t *restrict keep)
+{
+    static const uint32_t bitmask[32] = {
+        1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+        1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+        1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+        1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+    for (size_t q = 0; q < n;) {
+        unsigned bit = (unsigned)((e + q) & 63);
+        size_t take = 64 - bit < n - q ? 64 - bit : n - q;
+        uint64_t v = atomic_load_explicit(&map[(e + q) >> 6], memory_order_relaxed) >> bit;
+        if (take == 64) { /* whole words (the usual case): lane masks, vectorized */
+            uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
+            for (size_t i = 0; i < 32; i++) keep[q + i] = -(uint32_t)((lo & bitmask[i]) != 0);
+            for (size_t i = 0; i < 32; i++) keep[q + 32 + i] = -(uint32_t)((hi & bitmask[i]) != 0);
+        } else {
+            for (size_t i = 0; i < take; i++) keep[q + i] = -(uint32_t)((v >> i) & 1);
+        }
+        q += take;
+    }
+}
+
 /* ---------------------------------------------------------------- scan passes */
 
 void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
@@ -477,6 +571,7 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
                 uint32_t keep[GTA_BLK];
                 block_delta(xi + e, b + e, n, d);
                 keep_block(s, m, &cur, c->e0 + e, d, n, j0, xi + r0, b + r0, cols, keep);
+                if (m->keep_bits) bits_store(m->keep_bits, c->e0 + e, keep, n, c->e0, c->e1);
                 for (size_t q = 0; q < n; q++) { /* in element order: the sums' bits depend on it */
                     double a = fabs((double)d[q]), ak;
                     /* keep ? a : +0 on the bits (a compiler branch here would be mispredicted); after
@@ -583,7 +678,8 @@ void gta_apply(const struct alloy_merge_job *job, const void *state, const struc
     float D[GTA_MAX_MODELS][GTA_BLK];
     for (size_t r0 = 0; r0 < len; r0 += cols) {
         for (int j = 0; j < nm; j++)
-            della_scratch_rank(&ds, &s->m[j], (size_t)j, x[s->m[j].input] + r0, b + r0, cols, &cur[j]);
+            if (!s->m[j].keep_bits)
+                della_scratch_rank(&ds, &s->m[j], (size_t)j, x[s->m[j].input] + r0, b + r0, cols, &cur[j]);
         for (size_t j0 = 0; j0 < cols; j0 += GTA_BLK) {
             size_t n = cols - j0 < GTA_BLK ? cols - j0 : GTA_BLK, e = r0 + j0;
             for (int j = 0; j < nm; j++) {
@@ -597,7 +693,10 @@ void gta_apply(const struct alloy_merge_job *job, const void *state, const struc
                     continue;
                 }
                 uint32_t keep[GTA_BLK];
-                keep_block(s, m, &cur[j], c->e0 + e, Dj, n, j0, xi + r0, b + r0, cols, keep);
+                if (m->keep_bits)
+                    bits_load(m->keep_bits, c->e0 + e, n, keep);
+                else
+                    keep_block(s, m, &cur[j], c->e0 + e, Dj, n, j0, xi + r0, b + r0, cols, keep);
                 for (size_t q = 0; q < n; q++) { /* keep ? cj * d : +0, on the bits */
                     float v = cj * Dj[q];
                     uint32_t u;

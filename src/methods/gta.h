@@ -25,11 +25,13 @@
 #include "merge/method.h"
 #include "methods/select.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #define GTA_MAX_MODELS 64   /* task vectors per tensor (inputs minus the base) */
 #define GTA_L1_SLOTS   16   /* L1-norm sums per scan pass */
 #define GTA_HIST_SLOTS 8    /* radix histograms per scan pass (magnitude methods) */
+#define GTA_KEEP_BITS  ((uint64_t)1 << 27) /* keep-bitmap bits per tensor (16 MiB), whatever its size */
 
 /* Parameter indices, identical for every method of the family. */
 enum {
@@ -80,6 +82,8 @@ struct gta_model {
     float rescale;          /* before / after, or 1 */
     uint64_t rng_key;       /* random methods */
     uint64_t draw_thr;      /* random methods: keep iff alloy_rng_u64() >> 11 < draw_thr (u < density) */
+    _Atomic uint64_t *keep_bits; /* random methods with rescale: the L1 pass's keep decisions, bit e of
+                                    the tensor (within GTA_KEEP_BITS); NULL: apply() draws them again */
 };
 
 /* Random keep decisions of a block (gta.c): the fastest version this CPU runs. */
