@@ -38,6 +38,18 @@
 
 #include <stdio.h>
 
+/* Hot loops compiled for wider instruction sets too, chosen once per tensor by the CPU (gta_init). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#define GTA_X86_DISPATCH 1
+#else
+#define GTA_X86_DISPATCH 0
+#endif
+#ifdef __GNUC__
+#define GTA_INLINE inline __attribute__((always_inline))
+#else
+#define GTA_INLINE inline
+#endif
+
 /* ---------------------------------------------------------------- validation */
 
 static double tparam(const struct gta_kind *kind, const struct alloy_merge_job *job, int i, int k)
@@ -106,6 +118,7 @@ static uint64_t draw_threshold(double p)
 }
 
 static gta_draw_fn pick_draw(void);
+static gta_apply_fn pick_apply(void);
 
 /* Tensors from this size on select in select.h's wide layout: two histogram passes instead of three
  * (when the threshold has its low 16 bits zero), for a 256 KiB table per scan call. */
@@ -125,6 +138,7 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
     if (rc) return rc;
     s->kind = kind;
     s->draw = pick_draw();
+    s->apply = pick_apply();
     s->base = job->base;
     s->normalize = job->gp[GTA_P_NORMALIZE] != 0;
     s->lambda = (float)job->gp[GTA_P_LAMBDA];
@@ -343,7 +357,7 @@ static void draw_generic(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const 
     GTA_DRAW_BODY
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#if GTA_X86_DISPATCH
 __attribute__((target("avx2"))) static void draw_avx2(uint64_t rk, uint64_t e, size_t n, uint64_t thr,
                                                       const uint64_t *restrict thrs, uint32_t *restrict keep)
 {
@@ -359,7 +373,7 @@ draw_avx512(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint64_t *res
 
 static gta_draw_fn pick_draw(void)
 {
-#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#if GTA_X86_DISPATCH
     if (__builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) return draw_avx512;
     if (__builtin_cpu_supports("avx2")) return draw_avx2;
 #endif
@@ -370,7 +384,7 @@ static gta_draw_fn pick_draw(void)
 #define GTA_BLK 256
 
 /* Deltas of one block: d[q] = xi[q] - b[q]. */
-static void block_delta(const float *restrict xi, const float *restrict b, size_t n, float *restrict d)
+static GTA_INLINE void block_delta(const float *restrict xi, const float *restrict b, size_t n, float *restrict d)
 {
     for (size_t q = 0; q < n; q++) d[q] = xi[q] - b[q];
 }
@@ -496,7 +510,7 @@ static void bits_store(_Atomic uint64_t *map, uint64_t e, const uint32_t *keep, 
 }
 
 /* keep[q] = ~0u if bit e + q of map is set, else 0 (after the pass: the pool's barrier orders it). */
-static void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, uint32_t *restrict keep)
+static GTA_INLINE void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, uint32_t *restrict keep)
 {
     static const uint32_t bitmask[32] = {
         1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
@@ -625,7 +639,7 @@ int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const
 /* Merges one block of n elements from the models' masked, weighted deltas D[j][0..n). The sums over
  * models run in model order in double, as the per-element formula in gta.h reads; zero entries and
  * disagreeing signs add +0, which leaves the sums' bits unchanged (none of them is ever -0). */
-static void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b, size_t n,
+static GTA_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b, size_t n,
                         float *restrict out)
 {
     double sum[GTA_BLK], num[GTA_BLK], z[GTA_BLK];
@@ -654,10 +668,12 @@ static void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], 
     for (size_t q = 0; q < n; q++) out[q] = b[q] + (float)(lambda * num[q]);
 }
 
-void gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-               const float *const *x, float *out)
+/* The apply() loop, compiled twice below (with the block helpers inlined into it): for the baseline
+ * instruction set and for AVX2 (twice the lanes; no FMA, and the same operations in the same order,
+ * so the same bits). */
+static GTA_INLINE void apply_body(const struct alloy_merge_job *job, const struct gta_state *s,
+                                  const struct alloy_chunk *c, const float *const *x, float *out)
 {
-    const struct gta_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     const float *b = x[s->base];
     int nm = s->nm;
@@ -710,4 +726,33 @@ void gta_apply(const struct alloy_merge_job *job, const void *state, const struc
     }
     free(ds.thr);
     free(ds.sort);
+}
+
+static void apply_generic(const struct alloy_merge_job *job, const struct gta_state *s, const struct alloy_chunk *c,
+                          const float *const *x, float *out)
+{
+    apply_body(job, s, c, x, out);
+}
+
+#if GTA_X86_DISPATCH
+__attribute__((target("avx2"))) static void apply_avx2(const struct alloy_merge_job *job, const struct gta_state *s,
+                                                       const struct alloy_chunk *c, const float *const *x, float *out)
+{
+    apply_body(job, s, c, x, out);
+}
+#endif
+
+static gta_apply_fn pick_apply(void)
+{
+#if GTA_X86_DISPATCH
+    if (__builtin_cpu_supports("avx2")) return apply_avx2;
+#endif
+    return apply_generic;
+}
+
+void gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+               const float *const *x, float *out)
+{
+    const struct gta_state *s = state;
+    s->apply(job, s, c, x, out);
 }

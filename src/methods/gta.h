@@ -89,9 +89,15 @@ struct gta_model {
 /* Random keep decisions of a block (gta.c): the fastest version this CPU runs. */
 typedef void (*gta_draw_fn)(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint64_t *thrs, uint32_t *keep);
 
+struct gta_state;
+/* apply() for one chunk (gta.c): the version for this CPU's instruction set. */
+typedef void (*gta_apply_fn)(const struct alloy_merge_job *job, const struct gta_state *s,
+                             const struct alloy_chunk *c, const float *const *x, float *out);
+
 struct gta_state {
     const struct gta_kind *kind;
     gta_draw_fn draw;
+    gta_apply_fn apply;
     int nm;                 /* task vectors */
     int base;
     struct gta_model m[GTA_MAX_MODELS];
