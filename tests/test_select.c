@@ -242,7 +242,7 @@ static int run_select_wide(const float *v, size_t n, size_t cs, uint64_t k, int 
         uint32_t *accs = calloc(nchunks ? nchunks : 1, ALLOY_SEL_BINS * sizeof(uint32_t));
         for (size_t c = 0; c < nchunks; c++) {
             size_t e0 = c * cs, e1 = e0 + cs < n ? e0 + cs : n;
-            struct alloy_sel_local loc = {NULL, 1, 0};
+            struct alloy_sel_local loc = {NULL};
             int wide0 = alloy_sel_wide_level0(s);
             if (wide0 && !no_local) alloy_sel_local_init(&loc);
             for (size_t e = e0; e < e1;) {

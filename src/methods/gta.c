@@ -541,7 +541,7 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
     size_t len = (size_t)(c->e1 - c->e0);
     const float *b = x[s->base];
     uint32_t *hist0 = (uint32_t *)(void *)((uint8_t *)acc + sizeof(struct gta_acc_head));
-    struct alloy_sel_local loc = {NULL, 1, 0}; /* a wide level 0's table, shared by the slots */
+    struct alloy_sel_local loc = {NULL}; /* a wide level 0's table, shared by the slots */
     int have_loc = 0;
     for (int h = 0; h < s->n_hist; h++) {
         const struct gta_model *m = &s->m[s->hist_model[h]];

@@ -143,7 +143,7 @@ void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, siz
     int l = s->level;
     if (l >= ALLOY_SEL_LEVELS) return;
     if (s->wide && l == 0) {
-        struct alloy_sel_local direct = {NULL, 1, 0};
+        struct alloy_sel_local direct = {NULL};
         alloy_sel_hist_wide(s, keys, n, &direct);
         return;
     }
@@ -166,9 +166,7 @@ void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, siz
 
 void alloy_sel_local_init(struct alloy_sel_local *l)
 {
-    l->h = alloy_xmalloc(ALLOY_SEL_WIDE_BINS * sizeof *l->h);
-    l->lo = 1;
-    l->hi = 0;
+    l->h = alloy_xcalloc(ALLOY_SEL_WIDE_BINS, sizeof *l->h);
 }
 
 void alloy_sel_local_free(struct alloy_sel_local *l)
@@ -188,41 +186,28 @@ void alloy_sel_hist_wide(const struct alloy_select *s, const uint32_t *keys, siz
         for (int i = STRIPES - 1; i >= 0; i--) pthread_mutex_unlock(&s->shared->stripe[i]);
         return;
     }
-    /* the table is zeroed lazily: only the bins this chunk's keys reach */
-    uint32_t lo = UINT32_MAX, hi = 0;
-    for (size_t e = 0; e < n; e++) { /* vectorized */
-        uint32_t b = keys[e] >> 16;
-        lo = b < lo ? b : lo;
-        hi = b > hi ? b : hi;
-    }
-    if (l->lo > l->hi) {
-        memset(l->h + lo, 0, (size_t)(hi - lo + 1) * sizeof *l->h);
-        l->lo = lo;
-        l->hi = hi;
-    } else {
-        if (lo < l->lo) memset(l->h + lo, 0, (size_t)(l->lo - lo) * sizeof *l->h);
-        if (hi > l->hi) memset(l->h + l->hi + 1, 0, (size_t)(hi - l->hi) * sizeof *l->h);
-        if (lo < l->lo) l->lo = lo;
-        if (hi > l->hi) l->hi = hi;
-    }
     uint32_t *h = l->h;
     for (size_t e = 0; e < n; e++) h[keys[e] >> 16]++;
 }
 
 void alloy_sel_merge_wide(const struct alloy_select *s, struct alloy_sel_local *l)
 {
-    if (l->h && l->lo <= l->hi) {
-        uint64_t *h = shared_hist(s);
-        const uint32_t per = ALLOY_SEL_WIDE_BINS / STRIPES;
-        for (uint32_t i = l->lo / per; h && i <= l->hi / per; i++) {
-            uint32_t b0 = i * per > l->lo ? i * per : l->lo, b1 = i * per + per - 1 < l->hi ? i * per + per - 1 : l->hi;
-            pthread_mutex_lock(&s->shared->stripe[i]);
-            for (uint32_t b = b0; b <= b1; b++) h[b] += l->h[b];
-            pthread_mutex_unlock(&s->shared->stripe[i]);
-        }
+    if (!l->h) return;
+    /* stripe by stripe, skipping the empty ones (all of the upper half for magnitude keys); the table
+       is left zeroed for the next chunk */
+    const size_t per = ALLOY_SEL_WIDE_BINS / STRIPES;
+    uint64_t *h = NULL;
+    for (int i = 0; i < STRIPES; i++) {
+        uint32_t *src = l->h + (size_t)i * per, any = 0;
+        for (size_t b = 0; b < per; b++) any |= src[b]; /* vectorized */
+        if (!any) continue;
+        if (!h && !(h = shared_hist(s))) return; /* no total: reduce reports it */
+        uint64_t *dst = h + (size_t)i * per;
+        pthread_mutex_lock(&s->shared->stripe[i]);
+        for (size_t b = 0; b < per; b++) dst[b] += src[b];
+        pthread_mutex_unlock(&s->shared->stripe[i]);
+        memset(src, 0, per * sizeof *src);
     }
-    l->lo = 1;
-    l->hi = 0;
 }
 
 void alloy_sel_keep_block(const struct alloy_select *s, const uint32_t *keys, size_t n, uint64_t *ties,

@@ -107,12 +107,11 @@ struct alloy_select {
 
 #define ALLOY_SEL_WIDE_BINS 65536
 
-/* A chunk's local level-0 counts of a wide selection: bins [lo, hi] of h
- * hold counts (none when lo > hi); h NULL: counted straight into the
- * shared total (slow; only when the table could not be allocated). */
+/* A chunk's local level-0 counts of a wide selection (zero between
+ * chunks); h NULL: counted straight into the shared total (slow; only when
+ * the table could not be allocated). */
 struct alloy_sel_local {
     uint32_t *h;         /* [ALLOY_SEL_WIDE_BINS] */
-    uint32_t lo, hi;
 };
 
 /* Order-preserving key of any float. */
