@@ -255,7 +255,8 @@ static int run_select_wide(const float *v, size_t n, size_t cs, uint64_t k, int 
                 e += len;
             }
             if (wide0) {
-                alloy_sel_merge_wide(s, &loc);
+                const struct alloy_select *sp = s;
+                alloy_sel_merge_wide(&sp, 1, &loc);
                 alloy_sel_local_free(&loc);
             }
         }

@@ -543,13 +543,16 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
     uint32_t *hist0 = (uint32_t *)(void *)((uint8_t *)acc + sizeof(struct gta_acc_head));
     struct alloy_sel_local loc = {NULL}; /* a wide level 0's table, shared by the slots */
     int have_loc = 0;
-    for (int h = 0; h < s->n_hist; h++) {
+    for (int h = 0, h1; h < s->n_hist; h = h1) {
+        /* slots h .. h1-1: one model's selections (outliers: two), over the same keys; those at a wide
+           level 0 share one count */
         const struct gta_model *m = &s->m[s->hist_model[h]];
-        const struct alloy_select *sel = &m->sel[s->hist_sel[h]];
         const float *xi = x[m->input];
-        uint32_t *hist = hist0 + (size_t)h * ALLOY_SEL_BINS;
-        int wide0 = alloy_sel_wide_level0(sel);
-        if (wide0 && !have_loc) {
+        const struct alloy_select *wide[2];
+        int nwide = 0;
+        for (h1 = h; h1 < s->n_hist && s->hist_model[h1] == s->hist_model[h]; h1++)
+            if (alloy_sel_wide_level0(&m->sel[s->hist_sel[h1]]) && nwide < 2) wide[nwide++] = &m->sel[s->hist_sel[h1]];
+        if (nwide && !have_loc) {
             alloy_sel_local_init(&loc);
             have_loc = 1;
         }
@@ -557,12 +560,14 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
             size_t n = len - e < GTA_BLK ? len - e : GTA_BLK;
             uint32_t key[GTA_BLK];
             for (size_t q = 0; q < n; q++) key[q] = alloy_sel_key_abs(xi[e + q] - b[e + q]);
-            if (wide0)
-                alloy_sel_hist_wide(sel, key, n, &loc);
-            else
-                alloy_sel_hist_keys(sel, key, n, hist);
+            for (int w = 0; w < nwide; w++)
+                if (w == 0 || !loc.h) alloy_sel_hist_wide(wide[w], key, n, &loc); /* no table: each its own */
+            for (int t = h; t < h1; t++) {
+                const struct alloy_select *sel = &m->sel[s->hist_sel[t]];
+                if (!alloy_sel_wide_level0(sel)) alloy_sel_hist_keys(sel, key, n, hist0 + (size_t)t * ALLOY_SEL_BINS);
+            }
         }
-        if (wide0) alloy_sel_merge_wide(sel, &loc);
+        if (nwide) alloy_sel_merge_wide(wide, nwide, &loc);
     }
     if (have_loc) alloy_sel_local_free(&loc);
     if (!s->n_l1) return;

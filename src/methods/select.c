@@ -190,22 +190,24 @@ void alloy_sel_hist_wide(const struct alloy_select *s, const uint32_t *keys, siz
     for (size_t e = 0; e < n; e++) h[keys[e] >> 16]++;
 }
 
-void alloy_sel_merge_wide(const struct alloy_select *s, struct alloy_sel_local *l)
+void alloy_sel_merge_wide(const struct alloy_select *const *sel, int nsel, struct alloy_sel_local *l)
 {
     if (!l->h) return;
     /* stripe by stripe, skipping the empty ones (all of the upper half for magnitude keys); the table
        is left zeroed for the next chunk */
     const size_t per = ALLOY_SEL_WIDE_BINS / STRIPES;
-    uint64_t *h = NULL;
     for (int i = 0; i < STRIPES; i++) {
         uint32_t *src = l->h + (size_t)i * per, any = 0;
         for (size_t b = 0; b < per; b++) any |= src[b]; /* vectorized */
         if (!any) continue;
-        if (!h && !(h = shared_hist(s))) return; /* no total: reduce reports it */
-        uint64_t *dst = h + (size_t)i * per;
-        pthread_mutex_lock(&s->shared->stripe[i]);
-        for (size_t b = 0; b < per; b++) dst[b] += src[b];
-        pthread_mutex_unlock(&s->shared->stripe[i]);
+        for (int q = 0; q < nsel; q++) {
+            uint64_t *h = shared_hist(sel[q]);
+            if (!h) continue; /* no total: reduce reports it */
+            uint64_t *dst = h + (size_t)i * per;
+            pthread_mutex_lock(&sel[q]->shared->stripe[i]);
+            for (size_t b = 0; b < per; b++) dst[b] += src[b];
+            pthread_mutex_unlock(&sel[q]->shared->stripe[i]);
+        }
         memset(src, 0, per * sizeof *src);
     }
 }

@@ -68,7 +68,8 @@
  *   (alloy_sel_wide_level0()) into a chunk-local table instead of acc:
  *              struct alloy_sel_local loc; alloy_sel_local_init(&loc);
  *              alloy_sel_hist_wide(&s, keys, n, &loc) per block of keys;
- *              alloy_sel_merge_wide(&s, &loc); alloy_sel_local_free(&loc);
+ *              alloy_sel_merge_wide(&sp, 1, &loc); alloy_sel_local_free(&loc);
+ *   (sp = &s; several selections over the same keys share one count.)
  *
  * Thread safety: scan/apply only read the selection (a wide level 0 adds
  * into its shared counts under their locks); reduce/free write it.
@@ -182,11 +183,12 @@ static inline int alloy_sel_bin(const struct alloy_select *s, uint32_t key)
 void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, size_t n, uint32_t *hist);
 
 /* Wide level 0: a chunk-local table (h NULL if it cannot be allocated),
- * counting keys into it, adding it to the selection's total (and emptying
- * it for the next chunk), freeing it. */
+ * counting keys into it, adding it to the totals of nsel selections at
+ * their level 0 over the same keys (and emptying it for the next chunk),
+ * freeing it. */
 void alloy_sel_local_init(struct alloy_sel_local *l);
 void alloy_sel_hist_wide(const struct alloy_select *s, const uint32_t *keys, size_t n, struct alloy_sel_local *l);
-void alloy_sel_merge_wide(const struct alloy_select *s, struct alloy_sel_local *l);
+void alloy_sel_merge_wide(const struct alloy_select *const *sel, int nsel, struct alloy_sel_local *l);
 void alloy_sel_local_free(struct alloy_sel_local *l);
 
 /* Folds the current level's per-chunk histograms (chunk c's histogram is at
