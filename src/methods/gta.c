@@ -4,33 +4,58 @@
  * rescale and the consensus merge.
  *
  * DESIGN
- *   Masks are never stored. Each one is a pure function of the element (its
- *   index, its |delta| key, its rank inside its row) and of small per-model
- *   state fixed by the scan passes, so scan passes and apply() recompute it
- *   identically chunk by chunk:
+ *   Masks are pure functions of the element (its index, its |delta| key,
+ *   its rank inside its row) and of small per-model state fixed by the scan
+ *   passes, so scan passes and apply() recompute them identically chunk by
+ *   chunk:
  *     magnitude  keep the k = int(density*N) largest |delta| (select.h:
- *                exact radix selection, <= 3 histogram passes; ties at the
- *                threshold go to the lowest element indices)
+ *                exact radix selection; ties at the threshold go to the
+ *                lowest element indices). Tensors of GTA_WIDE_MIN elements
+ *                or more use select.h's wide layout: 2 histogram passes when
+ *                the threshold has its low 16 bits zero (bfloat16 data),
+ *                else 3; smaller tensors the narrow one (<= 3)
  *     outliers   keep the top (N - n_bot) minus the top n_top: two nested
- *                selections under the same total order
+ *                selections under the same total order (sharing their
+ *                level-0 count)
  *     random     keep iff u(seed, tensor, model, element) < density
  *     della      keep iff u(...) < (density - eps) + 2 eps (rank - 1)/(C - 1),
  *                rank = 1-based ascending rank of |delta| within its row
  *                (stable: equal values rank by column), recomputed per row
  *                with an LSD radix sort into O(cols) scratch
- *   With `rescale` a sparsified task vector is multiplied by
- *   sum|delta| / sum|kept delta| (whole tensor, mergekit's L1 matching),
- *   which takes one more scan pass (after the selection passes for the
- *   magnitude methods). Each pass serves up to GTA_HIST_SLOTS histograms and
- *   GTA_L1_SLOTS L1 sums, so any number of models works with a fixed
- *   accumulator size; models beyond that take further passes.
+ *   The draws are compared as integers (draw_threshold: the same decisions
+ *   as the double comparison). With `rescale` a sparsified task vector is
+ *   multiplied by sum|delta| / sum|kept delta| (whole tensor, mergekit's L1
+ *   matching), which takes one more scan pass (after the selection passes
+ *   for the magnitude methods). That pass also records the random methods'
+ *   decisions in a keep bitmap per model (one bit per element, at most
+ *   GTA_KEEP_BITS per tensor; models beyond that, or whose bitmap cannot be
+ *   allocated, draw again in apply()). Each pass serves up to GTA_HIST_SLOTS
+ *   histograms and GTA_L1_SLOTS L1 sums, so any number of models works with
+ *   a fixed accumulator size; models beyond that take further passes.
  *
- *   Arithmetic: deltas and masked deltas in float32; the L1 sums and the
- *   per-element sums over models (sign consensus, numerator, divisor) in
- *   double. State is O(models) plus select.h's O(nchunks) tie counts; della
+ *   Loops run over blocks of GTA_BLK elements: per model, the deltas, a
+ *   keep mask (integer compares, no branch: alloy_sel_keep_block splits
+ *   ties element by element only in the one block per chunk where the tie
+ *   budget runs out) and the masked weighted deltas D; then per element the
+ *   sums over models, still in model order. apply() is compiled for the
+ *   baseline instruction set and for AVX2, the draws also for AVX-512;
+ *   gta_init picks by the CPU. The operations and their order are the same
+ *   in every version (no FMA), so the bits are.
+ *
+ *   Arithmetic: deltas and masked deltas in float32; the L1 sums (in
+ *   element order) and the per-element sums over models (sign consensus,
+ *   numerator, divisor) in double. Adding +0 for a dropped or disagreeing
+ *   entry leaves a sum's bits unchanged, as none of them is ever -0.
+ *
+ *   Memory: O(models) state plus select.h's O(nchunks) tie counts and,
+ *   during a wide level 0, 512 KiB per selection and a 256 KiB table per
+ *   scan call; keep bitmaps up to GTA_KEEP_BITS / 8 bytes per tensor; della
  *   allocates O(models * cols) scratch per apply()/scan() call (if that
- *   fails, ranks are counted in place — slow but exact, since apply()
- *   cannot report errors).
+ *   fails, ranks and keep probabilities are computed per element — slow but
+ *   exact, since apply() cannot report errors). Scan passes write shared
+ *   state in two order-independent ways (method.h's exception): the wide
+ *   level-0 counts under locks, and bitmap bits, each written once, with an
+ *   atomic OR on the words a chunk shares with its neighbours.
  */
 #include "methods/gta.h"
 
@@ -348,7 +373,8 @@ static void rank_row(const float *xi, const float *b, size_t cols, uint32_t *ran
         for (size_t q = 0; q < n; q++)                                                                           \
             keep[q] = -(uint32_t)((int64_t)(alloy_rng_u64(rk, e + q) >> 11) < (int64_t)thrs[q]);                 \
     } else {                                                                                                     \
-        for (size_t q = 0; q < n; q++) keep[q] = -(uint32_t)((int64_t)(alloy_rng_u64(rk, e + q) >> 11) < (int64_t)thr); \
+        for (size_t q = 0; q < n; q++)                                                                           \
+            keep[q] = -(uint32_t)((int64_t)(alloy_rng_u64(rk, e + q) >> 11) < (int64_t)thr);                     \
     }
 
 static void draw_generic(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint64_t *restrict thrs,
@@ -644,8 +670,8 @@ int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const
 /* Merges one block of n elements from the models' masked, weighted deltas D[j][0..n). The sums over
  * models run in model order in double, as the per-element formula in gta.h reads; zero entries and
  * disagreeing signs add +0, which leaves the sums' bits unchanged (none of them is ever -0). */
-static GTA_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b, size_t n,
-                        float *restrict out)
+static GTA_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b,
+                                   size_t n, float *restrict out)
 {
     double sum[GTA_BLK], num[GTA_BLK], z[GTA_BLK];
     for (size_t q = 0; q < n; q++) sum[q] = 0;

@@ -17,7 +17,9 @@
  *   kept entirely ends the selection early (no exact value needed then).
  *   Memory: one uint32 histogram of ALLOY_SEL_BINS per chunk accumulator and
  *   selection, plus, only when ties at the threshold are split, one uint64
- *   per chunk — never anything proportional to the element count.
+ *   per chunk (and, in the wide layout below, a fixed 512 KiB total per
+ *   selection during level 0) — never anything proportional to the element
+ *   count.
  *
  *   Total order and tie rule. Elements are ordered by key, and among equal
  *   keys the LOWER element index counts as LARGER. "The k largest" is then
@@ -25,8 +27,9 @@
  *   (lowest-index) `ties` elements with key == thr... split across chunks:
  *   chunk c keeps the first alloy_sel_chunk_ties(s, c) of its elements equal
  *   to thr, in element order. The per-chunk tie counts come for free from
- *   the level-2 histograms (at that level a bin is one exact key), so no
- *   extra pass is needed. Two selections on the same keys (e.g. the top
+ *   the level-2 histograms (at that level a bin is one exact key; in the
+ *   wide layout, from the zero bin when it ends at level 1), so no extra
+ *   pass is needed. Two selections on the same keys (e.g. the top
  *   k1 and the top k2 < k1) are nested sets under this order.
  *
  *   Wide layout (alloy_sel_init_wide), for large tensors: two passes
@@ -34,19 +37,21 @@
  *   every magnitude of a bfloat16 value has (and most differences of two):
  *
  *       level 0: bits 31..16 (65536 bins)  all keys, counted per chunk into
- *                a local table and added under a lock into one total per
- *                selection (integer sums: order does not matter, so this is
- *                method.h's allowed exception; 512 KiB, freed at reduce)
+ *                a local table and added, stripe by stripe under striped
+ *                locks, into one total per selection (integer sums: order
+ *                does not matter, so this is method.h's allowed exception;
+ *                512 KiB, allocated by the first chunk, freed at reduce)
  *       level 1: bits 15..6  (1024 bins)   per chunk, plus bin 1024: the keys
  *                equal to prefix << 16 (low 16 bits zero) — when the k-th
  *                key is that one, bin 1024 gives the per-chunk tie counts and
  *                the selection ends here
  *       level 2: bits  5..0  (64 bins)     per chunk, only otherwise
  *
- *   Both layouts select the same set: only the passes differ. Keys outside
- *   the current prefix are a large, unpredictable fraction at level 1 of
- *   the narrow layout, so the histogram loops gather the matching keys'
- *   bins without a branch before counting them.
+ *   Both layouts select the same set: only the passes differ. At levels 1
+ *   and 2 the keys inside the prefix can be a large, unpredictable fraction,
+ *   so the histogram loop counts bin 0 (where a bfloat16 tensor's ties at
+ *   the threshold land) with a vector compare and gathers the other
+ *   matching keys' bins without a branch before counting them.
  *
  *   Keys: alloy_sel_key() orders all floats (-NaN < -Inf < ... < -0 < +0 <
  *   ... < +Inf < +NaN; -0 and +0 are distinct keys). alloy_sel_key_abs()
