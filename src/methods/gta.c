@@ -423,6 +423,7 @@ static void keep_block(const struct gta_state *s, const struct gta_model *m, str
                        uint32_t *restrict keep)
 {
     uint32_t key[GTA_BLK];
+    key[0] = 0; /* n >= 1; tells GCC's -O1 uninitialized-use analysis so */
     if (m->zero) {
         memset(keep, 0, n * sizeof *keep);
         return;
