@@ -187,13 +187,13 @@ static void naive_gta(int sp, int consensus, const struct gcase *k, int normaliz
 }
 
 /* Runs the case with several chunkings and thread counts; compares with ref. */
-static void expect_case(const struct gcase *k, const float *const *in, const double *ref, double tol, int line)
+/* Runs the case in each (chunk, threads) setting: every output within tol of ref, all bit-identical. */
+static void expect_runs(const struct gcase *k, const float *const *in, const double *ref, double tol, int line,
+                        const uint64_t *chunks, const int *threads, int nruns)
 {
     size_t N = (size_t)(k->rows * k->cols);
     float *out = malloc(N * sizeof *out), *first = malloc(N * sizeof *first);
-    const uint64_t chunks[] = {5, 64, 0, 7};
-    const int threads[] = {1, 3, 0, 2};
-    for (int r = 0; r < 4; r++) {
+    for (int r = 0; r < nruns; r++) {
         struct alloy_err err = {0};
         int rc = run_case(k, in, out, threads[r], chunks[r], &err);
         if (rc) {
@@ -216,6 +216,13 @@ static void expect_case(const struct gcase *k, const float *const *in, const dou
     }
     free(out);
     free(first);
+}
+
+static void expect_case(const struct gcase *k, const float *const *in, const double *ref, double tol, int line)
+{
+    static const uint64_t chunks[] = {5, 64, 0, 7};
+    static const int threads[] = {1, 3, 0, 2};
+    expect_runs(k, in, ref, tol, line, chunks, threads, 4);
 }
 
 static float **make_inputs(int n, size_t N, int span)
@@ -572,33 +579,9 @@ TEST(breadcrumbs_more_models_than_histogram_slots)
  * layout): fewer, larger chunkings. */
 static void expect_large(const struct gcase *k, const float *const *in, const double *ref, double tol, int line)
 {
-    size_t N = (size_t)(k->rows * k->cols);
-    float *out = malloc(N * sizeof *out), *first = malloc(N * sizeof *first);
-    const uint64_t chunks[] = {0, 4099, 50000};
-    const int threads[] = {0, 2, 3};
-    for (int r = 0; r < 3; r++) {
-        struct alloy_err err = {0};
-        int rc = run_case(k, in, out, threads[r], chunks[r], &err);
-        if (rc) {
-            test_fail(__FILE__, line, "%s: rc %d: %s", k->method, rc, err.msg);
-            break;
-        }
-        size_t bad = 0, worst = 0;
-        for (size_t e = 0; e < N; e++)
-            if (!(fabs(out[e] - ref[e]) <= tol * (1 + fabs(ref[e])))) {
-                if (!bad) worst = e;
-                bad++;
-            }
-        if (bad)
-            test_fail(__FILE__, line, "%s chunk %llu: %zu of %zu differ, first at %zu: %.9g vs %.9g", k->method,
-                      (unsigned long long)chunks[r], bad, N, worst, out[worst], ref[worst]);
-        if (r == 0) memcpy(first, out, N * sizeof *out);
-        else if (memcmp(first, out, N * sizeof *out))
-            test_fail(__FILE__, line, "%s: chunk %llu / %d threads changed the bits", k->method,
-                      (unsigned long long)chunks[r], threads[r]);
-    }
-    free(out);
-    free(first);
+    static const uint64_t chunks[] = {0, 4099, 50000};
+    static const int threads[] = {0, 2, 3};
+    expect_runs(k, in, ref, tol, line, chunks, threads, 3);
 }
 
 TEST(magnitude_methods_on_large_tensors)
