@@ -13,14 +13,16 @@
  *   first (the plan knows every offset), then tensors are merged chunk by
  *   chunk on the thread pool; each chunk is converted to the output dtype in
  *   place and written with pwrite at its final offset, so no tensor is ever
- *   held whole in memory. After a tensor, the input pages it used are
- *   dropped from the process (madvise DONTNEED), keeping the resident set
- *   bounded by the chunks in flight.
+ *   held whole in memory. Inputs are read with pread straight into the
+ *   chunk buffers, so no input page is mapped into the process (the mapping
+ *   is only touched for F64 inputs and embedding blocks, whose pages are
+ *   dropped with madvise DONTNEED after each chunk and tensor). Writeback of
+ *   each tensor is started with sync_file_range so the disk works while the
+ *   next tensors are merged.
  *
- *   Memory bound: threads x (inputs + 1) x ALLOY_CHUNK_ELEMS x 4 bytes of
- *   scratch (2 threads, 3 models: 8 MiB), plus per-chunk scan accumulators,
- *   plus the input pages of the tensor in progress that the kernel has not
- *   yet reclaimed.
+ *   Memory bound: threads x (inputs + 1) x chunk x 4 bytes of scratch (2
+ *   threads, 3 models: 8 MiB), kept by the pool across tensors, plus the
+ *   per-chunk scan accumulators and the methods' fixed-size state.
  */
 #include "core/internal.h"
 #include "merge/output.h"
