@@ -8,6 +8,7 @@
 #define ALLOY_TEST_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -37,6 +38,10 @@ int test_write_safetensors(const char *path, const struct test_tensor *t, int n)
 int test_write_text(const char *path, const char *text);
 /* Runs a shell command (output discarded) and reports its peak resident set in KiB. Returns the exit status. */
 int test_run_rss(const char *cmd, long *maxrss_kib);
+
+/* FNV-1a over the names and bytes of every regular file of a folder (symlinks not followed), in
+ * name order: equal before and after proves the folder unchanged. */
+uint64_t test_hash_dir(const char *dir);
 
 #define TEST(name)                                                                       \
     static void name(void);                                                              \

@@ -53,41 +53,6 @@ static const char *shim(void)
     return state == 1 ? so : NULL;
 }
 
-static uint64_t hash_file(const char *path, uint64_t h)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return h ^ 0xdead;
-    uint64_t buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
-        size_t words = n / 8;
-        for (size_t i = 0; i < words; i++) h = (h ^ buf[i]) * 0x100000001b3ull;
-        for (size_t i = words * 8; i < n; i++) h = (h ^ ((uint8_t *)buf)[i]) * 0x100000001b3ull;
-        h = (h ^ n) * 0x100000001b3ull;
-    }
-    fclose(f);
-    return h;
-}
-
-/* Names and bytes of every regular file in a folder, in name order. */
-static uint64_t hash_dir(const char *dir)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    struct dirent **list = NULL;
-    int n = scandir(dir, &list, NULL, alphasort);
-    for (int i = 0; i < n; i++) {
-        char path[1400];
-        snprintf(path, sizeof path, "%s/%s", dir, list[i]->d_name);
-        struct stat st;
-        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-            for (const char *c = list[i]->d_name; *c; c++) h = (h ^ (uint8_t)*c) * 0x100000001b3ull;
-            h = hash_file(path, h);
-        }
-        free(list[i]);
-    }
-    free(list);
-    return n < 0 ? 0 : h;
-}
 
 static uint64_t dir_bytes(const char *dir)
 {
@@ -187,7 +152,7 @@ TEST(faults_enospc_at_every_stage)
     scratch(root, sizeof root);
     snprintf(cfg, sizeof cfg, "%s/c.yml", root);
     CHECK_INT(test_write_text(cfg, g_linear), 0);
-    uint64_t in_code = hash_dir(FIX("code")), in_prose = hash_dir(FIX("prose"));
+    uint64_t in_code = test_hash_dir(FIX("code")), in_prose = test_hash_dir(FIX("prose"));
     /* a fault-free run gives the number of bytes the output takes (same folder name length) */
     snprintf(ref, sizeof ref, "%s/ref", root);
     snprintf(cmd, sizeof cmd, "%s merge %s %s --quiet --out-shard-size 500K", test_alloy_bin(), cfg, ref);
@@ -217,7 +182,7 @@ TEST(faults_enospc_at_every_stage)
     free(log);
     CHECK(access(fresh, F_OK) != 0);
     CHECK_INT(leftovers(root), 0);
-    CHECK_MSG(hash_dir(FIX("code")) == in_code && hash_dir(FIX("prose")) == in_prose, "an input changed");
+    CHECK_MSG(test_hash_dir(FIX("code")) == in_code && test_hash_dir(FIX("prose")) == in_prose, "an input changed");
 }
 
 TEST(faults_short_writes_are_retried)
@@ -238,7 +203,7 @@ TEST(faults_short_writes_are_retried)
     int rc = faulty_merge(root, "ALLOY_FI_SHORT=777", cfg, b, "--out-shard-size 700K --threads 2", &log);
     CHECK_MSG(rc == 0, "short writes made the merge fail (%d): %s", rc, log);
     free(log);
-    uint64_t ha = hash_dir(a), hb = hash_dir(b);
+    uint64_t ha = test_hash_dir(a), hb = test_hash_dir(b);
     CHECK_MSG(ha == hb && ha != 0, "short writes changed the output");
     /* a write that makes no progress at all is a failure, not a loop */
     char c[1024];
@@ -363,7 +328,7 @@ TEST(faults_sigint_sigterm_mid_merge)
         CHECK_INT(test_write_text(path, "{\"num_hidden_layers\": 1}"), 0);
     }
     free(w);
-    uint64_t h0 = hash_dir(m[0]), h1 = hash_dir(m[1]);
+    uint64_t h0 = test_hash_dir(m[0]), h1 = test_hash_dir(m[1]);
     snprintf(cfg, sizeof cfg, "%s/c.yml", root);
     snprintf(yaml, sizeof yaml, "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: 1}\n"
              "  - model: %s\n    parameters: {weight: 1}\n", m[0], m[1]);
@@ -399,5 +364,5 @@ TEST(faults_sigint_sigterm_mid_merge)
         }
         CHECK_MSG(interrupted, "signal %d never landed mid-merge", runs[r].sig);
     }
-    CHECK_MSG(hash_dir(m[0]) == h0 && hash_dir(m[1]) == h1, "an input changed");
+    CHECK_MSG(test_hash_dir(m[0]) == h0 && test_hash_dir(m[1]) == h1, "an input changed");
 }

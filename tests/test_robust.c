@@ -143,28 +143,6 @@ static int merge_with(const char *dir, const char *bad, char **log)
     return alloy(args, log);
 }
 
-/* FNV-1a over every regular file of a folder (names and bytes), to prove inputs unchanged. */
-static uint64_t hash_dir(const char *dir)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    struct dirent **list = NULL;
-    int n = scandir(dir, &list, NULL, alphasort);
-    for (int i = 0; i < n; i++) {
-        char path[1200];
-        snprintf(path, sizeof path, "%s/%s", dir, list[i]->d_name);
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-            for (const char *c = list[i]->d_name; *c; c++) h = (h ^ (uint8_t)*c) * 0x100000001b3ull;
-            FILE *f = fopen(path, "rb");
-            int ch;
-            while (f && (ch = getc(f)) != EOF) h = (h ^ (uint8_t)ch) * 0x100000001b3ull;
-            if (f) fclose(f);
-        }
-        free(list[i]);
-    }
-    free(list);
-    return h;
-}
 
 /* ------------------------------------------------------------ corrupt safetensors through the CLI */
 
@@ -583,7 +561,7 @@ TEST(robust_output_never_touches_inputs)
     mkdir_p(in);
     snprintf(path, sizeof path, "cp " FIX("code") "/* '%s/'", in);
     CHECK_INT(system(path), 0);
-    uint64_t before = hash_dir(in);
+    uint64_t before = test_hash_dir(in);
     snprintf(cfg, sizeof cfg, "%s/c.yml", dir);
     snprintf(yaml, sizeof yaml, "merge_method: passthrough\nmodels:\n  - model: %s\n", in);
     CHECK_INT(test_write_text(cfg, yaml), 0);
@@ -606,7 +584,7 @@ TEST(robust_output_never_touches_inputs)
         const char *w[] = {cases[i].want, "never overwrites its inputs", NULL};
         expect_failure(cases[i].name, rc, log, NULL, w);
         free(log);
-        CHECK_MSG(hash_dir(in) == before, "%s: the input folder changed", cases[i].name);
+        CHECK_MSG(test_hash_dir(in) == before, "%s: the input folder changed", cases[i].name);
         CHECK_INT(leftovers(dir) + leftovers(in), 0);
     }
     snprintf(path, sizeof path, "%s/merged", in);
@@ -636,7 +614,7 @@ TEST(robust_output_never_touches_inputs)
     CHECK_INT(symlink("../../blobs/f00d", path), 0);
     snprintf(path, sizeof path, "%s/config.json", snap);
     CHECK_INT(test_write_text(path, "{\"num_hidden_layers\": 4}"), 0);
-    uint64_t blobs_before = hash_dir(blobs);
+    uint64_t blobs_before = test_hash_dir(blobs);
     snprintf(yaml, sizeof yaml, "merge_method: passthrough\nmodels:\n  - model: %s\n", snap);
     CHECK_INT(test_write_text(cfg, yaml), 0);
     snprintf(args, sizeof args, "merge %s %s --quiet", cfg, blobs);
@@ -644,7 +622,7 @@ TEST(robust_output_never_touches_inputs)
     const char *w[] = {"a file of input model", NULL};
     expect_failure("output holds a linked shard", rc, log, NULL, w);
     free(log);
-    CHECK_MSG(hash_dir(blobs) == blobs_before, "the blobs folder changed");
+    CHECK_MSG(test_hash_dir(blobs) == blobs_before, "the blobs folder changed");
 }
 
 TEST(robust_output_symlink_target_is_not_deleted_and_mode)

@@ -8,7 +8,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -78,4 +80,37 @@ int test_run_rss(const char *cmd, long *maxrss_kib)
     if (wait4(pid, &st, 0, &ru) != pid) return -1;
     *maxrss_kib = ru.ru_maxrss;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static uint64_t hash_file(const char *path, uint64_t h)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return h ^ 0xdead;
+    uint8_t buf[1 << 15];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        for (size_t i = 0; i < n; i++) h = (h ^ buf[i]) * 0x100000001b3ull;
+        h = (h ^ n) * 0x100000001b3ull;
+    }
+    fclose(f);
+    return h;
+}
+
+uint64_t test_hash_dir(const char *dir)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    struct dirent **list = NULL;
+    int n = scandir(dir, &list, NULL, alphasort);
+    for (int i = 0; i < n; i++) {
+        char path[1400];
+        snprintf(path, sizeof path, "%s/%s", dir, list[i]->d_name);
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+            for (const char *c = list[i]->d_name; *c; c++) h = (h ^ (uint8_t)*c) * 0x100000001b3ull;
+            h = hash_file(path, h);
+        }
+        free(list[i]);
+    }
+    free(list);
+    return n < 0 ? 0 : h;
 }
