@@ -620,6 +620,39 @@ TEST(magnitude_methods_on_large_tensors)
     free_inputs(in, 3);
 }
 
+TEST(magnitude_methods_sampled_selection)
+{
+    /* >= 8 default chunks: gta.c samples the chunks, then one window pass finds the thresholds */
+    enum { R = 2100, C = 1024, N = R * C };
+    static const uint64_t chunks[] = {0, 50000};
+    static const int threads[] = {0, 2};
+    float **in = make_inputs(3, N, 40);                       /* grid deltas: the ties are counted, not kept */
+    double *ref = malloc(N * sizeof *ref);
+    struct gcase k;
+    gcase_init(&k, "ties", 3, 1, R, C);
+    k.w[0] = 0.7; k.w[2] = 0.4;
+    k.density[0] = 0.3; k.density[2] = 0.65;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_runs(&k, (const float *const *)in, ref, 1e-6, __LINE__, chunks, threads, 2);
+    gcase_init(&k, "breadcrumbs", 3, 1, R, C);
+    k.w[0] = 0.7; k.w[2] = 0.4;
+    k.density[0] = 0.5; k.extra[0] = 0.05;
+    k.density[2] = 0.8; k.extra[2] = 0.01;
+    naive_gta(SP_OUTLIERS, 0, &k, 0, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_runs(&k, (const float *const *)in, ref, 1e-6, __LINE__, chunks, threads, 2);
+    /* continuous deltas: the window's keys are collected */
+    for (int i = 0; i < 3; i++)
+        if (i != 1)
+            for (size_t e = 0; e < N; e++) in[i][e] = in[1][e] + (float)(urand() - 0.5) * 0.25f;
+    gcase_init(&k, "ties", 3, 1, R, C);
+    k.w[0] = 0.6; k.w[2] = 0.4;
+    k.density[0] = 0.2; k.density[2] = 0.7;
+    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
+    expect_runs(&k, (const float *const *)in, ref, 1e-5, __LINE__, chunks, threads, 2);
+    free(ref);
+    free_inputs(in, 3);
+}
+
 /* ---------------------------------------------------------------- dare and della */
 
 /* Observes model i's keep mask: the same job with every other model equal to

@@ -8,6 +8,7 @@
  */
 #include "test.h"
 #include "alloy.h"
+#include "merge/method.h"
 #include "methods/select.h"
 
 #include <stdint.h>
@@ -351,6 +352,173 @@ TEST(select_wide_matches_sort)
     for (size_t b = 0; b < 8; b++) CHECK(check_wide(v, N, 1000, ks[b], 1, 0) <= 2);
     for (size_t e = 0; e < N; e++) v[e] = 0.0f;
     for (size_t b = 0; b < 8; b++) check_wide(v, N, 777, ks[b], 1, 0);
+}
+
+/* ---------------------------------------------------------------- sampled layout */
+
+static int g_window_passes; /* window passes of the last run_select_sampled() */
+
+/* run_select_wide() for the sampled layout: the sample pass counts only k_sample chunks (as the
+ * driver's sample passes: alloy_sample_chunk), the window pass collects through
+ * alloy_sel_window_add() in blocks of varying size, the rest as the wide layout. The window budget
+ * is `window_keys`. Returns the pass count (2 when the window held the k-th key). */
+static int run_select_sampled(const float *v, size_t n, size_t cs, uint64_t k, size_t k_sample,
+                              uint64_t window_keys, struct alloy_select *s, unsigned char *keep)
+{
+    size_t nchunks = (n + cs - 1) / cs;
+    int passes = 0;
+    struct alloy_err err = {0};
+    if (alloy_sel_init_sampled(s, n, k, &err)) return -1;
+    s->window_keys = window_keys;
+    g_window_passes = 0;
+    uint32_t *keys = malloc((n ? n : 1) * sizeof *keys), *mask = malloc((n ? n : 1) * sizeof *mask);
+    for (size_t e = 0; e < n; e++) keys[e] = alloy_sel_key_abs(v[e]);
+    while (alloy_sel_active(s)) {
+        int sample = alloy_sel_sample_stage(s) && k_sample < nchunks;
+        size_t todo = sample ? k_sample : nchunks;
+        g_window_passes += alloy_sel_window_stage(s);
+        uint32_t *accs = calloc(nchunks ? nchunks : 1, ALLOY_SEL_BINS * sizeof(uint32_t));
+        for (size_t i = 0; i < todo; i++) {
+            size_t c = sample ? alloy_sample_chunk(i, k_sample, nchunks) : i;
+            size_t e0 = c * cs, e1 = e0 + cs < n ? e0 + cs : n;
+            struct alloy_sel_local loc = {NULL};
+            int wide0 = alloy_sel_wide_level0(s), window = alloy_sel_window_stage(s);
+            if (wide0) alloy_sel_local_init(&loc);
+            for (size_t e = e0; e < e1;) {
+                size_t len = 1 + (size_t)(urand() * 300);
+                if (len > e1 - e) len = e1 - e;
+                if (window)
+                    alloy_sel_window_add(s, c, keys + e, len);
+                else if (wide0)
+                    alloy_sel_hist_wide(s, keys + e, len, &loc);
+                else
+                    alloy_sel_hist_keys(s, keys + e, len, accs + c * ALLOY_SEL_BINS);
+                e += len;
+            }
+            if (wide0) {
+                const struct alloy_select *sp = s;
+                alloy_sel_merge_wide(&sp, 1, &loc);
+                alloy_sel_local_free(&loc);
+            }
+        }
+        int rc = alloy_sel_sample_stage(s) ? alloy_sel_reduce_sample(s, sample, nchunks, &err)
+                                           : alloy_sel_reduce(s, accs, nchunks, ALLOY_SEL_BINS * sizeof(uint32_t), 0, &err);
+        free(accs);
+        if (rc || ++passes > ALLOY_SEL_LEVELS + 2) {
+            free(keys);
+            free(mask);
+            return -1;
+        }
+    }
+    for (size_t c = 0; c < nchunks; c++) {
+        uint64_t ties = alloy_sel_chunk_ties(s, c);
+        size_t e0 = c * cs, e1 = e0 + cs < n ? e0 + cs : n;
+        alloy_sel_keep_block(s, keys + e0, e1 - e0, &ties, mask + e0);
+    }
+    for (size_t e = 0; e < n; e++) keep[e] = mask[e] == ~0u ? 1 : mask[e] == 0 ? 0 : 2;
+    free(keys);
+    free(mask);
+    return passes;
+}
+
+/* Compares the sampled layout with sorting (magnitudes); returns the pass count, -1 on a mismatch. */
+static int check_sampled(const float *v, size_t n, size_t cs, uint64_t k, size_t k_sample, uint64_t window_keys,
+                         int line)
+{
+    struct ref_item *it = malloc((n ? n : 1) * sizeof *it);
+    unsigned char *ref = calloc(n ? n : 1, 1), *got = calloc(n ? n : 1, 1);
+    for (size_t e = 0; e < n; e++) it[e] = (struct ref_item){alloy_sel_key_abs(v[e]), e};
+    qsort(it, n, sizeof *it, ref_cmp);
+    for (size_t r = 0; r < k && r < n; r++) ref[it[r].idx] = 1;
+    struct alloy_select s;
+    int passes = run_select_sampled(v, n, cs, k, k_sample, window_keys, &s, got);
+    size_t bad = passes < 0 ? n + 1 : 0;
+    for (size_t e = 0; e < n && passes >= 0; e++) bad += ref[e] != got[e];
+    if (bad) {
+        test_fail(__FILE__, line, "sampled: n=%zu cs=%zu k=%llu sample=%zu: %zu mismatches (passes %d)", n, cs,
+                  (unsigned long long)k, k_sample, bad, passes);
+        passes = -1;
+    }
+    alloy_sel_free(&s);
+    free(it);
+    free(ref);
+    free(got);
+    return passes;
+}
+
+static double gauss(void) { return sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand()); }
+
+TEST(select_sampled_window_matches_sort)
+{
+    enum { N = 60000, CS = 1000 };
+    static float v[N];
+    const uint64_t ks[] = {1, 600, 15000, 30000, 30001, 45000, 59000, N - 1};
+    const uint64_t big = ALLOY_SEL_WINDOW_KEYS;
+    /* bfloat16 deltas: heavy ties on a few exact values, counted per bin, never collected */
+    for (size_t e = 0; e < N; e++) v[e] = bf16_round((float)(gauss() * 0.01)) - bf16_round((float)(gauss() * 0.01));
+    for (size_t b = 0; b < 8; b++) {
+        int p = check_sampled(v, N, CS, ks[b], 4, big, __LINE__);
+        if (ks[b] >= 600 && ks[b] <= 59000) CHECK_MSG(p == 2, "bf16 k=%llu: %d passes, the window should hold it", (unsigned long long)ks[b], p);
+    }
+    /* float32 values: the window's keys are collected (and the chunk count not a multiple of the sample) */
+    for (size_t e = 0; e < N; e++) v[e] = (float)(gauss() * 0.01);
+    for (size_t b = 0; b < 8; b++) {
+        int p = check_sampled(v, N - 123, CS, ks[b] > N - 123 ? N - 123 : ks[b], 5, big, __LINE__);
+        if (ks[b] >= 15000 && ks[b] <= 45000) CHECK(p == 2); /* tails: windows of too many bins here */
+    }
+    /* all equal: the k-th key is a zero-low key of one bin; ties split across chunks from the counts */
+    for (size_t e = 0; e < N; e++) v[e] = 0.25f;
+    for (size_t b = 0; b < 8; b++) CHECK(check_sampled(v, N, CS, ks[b], 4, big, __LINE__) == 2);
+    /* a window of more than 8 bins with zero-low keys: bfloat16 magnitudes over one octave (128 values;
+       this small sample's margin is about 13% of the ranks) */
+    for (size_t e = 0; e < N; e++) v[e] = bf16_round((float)exp2(-urand()));
+    for (size_t b = 0; b < 8; b++) {
+        int p = check_sampled(v, N, CS, ks[b], 6, big, __LINE__);
+        if (ks[b] >= 600 && ks[b] <= 59000) CHECK_MSG(p == 2, "one octave, k=%llu: %d passes", (unsigned long long)ks[b], p);
+    }
+}
+
+TEST(select_sampled_falls_back_exactly)
+{
+    enum { N = 40000, CS = 500 };
+    static float v[N];
+    const uint64_t ks[] = {1, 400, 20000, 39999};
+    const size_t nchunks = N / CS, ksample = 4;
+    /* unrepresentative sample: the sampled chunks hold small values, the others large ones */
+    for (size_t e = 0; e < N; e++) v[e] = (float)(gauss() * 0.01);
+    for (size_t i = 0; i < ksample; i++) {
+        size_t c = alloy_sample_chunk(i, ksample, nchunks);
+        for (size_t e = c * CS; e < (c + 1) * CS; e++) v[e] *= 1e-3f;
+    }
+    for (size_t b = 0; b < 4; b++) {
+        int p = check_sampled(v, N, CS, ks[b], ksample, ALLOY_SEL_WINDOW_KEYS, __LINE__);
+        if (ks[b] == 20000) CHECK_MSG(p > 2 && g_window_passes == 1, "k=20000: %d passes, expected a fallback", p);
+    }
+    /* more keys in the window than the sample promised: over the budget, then the full levels. The
+       sample sees uniform values; elsewhere half of them crowd around the median */
+    for (size_t e = 0; e < N; e++) v[e] = (float)(1 + urand());
+    for (size_t c = 0; c < nchunks; c++) {
+        int sampled = 0;
+        for (size_t i = 0; i < ksample; i++) sampled |= alloy_sample_chunk(i, ksample, nchunks) == c;
+        for (size_t e = c * CS; e < (c + 1) * CS && !sampled; e += 2) v[e] = 1.5f * (float)(1 + 1e-6 * urand());
+    }
+    for (size_t b = 0; b < 4; b++) {
+        int p = check_sampled(v, N, CS, ks[b], ksample, 20000, __LINE__);
+        if (ks[b] == 20000) CHECK(p > 2 && g_window_passes == 1);
+    }
+    /* magnitudes over 40 octaves: too many bins for a window */
+    for (size_t e = 0; e < N; e++) v[e] = (float)exp2(-40.0 * urand());
+    check_sampled(v, N, CS, 20000, ksample, ALLOY_SEL_WINDOW_KEYS, __LINE__);
+    CHECK(g_window_passes == 0);
+    /* a sample of every chunk is an exact level 0 */
+    for (size_t e = 0; e < N; e++) v[e] = bf16_round((float)(gauss() * 0.01));
+    for (size_t b = 0; b < 4; b++) {
+        check_sampled(v, N, CS, ks[b], nchunks, ALLOY_SEL_WINDOW_KEYS, __LINE__);
+        CHECK(g_window_passes == 0);
+    }
+    /* k = 0 and k = n need no pass */
+    CHECK(check_sampled(v, N, CS, 0, ksample, ALLOY_SEL_WINDOW_KEYS, __LINE__) == 0);
+    CHECK(check_sampled(v, N, CS, N, ksample, ALLOY_SEL_WINDOW_KEYS, __LINE__) == 0);
 }
 
 TEST(select_wide_without_local_tables)

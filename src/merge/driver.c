@@ -28,6 +28,7 @@ struct run {
     float **scratch;        /* per thread: (n + 1) * chunk_elems floats */
     void *state;
     int pass;               /* -1: apply */
+    size_t sample;          /* chunks of a sample pass, 0: every chunk */
     uint8_t *accs;
     atomic_int failed;
     pthread_mutex_t mu;
@@ -57,6 +58,7 @@ static void run_chunk(void *ctx, size_t item, int ith)
     struct run *r = ctx;
     if (atomic_load(&r->failed)) return;
     const struct alloy_merge_job *job = r->job;
+    if (r->sample) item = alloy_sample_chunk(item, r->sample, r->nchunks);
     struct alloy_chunk c;
     chunk_at(r, item, &c);
     float *base = r->scratch[ith];
@@ -124,7 +126,10 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
                                r.nchunks);
             goto out_state;
         }
-        alloy_pool_for(pool, r.nchunks, run_chunk, &r);
+        size_t k = m->pass_sample ? m->pass_sample(job, r.state, pass) : 0;
+        r.sample = k && k < r.nchunks ? k : 0;
+        alloy_pool_for(pool, r.sample ? r.sample : r.nchunks, run_chunk, &r);
+        r.sample = 0;
         if (atomic_load(&r.failed)) {
             if (err) *err = r.err;
             rc = r.err.status ? (int)r.err.status : ALLOY_ERR_IO;

@@ -18,6 +18,11 @@
  *       apply(job, state, chunk, x, out)                   for every chunk, in parallel
  *       fini(job, state)
  *
+ *   A pass may be a sample pass: when pass_sample() returns K > 0 and the
+ *   tensor has more than K chunks, only K chunks spread evenly over it are
+ *   scanned (alloy_sample_chunk; the others' accumulators stay zero), e.g.
+ *   to estimate where a quantile lies before an exact pass.
+ *
  *   scan() may read `state` but writes only its own chunk's accumulator
  *   (acc_size bytes, zeroed before every pass); end_pass() folds the
  *   accumulators in chunk order. The one allowed exception: a scan may add
@@ -110,7 +115,15 @@ struct alloy_method {
     void (*apply)(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
                   const float *const *x, float *out);
     void (*fini)(const struct alloy_merge_job *job, void *state);                             /* may be NULL */
+    /* Chunks the pass wants: 0 every chunk, K > 0 a sample of K (every chunk if the tensor has no more). May be NULL. */
+    size_t (*pass_sample)(const struct alloy_merge_job *job, const void *state, int pass);
 };
+
+/* Chunk index of sample i (0 <= i < k) among nchunks > k: the middle of the i-th of k equal runs. */
+static inline size_t alloy_sample_chunk(size_t i, size_t k, size_t nchunks)
+{
+    return (size_t)(((2 * (uint64_t)i + 1) * (uint64_t)nchunks) / (2 * (uint64_t)k));
+}
 
 /* Registry (methods.c). */
 const struct alloy_method *alloy_method_find(const char *name);

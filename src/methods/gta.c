@@ -146,11 +146,21 @@ static gta_draw_fn pick_draw(void);
 static gta_apply_fn pick_apply(void);
 
 /* Tensors from this size on select in select.h's wide layout: two histogram passes instead of three
- * (when the threshold has its low 16 bits zero), for a 256 KiB table per scan call. */
+ * (when the threshold has its low 16 bits zero), for a 256 KiB table per scan call; from
+ * GTA_SAMPLED_MIN on in the sampled layout: a sample pass over GTA_SAMPLE_CHUNKS() chunks, then one
+ * full pass (window) instead of two. */
 #define GTA_WIDE_MIN ((uint64_t)1 << 17)
+#define GTA_SAMPLED_MIN (8 * ALLOY_CHUNK_ELEMS)
+/* 1/16 of the chunks, at least 2 and at most 16 (a sample of 0.5 M to 4 M keys, more for huge tensors). */
+static size_t sample_chunks(uint64_t numel)
+{
+    uint64_t k = numel / (16 * ALLOY_CHUNK_ELEMS);
+    return (size_t)(k < 2 ? 2 : k > 16 ? 16 : k);
+}
 
 static int sel_init(struct alloy_select *sel, uint64_t n, uint64_t k, struct alloy_err *err)
 {
+    if (n >= GTA_SAMPLED_MIN) return alloy_sel_init_sampled(sel, n, k, err);
     if (n >= GTA_WIDE_MIN) return alloy_sel_init_wide(sel, n, k, err);
     alloy_sel_init(sel, n, k, 0);
     return ALLOY_OK;
@@ -257,7 +267,17 @@ int gta_want_pass(const struct alloy_merge_job *job, void *state, int pass)
             s->l1_model[s->n_l1++] = j;
         }
     }
+    /* a sample pass when every selection of the pass is in its sample stage */
+    int sample = s->n_hist > 0 && s->n_l1 == 0;
+    for (int h = 0; h < s->n_hist && sample; h++) sample = alloy_sel_sample_stage(&s->m[s->hist_model[h]].sel[s->hist_sel[h]]);
+    s->pass_k = sample ? sample_chunks(job->numel) : 0;
     return s->n_hist + s->n_l1 > 0;
+}
+
+size_t gta_pass_sample(const struct alloy_merge_job *job, const void *state, int pass)
+{
+    const struct gta_state *s = state;
+    return s->pass_k;
 }
 
 /* ---------------------------------------------------------------- masks */
@@ -418,7 +438,7 @@ static GTA_INLINE void block_delta(const float *restrict xi, const float *restri
 /* Keep masks of a sparsified model (m->sparse) over one block: keep[q] = ~0u if it keeps element
  * e + q (global index) with delta d[q], else 0. Della: the block is [j0, j0 + n) of the row
  * xi/b of cols elements. Decisions per element as in the DESIGN note, consumed in element order. */
-static void keep_block(const struct gta_state *s, const struct gta_model *m, struct gta_cursor *cur, uint64_t e,
+static GTA_INLINE void keep_block(const struct gta_state *s, const struct gta_model *m, struct gta_cursor *cur, uint64_t e,
                        const float *d, size_t n, size_t j0, const float *xi, const float *b, size_t cols,
                        uint32_t *restrict keep)
 {
@@ -591,7 +611,10 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
                 if (w == 0 || !loc.h) alloy_sel_hist_wide(wide[w], key, n, &loc); /* no table: each its own */
             for (int t = h; t < h1; t++) {
                 const struct alloy_select *sel = &m->sel[s->hist_sel[t]];
-                if (!alloy_sel_wide_level0(sel)) alloy_sel_hist_keys(sel, key, n, hist0 + (size_t)t * ALLOY_SEL_BINS);
+                if (alloy_sel_window_stage(sel))
+                    alloy_sel_window_add(sel, c->index, key, n);
+                else if (!alloy_sel_wide_level0(sel))
+                    alloy_sel_hist_keys(sel, key, n, hist0 + (size_t)t * ALLOY_SEL_BINS);
             }
         }
         if (nwide) alloy_sel_merge_wide(wide, nwide, &loc);
@@ -646,7 +669,10 @@ int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const
     for (int h = 0; h < s->n_hist; h++) {
         struct gta_model *m = &s->m[s->hist_model[h]];
         size_t off = sizeof(struct gta_acc_head) + (size_t)h * ALLOY_SEL_BINS * sizeof(uint32_t);
-        int rc = alloy_sel_reduce(&m->sel[s->hist_sel[h]], accs, nchunks, acc_size, off, err);
+        struct alloy_select *sel = &m->sel[s->hist_sel[h]];
+        int rc = alloy_sel_sample_stage(sel)
+                     ? alloy_sel_reduce_sample(sel, s->pass_k && s->pass_k < nchunks, nchunks, err)
+                     : alloy_sel_reduce(sel, accs, nchunks, acc_size, off, err);
         if (rc) return rc;
     }
     for (int l = 0; l < s->n_l1; l++) {

@@ -108,6 +108,7 @@ struct gta_state {
     int n_hist, n_l1;
     int hist_model[GTA_HIST_SLOTS], hist_sel[GTA_HIST_SLOTS];
     int l1_model[GTA_L1_SLOTS];
+    size_t pass_k;          /* chunks sampled by the current pass (0: all): selections in their sample stage */
 };
 
 /* Per-chunk accumulator: L1 sums, then hist_slots histograms. */
@@ -121,6 +122,7 @@ struct gta_acc_head {
 int  gta_check(const struct gta_kind *kind, const struct alloy_merge_job *job, struct alloy_err *err);
 int  gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, void *state, struct alloy_err *err);
 int  gta_want_pass(const struct alloy_merge_job *job, void *state, int pass);
+size_t gta_pass_sample(const struct alloy_merge_job *job, const void *state, int pass);
 void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
               const float *const *x, void *acc);
 int  gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
@@ -163,6 +165,7 @@ void gta_fini(const struct alloy_merge_job *job, void *state);
         .end_pass = gta_end_pass,                                                                                  \
         .apply = gta_apply,                                                                                        \
         .fini = gta_fini,                                                                                          \
+        .pass_sample = gta_pass_sample,                                                                            \
     }
 
 #endif

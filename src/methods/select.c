@@ -14,13 +14,18 @@
  *   The two layouts (narrow 11/11/10 bits, wide 16/10/6) differ only in
  *   their digit tables and in two places: a wide level 0 is counted into a
  *   shared total (local table per chunk, added under striped locks), and a
- *   wide level 1 may finish on its zero bin (select.h).
+ *   wide level 1 may finish on its zero bin (select.h). The sampled layout
+ *   is the wide one with two stages in front of level 0 (sample, window);
+ *   leaving them, by success or by fallback, never touches rem/n_gt/prefix
+ *   until the exact answer is known.
  */
 #include "methods/select.h"
 
 #include "core/internal.h"
 
+#include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 /* Digit of level l: bits [shift, shift + bits) of the key, among keys whose higher bits equal the prefix. */
 struct sel_layout {
@@ -32,10 +37,38 @@ static const struct sel_layout g_wide = {{16, 6, 0}, {16, 10, 6}};
 #define WIDE_ZERO_BIN 1024 /* wide level 1: keys == prefix << 16 (also counted in bin 0) */
 #define STRIPES 16         /* locks over the wide level-0 total, ALLOY_SEL_WIDE_BINS / STRIPES bins each */
 
+/* The window stage: per chunk, the count of keys above hi, the collected keys in element order and
+ * (narrow windows) the per-bin counts of keys with zero low bits. Each chunk's record starts a cache
+ * line of its own: neighbouring chunks run on different threads. */
+struct sel_bucket {
+    uint64_t above;
+    uint32_t *keys;
+    size_t n, cap;
+    uint32_t zero[];           /* [nb] */
+};
+
+struct alloy_sel_window {
+    uint32_t lo, hi;           /* whole level-0 bins: lo = blo << 16, hi = bhi << 16 | 0xffff */
+    unsigned nb;               /* bins in the window */
+    size_t nchunks;
+    void *mem;                 /* the records, stride bytes each from the first 64-byte boundary */
+    size_t stride;
+    _Atomic uint64_t total;    /* keys collected over all chunks */
+    atomic_int failed;         /* over window_keys, or out of memory: fall back to level 0 */
+};
+
+static struct sel_bucket *bucket(const struct alloy_sel_window *w, size_t c)
+{
+    uintptr_t base = ((uintptr_t)w->mem + 63) & ~(uintptr_t)63;
+    return (struct sel_bucket *)(void *)(base + c * w->stride);
+}
+
 struct alloy_sel_shared {
     pthread_mutex_t mu;               /* guards hist's allocation and nomem */
     pthread_mutex_t stripe[STRIPES];  /* guard the bins of hist */
-    uint64_t *hist;                   /* [ALLOY_SEL_WIDE_BINS], allocated by the first chunk */
+    uint64_t *hist;                   /* [2][ALLOY_SEL_WIDE_BINS], allocated by the first chunk: the
+                                         level-0 counts; during a sample stage also, in the second
+                                         half, those of keys with zero low 16 bits */
     int nomem;
 };
 
@@ -75,6 +108,24 @@ int alloy_sel_init_wide(struct alloy_select *s, uint64_t n, uint64_t k, struct a
     return ALLOY_OK;
 }
 
+int alloy_sel_init_sampled(struct alloy_select *s, uint64_t n, uint64_t k, struct alloy_err *err)
+{
+    int rc = alloy_sel_init_wide(s, n, k, err);
+    if (rc == ALLOY_OK && alloy_sel_active(s)) s->stage = ALLOY_SEL_STAGE_SAMPLE;
+    s->window_keys = ALLOY_SEL_WINDOW_KEYS;
+    return rc;
+}
+
+static void window_free(struct alloy_select *s)
+{
+    struct alloy_sel_window *w = s->window;
+    if (!w) return;
+    for (size_t c = 0; c < w->nchunks && w->mem; c++) free(bucket(w, c)->keys);
+    free(w->mem);
+    free(w);
+    s->window = NULL;
+}
+
 static void shared_free(struct alloy_select *s)
 {
     struct alloy_sel_shared *sh = s->shared;
@@ -93,7 +144,7 @@ static uint64_t *shared_hist(const struct alloy_select *s)
     if (!sh) return NULL;
     pthread_mutex_lock(&sh->mu);
     if (!sh->hist && !sh->nomem) {
-        sh->hist = alloy_xcalloc(ALLOY_SEL_WIDE_BINS, sizeof *sh->hist);
+        sh->hist = alloy_xcalloc(2 * ALLOY_SEL_WIDE_BINS, sizeof *sh->hist);
         sh->nomem = !sh->hist;
     }
     uint64_t *h = sh->hist;
@@ -166,7 +217,7 @@ void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, siz
 
 void alloy_sel_local_init(struct alloy_sel_local *l)
 {
-    l->h = alloy_xcalloc(ALLOY_SEL_WIDE_BINS, sizeof *l->h);
+    l->h = alloy_xcalloc(2 * ALLOY_SEL_WIDE_BINS, sizeof *l->h);
 }
 
 void alloy_sel_local_free(struct alloy_sel_local *l)
@@ -183,11 +234,15 @@ void alloy_sel_hist_wide(const struct alloy_select *s, const uint32_t *keys, siz
         if (!h) return;
         for (int i = 0; i < STRIPES; i++) pthread_mutex_lock(&s->shared->stripe[i]);
         for (size_t e = 0; e < n; e++) h[keys[e] >> 16]++;
+        if (s->stage == ALLOY_SEL_STAGE_SAMPLE)
+            for (size_t e = 0; e < n; e++) h[ALLOY_SEL_WIDE_BINS + (keys[e] >> 16)] += (keys[e] & 0xffffu) == 0;
         for (int i = STRIPES - 1; i >= 0; i--) pthread_mutex_unlock(&s->shared->stripe[i]);
         return;
     }
     uint32_t *h = l->h;
     for (size_t e = 0; e < n; e++) h[keys[e] >> 16]++;
+    if (s->stage == ALLOY_SEL_STAGE_SAMPLE) /* a sample: a small part of the tensor */
+        for (size_t e = 0; e < n; e++) h[ALLOY_SEL_WIDE_BINS + (keys[e] >> 16)] += (keys[e] & 0xffffu) == 0;
 }
 
 void alloy_sel_merge_wide(const struct alloy_select *const *sel, int nsel, struct alloy_sel_local *l)
@@ -196,7 +251,7 @@ void alloy_sel_merge_wide(const struct alloy_select *const *sel, int nsel, struc
     /* stripe by stripe, skipping the empty ones (all of the upper half for magnitude keys); the table
        is left zeroed for the next chunk */
     const size_t per = ALLOY_SEL_WIDE_BINS / STRIPES;
-    for (int i = 0; i < STRIPES; i++) {
+    for (int i = 0; i < 2 * STRIPES; i++) { /* both halves: stripe i % STRIPES guards bins i * per.. */
         uint32_t *src = l->h + (size_t)i * per, any = 0;
         for (size_t b = 0; b < per; b++) any |= src[b]; /* vectorized */
         if (!any) continue;
@@ -204,39 +259,18 @@ void alloy_sel_merge_wide(const struct alloy_select *const *sel, int nsel, struc
             uint64_t *h = shared_hist(sel[q]);
             if (!h) continue; /* no total: reduce reports it */
             uint64_t *dst = h + (size_t)i * per;
-            pthread_mutex_lock(&sel[q]->shared->stripe[i]);
+            pthread_mutex_lock(&sel[q]->shared->stripe[i % STRIPES]);
             for (size_t b = 0; b < per; b++) dst[b] += src[b];
-            pthread_mutex_unlock(&sel[q]->shared->stripe[i]);
+            pthread_mutex_unlock(&sel[q]->shared->stripe[i % STRIPES]);
         }
         memset(src, 0, per * sizeof *src);
     }
 }
 
-void alloy_sel_keep_block(const struct alloy_select *s, const uint32_t *keys, size_t n, uint64_t *ties,
-                          uint32_t *mask)
+void alloy_sel_keep_block_split(const struct alloy_select *s, const uint32_t *keys, size_t n, uint64_t *ties,
+                                uint32_t *mask)
 {
-    if (s->thr < 0) { /* keep everything */
-        for (size_t e = 0; e < n; e++) mask[e] = ~0u;
-        return;
-    }
-    if (s->thr > (int64_t)UINT32_MAX) { /* keep nothing (never: thr <= UINT32_MAX) */
-        for (size_t e = 0; e < n; e++) mask[e] = 0;
-        return;
-    }
-    const uint32_t thr = (uint32_t)s->thr;
-    if (*ties) {
-        uint64_t eq = 0;
-        for (size_t e = 0; e < n; e++) eq += keys[e] == thr;
-        if (eq <= *ties) { /* the budget covers every tie of the block */
-            for (size_t e = 0; e < n; e++) mask[e] = -(uint32_t)(keys[e] >= thr);
-            *ties -= eq;
-            return;
-        }
-        /* the one block of the chunk where the budget runs out: element by element */
-        for (size_t e = 0; e < n; e++) mask[e] = alloy_sel_keep(s, keys[e], ties) ? ~0u : 0;
-        return;
-    }
-    for (size_t e = 0; e < n; e++) mask[e] = -(uint32_t)(keys[e] > thr);
+    for (size_t e = 0; e < n; e++) mask[e] = alloy_sel_keep(s, keys[e], ties) ? ~0u : 0;
 }
 
 /* Chooses the bin of the current level from the summed histogram; returns
@@ -300,16 +334,272 @@ static int short_hist(const struct alloy_select *s, struct alloy_err *err)
                          (unsigned long long)s->k);
 }
 
+static int level0_nomem(struct alloy_err *err)
+{
+    return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for the level-0 counts");
+}
+
+/* Frees a wide level 0's total (its locks stay: a window may fall back to a full level 0). */
+static void shared_hist_free(struct alloy_select *s)
+{
+    free(s->shared->hist);
+    s->shared->hist = NULL;
+}
+
 /* A wide level 0: from the shared total, which is then freed. */
 static int reduce_wide0(struct alloy_select *s, struct alloy_err *err)
 {
     struct alloy_sel_shared *sh = s->shared;
-    if (!sh || sh->nomem)
-        return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for the level-0 counts");
+    if (!sh || sh->nomem) return level0_nomem(err);
     int b = sh->hist ? choose_bin(s, sh->hist) : -1; /* no total: no key was counted */
     if (b < 0) return short_hist(s, err);
     finish_level(s, sh->hist[b]); /* level 0 never splits ties */
-    shared_free(s);
+    shared_hist_free(s);
+    return ALLOY_OK;
+}
+
+/* Places the window from the sample's level-0 counts h (ns keys; z: those with zero low bits): the
+ * level-0 bins holding the sample ranks r -+ m around the k-th key's expected rank r, m a generous
+ * margin (1% of the ranks plus 8 standard deviations of a sample quantile). 1 if it is worth a
+ * window pass: at most ALLOY_SEL_WINDOW_BINS bins, and the keys it would collect (those with
+ * nonzero low bits; the others are counted per bin) expected within half the budget. */
+static int place_window(struct alloy_select *s, const uint64_t *h, const uint64_t *z, uint64_t ns, int *blo_out,
+                        int *bhi_out)
+{
+    double q = (double)s->k / (double)s->n, r = q * (double)ns;
+    double m = 0.01 * (double)ns + 8.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
+    double ru = r - m, rl = r + m, cum = 0;
+    int bhi = -1, blo = 0;
+    for (int b = ALLOY_SEL_WIDE_BINS - 1; b >= 0; b--) {
+        if (!h[b]) continue;
+        cum += (double)h[b];
+        if (bhi < 0 && cum >= ru) bhi = b;
+        blo = b; /* the lowest bin reached: where the walk ends when rl is past every sample key */
+        if (cum >= rl) break;
+    }
+    if (bhi < 0 || bhi - blo >= ALLOY_SEL_WINDOW_BINS) return 0;
+    uint64_t collect = 0; /* a narrow window counts the keys with zero low bits instead (window_add) */
+    for (int b = blo; b <= bhi; b++) collect += bhi - blo < 8 ? h[b] - z[b] : h[b];
+    if ((double)collect * ((double)s->n / (double)ns) > (double)s->window_keys / 2) return 0;
+    *blo_out = blo;
+    *bhi_out = bhi;
+    return 1;
+}
+
+static struct alloy_sel_window *window_new(int blo, int bhi, size_t nchunks)
+{
+    struct alloy_sel_window *w = alloy_xcalloc(1, sizeof *w);
+    if (!w) return NULL;
+    size_t nc = nchunks ? nchunks : 1;
+    w->nb = (unsigned)(bhi - blo + 1);
+    w->stride = (sizeof(struct sel_bucket) + w->nb * sizeof(uint32_t) + 63) & ~(size_t)63;
+    w->mem = alloy_xcalloc(1, nc * w->stride + 64);
+    if (!w->mem) {
+        free(w);
+        return NULL;
+    }
+    w->lo = (uint32_t)blo << 16;
+    w->hi = ((uint32_t)bhi << 16) | 0xffffu;
+    w->nchunks = nchunks;
+    atomic_init(&w->total, 0);
+    atomic_init(&w->failed, 0);
+    return w;
+}
+
+int alloy_sel_reduce_sample(struct alloy_select *s, int sampled, size_t nchunks, struct alloy_err *err)
+{
+    if (!alloy_sel_sample_stage(s)) return ALLOY_OK;
+    s->stage = ALLOY_SEL_STAGE_LEVELS;
+    if (!sampled) return reduce_wide0(s, err); /* every chunk was counted: an exact level 0 */
+    struct alloy_sel_shared *sh = s->shared;
+    if (!sh || sh->nomem) return level0_nomem(err);
+    uint64_t ns = 0;
+    for (size_t b = 0; sh->hist && b < ALLOY_SEL_WIDE_BINS; b++) ns += sh->hist[b];
+    int blo, bhi;
+    if (ns && place_window(s, sh->hist, sh->hist + ALLOY_SEL_WIDE_BINS, ns, &blo, &bhi)) {
+        s->window = window_new(blo, bhi, nchunks); /* no memory: the full level 0 needs none */
+        if (s->window) s->stage = ALLOY_SEL_STAGE_WINDOW;
+    }
+    shared_hist_free(s); /* the full level 0, if it comes to that, counts afresh */
+    return ALLOY_OK;
+}
+
+#ifdef __GNUC__
+#define SEL_INLINE inline __attribute__((always_inline))
+#else
+#define SEL_INLINE inline
+#endif
+
+static SEL_INLINE void window_add_body(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
+{
+    struct alloy_sel_window *w = s->window;
+    if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
+    const uint32_t lo = w->lo, hi = w->hi, span = hi - lo;
+    /* a narrow window counts its keys with zero low bits per bin (bfloat16 data: most keys, on a few
+       exact values) with a vector compare per bin; a wide one collects them with the others */
+    const uint32_t zlow = w->nb <= 8 ? 0xffffu : 0;
+    struct sel_bucket *b = bucket(w, chunk);
+    uint32_t *zero = b->zero;
+    for (unsigned z = 0; zlow && z < w->nb; z++) {
+        const uint32_t zk = lo + ((uint32_t)z << 16);
+        uint32_t cnt = 0;
+        for (size_t e = 0; e < n; e++) cnt += keys[e] == zk; /* vectorized */
+        zero[z] += cnt;
+    }
+    for (size_t e0 = 0; e0 < n; e0 += 256) {
+        size_t m = n - e0 < 256 ? n - e0 : 256;
+        const uint32_t *k = keys + e0;
+        uint8_t take[256 + 8];
+        uint32_t above = 0, in = 0;
+        for (size_t e = 0; e < m; e++) { /* vectorized */
+            above += k[e] > hi;
+            take[e] = (uint8_t)((k[e] - lo <= span) & ((k[e] & zlow) != 0 || !zlow));
+            in += take[e];
+        }
+        b->above += above;
+        if (!in) continue;
+        if (atomic_fetch_add_explicit(&w->total, in, memory_order_relaxed) + in > s->window_keys) {
+            atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
+            return;
+        }
+        if (b->n + m > b->cap) { /* room for the whole block: the copy below writes before it tests */
+            size_t cap = b->cap ? 2 * b->cap : 1024;
+            while (cap < b->n + m) cap *= 2;
+            uint32_t *nk = realloc(b->keys, cap * sizeof *nk);
+            if (!nk) {
+                atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
+                return;
+            }
+            b->keys = nk;
+            b->cap = cap;
+        }
+        memset(take + m, 0, 8);
+        uint32_t *dst = b->keys;
+        size_t j = b->n;
+        for (size_t g = 0; g < m; g += 8) { /* most groups of 8 take nothing */
+            uint64_t any;
+            memcpy(&any, take + g, sizeof any);
+            if (!any) continue;
+            size_t gm = m - g < 8 ? m - g : 8;
+            for (size_t i = 0; i < gm; i++) {
+                dst[j] = k[g + i];
+                j += take[g + i];
+            }
+        }
+        b->n = j;
+    }
+}
+
+static void window_add_generic(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
+{
+    window_add_body(s, chunk, keys, n);
+}
+
+/* The window pass runs over every key of the tensor: compiled for AVX2 too (integer operations, the
+ * same result), chosen by the CPU. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+__attribute__((target("avx2"))) static void window_add_avx2(const struct alloy_select *s, size_t chunk,
+                                                            const uint32_t *keys, size_t n)
+{
+    window_add_body(s, chunk, keys, n);
+}
+
+void alloy_sel_window_add(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
+{
+    if (__builtin_cpu_supports("avx2"))
+        window_add_avx2(s, chunk, keys, n);
+    else
+        window_add_generic(s, chunk, keys, n);
+}
+#else
+void alloy_sel_window_add(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
+{
+    window_add_generic(s, chunk, keys, n);
+}
+#endif
+
+/* Walks a 65536-bin histogram from the top for the rank s->rem; returns the bin and moves the keys
+ * above it from rem to n_gt. */
+static int choose16(struct alloy_select *s, const uint64_t *h)
+{
+    uint64_t above = 0;
+    for (int b = ALLOY_SEL_WIDE_BINS - 1; b >= 0; b--) {
+        if (above + h[b] >= s->rem) {
+            s->rem -= above;
+            s->n_gt += above;
+            return b;
+        }
+        above += h[b];
+    }
+    return -1;
+}
+
+/* Ends a window pass: the exact k-th key from the window's keys in memory (two 16-bit levels over
+ * the collected keys and the per-bin counts of the others), or back to a full level 0 when the
+ * window failed or does not hold the k-th key. */
+static int reduce_window(struct alloy_select *s, struct alloy_err *err)
+{
+    struct alloy_sel_window *w = s->window;
+    s->stage = ALLOY_SEL_STAGE_LEVELS;
+    const unsigned nb = w->nb, blo = w->lo >> 16;
+    uint64_t above = 0, in = atomic_load(&w->total);
+    for (size_t c = 0; c < w->nchunks; c++) {
+        above += bucket(w, c)->above;
+        for (unsigned b = 0; b < nb; b++) in += bucket(w, c)->zero[b];
+    }
+    if (atomic_load(&w->failed) || above >= s->rem || above + in < s->rem) {
+        window_free(s);
+        return ALLOY_OK;
+    }
+    uint64_t *h = alloy_xcalloc(ALLOY_SEL_WIDE_BINS, sizeof *h);
+    if (!h) {
+        window_free(s);
+        return level0_nomem(err);
+    }
+    uint64_t rem = s->rem, n_gt = s->n_gt;
+    s->rem -= above;
+    s->n_gt += above;
+    for (size_t c = 0; c < w->nchunks; c++) {
+        const struct sel_bucket *bk = bucket(w, c);
+        for (size_t e = 0; e < bk->n; e++) h[bk->keys[e] >> 16]++;
+        for (unsigned b = 0; b < nb; b++) h[blo + b] += bk->zero[b];
+    }
+    int hi16 = choose16(s, h);
+    memset(h, 0, ALLOY_SEL_WIDE_BINS * sizeof *h);
+    for (size_t c = 0; c < w->nchunks && hi16 >= (int)blo && hi16 < (int)(blo + nb); c++) {
+        const struct sel_bucket *bk = bucket(w, c);
+        for (size_t e = 0; e < bk->n; e++)
+            if (bk->keys[e] >> 16 == (uint32_t)hi16) h[bk->keys[e] & 0xffffu]++;
+        h[0] += bk->zero[(unsigned)hi16 - blo];
+    }
+    int lo16 = hi16 >= 0 ? choose16(s, h) : -1;
+    if (lo16 < 0) { /* cannot happen: the window holds the rank */
+        s->rem = rem;
+        s->n_gt = n_gt;
+        free(h);
+        window_free(s);
+        return short_hist(s, err);
+    }
+    uint32_t kth = ((uint32_t)hi16 << 16) | (uint32_t)lo16;
+    int split = finish_exact(s, kth, h[lo16]);
+    free(h);
+    if (split) {
+        s->tie_before = alloy_xmalloc((w->nchunks ? w->nchunks : 1) * sizeof *s->tie_before);
+        if (!s->tie_before) {
+            window_free(s);
+            return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for %zu chunk tie counts",
+                                 w->nchunks);
+        }
+        s->nchunks = w->nchunks;
+        uint64_t run = 0;
+        for (size_t c = 0; c < w->nchunks; c++) {
+            s->tie_before[c] = run;
+            const struct sel_bucket *bk = bucket(w, c);
+            if (lo16 == 0) run += bk->zero[(unsigned)hi16 - blo]; /* counted, or (wide) collected: */
+            for (size_t e = 0; e < bk->n; e++) run += bk->keys[e] == kth;
+        }
+    }
+    window_free(s);
     return ALLOY_OK;
 }
 
@@ -317,6 +607,8 @@ int alloy_sel_reduce(struct alloy_select *s, const void *accs, size_t nchunks, s
                      struct alloy_err *err)
 {
     if (!alloy_sel_active(s)) return ALLOY_OK;
+    if (alloy_sel_window_stage(s)) return reduce_window(s, err);
+    if (alloy_sel_sample_stage(s)) return alloy_sel_reduce_sample(s, 0, nchunks, err);
     if (alloy_sel_wide_level0(s)) return reduce_wide0(s, err);
     uint64_t hist[ALLOY_SEL_BINS] = {0};
     int zero_bin = s->wide && s->level == 1;
@@ -366,5 +658,6 @@ void alloy_sel_free(struct alloy_select *s)
     free(s->tie_before);
     s->tie_before = NULL;
     s->nchunks = 0;
+    window_free(s);
     shared_free(s);
 }

@@ -53,6 +53,22 @@
  *   the threshold land) with a vector compare and gathers the other
  *   matching keys' bins without a branch before counting them.
  *
+ *   Sampled layout (alloy_sel_init_sampled), for tensors of many chunks:
+ *   the wide layout's level 0 is first counted over a sample of the chunks
+ *   only (method.h's sample passes; same counting calls). The sample places
+ *   the k-th key, with a margin, inside a window of level-0 bins [lo, hi];
+ *   one full pass then counts the keys above the window and collects the
+ *   keys inside it, chunk by chunk (alloy_sel_window_add), and the exact
+ *   k-th key and the per-chunk tie counts come from the collected keys in
+ *   memory. A full pass costs a compare per key instead of a histogram
+ *   increment, and the selection needs one full pass instead of two. The
+ *   window is only tried when the sample expects at most
+ *   ALLOY_SEL_WINDOW_KEYS keys in it; when the collection would exceed
+ *   that, or the k-th key turns out to lie outside the window (an
+ *   unrepresentative sample), the selection restarts at a full wide level
+ *   0: slower, never different. A sample that covered every chunk is an
+ *   exact level 0 and goes on as the wide layout.
+ *
  *   Keys: alloy_sel_key() orders all floats (-NaN < -Inf < ... < -0 < +0 <
  *   ... < +Inf < +NaN; -0 and +0 are distinct keys). alloy_sel_key_abs()
  *   orders magnitudes |x| (NaN above Inf). Never mix the two in one
@@ -109,7 +125,21 @@ struct alloy_select {
     size_t nchunks;
     int wide;            /* the wide layout (alloy_sel_init_wide) */
     struct alloy_sel_shared *shared; /* wide: level 0's total counts and their locks */
+    int stage;           /* ALLOY_SEL_STAGE_*: sampled layout before the radix levels */
+    uint64_t window_keys; /* sampled: most keys a window may collect (ALLOY_SEL_WINDOW_KEYS) */
+    struct alloy_sel_window *window; /* window stage: the per-chunk collections */
 };
+
+enum {
+    ALLOY_SEL_STAGE_LEVELS, /* radix levels (or done) */
+    ALLOY_SEL_STAGE_SAMPLE, /* next pass: level-0 counts over a sample of chunks */
+    ALLOY_SEL_STAGE_WINDOW, /* next pass: count above and collect inside the window */
+};
+
+/* Most keys one sampled selection collects (16 MiB; keys with zero low 16 bits are counted per
+ * bin instead), and most level-0 bins its window spans. */
+#define ALLOY_SEL_WINDOW_KEYS ((uint64_t)1 << 22)
+#define ALLOY_SEL_WINDOW_BINS 256
 
 #define ALLOY_SEL_WIDE_BINS 65536
 
@@ -117,7 +147,7 @@ struct alloy_select {
  * chunks); h NULL: counted straight into the shared total (slow; only when
  * the table could not be allocated). */
 struct alloy_sel_local {
-    uint32_t *h;         /* [ALLOY_SEL_WIDE_BINS] */
+    uint32_t *h;         /* [2][ALLOY_SEL_WIDE_BINS]: all keys; zero low bits (sample stage) */
 };
 
 /* Order-preserving key of any float. */
@@ -162,11 +192,37 @@ void alloy_sel_init(struct alloy_select *s, uint64_t n, uint64_t k, int want_val
  * supported). ALLOY_ERR_NOMEM if its lock block cannot be allocated. */
 int alloy_sel_init_wide(struct alloy_select *s, uint64_t n, uint64_t k, struct alloy_err *err);
 
-/* 1 while another histogram pass is needed. */
+/* Same selection in the sampled layout (see DESIGN); like alloy_sel_init_wide. */
+int alloy_sel_init_sampled(struct alloy_select *s, uint64_t n, uint64_t k, struct alloy_err *err);
+
+/* 1 while another pass is needed. */
 static inline int alloy_sel_active(const struct alloy_select *s) { return s->level < ALLOY_SEL_LEVELS; }
 
-/* 1 when the next pass is a wide selection's level 0 (alloy_sel_hist_wide). */
-static inline int alloy_sel_wide_level0(const struct alloy_select *s) { return s->wide && s->level == 0; }
+/* 1 when the next pass is a wide selection's level 0 (alloy_sel_hist_wide), over a sample of the
+ * chunks or all of them (the sample stage counts the same way). */
+static inline int alloy_sel_wide_level0(const struct alloy_select *s)
+{
+    return s->wide && s->level == 0 && s->stage != ALLOY_SEL_STAGE_WINDOW;
+}
+
+/* 1 when the next pass may scan a sample of the chunks (alloy_sel_reduce_sample after it). */
+static inline int alloy_sel_sample_stage(const struct alloy_select *s)
+{
+    return s->level == 0 && s->stage == ALLOY_SEL_STAGE_SAMPLE;
+}
+
+/* 1 when the next pass collects the window (alloy_sel_window_add for every block of every chunk). */
+static inline int alloy_sel_window_stage(const struct alloy_select *s)
+{
+    return s->level == 0 && s->stage == ALLOY_SEL_STAGE_WINDOW;
+}
+
+/* Window stage: the next n keys of chunk `chunk`, in element order (one thread per chunk). */
+void alloy_sel_window_add(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n);
+
+/* Ends a sample-stage pass over nchunks chunks (sampled: only some of them were counted): places
+ * the window, or (sampled 0) goes on as a finished wide level 0. ALLOY_ERR_NOMEM like reduce. */
+int alloy_sel_reduce_sample(struct alloy_select *s, int sampled, size_t nchunks, struct alloy_err *err);
 
 /* Histogram bin of `key` at the current level, or -1 if the key is outside
  * the prefix being refined (or the selection is done). Narrow layout only:
@@ -198,7 +254,7 @@ void alloy_sel_local_free(struct alloy_sel_local *l);
 
 /* Folds the current level's per-chunk histograms (chunk c's histogram is at
  * (const char *)accs + c * acc_size + hist_offset, in chunk order; a wide
- * level 0 reads its shared total instead) and moves to the next level or
+ * level 0 reads its shared total instead, a window stage its collections) and moves to the next level or
  * finishes. Allocates tie_before when the threshold splits ties;
  * ALLOY_ERR_NOMEM if that fails (or a wide level 0's total could not be
  * allocated during the pass). */
@@ -236,8 +292,35 @@ static inline int alloy_sel_keep(const struct alloy_select *s, uint32_t key, uin
  * element order): mask[i] = ~0u if keys[i] is kept, else 0 — the same
  * decisions as n calls of alloy_sel_keep(). Branch-free except in the one
  * block per chunk where the tie budget runs out. */
-void alloy_sel_keep_block(const struct alloy_select *s, const uint32_t *keys, size_t n, uint64_t *ties,
-                          uint32_t *mask);
+void alloy_sel_keep_block_split(const struct alloy_select *s, const uint32_t *keys, size_t n, uint64_t *ties,
+                                uint32_t *mask);
+static inline void alloy_sel_keep_block(const struct alloy_select *s, const uint32_t *keys, size_t n,
+                                        uint64_t *ties, uint32_t *mask)
+{
+    /* inline, so it is compiled for the caller's instruction set (gta.c's AVX2 apply) */
+    const int64_t thr = s->thr;
+    if (thr < 0) { /* keep everything */
+        for (size_t e = 0; e < n; e++) mask[e] = ~0u;
+        return;
+    }
+    if (thr > (int64_t)UINT32_MAX) { /* keep nothing (never: thr <= UINT32_MAX) */
+        for (size_t e = 0; e < n; e++) mask[e] = 0;
+        return;
+    }
+    const uint32_t t = (uint32_t)thr;
+    if (*ties) {
+        uint64_t eq = 0;
+        for (size_t e = 0; e < n; e++) eq += keys[e] == t;
+        if (eq > *ties) { /* the one block of the chunk where the budget runs out: element by element */
+            alloy_sel_keep_block_split(s, keys, n, ties, mask);
+            return;
+        }
+        for (size_t e = 0; e < n; e++) mask[e] = -(uint32_t)(keys[e] >= t); /* the budget covers them all */
+        *ties -= eq;
+        return;
+    }
+    for (size_t e = 0; e < n; e++) mask[e] = -(uint32_t)(keys[e] > t);
+}
 
 /* The k-th largest key as a float (alloy_sel_unkey / _unkey_abs of kth);
  * requires kth_known. */
