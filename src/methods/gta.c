@@ -536,6 +536,13 @@ static void della_scratch_rank(const struct della_scratch *ds, const struct gta_
     cur->rank = ds->rank + i * cols;
 }
 
+/* Bit i of a 32-bit word, for the bitmap loops (vectorized as lane masks). */
+static const uint32_t g_lane_bit[32] = {
+    1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+    1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+    1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+    1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+
 /* Keep bitmaps: bits [e, e + n) of map from keep[] (bitmap zeroed before the pass; each bit is
  * written once). Words inside the chunk [c0, c1) belong to this call's chunk alone; a word that
  * reaches into a neighbouring chunk is OR-ed atomically, since that chunk may run at the same time. */
@@ -546,7 +553,14 @@ static void bits_store(_Atomic uint64_t *map, uint64_t e, const uint32_t *keep, 
         unsigned bit = (unsigned)((e + q) & 63);
         size_t take = 64 - bit < n - q ? 64 - bit : n - q;
         uint64_t v = 0;
-        for (size_t i = 0; i < take; i++) v |= (uint64_t)(keep[q + i] & 1) << (bit + i);
+        if (take == 64) { /* a whole word (the usual case): an OR of lane bits, vectorized */
+            uint32_t lo = 0, hi = 0;
+            for (size_t i = 0; i < 32; i++) lo |= keep[q + i] & g_lane_bit[i];
+            for (size_t i = 0; i < 32; i++) hi |= keep[q + 32 + i] & g_lane_bit[i];
+            v = (uint64_t)hi << 32 | lo;
+        } else {
+            for (size_t i = 0; i < take; i++) v |= (uint64_t)(keep[q + i] & 1) << (bit + i);
+        }
         if (w * 64 < c0 || w * 64 + 64 > c1)
             atomic_fetch_or_explicit(&map[w], v, memory_order_relaxed);
         else
@@ -559,19 +573,14 @@ static void bits_store(_Atomic uint64_t *map, uint64_t e, const uint32_t *keep, 
 /* keep[q] = ~0u if bit e + q of map is set, else 0 (after the pass: the pool's barrier orders it). */
 static GTA_INLINE void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, uint32_t *restrict keep)
 {
-    static const uint32_t bitmask[32] = {
-        1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
-        1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
-        1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
-        1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
     for (size_t q = 0; q < n;) {
         unsigned bit = (unsigned)((e + q) & 63);
         size_t take = 64 - bit < n - q ? 64 - bit : n - q;
         uint64_t v = atomic_load_explicit(&map[(e + q) >> 6], memory_order_relaxed) >> bit;
         if (take == 64) { /* whole words (the usual case): lane masks, vectorized */
             uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
-            for (size_t i = 0; i < 32; i++) keep[q + i] = -(uint32_t)((lo & bitmask[i]) != 0);
-            for (size_t i = 0; i < 32; i++) keep[q + 32 + i] = -(uint32_t)((hi & bitmask[i]) != 0);
+            for (size_t i = 0; i < 32; i++) keep[q + i] = -(uint32_t)((lo & g_lane_bit[i]) != 0);
+            for (size_t i = 0; i < 32; i++) keep[q + 32 + i] = -(uint32_t)((hi & g_lane_bit[i]) != 0);
         } else {
             for (size_t i = 0; i < take; i++) keep[q + i] = -(uint32_t)((v >> i) & 1);
         }
@@ -580,6 +589,36 @@ static GTA_INLINE void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, ui
 }
 
 /* ---------------------------------------------------------------- scan passes */
+
+#define GTA_L1_LANES 8
+
+/* L1 sums of one block: lane[q % 8] += |d[q]| (before) and the same for kept entries (after; a
+ * dropped one adds +0 on the bits, no branch: after >= +0, so that changes nothing). */
+static GTA_INLINE void l1_block(const float *restrict d, const uint32_t *restrict keep, size_t n,
+                                double *restrict before, double *restrict after)
+{
+    size_t q = 0;
+    for (; q + GTA_L1_LANES <= n; q += GTA_L1_LANES)
+        for (size_t l = 0; l < GTA_L1_LANES; l++) {
+            double a = fabs((double)d[q + l]), ak;
+            uint64_t u;
+            memcpy(&u, &a, sizeof u);
+            u &= -(uint64_t)(keep[q + l] >> 31);
+            memcpy(&ak, &u, sizeof ak);
+            before[l] += a;
+            after[l] += ak;
+        }
+    for (size_t l = 0; q < n; q++, l++) {
+        double a = fabs((double)d[q]);
+        before[l] += a;
+        after[l] += keep[q] ? a : 0.0;
+    }
+}
+
+static double l1_fold(const double *lane)
+{
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
 
 void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
               const float *const *x, void *acc)
@@ -631,7 +670,9 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
         struct gta_cursor cur;
         cursor_init(m, c->index, &cur);
         della_scratch_thresholds(&ds, m, 0, cols, &cur);
-        double before = 0, after = 0;
+        /* eight partial sums (element q of a block into lane q % 8), folded in a fixed order: the
+           same bits on any instruction set and thread count, and a vectorized loop */
+        double before[GTA_L1_LANES] = {0}, after[GTA_L1_LANES] = {0};
         for (size_t r0 = 0; r0 < len; r0 += cols) {
             della_scratch_rank(&ds, m, 0, xi + r0, b + r0, cols, &cur);
             for (size_t j0 = 0; j0 < cols; j0 += GTA_BLK) {
@@ -641,21 +682,11 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
                 block_delta(xi + e, b + e, n, d);
                 keep_block(s, m, &cur, c->e0 + e, d, n, j0, xi + r0, b + r0, cols, keep);
                 if (m->keep_bits) bits_store(m->keep_bits, c->e0 + e, keep, n, c->e0, c->e1);
-                for (size_t q = 0; q < n; q++) { /* in element order: the sums' bits depend on it */
-                    double a = fabs((double)d[q]), ak;
-                    /* keep ? a : +0 on the bits (a compiler branch here would be mispredicted); after
-                       >= +0, so adding +0 changes nothing */
-                    uint64_t u;
-                    memcpy(&u, &a, sizeof u);
-                    u &= -(uint64_t)(keep[q] >> 31);
-                    memcpy(&ak, &u, sizeof ak);
-                    before += a;
-                    after += ak;
-                }
+                l1_block(d, keep, n, before, after);
             }
         }
-        head->l1[l][0] = before;
-        head->l1[l][1] = after;
+        head->l1[l][0] = l1_fold(before);
+        head->l1[l][1] = l1_fold(after);
     }
     free(ds.thr);
     free(ds.sort);
@@ -700,9 +731,10 @@ int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const
 static GTA_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b,
                                    size_t n, float *restrict out)
 {
+    /* nm >= 1; every sum starts as 0.0 + its first term (not the term itself: 0.0 + -0.0 is +0.0) */
     double sum[GTA_BLK], num[GTA_BLK], z[GTA_BLK];
-    for (size_t q = 0; q < n; q++) sum[q] = 0;
-    for (int j = 0; j < nm; j++)
+    for (size_t q = 0; q < n; q++) sum[q] = 0.0 + (double)D[0][q];
+    for (int j = 1; j < nm; j++)
         for (size_t q = 0; q < n; q++) sum[q] += D[j][q];
     if (!s->kind->consensus) {
         const double ls = s->lin_scale;
@@ -710,10 +742,17 @@ static GTA_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)
         return;
     }
     /* "sum" consensus: majority sign of the weighted sum (0 counts as +); zero entries never agree */
-    for (size_t q = 0; q < n; q++) num[q] = z[q] = 0;
     for (int j = 0; j < nm; j++) {
         const float *Dj = D[j];
         const double w = s->m[j].w;
+        if (j == 0) {
+            for (size_t q = 0; q < n; q++) {
+                int agree = sum[q] >= 0 ? Dj[q] > 0 : Dj[q] < 0;
+                num[q] = 0.0 + (agree ? (double)Dj[q] : 0.0);
+                z[q] = 0.0 + (agree ? w : 0.0);
+            }
+            continue;
+        }
         for (size_t q = 0; q < n; q++) {
             int agree = sum[q] >= 0 ? Dj[q] > 0 : Dj[q] < 0;
             num[q] += agree ? (double)Dj[q] : 0.0;
