@@ -144,6 +144,7 @@ static uint64_t draw_threshold(double p)
 
 static gta_draw_fn pick_draw(void);
 static gta_apply_fn pick_apply(void);
+static gta_scan_fn pick_scan(void);
 
 /* Tensors from this size on select in select.h's wide layout: two histogram passes instead of three
  * (when the threshold has its low 16 bits zero), for a 256 KiB table per scan call; from
@@ -174,6 +175,7 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
     s->kind = kind;
     s->draw = pick_draw();
     s->apply = pick_apply();
+    s->scan = pick_scan();
     s->base = job->base;
     s->normalize = job->gp[GTA_P_NORMALIZE] != 0;
     s->lambda = (float)job->gp[GTA_P_LAMBDA];
@@ -593,25 +595,38 @@ static GTA_INLINE void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, ui
 #define GTA_L1_LANES 8
 
 /* L1 sums of one block: lane[q % 8] += |d[q]| (before) and the same for kept entries (after; a
- * dropped one adds +0 on the bits, no branch: after >= +0, so that changes nothing). */
+ * dropped one adds +0: after >= +0, so that changes nothing). */
 static GTA_INLINE void l1_block(const float *restrict d, const uint32_t *restrict keep, size_t n,
                                 double *restrict before, double *restrict after)
 {
     size_t q = 0;
+#ifdef __GNUC__
+    /* GCC does not vectorize eight fixed reduction lanes by itself: vector types, lanes 0-3 and 4-7 */
+    typedef double v4d __attribute__((vector_size(32)));
+    typedef int64_t v4l __attribute__((vector_size(32)));
+    typedef float v4f __attribute__((vector_size(16)));
+    typedef int32_t v4i __attribute__((vector_size(16)));
+    const v4l nosign = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+    v4d b[2], k[2];
+    memcpy(b, before, sizeof b);
+    memcpy(k, after, sizeof k);
     for (; q + GTA_L1_LANES <= n; q += GTA_L1_LANES)
-        for (size_t l = 0; l < GTA_L1_LANES; l++) {
-            double a = fabs((double)d[q + l]), ak;
-            uint64_t u;
-            memcpy(&u, &a, sizeof u);
-            u &= -(uint64_t)(keep[q + l] >> 31);
-            memcpy(&ak, &u, sizeof ak);
-            before[l] += a;
-            after[l] += ak;
+        for (int h = 0; h < 2; h++) {
+            v4f f;
+            v4i m;
+            memcpy(&f, d + q + 4 * h, sizeof f);
+            memcpy(&m, keep + q + 4 * h, sizeof m);
+            v4d a = (v4d)((v4l)__builtin_convertvector(f, v4d) & nosign);
+            b[h] += a;
+            k[h] += (v4d)((v4l)a & __builtin_convertvector(m, v4l)); /* keep is 0 or -1 */
         }
-    for (size_t l = 0; q < n; q++, l++) {
+    memcpy(before, b, sizeof b);
+    memcpy(after, k, sizeof k);
+#endif
+    for (; q < n; q++) { /* the tail (and without GCC's vectors, everything), lane q % 8 as above */
         double a = fabs((double)d[q]);
-        before[l] += a;
-        after[l] += keep[q] ? a : 0.0;
+        before[q % GTA_L1_LANES] += a;
+        after[q % GTA_L1_LANES] += keep[q] ? a : 0.0;
     }
 }
 
@@ -620,10 +635,9 @@ static double l1_fold(const double *lane)
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-              const float *const *x, void *acc)
+static GTA_INLINE void scan_body(const struct alloy_merge_job *job, const struct gta_state *s,
+                                 const struct alloy_chunk *c, const float *const *x, void *acc)
 {
-    const struct gta_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     const float *b = x[s->base];
     uint32_t *hist0 = (uint32_t *)(void *)((uint8_t *)acc + sizeof(struct gta_acc_head));
@@ -690,6 +704,35 @@ void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, co
     }
     free(ds.thr);
     free(ds.sort);
+}
+
+static void scan_generic(const struct alloy_merge_job *job, const struct gta_state *s, const struct alloy_chunk *c,
+                         const float *const *x, void *acc)
+{
+    scan_body(job, s, c, x, acc);
+}
+
+#if GTA_X86_DISPATCH
+__attribute__((target("avx2"))) static void scan_avx2(const struct alloy_merge_job *job, const struct gta_state *s,
+                                                      const struct alloy_chunk *c, const float *const *x, void *acc)
+{
+    scan_body(job, s, c, x, acc);
+}
+#endif
+
+static gta_scan_fn pick_scan(void)
+{
+#if GTA_X86_DISPATCH
+    if (__builtin_cpu_supports("avx2")) return scan_avx2;
+#endif
+    return scan_generic;
+}
+
+void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+              const float *const *x, void *acc)
+{
+    const struct gta_state *s = state;
+    s->scan(job, s, c, x, acc);
 }
 
 int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,

@@ -94,10 +94,15 @@ struct gta_state;
 typedef void (*gta_apply_fn)(const struct alloy_merge_job *job, const struct gta_state *s,
                              const struct alloy_chunk *c, const float *const *x, float *out);
 
+/* scan() for one chunk (gta.c): likewise. */
+typedef void (*gta_scan_fn)(const struct alloy_merge_job *job, const struct gta_state *s,
+                            const struct alloy_chunk *c, const float *const *x, void *acc);
+
 struct gta_state {
     const struct gta_kind *kind;
     gta_draw_fn draw;
     gta_apply_fn apply;
+    gta_scan_fn scan;
     int nm;                 /* task vectors */
     int base;
     struct gta_model m[GTA_MAX_MODELS];
