@@ -42,10 +42,12 @@
  *   gta_init picks by the CPU. The operations and their order are the same
  *   in every version (no FMA), so the bits are.
  *
- *   Arithmetic: deltas and masked deltas in float32; the L1 sums (in
- *   element order) and the per-element sums over models (sign consensus,
- *   numerator, divisor) in double. Adding +0 for a dropped or disagreeing
- *   entry leaves a sum's bits unchanged, as none of them is ever -0.
+ *   Arithmetic: deltas and masked deltas in float32; the L1 sums in double
+ *   (eight lanes, element q of a block into lane q % 8, folded in a fixed
+ *   order); the per-element sums over models in model order: in double
+ *   without consensus, in float32 with it (elected sign, numerator,
+ *   divisor). Adding +0 for a dropped or disagreeing entry leaves a sum's
+ *   bits unchanged, as none of them is ever -0.
  *
  *   Memory: O(models) state plus select.h's O(nchunks) tie counts and,
  *   during a wide level 0, 512 KiB per selection and a 256 KiB table per
@@ -769,43 +771,49 @@ int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const
 /* ---------------------------------------------------------------- apply */
 
 /* Merges one block of n elements from the models' masked, weighted deltas D[j][0..n). The sums over
- * models run in model order in double, as the per-element formula in gta.h reads; zero entries and
- * disagreeing signs add +0, which leaves the sums' bits unchanged (none of them is ever -0). */
+ * models run in model order: in double without consensus (task arithmetic's weighted sum), in
+ * float with it (the elected sign, numerator and divisor; float32 like the deltas, twice the
+ * lanes of double and no double division). Zero entries and disagreeing signs add +0, which leaves
+ * a sum's bits unchanged (none of them is ever -0); every sum starts as 0 + its first term (not the
+ * term itself: 0 + -0 is +0). nm >= 1. */
 static GTA_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b,
                                    size_t n, float *restrict out)
 {
-    /* nm >= 1; every sum starts as 0.0 + its first term (not the term itself: 0.0 + -0.0 is +0.0) */
-    double sum[GTA_BLK], num[GTA_BLK], z[GTA_BLK];
-    for (size_t q = 0; q < n; q++) sum[q] = 0.0 + (double)D[0][q];
-    for (int j = 1; j < nm; j++)
-        for (size_t q = 0; q < n; q++) sum[q] += D[j][q];
     if (!s->kind->consensus) {
+        double sum[GTA_BLK];
+        for (size_t q = 0; q < n; q++) sum[q] = 0.0 + (double)D[0][q];
+        for (int j = 1; j < nm; j++)
+            for (size_t q = 0; q < n; q++) sum[q] += D[j][q];
         const double ls = s->lin_scale;
         for (size_t q = 0; q < n; q++) out[q] = b[q] + (float)(ls * sum[q]);
         return;
     }
     /* "sum" consensus: majority sign of the weighted sum (0 counts as +); zero entries never agree */
+    float sum[GTA_BLK], num[GTA_BLK], z[GTA_BLK];
+    for (size_t q = 0; q < n; q++) sum[q] = 0.0f + D[0][q];
+    for (int j = 1; j < nm; j++)
+        for (size_t q = 0; q < n; q++) sum[q] += D[j][q];
     for (int j = 0; j < nm; j++) {
         const float *Dj = D[j];
-        const double w = s->m[j].w;
+        const float w = s->m[j].w;
         if (j == 0) {
             for (size_t q = 0; q < n; q++) {
                 int agree = sum[q] >= 0 ? Dj[q] > 0 : Dj[q] < 0;
-                num[q] = 0.0 + (agree ? (double)Dj[q] : 0.0);
-                z[q] = 0.0 + (agree ? w : 0.0);
+                num[q] = 0.0f + (agree ? Dj[q] : 0.0f);
+                z[q] = 0.0f + (agree ? w : 0.0f);
             }
             continue;
         }
         for (size_t q = 0; q < n; q++) {
             int agree = sum[q] >= 0 ? Dj[q] > 0 : Dj[q] < 0;
-            num[q] += agree ? (double)Dj[q] : 0.0;
-            z[q] += agree ? w : 0.0;
+            num[q] += agree ? Dj[q] : 0.0f;
+            z[q] += agree ? w : 0.0f;
         }
     }
-    const double lambda = s->lambda;
+    const float lambda = s->lambda;
     if (s->normalize)
-        for (size_t q = 0; q < n; q++) num[q] /= (z[q] == 0 ? 1.0 : z[q]);
-    for (size_t q = 0; q < n; q++) out[q] = b[q] + (float)(lambda * num[q]);
+        for (size_t q = 0; q < n; q++) num[q] /= (z[q] == 0 ? 1.0f : z[q]);
+    for (size_t q = 0; q < n; q++) out[q] = b[q] + lambda * num[q];
 }
 
 /* The apply() loop, compiled twice below (with the block helpers inlined into it): for the baseline
