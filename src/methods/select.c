@@ -451,10 +451,18 @@ static SEL_INLINE void window_add_body(const struct alloy_select *s, size_t chun
         const uint32_t *k = keys + e0;
         uint8_t take[256 + 8];
         uint32_t above = 0, in = 0;
-        for (size_t e = 0; e < m; e++) { /* vectorized */
-            above += k[e] > hi;
-            take[e] = (uint8_t)((k[e] - lo <= span) & ((k[e] & zlow) != 0 || !zlow));
-            in += take[e];
+        if (zlow) { /* vectorized */
+            for (size_t e = 0; e < m; e++) {
+                above += k[e] > hi;
+                take[e] = (uint8_t)((k[e] - lo <= span) & ((k[e] & 0xffffu) != 0));
+                in += take[e];
+            }
+        } else {
+            for (size_t e = 0; e < m; e++) {
+                above += k[e] > hi;
+                take[e] = (uint8_t)(k[e] - lo <= span);
+                in += take[e];
+            }
         }
         b->above += above;
         if (!in) continue;
