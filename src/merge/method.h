@@ -42,10 +42,10 @@
  *   unset parameter without default is NAN. Methods validate their inputs in
  *   check(), which also runs during --dry-run.
  *
- *   Random methods draw with alloy_rng_uniform(alloy_rng_key(job->seed,
- *   job->name, stream), element_index) (core/internal.h), a pure function of
- *   the seed, the tensor name and the element, so chunking and threads do
- *   not change the result.
+ *   Random methods draw from alloy_rng_u64(alloy_rng_key(job->seed,
+ *   job->name, stream), counter) (core/internal.h) with a counter derived
+ *   from the element index, a pure function of the seed, the tensor name
+ *   and the element, so chunking and threads do not change the result.
  */
 #ifndef ALLOY_METHOD_H
 #define ALLOY_METHOD_H

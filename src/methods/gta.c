@@ -22,8 +22,9 @@
  *                rank = 1-based ascending rank of |delta| within its row
  *                (stable: equal values rank by column), recomputed per row
  *                with an LSD radix sort into O(cols) scratch
- *   The draws are compared as integers (draw_threshold: the same decisions
- *   as the double comparison). With `rescale` a sparsified task vector is
+ *   u is 32 random bits of the element (half of a 64-bit counter-based
+ *   hash per pair of elements, draw_block), compared as an integer
+ *   (draw_threshold). With `rescale` a sparsified task vector is
  *   multiplied by sum|delta| / sum|kept delta| (whole tensor, mergekit's L1
  *   matching), which takes one more scan pass (after the selection passes
  *   for the magnitude methods). That pass also records the random methods'
@@ -133,14 +134,14 @@ int gta_check(const struct gta_kind *kind, const struct alloy_merge_job *job, st
 
 /* ---------------------------------------------------------------- setup */
 
-/* The exact integer form of `alloy_rng_uniform(key, e) < p`: the draw is x * 2^-53 with the integer
- * x = alloy_rng_u64(key, e) >> 11 < 2^53, and x * 2^-53 < p  <=>  x < ceil(p * 2^53) (p * 2^53 is
- * exact), clamped to [0, 2^53]; NaN keeps nothing, like the comparison. */
+/* The exact integer form of `u < p` for the draw u = x * 2^-32 of an element, x its 32-bit half of
+ * one 64-bit hash (draw_block): x * 2^-32 < p  <=>  x < ceil(p * 2^32) (p * 2^32 is exact), clamped
+ * to [0, 2^32]; NaN keeps nothing, like the comparison. */
 static uint64_t draw_threshold(double p)
 {
-    double t = p * 0x1p53;
+    double t = p * 0x1p32;
     if (!(t > 0)) return 0;
-    if (t >= 0x1p53) return (uint64_t)1 << 53;
+    if (t >= 0x1p32) return (uint64_t)1 << 32;
     return (uint64_t)ceil(t);
 }
 
@@ -387,20 +388,32 @@ static void rank_row(const float *xi, const float *b, size_t cols, uint32_t *ran
     }
 }
 
-/* Random keep decisions of one block: keep[q] = ~0u iff alloy_rng_u64(rk, e + q) >> 11 < thr (or
- * thrs[q] when thrs is set), draw_threshold()'s integer form of `alloy_rng_uniform() < p`. The hash
- * is integer arithmetic, so any instruction set gives the same bits: with AVX-512 (64-bit lane
- * multiplies) the loop runs about 4x faster than scalar here, AVX2 1.4x. The comparison is signed:
- * both sides are below 2^63. */
+/* Elements per block of the apply() and scan() loops. */
+#define GTA_BLK 256
+
+/* Random keep decisions of one block: keep[q] = ~0u iff x(e + q) < thr (or thrs[q] when thrs is set),
+ * draw_threshold()'s integer form of `u < p`. Element e's 32 random bits x(e) are the low (e even)
+ * or high (e odd) half of alloy_rng_u64(rk, e >> 1): one hash per two elements. The hash is integer
+ * arithmetic, so any instruction set gives the same bits; with AVX-512 (64-bit lane multiplies) the
+ * loop runs several times faster than scalar. Comparisons are signed: both sides are below 2^63. */
 #define GTA_DRAW_BODY                                                                                            \
+    uint64_t h[GTA_BLK / 2 + 1];                                                                                 \
+    uint32_t x[GTA_BLK + 2];                                                                                     \
+    const uint64_t p0 = e >> 1;                                                                                  \
+    const size_t np = (size_t)(((e + n + 1) >> 1) - p0);                                                         \
+    for (size_t i = 0; i < np; i++) h[i] = alloy_rng_u64(rk, p0 + i);                                           \
+    for (size_t i = 0; i < np; i++) {                                                                            \
+        x[2 * i] = (uint32_t)h[i];                                                                               \
+        x[2 * i + 1] = (uint32_t)(h[i] >> 32);                                                                   \
+    }                                                                                                            \
+    const uint32_t *xe = x + (e & 1);                                                                            \
     if (thrs) {                                                                                                  \
-        for (size_t q = 0; q < n; q++)                                                                           \
-            keep[q] = -(uint32_t)((int64_t)(alloy_rng_u64(rk, e + q) >> 11) < (int64_t)thrs[q]);                 \
+        for (size_t q = 0; q < n; q++) keep[q] = -(uint32_t)((int64_t)xe[q] < (int64_t)thrs[q]);                  \
     } else {                                                                                                     \
-        for (size_t q = 0; q < n; q++)                                                                           \
-            keep[q] = -(uint32_t)((int64_t)(alloy_rng_u64(rk, e + q) >> 11) < (int64_t)thr);                     \
+        for (size_t q = 0; q < n; q++) keep[q] = -(uint32_t)((int64_t)xe[q] < (int64_t)thr);                      \
     }
 
+/* n <= GTA_BLK */
 static void draw_generic(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint64_t *restrict thrs,
                          uint32_t *restrict keep)
 {
@@ -430,8 +443,6 @@ static gta_draw_fn pick_draw(void)
     return draw_generic;
 }
 
-/* Elements per block of the apply() and scan() loops. */
-#define GTA_BLK 256
 
 /* Deltas of one block: d[q] = xi[q] - b[q]. */
 static GTA_INLINE void block_delta(const float *restrict xi, const float *restrict b, size_t n, float *restrict d)
