@@ -9,6 +9,13 @@
  *   tensor size except the per-chunk accumulators of scan passes
  *   (nchunks x acc_size bytes). The first error raised by any chunk wins;
  *   the remaining chunks are skipped.
+ *
+ *   Scratch is bounded too: tensors of more than ALLOY_CHUNK_ELEMS x
+ *   ALLOY_MAX_CHUNKS elements get larger chunks, so when (inputs + 1)
+ *   chunks per thread would exceed ALLOY_SCRATCH_BUDGET in all, the chunks
+ *   run in fewer lanes (lane l takes chunks l, l + lanes, ...; one scratch
+ *   each) instead of on every thread. Results do not change: they never
+ *   depend on which thread runs a chunk.
  */
 #include "core/internal.h"
 #include "merge/method.h"
@@ -25,7 +32,8 @@ struct run {
     void *store_ctx;
     uint64_t chunk_elems;   /* elements per chunk (whole rows when required) */
     size_t nchunks;
-    float **scratch;        /* per thread: (n + 1) * chunk_elems floats */
+    float **scratch;        /* per lane: (n + 1) * chunk_elems floats */
+    int lanes;              /* < pool threads when the scratch budget limits them */
     void *state;
     int pass;               /* -1: apply */
     size_t sample;          /* chunks of a sample pass, 0: every chunk */
@@ -53,15 +61,14 @@ static void fail(struct run *r, const struct alloy_err *e)
     pthread_mutex_unlock(&r->mu);
 }
 
-static void run_chunk(void *ctx, size_t item, int ith)
+static void run_chunk(struct run *r, size_t item, int slot)
 {
-    struct run *r = ctx;
     if (atomic_load(&r->failed)) return;
     const struct alloy_merge_job *job = r->job;
     if (r->sample) item = alloy_sample_chunk(item, r->sample, r->nchunks);
     struct alloy_chunk c;
     chunk_at(r, item, &c);
-    float *base = r->scratch[ith];
+    float *base = r->scratch[slot];
     const float *x[job->n > 0 ? job->n : 1];
     struct alloy_err e = {0};
     for (int i = 0; i < job->n; i++) {
@@ -76,6 +83,25 @@ static void run_chunk(void *ctx, size_t item, int ith)
     float *out = base + (size_t)job->n * r->chunk_elems;
     r->m->apply(job, r->state, &c, x, out);
     if (r->store(r->store_ctx, c.e0, c.e1, out, &e) != ALLOY_OK) fail(r, &e);
+}
+
+static void run_item(void *ctx, size_t item, int ith) { run_chunk(ctx, item, ith); }
+
+static void run_lane(void *ctx, size_t lane, int ith)
+{
+    struct run *r = ctx;
+    size_t items = r->sample ? r->sample : r->nchunks;
+    for (size_t i = lane; i < items; i += (size_t)r->lanes) run_chunk(r, i, (int)lane);
+}
+
+/* Every chunk (or the pass's sample) once, on all threads or in r->lanes lanes. */
+static void run_all(struct alloy_pool *pool, struct run *r)
+{
+    size_t items = r->sample ? r->sample : r->nchunks;
+    if (r->lanes < alloy_pool_size(pool))
+        alloy_pool_for(pool, (size_t)r->lanes < items ? (size_t)r->lanes : items, run_lane, r);
+    else
+        alloy_pool_for(pool, items, run_item, r);
 }
 
 int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_job *job, alloy_load_fn load,
@@ -101,16 +127,21 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
     int rc = ALLOY_OK;
     pthread_mutex_init(&r.mu, NULL);
     atomic_init(&r.failed, 0);
+    size_t per_lane = ((size_t)job->n + 1) * r.chunk_elems * sizeof(float);
+    r.lanes = nth;
+    if ((uint64_t)nth * per_lane > ALLOY_SCRATCH_BUDGET) {
+        uint64_t fit = ALLOY_SCRATCH_BUDGET / per_lane;
+        r.lanes = fit < 1 ? 1 : (int)fit;
+    }
     r.scratch = alloy_xcalloc((size_t)nth, sizeof *r.scratch);
     r.state = alloy_xcalloc(1, m->state_size ? m->state_size : 1);
     if (!r.scratch || !r.state) {
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for merge state", job->name);
         goto out;
     }
-    for (int t = 0; t < nth; t++) {
-        size_t bytes = ((size_t)job->n + 1) * r.chunk_elems * sizeof(float);
+    for (int t = 0; t < r.lanes; t++) {
         /* the pool keeps its buffers across tensors: no fresh pages to fault and zero per tensor */
-        r.scratch[t] = pool ? alloy_pool_scratch(pool, t, bytes) : alloy_xmalloc(bytes);
+        r.scratch[t] = pool ? alloy_pool_scratch(pool, t, per_lane) : alloy_xmalloc(per_lane);
         if (!r.scratch[t]) {
             rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %llu-element chunks", job->name,
                                (unsigned long long)r.chunk_elems);
@@ -128,7 +159,7 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
         }
         size_t k = m->pass_sample ? m->pass_sample(job, r.state, pass) : 0;
         r.sample = k && k < r.nchunks ? k : 0;
-        alloy_pool_for(pool, r.sample ? r.sample : r.nchunks, run_chunk, &r);
+        run_all(pool, &r);
         r.sample = 0;
         if (atomic_load(&r.failed)) {
             if (err) *err = r.err;
@@ -141,7 +172,7 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
         if (rc) goto out_state;
     }
     r.pass = -1;
-    alloy_pool_for(pool, r.nchunks, run_chunk, &r);
+    run_all(pool, &r);
     if (atomic_load(&r.failed)) {
         if (err) *err = r.err;
         rc = r.err.status ? (int)r.err.status : ALLOY_ERR_IO;
@@ -150,7 +181,7 @@ out_state:
     if (m->fini) m->fini(job, r.state);
 out:
     if (r.scratch && !pool)
-        for (int t = 0; t < nth; t++) free(r.scratch[t]);
+        for (int t = 0; t < r.lanes; t++) free(r.scratch[t]);
     free(r.scratch);
     free(r.state);
     pthread_mutex_destroy(&r.mu);

@@ -152,6 +152,11 @@ typedef int (*alloy_store_fn)(void *ctx, uint64_t e0, uint64_t e1, float *src, s
 #define ALLOY_CHUNK_ELEMS ((uint64_t)1 << 18)
 /* Tensors larger than ALLOY_CHUNK_ELEMS x ALLOY_MAX_CHUNKS get larger chunks instead of more. */
 #define ALLOY_MAX_CHUNKS 1024
+/* Most bytes of chunk scratch for one tensor, all threads together; past it, fewer threads (lanes)
+ * run the chunks. Normally (inputs + 1) MiB per thread; a 2^31-element tensor has 8 MiB chunks. */
+#ifndef ALLOY_SCRATCH_BUDGET
+#define ALLOY_SCRATCH_BUDGET ((uint64_t)128 << 20)
+#endif
 
 /* Runs a method over one tensor: passes, then apply, chunk by chunk on the
  * pool (NULL: this thread). chunk_elems 0 means ALLOY_CHUNK_ELEMS. */
