@@ -51,8 +51,9 @@
  *   bits unchanged, as none of them is ever -0.
  *
  *   Memory: O(models) state plus select.h's O(nchunks) tie counts and,
- *   during a wide level 0, 512 KiB per selection and a 256 KiB table per
- *   scan call; keep bitmaps up to GTA_KEEP_BITS / 8 bytes per tensor; della
+ *   during a wide level 0 or a sample pass, 1 MiB per selection and a
+ *   512 KiB table per scan call; the window passes' collected keys, at most
+ *   GTA_WINDOW_KEYS (32 MiB) for all selections together; keep bitmaps up to GTA_KEEP_BITS / 8 bytes per tensor; della
  *   allocates O(models * cols) scratch per apply()/scan() call (if that
  *   fails, ranks and keep probabilities are computed per element — slow but
  *   exact, since apply() cannot report errors). Scan passes write shared
@@ -150,11 +151,12 @@ static gta_apply_fn pick_apply(void);
 static gta_scan_fn pick_scan(void);
 
 /* Tensors from this size on select in select.h's wide layout: two histogram passes instead of three
- * (when the threshold has its low 16 bits zero), for a 256 KiB table per scan call; from
+ * (when the threshold has its low 16 bits zero), for a 512 KiB table per scan call; from
  * GTA_SAMPLED_MIN on in the sampled layout: a sample pass over GTA_SAMPLE_CHUNKS() chunks, then one
  * full pass (window) instead of two. */
 #define GTA_WIDE_MIN ((uint64_t)1 << 17)
 #define GTA_SAMPLED_MIN (8 * ALLOY_CHUNK_ELEMS)
+#define GTA_WINDOW_KEYS ((uint64_t)1 << 23)
 /* 1/16 of the chunks, at least 2 and at most 16 (a sample of 0.5 M to 4 M keys, more for huge tensors). */
 static size_t sample_chunks(uint64_t numel)
 {
@@ -219,6 +221,16 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
         }
         m->need_l1 = rescale && !m->zero;
     }
+    /* The sampled selections share one window budget (GTA_WINDOW_KEYS keys, 32 MiB), so the windows
+       of many models together stay bounded */
+    int nsampled = 0;
+    for (int j = 0; j < s->nm; j++)
+        for (int q = 0; q < s->m[j].nsel; q++) nsampled += alloy_sel_sample_stage(&s->m[j].sel[q]);
+    for (int j = 0; j < s->nm && nsampled; j++)
+        for (int q = 0; q < s->m[j].nsel; q++) {
+            uint64_t share = GTA_WINDOW_KEYS / (uint64_t)nsampled;
+            if (share < s->m[j].sel[q].window_keys) s->m[j].sel[q].window_keys = share;
+        }
     /* Keep bitmaps for the random methods' apply(), in model order while the budget lasts; without
        one (or if it cannot be allocated) apply() draws (and della ranks) again. */
     uint64_t bits = 0, words = (N + 63) / 64;

@@ -17,8 +17,9 @@
  *   kept entirely ends the selection early (no exact value needed then).
  *   Memory: one uint32 histogram of ALLOY_SEL_BINS per chunk accumulator and
  *   selection, plus, only when ties at the threshold are split, one uint64
- *   per chunk (and, in the wide layout below, a fixed 512 KiB total per
- *   selection during level 0) — never anything proportional to the element
+ *   per chunk (and, in the wide layout below, a fixed 1 MiB total per
+ *   selection during level 0; in the sampled layout, the window's keys,
+ *   within a fixed budget) — never anything proportional to the element
  *   count.
  *
  *   Total order and tie rule. Elements are ordered by key, and among equal
@@ -40,7 +41,8 @@
  *                a local table and added, stripe by stripe under striped
  *                locks, into one total per selection (integer sums: order
  *                does not matter, so this is method.h's allowed exception;
- *                512 KiB, allocated by the first chunk, freed at reduce)
+ *                1 MiB with the sample stage's second half, allocated by
+ *                the first chunk, freed at reduce)
  *       level 1: bits 15..6  (1024 bins)   per chunk, plus bin 1024: the keys
  *                equal to prefix << 16 (low 16 bits zero) — when the k-th
  *                key is that one, bin 1024 gives the per-chunk tie counts and
