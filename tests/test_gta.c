@@ -626,7 +626,7 @@ TEST(magnitude_methods_sampled_selection)
        64 threads the chunk scratch ((3 + 1) x 1 MiB each) would pass ALLOY_SCRATCH_BUDGET: the driver
        runs 32 lanes instead, with the same result */
     enum { R = 2100, C = 1024, N = R * C };
-    static const uint64_t chunks[] = {0, 50000};
+    static const uint64_t chunks[] = {0, 50000, 0};  /* paired with threads[] */
     static const int threads[] = {0, 2, 64};
     float **in = make_inputs(3, N, 40);                       /* grid deltas: the ties are counted, not kept */
     double *ref = malloc(N * sizeof *ref);
