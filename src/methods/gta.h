@@ -136,6 +136,14 @@ void gta_apply(const struct alloy_merge_job *job, const void *state, const struc
                const float *const *x, float *out);
 void gta_fini(const struct alloy_merge_job *job, void *state);
 
+/* DELLA's row ranks (della_rank.c): rank[j] = 1-based ascending rank of |xi[j] - b[j]| among the
+ * row's cols elements, equal magnitudes by column. scratch: GTA_RANK_SCRATCH(cols) uint32. */
+#define GTA_RANK_TABLE 32768
+#define GTA_RANK_SCRATCH(cols) (6 * (size_t)(cols) + GTA_RANK_TABLE)
+void     gta_rank_row(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch);
+/* The same rank of element j alone, counted directly: O(cols) (when the scratch cannot be allocated). */
+uint32_t gta_rank_count(const float *xi, const float *b, size_t cols, size_t j);
+
 #define GTA_NEEDS_HIST(sp) ((sp) == GTA_SPARSIFY_MAGNITUDE || (sp) == GTA_SPARSIFY_OUTLIERS)
 #define GTA_ACC_SIZE_FOR(sp) GTA_ACC_SIZE(GTA_NEEDS_HIST(sp) ? GTA_HIST_SLOTS : 0)
 

@@ -1,0 +1,127 @@
+/*
+ * test_della_rank.c — DELLA's row ranks (src/methods/della_rank.c) against
+ * sorting: every row's ranks must equal the positions of its elements after
+ * a stable sort by |delta| (equal magnitudes by column), and
+ * gta_rank_count() (the per-element fallback) must agree. Rows cover each
+ * path of gta_rank_row: bfloat16 deltas (the counting sort), with a few and
+ * with many keys whose low bits are set (insertion sort, radix sort of the
+ * exceptions), float32 rows, wide spans, all equal, zeros and -0,
+ * denormals, infinities and NaN, very long rows.
+ */
+#include "test.h"
+#include "alloy.h"
+#include "methods/gta.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+static uint64_t g_rs = 0x9e3779b97f4a7c15ull;
+static double urand(void) /* xorshift64*, independent of the library's generator */
+{
+    g_rs ^= g_rs >> 12;
+    g_rs ^= g_rs << 25;
+    g_rs ^= g_rs >> 27;
+    return (double)((g_rs * 2685821657736338717ull) >> 11) * 0x1p-53;
+}
+
+static double gauss(void) { return sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand()); }
+static float bf16(double v) { return alloy_bf16_to_f32(alloy_f32_to_bf16((float)v)); }
+
+struct item {
+    uint32_t key;
+    uint32_t col;
+};
+
+static int item_cmp(const void *a, const void *b)
+{
+    const struct item *x = a, *y = b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return x->col < y->col ? -1 : (x->col > y->col);
+}
+
+/* Checks gta_rank_row on one row (and gta_rank_count on a few of its elements); returns mismatches. */
+static size_t check_row(const float *x, const float *b, size_t cols, const char *what)
+{
+    struct item *it = malloc(cols * sizeof *it);
+    uint32_t *ref = malloc(cols * sizeof *ref), *got = malloc(cols * sizeof *got);
+    uint32_t *scratch = malloc(GTA_RANK_SCRATCH(cols) * sizeof *scratch);
+    for (size_t j = 0; j < cols; j++) it[j] = (struct item){alloy_sel_key_abs(x[j] - b[j]), (uint32_t)j};
+    qsort(it, cols, sizeof *it, item_cmp);
+    for (size_t p = 0; p < cols; p++) ref[it[p].col] = (uint32_t)(p + 1);
+    gta_rank_row(x, b, cols, got, scratch);
+    size_t bad = 0;
+    for (size_t j = 0; j < cols; j++) bad += got[j] != ref[j];
+    for (size_t q = 0; q < 8 && cols <= 6000; q++) {
+        size_t j = (size_t)(urand() * (double)cols);
+        bad += gta_rank_count(x, b, cols, j) != ref[j];
+    }
+    if (bad) test_fail(__FILE__, __LINE__, "%s, %zu columns: %zu ranks differ from sorting", what, cols, bad);
+    free(it);
+    free(ref);
+    free(got);
+    free(scratch);
+    return bad;
+}
+
+TEST(della_rank_matches_stable_sort)
+{
+    static const size_t cols[] = {1, 2, 3, 7, 64, 255, 256, 257, 2048, 5632};
+    enum { MAXC = 5632 };
+    float *x = malloc(MAXC * sizeof *x), *b = malloc(MAXC * sizeof *b);
+    for (size_t c = 0; c < sizeof cols / sizeof cols[0]; c++) {
+        size_t n = cols[c];
+        for (int rep = 0; rep < 3; rep++) {
+            /* a fine-tune of a bfloat16 base: nearly every |delta| has zero low bits */
+            for (size_t j = 0; j < n; j++) {
+                b[j] = bf16(gauss() * 0.02);
+                x[j] = bf16(b[j] + gauss() * 0.0005);
+            }
+            check_row(x, b, n, "bf16 fine-tune");
+            /* the same with exceptions: some deltas across binades (low bits set), few and many */
+            for (size_t j = 0; j < n; j += 97) x[j] = bf16(b[j] * 1.7f + 1e-3f);
+            check_row(x, b, n, "bf16, few exceptions");
+            for (size_t j = 0; j < n; j += 5) x[j] = bf16(b[j] * 1.7f + 1e-3f);
+            check_row(x, b, n, "bf16, many exceptions");
+            /* independent bfloat16 values and float32 values: the radix sort */
+            for (size_t j = 0; j < n; j++) x[j] = bf16(gauss()), b[j] = bf16(gauss());
+            check_row(x, b, n, "independent bf16");
+            for (size_t j = 0; j < n; j++) x[j] = (float)gauss(), b[j] = (float)gauss() * 1e-3f;
+            check_row(x, b, n, "float32");
+            /* magnitudes spanning many binades (wide bucket span) */
+            for (size_t j = 0; j < n; j++) x[j] = bf16(exp2(-60.0 * urand())), b[j] = 0;
+            check_row(x, b, n, "wide span");
+        }
+        /* all equal, zeros and -0, heavy ties */
+        for (size_t j = 0; j < n; j++) x[j] = 0.5f, b[j] = 0.25f;
+        check_row(x, b, n, "all equal");
+        for (size_t j = 0; j < n; j++) x[j] = j % 2 ? -0.0f : 0.0f, b[j] = 0.0f;
+        check_row(x, b, n, "zeros");
+        for (size_t j = 0; j < n; j++) x[j] = (float)(j % 3) * 0.125f, b[j] = 0;
+        check_row(x, b, n, "three values");
+        /* specials: denormals, huge, infinities, NaN (a NaN's key ranks above infinity) */
+        for (size_t j = 0; j < n; j++) {
+            static const float sp[] = {1e-40f, -3e-39f, 3e38f, -3e38f, INFINITY, -INFINITY, NAN, 1.0f, 0.0f};
+            x[j] = sp[(size_t)(urand() * 9)];
+            b[j] = j % 4 == 0 ? 0.5f : 0.0f;
+        }
+        check_row(x, b, n, "specials");
+    }
+    free(x);
+    free(b);
+}
+
+TEST(della_rank_long_rows)
+{
+    /* beyond 2^17 columns rank_row sorts radix-wise whole */
+    static const size_t cols[] = {65536 + 3, ((size_t)1 << 17) + 3};
+    float *x = malloc(cols[1] * sizeof *x), *b = malloc(cols[1] * sizeof *b);
+    for (size_t c = 0; c < 2; c++) {
+        for (size_t j = 0; j < cols[c]; j++) {
+            b[j] = bf16(gauss() * 0.02);
+            x[j] = bf16(b[j] + gauss() * 0.0005);
+        }
+        check_row(x, b, cols[c], "long bf16 row");
+    }
+    free(x);
+    free(b);
+}
