@@ -362,7 +362,7 @@ static int reduce_wide0(struct alloy_select *s, struct alloy_err *err)
  * level-0 bins holding the sample ranks r -+ m around the k-th key's expected rank r, m a generous
  * margin (1% of the ranks plus 8 standard deviations of a sample quantile). 1 if it is worth a
  * window pass: at most ALLOY_SEL_WINDOW_BINS bins, and the keys it would collect (those with
- * nonzero low bits; the others are counted per bin) expected within half the budget. */
+ * nonzero low bits; the others are counted per bin) expected within 3/4 of the budget. */
 static int place_window(struct alloy_select *s, const uint64_t *h, const uint64_t *z, uint64_t ns, int *blo_out,
                         int *bhi_out)
 {
@@ -380,7 +380,7 @@ static int place_window(struct alloy_select *s, const uint64_t *h, const uint64_
     if (bhi < 0 || bhi - blo >= ALLOY_SEL_WINDOW_BINS) return 0;
     uint64_t collect = 0; /* a narrow window counts the keys with zero low bits instead (window_add) */
     for (int b = blo; b <= bhi; b++) collect += bhi - blo < 8 ? h[b] - z[b] : h[b];
-    if ((double)collect * ((double)s->n / (double)ns) > (double)s->window_keys / 2) return 0;
+    if ((double)collect * ((double)s->n / (double)ns) > 0.75 * (double)s->window_keys) return 0;
     *blo_out = blo;
     *bhi_out = bhi;
     return 1;
@@ -503,18 +503,70 @@ static void window_add_generic(const struct alloy_select *s, size_t chunk, const
     window_add_body(s, chunk, keys, n);
 }
 
+int alloy_sel_isa_cap = 2;
+
 /* The window pass runs over every key of the tensor: compiled for AVX2 too (integer operations, the
- * same result), chosen by the CPU. */
+ * same result), and with AVX-512 the block loop becomes one compare and one compress per 16 keys (no
+ * branch per group: the wide windows of breadcrumbs' outlier selections take keys everywhere). */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#include <immintrin.h>
+
 __attribute__((target("avx2"))) static void window_add_avx2(const struct alloy_select *s, size_t chunk,
                                                             const uint32_t *keys, size_t n)
 {
     window_add_body(s, chunk, keys, n);
 }
 
+__attribute__((target("avx512f"))) static void window_add_avx512(const struct alloy_select *s, size_t chunk,
+                                                                 const uint32_t *keys, size_t n)
+{
+    struct alloy_sel_window *w = s->window;
+    if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
+    const uint32_t lo = w->lo, hi = w->hi, span = hi - lo;
+    const uint32_t zlow = w->nb <= 8 ? 0xffffu : 0; /* as window_add_body */
+    struct sel_bucket *b = bucket(w, chunk);
+    for (unsigned z = 0; zlow && z < w->nb; z++) {
+        const uint32_t zk = lo + ((uint32_t)z << 16);
+        uint32_t cnt = 0;
+        for (size_t e = 0; e < n; e++) cnt += keys[e] == zk; /* vectorized */
+        b->zero[z] += cnt;
+    }
+    const __m512i vlo = _mm512_set1_epi32((int)lo), vhi = _mm512_set1_epi32((int)hi);
+    const __m512i vspan = _mm512_set1_epi32((int)span), vz = _mm512_set1_epi32((int)zlow);
+    uint64_t above = 0;
+    size_t j = b->n;
+    for (size_t e = 0; e < n; e += 16) {
+        const __mmask16 lm = n - e >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - e)) - 1);
+        const __m512i k = _mm512_maskz_loadu_epi32(lm, keys + e);
+        above += (uint64_t)__builtin_popcount(_mm512_mask_cmpgt_epu32_mask(lm, k, vhi));
+        __mmask16 t = _mm512_mask_cmple_epu32_mask(lm, _mm512_sub_epi32(k, vlo), vspan);
+        if (zlow) t &= _mm512_test_epi32_mask(k, vz);
+        if (!t) continue;
+        if (j + 16 > b->cap) { /* the store below writes 16 keys */
+            size_t cap = b->cap ? 2 * b->cap : 1024;
+            uint32_t *nk = realloc(b->keys, cap * sizeof *nk);
+            if (!nk) {
+                atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
+                return;
+            }
+            b->keys = nk;
+            b->cap = cap;
+        }
+        _mm512_storeu_si512((void *)(b->keys + j), _mm512_maskz_compress_epi32(t, k));
+        j += (size_t)__builtin_popcount(t);
+    }
+    b->above += above;
+    uint64_t taken = j - b->n;
+    b->n = j;
+    if (taken && atomic_fetch_add_explicit(&w->total, taken, memory_order_relaxed) + taken > s->window_keys)
+        atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
+}
+
 void alloy_sel_window_add(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
 {
-    if (__builtin_cpu_supports("avx2"))
+    if (alloy_sel_isa_cap >= 2 && __builtin_cpu_supports("avx512f"))
+        window_add_avx512(s, chunk, keys, n);
+    else if (alloy_sel_isa_cap >= 1 && __builtin_cpu_supports("avx2"))
         window_add_avx2(s, chunk, keys, n);
     else
         window_add_generic(s, chunk, keys, n);

@@ -64,9 +64,9 @@
  *   k-th key and the per-chunk tie counts come from the collected keys in
  *   memory. A full pass costs a compare per key instead of a histogram
  *   increment, and the selection needs one full pass instead of two. The
- *   window is only tried when the sample expects at most
- *   ALLOY_SEL_WINDOW_KEYS keys in it; when the collection would exceed
- *   that, or the k-th key turns out to lie outside the window (an
+ *   window is only tried when the sample expects at most 3/4 of the
+ *   selection's budget (window_keys, ALLOY_SEL_WINDOW_KEYS unless the
+ *   caller lowers it) in it; when the collection would exceed that, or the k-th key turns out to lie outside the window (an
  *   unrepresentative sample), the selection restarts at a full wide level
  *   0: slower, never different. A sample that covered every chunk is an
  *   exact level 0 and goes on as the wide layout.
@@ -138,9 +138,9 @@ enum {
     ALLOY_SEL_STAGE_WINDOW, /* next pass: count above and collect inside the window */
 };
 
-/* Most keys one sampled selection collects (16 MiB; keys with zero low 16 bits are counted per
- * bin instead), and most level-0 bins its window spans. */
-#define ALLOY_SEL_WINDOW_KEYS ((uint64_t)1 << 22)
+/* Most keys one sampled selection collects (32 MiB; keys with zero low 16 bits are counted per
+ * bin instead; callers may lower it), and most level-0 bins its window spans. */
+#define ALLOY_SEL_WINDOW_KEYS ((uint64_t)1 << 23)
 #define ALLOY_SEL_WINDOW_BINS 256
 
 #define ALLOY_SEL_WIDE_BINS 65536
@@ -218,6 +218,10 @@ static inline int alloy_sel_window_stage(const struct alloy_select *s)
 {
     return s->level == 0 && s->stage == ALLOY_SEL_STAGE_WINDOW;
 }
+
+/* The widest instruction set the window pass may use: 2 AVX-512, 1 AVX2, 0 portable C (tests lower
+ * it to check every version; the CPU decides within it). */
+extern int alloy_sel_isa_cap;
 
 /* Window stage: the next n keys of chunk `chunk`, in element order (one thread per chunk). */
 void alloy_sel_window_add(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n);
