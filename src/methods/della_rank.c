@@ -135,6 +135,9 @@ static void rank_radix(const uint32_t *key, size_t n, uint32_t vbits, uint32_t *
  * over 2 * cols + 256 buckets or over 2^17 columns go to rank_radix whole. scratch:
  * GTA_RANK_SCRATCH(cols) uint32 (two rows of uint64 for rank_radix, the keys, the exceptions, the
  * table of GTA_RANK_TABLE buckets). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default"))) /* the key and rank loops vectorize twice as wide */
+#endif
 void gta_rank_row(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch)
 {
     if (cols == 0) return;

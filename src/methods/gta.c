@@ -303,7 +303,7 @@ size_t gta_pass_sample(const struct alloy_merge_job *job, const void *state, int
 struct gta_cursor {
     uint64_t ties[2];
     const uint32_t *rank;   /* della: ranks of the current row, NULL: counted per element */
-    const uint64_t *dthr;   /* della: draw threshold of each rank (index rank - 1), NULL: computed per element */
+    const uint32_t *dmax;   /* della: largest kept draw of each rank (index rank - 1), NULL: computed per element */
 };
 
 static void cursor_init(const struct gta_model *m, size_t chunk, struct gta_cursor *cur)
@@ -311,21 +311,23 @@ static void cursor_init(const struct gta_model *m, size_t chunk, struct gta_curs
     cur->ties[0] = m->nsel > 0 ? alloy_sel_chunk_ties(&m->sel[0], chunk) : 0;
     cur->ties[1] = m->nsel > 1 ? alloy_sel_chunk_ties(&m->sel[1], chunk) : 0;
     cur->rank = NULL;
-    cur->dthr = NULL;
+    cur->dmax = NULL;
 }
 
-/* Della's keep probability of rank r (1-based) in a row of cols >= 2 elements, as a draw threshold. */
-static uint64_t della_threshold(const struct gta_model *m, uint32_t r, size_t cols)
+/* Della's keep probability of rank r (1-based) in a row of cols >= 2 elements, as the largest draw
+ * kept: draw_threshold() - 1, which fits 32 bits as the probability lies in (0, 1) (gta_check). */
+static uint32_t della_keepmax(const struct gta_model *m, uint32_t r, size_t cols)
 {
     double p = (m->density - m->extra) + 2.0 * m->extra * (double)(r - 1) / (double)(cols - 1);
-    return draw_threshold(p);
+    uint64_t t = draw_threshold(p);
+    return t ? (uint32_t)(t - 1) : 0; /* t >= 1 here */
 }
 
 /* Elements per block of the apply() and scan() loops. */
 #define GTA_BLK 256
 
-/* Random keep decisions of one block: keep[q] = ~0u iff x(e + q) < thr (or thrs[q] when thrs is set),
- * draw_threshold()'s integer form of `u < p`. Element e's 32 random bits x(e) are the low (e even)
+/* Random keep decisions of one block: keep[q] = ~0u iff x(e + q) < thr (or x(e + q) <= kmax[q] when
+ * kmax is set), draw_threshold()'s integer form of `u < p`. Element e's 32 random bits x(e) are the low (e even)
  * or high (e odd) half of alloy_rng_u64(rk, e >> 1): one hash per two elements. The hash is integer
  * arithmetic, so any instruction set gives the same bits; with AVX-512 (64-bit lane multiplies) the
  * loop runs several times faster than scalar. Comparisons are signed: both sides are below 2^63. */
@@ -340,14 +342,14 @@ static uint64_t della_threshold(const struct gta_model *m, uint32_t r, size_t co
         x[2 * i + 1] = (uint32_t)(h[i] >> 32);                                                                   \
     }                                                                                                            \
     const uint32_t *xe = x + (e & 1);                                                                            \
-    if (thrs) {                                                                                                  \
-        for (size_t q = 0; q < n; q++) keep[q] = -(uint32_t)((int64_t)xe[q] < (int64_t)thrs[q]);                  \
+    if (kmax) {                                                                                                  \
+        for (size_t q = 0; q < n; q++) keep[q] = -(uint32_t)(xe[q] <= kmax[q]);                                   \
     } else {                                                                                                     \
         for (size_t q = 0; q < n; q++) keep[q] = -(uint32_t)((int64_t)xe[q] < (int64_t)thr);                      \
     }
 
 /* n <= GTA_BLK */
-static void draw_generic(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint64_t *restrict thrs,
+static void draw_generic(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint32_t *restrict kmax,
                          uint32_t *restrict keep)
 {
     GTA_DRAW_BODY
@@ -355,13 +357,13 @@ static void draw_generic(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const 
 
 #if GTA_X86_DISPATCH
 __attribute__((target("avx2"))) static void draw_avx2(uint64_t rk, uint64_t e, size_t n, uint64_t thr,
-                                                      const uint64_t *restrict thrs, uint32_t *restrict keep)
+                                                      const uint32_t *restrict kmax, uint32_t *restrict keep)
 {
     GTA_DRAW_BODY
 }
 
 __attribute__((target("avx512f,avx512dq,avx512vl"))) static void
-draw_avx512(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint64_t *restrict thrs, uint32_t *restrict keep)
+draw_avx512(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint32_t *restrict kmax, uint32_t *restrict keep)
 {
     GTA_DRAW_BODY
 }
@@ -417,12 +419,17 @@ static GTA_INLINE void keep_block(const struct gta_state *s, const struct gta_mo
             s->draw(m->rng_key, e, n, m->draw_thr, NULL, keep);
             return;
         }
-        uint64_t thrs[GTA_BLK];
-        for (size_t q = 0; q < n; q++) {
-            uint32_t r = cur->rank ? cur->rank[j0 + q] : gta_rank_count(xi, b, cols, j0 + q);
-            thrs[q] = cur->dthr ? cur->dthr[r - 1] : della_threshold(m, r, cols);
+        uint32_t kmax[GTA_BLK];
+        if (cur->rank && cur->dmax) { /* the usual case: a gather from a table in L1 */
+            const uint32_t *rk = cur->rank + j0, *dm = cur->dmax - 1;
+            for (size_t q = 0; q < n; q++) kmax[q] = dm[rk[q]];
+        } else {
+            for (size_t q = 0; q < n; q++) {
+                uint32_t r = cur->rank ? cur->rank[j0 + q] : gta_rank_count(xi, b, cols, j0 + q);
+                kmax[q] = cur->dmax ? cur->dmax[r - 1] : della_keepmax(m, r, cols);
+            }
         }
-        s->draw(m->rng_key, e, n, 0, thrs, keep);
+        s->draw(m->rng_key, e, n, 0, kmax, keep);
         return;
     }
     case GTA_SPARSIFY_NONE:
@@ -446,17 +453,17 @@ static size_t row_len(const struct gta_state *s, const struct alloy_merge_job *j
 struct della_scratch {
     uint32_t *sort;         /* GTA_RANK_SCRATCH(cols) */
     uint32_t *rank;         /* nr * cols */
-    uint64_t *thr;          /* nr * cols */
+    uint32_t *kmax;         /* nr * cols */
 };
 
 static int della_scratch_new(const struct gta_state *s, size_t cols, size_t nr, struct della_scratch *ds)
 {
     memset(ds, 0, sizeof *ds);
     if (s->kind->sparsify != GTA_SPARSIFY_DELLA || cols < 2) return 0;
-    ds->thr = alloy_xmalloc(nr * cols * sizeof *ds->thr);
+    ds->kmax = alloy_xmalloc(nr * cols * sizeof *ds->kmax);
     ds->sort = alloy_xmalloc((GTA_RANK_SCRATCH(cols) + nr * cols) * sizeof *ds->sort);
-    if (!ds->thr || !ds->sort) {
-        free(ds->thr);
+    if (!ds->kmax || !ds->sort) {
+        free(ds->kmax);
         free(ds->sort);
         memset(ds, 0, sizeof *ds);
         return 0;
@@ -469,10 +476,10 @@ static int della_scratch_new(const struct gta_state *s, size_t cols, size_t nr, 
 static void della_scratch_thresholds(const struct della_scratch *ds, const struct gta_model *m, size_t i,
                                      size_t cols, struct gta_cursor *cur)
 {
-    if (!ds->thr || !m->sparse || m->zero) return;
-    uint64_t *thr = ds->thr + i * cols;
-    for (size_t r = 1; r <= cols; r++) thr[r - 1] = della_threshold(m, (uint32_t)r, cols);
-    cur->dthr = thr;
+    if (!ds->kmax || !m->sparse || m->zero) return;
+    uint32_t *km = ds->kmax + i * cols;
+    for (size_t r = 1; r <= cols; r++) km[r - 1] = della_keepmax(m, (uint32_t)r, cols);
+    cur->dmax = km;
 }
 
 /* Ranks the row of model m (slot i) at xi/b into the scratch. */
@@ -648,7 +655,7 @@ static GTA_INLINE void scan_body(const struct alloy_merge_job *job, const struct
         head->l1[l][0] = l1_fold(before);
         head->l1[l][1] = l1_fold(after);
     }
-    free(ds.thr);
+    free(ds.kmax);
     free(ds.sort);
 }
 
@@ -816,7 +823,7 @@ static GTA_INLINE void apply_body(const struct alloy_merge_job *job, const struc
             merge_block(s, nm, D, b + e, n, out + e);
         }
     }
-    free(ds.thr);
+    free(ds.kmax);
     free(ds.sort);
 }
 

@@ -87,7 +87,7 @@ struct gta_model {
 };
 
 /* Random keep decisions of a block (gta.c): the fastest version this CPU runs. */
-typedef void (*gta_draw_fn)(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint64_t *thrs, uint32_t *keep);
+typedef void (*gta_draw_fn)(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint32_t *kmax, uint32_t *keep);
 
 struct gta_state;
 /* apply() for one chunk (gta.c): the version for this CPU's instruction set. */
