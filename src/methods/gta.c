@@ -146,6 +146,7 @@ static uint64_t draw_threshold(double p)
     return (uint64_t)ceil(t);
 }
 
+static uint32_t della_keepmax(const struct gta_model *m, uint32_t r, size_t cols);
 static gta_draw_fn pick_draw(void);
 static gta_apply_fn pick_apply(void);
 static gta_scan_fn pick_scan(void);
@@ -221,6 +222,15 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
         }
         m->need_l1 = rescale && !m->zero;
     }
+    /* Della's keep limit of every rank, once per tensor and model (within GTA_KEEP_BITS / 8 bytes of
+       tables; without one, each scan/apply call computes its own) */
+    size_t cols = job->cols ? (size_t)job->cols : 1, tab = 0;
+    for (int j = 0; j < s->nm && kind->sparsify == GTA_SPARSIFY_DELLA && cols >= 2; j++) {
+        struct gta_model *m = &s->m[j];
+        if (!m->sparse || m->zero || (tab += cols * sizeof(uint32_t)) > GTA_KEEP_BITS / 8) continue;
+        m->della_kmax = alloy_xmalloc(cols * sizeof *m->della_kmax);
+        for (size_t r = 1; m->della_kmax && r <= cols; r++) m->della_kmax[r - 1] = della_keepmax(m, (uint32_t)r, cols);
+    }
     /* The sampled selections share one window budget (GTA_WINDOW_KEYS keys, 64 MiB), so the windows
        of many models together stay bounded */
     int nsampled = 0;
@@ -257,6 +267,8 @@ void gta_fini(const struct alloy_merge_job *job, void *state)
         for (int q = 0; q < s->m[j].nsel; q++) alloy_sel_free(&s->m[j].sel[q]);
         free((void *)s->m[j].keep_bits);
         s->m[j].keep_bits = NULL;
+        free(s->m[j].della_kmax);
+        s->m[j].della_kmax = NULL;
     }
 }
 
@@ -472,11 +484,16 @@ static int della_scratch_new(const struct gta_state *s, size_t cols, size_t nr, 
     return 1;
 }
 
-/* Points model m's cursor (slot i of the scratch) at its thresholds; per call, not per row. */
+/* Points model m's cursor (slot i of the scratch) at its keep limits: the table gta_init made, or
+ * computed into the scratch per call (not per row). */
 static void della_scratch_thresholds(const struct della_scratch *ds, const struct gta_model *m, size_t i,
                                      size_t cols, struct gta_cursor *cur)
 {
     if (!ds->kmax || !m->sparse || m->zero) return;
+    if (m->della_kmax) {
+        cur->dmax = m->della_kmax;
+        return;
+    }
     uint32_t *km = ds->kmax + i * cols;
     for (size_t r = 1; r <= cols; r++) km[r - 1] = della_keepmax(m, (uint32_t)r, cols);
     cur->dmax = km;

@@ -82,6 +82,7 @@ struct gta_model {
     float rescale;          /* before / after, or 1 */
     uint64_t rng_key;       /* random methods */
     uint64_t draw_thr;      /* random methods: keep iff the element's 32 random bits < draw_thr (u < density) */
+    uint32_t *della_kmax;   /* della: largest kept draw of each rank (index rank - 1), NULL: per call */
     _Atomic uint64_t *keep_bits; /* random methods with rescale: the L1 pass's keep decisions, bit e of
                                     the tensor (within GTA_KEEP_BITS); NULL: apply() draws them again */
 };
