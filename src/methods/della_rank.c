@@ -135,10 +135,8 @@ static void rank_radix(const uint32_t *key, size_t n, uint32_t vbits, uint32_t *
  * over 2 * cols + 256 buckets or over 2^17 columns go to rank_radix whole. scratch:
  * GTA_RANK_SCRATCH(cols) uint32 (two rows of uint64 for rank_radix, the keys, the exceptions, the
  * table of GTA_RANK_TABLE buckets). */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default"))) /* the key and rank loops vectorize twice as wide */
-#endif
-void gta_rank_row(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch)
+static RANK_INLINE void rank_row_body(const float *xi, const float *b, size_t cols, uint32_t *rank,
+                                      uint32_t *scratch)
 {
     if (cols == 0) return;
     uint64_t *a = (uint64_t *)(void *)scratch, *t = a + cols;
@@ -205,4 +203,30 @@ void gta_rank_row(const float *xi, const float *b, size_t cols, uint32_t *rank, 
         for (uint32_t i = 0; i < nx; i++) a[xr[i] - 1] = (uint64_t)xk[i] << 32 | xc[i];
     }
     for (uint32_t p = 0; p < nx; p++) rank[(uint32_t)a[p]] = cnt[a[p] >> 48]++;
+}
+
+static void rank_row_generic(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch)
+{
+    rank_row_body(xi, b, cols, rank, scratch);
+}
+
+/* Also compiled for AVX2 (the key and rank loops vectorize twice as wide; same ranks), chosen by the
+ * CPU at the call (not by an ifunc: sanitizer runtimes are not ready when ifunc resolvers run). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+__attribute__((target("avx2"))) static void rank_row_avx2(const float *xi, const float *b, size_t cols,
+                                                          uint32_t *rank, uint32_t *scratch)
+{
+    rank_row_body(xi, b, cols, rank, scratch);
+}
+#endif
+
+void gta_rank_row(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch)
+{
+#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+    if (__builtin_cpu_supports("avx2")) {
+        rank_row_avx2(xi, b, cols, rank, scratch);
+        return;
+    }
+#endif
+    rank_row_generic(xi, b, cols, rank, scratch);
 }
