@@ -575,18 +575,11 @@ TEST(breadcrumbs_more_models_than_histogram_slots)
     free_inputs(in, M);
 }
 
-/* expect_case() for tensors of at least 2^17 elements (gta.c selects them in select.h's wide
- * layout): fewer, larger chunkings. */
-static void expect_large(const struct gcase *k, const float *const *in, const double *ref, double tol, int line)
+/* ties (grid deltas, with and without rescale), breadcrumbs (grid deltas) and ties on continuous
+ * deltas, over R x C tensors, in nruns (chunking, threads) settings. */
+static void magnitude_cases(size_t R, size_t C, const uint64_t *chunks, const int *threads, int nruns, int rescale)
 {
-    static const uint64_t chunks[] = {0, 4099, 50000};
-    static const int threads[] = {0, 2, 3};
-    expect_runs(k, in, ref, tol, line, chunks, threads, 3);
-}
-
-TEST(magnitude_methods_on_large_tensors)
-{
-    enum { R = 260, C = 512, N = R * C };                     /* >= 2^17: the wide selection */
+    const size_t N = R * C;
     float **in = make_inputs(3, N, 40);                       /* grid deltas: thresholds with zero low bits */
     double *ref = malloc(N * sizeof *ref);
     struct gcase k;
@@ -594,30 +587,40 @@ TEST(magnitude_methods_on_large_tensors)
     k.w[0] = 0.7; k.w[2] = 0.4;
     k.density[0] = 0.3; k.density[2] = 0.65;
     naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
-    expect_large(&k, (const float *const *)in, ref, 1e-6, __LINE__);
-    k.rescale = 1;
-    naive_gta(SP_MAGNITUDE, 1, &k, 1, 1, 1.0, (const float *const *)in, NULL, ref);
-    expect_large(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    expect_runs(&k, (const float *const *)in, ref, 1e-6, __LINE__, chunks, threads, nruns);
+    if (rescale) {
+        k.rescale = 1;
+        naive_gta(SP_MAGNITUDE, 1, &k, 1, 1, 1.0, (const float *const *)in, NULL, ref);
+        expect_runs(&k, (const float *const *)in, ref, 1e-5, __LINE__, chunks, threads, nruns);
+    }
     gcase_init(&k, "breadcrumbs", 3, 1, R, C);
     k.w[0] = 0.7; k.w[2] = 0.4;
     k.density[0] = 0.5; k.extra[0] = 0.05;
     k.density[2] = 0.8; k.extra[2] = 0.01;
     naive_gta(SP_OUTLIERS, 0, &k, 0, 0, 1.0, (const float *const *)in, NULL, ref);
-    expect_large(&k, (const float *const *)in, ref, 1e-6, __LINE__);
-    /* continuous deltas: thresholds need the third level */
+    expect_runs(&k, (const float *const *)in, ref, 1e-6, __LINE__, chunks, threads, nruns);
+    /* continuous deltas: thresholds need the third level (or the window collects them) */
     for (int i = 0; i < 3; i++)
         if (i != 1)
-            for (size_t e = 0; e < N; e++) in[i][e] = in[1][e] + ((float)(urand() - 0.5) * 0.25f + in[1][e] - in[1][e]);
-    for (int i = 0; i < 3; i++)
+            for (size_t e = 0; e < N; e++) in[i][e] = in[1][e] + (float)(urand() - 0.5) * 0.25f;
+    for (int i = 0; i < 3; i++) /* as the float32 the method sees, for the reference */
         if (i != 1)
             for (size_t e = 0; e < N; e++) in[i][e] = in[1][e] + (in[i][e] - in[1][e]);
     gcase_init(&k, "ties", 3, 1, R, C);
     k.w[0] = 0.6; k.w[2] = 0.4;
     k.density[0] = 0.2; k.density[2] = 0.7;
     naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
-    expect_large(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    expect_runs(&k, (const float *const *)in, ref, 1e-5, __LINE__, chunks, threads, nruns);
     free(ref);
     free_inputs(in, 3);
+}
+
+TEST(magnitude_methods_on_large_tensors)
+{
+    /* >= 2^17 elements: the wide selection; fewer, larger chunkings */
+    static const uint64_t chunks[] = {0, 4099, 50000};
+    static const int threads[] = {0, 2, 3};
+    magnitude_cases(260, 512, chunks, threads, 3, 1);
 }
 
 TEST(magnitude_methods_sampled_selection)
@@ -625,34 +628,9 @@ TEST(magnitude_methods_sampled_selection)
     /* >= 8 default chunks: gta.c samples the chunks, then one window pass finds the thresholds. With
        64 threads the chunk scratch ((3 + 1) x 1 MiB each) would pass ALLOY_SCRATCH_BUDGET: the driver
        runs 32 lanes instead, with the same result */
-    enum { R = 2100, C = 1024, N = R * C };
     static const uint64_t chunks[] = {0, 50000, 0};  /* paired with threads[] */
     static const int threads[] = {0, 2, 64};
-    float **in = make_inputs(3, N, 40);                       /* grid deltas: the ties are counted, not kept */
-    double *ref = malloc(N * sizeof *ref);
-    struct gcase k;
-    gcase_init(&k, "ties", 3, 1, R, C);
-    k.w[0] = 0.7; k.w[2] = 0.4;
-    k.density[0] = 0.3; k.density[2] = 0.65;
-    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
-    expect_runs(&k, (const float *const *)in, ref, 1e-6, __LINE__, chunks, threads, 3);
-    gcase_init(&k, "breadcrumbs", 3, 1, R, C);
-    k.w[0] = 0.7; k.w[2] = 0.4;
-    k.density[0] = 0.5; k.extra[0] = 0.05;
-    k.density[2] = 0.8; k.extra[2] = 0.01;
-    naive_gta(SP_OUTLIERS, 0, &k, 0, 0, 1.0, (const float *const *)in, NULL, ref);
-    expect_runs(&k, (const float *const *)in, ref, 1e-6, __LINE__, chunks, threads, 3);
-    /* continuous deltas: the window's keys are collected */
-    for (int i = 0; i < 3; i++)
-        if (i != 1)
-            for (size_t e = 0; e < N; e++) in[i][e] = in[1][e] + (float)(urand() - 0.5) * 0.25f;
-    gcase_init(&k, "ties", 3, 1, R, C);
-    k.w[0] = 0.6; k.w[2] = 0.4;
-    k.density[0] = 0.2; k.density[2] = 0.7;
-    naive_gta(SP_MAGNITUDE, 1, &k, 1, 0, 1.0, (const float *const *)in, NULL, ref);
-    expect_runs(&k, (const float *const *)in, ref, 1e-5, __LINE__, chunks, threads, 3);
-    free(ref);
-    free_inputs(in, 3);
+    magnitude_cases(2100, 1024, chunks, threads, 3, 0);
 }
 
 /* ---------------------------------------------------------------- dare and della */

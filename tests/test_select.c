@@ -227,29 +227,42 @@ TEST(select_want_value_gives_quantiles)
 
 /* ---------------------------------------------------------------- wide layout, block keep */
 
-/* run_select() for the wide layout: level 0 through chunk-local tables (or, with no_local, straight
- * into the shared total), the other levels through alloy_sel_hist_keys() in blocks of varying
- * size; keep decisions through alloy_sel_keep_block() in blocks of varying size. */
-static int run_select_wide(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local,
-                           struct alloy_select *s, unsigned char *keep)
+/* run_select() for the wide and sampled layouts: level 0 through chunk-local tables (or, with
+ * no_local, straight into the shared total), the other levels through alloy_sel_hist_keys() in blocks
+ * of varying size; keep decisions through alloy_sel_keep_block() in blocks of varying size. Sampled
+ * (k_sample > 0): the sample pass counts only k_sample chunks (as the driver's sample passes:
+ * alloy_sample_chunk) and the window pass collects through alloy_sel_window_add(), with a window
+ * budget of window_keys. */
+static int g_window_passes; /* window passes of the last sampled run */
+
+static int run_select_layout(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local,
+                             size_t k_sample, uint64_t window_keys, struct alloy_select *s, unsigned char *keep)
 {
     size_t nchunks = (n + cs - 1) / cs;
     int passes = 0;
     struct alloy_err err = {0};
-    if (alloy_sel_init_wide(s, n, k, &err)) return -1;
+    if (k_sample ? alloy_sel_init_sampled(s, n, k, &err) : alloy_sel_init_wide(s, n, k, &err)) return -1;
+    if (k_sample) s->window_keys = window_keys;
+    g_window_passes = 0;
     uint32_t *keys = malloc((n ? n : 1) * sizeof *keys), *mask = malloc((n ? n : 1) * sizeof *mask);
     for (size_t e = 0; e < n; e++) keys[e] = key_of(v[e], abs_keys);
     while (alloy_sel_active(s)) {
+        int sample = alloy_sel_sample_stage(s) && k_sample < nchunks;
+        size_t todo = sample ? k_sample : nchunks;
+        g_window_passes += alloy_sel_window_stage(s);
         uint32_t *accs = calloc(nchunks ? nchunks : 1, ALLOY_SEL_BINS * sizeof(uint32_t));
-        for (size_t c = 0; c < nchunks; c++) {
+        for (size_t i = 0; i < todo; i++) {
+            size_t c = sample ? alloy_sample_chunk(i, k_sample, nchunks) : i;
             size_t e0 = c * cs, e1 = e0 + cs < n ? e0 + cs : n;
             struct alloy_sel_local loc = {NULL};
-            int wide0 = alloy_sel_wide_level0(s);
+            int wide0 = alloy_sel_wide_level0(s), window = alloy_sel_window_stage(s);
             if (wide0 && !no_local) alloy_sel_local_init(&loc);
             for (size_t e = e0; e < e1;) {
                 size_t len = 1 + (size_t)(urand() * 300);
                 if (len > e1 - e) len = e1 - e;
-                if (wide0)
+                if (window)
+                    alloy_sel_window_add(s, c, keys + e, len);
+                else if (wide0)
                     alloy_sel_hist_wide(s, keys + e, len, &loc);
                 else
                     alloy_sel_hist_keys(s, keys + e, len, accs + c * ALLOY_SEL_BINS);
@@ -261,9 +274,10 @@ static int run_select_wide(const float *v, size_t n, size_t cs, uint64_t k, int 
                 alloy_sel_local_free(&loc);
             }
         }
-        int rc = alloy_sel_reduce(s, accs, nchunks, ALLOY_SEL_BINS * sizeof(uint32_t), 0, &err);
+        int rc = alloy_sel_sample_stage(s) ? alloy_sel_reduce_sample(s, sample, nchunks, &err)
+                                           : alloy_sel_reduce(s, accs, nchunks, ALLOY_SEL_BINS * sizeof(uint32_t), 0, &err);
         free(accs);
-        if (rc || ++passes > ALLOY_SEL_LEVELS) {
+        if (rc || ++passes > ALLOY_SEL_LEVELS + 2) {
             free(keys);
             free(mask);
             return -1;
@@ -285,8 +299,10 @@ static int run_select_wide(const float *v, size_t n, size_t cs, uint64_t k, int 
     return passes;
 }
 
-/* Compares the wide layout with sorting; returns the pass count (-1 on mismatch or failure). */
-static int check_wide(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local)
+/* Compares a wide (k_sample 0) or sampled layout run with sorting; returns the pass count (-1 on a
+ * mismatch or failure), reported at `line`. */
+static int check_layout(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local, size_t k_sample,
+                        uint64_t window_keys, int line)
 {
     struct ref_item *it = malloc((n ? n : 1) * sizeof *it);
     unsigned char *ref = calloc(n ? n : 1, 1), *got = calloc(n ? n : 1, 1);
@@ -294,12 +310,12 @@ static int check_wide(const float *v, size_t n, size_t cs, uint64_t k, int abs_k
     qsort(it, n, sizeof *it, ref_cmp);
     for (size_t r = 0; r < k && r < n; r++) ref[it[r].idx] = 1;
     struct alloy_select s;
-    int passes = run_select_wide(v, n, cs, k, abs_keys, no_local, &s, got);
+    int passes = run_select_layout(v, n, cs, k, abs_keys, no_local, k_sample, window_keys, &s, got);
     size_t bad = passes < 0 ? n + 1 : 0;
     for (size_t e = 0; e < n && passes >= 0; e++) bad += ref[e] != got[e];
     if (bad) {
-        test_fail(__FILE__, __LINE__, "wide: n=%zu cs=%zu k=%llu abs=%d: %zu mismatches (passes %d)", n, cs,
-                  (unsigned long long)k, abs_keys, bad, passes);
+        test_fail(__FILE__, line, "%s: n=%zu cs=%zu k=%llu abs=%d sample=%zu: %zu mismatches (passes %d)",
+                  k_sample ? "sampled" : "wide", n, cs, (unsigned long long)k, abs_keys, k_sample, bad, passes);
         passes = -1;
     }
     alloy_sel_free(&s);
@@ -307,6 +323,11 @@ static int check_wide(const float *v, size_t n, size_t cs, uint64_t k, int abs_k
     free(ref);
     free(got);
     return passes;
+}
+
+static int check_wide(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local)
+{
+    return check_layout(v, n, cs, k, abs_keys, no_local, 0, 0, __LINE__);
 }
 
 TEST(select_wide_matches_sort)
@@ -356,94 +377,11 @@ TEST(select_wide_matches_sort)
 
 /* ---------------------------------------------------------------- sampled layout */
 
-static int g_window_passes; /* window passes of the last run_select_sampled() */
-
-/* run_select_wide() for the sampled layout: the sample pass counts only k_sample chunks (as the
- * driver's sample passes: alloy_sample_chunk), the window pass collects through
- * alloy_sel_window_add() in blocks of varying size, the rest as the wide layout. The window budget
- * is `window_keys`. Returns the pass count (2 when the window held the k-th key). */
-static int run_select_sampled(const float *v, size_t n, size_t cs, uint64_t k, size_t k_sample,
-                              uint64_t window_keys, struct alloy_select *s, unsigned char *keep)
-{
-    size_t nchunks = (n + cs - 1) / cs;
-    int passes = 0;
-    struct alloy_err err = {0};
-    if (alloy_sel_init_sampled(s, n, k, &err)) return -1;
-    s->window_keys = window_keys;
-    g_window_passes = 0;
-    uint32_t *keys = malloc((n ? n : 1) * sizeof *keys), *mask = malloc((n ? n : 1) * sizeof *mask);
-    for (size_t e = 0; e < n; e++) keys[e] = alloy_sel_key_abs(v[e]);
-    while (alloy_sel_active(s)) {
-        int sample = alloy_sel_sample_stage(s) && k_sample < nchunks;
-        size_t todo = sample ? k_sample : nchunks;
-        g_window_passes += alloy_sel_window_stage(s);
-        uint32_t *accs = calloc(nchunks ? nchunks : 1, ALLOY_SEL_BINS * sizeof(uint32_t));
-        for (size_t i = 0; i < todo; i++) {
-            size_t c = sample ? alloy_sample_chunk(i, k_sample, nchunks) : i;
-            size_t e0 = c * cs, e1 = e0 + cs < n ? e0 + cs : n;
-            struct alloy_sel_local loc = {NULL};
-            int wide0 = alloy_sel_wide_level0(s), window = alloy_sel_window_stage(s);
-            if (wide0) alloy_sel_local_init(&loc);
-            for (size_t e = e0; e < e1;) {
-                size_t len = 1 + (size_t)(urand() * 300);
-                if (len > e1 - e) len = e1 - e;
-                if (window)
-                    alloy_sel_window_add(s, c, keys + e, len);
-                else if (wide0)
-                    alloy_sel_hist_wide(s, keys + e, len, &loc);
-                else
-                    alloy_sel_hist_keys(s, keys + e, len, accs + c * ALLOY_SEL_BINS);
-                e += len;
-            }
-            if (wide0) {
-                const struct alloy_select *sp = s;
-                alloy_sel_merge_wide(&sp, 1, &loc);
-                alloy_sel_local_free(&loc);
-            }
-        }
-        int rc = alloy_sel_sample_stage(s) ? alloy_sel_reduce_sample(s, sample, nchunks, &err)
-                                           : alloy_sel_reduce(s, accs, nchunks, ALLOY_SEL_BINS * sizeof(uint32_t), 0, &err);
-        free(accs);
-        if (rc || ++passes > ALLOY_SEL_LEVELS + 2) {
-            free(keys);
-            free(mask);
-            return -1;
-        }
-    }
-    for (size_t c = 0; c < nchunks; c++) {
-        uint64_t ties = alloy_sel_chunk_ties(s, c);
-        size_t e0 = c * cs, e1 = e0 + cs < n ? e0 + cs : n;
-        alloy_sel_keep_block(s, keys + e0, e1 - e0, &ties, mask + e0);
-    }
-    for (size_t e = 0; e < n; e++) keep[e] = mask[e] == ~0u ? 1 : mask[e] == 0 ? 0 : 2;
-    free(keys);
-    free(mask);
-    return passes;
-}
-
-/* Compares the sampled layout with sorting (magnitudes); returns the pass count, -1 on a mismatch. */
+/* check_layout() for the sampled layout on magnitudes. */
 static int check_sampled(const float *v, size_t n, size_t cs, uint64_t k, size_t k_sample, uint64_t window_keys,
                          int line)
 {
-    struct ref_item *it = malloc((n ? n : 1) * sizeof *it);
-    unsigned char *ref = calloc(n ? n : 1, 1), *got = calloc(n ? n : 1, 1);
-    for (size_t e = 0; e < n; e++) it[e] = (struct ref_item){alloy_sel_key_abs(v[e]), e};
-    qsort(it, n, sizeof *it, ref_cmp);
-    for (size_t r = 0; r < k && r < n; r++) ref[it[r].idx] = 1;
-    struct alloy_select s;
-    int passes = run_select_sampled(v, n, cs, k, k_sample, window_keys, &s, got);
-    size_t bad = passes < 0 ? n + 1 : 0;
-    for (size_t e = 0; e < n && passes >= 0; e++) bad += ref[e] != got[e];
-    if (bad) {
-        test_fail(__FILE__, line, "sampled: n=%zu cs=%zu k=%llu sample=%zu: %zu mismatches (passes %d)", n, cs,
-                  (unsigned long long)k, k_sample, bad, passes);
-        passes = -1;
-    }
-    alloy_sel_free(&s);
-    free(it);
-    free(ref);
-    free(got);
-    return passes;
+    return check_layout(v, n, cs, k, 1, 0, k_sample, window_keys, line);
 }
 
 static double gauss(void) { return sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand()); }

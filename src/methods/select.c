@@ -430,6 +430,22 @@ int alloy_sel_reduce_sample(struct alloy_select *s, int sampled, size_t nchunks,
 #define SEL_INLINE inline
 #endif
 
+/* Room for `need` keys in a chunk's bucket (doubling); 0, with the window failed, if out of memory. */
+static int bucket_reserve(struct alloy_sel_window *w, struct sel_bucket *b, size_t need)
+{
+    if (need <= b->cap) return 1;
+    size_t cap = b->cap ? 2 * b->cap : 1024;
+    while (cap < need) cap *= 2;
+    uint32_t *nk = realloc(b->keys, cap * sizeof *nk);
+    if (!nk) {
+        atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
+        return 0;
+    }
+    b->keys = nk;
+    b->cap = cap;
+    return 1;
+}
+
 static SEL_INLINE void window_add_body(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
 {
     struct alloy_sel_window *w = s->window;
@@ -470,17 +486,7 @@ static SEL_INLINE void window_add_body(const struct alloy_select *s, size_t chun
             atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
             return;
         }
-        if (b->n + m > b->cap) { /* room for the whole block: the copy below writes before it tests */
-            size_t cap = b->cap ? 2 * b->cap : 1024;
-            while (cap < b->n + m) cap *= 2;
-            uint32_t *nk = realloc(b->keys, cap * sizeof *nk);
-            if (!nk) {
-                atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
-                return;
-            }
-            b->keys = nk;
-            b->cap = cap;
-        }
+        if (!bucket_reserve(w, b, b->n + m)) return; /* the whole block: the copy below writes before it tests */
         memset(take + m, 0, 8);
         uint32_t *dst = b->keys;
         size_t j = b->n;
@@ -542,16 +548,7 @@ __attribute__((target("avx512f"))) static void window_add_avx512(const struct al
         __mmask16 t = _mm512_mask_cmple_epu32_mask(lm, _mm512_sub_epi32(k, vlo), vspan);
         if (zlow) t &= _mm512_test_epi32_mask(k, vz);
         if (!t) continue;
-        if (j + 16 > b->cap) { /* the store below writes 16 keys */
-            size_t cap = b->cap ? 2 * b->cap : 1024;
-            uint32_t *nk = realloc(b->keys, cap * sizeof *nk);
-            if (!nk) {
-                atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
-                return;
-            }
-            b->keys = nk;
-            b->cap = cap;
-        }
+        if (!bucket_reserve(w, b, j + 16)) return; /* the store below writes 16 keys */
         _mm512_storeu_si512((void *)(b->keys + j), _mm512_maskz_compress_epi32(t, k));
         j += (size_t)__builtin_popcount(t);
     }
