@@ -541,15 +541,15 @@ __attribute__((target("avx512f"))) static void window_add_avx512(const struct al
     const __m512i vspan = _mm512_set1_epi32((int)span), vz = _mm512_set1_epi32((int)zlow);
     uint64_t above = 0;
     size_t j = b->n;
+    if (!bucket_reserve(w, b, j + n + 16)) return; /* every store below writes 16 keys, taken or not */
+    uint32_t *dst = b->keys;
     for (size_t e = 0; e < n; e += 16) {
         const __mmask16 lm = n - e >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - e)) - 1);
         const __m512i k = _mm512_maskz_loadu_epi32(lm, keys + e);
         above += (uint64_t)__builtin_popcount(_mm512_mask_cmpgt_epu32_mask(lm, k, vhi));
         __mmask16 t = _mm512_mask_cmple_epu32_mask(lm, _mm512_sub_epi32(k, vlo), vspan);
         if (zlow) t &= _mm512_test_epi32_mask(k, vz);
-        if (!t) continue;
-        if (!bucket_reserve(w, b, j + 16)) return; /* the store below writes 16 keys */
-        _mm512_storeu_si512((void *)(b->keys + j), _mm512_maskz_compress_epi32(t, k));
+        _mm512_storeu_si512((void *)(dst + j), _mm512_maskz_compress_epi32(t, k)); /* no branch on t */
         j += (size_t)__builtin_popcount(t);
     }
     b->above += above;
