@@ -535,6 +535,9 @@ static void bits_store(_Atomic uint64_t *map, uint64_t e, const uint32_t *keep, 
         }
         if (w * 64 < c0 || w * 64 + 64 > c1)
             atomic_fetch_or_explicit(&map[w], v, memory_order_relaxed);
+        else if (take == 64) /* the whole word, written once: no read first (a read would map the zero
+                                page, and the write after it copy the page and flush the other threads' TLBs) */
+            atomic_store_explicit(&map[w], v, memory_order_relaxed);
         else
             atomic_store_explicit(&map[w], atomic_load_explicit(&map[w], memory_order_relaxed) | v,
                                   memory_order_relaxed);
