@@ -12,7 +12,9 @@
  *   Each shard file is created at its final size with its header written
  *   first (the plan knows every offset), then tensors are merged chunk by
  *   chunk on the thread pool; each chunk is converted to the output dtype in
- *   place and written with pwrite at its final offset, so no tensor is ever
+ *   place and written at its final offset through the shard's writer
+ *   (writer.h: one thread writes at a time, the others queue a copy and go
+ *   on merging), so no tensor is ever
  *   held whole in memory. Inputs are read with pread straight into the
  *   chunk buffers, so no input page is mapped into the process (the mapping
  *   is only touched for F64 inputs and embedding blocks, whose pages are
@@ -22,11 +24,13 @@
  *
  *   Memory bound: threads x (inputs + 1) x chunk x 4 bytes of scratch (2
  *   threads, 3 models: 8 MiB), kept by the pool across tensors, plus the
- *   per-chunk scan accumulators and the methods' fixed-size state.
+ *   per-chunk scan accumulators, the methods' fixed-size state and at most
+ *   ALLOY_WRITE_QUEUE (16 MiB) of queued output.
  */
 #include "core/internal.h"
 #include "merge/output.h"
 #include "merge/plan.h"
+#include "merge/writer.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -43,6 +47,7 @@ struct tensor_io {
     const struct alloy_plan_tensor *t;
     int fd;
     const char *path;
+    struct alloy_writer *w;       /* the shard's writes (writer.h) */
     uint64_t data_start;          /* file offset of the shard's data buffer */
     int round_to;                 /* working dtype rounding: -1 none, else dtype */
     volatile int *interrupt;
@@ -105,8 +110,7 @@ static int store_chunk(void *ctx, uint64_t e0, uint64_t e1, float *src, struct a
     if (bad) atomic_fetch_add(&((struct tensor_io *)ctx)->nonfinite, bad);
     /* in place: esize <= 4 and the write position never passes the read position */
     alloy_from_f32(t->dtype, src, src, (size_t)(e1 - e0));
-    return alloy_pwrite_all(io->fd, src, (size_t)(e1 - e0) * esize, io->data_start + t->offset + e0 * esize, io->path,
-                            err);
+    return alloy_writer_submit(io->w, src, (size_t)(e1 - e0) * esize, io->data_start + t->offset + e0 * esize, err);
 }
 
 static int copy_tensor(const struct tensor_io *io, struct alloy_err *err)
@@ -176,9 +180,15 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory building the header of %s", s->file);
     }
     int rc = ALLOY_OK;
+    struct alloy_writer *w = NULL;
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        goto out;
+    }
+    if (!(w = alloy_writer_new(fd, path))) {
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory for the writer of %s", s->file);
+        close(fd);
         goto out;
     }
     rc = alloy_pwrite_all(fd, hdr, hlen, 0, path, err);
@@ -187,8 +197,8 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
                            (unsigned long long)(hlen + s->data_bytes), strerror(errno));
     for (size_t i = s->first; i < s->first + s->count && !rc; i++) {
         const struct alloy_plan_tensor *t = &p->tensors[i];
-        struct tensor_io io = {.plan = p, .t = t, .fd = fd, .path = path, .data_start = hlen, .round_to = -1,
-                               .interrupt = o->interrupt};
+        struct tensor_io io = {.plan = p, .t = t, .fd = fd, .path = path, .w = w, .data_start = hlen,
+                               .round_to = -1, .interrupt = o->interrupt};
         if (p->cfg->has_dtype && (p->cfg->dtype == ALLOY_DTYPE_BF16 || p->cfg->dtype == ALLOY_DTYPE_F16))
             io.round_to = (int)p->cfg->dtype;
         if (o->interrupt && *o->interrupt) {
@@ -203,6 +213,12 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
             for (int k = 0; k < t->n; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
             alloy_plan_job(p, i, o->has_seed ? o->seed : 0, names, &job);
             rc = alloy_method_execute(p->method, &job, load_chunk, &io, store_chunk, &io, pool, 0, err);
+            struct alloy_err werr = {0};
+            int wrc = alloy_writer_flush(w, &werr); /* the tensor's queued chunks, before its writeback */
+            if (wrc && !rc) {
+                rc = wrc;
+                if (err) *err = werr;
+            }
             unsigned long long bad = atomic_load(&io.nonfinite);
             if (!rc && bad && o->log) {
                 char msg[600];
@@ -220,6 +236,7 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
         report(o, pr);
     }
     if (!rc && fsync(fd) != 0) rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    alloy_writer_free(w);
     if (fd >= 0 && close(fd) != 0 && !rc)
         rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: close failed: %s", path, strerror(errno));
 out:
