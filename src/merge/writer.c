@@ -18,7 +18,10 @@ struct wq_item {
     uint64_t off;
     size_t len;
     uint8_t *buf;
+    size_t cap;             /* bytes allocated at buf */
 };
+
+#define WQ_SPARES 32 /* written-out buffers kept: no malloc/free (and no page faults) per chunk */
 
 struct alloy_writer {
     int fd;
@@ -29,6 +32,9 @@ struct alloy_writer {
     struct wq_item *q;
     size_t nq, capq;
     size_t queued;          /* bytes in q */
+    struct wq_item spare[WQ_SPARES]; /* buffers written out, kept for reuse (buf, len = capacity) */
+    int nspare;
+    size_t spare_bytes;
     int rc;                 /* first write error */
     struct alloy_err err;
 };
@@ -42,6 +48,33 @@ struct alloy_writer *alloy_writer_new(int fd, const char *path)
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     return w;
+}
+
+/* Keeps a written-out buffer for reuse while the spares stay within WQ_SPARES buffers and
+ * ALLOY_WRITE_QUEUE bytes, else frees it. Lock held. */
+static void spare_put(struct alloy_writer *w, uint8_t *buf, size_t cap)
+{
+    if (w->nspare < WQ_SPARES && w->spare_bytes + cap <= ALLOY_WRITE_QUEUE) {
+        w->spare[w->nspare++] = (struct wq_item){0, 0, buf, cap};
+        w->spare_bytes += cap;
+        return;
+    }
+    free(buf);
+}
+
+/* A buffer of at least len bytes: a spare one, or new (NULL if out of memory). Lock held. */
+static uint8_t *spare_get(struct alloy_writer *w, size_t len, size_t *cap)
+{
+    for (int i = 0; i < w->nspare; i++)
+        if (w->spare[i].cap >= len) {
+            uint8_t *b = w->spare[i].buf;
+            *cap = w->spare[i].cap;
+            w->spare_bytes -= *cap;
+            w->spare[i] = w->spare[--w->nspare];
+            return b;
+        }
+    *cap = len;
+    return alloy_xmalloc(len);
 }
 
 static int item_cmp(const void *a, const void *b)
@@ -66,10 +99,10 @@ static void drain(struct alloy_writer *w)
         for (size_t i = 0; i < n; i++) {
             if (!rc && !w->rc) rc = alloy_pwrite_all(w->fd, items[i].buf, items[i].len, items[i].off, w->path, &e);
             bytes += items[i].len;
-            free(items[i].buf);
         }
-        free(items);
         pthread_mutex_lock(&w->mu);
+        for (size_t i = 0; i < n; i++) spare_put(w, items[i].buf, items[i].cap);
+        free(items);
         if (rc && !w->rc) {
             w->rc = rc;
             w->err = e;
@@ -118,10 +151,11 @@ int alloy_writer_submit(struct alloy_writer *w, const void *buf, size_t len, uin
                 w->capq = cap;
             }
         }
-        uint8_t *copy = w->nq < w->capq ? alloy_xmalloc(len) : NULL;
+        size_t cap = 0;
+        uint8_t *copy = w->nq < w->capq ? spare_get(w, len, &cap) : NULL;
         if (copy) {
             memcpy(copy, buf, len);
-            w->q[w->nq++] = (struct wq_item){off, len, copy};
+            w->q[w->nq++] = (struct wq_item){off, len, copy, cap};
             w->queued += len;
             int rc = result(w, err);
             pthread_mutex_unlock(&w->mu);
@@ -147,6 +181,7 @@ void alloy_writer_free(struct alloy_writer *w)
 {
     if (!w) return;
     for (size_t i = 0; i < w->nq; i++) free(w->q[i].buf);
+    for (int i = 0; i < w->nspare; i++) free(w->spare[i].buf);
     free(w->q);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);

@@ -12,7 +12,9 @@
  *   queue (at most ALLOY_WRITE_QUEUE bytes) and go back to merging. With
  *   the queue full (or no memory for a copy) a worker waits for the file
  *   and writes its chunk itself. So the writes are one thread's sequential
- *   stream, overlapped with the other threads' compute, in bounded memory.
+ *   stream, overlapped with the other threads' compute, in bounded memory:
+ *   the queue, plus as much again of written-out buffers kept for reuse (no
+ *   allocation and page faults per chunk).
  *
  *   Errors: the first failed write is kept and returned by every later
  *   submit and by alloy_writer_flush, which waits until nothing is queued
