@@ -53,7 +53,7 @@
  *   Memory: O(models) state plus select.h's O(nchunks) tie counts and,
  *   during a wide level 0 or a sample pass, 1 MiB per selection and a
  *   512 KiB table per scan call; the window passes' collected keys, at most
- *   GTA_WINDOW_KEYS (64 MiB) for all selections together; keep bitmaps up to GTA_KEEP_BITS / 8 bytes per tensor; della
+ *   GTA_WINDOW_KEYS (32 MiB) for all selections together; keep bitmaps up to GTA_KEEP_BITS / 8 bytes per tensor; della
  *   allocates O(models * cols) scratch per apply()/scan() call (if that
  *   fails, ranks and keep probabilities are computed per element — slow but
  *   exact, since apply() cannot report errors). Scan passes write shared
@@ -157,7 +157,7 @@ static gta_scan_fn pick_scan(void);
  * full pass (window) instead of two. */
 #define GTA_WIDE_MIN ((uint64_t)1 << 17)
 #define GTA_SAMPLED_MIN (8 * ALLOY_CHUNK_ELEMS)
-#define GTA_WINDOW_KEYS ((uint64_t)1 << 24)
+#define GTA_WINDOW_KEYS ((uint64_t)1 << 23)
 /* 1/16 of the chunks, at least 2 and at most 16 (a sample of 0.5 M to 4 M keys, more for huge tensors). */
 static size_t sample_chunks(uint64_t numel)
 {
@@ -231,7 +231,7 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
         m->della_kmax = alloy_xmalloc(cols * sizeof *m->della_kmax);
         for (size_t r = 1; m->della_kmax && r <= cols; r++) m->della_kmax[r - 1] = della_keepmax(m, (uint32_t)r, cols);
     }
-    /* The sampled selections share one window budget (GTA_WINDOW_KEYS keys, 64 MiB), so the windows
+    /* The sampled selections share one window budget (GTA_WINDOW_KEYS keys, 32 MiB), so the windows
        of many models together stay bounded */
     int nsampled = 0;
     for (int j = 0; j < s->nm; j++)
