@@ -360,14 +360,14 @@ static int reduce_wide0(struct alloy_select *s, struct alloy_err *err)
 
 /* Places the window from the sample's level-0 counts h (ns keys; z: those with zero low bits): the
  * level-0 bins holding the sample ranks r -+ m around the k-th key's expected rank r, m a generous
- * margin (1% of the ranks plus 8 standard deviations of a sample quantile). 1 if it is worth a
+ * margin (0.5% of the ranks plus 8 standard deviations of a sample quantile). 1 if it is worth a
  * window pass: at most ALLOY_SEL_WINDOW_BINS bins, and the keys it would collect (those with
  * nonzero low bits; the others are counted per bin) expected within 3/4 of the budget. */
 static int place_window(struct alloy_select *s, const uint64_t *h, const uint64_t *z, uint64_t ns, int *blo_out,
                         int *bhi_out)
 {
     double q = (double)s->k / (double)s->n, r = q * (double)ns;
-    double m = 0.01 * (double)ns + 8.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
+    double m = 0.005 * (double)ns + 8.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
     double ru = r - m, rl = r + m, cum = 0;
     int bhi = -1, blo = 0;
     for (int b = ALLOY_SEL_WIDE_BINS - 1; b >= 0; b--) {
