@@ -10,6 +10,7 @@
  *   crash, leak, hang or sanitizer report is a bug. Seeds: fuzz/corpus/config/.
  */
 #include "config/config.h"
+#include "fuzz.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -16,6 +16,7 @@
  *   still runs thousands of inputs per second.
  */
 #include "alloy.h"
+#include "fuzz.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -26,19 +27,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 static char g_dir[256];
 static char g_index[300];
-
-/* A broken promise: say which, then abort so the fuzzer keeps the input. */
-#define check(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);          \
-            abort();                                                                         \
-        }                                                                                    \
-    } while (0)
 
 /* A shard with F32 tensors named names[0..n), tensor i holding i + 1 elements. */
 static void write_shard(const char *file, const char *const *names, int n, size_t cut)

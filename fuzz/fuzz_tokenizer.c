@@ -13,23 +13,13 @@
  *   -max_len (fuzz/run.sh uses 8192), which bounds the BPE work per run.
  */
 #include "alloy.h"
+#include "fuzz.h"
 #include "eval/eval.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* A broken promise: say which, then abort so the fuzzer keeps the input. */
-#define check(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);          \
-            abort();                                                                         \
-        }                                                                                    \
-    } while (0)
 
 static const char g_sample[] = "Hello, world! \xc3\xa9t\xc3\xa9 \xe2\x96\x81 \xf0\x9f\x98\x80 <s>x</s> \xff  tabs\tand\nlines 12345";
 
