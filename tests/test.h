@@ -42,6 +42,10 @@ int test_run_rss(const char *cmd, long *maxrss_kib);
 /* FNV-1a over the names and bytes of every regular file of a folder (symlinks not followed), in
  * name order: equal before and after proves the folder unchanged. */
 uint64_t test_hash_dir(const char *dir);
+/* A whole file, NUL-terminated (len: its size, may be NULL); NULL if it cannot be opened. */
+char *test_read_file(const char *path, size_t *len);
+/* Temporary or previous-output siblings ("*.alloy-tmp-*", "*.alloy-old-*") left in dir. */
+int test_leftovers(const char *dir);
 
 #define TEST(name)                                                                       \
     static void name(void);                                                              \

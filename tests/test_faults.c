@@ -69,16 +69,6 @@ static uint64_t dir_bytes(const char *dir)
     return total;
 }
 
-static int leftovers(const char *dir)
-{
-    int n = 0;
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) n += strstr(e->d_name, ".alloy-tmp-") || strstr(e->d_name, ".alloy-old-");
-    if (d) closedir(d);
-    return n;
-}
-
 static int count_lines(const char *log, const char *prefix)
 {
     int n = 0;
@@ -171,7 +161,7 @@ TEST(faults_enospc_at_every_stage)
         CHECK_MSG(log && strstr(log, "No space left on device") && strstr(log, "/out.alloy-tmp-"),
                   "%s: the message must name the file and the cause: %s", faults, log);
         CHECK_MSG(old_output_intact(out), "%s: the existing output folder changed", faults);
-        CHECK_MSG(leftovers(root) == 0, "%s: temporary folder left behind", faults);
+        CHECK_MSG(test_leftovers(root) == 0, "%s: temporary folder left behind", faults);
         free(log);
     }
     /* without an existing folder, a failed run leaves none */
@@ -181,7 +171,7 @@ TEST(faults_enospc_at_every_stage)
     CHECK_MSG(rc == 1, "exit %d: %s", rc, log);
     free(log);
     CHECK(access(fresh, F_OK) != 0);
-    CHECK_INT(leftovers(root), 0);
+    CHECK_INT(test_leftovers(root), 0);
     CHECK_MSG(test_hash_dir(FIX("code")) == in_code && test_hash_dir(FIX("prose")) == in_prose, "an input changed");
 }
 
@@ -214,7 +204,7 @@ TEST(faults_short_writes_are_retried)
     CHECK_MSG(count_lines(log, "alloy: error: ") == 1 && strstr(log, "write failed"), "%s", log);
     free(log);
     CHECK(old_output_intact(c));
-    CHECK_INT(leftovers(root), 0);
+    CHECK_INT(test_leftovers(root), 0);
 }
 
 TEST(faults_fsync_ftruncate_rename)
@@ -240,7 +230,7 @@ TEST(faults_fsync_ftruncate_rename)
                   (strstr(log, "Input/output error\n") || strstr(log, "File too large\n")),
                   "%s: %s", cases[i].faults, log);
         CHECK_MSG(old_output_intact(out), "%s: the existing output folder changed", cases[i].faults);
-        CHECK_MSG(leftovers(root) == 0, "%s: temporary folder left behind", cases[i].faults);
+        CHECK_MSG(test_leftovers(root) == 0, "%s: temporary folder left behind", cases[i].faults);
         free(log);
     }
     /* with the faults gone the same command replaces the folder as a whole */
@@ -252,7 +242,7 @@ TEST(faults_fsync_ftruncate_rename)
     CHECK(access(path, F_OK) != 0);
     snprintf(path, sizeof path, "%s/model.safetensors", out);
     CHECK(access(path, F_OK) == 0);
-    CHECK_INT(leftovers(root), 0);
+    CHECK_INT(test_leftovers(root), 0);
 }
 
 /* ------------------------------------------------------------ interrupts */
@@ -360,7 +350,7 @@ TEST(faults_sigint_sigterm_mid_merge)
                 snprintf(path, sizeof path, "rm -rf '%s'", out);
                 CHECK_INT(system(path), 0);
             }
-            CHECK_MSG(leftovers(root) == 0, "signal %d: temporary folder left behind", runs[r].sig);
+            CHECK_MSG(test_leftovers(root) == 0, "signal %d: temporary folder left behind", runs[r].sig);
         }
         CHECK_MSG(interrupted, "signal %d never landed mid-merge", runs[r].sig);
     }

@@ -54,20 +54,6 @@ static struct alloy_model *open_model(const char *dir)
     return m;
 }
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = '\0';
-    fclose(f);
-    return b;
-}
-
 TEST(merge_linear_bf16_matches_formula)
 {
     char out[512], *log = NULL;
@@ -181,7 +167,7 @@ TEST(merge_output_folder_contract)
     if (d) closedir(d);
     CHECK_MSG(nshards >= 2, "expected several shards, got %d", nshards);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", out);
-    char *index = read_all(path);
+    char *index = test_read_file(path, NULL);
     CHECK_STR_CONTAINS(index, "\"total_size\": 1585408"); /* 792,704 params x 2 bytes */
     CHECK_STR_CONTAINS(index, "\"lm_head.weight\": \"model-0000");
     free(index);
@@ -192,16 +178,16 @@ TEST(merge_output_folder_contract)
     }
     alloy_model_close(o);
     snprintf(path, sizeof path, "%s/config.json", out);
-    char *cfg = read_all(path);
+    char *cfg = test_read_file(path, NULL);
     CHECK_STR_CONTAINS(cfg, "\"torch_dtype\": \"float16\"");
     CHECK_STR_CONTAINS(cfg, "\"num_hidden_layers\": 4");
     free(cfg);
     snprintf(path, sizeof path, "%s/mergekit_config.yml", out);
-    char *mk = read_all(path);
+    char *mk = test_read_file(path, NULL);
     CHECK(mk && strcmp(mk, yaml) == 0);
     free(mk);
     snprintf(path, sizeof path, "%s/README.md", out);
-    char *card = read_all(path);
+    char *card = test_read_file(path, NULL);
     CHECK_STR_CONTAINS(card, "---\n");
     CHECK_STR_CONTAINS(card, "- merge\n");
     CHECK_STR_CONTAINS(card, "using " M("base") " as a base");
@@ -436,11 +422,11 @@ TEST(merge_tokenizer_source_and_chat_template)
     CHECK_MSG(merge(yaml, out, NULL, &log) == 0, "%s", log);
     free(log);
     snprintf(path, sizeof path, "%s/tokenizer.json", out);
-    char *tok = read_all(path);
+    char *tok = test_read_file(path, NULL);
     CHECK_STR_CONTAINS(tok, "marker");
     free(tok);
     snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
-    char *tc = read_all(path);
+    char *tc = test_read_file(path, NULL);
     CHECK_STR_CONTAINS(tc, "<|im_start|>");
     free(tc);
     /* --no-copy-tokenizer writes no tokenizer files */
@@ -497,7 +483,7 @@ TEST(merge_chat_template_auto_majority)
     CHECK_MSG(merge(yaml, out, NULL, &log) == 0, "%s", log);
     free(log);
     snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
-    char *tc = read_all(path);
+    char *tc = test_read_file(path, NULL);
     CHECK_STR_CONTAINS(tc, "{{ 'A' }}"); /* two of three models agree */
     free(tc);
 }

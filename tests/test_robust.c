@@ -101,16 +101,6 @@ static int count_prefix_lines(const char *log, const char *prefix)
     return n;
 }
 
-static int leftovers(const char *dir)
-{
-    int n = 0;
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) n += strstr(e->d_name, ".alloy-tmp-") || strstr(e->d_name, ".alloy-old-");
-    if (d) closedir(d);
-    return n;
-}
-
 /* The failure contract: exit 1, one error line holding every `want`, no
  * sanitizer report, nothing written. */
 static void expect_failure(const char *what, int rc, const char *log, const char *out, const char *const *want)
@@ -126,7 +116,7 @@ static void expect_failure(const char *what, int rc, const char *log, const char
         char *parent = strdup(out);
         char *slash = strrchr(parent, '/');
         if (slash) *slash = '\0';
-        CHECK_MSG(leftovers(parent) == 0, "%s: temporary folder left in %s", what, parent);
+        CHECK_MSG(test_leftovers(parent) == 0, "%s: temporary folder left in %s", what, parent);
         free(parent);
     }
 }
@@ -585,7 +575,7 @@ TEST(robust_output_never_touches_inputs)
         expect_failure(cases[i].name, rc, log, NULL, w);
         free(log);
         CHECK_MSG(test_hash_dir(in) == before, "%s: the input folder changed", cases[i].name);
-        CHECK_INT(leftovers(dir) + leftovers(in), 0);
+        CHECK_INT(test_leftovers(dir) + test_leftovers(in), 0);
     }
     snprintf(path, sizeof path, "%s/merged", in);
     CHECK_MSG(access(path, F_OK) != 0, "a folder was created inside the input");
@@ -651,7 +641,7 @@ TEST(robust_output_symlink_target_is_not_deleted_and_mode)
     CHECK_INT(st.st_mode & 0777, 0777 & ~um);
     snprintf(path, sizeof path, "%s/model.safetensors", link);
     CHECK(access(path, F_OK) == 0);
-    CHECK_INT(leftovers(dir), 0);
+    CHECK_INT(test_leftovers(dir), 0);
 }
 
 /* ------------------------------------------------------------ fuzz regressions */
@@ -673,20 +663,6 @@ static void index_folder(const char *dir)
     CHECK_INT(test_write_safetensors(path, s, 2), 0);
     snprintf(path, sizeof path, "%s/config.json", dir);
     CHECK_INT(test_write_text(path, "{\"num_hidden_layers\": 1}"), 0);
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    *len = fread(b, 1, (size_t)n, f);
-    b[*len] = '\0';
-    fclose(f);
-    return b;
 }
 
 static int one_line(const struct alloy_err *e)
@@ -764,7 +740,7 @@ TEST(robust_fuzz_regressions_replay)
         target[dash - name] = '\0';
         snprintf(path, sizeof path, "%s/%s", rdir, name);
         size_t len = 0;
-        char *data = slurp(path, &len);
+        char *data = test_read_file(path, &len);
         CHECK_MSG(data != NULL, "cannot read %s", path);
         struct alloy_err err = {0};
         int rc = data ? replay(target, data, len, scratch, &err) : 0;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <dirent.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -113,4 +114,29 @@ uint64_t test_hash_dir(const char *dir)
     }
     free(list);
     return n < 0 ? 0 : h;
+}
+
+char *test_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)(n > 0 ? n : 0) + 1);
+    size_t got = b ? fread(b, 1, (size_t)(n > 0 ? n : 0), f) : 0;
+    if (b) b[got] = '\0';
+    if (len) *len = got;
+    fclose(f);
+    return b;
+}
+
+int test_leftovers(const char *dir)
+{
+    int n = 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) n += strstr(e->d_name, ".alloy-tmp-") || strstr(e->d_name, ".alloy-old-");
+    if (d) closedir(d);
+    return n;
 }
