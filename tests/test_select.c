@@ -63,14 +63,22 @@ static int run_select(const float *v, size_t n, size_t cs, uint64_t k, int abs_k
     return passes;
 }
 
-/* Compares with sorting; returns the number of mismatching elements. */
-static size_t check_against_sort(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int want_value)
+/* The reference: the items sorted (key descending, then index ascending; caller frees) and
+ * ref[e] = 1 for the k largest. */
+static struct ref_item *sorted_reference(const float *v, size_t n, uint64_t k, int abs_keys, unsigned char *ref)
 {
     struct ref_item *it = malloc((n ? n : 1) * sizeof *it);
-    unsigned char *ref = calloc(n ? n : 1, 1), *got = calloc(n ? n : 1, 1);
     for (size_t e = 0; e < n; e++) it[e] = (struct ref_item){key_of(v[e], abs_keys), e};
     qsort(it, n, sizeof *it, ref_cmp);
     for (size_t r = 0; r < k && r < n; r++) ref[it[r].idx] = 1;
+    return it;
+}
+
+/* Compares with sorting; returns the number of mismatching elements. */
+static size_t check_against_sort(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int want_value)
+{
+    unsigned char *ref = calloc(n ? n : 1, 1), *got = calloc(n ? n : 1, 1);
+    struct ref_item *it = sorted_reference(v, n, k, abs_keys, ref);
     struct alloy_select s;
     int passes = run_select(v, n, cs, k, abs_keys, want_value, &s, got);
     size_t bad = passes < 0 ? n + 1 : 0;
@@ -304,11 +312,8 @@ static int run_select_layout(const float *v, size_t n, size_t cs, uint64_t k, in
 static int check_layout(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local, size_t k_sample,
                         uint64_t window_keys, int line)
 {
-    struct ref_item *it = malloc((n ? n : 1) * sizeof *it);
     unsigned char *ref = calloc(n ? n : 1, 1), *got = calloc(n ? n : 1, 1);
-    for (size_t e = 0; e < n; e++) it[e] = (struct ref_item){key_of(v[e], abs_keys), e};
-    qsort(it, n, sizeof *it, ref_cmp);
-    for (size_t r = 0; r < k && r < n; r++) ref[it[r].idx] = 1;
+    struct ref_item *it = sorted_reference(v, n, k, abs_keys, ref);
     struct alloy_select s;
     int passes = run_select_layout(v, n, cs, k, abs_keys, no_local, k_sample, window_keys, &s, got);
     size_t bad = passes < 0 ? n + 1 : 0;

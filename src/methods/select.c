@@ -446,22 +446,29 @@ static int bucket_reserve(struct alloy_sel_window *w, struct sel_bucket *b, size
     return 1;
 }
 
+/* A narrow window (<= 8 bins) counts its keys with zero low bits per bin (bfloat16 data: most keys,
+ * on a few exact values) with a vector compare per bin, and returns 0xffff: the mask that tells the
+ * collecting loop to skip them; a wide one collects them with the others (returns 0). */
+static SEL_INLINE uint32_t count_zero_low(const struct alloy_sel_window *w, struct sel_bucket *b,
+                                         const uint32_t *keys, size_t n)
+{
+    if (w->nb > 8) return 0;
+    for (unsigned z = 0; z < w->nb; z++) {
+        const uint32_t zk = w->lo + ((uint32_t)z << 16);
+        uint32_t cnt = 0;
+        for (size_t e = 0; e < n; e++) cnt += keys[e] == zk; /* vectorized */
+        b->zero[z] += cnt;
+    }
+    return 0xffffu;
+}
+
 static SEL_INLINE void window_add_body(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
 {
     struct alloy_sel_window *w = s->window;
     if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
     const uint32_t lo = w->lo, hi = w->hi, span = hi - lo;
-    /* a narrow window counts its keys with zero low bits per bin (bfloat16 data: most keys, on a few
-       exact values) with a vector compare per bin; a wide one collects them with the others */
-    const uint32_t zlow = w->nb <= 8 ? 0xffffu : 0;
     struct sel_bucket *b = bucket(w, chunk);
-    uint32_t *zero = b->zero;
-    for (unsigned z = 0; zlow && z < w->nb; z++) {
-        const uint32_t zk = lo + ((uint32_t)z << 16);
-        uint32_t cnt = 0;
-        for (size_t e = 0; e < n; e++) cnt += keys[e] == zk; /* vectorized */
-        zero[z] += cnt;
-    }
+    const uint32_t zlow = count_zero_low(w, b, keys, n);
     for (size_t e0 = 0; e0 < n; e0 += 256) {
         size_t m = n - e0 < 256 ? n - e0 : 256;
         const uint32_t *k = keys + e0;
@@ -529,14 +536,8 @@ __attribute__((target("avx512f"))) static void window_add_avx512(const struct al
     struct alloy_sel_window *w = s->window;
     if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
     const uint32_t lo = w->lo, hi = w->hi, span = hi - lo;
-    const uint32_t zlow = w->nb <= 8 ? 0xffffu : 0; /* as window_add_body */
     struct sel_bucket *b = bucket(w, chunk);
-    for (unsigned z = 0; zlow && z < w->nb; z++) {
-        const uint32_t zk = lo + ((uint32_t)z << 16);
-        uint32_t cnt = 0;
-        for (size_t e = 0; e < n; e++) cnt += keys[e] == zk; /* vectorized */
-        b->zero[z] += cnt;
-    }
+    const uint32_t zlow = count_zero_low(w, b, keys, n);
     const __m512i vlo = _mm512_set1_epi32((int)lo), vhi = _mm512_set1_epi32((int)hi);
     const __m512i vspan = _mm512_set1_epi32((int)span), vz = _mm512_set1_epi32((int)zlow);
     uint64_t above = 0;
