@@ -73,6 +73,19 @@
 #else
 #define GTA_X86_DISPATCH 0
 #endif
+/* name_generic and name_avx2 (x86) compiled from the inline name_body, and pick_name() returning
+ * the one this CPU runs; params and args are parenthesised lists. */
+#if GTA_X86_DISPATCH
+#define GTA_ISA_VERSIONS(name, fn_type, params, args)                                                            \
+    static void name##_generic params { name##_body args; }                                                    \
+    __attribute__((target("avx2"))) static void name##_avx2 params { name##_body args; }                       \
+    static fn_type pick_##name(void) { return __builtin_cpu_supports("avx2") ? name##_avx2 : name##_generic; }
+#else
+#define GTA_ISA_VERSIONS(name, fn_type, params, args)                                                            \
+    static void name##_generic params { name##_body args; }                                                    \
+    static fn_type pick_##name(void) { return name##_generic; }
+#endif
+
 #ifdef __GNUC__
 #define GTA_INLINE inline __attribute__((always_inline))
 #else
@@ -679,27 +692,10 @@ static GTA_INLINE void scan_body(const struct alloy_merge_job *job, const struct
     free(ds.sort);
 }
 
-static void scan_generic(const struct alloy_merge_job *job, const struct gta_state *s, const struct alloy_chunk *c,
-                         const float *const *x, void *acc)
-{
-    scan_body(job, s, c, x, acc);
-}
-
-#if GTA_X86_DISPATCH
-__attribute__((target("avx2"))) static void scan_avx2(const struct alloy_merge_job *job, const struct gta_state *s,
-                                                      const struct alloy_chunk *c, const float *const *x, void *acc)
-{
-    scan_body(job, s, c, x, acc);
-}
-#endif
-
-static gta_scan_fn pick_scan(void)
-{
-#if GTA_X86_DISPATCH
-    if (__builtin_cpu_supports("avx2")) return scan_avx2;
-#endif
-    return scan_generic;
-}
+GTA_ISA_VERSIONS(scan, gta_scan_fn,
+                 (const struct alloy_merge_job *job, const struct gta_state *s, const struct alloy_chunk *c,
+                  const float *const *x, void *acc),
+                 (job, s, c, x, acc))
 
 void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
               const float *const *x, void *acc)
@@ -847,27 +843,10 @@ static GTA_INLINE void apply_body(const struct alloy_merge_job *job, const struc
     free(ds.sort);
 }
 
-static void apply_generic(const struct alloy_merge_job *job, const struct gta_state *s, const struct alloy_chunk *c,
-                          const float *const *x, float *out)
-{
-    apply_body(job, s, c, x, out);
-}
-
-#if GTA_X86_DISPATCH
-__attribute__((target("avx2"))) static void apply_avx2(const struct alloy_merge_job *job, const struct gta_state *s,
-                                                       const struct alloy_chunk *c, const float *const *x, float *out)
-{
-    apply_body(job, s, c, x, out);
-}
-#endif
-
-static gta_apply_fn pick_apply(void)
-{
-#if GTA_X86_DISPATCH
-    if (__builtin_cpu_supports("avx2")) return apply_avx2;
-#endif
-    return apply_generic;
-}
+GTA_ISA_VERSIONS(apply, gta_apply_fn,
+                 (const struct alloy_merge_job *job, const struct gta_state *s, const struct alloy_chunk *c,
+                  const float *const *x, float *out),
+                 (job, s, c, x, out))
 
 void gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
                const float *const *x, float *out)
