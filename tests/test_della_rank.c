@@ -1,12 +1,13 @@
 /*
- * test_della_rank.c — DELLA's row ranks (src/methods/della_rank.c) against
- * sorting: every row's ranks must equal the positions of its elements after
- * a stable sort by |delta| (equal magnitudes by column), and
- * gta_rank_count() (the per-element fallback) must agree. Rows cover each
- * path of gta_rank_row: bfloat16 deltas (the counting sort), with a few and
- * with many keys whose low bits are set (insertion sort, radix sort of the
- * exceptions), float32 rows, wide spans, all equal, zeros and -0,
- * denormals, infinities and NaN, very long rows.
+ * test_della_rank.c — DELLA's row limits (src/methods/della_rank.c) against
+ * sorting: every element must get the limit of its mean rank (equal
+ * magnitudes share the mean of the places they occupy after a sort by
+ * |delta|), and gta_della_rank2() (the per-element fallback) must agree.
+ * Rows cover each path of gta_della_row: bfloat16 deltas (the bucket
+ * table), with a few and with many keys whose low bits are set (insertion
+ * sort, radix sort of the exceptions), float32 rows, wide spans (sorted
+ * whole), all equal, zeros and -0, denormals, infinities and NaN, very long
+ * rows.
  */
 #include "test.h"
 #include "alloy.h"
@@ -39,27 +40,48 @@ static int item_cmp(const void *a, const void *b)
     return x->col < y->col ? -1 : (x->col > y->col);
 }
 
-/* Checks gta_rank_row on one row (and gta_rank_count on a few of its elements); returns mismatches. */
+/* Checks gta_della_row on one row against sorting (and gta_della_rank2 on a few of its elements),
+ * with the identity as the limit table, so each element's limit is its own index s = first + last - 1
+ * (first..last: the ranks its group of equal keys occupies); returns mismatches. */
 static size_t check_row(const float *x, const float *b, size_t cols, const char *what)
 {
     struct item *it = malloc(cols * sizeof *it);
-    uint32_t *ref = malloc(cols * sizeof *ref), *got = malloc(cols * sizeof *got);
-    uint32_t *scratch = malloc(GTA_RANK_SCRATCH(cols) * sizeof *scratch);
+    uint32_t *ref = malloc(cols * sizeof *ref), *lim2 = malloc(2 * cols * sizeof *lim2);
+    uint32_t *slot = malloc(GTA_DELLA_SLOT(cols) * sizeof *slot);
+    uint64_t *sort = malloc(GTA_DELLA_SORT(cols) * sizeof *sort);
     for (size_t j = 0; j < cols; j++) it[j] = (struct item){alloy_sel_key_abs(x[j] - b[j]), (uint32_t)j};
     qsort(it, cols, sizeof *it, item_cmp);
-    for (size_t p = 0; p < cols; p++) ref[it[p].col] = (uint32_t)(p + 1);
-    gta_rank_row(x, b, cols, got, scratch);
-    size_t bad = 0;
-    for (size_t j = 0; j < cols; j++) bad += got[j] != ref[j];
+    for (size_t p = 0, q; p < cols; p = q) {
+        for (q = p + 1; q < cols && it[q].key == it[p].key; q++) {}
+        for (size_t i = p; i < q; i++) ref[it[i].col] = (uint32_t)(p + q); /* (p + 1) + q - 1 */
+    }
+    for (size_t i = 0; i < 2 * cols; i++) lim2[i] = (uint32_t)i;
+    struct gta_della_row row;
+    gta_della_row(x, b, cols, lim2, slot, sort, &row);
+    size_t bad = 0, xi = 0;
+    for (size_t j = 0; j < cols; j++) {
+        uint32_t got;
+        if (!row.bucket) {
+            got = row.elem[j];
+        } else if (xi < row.nx && row.xcol[xi] == j) {
+            got = row.xlim[xi++];
+        } else {
+            uint32_t k = alloy_sel_key_abs(x[j] - b[j]);
+            got = (k & 0xffffu) ? 0 : gta_della_bucket_limit(&row, k); /* an unlisted exception: wrong */
+        }
+        bad += got != ref[j];
+    }
+    bad += row.bucket && xi != row.nx; /* exceptions listed out of order */
     for (size_t q = 0; q < 8 && cols <= 6000; q++) {
         size_t j = (size_t)(urand() * (double)cols);
-        bad += gta_rank_count(x, b, cols, j) != ref[j];
+        bad += gta_della_rank2(x, b, cols, j) != ref[j];
     }
-    if (bad) test_fail(__FILE__, __LINE__, "%s, %zu columns: %zu ranks differ from sorting", what, cols, bad);
+    if (bad) test_fail(__FILE__, __LINE__, "%s, %zu columns: %zu limits differ from sorting", what, cols, bad);
     free(it);
     free(ref);
-    free(got);
-    free(scratch);
+    free(lim2);
+    free(slot);
+    free(sort);
     return bad;
 }
 
@@ -112,7 +134,7 @@ TEST(della_rank_matches_stable_sort)
 
 TEST(della_rank_long_rows)
 {
-    /* beyond 2^17 columns rank_row sorts radix-wise whole */
+    /* from 2^17 columns on, rows are sorted radix-wise whole */
     static const size_t cols[] = {65536 + 3, ((size_t)1 << 17) + 3};
     float *x = malloc(cols[1] * sizeof *x), *b = malloc(cols[1] * sizeof *b);
     for (size_t c = 0; c < 2; c++) {

@@ -1,17 +1,30 @@
 /*
- * della_rank.c — DELLA's per-row magnitude ranks (gta.h: gta_rank_row).
+ * della_rank.c — DELLA's keep limits of one row (gta.h: gta_della_row).
  *
  * DESIGN
  *   DELLA keeps an element with a probability that grows linearly with the
- *   1-based ascending rank of |delta| within its row (equal magnitudes rank
- *   by column), so every row of every model is ranked, once per element in
- *   the L1 pass (and again in apply() for models without a keep bitmap).
- *   The ranks must be exact (they pick the draw threshold), and the sort is
- *   the method's largest cost, so the common case is special-cased: nearly
- *   all magnitudes of differences of bfloat16 values have their low 16
- *   bits zero, and a counting sort on bits 30..16 ranks such a row in two
- *   passes. Everything else (float32 inputs, wide spans, huge rows) goes to
- *   a stable LSD radix sort over the bits in which the keys differ.
+ *   ascending rank of |delta| within its row. Elements of equal magnitude
+ *   share their mean rank (the average of the places they occupy):
+ *   mergekit's argsort orders ties arbitrarily, so in expectation each of
+ *   them gets that mean, where a fixed tie order (by column) would favour
+ *   some columns. A row's limits are then a function of its multiset of
+ *   keys alone, and the common case needs no sort at all: nearly every
+ *   magnitude of a difference of bfloat16 values has its low 16 bits zero
+ *   ("normal" keys: 99.4% in the benchmark's fine-tunes), so one histogram
+ *   over bits 30..16 groups the normal keys, and one pass over the row's
+ *   bucket range turns the counts into the limit of each bucket. The result
+ *   is a table indexed by key >> 16 that the caller reads per element where
+ *   it draws (gta.c: della_block_limits); no per-element rank is written.
+ *   The other keys (exceptions) rank after their bucket's normal keys; they
+ *   are sorted (insertion sort up to 32, else radix) and listed by column
+ *   with their own limits. Rows with over cols / 8 exceptions (float32
+ *   inputs), a span of over 2 cols + 256 buckets, or 2^17 columns or more,
+ *   are sorted whole (stable LSD radix over the bits in which the keys
+ *   differ) and get one limit per element.
+ *
+ *   Limits come from the caller's table lim2, indexed by s = first + last - 1
+ *   for a group of equal keys at 1-based ranks first..last (s in
+ *   1 .. 2 cols - 1; twice the mean rank, less 1); lim2[0] must be readable.
  */
 #include "methods/gta.h"
 
@@ -23,18 +36,32 @@
 #define RANK_INLINE inline
 #endif
 
-/* 1-based ascending rank of |xi[j] - b[j]| within the row (ties by column), counted directly: O(C). */
-uint32_t gta_rank_count(const float *xi, const float *b, size_t cols, size_t j)
+/* The index s of lim2 for element j, counted directly: O(cols). */
+uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j)
 {
-    uint32_t kj = alloy_sel_key_abs(xi[j] - b[j]), r = 1;
+    uint32_t kj = alloy_sel_key_abs(xi[j] - b[j]), less = 0, eq = 0;
     for (size_t t = 0; t < cols; t++) {
         uint32_t kt = alloy_sel_key_abs(xi[t] - b[t]);
-        r += kt < kj || (kt == kj && t < j);
+        less += kt < kj;
+        eq += kt == kj;
     }
-    return r;
+    return 2 * less + eq; /* first = less + 1, last = less + eq */
 }
 
-/* One counting pass of rank_radix: the histograms of nd digits of w bits (nd constant: inlined per count). */
+/* The limits of n sorted entries (key << 32 | index) that take ranks pos + 1 .. pos + n: each group
+ * of equal keys gets lim2[first + last - 1], written to out[index]. */
+static void limits_of_sorted(const uint64_t *a, size_t n, uint32_t pos, const uint32_t *lim2, uint32_t *out)
+{
+    for (size_t p = 0; p < n;) {
+        size_t q = p + 1;
+        while (q < n && (a[q] >> 32) == (a[p] >> 32)) q++;
+        const uint32_t lim = lim2[2 * (size_t)pos + p + q]; /* first = pos + p + 1, last = pos + q */
+        for (size_t i = p; i < q; i++) out[(uint32_t)a[i]] = lim;
+        p = q;
+    }
+}
+
+/* One counting pass of sort_radix: the histograms of nd digits of w bits (nd constant: inlined per count). */
 static RANK_INLINE void radix_hist(const uint32_t *key, size_t n, unsigned lo, uint32_t kmask, unsigned w,
                                   unsigned nd, uint32_t *cnt)
 {
@@ -45,17 +72,16 @@ static RANK_INLINE void radix_hist(const uint32_t *key, size_t n, unsigned lo, u
     }
 }
 
-/* Stable 1-based ascending ranks of n keys (equal keys by index) by an LSD radix sort over the bits
- * in which they differ (vbits: the OR of key[j] ^ key[0]), cut into as few digits as cover them, of at
- * most 8 to 11 bits (8 up to 256 keys, 11 from 1025: tables no larger than the keys): all histograms
- * in one counting pass, digits every key shares skipped, the order carried as key << 32 | index (one
- * 64-bit move per element and pass), the first pass reading key[], the last writing the ranks.
- * a, t: n uint64 each. */
-static void rank_radix(const uint32_t *key, size_t n, uint32_t vbits, uint32_t *rank, uint64_t *a, uint64_t *t)
+/* n keys sorted stably as key << 32 | index by an LSD radix sort over the bits in which they differ
+ * (vbits: the OR of key[j] ^ key[0]), cut into as few digits as cover them, of at most 8 to 11 bits
+ * (8 up to 256 keys, 11 from 1025: tables no larger than the keys): all histograms in one counting
+ * pass, digits every key shares skipped, one 64-bit move per element and pass. a, t: n uint64 each;
+ * returns the one holding the result. */
+static const uint64_t *sort_radix(const uint32_t *key, size_t n, uint32_t vbits, uint64_t *a, uint64_t *t)
 {
     if (vbits == 0) { /* all keys equal: index order */
-        for (size_t j = 0; j < n; j++) rank[j] = (uint32_t)(j + 1);
-        return;
+        for (size_t j = 0; j < n; j++) a[j] = (uint64_t)key[j] << 32 | j;
+        return a;
     }
     unsigned lo = 0, hi = 31, wmax = 8;
     while (!(vbits >> lo & 1)) lo++;
@@ -86,13 +112,6 @@ static void rank_radix(const uint32_t *key, size_t n, uint32_t vbits, uint32_t *
         mk[na] = m;
         tab[na++] = c;
     }
-    if (na == 1) { /* one digit: a counting sort straight into the ranks */
-        const unsigned s0 = sh[0];
-        const uint32_t m = mk[0];
-        uint32_t *c = tab[0];
-        for (size_t j = 0; j < n; j++) rank[j] = ++c[(key[j] >> s0) & m];
-        return;
-    }
     {
         const unsigned s0 = sh[0];
         const uint32_t m = mk[0];
@@ -102,7 +121,7 @@ static void rank_radix(const uint32_t *key, size_t n, uint32_t vbits, uint32_t *
             a[c[(k >> s0) & m]++] = (uint64_t)k << 32 | j;
         }
     }
-    for (unsigned q = 1; q + 1 < na; q++) {
+    for (unsigned q = 1; q < na; q++) {
         const unsigned s = 32 + sh[q];
         const uint32_t m = mk[q];
         uint32_t *c = tab[q];
@@ -114,33 +133,38 @@ static void rank_radix(const uint32_t *key, size_t n, uint32_t vbits, uint32_t *
         a = t;
         t = u;
     }
-    const unsigned s = 32 + sh[na - 1];
-    const uint32_t m = mk[na - 1];
-    uint32_t *c = tab[na - 1];
-    for (size_t i = 0; i < n; i++) {
-        uint64_t v = a[i];
-        rank[(uint32_t)v] = ++c[(v >> s) & m];
-    }
+    return a;
 }
 
-/* Ranks of one row. Nearly all magnitudes of deltas between bfloat16 values have their low 16 bits
- * zero (99.4% in the benchmark's fine-tunes; the others need more than 8 significant bits), so a
- * counting sort on bits 30..16, one bucket per value, ranks the row in two passes over the keys
- * (only bucket 0 and those from the row's smallest nonzero value to its largest are cleared and
- * summed): the counting pass stores with each "normal" key (low bits zero, so all of its bucket's
- * normal keys are equal and rank by column) the count of normal keys before it in its bucket, and
- * after the prefix sums one sequential pass adds that to the bucket's first place. The other keys
- * (exceptions) take the last places of their bucket in (key, column) order: an insertion sort for
- * up to 32 of them, else rank_radix. Rows with over cols / 8 exceptions (float32 inputs), a span of
- * over 2 * cols + 256 buckets or over 2^17 columns go to rank_radix whole. scratch:
- * GTA_RANK_SCRATCH(cols) uint32 (two rows of uint64 for rank_radix, the keys, the exceptions, the
- * table of GTA_RANK_TABLE buckets). */
-static RANK_INLINE void rank_row_body(const float *xi, const float *b, size_t cols, uint32_t *rank,
-                                      uint32_t *scratch)
+/* Histogram ways: bucket h counts in cnt[4 h .. 4 h + 3], element j in way j % 4, so that runs of
+ * equal keys (zeros, the commonest magnitudes) increment four counters in turn instead of one. */
+#define WAYS GTA_DELLA_WAYS
+
+/* The limits of the exceptions xs[*p ..] whose bucket is below hx (sorted: a prefix of those left),
+ * at ranks from *pos + 1. */
+static RANK_INLINE void exceptions_below(const uint64_t *xs, uint32_t nx, uint64_t hx, const uint32_t *lim2,
+                                         uint32_t *xl, uint32_t *pos, uint32_t *p)
 {
+    uint32_t q = *p;
+    while (q < nx && xs[q] >> 48 < hx) q++;
+    if (q == *p) return;
+    limits_of_sorted(xs + *p, q - *p, *pos, lim2, xl);
+    *pos += q - *p;
+    *p = q;
+}
+
+/* The row's limits (see gta.h). The fast path: a histogram of the normal keys by bucket (bits
+ * 30..16; only bucket 0 and those from the row's smallest nonzero key to its largest are cleared),
+ * the exceptions listed in column order and sorted, the nonempty buckets listed in ascending order
+ * (no branch per bucket: most are empty), then one walk over them that gives each bucket's normal
+ * keys the limit of their group (written over its first count) and the exceptions, in runs of equal
+ * keys after the normal keys of their bucket, the limits of theirs. */
+static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t cols, const uint32_t *lim2,
+                                       uint32_t *slot, uint64_t *sort, struct gta_della_row *row)
+{
+    memset(row, 0, sizeof *row);
     if (cols == 0) return;
-    uint64_t *a = (uint64_t *)(void *)scratch, *t = a + cols;
-    uint32_t *key = scratch + 4 * cols, *xk = key + cols, *cnt = xk + cols;
+    uint32_t *key = slot, *xk = key + cols, *cnt = xk + cols;
     uint32_t nx = 0;
     int32_t kmax = 0, kmin = INT32_MAX; /* the largest key; the smallest >= 2^16, less 2^16 */
     for (size_t j = 0; j < cols; j++) {
@@ -153,80 +177,94 @@ static RANK_INLINE void rank_row_body(const float *xi, const float *b, size_t co
     }
     const uint32_t hmax = (uint32_t)kmax >> 16, hlo = ((uint32_t)kmin >> 16) + 1; /* buckets 0, hlo..hmax */
     const uint32_t nbk = hlo <= hmax ? hmax - hlo + 1 : 0;
-    if (nx > cols / 8 || nbk > 2 * cols + 256 || cols > (size_t)1 << 17) {
+    if (nx > cols / 8 || nbk > 2 * cols + 256 || cols >= (size_t)1 << 17) {
         uint32_t vb = 0;
         for (size_t j = 0; j < cols; j++) vb |= key[j] ^ key[0];
-        rank_radix(key, cols, vb, rank, a, t);
+        const uint64_t *sorted = sort_radix(key, cols, vb, sort, sort + cols);
+        limits_of_sorted(sorted, cols, 0, lim2, key); /* key[] is read no more */
+        row->elem = key;
         return;
     }
-    cnt[0] = 0;
-    if (nbk) memset(cnt + hlo, 0, nbk * sizeof *cnt);
-    uint32_t *xc = xk + nx, *xr = xc + nx, *xf = xr + nx, n = 0; /* exceptions: key, column, ... */
+    memset(cnt, 0, WAYS * sizeof *cnt);
+    if (nbk) memset(cnt + WAYS * hlo, 0, WAYS * nbk * sizeof *cnt);
+    uint32_t *xc = xk + nx, *xl = xc + nx, n = 0; /* exceptions: key, column, limit (nx <= cols / 8 each) */
     for (size_t j = 0; j < cols; j++) {
-        uint32_t k = key[j], h = k >> 16;
+        uint32_t k = key[j];
         if (k & 0xffffu) {
             xk[n] = k;
             xc[n++] = (uint32_t)j;
-            key[j] = h; /* a rank overwritten below */
             continue;
         }
-        key[j] = h | cnt[h]++ << 15;
+        cnt[(k >> 16) * WAYS + (j & (WAYS - 1))]++;
     }
-    for (uint32_t i = 0; i < nx; i++) xr[i] = cnt[xk[i] >> 16]; /* normal keys in the bucket */
-    for (uint32_t i = 0; i < nx; i++) cnt[xk[i] >> 16]++;
-    uint32_t pos = 1, m = cnt[0];
-    cnt[0] = pos;
-    pos += m;
-    for (uint32_t h = hlo; h < hlo + nbk; h++) {
-        m = cnt[h];
-        cnt[h] = pos;
-        pos += m;
-    }
-    for (size_t j = 0; j < cols; j++) {
-        uint32_t v = key[j];
-        rank[j] = cnt[v & 0x7fffu] + (v >> 15);
-    }
-    if (nx == 0) return;
-    for (uint32_t i = 0; i < nx; i++) xf[i] = cnt[xk[i] >> 16] + xr[i]; /* the bucket's first exception place */
-    for (uint32_t i = 0; i < nx; i++) cnt[xk[i] >> 16] = xf[i];
-    if (nx <= 32) {
-        for (uint32_t i = 0; i < nx; i++) {
-            uint64_t v = (uint64_t)xk[i] << 32 | xc[i];
-            uint32_t q = i;
-            for (; q > 0 && a[q - 1] > v; q--) a[q] = a[q - 1];
-            a[q] = v;
-        }
-    } else {
+    const uint64_t *xs = sort;
+    if (nx > 32) {
         uint32_t vb = 0;
         for (uint32_t i = 0; i < nx; i++) vb |= xk[i] ^ xk[0];
-        rank_radix(xk, nx, vb, xr, a, t);
-        for (uint32_t i = 0; i < nx; i++) a[xr[i] - 1] = (uint64_t)xk[i] << 32 | xc[i];
+        xs = sort_radix(xk, nx, vb, sort, sort + cols);
+    } else {
+        for (uint32_t i = 0; i < nx; i++) { /* insertion sort by (key, index) */
+            uint64_t v = (uint64_t)xk[i] << 32 | i;
+            uint32_t q = i;
+            for (; q > 0 && sort[q - 1] > v; q--) sort[q] = sort[q - 1];
+            sort[q] = v;
+        }
     }
-    for (uint32_t p = 0; p < nx; p++) rank[(uint32_t)a[p]] = cnt[a[p] >> 48]++;
+    uint32_t *list = (uint32_t *)(void *)(sort + 2 * cols), nl = 0; /* nonempty buckets, ascending */
+    uint32_t any = 0;
+    for (unsigned w = 0; w < WAYS; w++) any |= cnt[w];
+    list[nl] = 0;
+    nl += any != 0;
+    for (uint32_t h = hlo; h <= hmax; h++) {
+        const uint32_t *c = cnt + (size_t)h * WAYS;
+        any = 0;
+        for (unsigned w = 0; w < WAYS; w++) any |= c[w];
+        list[nl] = h;
+        nl += any != 0;
+    }
+    uint32_t pos = 0, p = 0;
+    for (uint32_t i = 0; i < nl; i++) {
+        const uint32_t h = list[i];
+        uint32_t *c = cnt + (size_t)h * WAYS;
+        if (p < nx) exceptions_below(xs, nx, h, lim2, xl, &pos, &p);
+        uint32_t next = pos; /* normal keys: ranks pos + 1 .. next */
+        for (unsigned w = 0; w < WAYS; w++) next += c[w];
+        c[0] = lim2[pos + next];
+        pos = next;
+        if (p < nx) exceptions_below(xs, nx, (uint64_t)h + 1, lim2, xl, &pos, &p);
+    }
+    exceptions_below(xs, nx, UINT64_MAX, lim2, xl, &pos, &p);
+    row->bucket = cnt;
+    row->xcol = xc;
+    row->xlim = xl;
+    row->nx = nx;
 }
 
-static void rank_row_generic(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch)
+static void della_row_generic(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
+                              uint64_t *sort, struct gta_della_row *row)
 {
-    rank_row_body(xi, b, cols, rank, scratch);
+    della_row_body(xi, b, cols, lim2, slot, sort, row);
 }
 
-/* Also compiled for AVX2 (the key and rank loops vectorize twice as wide; same ranks), chosen by the
- * CPU at the call (not by an ifunc: sanitizer runtimes are not ready when ifunc resolvers run). */
+/* Also compiled for AVX2 (the key loop vectorizes twice as wide; same limits), chosen by the CPU at
+ * the call (not by an ifunc: sanitizer runtimes are not ready when ifunc resolvers run). */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
-__attribute__((target("avx2"))) static void rank_row_avx2(const float *xi, const float *b, size_t cols,
-                                                          uint32_t *rank, uint32_t *scratch)
+__attribute__((target("avx2"))) static void della_row_avx2(const float *xi, const float *b, size_t cols,
+                                                           const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
+                                                           struct gta_della_row *row)
 {
-    rank_row_body(xi, b, cols, rank, scratch);
+    della_row_body(xi, b, cols, lim2, slot, sort, row);
 }
 #endif
 
-void gta_rank_row(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch)
+void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
+                   uint64_t *sort, struct gta_della_row *row)
 {
 #if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
     if (__builtin_cpu_supports("avx2")) {
-        rank_row_avx2(xi, b, cols, rank, scratch);
+        della_row_avx2(xi, b, cols, lim2, slot, sort, row);
         return;
     }
 #endif
-    rank_row_generic(xi, b, cols, rank, scratch);
+    della_row_generic(xi, b, cols, lim2, slot, sort, row);
 }

@@ -19,9 +19,10 @@
  *                level-0 count)
  *     random     keep iff u(seed, tensor, model, element) < density
  *     della      keep iff u(...) < (density - eps) + 2 eps (rank - 1)/(C - 1),
- *                rank = 1-based ascending rank of |delta| within its row
- *                (stable: equal values rank by column), recomputed per row
- *                by gta_rank_row (della_rank.c) into O(cols) scratch
+ *                rank = 1-based ascending rank of |delta| within its row,
+ *                equal values sharing their mean rank; the limits of a
+ *                row come from gta_della_row (della_rank.c, O(cols)
+ *                scratch), read per element as the block is drawn
  *   u is 32 random bits of the element (half of a 64-bit counter-based
  *   hash per pair of elements, draw_block), compared as an integer
  *   (draw_threshold). With `rescale` a sparsified task vector is
@@ -159,7 +160,7 @@ static uint64_t draw_threshold(double p)
     return (uint64_t)ceil(t);
 }
 
-static uint32_t della_keepmax(const struct gta_model *m, uint32_t r, size_t cols);
+static uint32_t della_keepmax(const struct gta_model *m, size_t s, size_t cols);
 static gta_draw_fn pick_draw(void);
 static gta_apply_fn pick_apply(void);
 static gta_scan_fn pick_scan(void);
@@ -235,14 +236,14 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
         }
         m->need_l1 = rescale && !m->zero;
     }
-    /* Della's keep limit of every rank, once per tensor and model (within GTA_KEEP_BITS / 8 bytes of
-       tables; without one, each scan/apply call computes its own) */
+    /* Della's keep limit of every (doubled mean) rank, once per tensor and model (within GTA_KEEP_BITS / 8
+       bytes of tables; without one, each scan/apply call computes its own) */
     size_t cols = job->cols ? (size_t)job->cols : 1, tab = 0;
     for (int j = 0; j < s->nm && kind->sparsify == GTA_SPARSIFY_DELLA && cols >= 2; j++) {
         struct gta_model *m = &s->m[j];
-        if (!m->sparse || m->zero || (tab += cols * sizeof(uint32_t)) > GTA_KEEP_BITS / 8) continue;
-        m->della_kmax = alloy_xmalloc(cols * sizeof *m->della_kmax);
-        for (size_t r = 1; m->della_kmax && r <= cols; r++) m->della_kmax[r - 1] = della_keepmax(m, (uint32_t)r, cols);
+        if (!m->sparse || m->zero || (tab += 2 * cols * sizeof(uint32_t)) > GTA_KEEP_BITS / 8) continue;
+        m->della_kmax = alloy_xmalloc(2 * cols * sizeof *m->della_kmax);
+        for (size_t i = 0; m->della_kmax && i < 2 * cols; i++) m->della_kmax[i] = della_keepmax(m, i, cols);
     }
     /* The sampled selections share one window budget (GTA_WINDOW_KEYS keys, 32 MiB), so the windows
        of many models together stay bounded */
@@ -324,26 +325,29 @@ size_t gta_pass_sample(const struct alloy_merge_job *job, const void *state, int
 
 /* ---------------------------------------------------------------- masks */
 
-/* Per model and chunk: tie budgets of the selections, della's row ranks and draw thresholds. */
+/* Per model and chunk: tie budgets of the selections, della's row limits and draw thresholds. */
 struct gta_cursor {
     uint64_t ties[2];
-    const uint32_t *rank;   /* della: ranks of the current row, NULL: counted per element */
-    const uint32_t *dmax;   /* della: largest kept draw of each rank (index rank - 1), NULL: computed per element */
+    struct gta_della_row row; /* della: limits of the current row (no bucket nor elem: counted per element) */
+    uint32_t xnext;           /* della: the row's next exception */
+    const uint32_t *dmax;     /* della: largest kept draw by lim2 index (gta.h), NULL: computed per element */
 };
 
 static void cursor_init(const struct gta_model *m, size_t chunk, struct gta_cursor *cur)
 {
     cur->ties[0] = m->nsel > 0 ? alloy_sel_chunk_ties(&m->sel[0], chunk) : 0;
     cur->ties[1] = m->nsel > 1 ? alloy_sel_chunk_ties(&m->sel[1], chunk) : 0;
-    cur->rank = NULL;
+    memset(&cur->row, 0, sizeof cur->row);
+    cur->xnext = 0;
     cur->dmax = NULL;
 }
 
-/* Della's keep probability of rank r (1-based) in a row of cols >= 2 elements, as the largest draw
- * kept: draw_threshold() - 1, which fits 32 bits as the probability lies in (0, 1) (gta_check). */
-static uint32_t della_keepmax(const struct gta_model *m, uint32_t r, size_t cols)
+/* Della's keep probability in a row of cols >= 2 elements at lim2 index s = 2 r - 1 (r: the 1-based mean
+ * rank; s = 0, unused, as s = 1), as the largest draw kept: draw_threshold() - 1, which fits 32 bits as
+ * the probability lies in (0, 1) (gta_check). p = (density - eps) + 2 eps (r - 1) / (cols - 1). */
+static uint32_t della_keepmax(const struct gta_model *m, size_t s, size_t cols)
 {
-    double p = (m->density - m->extra) + 2.0 * m->extra * (double)(r - 1) / (double)(cols - 1);
+    double p = (m->density - m->extra) + m->extra * (double)(s ? s - 1 : 0) / (double)(cols - 1);
     uint64_t t = draw_threshold(p);
     return t ? (uint32_t)(t - 1) : 0; /* t >= 1 here */
 }
@@ -445,13 +449,17 @@ static GTA_INLINE void keep_block(const struct gta_state *s, const struct gta_mo
             return;
         }
         uint32_t kmax[GTA_BLK];
-        if (cur->rank && cur->dmax) { /* the usual case: a gather from a table in L1 */
-            const uint32_t *rk = cur->rank + j0, *dm = cur->dmax - 1;
-            for (size_t q = 0; q < n; q++) kmax[q] = dm[rk[q]];
+        const struct gta_della_row *row = &cur->row;
+        if (row->bucket) { /* the usual case: a gather from the row's bucket table, then its exceptions */
+            for (size_t q = 0; q < n; q++) kmax[q] = gta_della_bucket_limit(row, alloy_sel_key_abs(d[q]));
+            for (; cur->xnext < row->nx && row->xcol[cur->xnext] < j0 + n; cur->xnext++)
+                kmax[row->xcol[cur->xnext] - j0] = row->xlim[cur->xnext];
+        } else if (row->elem) {
+            memcpy(kmax, row->elem + j0, n * sizeof *kmax);
         } else {
             for (size_t q = 0; q < n; q++) {
-                uint32_t r = cur->rank ? cur->rank[j0 + q] : gta_rank_count(xi, b, cols, j0 + q);
-                kmax[q] = cur->dmax ? cur->dmax[r - 1] : della_keepmax(m, r, cols);
+                uint32_t i = gta_della_rank2(xi, b, cols, j0 + q);
+                kmax[q] = cur->dmax ? cur->dmax[i] : della_keepmax(m, i, cols);
             }
         }
         s->draw(m->rng_key, e, n, 0, kmax, keep);
@@ -473,27 +481,34 @@ static size_t row_len(const struct gta_state *s, const struct alloy_merge_job *j
     return len;
 }
 
-/* Della's per-call scratch: rank_row's 6 rows and table, the ranks of nr models and their draw thresholds per rank.
- * NULL when not della, rows shorter than 2, or out of memory (then everything is computed per element). */
+/* Della's per-call scratch: a row slot per model (gta_della_row), one sort scratch and the draw
+ * thresholds of nr models. NULL when not della, rows shorter than 2, or out of memory (then
+ * everything is computed per element). */
 struct della_scratch {
-    uint32_t *sort;         /* GTA_RANK_SCRATCH(cols) */
-    uint32_t *rank;         /* nr * cols */
-    uint32_t *kmax;         /* nr * cols */
+    uint64_t *sort;         /* GTA_DELLA_SORT(cols) */
+    uint32_t *slot;         /* nr * GTA_DELLA_SLOT(cols) */
+    uint32_t *kmax;         /* nr * 2 cols */
 };
+
+static void della_scratch_free(struct della_scratch *ds)
+{
+    free(ds->kmax);
+    free(ds->slot);
+    free(ds->sort);
+    memset(ds, 0, sizeof *ds);
+}
 
 static int della_scratch_new(const struct gta_state *s, size_t cols, size_t nr, struct della_scratch *ds)
 {
     memset(ds, 0, sizeof *ds);
     if (s->kind->sparsify != GTA_SPARSIFY_DELLA || cols < 2) return 0;
-    ds->kmax = alloy_xmalloc(nr * cols * sizeof *ds->kmax);
-    ds->sort = alloy_xmalloc((GTA_RANK_SCRATCH(cols) + nr * cols) * sizeof *ds->sort);
-    if (!ds->kmax || !ds->sort) {
-        free(ds->kmax);
-        free(ds->sort);
-        memset(ds, 0, sizeof *ds);
+    ds->kmax = alloy_xmalloc(nr * 2 * cols * sizeof *ds->kmax);
+    ds->slot = alloy_xmalloc(nr * GTA_DELLA_SLOT(cols) * sizeof *ds->slot);
+    ds->sort = alloy_xmalloc(GTA_DELLA_SORT(cols) * sizeof *ds->sort);
+    if (!ds->kmax || !ds->slot || !ds->sort) {
+        della_scratch_free(ds);
         return 0;
     }
-    ds->rank = ds->sort + GTA_RANK_SCRATCH(cols);
     return 1;
 }
 
@@ -507,18 +522,18 @@ static void della_scratch_thresholds(const struct della_scratch *ds, const struc
         cur->dmax = m->della_kmax;
         return;
     }
-    uint32_t *km = ds->kmax + i * cols;
-    for (size_t r = 1; r <= cols; r++) km[r - 1] = della_keepmax(m, (uint32_t)r, cols);
+    uint32_t *km = ds->kmax + i * 2 * cols;
+    for (size_t q = 0; q < 2 * cols; q++) km[q] = della_keepmax(m, q, cols);
     cur->dmax = km;
 }
 
-/* Ranks the row of model m (slot i) at xi/b into the scratch. */
-static void della_scratch_rank(const struct della_scratch *ds, const struct gta_model *m, size_t i,
-                               const float *xi, const float *b, size_t cols, struct gta_cursor *cur)
+/* The limits of model m's row at xi/b (slot i of the scratch). */
+static void della_scratch_row(const struct della_scratch *ds, const struct gta_model *m, size_t i,
+                              const float *xi, const float *b, size_t cols, struct gta_cursor *cur)
 {
     if (!ds->sort || !m->sparse || m->zero) return;
-    gta_rank_row(xi, b, cols, ds->rank + i * cols, ds->sort);
-    cur->rank = ds->rank + i * cols;
+    gta_della_row(xi, b, cols, cur->dmax, ds->slot + i * GTA_DELLA_SLOT(cols), ds->sort, &cur->row);
+    cur->xnext = 0;
 }
 
 /* Bit i of a 32-bit word, for the bitmap loops (vectorized as lane masks). */
@@ -674,7 +689,7 @@ static GTA_INLINE void scan_body(const struct alloy_merge_job *job, const struct
            same bits on any instruction set and thread count, and a vectorized loop */
         double before[GTA_L1_LANES] = {0}, after[GTA_L1_LANES] = {0};
         for (size_t r0 = 0; r0 < len; r0 += cols) {
-            della_scratch_rank(&ds, m, 0, xi + r0, b + r0, cols, &cur);
+            della_scratch_row(&ds, m, 0, xi + r0, b + r0, cols, &cur);
             for (size_t j0 = 0; j0 < cols; j0 += GTA_BLK) {
                 size_t n = cols - j0 < GTA_BLK ? cols - j0 : GTA_BLK, e = r0 + j0;
                 float d[GTA_BLK];
@@ -688,8 +703,7 @@ static GTA_INLINE void scan_body(const struct alloy_merge_job *job, const struct
         head->l1[l][0] = l1_fold(before);
         head->l1[l][1] = l1_fold(after);
     }
-    free(ds.kmax);
-    free(ds.sort);
+    della_scratch_free(&ds);
 }
 
 GTA_ISA_VERSIONS(scan, gta_scan_fn,
@@ -810,7 +824,7 @@ static GTA_INLINE void apply_body(const struct alloy_merge_job *job, const struc
     for (size_t r0 = 0; r0 < len; r0 += cols) {
         for (int j = 0; j < nm; j++)
             if (!s->m[j].keep_bits)
-                della_scratch_rank(&ds, &s->m[j], (size_t)j, x[s->m[j].input] + r0, b + r0, cols, &cur[j]);
+                della_scratch_row(&ds, &s->m[j], (size_t)j, x[s->m[j].input] + r0, b + r0, cols, &cur[j]);
         for (size_t j0 = 0; j0 < cols; j0 += GTA_BLK) {
             size_t n = cols - j0 < GTA_BLK ? cols - j0 : GTA_BLK, e = r0 + j0;
             for (int j = 0; j < nm; j++) {
@@ -839,8 +853,7 @@ static GTA_INLINE void apply_body(const struct alloy_merge_job *job, const struc
             merge_block(s, nm, D, b + e, n, out + e);
         }
     }
-    free(ds.kmax);
-    free(ds.sort);
+    della_scratch_free(&ds);
 }
 
 GTA_ISA_VERSIONS(apply, gta_apply_fn,

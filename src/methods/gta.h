@@ -82,7 +82,7 @@ struct gta_model {
     float rescale;          /* before / after, or 1 */
     uint64_t rng_key;       /* random methods */
     uint64_t draw_thr;      /* random methods: keep iff the element's 32 random bits < draw_thr (u < density) */
-    uint32_t *della_kmax;   /* della: largest kept draw of each rank (index rank - 1), NULL: per call */
+    uint32_t *della_kmax;   /* della: largest kept draw by lim2 index (gta_della_row), NULL: per call */
     _Atomic uint64_t *keep_bits; /* random methods with rescale: the L1 pass's keep decisions, bit e of
                                     the tensor (within GTA_KEEP_BITS); NULL: apply() draws them again */
 };
@@ -137,13 +137,33 @@ void gta_apply(const struct alloy_merge_job *job, const void *state, const struc
                const float *const *x, float *out);
 void gta_fini(const struct alloy_merge_job *job, void *state);
 
-/* DELLA's row ranks (della_rank.c): rank[j] = 1-based ascending rank of |xi[j] - b[j]| among the
- * row's cols elements, equal magnitudes by column. scratch: GTA_RANK_SCRATCH(cols) uint32. */
+/* DELLA's keep limits of one row (della_rank.c). Elements of equal |delta| share their mean rank;
+ * a group of equal keys at 1-based ranks first..last gets lim2[first + last - 1] (lim2: 2 cols entries,
+ * [0] unused but readable). The limit of element j is gta_della_bucket_limit(key_j) (key_j =
+ * alloy_sel_key_abs(xi[j] - b[j])) unless j is one of the nx exceptions (xcol ascending, their limit
+ * in xlim), or elem[j] when bucket is NULL. Everything points into slot (GTA_DELLA_SLOT(cols) uint32,
+ * valid until the slot is reused); sort: GTA_DELLA_SORT(cols) uint64 of scratch. */
 #define GTA_RANK_TABLE 32768
-#define GTA_RANK_SCRATCH(cols) (6 * (size_t)(cols) + GTA_RANK_TABLE)
-void     gta_rank_row(const float *xi, const float *b, size_t cols, uint32_t *rank, uint32_t *scratch);
-/* The same rank of element j alone, counted directly: O(cols) (when the scratch cannot be allocated). */
-uint32_t gta_rank_count(const float *xi, const float *b, size_t cols, size_t j);
+#ifndef GTA_DELLA_WAYS
+#define GTA_DELLA_WAYS 1
+#endif
+#define GTA_DELLA_SLOT(cols) (2 * (size_t)(cols) + 4 * GTA_RANK_TABLE)
+#define GTA_DELLA_SORT(cols) (3 * (size_t)(cols) + 256)
+struct gta_della_row {
+    const uint32_t *bucket;      /* limit of the keys with low 16 bits zero, at 4 (key >> 16); NULL: elem */
+    const uint32_t *elem;        /* limit of each element (rows sorted whole) */
+    const uint32_t *xcol, *xlim; /* the other keys: columns (ascending) and limits */
+    uint32_t nx;
+};
+void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
+                   uint64_t *sort, struct gta_della_row *row);
+/* The limit of a key with low 16 bits zero, from row->bucket. */
+static inline uint32_t gta_della_bucket_limit(const struct gta_della_row *row, uint32_t key)
+{
+    return row->bucket[(size_t)(key >> 16) * GTA_DELLA_WAYS];
+}
+/* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
+uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j);
 
 #define GTA_NEEDS_HIST(sp) ((sp) == GTA_SPARSIFY_MAGNITUDE || (sp) == GTA_SPARSIFY_OUTLIERS)
 #define GTA_ACC_SIZE_FOR(sp) GTA_ACC_SIZE(GTA_NEEDS_HIST(sp) ? GTA_HIST_SLOTS : 0)
