@@ -136,41 +136,49 @@ static const uint64_t *sort_radix(const uint32_t *key, size_t n, uint32_t vbits,
     return a;
 }
 
-/* Histogram ways: bucket h counts in cnt[4 h .. 4 h + 3], element j in way j % 4, so that runs of
- * equal keys (zeros, the commonest magnitudes) increment four counters in turn instead of one. */
-#define WAYS GTA_DELLA_WAYS
+/* The walk over a row's buckets in ascending order: ranks taken so far, the next sorted exception
+ * and its bucket (UINT32_MAX: none left). */
+struct bucket_walk {
+    uint32_t pos, p, xh;
+};
 
-/* The limits of the exceptions xs[*p ..] whose bucket is below hx (sorted: a prefix of those left),
- * at ranks from *pos + 1. */
-static RANK_INLINE void exceptions_below(const uint64_t *xs, uint32_t nx, uint64_t hx, const uint32_t *lim2,
-                                         uint32_t *xl, uint32_t *pos, uint32_t *p)
+/* The limits of the remaining exceptions up to bucket hx (a prefix of the sorted xs), at ranks from
+ * pos + 1 on, in runs of equal keys. */
+static void exceptions_upto(const uint64_t *xs, uint32_t nx, uint32_t hx, const uint32_t *lim2, uint32_t *xl,
+                            struct bucket_walk *w)
 {
-    uint32_t q = *p;
-    while (q < nx && xs[q] >> 48 < hx) q++;
-    if (q == *p) return;
-    limits_of_sorted(xs + *p, q - *p, *pos, lim2, xl);
-    *pos += q - *p;
-    *p = q;
+    uint32_t q = w->p;
+    while (q < nx && (uint32_t)(xs[q] >> 48) <= hx) q++;
+    limits_of_sorted(xs + w->p, q - w->p, w->pos, lim2, xl);
+    w->pos += q - w->p;
+    w->p = q;
+    w->xh = q < nx ? (uint32_t)(xs[q] >> 48) : UINT32_MAX;
 }
 
-/* The row's limits (see gta.h). The fast path: a histogram of the normal keys by bucket (bits
- * 30..16; only bucket 0 and those from the row's smallest nonzero key to its largest are cleared),
- * the exceptions listed in column order and sorted, the nonempty buckets listed in ascending order
- * (no branch per bucket: most are empty), then one walk over them that gives each bucket's normal
- * keys the limit of their group (written over its first count) and the exceptions, in runs of equal
- * keys after the normal keys of their bucket, the limits of theirs. */
+/* Bucket of a key in the histogram: key >> 16, or GTA_DELLA_EXCEPTION for one with low bits set. */
+#define GTA_DELLA_EXCEPTION 0x8000u
+
+/* The row's limits (see gta.h). The fast path: each key's bucket (bits 30..16) as 16 bits, the
+ * exceptions' as GTA_DELLA_EXCEPTION; a histogram of the buckets (only bucket 0, those from the row's
+ * smallest nonzero key to its largest and the exceptions' are cleared); the exceptions listed in
+ * column order and sorted; the nonempty buckets listed in ascending order (no branch per bucket:
+ * most are empty); then one walk over them that gives each bucket's normal keys the limit of their
+ * group (written over its count) and the exceptions, in runs of equal keys after the normal keys of
+ * their bucket, the limits of theirs. */
 static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t cols, const uint32_t *lim2,
                                        uint32_t *slot, uint64_t *sort, struct gta_della_row *row)
 {
     memset(row, 0, sizeof *row);
     if (cols == 0) return;
     uint32_t *key = slot, *xk = key + cols, *cnt = xk + cols;
+    uint32_t *cnt2 = cnt + GTA_RANK_TABLE + 1; /* the odd columns' histogram */
+    uint16_t *hk = (uint16_t *)(void *)(cnt2 + GTA_RANK_TABLE + 1);
     uint32_t nx = 0;
     int32_t kmax = 0, kmin = INT32_MAX; /* the largest key; the smallest >= 2^16, less 2^16 */
     for (size_t j = 0; j < cols; j++) {
         uint32_t k = alloy_sel_key_abs(xi[j] - b[j]);
         int32_t m = (int32_t)((k - 0x10000u) & 0x7fffffffu);
-        key[j] = k;
+        hk[j] = (uint16_t)((k & 0xffffu) ? GTA_DELLA_EXCEPTION : k >> 16);
         kmax = (int32_t)k > kmax ? (int32_t)k : kmax;
         kmin = m < kmin ? m : kmin;
         nx += (k & 0xffffu) != 0;
@@ -178,6 +186,7 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
     const uint32_t hmax = (uint32_t)kmax >> 16, hlo = ((uint32_t)kmin >> 16) + 1; /* buckets 0, hlo..hmax */
     const uint32_t nbk = hlo <= hmax ? hmax - hlo + 1 : 0;
     if (nx > cols / 8 || nbk > 2 * cols + 256 || cols >= (size_t)1 << 17) {
+        for (size_t j = 0; j < cols; j++) key[j] = alloy_sel_key_abs(xi[j] - b[j]);
         uint32_t vb = 0;
         for (size_t j = 0; j < cols; j++) vb |= key[j] ^ key[0];
         const uint64_t *sorted = sort_radix(key, cols, vb, sort, sort + cols);
@@ -185,17 +194,32 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
         row->elem = key;
         return;
     }
-    memset(cnt, 0, WAYS * sizeof *cnt);
-    if (nbk) memset(cnt + WAYS * hlo, 0, WAYS * nbk * sizeof *cnt);
-    uint32_t *xc = xk + nx, *xl = xc + nx, n = 0; /* exceptions: key, column, limit (nx <= cols / 8 each) */
-    for (size_t j = 0; j < cols; j++) {
-        uint32_t k = key[j];
-        if (k & 0xffffu) {
-            xk[n] = k;
-            xc[n++] = (uint32_t)j;
-            continue;
-        }
-        cnt[(k >> 16) * WAYS + (j & (WAYS - 1))]++;
+    cnt[0] = cnt2[0] = 0;
+    if (nbk) memset(cnt + hlo, 0, nbk * sizeof *cnt);
+    if (nbk) memset(cnt2 + hlo, 0, nbk * sizeof *cnt);
+    cnt[GTA_DELLA_EXCEPTION] = cnt2[GTA_DELLA_EXCEPTION] = 0;
+    size_t j = 0;
+#ifdef __GNUC__
+#pragma GCC unroll 2
+#endif
+    for (; j + 2 <= cols; j += 2) {
+        cnt[hk[j]]++;
+        cnt2[hk[j + 1]]++;
+    }
+    if (j < cols) cnt[hk[j]]++;
+    cnt[0] += cnt2[0];
+    for (uint32_t h = hlo; h <= hmax; h++) cnt[h] += cnt2[h];
+    /* the exceptions, in column order: sixteen at a time, most groups have none */
+    uint32_t *xc = xk + nx, *xl = xc + nx, n = 0; /* key, column, limit (nx <= cols / 8 each) */
+    for (size_t j0 = 0; j0 < cols && n < nx; j0 += 16) {
+        const size_t m = cols - j0 < 16 ? cols - j0 : 16;
+        uint32_t any = 0;
+        for (size_t i = 0; i < m; i++) any |= hk[j0 + i] == GTA_DELLA_EXCEPTION;
+        for (size_t i = 0; any && i < m; i++)
+            if (hk[j0 + i] == GTA_DELLA_EXCEPTION) {
+                xk[n] = alloy_sel_key_abs(xi[j0 + i] - b[j0 + i]);
+                xc[n++] = (uint32_t)(j0 + i);
+            }
     }
     const uint64_t *xs = sort;
     if (nx > 32) {
@@ -210,30 +234,33 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
             sort[q] = v;
         }
     }
-    uint32_t *list = (uint32_t *)(void *)(sort + 2 * cols), nl = 0; /* nonempty buckets, ascending */
-    uint32_t any = 0;
-    for (unsigned w = 0; w < WAYS; w++) any |= cnt[w];
+    /* the nonempty buckets in ascending order, eight at a time: most are empty, often all eight */
+    uint32_t *list = (uint32_t *)(void *)(sort + 2 * cols), nl = 0;
     list[nl] = 0;
-    nl += any != 0;
-    for (uint32_t h = hlo; h <= hmax; h++) {
-        const uint32_t *c = cnt + (size_t)h * WAYS;
-        any = 0;
-        for (unsigned w = 0; w < WAYS; w++) any |= c[w];
-        list[nl] = h;
-        nl += any != 0;
+    nl += cnt[0] != 0;
+    for (uint32_t h = hlo; h <= hmax; h += 8) {
+        const uint32_t *c = cnt + h, m = hmax - h + 1 < 8 ? hmax - h + 1 : 8;
+        uint32_t any = 0;
+        if (m == 8)
+            for (uint32_t i = 0; i < 8; i++) any |= c[i];
+        else
+            any = 1;
+        if (!any) continue;
+        for (uint32_t i = 0; i < m; i++) {
+            list[nl] = h + i;
+            nl += c[i] != 0;
+        }
     }
-    uint32_t pos = 0, p = 0;
+    struct bucket_walk w = {0, 0, nx ? (uint32_t)(xs[0] >> 48) : UINT32_MAX};
     for (uint32_t i = 0; i < nl; i++) {
         const uint32_t h = list[i];
-        uint32_t *c = cnt + (size_t)h * WAYS;
-        if (p < nx) exceptions_below(xs, nx, h, lim2, xl, &pos, &p);
-        uint32_t next = pos; /* normal keys: ranks pos + 1 .. next */
-        for (unsigned w = 0; w < WAYS; w++) next += c[w];
-        c[0] = lim2[pos + next];
-        pos = next;
-        if (p < nx) exceptions_below(xs, nx, (uint64_t)h + 1, lim2, xl, &pos, &p);
+        if (w.xh < h) exceptions_upto(xs, nx, h - 1, lim2, xl, &w);
+        const uint32_t next = w.pos + cnt[h]; /* normal keys: ranks pos + 1 .. next */
+        cnt[h] = lim2[w.pos + next];
+        w.pos = next;
+        if (w.xh == h) exceptions_upto(xs, nx, h, lim2, xl, &w);
     }
-    exceptions_below(xs, nx, UINT64_MAX, lim2, xl, &pos, &p);
+    if (w.p < nx) exceptions_upto(xs, nx, UINT32_MAX, lim2, xl, &w);
     row->bucket = cnt;
     row->xcol = xc;
     row->xlim = xl;

@@ -144,13 +144,10 @@ void gta_fini(const struct alloy_merge_job *job, void *state);
  * in xlim), or elem[j] when bucket is NULL. Everything points into slot (GTA_DELLA_SLOT(cols) uint32,
  * valid until the slot is reused); sort: GTA_DELLA_SORT(cols) uint64 of scratch. */
 #define GTA_RANK_TABLE 32768
-#ifndef GTA_DELLA_WAYS
-#define GTA_DELLA_WAYS 1
-#endif
-#define GTA_DELLA_SLOT(cols) (2 * (size_t)(cols) + 4 * GTA_RANK_TABLE)
+#define GTA_DELLA_SLOT(cols) (3 * (size_t)(cols) + 2 * GTA_RANK_TABLE + 4)
 #define GTA_DELLA_SORT(cols) (3 * (size_t)(cols) + 256)
 struct gta_della_row {
-    const uint32_t *bucket;      /* limit of the keys with low 16 bits zero, at 4 (key >> 16); NULL: elem */
+    const uint32_t *bucket;      /* limit of the keys with low 16 bits zero, by key >> 16; NULL: elem */
     const uint32_t *elem;        /* limit of each element (rows sorted whole) */
     const uint32_t *xcol, *xlim; /* the other keys: columns (ascending) and limits */
     uint32_t nx;
@@ -160,7 +157,7 @@ void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t 
 /* The limit of a key with low 16 bits zero, from row->bucket. */
 static inline uint32_t gta_della_bucket_limit(const struct gta_della_row *row, uint32_t key)
 {
-    return row->bucket[(size_t)(key >> 16) * GTA_DELLA_WAYS];
+    return row->bucket[key >> 16];
 }
 /* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
 uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j);
