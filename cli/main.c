@@ -25,6 +25,13 @@
 
 int alloy_cmd_eval(int argc, char **argv) __attribute__((weak));
 
+/* OpenBLAS's pthread build starts its worker threads when the library loads, and they spin on
+ * sched_yield for 2^28 cycles (about 0.1 s of a core) before they sleep: 3-5% of a one-second merge
+ * on two cores, taken from the merge threads. Merges use no BLAS and eval runs it single-threaded,
+ * so main() stops them at once (OpenBLAS starts them again if a call ever needs them). Weak: other
+ * BLAS builds lack the function. */
+int blas_thread_shutdown_(void) __attribute__((weak));
+
 static volatile sig_atomic_t g_interrupt;
 static volatile int g_interrupt_flag;
 
@@ -293,6 +300,7 @@ static void raise_fd_limit(void)
 
 int main(int argc, char **argv)
 {
+    if (blas_thread_shutdown_) blas_thread_shutdown_();
     raise_fd_limit();
     const char *prog = strrchr(argv[0], '/');
     prog = prog ? prog + 1 : argv[0];
