@@ -857,6 +857,40 @@ TEST(della_keep_probability_follows_rank)
     free_inputs(in, 2);
 }
 
+/* Equal magnitudes share their mean rank: in rows whose first half holds one magnitude and second
+ * half another, every column of a half is kept with the probability of the half's mean rank (a tie
+ * order by column would make it climb across the half). */
+TEST(della_ties_share_their_mean_rank)
+{
+    enum { R = 40, C = 50, N = R * C, SEEDS = 100 };
+    const double d = 0.5, eps = 0.2;
+    float **in = malloc(2 * sizeof *in);
+    in[0] = malloc(N * sizeof(float));
+    in[1] = malloc(N * sizeof(float));
+    for (size_t e = 0; e < N; e++) {
+        in[0][e] = grid(64);
+        in[1][e] = in[0][e] + (urand() < 0.5 ? -1.0f : 1.0f) * (e % C < C / 2 ? 1.0f : 3.0f) / 64.0f;
+    }
+    float *out = malloc(N * sizeof *out);
+    static double kept_by_col[C];
+    for (uint64_t seed = 1; seed <= SEEDS; seed++) {
+        struct gcase k;
+        gcase_init(&k, "della_linear", 2, 0, R, C);
+        k.w[1] = 1; k.density[1] = d; k.extra[1] = eps; k.rescale = 0; k.seed = seed;
+        struct alloy_err err = {0};
+        CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 2 * C, &err), ALLOY_OK);
+        for (size_t e = 0; e < N; e++) kept_by_col[e % C] += out[e] != in[0][e];
+    }
+    for (int c = 0; c < C; c++) {
+        double mean_rank = c < C / 2 ? (C / 2 + 1) / 2.0 : (3 * C / 2 + 1) / 2.0;
+        double p = (d - eps) + 2 * eps * (mean_rank - 1) / (C - 1), n = (double)R * SEEDS;
+        CHECK_MSG(fabs(kept_by_col[c] / n - p) <= 4.5 * sqrt(p * (1 - p) / n), "column %d: kept %.4f, p %.4f", c,
+                  kept_by_col[c] / n, p);
+    }
+    free(out);
+    free_inputs(in, 2);
+}
+
 TEST(della_golden_with_observed_masks)
 {
     enum { R = 12, C = 16, N = R * C };

@@ -10,17 +10,18 @@
  *   some columns. A row's limits are then a function of its multiset of
  *   keys alone, and the common case needs no sort at all: nearly every
  *   magnitude of a difference of bfloat16 values has its low 16 bits zero
- *   ("normal" keys: 99.4% in the benchmark's fine-tunes), so one histogram
- *   over bits 30..16 groups the normal keys, and one pass over the row's
- *   bucket range turns the counts into the limit of each bucket. The result
- *   is a table indexed by key >> 16 that the caller reads per element where
- *   it draws (gta.c: della_block_limits); no per-element rank is written.
- *   The other keys (exceptions) rank after their bucket's normal keys; they
- *   are sorted (insertion sort up to 32, else radix) and listed by column
- *   with their own limits. Rows with over cols / 8 exceptions (float32
- *   inputs), a span of over 2 cols + 256 buckets, or 2^17 columns or more,
- *   are sorted whole (stable LSD radix over the bits in which the keys
- *   differ) and get one limit per element.
+ *   ("normal" keys: 99.4% in the benchmark's fine-tunes), so each element's
+ *   bucket (bits 30..16, 16-bit ids), one histogram of them (two, for the
+ *   even and the odd columns, so that runs of one bucket do not chain their
+ *   increments) and one walk over the nonempty buckets give every bucket
+ *   its limit. The caller reads bucket[id] per element where it draws
+ *   (gta.c keep_block); no per-element rank is computed. The other keys
+ *   (exceptions, id GTA_DELLA_EXCEPTION) rank after their bucket's normal
+ *   keys; they are sorted (insertion sort up to 32, else radix) and listed
+ *   by column with their own limits. Rows with over cols / 8 exceptions
+ *   (float32 inputs), a span of over 2 cols + 256 buckets, or 2^17 columns
+ *   or more, are sorted whole (stable LSD radix over the bits in which the
+ *   keys differ) and get one limit per element.
  *
  *   Limits come from the caller's table lim2, indexed by s = first + last - 1
  *   for a group of equal keys at 1-based ranks first..last (s in
@@ -155,16 +156,13 @@ static void exceptions_upto(const uint64_t *xs, uint32_t nx, uint32_t hx, const 
     w->xh = q < nx ? (uint32_t)(xs[q] >> 48) : UINT32_MAX;
 }
 
-/* Bucket of a key in the histogram: key >> 16, or GTA_DELLA_EXCEPTION for one with low bits set. */
-#define GTA_DELLA_EXCEPTION 0x8000u
-
-/* The row's limits (see gta.h). The fast path: each key's bucket (bits 30..16) as 16 bits, the
- * exceptions' as GTA_DELLA_EXCEPTION; a histogram of the buckets (only bucket 0, those from the row's
- * smallest nonzero key to its largest and the exceptions' are cleared); the exceptions listed in
- * column order and sorted; the nonempty buckets listed in ascending order (no branch per bucket:
- * most are empty); then one walk over them that gives each bucket's normal keys the limit of their
- * group (written over its count) and the exceptions, in runs of equal keys after the normal keys of
- * their bucket, the limits of theirs. */
+/* The row's limits (see gta.h). The fast path: each key's bucket id; a histogram of them (only
+ * buckets 0, GTA_DELLA_EXCEPTION and those from the row's smallest nonzero key to its largest are
+ * cleared); the exceptions listed in column order and sorted; the nonempty buckets listed in
+ * ascending order (no branch per bucket: most are empty); then one walk over them that gives each
+ * bucket's normal keys the limit of their group (written over its count) and the exceptions below
+ * the bucket, in runs of equal keys, the limits of theirs (an exception ranks after the normal keys
+ * of its bucket and before the next nonempty bucket's). */
 static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t cols, const uint32_t *lim2,
                                        uint32_t *slot, uint64_t *sort, struct gta_della_row *row)
 {
@@ -258,10 +256,10 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
         const uint32_t next = w.pos + cnt[h]; /* normal keys: ranks pos + 1 .. next */
         cnt[h] = lim2[w.pos + next];
         w.pos = next;
-        if (w.xh == h) exceptions_upto(xs, nx, h, lim2, xl, &w);
     }
     if (w.p < nx) exceptions_upto(xs, nx, UINT32_MAX, lim2, xl, &w);
     row->bucket = cnt;
+    row->hk = hk;
     row->xcol = xc;
     row->xlim = xl;
     row->nx = nx;

@@ -451,7 +451,8 @@ static GTA_INLINE void keep_block(const struct gta_state *s, const struct gta_mo
         uint32_t kmax[GTA_BLK];
         const struct gta_della_row *row = &cur->row;
         if (row->bucket) { /* the usual case: a gather from the row's bucket table, then its exceptions */
-            for (size_t q = 0; q < n; q++) kmax[q] = gta_della_bucket_limit(row, alloy_sel_key_abs(d[q]));
+            const uint16_t *hk = row->hk + j0;
+            for (size_t q = 0; q < n; q++) kmax[q] = row->bucket[hk[q]];
             for (; cur->xnext < row->nx && row->xcol[cur->xnext] < j0 + n; cur->xnext++)
                 kmax[row->xcol[cur->xnext] - j0] = row->xlim[cur->xnext];
         } else if (row->elem) {

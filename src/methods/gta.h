@@ -139,26 +139,23 @@ void gta_fini(const struct alloy_merge_job *job, void *state);
 
 /* DELLA's keep limits of one row (della_rank.c). Elements of equal |delta| share their mean rank;
  * a group of equal keys at 1-based ranks first..last gets lim2[first + last - 1] (lim2: 2 cols entries,
- * [0] unused but readable). The limit of element j is gta_della_bucket_limit(key_j) (key_j =
- * alloy_sel_key_abs(xi[j] - b[j])) unless j is one of the nx exceptions (xcol ascending, their limit
- * in xlim), or elem[j] when bucket is NULL. Everything points into slot (GTA_DELLA_SLOT(cols) uint32,
- * valid until the slot is reused); sort: GTA_DELLA_SORT(cols) uint64 of scratch. */
+ * [0] unused but readable). The limit of element j is bucket[hk[j]] (hk[j]: the top 16 bits of
+ * alloy_sel_key_abs(xi[j] - b[j])) unless j is one of the nx exceptions (keys with low bits set,
+ * hk[j] == GTA_DELLA_EXCEPTION: columns xcol ascending, limits xlim), or elem[j] when bucket is NULL
+ * (rows sorted whole). Everything points into slot (GTA_DELLA_SLOT(cols) uint32, valid until the slot
+ * is reused); sort: GTA_DELLA_SORT(cols) uint64 of scratch. */
 #define GTA_RANK_TABLE 32768
+#define GTA_DELLA_EXCEPTION 0x8000u
 #define GTA_DELLA_SLOT(cols) (3 * (size_t)(cols) + 2 * GTA_RANK_TABLE + 4)
 #define GTA_DELLA_SORT(cols) (3 * (size_t)(cols) + 256)
 struct gta_della_row {
-    const uint32_t *bucket;      /* limit of the keys with low 16 bits zero, by key >> 16; NULL: elem */
-    const uint32_t *elem;        /* limit of each element (rows sorted whole) */
-    const uint32_t *xcol, *xlim; /* the other keys: columns (ascending) and limits */
+    const uint32_t *bucket, *elem;
+    const uint16_t *hk;
+    const uint32_t *xcol, *xlim;
     uint32_t nx;
 };
 void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
                    uint64_t *sort, struct gta_della_row *row);
-/* The limit of a key with low 16 bits zero, from row->bucket. */
-static inline uint32_t gta_della_bucket_limit(const struct gta_della_row *row, uint32_t key)
-{
-    return row->bucket[key >> 16];
-}
 /* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
 uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j);
 
