@@ -1,7 +1,8 @@
 /*
  * della.c — DELLA: magnitude-ranked random dropping (MagPrune).
  *
- *   per row of C entries: rank = 1..C, ascending |delta| (ties by column)
+ *   per row of C entries: rank = 1..C, ascending |delta| (equal magnitudes
+ *   share their mean rank: the average of the places they occupy)
  *   p = (density - epsilon) + 2 epsilon (rank - 1) / (C - 1)
  *   keep ~ Bernoulli(p);  delta_i *= keep * (sum|delta_i| / sum|kept|)    (rescale, default true)
  *   della:        R = B + lambda * sum_i w_i delta_i M_i [/ sum_i w_i M_i]   (sign consensus,
@@ -19,7 +20,11 @@
  * along the last dimension (mergekit: along dimension 1); a row of one
  * element (C == 1, NaN probability and a crash in mergekit) uses
  * p = density; ranks and probabilities are exact doubles (mergekit rounds
- * them to bf16 for bf16 models). Chunks hold whole rows (WHOLE_ROWS).
+ * them to bf16 for bf16 models); equal magnitudes share their mean rank
+ * (mergekit's argsort orders them arbitrarily: the same keep probability
+ * in expectation, where any fixed order would favour some columns).
+ * Chunks hold whole rows (WHOLE_ROWS); della_rank.c computes each row's
+ * keep limits.
  */
 #include "methods/gta.h"
 

@@ -168,9 +168,12 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
 {
     memset(row, 0, sizeof *row);
     if (cols == 0) return;
-    uint32_t *key = slot, *xk = key + cols, *cnt = xk + cols;
-    uint32_t *cnt2 = cnt + GTA_RANK_TABLE + 1; /* the odd columns' histogram */
-    uint16_t *hk = (uint16_t *)(void *)(cnt2 + GTA_RANK_TABLE + 1);
+    /* slot: keys (sorted rows) or limits | bucket ids | exceptions (3 x nx <= cols / 2) | bucket table;
+       sort: 2 cols for radix sorts | the list of nonempty buckets | the odd columns' histogram */
+    const size_t half = (cols + 1) / 2;
+    uint32_t *key = slot, *xk = key + cols + half, *cnt = xk + half;
+    uint16_t *hk = (uint16_t *)(void *)(key + cols);
+    uint32_t *cnt2 = (uint32_t *)(void *)(sort + 3 * cols + 256);
     uint32_t nx = 0;
     int32_t kmax = 0, kmin = INT32_MAX; /* the largest key; the smallest >= 2^16, less 2^16 */
     for (size_t j = 0; j < cols; j++) {

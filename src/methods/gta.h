@@ -146,8 +146,8 @@ void gta_fini(const struct alloy_merge_job *job, void *state);
  * is reused); sort: GTA_DELLA_SORT(cols) uint64 of scratch. */
 #define GTA_RANK_TABLE 32768
 #define GTA_DELLA_EXCEPTION 0x8000u
-#define GTA_DELLA_SLOT(cols) (3 * (size_t)(cols) + 2 * GTA_RANK_TABLE + 4)
-#define GTA_DELLA_SORT(cols) (3 * (size_t)(cols) + 256)
+#define GTA_DELLA_SLOT(cols) (2 * (size_t)(cols) + GTA_RANK_TABLE + 3)
+#define GTA_DELLA_SORT(cols) (3 * (size_t)(cols) + 256 + GTA_RANK_TABLE / 2 + 1)
 struct gta_della_row {
     const uint32_t *bucket, *elem;
     const uint16_t *hk;
