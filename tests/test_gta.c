@@ -818,6 +818,17 @@ static float **make_ranked_rows(size_t rows, size_t cols)
     return in;
 }
 
+/* della_linear without rescale on two inputs: model 1 at weight 1 with density d and epsilon eps. */
+static void della_linear_case(struct gcase *k, size_t rows, size_t cols, double d, double eps, uint64_t seed)
+{
+    gcase_init(k, "della_linear", 2, 0, rows, cols);
+    k->w[1] = 1;
+    k->density[1] = d;
+    k->extra[1] = eps;
+    k->rescale = 0;
+    k->seed = seed;
+}
+
 TEST(della_keep_probability_follows_rank)
 {
     enum { R = 40, C = 50, N = R * C, SEEDS = 100 };
@@ -828,8 +839,7 @@ TEST(della_keep_probability_follows_rank)
     double kept = 0;
     for (uint64_t seed = 1; seed <= SEEDS; seed++) {
         struct gcase k;
-        gcase_init(&k, "della_linear", 2, 0, R, C);
-        k.w[1] = 1; k.density[1] = d; k.extra[1] = eps; k.rescale = 0; k.seed = seed;
+        della_linear_case(&k, R, C, d, eps, seed);
         struct alloy_err err = {0};
         CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 3 * C, &err), ALLOY_OK);
         for (size_t e = 0; e < N; e++) {
@@ -875,8 +885,7 @@ TEST(della_ties_share_their_mean_rank)
     static double kept_by_col[C];
     for (uint64_t seed = 1; seed <= SEEDS; seed++) {
         struct gcase k;
-        gcase_init(&k, "della_linear", 2, 0, R, C);
-        k.w[1] = 1; k.density[1] = d; k.extra[1] = eps; k.rescale = 0; k.seed = seed;
+        della_linear_case(&k, R, C, d, eps, seed);
         struct alloy_err err = {0};
         CHECK_INT(run_case(&k, (const float *const *)in, out, 1, 2 * C, &err), ALLOY_OK);
         for (size_t e = 0; e < N; e++) kept_by_col[e % C] += out[e] != in[0][e];
