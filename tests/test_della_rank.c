@@ -86,7 +86,7 @@ static size_t check_row(const float *x, const float *b, size_t cols, const char 
     return bad;
 }
 
-TEST(della_rank_matches_stable_sort)
+static void stable_sort_cases(void)
 {
     static const size_t cols[] = {1, 2, 3, 7, 64, 255, 256, 257, 2048, 5632};
     enum { MAXC = 5632 };
@@ -133,7 +133,7 @@ TEST(della_rank_matches_stable_sort)
     free(b);
 }
 
-TEST(della_rank_long_rows)
+static void long_row_cases(void)
 {
     /* from 2^17 columns on, rows are sorted radix-wise whole */
     static const size_t cols[] = {65536 + 3, ((size_t)1 << 17) + 3};
@@ -147,4 +147,23 @@ TEST(della_rank_long_rows)
     }
     free(x);
     free(b);
+}
+
+/* Every case with the AVX2 row code (where the CPU has it) and with the portable one. */
+TEST(della_rank_matches_stable_sort)
+{
+    for (int isa = 1; isa >= 0; isa--) {
+        gta_della_isa_cap = isa;
+        stable_sort_cases();
+    }
+    gta_della_isa_cap = 1;
+}
+
+TEST(della_rank_long_rows)
+{
+    for (int isa = 1; isa >= 0; isa--) {
+        gta_della_isa_cap = isa;
+        long_row_cases();
+    }
+    gta_della_isa_cap = 1;
 }

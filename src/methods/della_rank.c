@@ -31,6 +31,13 @@
 
 #include "core/internal.h"
 
+#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#include <immintrin.h>
+#define DELLA_X86 1
+#else
+#define DELLA_X86 0
+#endif
+
 #ifdef __GNUC__
 #define RANK_INLINE inline __attribute__((always_inline))
 #else
@@ -156,6 +163,77 @@ static void exceptions_upto(const uint64_t *xs, uint32_t nx, uint32_t hx, const 
     w->xh = q < nx ? (uint32_t)(xs[q] >> 48) : UINT32_MAX;
 }
 
+/* The columns of the row's exceptions (ids GTA_DELLA_EXCEPTION), ascending, into xc; returns how many. */
+static uint32_t list_exceptions(const uint16_t *hk, size_t cols, uint32_t nx, uint32_t *xc)
+{
+    uint32_t n = 0;
+    for (size_t j0 = 0; j0 < cols && n < nx; j0 += 16) { /* sixteen ids at a time: most groups have none */
+        const size_t m = cols - j0 < 16 ? cols - j0 : 16;
+        uint32_t any = 0;
+        for (size_t i = 0; i < m; i++) any |= hk[j0 + i] == GTA_DELLA_EXCEPTION;
+        for (size_t i = 0; any && i < m; i++)
+            if (hk[j0 + i] == GTA_DELLA_EXCEPTION) xc[n++] = (uint32_t)(j0 + i);
+    }
+    return n;
+}
+
+/* The nonempty buckets among hlo..hmax, ascending, appended to list[nl..]; returns the new count. */
+static uint32_t list_nonempty(const uint32_t *cnt, uint32_t hlo, uint32_t hmax, uint32_t *list, uint32_t nl)
+{
+    uint32_t h = hlo;
+    for (; h <= hmax && hmax - h >= 7; h += 8) { /* eight at a time: most are empty, often all eight */
+        const uint32_t *c = cnt + h;
+        uint32_t any = 0;
+        for (uint32_t i = 0; i < 8; i++) any |= c[i];
+        if (!any) continue;
+        for (uint32_t i = 0; i < 8; i++) {
+            list[nl] = h + i;
+            nl += c[i] != 0;
+        }
+    }
+    for (; h <= hmax; h++) {
+        list[nl] = h;
+        nl += cnt[h] != 0;
+    }
+    return nl;
+}
+
+#if DELLA_X86
+/* The same two with AVX2 compares and byte masks: one test per sixteen ids or eight buckets. */
+__attribute__((target("avx2"))) static uint32_t list_exceptions_avx2(const uint16_t *hk, size_t cols, uint32_t nx,
+                                                                     uint32_t *xc)
+{
+    const __m256i ex = _mm256_set1_epi16((short)GTA_DELLA_EXCEPTION);
+    uint32_t n = 0;
+    size_t j0 = 0;
+    for (; j0 + 16 <= cols && n < nx; j0 += 16) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(hk + j0));
+        uint32_t m = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(v, ex)) & 0x55555555u; /* bit 2i: id i */
+        for (; m; m &= m - 1) xc[n++] = (uint32_t)(j0 + (size_t)(__builtin_ctz(m) >> 1));
+    }
+    for (; j0 < cols && n < nx; j0++)
+        if (hk[j0] == GTA_DELLA_EXCEPTION) xc[n++] = (uint32_t)j0;
+    return n;
+}
+
+__attribute__((target("avx2"))) static uint32_t list_nonempty_avx2(const uint32_t *cnt, uint32_t hlo, uint32_t hmax,
+                                                                   uint32_t *list, uint32_t nl)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    uint32_t h = hlo;
+    for (; h <= hmax && hmax - h >= 7; h += 8) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(cnt + h));
+        uint32_t m = ~(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))) & 0xffu;
+        if (!m) continue;
+        for (uint32_t i = 0; i < 8; i++) {
+            list[nl] = h + i;
+            nl += (m >> i) & 1;
+        }
+    }
+    return h <= hmax ? list_nonempty(cnt, h, hmax, list, nl) : nl;
+}
+#endif
+
 /* The row's limits (see gta.h). The fast path: each key's bucket id; a histogram of them (only
  * buckets 0, GTA_DELLA_EXCEPTION and those from the row's smallest nonzero key to its largest are
  * cleared); the exceptions listed in column order and sorted; the nonempty buckets listed in
@@ -164,7 +242,7 @@ static void exceptions_upto(const uint64_t *xs, uint32_t nx, uint32_t hx, const 
  * the bucket, in runs of equal keys, the limits of theirs (an exception ranks after the normal keys
  * of its bucket and before the next nonempty bucket's). */
 static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t cols, const uint32_t *lim2,
-                                       uint32_t *slot, uint64_t *sort, struct gta_della_row *row)
+                                       uint32_t *slot, uint64_t *sort, struct gta_della_row *row, int avx2)
 {
     memset(row, 0, sizeof *row);
     if (cols == 0) return;
@@ -210,18 +288,14 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
     if (j < cols) cnt[hk[j]]++;
     cnt[0] += cnt2[0];
     for (uint32_t h = hlo; h <= hmax; h++) cnt[h] += cnt2[h];
-    /* the exceptions, in column order: sixteen at a time, most groups have none */
-    uint32_t *xc = xk + nx, *xl = xc + nx, n = 0; /* key, column, limit (nx <= cols / 8 each) */
-    for (size_t j0 = 0; j0 < cols && n < nx; j0 += 16) {
-        const size_t m = cols - j0 < 16 ? cols - j0 : 16;
-        uint32_t any = 0;
-        for (size_t i = 0; i < m; i++) any |= hk[j0 + i] == GTA_DELLA_EXCEPTION;
-        for (size_t i = 0; any && i < m; i++)
-            if (hk[j0 + i] == GTA_DELLA_EXCEPTION) {
-                xk[n] = alloy_sel_key_abs(xi[j0 + i] - b[j0 + i]);
-                xc[n++] = (uint32_t)(j0 + i);
-            }
-    }
+    /* the exceptions in column order, and their keys */
+    uint32_t *xc = xk + nx, *xl = xc + nx; /* key, column, limit (nx <= cols / 8 each) */
+#if DELLA_X86
+    if (avx2) list_exceptions_avx2(hk, cols, nx, xc);
+    else
+#endif
+        list_exceptions(hk, cols, nx, xc);
+    for (uint32_t i = 0; i < nx; i++) xk[i] = alloy_sel_key_abs(xi[xc[i]] - b[xc[i]]);
     const uint64_t *xs = sort;
     if (nx > 32) {
         uint32_t vb = 0;
@@ -235,23 +309,14 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
             sort[q] = v;
         }
     }
-    /* the nonempty buckets in ascending order, eight at a time: most are empty, often all eight */
-    uint32_t *list = (uint32_t *)(void *)(sort + 2 * cols), nl = 0;
-    list[nl] = 0;
-    nl += cnt[0] != 0;
-    for (uint32_t h = hlo; h <= hmax; h += 8) {
-        const uint32_t *c = cnt + h, m = hmax - h + 1 < 8 ? hmax - h + 1 : 8;
-        uint32_t any = 0;
-        if (m == 8)
-            for (uint32_t i = 0; i < 8; i++) any |= c[i];
-        else
-            any = 1;
-        if (!any) continue;
-        for (uint32_t i = 0; i < m; i++) {
-            list[nl] = h + i;
-            nl += c[i] != 0;
-        }
-    }
+    /* the nonempty buckets in ascending order */
+    uint32_t *list = (uint32_t *)(void *)(sort + 2 * cols), nl = cnt[0] != 0;
+    list[0] = 0;
+#if DELLA_X86
+    if (avx2) nl = list_nonempty_avx2(cnt, hlo, hmax, list, nl);
+    else
+#endif
+        nl = list_nonempty(cnt, hlo, hmax, list, nl);
     struct bucket_walk w = {0, 0, nx ? (uint32_t)(xs[0] >> 48) : UINT32_MAX};
     for (uint32_t i = 0; i < nl; i++) {
         const uint32_t h = list[i];
@@ -271,25 +336,27 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
 static void della_row_generic(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
                               uint64_t *sort, struct gta_della_row *row)
 {
-    della_row_body(xi, b, cols, lim2, slot, sort, row);
+    della_row_body(xi, b, cols, lim2, slot, sort, row, 0);
 }
 
 /* Also compiled for AVX2 (the key loop vectorizes twice as wide; same limits), chosen by the CPU at
  * the call (not by an ifunc: sanitizer runtimes are not ready when ifunc resolvers run). */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#if DELLA_X86
 __attribute__((target("avx2"))) static void della_row_avx2(const float *xi, const float *b, size_t cols,
                                                            const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
                                                            struct gta_della_row *row)
 {
-    della_row_body(xi, b, cols, lim2, slot, sort, row);
+    della_row_body(xi, b, cols, lim2, slot, sort, row, 1);
 }
 #endif
+
+int gta_della_isa_cap = 1;
 
 void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
                    uint64_t *sort, struct gta_della_row *row)
 {
-#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
-    if (__builtin_cpu_supports("avx2")) {
+#if DELLA_X86
+    if (gta_della_isa_cap >= 1 && __builtin_cpu_supports("avx2")) {
         della_row_avx2(xi, b, cols, lim2, slot, sort, row);
         return;
     }

@@ -156,6 +156,8 @@ struct gta_della_row {
 };
 void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
                    uint64_t *sort, struct gta_della_row *row);
+/* The widest instruction set gta_della_row may use: 1 AVX2 (where the CPU has it), 0 none (tests). */
+extern int gta_della_isa_cap;
 /* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
 uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j);
 
