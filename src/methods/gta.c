@@ -605,22 +605,20 @@ static GTA_INLINE void l1_block(const float *restrict d, const uint32_t *restric
 #ifdef __GNUC__
     /* GCC does not vectorize eight fixed reduction lanes by itself: vector types, lanes 0-3 and 4-7 */
     typedef double v4d __attribute__((vector_size(32)));
-    typedef int64_t v4l __attribute__((vector_size(32)));
     typedef float v4f __attribute__((vector_size(16)));
     typedef int32_t v4i __attribute__((vector_size(16)));
-    const v4l nosign = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+    const v4i nosign = {INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX};
     v4d b[2], k[2];
     memcpy(b, before, sizeof b);
     memcpy(k, after, sizeof k);
     for (; q + GTA_L1_LANES <= n; q += GTA_L1_LANES)
         for (int h = 0; h < 2; h++) {
-            v4f f;
-            v4i m;
+            v4i f, m;
             memcpy(&f, d + q + 4 * h, sizeof f);
             memcpy(&m, keep + q + 4 * h, sizeof m);
-            v4d a = (v4d)((v4l)__builtin_convertvector(f, v4d) & nosign);
-            b[h] += a;
-            k[h] += (v4d)((v4l)a & __builtin_convertvector(m, v4l)); /* keep is 0 or -1 */
+            f &= nosign; /* |d|, then masked in float (keep is 0 or -1): exact, so the same doubles */
+            b[h] += __builtin_convertvector((v4f)f, v4d);
+            k[h] += __builtin_convertvector((v4f)(f & m), v4d);
         }
     memcpy(before, b, sizeof b);
     memcpy(after, k, sizeof k);
