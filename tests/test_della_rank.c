@@ -149,20 +149,12 @@ static void long_row_cases(void)
     free(b);
 }
 
-/* Every case with the AVX2 row code (where the CPU has it) and with the portable one. */
+/* Every case with the AVX2 row code (where the CPU has it), then with the portable one. */
 TEST(della_rank_matches_stable_sort)
 {
     for (int isa = 1; isa >= 0; isa--) {
         gta_della_isa_cap = isa;
         stable_sort_cases();
-    }
-    gta_della_isa_cap = 1;
-}
-
-TEST(della_rank_long_rows)
-{
-    for (int isa = 1; isa >= 0; isa--) {
-        gta_della_isa_cap = isa;
         long_row_cases();
     }
     gta_della_isa_cap = 1;
