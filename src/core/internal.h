@@ -13,6 +13,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* x86 builds compile their hot loops for AVX2 (and wider) too, chosen by the CPU at run time
+ * (target attributes, never the compiler's -march). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#define ALLOY_X86_DISPATCH 1
+#else
+#define ALLOY_X86_DISPATCH 0
+#endif
+
+/* A loop body inlined into each instruction-set version of its caller. */
+#ifdef __GNUC__
+#define ALLOY_INLINE inline __attribute__((always_inline))
+#else
+#define ALLOY_INLINE inline
+#endif
+
 #define ALLOY_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Checked arithmetic: return true on overflow. */

@@ -31,17 +31,8 @@
 
 #include "core/internal.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#if ALLOY_X86_DISPATCH
 #include <immintrin.h>
-#define DELLA_X86 1
-#else
-#define DELLA_X86 0
-#endif
-
-#ifdef __GNUC__
-#define RANK_INLINE inline __attribute__((always_inline))
-#else
-#define RANK_INLINE inline
 #endif
 
 /* The index s of lim2 for element j, counted directly: O(cols). */
@@ -70,7 +61,7 @@ static void limits_of_sorted(const uint64_t *a, size_t n, uint32_t pos, const ui
 }
 
 /* One counting pass of sort_radix: the histograms of nd digits of w bits (nd constant: inlined per count). */
-static RANK_INLINE void radix_hist(const uint32_t *key, size_t n, unsigned lo, uint32_t kmask, unsigned w,
+static ALLOY_INLINE void radix_hist(const uint32_t *key, size_t n, unsigned lo, uint32_t kmask, unsigned w,
                                   unsigned nd, uint32_t *cnt)
 {
     const uint32_t nb = 1u << w;
@@ -163,11 +154,12 @@ static void exceptions_upto(const uint64_t *xs, uint32_t nx, uint32_t hx, const 
     w->xh = q < nx ? (uint32_t)(xs[q] >> 48) : UINT32_MAX;
 }
 
-/* The columns of the row's exceptions (ids GTA_DELLA_EXCEPTION), ascending, into xc; returns how many. */
-static uint32_t list_exceptions(const uint16_t *hk, size_t cols, uint32_t nx, uint32_t *xc)
+/* The columns from `from` on of the row's nx exceptions there (ids GTA_DELLA_EXCEPTION), ascending, into
+ * xc; returns how many. */
+static uint32_t list_exceptions(const uint16_t *hk, size_t from, size_t cols, uint32_t nx, uint32_t *xc)
 {
     uint32_t n = 0;
-    for (size_t j0 = 0; j0 < cols && n < nx; j0 += 16) { /* sixteen ids at a time: most groups have none */
+    for (size_t j0 = from; j0 < cols && n < nx; j0 += 16) { /* sixteen ids at a time: most groups have none */
         const size_t m = cols - j0 < 16 ? cols - j0 : 16;
         uint32_t any = 0;
         for (size_t i = 0; i < m; i++) any |= hk[j0 + i] == GTA_DELLA_EXCEPTION;
@@ -198,7 +190,7 @@ static uint32_t list_nonempty(const uint32_t *cnt, uint32_t hlo, uint32_t hmax, 
     return nl;
 }
 
-#if DELLA_X86
+#if ALLOY_X86_DISPATCH
 /* The same two with AVX2 compares and byte masks: one test per sixteen ids or eight buckets. */
 __attribute__((target("avx2"))) static uint32_t list_exceptions_avx2(const uint16_t *hk, size_t cols, uint32_t nx,
                                                                      uint32_t *xc)
@@ -211,9 +203,7 @@ __attribute__((target("avx2"))) static uint32_t list_exceptions_avx2(const uint1
         uint32_t m = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(v, ex)) & 0x55555555u; /* bit 2i: id i */
         for (; m; m &= m - 1) xc[n++] = (uint32_t)(j0 + (size_t)(__builtin_ctz(m) >> 1));
     }
-    for (; j0 < cols && n < nx; j0++)
-        if (hk[j0] == GTA_DELLA_EXCEPTION) xc[n++] = (uint32_t)j0;
-    return n;
+    return n < nx ? n + list_exceptions(hk, j0, cols, nx - n, xc + n) : n;
 }
 
 __attribute__((target("avx2"))) static uint32_t list_nonempty_avx2(const uint32_t *cnt, uint32_t hlo, uint32_t hmax,
@@ -241,7 +231,7 @@ __attribute__((target("avx2"))) static uint32_t list_nonempty_avx2(const uint32_
  * bucket's normal keys the limit of their group (written over its count) and the exceptions below
  * the bucket, in runs of equal keys, the limits of theirs (an exception ranks after the normal keys
  * of its bucket and before the next nonempty bucket's). */
-static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t cols, const uint32_t *lim2,
+static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t cols, const uint32_t *lim2,
                                        uint32_t *slot, uint64_t *sort, struct gta_della_row *row, int avx2)
 {
     memset(row, 0, sizeof *row);
@@ -290,11 +280,11 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
     for (uint32_t h = hlo; h <= hmax; h++) cnt[h] += cnt2[h];
     /* the exceptions in column order, and their keys */
     uint32_t *xc = xk + nx, *xl = xc + nx; /* key, column, limit (nx <= cols / 8 each) */
-#if DELLA_X86
+#if ALLOY_X86_DISPATCH
     if (avx2) list_exceptions_avx2(hk, cols, nx, xc);
     else
 #endif
-        list_exceptions(hk, cols, nx, xc);
+        list_exceptions(hk, 0, cols, nx, xc);
     for (uint32_t i = 0; i < nx; i++) xk[i] = alloy_sel_key_abs(xi[xc[i]] - b[xc[i]]);
     const uint64_t *xs = sort;
     if (nx > 32) {
@@ -312,7 +302,7 @@ static RANK_INLINE void della_row_body(const float *xi, const float *b, size_t c
     /* the nonempty buckets in ascending order */
     uint32_t *list = (uint32_t *)(void *)(sort + 2 * cols), nl = cnt[0] != 0;
     list[0] = 0;
-#if DELLA_X86
+#if ALLOY_X86_DISPATCH
     if (avx2) nl = list_nonempty_avx2(cnt, hlo, hmax, list, nl);
     else
 #endif
@@ -341,7 +331,7 @@ static void della_row_generic(const float *xi, const float *b, size_t cols, cons
 
 /* Also compiled for AVX2 (the key loop vectorizes twice as wide; same limits), chosen by the CPU at
  * the call (not by an ifunc: sanitizer runtimes are not ready when ifunc resolvers run). */
-#if DELLA_X86
+#if ALLOY_X86_DISPATCH
 __attribute__((target("avx2"))) static void della_row_avx2(const float *xi, const float *b, size_t cols,
                                                            const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
                                                            struct gta_della_row *row)
@@ -355,7 +345,7 @@ int gta_della_isa_cap = 1;
 void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
                    uint64_t *sort, struct gta_della_row *row)
 {
-#if DELLA_X86
+#if ALLOY_X86_DISPATCH
     if (gta_della_isa_cap >= 1 && __builtin_cpu_supports("avx2")) {
         della_row_avx2(xi, b, cols, lim2, slot, sort, row);
         return;

@@ -68,15 +68,11 @@
 
 #include <stdio.h>
 
-/* Hot loops compiled for wider instruction sets too, chosen once per tensor by the CPU (gta_init). */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
-#define GTA_X86_DISPATCH 1
-#else
-#define GTA_X86_DISPATCH 0
-#endif
+/* Hot loops compiled for wider instruction sets too (ALLOY_X86_DISPATCH), chosen once per tensor by the
+ * CPU (gta_init). */
 /* name_generic and name_avx2 (x86) compiled from the inline name_body, and pick_name() returning
  * the one this CPU runs; params and args are parenthesised lists. */
-#if GTA_X86_DISPATCH
+#if ALLOY_X86_DISPATCH
 #define GTA_ISA_VERSIONS(name, fn_type, params, args)                                                            \
     static void name##_generic params { name##_body args; }                                                    \
     __attribute__((target("avx2"))) static void name##_avx2 params { name##_body args; }                       \
@@ -85,12 +81,6 @@
 #define GTA_ISA_VERSIONS(name, fn_type, params, args)                                                            \
     static void name##_generic params { name##_body args; }                                                    \
     static fn_type pick_##name(void) { return name##_generic; }
-#endif
-
-#ifdef __GNUC__
-#define GTA_INLINE inline __attribute__((always_inline))
-#else
-#define GTA_INLINE inline
 #endif
 
 /* ---------------------------------------------------------------- validation */
@@ -161,6 +151,7 @@ static uint64_t draw_threshold(double p)
 }
 
 static uint32_t della_keepmax(const struct gta_model *m, size_t s, size_t cols);
+static void della_limits(const struct gta_model *m, size_t cols, uint32_t *lim2);
 static gta_draw_fn pick_draw(void);
 static gta_apply_fn pick_apply(void);
 static gta_scan_fn pick_scan(void);
@@ -243,7 +234,7 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
         struct gta_model *m = &s->m[j];
         if (!m->sparse || m->zero || (tab += 2 * cols * sizeof(uint32_t)) > GTA_KEEP_BITS / 8) continue;
         m->della_kmax = alloy_xmalloc(2 * cols * sizeof *m->della_kmax);
-        for (size_t i = 0; m->della_kmax && i < 2 * cols; i++) m->della_kmax[i] = della_keepmax(m, i, cols);
+        if (m->della_kmax) della_limits(m, cols, m->della_kmax);
     }
     /* The sampled selections share one window budget (GTA_WINDOW_KEYS keys, 32 MiB), so the windows
        of many models together stay bounded */
@@ -352,6 +343,12 @@ static uint32_t della_keepmax(const struct gta_model *m, size_t s, size_t cols)
     return t ? (uint32_t)(t - 1) : 0; /* t >= 1 here */
 }
 
+/* Model m's table of keep limits for rows of cols >= 2 elements: lim2[s] for s = 0 .. 2 cols - 1. */
+static void della_limits(const struct gta_model *m, size_t cols, uint32_t *lim2)
+{
+    for (size_t s = 0; s < 2 * cols; s++) lim2[s] = della_keepmax(m, s, cols);
+}
+
 /* Elements per block of the apply() and scan() loops. */
 #define GTA_BLK 256
 
@@ -384,7 +381,7 @@ static void draw_generic(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const 
     GTA_DRAW_BODY
 }
 
-#if GTA_X86_DISPATCH
+#if ALLOY_X86_DISPATCH
 __attribute__((target("avx2"))) static void draw_avx2(uint64_t rk, uint64_t e, size_t n, uint64_t thr,
                                                       const uint32_t *restrict kmax, uint32_t *restrict keep)
 {
@@ -400,7 +397,7 @@ draw_avx512(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint32_t *res
 
 static gta_draw_fn pick_draw(void)
 {
-#if GTA_X86_DISPATCH
+#if ALLOY_X86_DISPATCH
     if (__builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) return draw_avx512;
     if (__builtin_cpu_supports("avx2")) return draw_avx2;
 #endif
@@ -409,7 +406,7 @@ static gta_draw_fn pick_draw(void)
 
 
 /* Deltas of one block: d[q] = xi[q] - b[q]. */
-static GTA_INLINE void block_delta(const float *restrict xi, const float *restrict b, size_t n, float *restrict d)
+static ALLOY_INLINE void block_delta(const float *restrict xi, const float *restrict b, size_t n, float *restrict d)
 {
     for (size_t q = 0; q < n; q++) d[q] = xi[q] - b[q];
 }
@@ -417,7 +414,7 @@ static GTA_INLINE void block_delta(const float *restrict xi, const float *restri
 /* Keep masks of a sparsified model (m->sparse) over one block: keep[q] = ~0u if it keeps element
  * e + q (global index) with delta d[q], else 0. Della: the block is [j0, j0 + n) of the row
  * xi/b of cols elements. Decisions per element as in the DESIGN note, consumed in element order. */
-static GTA_INLINE void keep_block(const struct gta_state *s, const struct gta_model *m, struct gta_cursor *cur, uint64_t e,
+static ALLOY_INLINE void keep_block(const struct gta_state *s, const struct gta_model *m, struct gta_cursor *cur, uint64_t e,
                        const float *d, size_t n, size_t j0, const float *xi, const float *b, size_t cols,
                        uint32_t *restrict keep)
 {
@@ -524,7 +521,7 @@ static void della_scratch_thresholds(const struct della_scratch *ds, const struc
         return;
     }
     uint32_t *km = ds->kmax + i * 2 * cols;
-    for (size_t q = 0; q < 2 * cols; q++) km[q] = della_keepmax(m, q, cols);
+    della_limits(m, cols, km);
     cur->dmax = km;
 }
 
@@ -575,7 +572,7 @@ static void bits_store(_Atomic uint64_t *map, uint64_t e, const uint32_t *keep, 
 }
 
 /* keep[q] = ~0u if bit e + q of map is set, else 0 (after the pass: the pool's barrier orders it). */
-static GTA_INLINE void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, uint32_t *restrict keep)
+static ALLOY_INLINE void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, uint32_t *restrict keep)
 {
     for (size_t q = 0; q < n;) {
         unsigned bit = (unsigned)((e + q) & 63);
@@ -598,7 +595,7 @@ static GTA_INLINE void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, ui
 
 /* L1 sums of one block: lane[q % 8] += |d[q]| (before) and the same for kept entries (after; a
  * dropped one adds +0: after >= +0, so that changes nothing). */
-static GTA_INLINE void l1_block(const float *restrict d, const uint32_t *restrict keep, size_t n,
+static ALLOY_INLINE void l1_block(const float *restrict d, const uint32_t *restrict keep, size_t n,
                                 double *restrict before, double *restrict after)
 {
     size_t q = 0;
@@ -635,7 +632,7 @@ static double l1_fold(const double *lane)
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-static GTA_INLINE void scan_body(const struct alloy_merge_job *job, const struct gta_state *s,
+static ALLOY_INLINE void scan_body(const struct alloy_merge_job *job, const struct gta_state *s,
                                  const struct alloy_chunk *c, const float *const *x, void *acc)
 {
     size_t len = (size_t)(c->e1 - c->e0);
@@ -756,7 +753,7 @@ int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const
  * lanes of double and no double division). Zero entries and disagreeing signs add +0, which leaves
  * a sum's bits unchanged (none of them is ever -0); every sum starts as 0 + its first term (not the
  * term itself: 0 + -0 is +0). nm >= 1. */
-static GTA_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b,
+static ALLOY_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b,
                                    size_t n, float *restrict out)
 {
     if (!s->kind->consensus) {
@@ -799,7 +796,7 @@ static GTA_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)
 /* The apply() loop, compiled twice below (with the block helpers inlined into it): for the baseline
  * instruction set and for AVX2 (twice the lanes; no FMA, and the same operations in the same order,
  * so the same bits). */
-static GTA_INLINE void apply_body(const struct alloy_merge_job *job, const struct gta_state *s,
+static ALLOY_INLINE void apply_body(const struct alloy_merge_job *job, const struct gta_state *s,
                                   const struct alloy_chunk *c, const float *const *x, float *out)
 {
     size_t len = (size_t)(c->e1 - c->e0);

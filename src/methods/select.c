@@ -424,11 +424,6 @@ int alloy_sel_reduce_sample(struct alloy_select *s, int sampled, size_t nchunks,
     return ALLOY_OK;
 }
 
-#ifdef __GNUC__
-#define SEL_INLINE inline __attribute__((always_inline))
-#else
-#define SEL_INLINE inline
-#endif
 
 /* Room for `need` keys in a chunk's bucket (doubling); 0, with the window failed, if out of memory. */
 static int bucket_reserve(struct alloy_sel_window *w, struct sel_bucket *b, size_t need)
@@ -449,7 +444,7 @@ static int bucket_reserve(struct alloy_sel_window *w, struct sel_bucket *b, size
 /* A narrow window (<= 8 bins) counts its keys with zero low bits per bin (bfloat16 data: most keys,
  * on a few exact values) with a vector compare per bin, and returns 0xffff: the mask that tells the
  * collecting loop to skip them; a wide one collects them with the others (returns 0). */
-static SEL_INLINE uint32_t count_zero_low(const struct alloy_sel_window *w, struct sel_bucket *b,
+static ALLOY_INLINE uint32_t count_zero_low(const struct alloy_sel_window *w, struct sel_bucket *b,
                                          const uint32_t *keys, size_t n)
 {
     if (w->nb > 8) return 0;
@@ -462,7 +457,7 @@ static SEL_INLINE uint32_t count_zero_low(const struct alloy_sel_window *w, stru
     return 0xffffu;
 }
 
-static SEL_INLINE void window_add_body(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
+static ALLOY_INLINE void window_add_body(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
 {
     struct alloy_sel_window *w = s->window;
     if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
@@ -521,7 +516,7 @@ int alloy_sel_isa_cap = 2;
 /* The window pass runs over every key of the tensor: compiled for AVX2 too (integer operations, the
  * same result), and with AVX-512 the block loop becomes one compare and one compress per 16 keys (no
  * branch per group: the wide windows of breadcrumbs' outlier selections take keys everywhere). */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
+#if ALLOY_X86_DISPATCH
 #include <immintrin.h>
 
 __attribute__((target("avx2"))) static void window_add_avx2(const struct alloy_select *s, size_t chunk,
