@@ -32,7 +32,7 @@ struct alloy_writer {
     struct wq_item *q;
     size_t nq, capq;
     size_t queued;          /* bytes in q */
-    struct wq_item spare[WQ_SPARES]; /* buffers written out, kept for reuse (buf, len = capacity) */
+    struct wq_item spare[WQ_SPARES]; /* buffers written out, kept for reuse (buf and cap) */
     int nspare;
     size_t spare_bytes;
     int rc;                 /* first write error */
