@@ -44,6 +44,7 @@ static inline int getenv_flag(const char *name)
 void *alloy_xmalloc(size_t n);
 void *alloy_xcalloc(size_t n, size_t size);
 void *alloy_xrealloc(void *p, size_t n);
+void *alloy_xaligned(size_t align, size_t n); /* align: a power of two, multiple of sizeof(void *); free() it */
 char *alloy_xstrdup(const char *s);
 char *alloy_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -33,6 +33,13 @@ void *alloy_xmalloc(size_t n) { return alloc_should_fail() ? NULL : malloc(n ? n
 void *alloy_xcalloc(size_t n, size_t size) { return alloc_should_fail() ? NULL : calloc(n ? n : 1, size ? size : 1); }
 void *alloy_xrealloc(void *p, size_t n) { return alloc_should_fail() ? NULL : realloc(p, n ? n : 1); }
 
+void *alloy_xaligned(size_t align, size_t n)
+{
+    void *p = NULL;
+    if (alloc_should_fail() || posix_memalign(&p, align, n ? n : 1) != 0) return NULL;
+    return p;
+}
+
 char *alloy_xstrdup(const char *s)
 {
     size_t n = strlen(s) + 1;

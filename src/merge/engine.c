@@ -9,23 +9,21 @@
  *   folder is removed on any failure. Inputs are opened read-only and an
  *   output folder that is one of the inputs is refused.
  *
- *   Each shard file is created at its final size with its header written
- *   first (the plan knows every offset), then tensors are merged chunk by
- *   chunk on the thread pool; each chunk is converted to the output dtype in
- *   place and written at its final offset through the shard's writer
- *   (writer.h: one thread writes at a time, the others queue a copy and go
- *   on merging), so no tensor is ever
- *   held whole in memory. Inputs are read with pread straight into the
- *   chunk buffers, so no input page is mapped into the process (the mapping
- *   is only touched for F64 inputs and embedding blocks, whose pages are
- *   dropped with madvise DONTNEED after each chunk and tensor). Writeback of
- *   each tensor is started with sync_file_range so the disk works while the
- *   next tensors are merged.
+ *   Each shard file is created at its final size, then its header and
+ *   tensors go through the shard's writer (writer.h: staged in aligned
+ *   segments, each written whole by the writer's I/O thread with O_DIRECT
+ *   where the file system allows); tensors are merged chunk by chunk on the
+ *   thread pool, each chunk converted to the output dtype in place and
+ *   submitted at its final offset, so no tensor is ever held whole in
+ *   memory. Inputs are read with pread straight into the chunk buffers, so
+ *   no input page is mapped into the process (the mapping is only touched
+ *   for F64 inputs, embedding blocks and copied tensors, whose pages are
+ *   dropped with madvise DONTNEED after each chunk and tensor).
  *
  *   Memory bound: threads x (inputs + 1) x chunk x 4 bytes of scratch (2
  *   threads, 3 models: 8 MiB), kept by the pool across tensors, plus the
- *   per-chunk scan accumulators, the methods' fixed-size state and at most
- *   ALLOY_WRITE_QUEUE (16 MiB) of queued output.
+ *   per-chunk scan accumulators, the methods' fixed-size state and the
+ *   writer's staging segments (16 MiB).
  */
 #include "core/internal.h"
 #include "merge/output.h"
@@ -45,8 +43,6 @@
 struct tensor_io {
     const struct alloy_plan *plan;
     const struct alloy_plan_tensor *t;
-    int fd;
-    const char *path;
     struct alloy_writer *w;       /* the shard's writes (writer.h) */
     uint64_t data_start;          /* file offset of the shard's data buffer */
     int round_to;                 /* working dtype rounding: -1 none, else dtype */
@@ -121,7 +117,8 @@ static int copy_tensor(const struct tensor_io *io, struct alloy_err *err)
         if (io->interrupt && *io->interrupt)
             return alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while copying '%s'", io->t->name);
         uint64_t n = src->nbytes - off < step ? src->nbytes - off : step;
-        int rc = alloy_pwrite_all(io->fd, src->data + off, (size_t)n, io->data_start + io->t->offset + off, io->path, err);
+        int rc = alloy_writer_submit(io->w, src->data + off, (size_t)n, io->data_start + io->t->offset + off, err);
+        alloy_st_release_range(src, off, n);
         if (rc) return rc;
     }
     return ALLOY_OK;
@@ -186,18 +183,18 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
         rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
         goto out;
     }
-    if (!(w = alloy_writer_new(fd, path))) {
-        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory for the writer of %s", s->file);
+    if (!(w = alloy_writer_new(fd, path, ALLOY_WRITER_DIRECT, err))) {
+        rc = err ? (int)err->status : ALLOY_ERR_NOMEM;
         close(fd);
         goto out;
     }
-    rc = alloy_pwrite_all(fd, hdr, hlen, 0, path, err);
+    rc = alloy_writer_submit(w, hdr, hlen, 0, err);
     if (!rc && s->data_bytes && ftruncate(fd, (off_t)(hlen + s->data_bytes)) != 0)
         rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot size the file to %llu bytes: %s", path,
                            (unsigned long long)(hlen + s->data_bytes), strerror(errno));
     for (size_t i = s->first; i < s->first + s->count && !rc; i++) {
         const struct alloy_plan_tensor *t = &p->tensors[i];
-        struct tensor_io io = {.plan = p, .t = t, .fd = fd, .path = path, .w = w, .data_start = hlen,
+        struct tensor_io io = {.plan = p, .t = t, .w = w, .data_start = hlen,
                                .round_to = -1, .interrupt = o->interrupt};
         if (p->cfg->has_dtype && (p->cfg->dtype == ALLOY_DTYPE_BF16 || p->cfg->dtype == ALLOY_DTYPE_F16))
             io.round_to = (int)p->cfg->dtype;
@@ -213,12 +210,6 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
             for (int k = 0; k < t->n; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
             alloy_plan_job(p, i, o->has_seed ? o->seed : 0, names, &job);
             rc = alloy_method_execute(p->method, &job, load_chunk, &io, store_chunk, &io, pool, 0, err);
-            struct alloy_err werr = {0};
-            int wrc = alloy_writer_flush(w, &werr); /* the tensor's queued chunks, before its writeback */
-            if (wrc && !rc) {
-                rc = wrc;
-                if (err) *err = werr;
-            }
             unsigned long long bad = atomic_load(&io.nonfinite);
             if (!rc && bad && o->log) {
                 char msg[600];
@@ -228,13 +219,11 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
             }
         }
         for (int k = 0; k < t->n; k++) alloy_st_release(t->inputs[k].t);
-        /* start writeback now so the disk works while the next tensors are merged */
-        if (!rc && t->nbytes >= ((uint64_t)1 << 20))
-            sync_file_range(fd, (off64_t)(hlen + t->offset), (off64_t)t->nbytes, SYNC_FILE_RANGE_WRITE);
         pr->tensors_done++;
         pr->bytes_done += t->nbytes;
         report(o, pr);
     }
+    if (!rc) rc = alloy_writer_flush(w, err); /* the staged last segment; waits for the I/O thread */
     if (!rc && fsync(fd) != 0) rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
     alloy_writer_free(w);
     if (fd >= 0 && close(fd) != 0 && !rc)
