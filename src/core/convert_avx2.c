@@ -61,7 +61,25 @@ void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t
     }
     alloy_ref_from_f32(t, src + i, p + i * 2, n - i);
 }
+
+void alloy_avx2_copy_stream(void *dst, const void *src, size_t n)
+{
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    size_t i = (size_t)(-(uintptr_t)d & 31); /* to the first 32-byte boundary */
+    if (i > n) i = n;
+    memcpy(d, s, i);
+    for (; i + 128 <= n; i += 128)
+        for (int k = 0; k < 4; k++)
+            _mm256_stream_si256((__m256i *)(void *)(d + i + 32 * k),
+                                _mm256_loadu_si256((const __m256i *)(const void *)(s + i + 32 * k)));
+    for (; i + 32 <= n; i += 32)
+        _mm256_stream_si256((__m256i *)(void *)(d + i), _mm256_loadu_si256((const __m256i *)(const void *)(s + i)));
+    memcpy(d + i, s + i, n - i);
+    _mm_sfence(); /* the streamed bytes are visible before anything this thread does next */
+}
 #else
+void alloy_avx2_copy_stream(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
 void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n) { alloy_ref_to_f32(t, src, dst, n); }
 void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n) { alloy_ref_from_f32(t, src, dst, n); }
 #endif

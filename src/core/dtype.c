@@ -182,6 +182,17 @@ void alloy_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
     alloy_ref_to_f32(t, src, dst, n);
 }
 
+void alloy_copy_stream(void *dst, const void *src, size_t n)
+{
+#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
+    if (use_simd() && n >= 256) {
+        alloy_avx2_copy_stream(dst, src, n);
+        return;
+    }
+#endif
+    memcpy(dst, src, n);
+}
+
 void alloy_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
 {
 #if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)

@@ -64,6 +64,10 @@ void alloy_ref_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
 void alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
 void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n);
 void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
+void alloy_avx2_copy_stream(void *dst, const void *src, size_t n);
+/* memcpy for bytes no core reads soon (output staged for O_DIRECT): non-temporal stores where the CPU
+ * has them, no read for ownership and no cache lines evicted; ordered before the caller's next store. */
+void alloy_copy_stream(void *dst, const void *src, size_t n);
 
 /* Counter-based random numbers (rng.c): a pure function of (key, counter). */
 uint64_t alloy_rng_key(uint64_t seed, const char *name, uint64_t stream);

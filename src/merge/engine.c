@@ -92,6 +92,33 @@ static int load_chunk(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst
     return ALLOY_OK;
 }
 
+/* A chunk's output bytes, converted from float32 as the writer asks for them (writer.h): through a
+ * buffer that stays in L1, then streamed into the staging segment; an element a piece boundary cuts
+ * is converted whole and only its bytes in the piece copied. */
+struct out_fill {
+    const float *src;
+    enum alloy_dtype dtype;
+    size_t esize;
+};
+
+static void fill_out(void *ctx, uint8_t *dst, size_t from, size_t n)
+{
+    const struct out_fill *f = ctx;
+    uint8_t tmp[16384] __attribute__((aligned(64)));
+    size_t e = from / f->esize, skip = from % f->esize;
+    while (n) {
+        size_t k = (skip + n + f->esize - 1) / f->esize; /* elements touching the rest */
+        if (k > sizeof tmp / f->esize) k = sizeof tmp / f->esize;
+        alloy_from_f32(f->dtype, f->src + e, tmp, k);
+        size_t take = k * f->esize - skip < n ? k * f->esize - skip : n;
+        alloy_copy_stream(dst, tmp + skip, take);
+        dst += take;
+        n -= take;
+        e += k;
+        skip = 0;
+    }
+}
+
 static int store_chunk(void *ctx, uint64_t e0, uint64_t e1, float *src, struct alloy_err *err)
 {
     const struct tensor_io *io = ctx;
@@ -104,9 +131,9 @@ static int store_chunk(void *ctx, uint64_t e0, uint64_t e1, float *src, struct a
         bad += (u & 0x7f800000u) == 0x7f800000u;
     }
     if (bad) atomic_fetch_add(&((struct tensor_io *)ctx)->nonfinite, bad);
-    /* in place: esize <= 4 and the write position never passes the read position */
-    alloy_from_f32(t->dtype, src, src, (size_t)(e1 - e0));
-    return alloy_writer_submit(io->w, src, (size_t)(e1 - e0) * esize, io->data_start + t->offset + e0 * esize, err);
+    struct out_fill f = {src, t->dtype, esize};
+    return alloy_writer_submit_fill(io->w, io->data_start + t->offset + e0 * esize, (size_t)(e1 - e0) * esize, fill_out,
+                                    &f, err);
 }
 
 static int copy_tensor(const struct tensor_io *io, struct alloy_err *err)

@@ -212,35 +212,51 @@ int alloy_writer_direct(const struct alloy_writer *w)
     return d;
 }
 
-int alloy_writer_submit(struct alloy_writer *w, const void *buf, size_t len, uint64_t off, struct alloy_err *err)
+int alloy_writer_submit_fill(struct alloy_writer *w, uint64_t off, size_t len, alloy_writer_fill_fn fill, void *ctx,
+                             struct alloy_err *err)
 {
-    const uint8_t *p = buf;
+    size_t from = 0;
     pthread_mutex_lock(&w->mu);
-    while (len && !w->rc) {
+    while (from < len && !w->rc) {
         uint64_t k = off / SEG;
-        size_t lo = (size_t)(off - k * SEG), n = SEG - lo < len ? SEG - lo : len;
+        size_t lo = (size_t)(off - k * SEG), n = SEG - lo < len - from ? SEG - lo : len - from;
         struct slot *s = reserve(w, k, lo, lo + n);
         pthread_mutex_unlock(&w->mu);
         if (s) {
-            memcpy(s->buf + lo, p, n);
+            fill(ctx, s->buf + lo, from, n);
             pthread_mutex_lock(&w->mu);
             if (--s->copiers == 0) {
                 if (slot_full(s)) s->state = SLOT_QUEUED;
                 pthread_cond_broadcast(&w->cv);
             }
         } else { /* straight to the file: the bytes never enter a slot, so no slot of segment k is ever full */
+            uint8_t tmp[16384];
             struct alloy_err e = {0};
-            int rc = alloy_pwrite_all(w->fd, p, n, off, w->path, &e);
+            int rc = ALLOY_OK;
+            for (size_t d = 0; d < n && !rc; d += sizeof tmp) {
+                size_t m = n - d < sizeof tmp ? n - d : sizeof tmp;
+                fill(ctx, tmp, from + d, m);
+                rc = alloy_pwrite_all(w->fd, tmp, m, off + d, w->path, &e);
+            }
             pthread_mutex_lock(&w->mu);
             keep_error(w, rc, &e);
         }
-        p += n;
+        from += n;
         off += n;
-        len -= n;
     }
     int rc = result(w, err);
     pthread_mutex_unlock(&w->mu);
     return rc;
+}
+
+static void fill_copy(void *ctx, uint8_t *dst, size_t from, size_t n)
+{
+    alloy_copy_stream(dst, (const uint8_t *)ctx + from, n);
+}
+
+int alloy_writer_submit(struct alloy_writer *w, const void *buf, size_t len, uint64_t off, struct alloy_err *err)
+{
+    return alloy_writer_submit_fill(w, off, len, fill_copy, (void *)(uintptr_t)buf, err);
 }
 
 int alloy_writer_flush(struct alloy_writer *w, struct alloy_err *err)

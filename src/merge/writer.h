@@ -65,6 +65,12 @@ int  alloy_writer_direct(const struct alloy_writer *w);
 /* Puts len bytes of buf at file offset off (buf may be reused on return). Every byte of the file is
  * submitted at most once. The first write error, if any. */
 int  alloy_writer_submit(struct alloy_writer *w, const void *buf, size_t len, uint64_t off, struct alloy_err *err);
+/* The same for len bytes that fill(ctx, dst, from, n) produces, bytes [from, from + n) of them at dst,
+ * called piece by piece in order (each byte once) on the submitting thread: a caller that converts
+ * its data writes it straight into the staging segment. */
+typedef void (*alloy_writer_fill_fn)(void *ctx, uint8_t *dst, size_t from, size_t n);
+int  alloy_writer_submit_fill(struct alloy_writer *w, uint64_t off, size_t len, alloy_writer_fill_fn fill, void *ctx,
+                              struct alloy_err *err);
 /* After the last submit: writes what is still staged and waits until every byte is written; the first
  * write error, if any. */
 int  alloy_writer_flush(struct alloy_writer *w, struct alloy_err *err);

@@ -809,8 +809,10 @@ static ALLOY_INLINE void apply_body(const struct alloy_merge_job *job, const str
     struct gta_cursor cur[GTA_MAX_MODELS];
     float coef[GTA_MAX_MODELS];
     size_t cols = row_len(s, job, len);
-    struct della_scratch ds;
-    della_scratch_new(s, cols, (size_t)nm, &ds);
+    struct della_scratch ds = {0};
+    int redraw = 0; /* a model without keep bits ranks its rows again */
+    for (int j = 0; j < nm; j++) redraw |= s->m[j].sparse && !s->m[j].keep_bits;
+    if (redraw) della_scratch_new(s, cols, (size_t)nm, &ds);
     for (int j = 0; j < nm; j++) {
         cursor_init(&s->m[j], c->index, &cur[j]);
         coef[j] = s->m[j].w * s->m[j].rescale;
