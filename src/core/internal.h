@@ -71,17 +71,27 @@ void alloy_copy_stream(void *dst, const void *src, size_t n);
 
 /* Counter-based random numbers (rng.c): a pure function of (key, counter). */
 uint64_t alloy_rng_key(uint64_t seed, const char *name, uint64_t stream);
-/* Two rounds of the SplitMix64 finalizer; inline because random methods draw
- * once per element and model. */
+/* The SplitMix64 finalizer (a bijection); inline because random methods draw once per element and
+ * model. */
 static inline uint64_t alloy_rng_mix64(uint64_t z)
 {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
+/* The stream's odd Weyl increment, from its key (SplittableRandom's mixGamma: at least 24 bit flips
+ * between neighbouring bits, so the low bits of the sequence vary too). */
+static inline uint64_t alloy_rng_gamma(uint64_t key)
+{
+    uint64_t g = alloy_rng_mix64(key ^ 0x632be59bd9b4e019ull) | 1;
+    return __builtin_popcountll(g ^ (g >> 1)) < 24 ? g ^ 0xaaaaaaaaaaaaaaaaull : g;
+}
+/* Draw `counter` of stream `key`: SplitMix64's output for the Weyl sequence key + counter * gamma(key),
+ * one finalizer per draw. Each stream has its own increment, so two streams are never shifted copies
+ * of one sequence. In a loop over counters the increment is loop-invariant (computed once). */
 static inline uint64_t alloy_rng_u64(uint64_t key, uint64_t counter)
 {
-    return alloy_rng_mix64(alloy_rng_mix64(counter * 0x9e3779b97f4a7c15ull + key) ^ key);
+    return alloy_rng_mix64(key + counter * alloy_rng_gamma(key));
 }
 /* Uniform in [0, 1) with 53 bits. */
 static inline double alloy_rng_uniform(uint64_t key, uint64_t counter)

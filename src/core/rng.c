@@ -5,9 +5,13 @@
  *   Random methods (DARE, DELLA, arcee_fusion sampling) must give the same
  *   bits for any thread count and chunking, so a draw is a pure function of
  *   (key, counter): key = hash(seed, tensor name, stream), counter = element
- *   index. The mixer is two rounds of the SplitMix64 finalizer over the pair
- *   (a bijection of the counter for a fixed key, passes BigCrush-level
- *   statistics as used in SplitMix/Java's SplittableRandom).
+ *   index. A draw is SplitMix64's output at position `counter` of a stream
+ *   seeded with key whose Weyl increment (gamma) is also derived from the
+ *   key, as Java's SplittableRandom does for split streams: one finalizer
+ *   per 64-bit draw (a bijection of the counter for a fixed key; SplitMix64
+ *   passes BigCrush), and streams of different keys are not shifted copies
+ *   of one sequence. (Until 2026-11 a draw took two finalizer rounds; the
+ *   draws, and so DARE/DELLA outputs for a seed, changed then.)
  */
 #include "core/internal.h"
 
