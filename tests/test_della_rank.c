@@ -5,7 +5,7 @@
  * |delta|), and gta_della_rank2() (the per-element fallback) must agree.
  * Rows cover each path of gta_della_row: bfloat16 deltas (the bucket
  * table), with a few and with many keys whose low bits are set (insertion
- * sort, radix sort of the exceptions), float32 rows, wide spans (sorted
+ * sort or counted places up to 32, radix sort beyond), float32 rows, wide spans (sorted
  * whole), all equal, zeros and -0, denormals, infinities and NaN, very long
  * rows.
  */
@@ -48,7 +48,7 @@ static size_t check_row(const float *x, const float *b, size_t cols, const char 
     struct item *it = malloc(cols * sizeof *it);
     uint32_t *ref = malloc(cols * sizeof *ref), *lim2 = malloc(2 * cols * sizeof *lim2);
     uint32_t *slot = malloc(GTA_DELLA_SLOT(cols) * sizeof *slot);
-    uint64_t *sort = malloc(GTA_DELLA_SORT(cols) * sizeof *sort);
+    uint64_t *sort = calloc(GTA_DELLA_SORT(cols), sizeof *sort); /* the bucket counts must start zero */
     for (size_t j = 0; j < cols; j++) it[j] = (struct item){alloy_sel_key_abs(x[j] - b[j]), (uint32_t)j};
     qsort(it, cols, sizeof *it, item_cmp);
     for (size_t p = 0, q; p < cols; p = q) {
@@ -59,6 +59,7 @@ static size_t check_row(const float *x, const float *b, size_t cols, const char 
     struct gta_della_row row;
     gta_della_row(x, b, cols, lim2, slot, sort, &row);
     size_t bad = 0, xi = 0;
+    for (size_t i = GTA_DELLA_SORT_ZERO(cols); i < GTA_DELLA_SORT(cols); i++) bad += sort[i] != 0; /* counts left 0 */
     for (size_t j = 0; j < cols; j++) {
         uint32_t got;
         if (!row.bucket) {
@@ -103,6 +104,13 @@ static void stable_sort_cases(void)
             /* the same with exceptions: some deltas across binades (low bits set), few and many */
             for (size_t j = 0; j < n; j += 97) x[j] = bf16(b[j] * 1.7f + 1e-3f);
             check_row(x, b, n, "bf16, few exceptions");
+            for (size_t gap = 150; gap <= 300; gap += 150) { /* up to 16, up to 32, or more exceptions */
+                for (size_t j = 0; j < n; j++) x[j] = bf16(b[j] + gauss() * 0.0005);
+                for (size_t j = gap / 3; j < n; j += gap) x[j] = bf16(b[j] * 1.7f + 1e-3f);
+                check_row(x, b, n, "bf16, some exceptions");
+            }
+            for (size_t j = 0; j < n; j++) x[j] = bf16(b[j] + gauss() * 0.0005);
+            for (size_t j = 0; j < n; j += 97) x[j] = bf16(b[j] * 1.7f + 1e-3f);
             for (size_t j = 0; j < n; j += 5) x[j] = bf16(b[j] * 1.7f + 1e-3f);
             check_row(x, b, n, "bf16, many exceptions");
             /* independent bfloat16 values and float32 values: the radix sort */
@@ -149,13 +157,13 @@ static void long_row_cases(void)
     free(b);
 }
 
-/* Every case with the AVX2 row code (where the CPU has it), then with the portable one. */
+/* Every case with the AVX-512 and the AVX2 row code (where the CPU has them), then with the portable one. */
 TEST(della_rank_matches_stable_sort)
 {
-    for (int isa = 1; isa >= 0; isa--) {
+    for (int isa = 2; isa >= 0; isa--) {
         gta_della_isa_cap = isa;
         stable_sort_cases();
         long_row_cases();
     }
-    gta_della_isa_cap = 1;
+    gta_della_isa_cap = 2;
 }

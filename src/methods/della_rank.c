@@ -11,14 +11,22 @@
  *   keys alone, and the common case needs no sort at all: nearly every
  *   magnitude of a difference of bfloat16 values has its low 16 bits zero
  *   ("normal" keys: 99.4% in the benchmark's fine-tunes), so each element's
- *   bucket (bits 30..16, 16-bit ids), one histogram of them (two, for the
- *   even and the odd columns, so that runs of one bucket do not chain their
- *   increments) and one walk over the nonempty buckets give every bucket
- *   its limit. The caller reads bucket[id] per element where it draws
- *   (gta.c keep_block); no per-element rank is computed. The other keys
- *   (exceptions, id GTA_DELLA_EXCEPTION) rank after their bucket's normal
- *   keys; they are sorted (insertion sort up to 32, else radix) and listed
- *   by column with their own limits. Rows with over cols / 8 exceptions
+ *   bucket (bits 30..16, 16-bit ids), one histogram of them (two tables of
+ *   16-bit counts, for the even and the odd columns, so that runs of one
+ *   bucket do not chain their increments; zero between rows, as the walk
+ *   clears the counts it reads, so no table is ever cleared whole) and one
+ *   walk over the nonempty buckets give every bucket its limit. The caller
+ *   reads bucket[id] per element where it draws (gta.c keep_block); no
+ *   per-element rank is computed. The other keys (exceptions, id
+ *   GTA_DELLA_EXCEPTION) rank after their bucket's normal keys; they are
+ *   sorted (insertion sort up to 32, else radix) and listed by column with
+ *   their own limits. A row has ~2,000 to 5,600 elements but only ~110
+ *   nonempty buckets and ~14 exceptions (benchmark), so the per-bucket and
+ *   per-exception steps are worth no branch per candidate: with AVX-512
+ *   the key loop lists the exceptions as it goes (a compress of their
+ *   columns), their sort counts each one's place with vector compares, and
+ *   the nonempty buckets are listed by compress (della-3: row work 1.4e9 ->
+ *   0.9e9 cycles; AVX2 and portable versions of each step remain). Rows with over cols / 8 exceptions
  *   (float32 inputs), a span of over 2 cols + 256 buckets, or 2^17 columns
  *   or more, are sorted whole (stable LSD radix over the bits in which the
  *   keys differ) and get one limit per element.
@@ -169,23 +177,24 @@ static uint32_t list_exceptions(const uint16_t *hk, size_t from, size_t cols, ui
     return n;
 }
 
-/* The nonempty buckets among hlo..hmax, ascending, appended to list[nl..]; returns the new count. */
-static uint32_t list_nonempty(const uint32_t *cnt, uint32_t hlo, uint32_t hmax, uint32_t *list, uint32_t nl)
+/* The nonempty buckets among hlo..hmax (a count in ca or cb), ascending, appended to list[nl..]; returns
+ * the new count. */
+static uint32_t list_nonempty(const uint16_t *ca, const uint16_t *cb, uint32_t hlo, uint32_t hmax, uint32_t *list,
+                              uint32_t nl)
 {
     uint32_t h = hlo;
-    for (; h <= hmax && hmax - h >= 7; h += 8) { /* eight at a time: most are empty, often all eight */
-        const uint32_t *c = cnt + h;
+    for (; h <= hmax && hmax - h >= 15; h += 16) { /* sixteen at a time: most are empty, often all sixteen */
         uint32_t any = 0;
-        for (uint32_t i = 0; i < 8; i++) any |= c[i];
+        for (uint32_t i = 0; i < 16; i++) any |= (uint32_t)(ca[h + i] | cb[h + i]);
         if (!any) continue;
-        for (uint32_t i = 0; i < 8; i++) {
+        for (uint32_t i = 0; i < 16; i++) {
             list[nl] = h + i;
-            nl += c[i] != 0;
+            nl += (ca[h + i] | cb[h + i]) != 0;
         }
     }
     for (; h <= hmax; h++) {
         list[nl] = h;
-        nl += cnt[h] != 0;
+        nl += (ca[h] | cb[h]) != 0;
     }
     return nl;
 }
@@ -206,21 +215,100 @@ __attribute__((target("avx2"))) static uint32_t list_exceptions_avx2(const uint1
     return n < nx ? n + list_exceptions(hk, j0, cols, nx - n, xc + n) : n;
 }
 
-__attribute__((target("avx2"))) static uint32_t list_nonempty_avx2(const uint32_t *cnt, uint32_t hlo, uint32_t hmax,
-                                                                   uint32_t *list, uint32_t nl)
+__attribute__((target("avx2"))) static uint32_t list_nonempty_avx2(const uint16_t *ca, const uint16_t *cb,
+                                                                   uint32_t hlo, uint32_t hmax, uint32_t *list,
+                                                                   uint32_t nl)
 {
     const __m256i zero = _mm256_setzero_si256();
     uint32_t h = hlo;
-    for (; h <= hmax && hmax - h >= 7; h += 8) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(cnt + h));
-        uint32_t m = ~(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))) & 0xffu;
-        if (!m) continue;
-        for (uint32_t i = 0; i < 8; i++) {
-            list[nl] = h + i;
-            nl += (m >> i) & 1;
-        }
+    for (; h <= hmax && hmax - h >= 15; h += 16) {
+        __m256i v = _mm256_or_si256(_mm256_loadu_si256((const __m256i *)(const void *)(ca + h)),
+                                    _mm256_loadu_si256((const __m256i *)(const void *)(cb + h)));
+        uint32_t m = ~(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(v, zero)) & 0x55555555u; /* bit 2i: i */
+        for (; m; m &= m - 1) list[nl++] = h + ((uint32_t)__builtin_ctz(m) >> 1);
     }
-    return h <= hmax ? list_nonempty(cnt, h, hmax, list, nl) : nl;
+    return h <= hmax ? list_nonempty(ca, cb, h, hmax, list, nl) : nl;
+}
+
+/* The same with AVX-512: no branch per group (a compress of the nonempty lanes' ids, stored whole: the
+ * list has room for 16 entries past its end). */
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static uint32_t
+list_nonempty_avx512(const uint16_t *ca, const uint16_t *cb, uint32_t hlo, uint32_t hmax, uint32_t *list, uint32_t nl)
+{
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i id = _mm512_add_epi32(_mm512_set1_epi32((int)hlo),
+                                  _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    uint32_t h = hlo;
+    for (; h <= hmax && hmax - h >= 15; h += 16) {
+        __m256i v = _mm256_or_si256(_mm256_loadu_si256((const __m256i *)(const void *)(ca + h)),
+                                    _mm256_loadu_si256((const __m256i *)(const void *)(cb + h)));
+        __mmask16 m = _mm256_test_epi16_mask(v, v);
+        _mm512_storeu_si512(list + nl, _mm512_maskz_compress_epi32(m, id));
+        nl += (uint32_t)__builtin_popcount(m);
+        id = _mm512_add_epi32(id, step);
+    }
+    return h <= hmax ? list_nonempty(ca, cb, h, hmax, list, nl) : nl;
+}
+
+/* The key loop of della_row_body with AVX-512, sixteen columns at a time: the bucket ids, the largest
+ * key and the smallest key >= 2^16 less 2^16 (as that loop computes them), and the exceptions' columns,
+ * compressed into xc in column order (each store of sixteen stays below column j + 16 <= cols).
+ * Returns the number of exceptions. */
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static uint32_t
+keys_avx512(const float *xi, const float *b, size_t cols, uint16_t *hk, uint32_t *xc, int32_t *kmax_out,
+            int32_t *kmin_out)
+{
+    const __m512i nosign = _mm512_set1_epi32(0x7fffffff), low = _mm512_set1_epi32(0xffff);
+    const __m512i exc = _mm512_set1_epi32((int)GTA_DELLA_EXCEPTION), unit = _mm512_set1_epi32(0x10000);
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i vmax = _mm512_setzero_si512(), vmin = _mm512_set1_epi32(INT32_MAX);
+    __m512i col = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    uint32_t nx = 0;
+    size_t j = 0;
+    for (; j + 16 <= cols; j += 16) {
+        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xi + j), _mm512_loadu_ps(b + j));
+        __m512i k = _mm512_and_si512(_mm512_castps_si512(d), nosign);
+        __mmask16 x = _mm512_test_epi32_mask(k, low);
+        _mm256_storeu_si256((__m256i *)(void *)(hk + j),
+                            _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(_mm512_srli_epi32(k, 16), x, exc)));
+        vmax = _mm512_max_epi32(vmax, k);
+        vmin = _mm512_min_epi32(vmin, _mm512_and_si512(_mm512_sub_epi32(k, unit), nosign));
+        _mm512_storeu_si512(xc + nx, _mm512_maskz_compress_epi32(x, col));
+        nx += (uint32_t)__builtin_popcount(x);
+        col = _mm512_add_epi32(col, step);
+    }
+    int32_t kmax = _mm512_reduce_max_epi32(vmax), kmin = _mm512_reduce_min_epi32(vmin);
+    for (; j < cols; j++) {
+        uint32_t k = alloy_sel_key_abs(xi[j] - b[j]);
+        int32_t m = (int32_t)((k - 0x10000u) & 0x7fffffffu);
+        hk[j] = (uint16_t)((k & 0xffffu) ? GTA_DELLA_EXCEPTION : k >> 16);
+        kmax = (int32_t)k > kmax ? (int32_t)k : kmax;
+        kmin = m < kmin ? m : kmin;
+        if (k & 0xffffu) xc[nx++] = (uint32_t)j;
+    }
+    *kmax_out = kmax;
+    *kmin_out = kmin;
+    return nx;
+}
+
+/* n <= 32 exceptions (key << 32 | index, all distinct) sorted without a branch per comparison: each
+ * one's place is the number of smaller ones, counted sixteen at a time. */
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static void sort_small_avx512(const uint32_t *xk, uint32_t n,
+                                                                                    uint64_t *out)
+{
+    uint64_t v[32];
+    for (uint32_t i = 0; i < 32; i++) v[i] = i < n ? (uint64_t)xk[i] << 32 | i : UINT64_MAX;
+    const __m512i v0 = _mm512_loadu_si512(v), v1 = _mm512_loadu_si512(v + 8);
+    const __m512i v2 = _mm512_loadu_si512(v + 16), v3 = _mm512_loadu_si512(v + 24);
+    for (uint32_t i = 0; i < n; i++) {
+        const __m512i e = _mm512_set1_epi64((long long)v[i]);
+        uint32_t r = (uint32_t)__builtin_popcount(_mm512_cmplt_epu64_mask(v0, e)) +
+                     (uint32_t)__builtin_popcount(_mm512_cmplt_epu64_mask(v1, e));
+        if (n > 16)
+            r += (uint32_t)__builtin_popcount(_mm512_cmplt_epu64_mask(v2, e)) +
+                 (uint32_t)__builtin_popcount(_mm512_cmplt_epu64_mask(v3, e));
+        out[r] = v[i];
+    }
 }
 #endif
 
@@ -232,26 +320,31 @@ __attribute__((target("avx2"))) static uint32_t list_nonempty_avx2(const uint32_
  * the bucket, in runs of equal keys, the limits of theirs (an exception ranks after the normal keys
  * of its bucket and before the next nonempty bucket's). */
 static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t cols, const uint32_t *lim2,
-                                       uint32_t *slot, uint64_t *sort, struct gta_della_row *row, int avx2)
+                                       uint32_t *slot, uint64_t *sort, struct gta_della_row *row, int isa)
 {
     memset(row, 0, sizeof *row);
     if (cols == 0) return;
     /* slot: keys (sorted rows) or limits | bucket ids | exceptions (3 x nx <= cols / 2) | bucket table;
-       sort: 2 cols for radix sorts | the list of nonempty buckets | the odd columns' histogram */
+       sort: 2 cols for radix sorts | the list of nonempty buckets | the counts (zero between rows) */
     const size_t half = (cols + 1) / 2;
-    uint32_t *key = slot, *xk = key + cols + half, *cnt = xk + half;
+    uint32_t *key = slot, *xk = key + cols + half, *lim = xk + half;
     uint16_t *hk = (uint16_t *)(void *)(key + cols);
-    uint32_t *cnt2 = (uint32_t *)(void *)(sort + 3 * cols + 256);
+    uint16_t *ca = (uint16_t *)(void *)(sort + GTA_DELLA_SORT_ZERO(cols)), *cb = ca + GTA_RANK_TABLE + 1;
     uint32_t nx = 0;
     int32_t kmax = 0, kmin = INT32_MAX; /* the largest key; the smallest >= 2^16, less 2^16 */
-    for (size_t j = 0; j < cols; j++) {
-        uint32_t k = alloy_sel_key_abs(xi[j] - b[j]);
-        int32_t m = (int32_t)((k - 0x10000u) & 0x7fffffffu);
-        hk[j] = (uint16_t)((k & 0xffffu) ? GTA_DELLA_EXCEPTION : k >> 16);
-        kmax = (int32_t)k > kmax ? (int32_t)k : kmax;
-        kmin = m < kmin ? m : kmin;
-        nx += (k & 0xffffu) != 0;
-    }
+#if ALLOY_X86_DISPATCH
+    if (isa >= 2) /* the exceptions' columns listed on the way, into key[] (unused by the fast path) */
+        nx = keys_avx512(xi, b, cols, hk, key, &kmax, &kmin);
+    else
+#endif
+        for (size_t j = 0; j < cols; j++) {
+            uint32_t k = alloy_sel_key_abs(xi[j] - b[j]);
+            int32_t m = (int32_t)((k - 0x10000u) & 0x7fffffffu);
+            hk[j] = (uint16_t)((k & 0xffffu) ? GTA_DELLA_EXCEPTION : k >> 16);
+            kmax = (int32_t)k > kmax ? (int32_t)k : kmax;
+            kmin = m < kmin ? m : kmin;
+            nx += (k & 0xffffu) != 0;
+        }
     const uint32_t hmax = (uint32_t)kmax >> 16, hlo = ((uint32_t)kmin >> 16) + 1; /* buckets 0, hlo..hmax */
     const uint32_t nbk = hlo <= hmax ? hmax - hlo + 1 : 0;
     if (nx > cols / 8 || nbk > 2 * cols + 256 || cols >= (size_t)1 << 17) {
@@ -263,25 +356,21 @@ static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t 
         row->elem = key;
         return;
     }
-    cnt[0] = cnt2[0] = 0;
-    if (nbk) memset(cnt + hlo, 0, nbk * sizeof *cnt);
-    if (nbk) memset(cnt2 + hlo, 0, nbk * sizeof *cnt);
-    cnt[GTA_DELLA_EXCEPTION] = cnt2[GTA_DELLA_EXCEPTION] = 0;
-    size_t j = 0;
+    size_t j = 0; /* counts below 2^16: cols < 2^17, and each table takes half the columns */
 #ifdef __GNUC__
 #pragma GCC unroll 2
 #endif
     for (; j + 2 <= cols; j += 2) {
-        cnt[hk[j]]++;
-        cnt2[hk[j + 1]]++;
+        ca[hk[j]]++;
+        cb[hk[j + 1]]++;
     }
-    if (j < cols) cnt[hk[j]]++;
-    cnt[0] += cnt2[0];
-    for (uint32_t h = hlo; h <= hmax; h++) cnt[h] += cnt2[h];
+    if (j < cols) ca[hk[j]]++;
+    ca[GTA_DELLA_EXCEPTION] = cb[GTA_DELLA_EXCEPTION] = 0; /* counted apart (nx) */
     /* the exceptions in column order, and their keys */
     uint32_t *xc = xk + nx, *xl = xc + nx; /* key, column, limit (nx <= cols / 8 each) */
 #if ALLOY_X86_DISPATCH
-    if (avx2) list_exceptions_avx2(hk, cols, nx, xc);
+    if (isa >= 2) xc = key; /* listed by keys_avx512 */
+    else if (isa >= 1) list_exceptions_avx2(hk, cols, nx, xc);
     else
 #endif
         list_exceptions(hk, 0, cols, nx, xc);
@@ -291,6 +380,10 @@ static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t 
         uint32_t vb = 0;
         for (uint32_t i = 0; i < nx; i++) vb |= xk[i] ^ xk[0];
         xs = sort_radix(xk, nx, vb, sort, sort + cols);
+#if ALLOY_X86_DISPATCH
+    } else if (isa >= 2) {
+        sort_small_avx512(xk, nx, sort);
+#endif
     } else {
         for (uint32_t i = 0; i < nx; i++) { /* insertion sort by (key, index) */
             uint64_t v = (uint64_t)xk[i] << 32 | i;
@@ -300,23 +393,25 @@ static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t 
         }
     }
     /* the nonempty buckets in ascending order */
-    uint32_t *list = (uint32_t *)(void *)(sort + 2 * cols), nl = cnt[0] != 0;
+    uint32_t *list = (uint32_t *)(void *)(sort + 2 * cols), nl = (ca[0] | cb[0]) != 0;
     list[0] = 0;
 #if ALLOY_X86_DISPATCH
-    if (avx2) nl = list_nonempty_avx2(cnt, hlo, hmax, list, nl);
+    if (isa >= 2) nl = list_nonempty_avx512(ca, cb, hlo, hmax, list, nl);
+    else if (isa >= 1) nl = list_nonempty_avx2(ca, cb, hlo, hmax, list, nl);
     else
 #endif
-        nl = list_nonempty(cnt, hlo, hmax, list, nl);
+        nl = list_nonempty(ca, cb, hlo, hmax, list, nl);
     struct bucket_walk w = {0, 0, nx ? (uint32_t)(xs[0] >> 48) : UINT32_MAX};
     for (uint32_t i = 0; i < nl; i++) {
         const uint32_t h = list[i];
         if (w.xh < h) exceptions_upto(xs, nx, h - 1, lim2, xl, &w);
-        const uint32_t next = w.pos + cnt[h]; /* normal keys: ranks pos + 1 .. next */
-        cnt[h] = lim2[w.pos + next];
+        const uint32_t next = w.pos + ca[h] + cb[h]; /* normal keys: ranks pos + 1 .. next */
+        ca[h] = cb[h] = 0;
+        lim[h] = lim2[w.pos + next];
         w.pos = next;
     }
     if (w.p < nx) exceptions_upto(xs, nx, UINT32_MAX, lim2, xl, &w);
-    row->bucket = cnt;
+    row->bucket = lim;
     row->hk = hk;
     row->xcol = xc;
     row->xlim = xl;
@@ -338,14 +433,26 @@ __attribute__((target("avx2"))) static void della_row_avx2(const float *xi, cons
 {
     della_row_body(xi, b, cols, lim2, slot, sort, row, 1);
 }
+
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static void
+della_row_avx512(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
+                 struct gta_della_row *row)
+{
+    della_row_body(xi, b, cols, lim2, slot, sort, row, 2);
+}
 #endif
 
-int gta_della_isa_cap = 1;
+int gta_della_isa_cap = 2;
 
 void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
                    uint64_t *sort, struct gta_della_row *row)
 {
 #if ALLOY_X86_DISPATCH
+    if (gta_della_isa_cap >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")) {
+        della_row_avx512(xi, b, cols, lim2, slot, sort, row);
+        return;
+    }
     if (gta_della_isa_cap >= 1 && __builtin_cpu_supports("avx2")) {
         della_row_avx2(xi, b, cols, lim2, slot, sort, row);
         return;

@@ -507,6 +507,7 @@ static int della_scratch_new(const struct gta_state *s, size_t cols, size_t nr, 
         della_scratch_free(ds);
         return 0;
     }
+    memset(ds->sort + GTA_DELLA_SORT_ZERO(cols), 0, (GTA_DELLA_SORT(cols) - GTA_DELLA_SORT_ZERO(cols)) * sizeof *ds->sort);
     return 1;
 }
 

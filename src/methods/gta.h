@@ -143,11 +143,14 @@ void gta_fini(const struct alloy_merge_job *job, void *state);
  * alloy_sel_key_abs(xi[j] - b[j])) unless j is one of the nx exceptions (keys with low bits set,
  * hk[j] == GTA_DELLA_EXCEPTION: columns xcol ascending, limits xlim), or elem[j] when bucket is NULL
  * (rows sorted whole). Everything points into slot (GTA_DELLA_SLOT(cols) uint32, valid until the slot
- * is reused); sort: GTA_DELLA_SORT(cols) uint64 of scratch. */
+ * is reused); sort: GTA_DELLA_SORT(cols) uint64 of scratch whose last GTA_RANK_TABLE / 2 + 1, from
+ * index GTA_DELLA_SORT_ZERO(cols) on (the bucket counts), are zero before the first call and are left
+ * zero by every call. */
 #define GTA_RANK_TABLE 32768
 #define GTA_DELLA_EXCEPTION 0x8000u
 #define GTA_DELLA_SLOT(cols) (2 * (size_t)(cols) + GTA_RANK_TABLE + 3)
-#define GTA_DELLA_SORT(cols) (3 * (size_t)(cols) + 256 + GTA_RANK_TABLE / 2 + 1)
+#define GTA_DELLA_SORT_ZERO(cols) (3 * (size_t)(cols) + 256)
+#define GTA_DELLA_SORT(cols) (GTA_DELLA_SORT_ZERO(cols) + GTA_RANK_TABLE / 2 + 1)
 struct gta_della_row {
     const uint32_t *bucket, *elem;
     const uint16_t *hk;
