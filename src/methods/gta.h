@@ -102,6 +102,7 @@ typedef void (*gta_scan_fn)(const struct alloy_merge_job *job, const struct gta_
 struct gta_state {
     const struct gta_kind *kind;
     gta_draw_fn draw;
+    int fused;              /* AVX-512: L1 passes of random and della models in one loop (gta.c) */
     gta_apply_fn apply;
     gta_scan_fn scan;
     int nm;                 /* task vectors */
@@ -161,6 +162,8 @@ void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t 
                    uint64_t *sort, struct gta_della_row *row);
 /* The widest instruction set gta_della_row may use: 1 AVX2 (where the CPU has it), 0 none (tests). */
 extern int gta_della_isa_cap;
+/* 0: L1 passes without the fused AVX-512 loop (tests compare both); 1: where the CPU has AVX-512. */
+extern int gta_fused_cap;
 /* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
 uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j);
 
