@@ -162,8 +162,18 @@ void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t 
                    uint64_t *sort, struct gta_della_row *row);
 /* The widest instruction set gta_della_row may use: 1 AVX2 (where the CPU has it), 0 none (tests). */
 extern int gta_della_isa_cap;
-/* 0: L1 passes without the fused AVX-512 loop (tests compare both); 1: where the CPU has AVX-512. */
+/* 0: L1 passes and apply() without the fused AVX-512 loops (tests compare both); 1: where the CPU has
+ * AVX-512. */
 extern int gta_fused_cap;
+/* The fused AVX-512 loops (gta_avx512.c): the L1 pass of a random (row NULL) or della model over a block
+ * of n elements at element e (n and e multiples of 64; della: block [j0, j0 + n) of its row, exceptions
+ * from *xnext on), its keep bits and L1 lanes; and the consensus merge of a block of n elements at offset
+ * off of the chunk (element e; n and e multiples of 16) whose sparse models all have keep bits. */
+void gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row, uint32_t *xnext, uint64_t e,
+                           const float *xi, const float *b, size_t n, size_t j0, uint64_t c0, uint64_t c1,
+                           double *before, double *after);
+void gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
+                            const float *coef, float *out);
 /* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
 uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j);
 
