@@ -487,3 +487,58 @@ TEST(merge_chat_template_auto_majority)
     CHECK_STR_CONTAINS(tc, "{{ 'A' }}"); /* two of three models agree */
     free(tc);
 }
+
+/* Non-finite outputs are counted once each and reported per tensor, also where a 2 MiB staging
+ * segment of the writer (writer.h) cuts a float32 element in two: tensor "a" (3 bf16 values, 6 bytes)
+ * puts "b" at an offset of 2 mod 4, and b's 10,000 Inf/NaN values cover file offset 2 MiB. */
+TEST(merge_reports_nonfinite_outputs_once)
+{
+    const char *dir = test_tmpdir();
+    enum { NB = 1 << 20, LO = 520000, HI = 530000 };
+    float *b1 = malloc(NB * sizeof *b1), *b2 = malloc(NB * sizeof *b2);
+    for (int i = 0; i < NB; i++) {
+        b1[i] = (float)(i % 97) * 0.25f;
+        b2[i] = (float)(i % 89) * 0.5f;
+        if (i >= LO && i < HI) b1[i] = i % 2 ? INFINITY : NAN;
+    }
+    uint16_t a[3] = {0x3f80, 0x4000, 0x4040}; /* 1, 2, 3 */
+    char m1[512], m2[512], f[600], out[512], cfg[600], cmd[2048], *log = NULL;
+    snprintf(m1, sizeof m1, "%s/m1", dir);
+    snprintf(m2, sizeof m2, "%s/m2", dir);
+    for (int k = 0; k < 2; k++) {
+        const char *m = k ? m2 : m1;
+        mkdir(m, 0755);
+        struct test_tensor t[2] = {{"a", "BF16", 1, {3}, a}, {"b", "F32", 1, {NB}, k ? b2 : b1}};
+        snprintf(f, sizeof f, "%s/model.safetensors", m);
+        CHECK(test_write_safetensors(f, t, 2) == 0);
+        snprintf(f, sizeof f, "%s/config.json", m);
+        CHECK(test_write_text(f, "{\"model_type\": \"test\"}\n") == 0);
+    }
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(cfg, sizeof cfg, "%s/config.yml", dir);
+    char yaml[1600];
+    snprintf(yaml, sizeof yaml, "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: 0.5}\n"
+             "  - model: %s\n    parameters: {weight: 0.5}\n", m1, m2);
+    test_write_text(cfg, yaml);
+    snprintf(cmd, sizeof cmd, "%s merge %s %s 2>&1", test_alloy_bin(), cfg, out);
+    int rc = test_run(cmd, &log);
+    CHECK_MSG(rc == 0, "merge failed (%d): %s", rc, log);
+    CHECK_MSG(log && strstr(log, "tensor 'b': 10000 of 1048576 output values are NaN or Inf"),
+              "expected the count of b's non-finite outputs: %s", log ? log : "");
+    CHECK_MSG(log && !strstr(log, "tensor 'a'"), "a has no non-finite output: %s", log ? log : "");
+    free(log);
+    struct alloy_model *o = open_model(out);
+    const struct alloy_tensor *tb = o ? alloy_model_find(o, "b") : NULL;
+    CHECK_MSG(tb && tb->dtype == ALLOY_DTYPE_F32, "b: %s dtype %d", tb ? "found" : "missing", tb ? (int)tb->dtype : -1);
+    size_t bad = 0;
+    for (int i = 0; tb && i < NB; i++) {
+        float v;
+        memcpy(&v, tb->data + 4 * (size_t)i, 4);
+        float want = (i >= LO && i < HI) ? v : 0.5f * b1[i] + 0.5f * b2[i];
+        bad += (i >= LO && i < HI) ? isfinite(v) : fabsf(v - want) > 1e-6f * (fabsf(want) + 1);
+    }
+    CHECK_MSG(bad == 0, "%zu values of b wrong", bad);
+    alloy_model_close(o);
+    free(b1);
+    free(b2);
+}

@@ -32,10 +32,11 @@ void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n
     alloy_ref_to_f32(t, p + i * 2, dst + i, n - i);
 }
 
-void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
+size_t alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
 {
     uint8_t *p = dst;
-    size_t i = 0;
+    size_t i = 0, bad = 0;
+    const __m256i expo = _mm256_set1_epi32(0x7f800000); /* NaN or Inf: every exponent bit set */
     if (t == ALLOY_DTYPE_BF16) {
         const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
         const __m256i inf = _mm256_set1_epi32(0x7f800000);
@@ -44,6 +45,8 @@ void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t
         const __m256i quiet = _mm256_set1_epi32(0x40);
         for (; i + 8 <= n; i += 8) {
             __m256i u = _mm256_loadu_si256((const __m256i *)(src + i));
+            bad += (size_t)__builtin_popcount(
+                (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(u, expo), expo))));
             __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
             __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
             __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, lsb)), 16);
@@ -55,11 +58,13 @@ void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t
         }
     } else if (t == ALLOY_DTYPE_F16) {
         for (; i + 8 <= n; i += 8) {
-            __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
-            _mm_storeu_si128((__m128i *)(p + 2 * i), h);
+            __m256 f = _mm256_loadu_ps(src + i);
+            bad += (size_t)__builtin_popcount((unsigned)_mm256_movemask_ps(
+                _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(f), expo), expo))));
+            _mm_storeu_si128((__m128i *)(p + 2 * i), _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT));
         }
     }
-    alloy_ref_from_f32(t, src + i, p + i * 2, n - i);
+    return bad + alloy_ref_from_f32(t, src + i, p + i * 2, n - i);
 }
 
 void alloy_avx2_copy_stream(void *dst, const void *src, size_t n)
@@ -81,5 +86,5 @@ void alloy_avx2_copy_stream(void *dst, const void *src, size_t n)
 #else
 void alloy_avx2_copy_stream(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
 void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n) { alloy_ref_to_f32(t, src, dst, n); }
-void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n) { alloy_ref_from_f32(t, src, dst, n); }
+size_t alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n) { return alloy_ref_from_f32(t, src, dst, n); }
 #endif

@@ -130,9 +130,15 @@ void alloy_ref_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
     }
 }
 
-void alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
+size_t alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
 {
     uint8_t *p = dst;
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) { /* NaN/Inf on the exponent bits: vectorizes */
+        uint32_t u;
+        memcpy(&u, &src[i], 4);
+        bad += (u & 0x7f800000u) == 0x7f800000u;
+    }
     switch (t) {
     case ALLOY_DTYPE_F32: memcpy(dst, src, n * 4); break;
     case ALLOY_DTYPE_BF16:
@@ -146,6 +152,7 @@ void alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t 
         break;
     default: break;
     }
+    return bad;
 }
 
 /* ------------------------------------------------------------ dispatch */
@@ -193,13 +200,15 @@ void alloy_copy_stream(void *dst, const void *src, size_t n)
     memcpy(dst, src, n);
 }
 
-void alloy_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
+size_t alloy_from_f32_count(enum alloy_dtype t, const float *src, void *dst, size_t n)
 {
 #if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
-    if (use_simd() && (t == ALLOY_DTYPE_BF16 || t == ALLOY_DTYPE_F16)) {
-        alloy_avx2_from_f32(t, src, dst, n);
-        return;
-    }
+    if (use_simd() && (t == ALLOY_DTYPE_BF16 || t == ALLOY_DTYPE_F16)) return alloy_avx2_from_f32(t, src, dst, n);
 #endif
-    alloy_ref_from_f32(t, src, dst, n);
+    return alloy_ref_from_f32(t, src, dst, n);
+}
+
+void alloy_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
+{
+    (void)alloy_from_f32_count(t, src, dst, n);
 }

@@ -61,9 +61,12 @@ int alloy_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const ch
 
 /* Conversion rows. */
 void alloy_ref_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n);
-void alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
+/* The from_f32 rows also return how many of the n values were NaN or Inf (all exponent bits set). */
+size_t alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
 void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n);
-void alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
+size_t alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
+/* alloy_from_f32, returning the number of NaN and Inf values among the n converted. */
+size_t alloy_from_f32_count(enum alloy_dtype t, const float *src, void *dst, size_t n);
 void alloy_avx2_copy_stream(void *dst, const void *src, size_t n);
 /* memcpy for bytes no core reads soon (output staged for O_DIRECT): non-temporal stores where the CPU
  * has them, no read for ownership and no cache lines evicted; ordered before the caller's next store. */

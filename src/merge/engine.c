@@ -99,17 +99,23 @@ struct out_fill {
     const float *src;
     enum alloy_dtype dtype;
     size_t esize;
+    uint64_t nonfinite;     /* NaN/Inf values converted, each element counted once */
 };
 
 static void fill_out(void *ctx, uint8_t *dst, size_t from, size_t n)
 {
-    const struct out_fill *f = ctx;
+    struct out_fill *f = ctx;
     uint8_t tmp[16384] __attribute__((aligned(64)));
     size_t e = from / f->esize, skip = from % f->esize;
     while (n) {
         size_t k = (skip + n + f->esize - 1) / f->esize; /* elements touching the rest */
         if (k > sizeof tmp / f->esize) k = sizeof tmp / f->esize;
-        alloy_from_f32(f->dtype, f->src + e, tmp, k);
+        f->nonfinite += alloy_from_f32_count(f->dtype, f->src + e, tmp, k);
+        if (skip) { /* counted with the piece before, which holds its first byte */
+            uint32_t u;
+            memcpy(&u, f->src + e, 4);
+            f->nonfinite -= (u & 0x7f800000u) == 0x7f800000u;
+        }
         size_t take = k * f->esize - skip < n ? k * f->esize - skip : n;
         alloy_copy_stream(dst, tmp + skip, take);
         dst += take;
@@ -124,16 +130,11 @@ static int store_chunk(void *ctx, uint64_t e0, uint64_t e1, float *src, struct a
     const struct tensor_io *io = ctx;
     const struct alloy_plan_tensor *t = io->t;
     size_t esize = alloy_dtype_traits(t->dtype)->bits / 8;
-    uint64_t bad = 0;
-    for (uint64_t i = 0; i < e1 - e0; i++) { /* NaN/Inf test on the exponent bits: vectorizes */
-        uint32_t u;
-        memcpy(&u, &src[i], 4);
-        bad += (u & 0x7f800000u) == 0x7f800000u;
-    }
-    if (bad) atomic_fetch_add(&((struct tensor_io *)ctx)->nonfinite, bad);
-    struct out_fill f = {src, t->dtype, esize};
-    return alloy_writer_submit_fill(io->w, io->data_start + t->offset + e0 * esize, (size_t)(e1 - e0) * esize, fill_out,
-                                    &f, err);
+    struct out_fill f = {src, t->dtype, esize, 0};
+    int rc = alloy_writer_submit_fill(io->w, io->data_start + t->offset + e0 * esize, (size_t)(e1 - e0) * esize,
+                                      fill_out, &f, err);
+    if (f.nonfinite) atomic_fetch_add(&((struct tensor_io *)ctx)->nonfinite, f.nonfinite);
+    return rc;
 }
 
 static int copy_tensor(const struct tensor_io *io, struct alloy_err *err)
