@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 static uint64_t g_rs = 0x9e3779b97f4a7c15ull;
 static double urand(void) /* xorshift64*, independent of the library's generator */
@@ -57,7 +58,7 @@ static size_t check_row(const float *x, const float *b, size_t cols, const char 
     }
     for (size_t i = 0; i < 2 * cols; i++) lim2[i] = (uint32_t)i;
     struct gta_della_row row;
-    gta_della_row(x, b, cols, lim2, slot, sort, &row);
+    gta_della_row(x, b, cols, lim2, slot, sort, 0, &row);
     size_t bad = 0, xi = 0;
     for (size_t i = GTA_DELLA_SORT_ZERO(cols); i < GTA_DELLA_SORT(cols); i++) bad += sort[i] != 0; /* counts left 0 */
     for (size_t j = 0; j < cols; j++) {
@@ -76,8 +77,41 @@ static size_t check_row(const float *x, const float *b, size_t cols, const char 
     bad += row.bucket && xi != row.nx; /* exceptions listed out of order */
     for (size_t q = 0; q < 8 && cols <= 6000; q++) {
         size_t j = (size_t)(urand() * (double)cols);
-        bad += gta_della_rank2(x, b, cols, j) != ref[j];
+        bad += gta_della_rank2(x, b, cols, j, 0) != ref[j];
     }
+    /* bfloat16 rows: the same limits from the stored values (raw) */
+    uint16_t *xr = malloc(cols * sizeof *xr), *br = malloc(cols * sizeof *br);
+    int exact = 1;
+    for (size_t j = 0; j < cols && exact; j++) {
+        uint32_t ux, ub;
+        memcpy(&ux, &x[j], 4);
+        memcpy(&ub, &b[j], 4);
+        exact = !(ux & 0xffffu) && !(ub & 0xffffu);
+        xr[j] = (uint16_t)(ux >> 16);
+        br[j] = (uint16_t)(ub >> 16);
+    }
+    if (exact) {
+        uint32_t *got = malloc(cols * sizeof *got);
+        for (size_t j = 0, k = 0; j < cols; j++) /* the float32 run's limits, element by element */
+            got[j] = !row.bucket ? row.elem[j]
+                     : (k < row.nx && row.xcol[k] == j) ? row.xlim[k++] : row.bucket[row.hk[j]];
+        struct gta_della_row rr;
+        gta_della_row(xr, br, cols, lim2, slot, sort, 1, &rr);
+        size_t diff = 0;
+        for (size_t j = 0, k = 0; j < cols; j++) {
+            uint32_t v = !rr.bucket ? rr.elem[j] : (k < rr.nx && rr.xcol[k] == j) ? rr.xlim[k++] : rr.bucket[rr.hk[j]];
+            diff += v != got[j];
+        }
+        for (size_t q = 0; q < 4 && cols <= 6000; q++) {
+            size_t j = (size_t)(urand() * (double)cols);
+            diff += gta_della_rank2(xr, br, cols, j, 1) != ref[j];
+        }
+        if (diff) test_fail(__FILE__, __LINE__, "%s, %zu columns: %zu limits from bfloat16 differ", what, cols, diff);
+        bad += diff;
+        free(got);
+    }
+    free(xr);
+    free(br);
     if (bad) test_fail(__FILE__, __LINE__, "%s, %zu columns: %zu limits differ from sorting", what, cols, bad);
     free(it);
     free(ref);

@@ -59,8 +59,9 @@ static void gcase_init(struct gcase *k, const char *method, int n, int base, uin
     k->seed = 7;
 }
 
-static int run_case(const struct gcase *k, const float *const *in, float *out, int threads, uint64_t chunk,
-                    struct alloy_err *err)
+/* run_case with the inputs as bfloat16 values (in16: the method may take them raw) instead of float32. */
+static int run_case_in(const struct gcase *k, const float *const *in, const uint16_t *const *in16, float *out,
+                       int threads, uint64_t chunk, struct alloy_err *err)
 {
     const struct alloy_method *m = alloy_method_find(k->method);
     if (!m) return -1;
@@ -90,9 +91,16 @@ static int run_case(const struct gcase *k, const float *const *in, float *out, i
                                   .cols = k->cols, .n = k->n, .base = k->base, .models = models, .gp = gp,
                                   .tp = tp, .seed = k->seed};
     struct alloy_pool *pool = threads > 0 ? alloy_pool_new(threads) : NULL; /* 0: this thread */
-    int rc = alloy_method_run_memory(m, &job, in, out, pool, chunk, err);
+    int rc = in16 ? alloy_method_run_memory_bf16(m, &job, in16, out, pool, chunk, err)
+                  : alloy_method_run_memory(m, &job, in, out, pool, chunk, err);
     alloy_pool_free(pool);
     return rc;
+}
+
+static int run_case(const struct gcase *k, const float *const *in, float *out, int threads, uint64_t chunk,
+                    struct alloy_err *err)
+{
+    return run_case_in(k, in, NULL, out, threads, chunk, err);
 }
 
 /* ---------------------------------------------------------------- naive reference */
@@ -995,7 +1003,9 @@ static float bf16_round(float f)
 /* gta.c's fused L1-pass and apply loops (AVX-512, where the CPU has it) give the same bits as the
  * portable block loops: random and della methods, with and without consensus, rows that are and are
  * not multiples of the fused block, several chunkings and thread counts, a model at full density (not
- * sparse) and one at zero (no keep bits: its apply path is not fused), bfloat16-like and float32 data. */
+ * sparse) and one at zero (no keep bits: its apply path is not fused), bfloat16-like and float32 data.
+ * bfloat16 data also runs as stored values (alloy_method_run_memory_bf16: taken raw where gta_raw_bf16
+ * allows, the off-path blocks widened in gta.c), again with the same bits. */
 TEST(gta_fused_loops_match_block_loops)
 {
     static const char *methods[] = {"dare_ties", "dare_linear", "della", "della_linear"};
@@ -1015,6 +1025,15 @@ TEST(gta_fused_loops_match_block_loops)
                 }
             }
             float *want = malloc(N * sizeof *want), *got = malloc(N * sizeof *got);
+            uint16_t *in16[4];
+            for (int i = 0; i < 4; i++) {
+                in16[i] = malloc(N * sizeof *in16[i]);
+                for (size_t e = 0; e < N; e++) {
+                    uint32_t u;
+                    memcpy(&u, &in[i][e], 4);
+                    in16[i][e] = (uint16_t)(u >> 16);
+                }
+            }
             for (size_t mi = 0; mi < sizeof methods / sizeof methods[0]; mi++)
                 for (int variant = 0; variant < 2; variant++) {
                     struct gcase k;
@@ -1036,10 +1055,18 @@ TEST(gta_fused_loops_match_block_loops)
                         CHECK_MSG(bad == 0, "%s %zux%zu %s variant %d chunk %llu: %zu of %zu outputs differ",
                                   methods[mi], R, C, bf ? "bf16" : "f32", variant, (unsigned long long)chunks[ci],
                                   bad, N);
+                        if (!bf) continue;
+                        CHECK_INT(run_case_in(&k, NULL, (const uint16_t *const *)in16, got, 2, chunks[ci], &err),
+                                  ALLOY_OK);
+                        bad = 0;
+                        for (size_t e = 0; e < N; e++) bad += memcmp(&want[e], &got[e], 4) != 0;
+                        CHECK_MSG(bad == 0, "%s %zux%zu raw bf16 variant %d chunk %llu: %zu of %zu outputs differ",
+                                  methods[mi], R, C, variant, (unsigned long long)chunks[ci], bad, N);
                     }
                 }
             free(want);
             free(got);
+            for (int i = 0; i < 4; i++) free(in16[i]);
             free_inputs(in, 4);
         }
     }

@@ -34,6 +34,7 @@ struct run {
     size_t nchunks;
     float **scratch;        /* per lane: (n + 1) * chunk_elems floats */
     int lanes;              /* < pool threads when the scratch budget limits them */
+    int raw;                /* inputs loaded as stored bfloat16 (the method took raw_bf16) */
     void *state;
     int pass;               /* -1: apply */
     size_t sample;          /* chunks of a sample pass, 0: every chunk */
@@ -73,7 +74,7 @@ static void run_chunk(struct run *r, size_t item, int slot)
     struct alloy_err e = {0};
     for (int i = 0; i < job->n; i++) {
         float *dst = base + (size_t)i * r->chunk_elems;
-        if (r->load(r->load_ctx, i, c.e0, c.e1, dst, &e) != ALLOY_OK) { fail(r, &e); return; }
+        if (r->load(r->load_ctx, i, c.e0, c.e1, dst, r->raw, &e) != ALLOY_OK) { fail(r, &e); return; }
         x[i] = dst;
     }
     if (r->pass >= 0) {
@@ -149,6 +150,7 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
         }
     }
     if (m->init && (rc = m->init(job, r.state, err)) != ALLOY_OK) goto out_state;
+    r.raw = job->inputs_bf16 && m->raw_bf16 && m->raw_bf16(job, r.state);
     for (int pass = 0; m->want_pass && m->want_pass(job, r.state, pass); pass++) {
         r.pass = pass;
         r.accs = alloy_xcalloc(r.nchunks ? r.nchunks : 1, m->acc_size ? m->acc_size : 1);
@@ -192,13 +194,17 @@ out:
 
 struct mem_io {
     const float *const *inputs;
+    const uint16_t *const *bf16; /* instead of inputs */
     float *out;
 };
 
-static int mem_load(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, struct alloy_err *err)
+static int mem_load(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, int raw, struct alloy_err *err)
 {
     const struct mem_io *io = ctx;
-    memcpy(dst, io->inputs[input] + e0, (size_t)(e1 - e0) * sizeof *dst);
+    size_t n = (size_t)(e1 - e0);
+    if (!io->bf16) memcpy(dst, io->inputs[input] + e0, n * sizeof *dst);
+    else if (raw) memcpy(dst, io->bf16[input] + e0, n * sizeof *io->bf16[input]);
+    else alloy_to_f32(ALLOY_DTYPE_BF16, io->bf16[input] + e0, dst, n);
     return ALLOY_OK;
 }
 
@@ -213,10 +219,24 @@ int alloy_method_run_memory(const struct alloy_method *m, const struct alloy_mer
                             const float *const *inputs, float *out, struct alloy_pool *pool, uint64_t chunk_elems,
                             struct alloy_err *err)
 {
-    struct mem_io io = {inputs, out};
+    struct mem_io io = {inputs, NULL, out};
     if (m->check) {
         int rc = m->check(job, err);
         if (rc) return rc;
     }
     return alloy_method_execute(m, job, mem_load, &io, mem_store, &io, pool, chunk_elems, err);
+}
+
+int alloy_method_run_memory_bf16(const struct alloy_method *m, const struct alloy_merge_job *job,
+                                 const uint16_t *const *inputs, float *out, struct alloy_pool *pool,
+                                 uint64_t chunk_elems, struct alloy_err *err)
+{
+    struct mem_io io = {NULL, inputs, out};
+    struct alloy_merge_job j = *job;
+    j.inputs_bf16 = 1;
+    if (m->check) {
+        int rc = m->check(&j, err);
+        if (rc) return rc;
+    }
+    return alloy_method_execute(m, &j, mem_load, &io, mem_store, &io, pool, chunk_elems, err);
 }

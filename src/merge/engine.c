@@ -15,8 +15,10 @@
  *   where the file system allows); tensors are merged chunk by chunk on the
  *   thread pool, each chunk converted to the output dtype in place and
  *   submitted at its final offset, so no tensor is ever held whole in
- *   memory. Inputs are read with pread straight into the chunk buffers, so
- *   no input page is mapped into the process (the mapping is only touched
+ *   memory. Inputs are read with pread straight into the chunk buffers
+ *   (widened to float32 there, or left as stored for a method that takes
+ *   bfloat16 inputs raw: method.h raw_bf16), so no input page is mapped
+ *   into the process (the mapping is only touched
  *   for F64 inputs, embedding blocks and copied tensors, whose pages are
  *   dropped with madvise DONTNEED after each chunk and tensor).
  *
@@ -52,7 +54,7 @@ struct tensor_io {
 
 /* ------------------------------------------------------------ chunk I/O */
 
-static int load_chunk(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, struct alloy_err *err)
+static int load_chunk(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, int raw, struct alloy_err *err)
 {
     const struct tensor_io *io = ctx;
     const struct alloy_plan_tensor *t = io->t;
@@ -62,13 +64,15 @@ static int load_chunk(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst
     size_t esize = alloy_dtype_traits(src->dtype)->bits / 8;
     uint64_t src_cols = src->ndim ? (uint64_t)src->shape[src->ndim - 1] : 1;
     size_t n = (size_t)(e1 - e0);
+    if (raw) /* the method takes the stored bfloat16 values (job.inputs_bf16 holds) */
+        return alloy_st_pread(src, e0 * 2, dst, n * 2, err);
     if (src->numel == t->numel && esize <= 4) {
         /* pread the stored bytes into the top of dst and widen them forward in place: a write
            never passes a read that is still to come. No page of the input stays mapped. */
-        uint8_t *raw = (uint8_t *)dst + n * (4 - esize);
-        int rc = alloy_st_pread(src, e0 * esize, raw, n * esize, err);
+        uint8_t *stored = (uint8_t *)dst + n * (4 - esize);
+        int rc = alloy_st_pread(src, e0 * esize, stored, n * esize, err);
         if (rc) return rc;
-        if (src->dtype != ALLOY_DTYPE_F32) alloy_to_f32(src->dtype, raw, dst, n);
+        if (src->dtype != ALLOY_DTYPE_F32) alloy_to_f32(src->dtype, stored, dst, n);
     } else if (src->numel == t->numel) { /* F64: through the mapping */
         alloy_to_f32(src->dtype, src->data + e0 * esize, dst, n);
         alloy_st_release_range(src, e0 * esize, n * esize);
@@ -237,6 +241,9 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
             const char *names[t->n > 0 ? t->n : 1]; /* every input named, however many the config lists */
             for (int k = 0; k < t->n; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
             alloy_plan_job(p, i, o->has_seed ? o->seed : 0, names, &job);
+            job.inputs_bf16 = io.round_to < 0 || io.round_to == ALLOY_DTYPE_BF16;
+            for (int k = 0; k < t->n; k++)
+                job.inputs_bf16 &= t->inputs[k].t->dtype == ALLOY_DTYPE_BF16 && t->inputs[k].t->numel == t->numel;
             rc = alloy_method_execute(p->method, &job, load_chunk, &io, store_chunk, &io, pool, 0, err);
             unsigned long long bad = atomic_load(&io.nonfinite);
             if (!rc && bad && o->log) {

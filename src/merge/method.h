@@ -89,6 +89,8 @@ struct alloy_merge_job {
     const double *gp;            /* [nparams] */
     const double *tp;            /* [n * nparams] */
     uint64_t seed;               /* --random-seed (0 when unset) */
+    int inputs_bf16;             /* every input is stored as bfloat16 and used unrounded: the loader can hand
+                                    the method the stored bits (raw_bf16 below) */
 };
 
 struct alloy_chunk {
@@ -117,7 +119,13 @@ struct alloy_method {
     void (*fini)(const struct alloy_merge_job *job, void *state);                             /* may be NULL */
     /* Chunks the pass wants: 0 every chunk, K > 0 a sample of K (every chunk if the tensor has no more). May be NULL. */
     size_t (*pass_sample)(const struct alloy_merge_job *job, const void *state, int pass);
+    /* Asked after init when job->inputs_bf16: 1 if scan and apply take the inputs as stored bfloat16
+     * (x[i] then points at uint16_t values: ALLOY_RAW_BF16(x[i])), 0 for float32. May be NULL (float32). */
+    int (*raw_bf16)(const struct alloy_merge_job *job, void *state);
 };
+
+/* The stored bfloat16 values behind an input pointer of a method that took raw_bf16. */
+#define ALLOY_RAW_BF16(p) ((const uint16_t *)(const void *)(p))
 
 /* Chunk index of sample i (0 <= i < k) among nchunks > k: the middle of the i-th of k equal runs. */
 static inline size_t alloy_sample_chunk(size_t i, size_t k, size_t nchunks)
@@ -141,8 +149,10 @@ static inline double alloy_job_tp(const struct alloy_merge_job *j, const struct 
 
 /* ---------------------------------------------------------------- driver (driver.c) */
 
-/* Fills dst[0 .. e1-e0) with input i's elements [e0, e1) as float32. */
-typedef int (*alloy_load_fn)(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, struct alloy_err *err);
+/* Fills dst[0 .. e1-e0) with input i's elements [e0, e1) as float32, or with their stored bfloat16
+ * values (raw: only when the job has inputs_bf16 and the method took raw_bf16). */
+typedef int (*alloy_load_fn)(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, int raw,
+                             struct alloy_err *err);
 /* Consumes the output elements [e0, e1). Called from worker threads, any
  * order. src is the driver's scratch: the store may overwrite it (e.g. to
  * convert to the output dtype in place). */
@@ -169,5 +179,10 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
 int alloy_method_run_memory(const struct alloy_method *m, const struct alloy_merge_job *job,
                             const float *const *inputs, float *out, struct alloy_pool *pool, uint64_t chunk_elems,
                             struct alloy_err *err);
+/* The same on bfloat16 tensors, handed to the method raw when it takes them (raw_bf16), else widened:
+ * as the engine does for bfloat16 models. */
+int alloy_method_run_memory_bf16(const struct alloy_method *m, const struct alloy_merge_job *job,
+                                 const uint16_t *const *inputs, float *out, struct alloy_pool *pool,
+                                 uint64_t chunk_elems, struct alloy_err *err);
 
 #endif

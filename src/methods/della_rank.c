@@ -44,11 +44,17 @@
 #endif
 
 /* The index s of lim2 for element j, counted directly: O(cols). */
-uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j)
+/* The key of element j: |xi[j] - b[j]| as an ordered integer. */
+static ALLOY_INLINE uint32_t key_at(const void *xi, const void *b, size_t j, int raw)
 {
-    uint32_t kj = alloy_sel_key_abs(xi[j] - b[j]), less = 0, eq = 0;
+    return alloy_sel_key_abs(gta_in_f32(xi, j, raw) - gta_in_f32(b, j, raw));
+}
+
+uint32_t gta_della_rank2(const void *xi, const void *b, size_t cols, size_t j, int raw)
+{
+    uint32_t kj = key_at(xi, b, j, raw), less = 0, eq = 0;
     for (size_t t = 0; t < cols; t++) {
-        uint32_t kt = alloy_sel_key_abs(xi[t] - b[t]);
+        uint32_t kt = key_at(xi, b, t, raw);
         less += kt < kj;
         eq += kt == kj;
     }
@@ -254,9 +260,18 @@ list_nonempty_avx512(const uint16_t *ca, const uint16_t *cb, uint32_t hlo, uint3
  * key and the smallest key >= 2^16 less 2^16 (as that loop computes them), and the exceptions' columns,
  * compressed into xc in column order (each store of sixteen stays below column j + 16 <= cols).
  * Returns the number of exceptions. */
-__attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static uint32_t
-keys_avx512(const float *xi, const float *b, size_t cols, uint16_t *hk, uint32_t *xc, int32_t *kmax_out,
-            int32_t *kmin_out)
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static ALLOY_INLINE __m512
+load16_avx512(const void *p, size_t j, int raw)
+{
+    if (raw) /* bfloat16: the stored bits are the float32's top half */
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)((const uint16_t *)p + j))), 16));
+    return _mm512_loadu_ps((const float *)p + j);
+}
+
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static ALLOY_INLINE uint32_t
+keys_avx512_body(const void *xi, const void *b, size_t cols, int raw, uint16_t *hk, uint32_t *xc, int32_t *kmax_out,
+                 int32_t *kmin_out)
 {
     const __m512i nosign = _mm512_set1_epi32(0x7fffffff), low = _mm512_set1_epi32(0xffff);
     const __m512i exc = _mm512_set1_epi32((int)GTA_DELLA_EXCEPTION), unit = _mm512_set1_epi32(0x10000);
@@ -266,7 +281,7 @@ keys_avx512(const float *xi, const float *b, size_t cols, uint16_t *hk, uint32_t
     uint32_t nx = 0;
     size_t j = 0;
     for (; j + 16 <= cols; j += 16) {
-        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xi + j), _mm512_loadu_ps(b + j));
+        __m512 d = _mm512_sub_ps(load16_avx512(xi, j, raw), load16_avx512(b, j, raw));
         __m512i k = _mm512_and_si512(_mm512_castps_si512(d), nosign);
         __mmask16 x = _mm512_test_epi32_mask(k, low);
         _mm256_storeu_si256((__m256i *)(void *)(hk + j),
@@ -279,7 +294,7 @@ keys_avx512(const float *xi, const float *b, size_t cols, uint16_t *hk, uint32_t
     }
     int32_t kmax = _mm512_reduce_max_epi32(vmax), kmin = _mm512_reduce_min_epi32(vmin);
     for (; j < cols; j++) {
-        uint32_t k = alloy_sel_key_abs(xi[j] - b[j]);
+        uint32_t k = key_at(xi, b, j, raw);
         int32_t m = (int32_t)((k - 0x10000u) & 0x7fffffffu);
         hk[j] = (uint16_t)((k & 0xffffu) ? GTA_DELLA_EXCEPTION : k >> 16);
         kmax = (int32_t)k > kmax ? (int32_t)k : kmax;
@@ -289,6 +304,15 @@ keys_avx512(const float *xi, const float *b, size_t cols, uint16_t *hk, uint32_t
     *kmax_out = kmax;
     *kmin_out = kmin;
     return nx;
+}
+
+/* keys_avx512_body for float32 and for bfloat16 rows (each with its loads inlined). */
+__attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static uint32_t
+keys_avx512(const void *xi, const void *b, size_t cols, int raw, uint16_t *hk, uint32_t *xc, int32_t *kmax_out,
+            int32_t *kmin_out)
+{
+    if (raw) return keys_avx512_body(xi, b, cols, 1, hk, xc, kmax_out, kmin_out);
+    return keys_avx512_body(xi, b, cols, 0, hk, xc, kmax_out, kmin_out);
 }
 
 /* n <= 32 exceptions (key << 32 | index, all distinct) sorted without a branch per comparison: each
@@ -312,6 +336,26 @@ __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static void sort_small
 }
 #endif
 
+/* The key loop (vectorized by the compiler for float32 rows): bucket ids, the largest key, the smallest
+ * key >= 2^16 less 2^16, and the number of exceptions. */
+static ALLOY_INLINE uint32_t keys_scalar(const void *xi, const void *b, size_t cols, int raw, uint16_t *hk,
+                                        int32_t *kmax_out, int32_t *kmin_out)
+{
+    uint32_t nx = 0;
+    int32_t kmax = 0, kmin = INT32_MAX;
+    for (size_t j = 0; j < cols; j++) {
+        uint32_t k = key_at(xi, b, j, raw);
+        int32_t m = (int32_t)((k - 0x10000u) & 0x7fffffffu);
+        hk[j] = (uint16_t)((k & 0xffffu) ? GTA_DELLA_EXCEPTION : k >> 16);
+        kmax = (int32_t)k > kmax ? (int32_t)k : kmax;
+        kmin = m < kmin ? m : kmin;
+        nx += (k & 0xffffu) != 0;
+    }
+    *kmax_out = kmax;
+    *kmin_out = kmin;
+    return nx;
+}
+
 /* The row's limits (see gta.h). The fast path: each key's bucket id; a histogram of them (only
  * buckets 0, GTA_DELLA_EXCEPTION and those from the row's smallest nonzero key to its largest are
  * cleared); the exceptions listed in column order and sorted; the nonempty buckets listed in
@@ -319,8 +363,8 @@ __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static void sort_small
  * bucket's normal keys the limit of their group (written over its count) and the exceptions below
  * the bucket, in runs of equal keys, the limits of theirs (an exception ranks after the normal keys
  * of its bucket and before the next nonempty bucket's). */
-static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t cols, const uint32_t *lim2,
-                                       uint32_t *slot, uint64_t *sort, struct gta_della_row *row, int isa)
+static ALLOY_INLINE void della_row_body(const void *xi, const void *b, size_t cols, const uint32_t *lim2,
+                                       uint32_t *slot, uint64_t *sort, int raw, struct gta_della_row *row, int isa)
 {
     memset(row, 0, sizeof *row);
     if (cols == 0) return;
@@ -334,21 +378,14 @@ static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t 
     int32_t kmax = 0, kmin = INT32_MAX; /* the largest key; the smallest >= 2^16, less 2^16 */
 #if ALLOY_X86_DISPATCH
     if (isa >= 2) /* the exceptions' columns listed on the way, into key[] (unused by the fast path) */
-        nx = keys_avx512(xi, b, cols, hk, key, &kmax, &kmin);
+        nx = keys_avx512(xi, b, cols, raw, hk, key, &kmax, &kmin);
     else
 #endif
-        for (size_t j = 0; j < cols; j++) {
-            uint32_t k = alloy_sel_key_abs(xi[j] - b[j]);
-            int32_t m = (int32_t)((k - 0x10000u) & 0x7fffffffu);
-            hk[j] = (uint16_t)((k & 0xffffu) ? GTA_DELLA_EXCEPTION : k >> 16);
-            kmax = (int32_t)k > kmax ? (int32_t)k : kmax;
-            kmin = m < kmin ? m : kmin;
-            nx += (k & 0xffffu) != 0;
-        }
+        nx = raw ? keys_scalar(xi, b, cols, 1, hk, &kmax, &kmin) : keys_scalar(xi, b, cols, 0, hk, &kmax, &kmin);
     const uint32_t hmax = (uint32_t)kmax >> 16, hlo = ((uint32_t)kmin >> 16) + 1; /* buckets 0, hlo..hmax */
     const uint32_t nbk = hlo <= hmax ? hmax - hlo + 1 : 0;
     if (nx > cols / 8 || nbk > 2 * cols + 256 || cols >= (size_t)1 << 17) {
-        for (size_t j = 0; j < cols; j++) key[j] = alloy_sel_key_abs(xi[j] - b[j]);
+        for (size_t j = 0; j < cols; j++) key[j] = key_at(xi, b, j, raw);
         uint32_t vb = 0;
         for (size_t j = 0; j < cols; j++) vb |= key[j] ^ key[0];
         const uint64_t *sorted = sort_radix(key, cols, vb, sort, sort + cols);
@@ -374,7 +411,7 @@ static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t 
     else
 #endif
         list_exceptions(hk, 0, cols, nx, xc);
-    for (uint32_t i = 0; i < nx; i++) xk[i] = alloy_sel_key_abs(xi[xc[i]] - b[xc[i]]);
+    for (uint32_t i = 0; i < nx; i++) xk[i] = key_at(xi, b, xc[i], raw);
     const uint64_t *xs = sort;
     if (nx > 32) {
         uint32_t vb = 0;
@@ -418,45 +455,45 @@ static ALLOY_INLINE void della_row_body(const float *xi, const float *b, size_t 
     row->nx = nx;
 }
 
-static void della_row_generic(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
-                              uint64_t *sort, struct gta_della_row *row)
+static void della_row_generic(const void *xi, const void *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
+                              uint64_t *sort, int raw, struct gta_della_row *row)
 {
-    della_row_body(xi, b, cols, lim2, slot, sort, row, 0);
+    della_row_body(xi, b, cols, lim2, slot, sort, raw, row, 0);
 }
 
 /* Also compiled for AVX2 (the key loop vectorizes twice as wide; same limits), chosen by the CPU at
  * the call (not by an ifunc: sanitizer runtimes are not ready when ifunc resolvers run). */
 #if ALLOY_X86_DISPATCH
-__attribute__((target("avx2"))) static void della_row_avx2(const float *xi, const float *b, size_t cols,
+__attribute__((target("avx2"))) static void della_row_avx2(const void *xi, const void *b, size_t cols,
                                                            const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
-                                                           struct gta_della_row *row)
+                                                           int raw, struct gta_della_row *row)
 {
-    della_row_body(xi, b, cols, lim2, slot, sort, row, 1);
+    della_row_body(xi, b, cols, lim2, slot, sort, raw, row, 1);
 }
 
 __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static void
-della_row_avx512(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
-                 struct gta_della_row *row)
+della_row_avx512(const void *xi, const void *b, size_t cols, const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
+                 int raw, struct gta_della_row *row)
 {
-    della_row_body(xi, b, cols, lim2, slot, sort, row, 2);
+    della_row_body(xi, b, cols, lim2, slot, sort, raw, row, 2);
 }
 #endif
 
 int gta_della_isa_cap = 2;
 
-void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
-                   uint64_t *sort, struct gta_della_row *row)
+void gta_della_row(const void *xi, const void *b, size_t cols, const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
+                   int raw, struct gta_della_row *row)
 {
 #if ALLOY_X86_DISPATCH
     if (gta_della_isa_cap >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl")) {
-        della_row_avx512(xi, b, cols, lim2, slot, sort, row);
+        della_row_avx512(xi, b, cols, lim2, slot, sort, raw, row);
         return;
     }
     if (gta_della_isa_cap >= 1 && __builtin_cpu_supports("avx2")) {
-        della_row_avx2(xi, b, cols, lim2, slot, sort, row);
+        della_row_avx2(xi, b, cols, lim2, slot, sort, raw, row);
         return;
     }
 #endif
-    della_row_generic(xi, b, cols, lim2, slot, sort, row);
+    della_row_generic(xi, b, cols, lim2, slot, sort, raw, row);
 }

@@ -27,6 +27,7 @@
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <string.h>
 
 #define GTA_MAX_MODELS 64   /* task vectors per tensor (inputs minus the base) */
 #define GTA_L1_SLOTS   16   /* L1-norm sums per scan pass */
@@ -102,6 +103,7 @@ typedef void (*gta_scan_fn)(const struct alloy_merge_job *job, const struct gta_
 struct gta_state {
     const struct gta_kind *kind;
     gta_draw_fn draw;
+    int raw;                /* inputs are the stored bfloat16 values (gta_raw_bf16) */
     int fused;              /* AVX-512: L1 passes of random and della models in one loop (gta.c) */
     gta_apply_fn apply;
     gta_scan_fn scan;
@@ -158,8 +160,9 @@ struct gta_della_row {
     const uint32_t *xcol, *xlim;
     uint32_t nx;
 };
-void gta_della_row(const float *xi, const float *b, size_t cols, const uint32_t *lim2, uint32_t *slot,
-                   uint64_t *sort, struct gta_della_row *row);
+/* xi, b: the row as float32, or as stored bfloat16 when raw (gta_in_at). */
+void gta_della_row(const void *xi, const void *b, size_t cols, const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
+                   int raw, struct gta_della_row *row);
 /* The widest instruction set gta_della_row may use: 1 AVX2 (where the CPU has it), 0 none (tests). */
 extern int gta_della_isa_cap;
 /* 0: L1 passes and apply() without the fused AVX-512 loops (tests compare both); 1: where the CPU has
@@ -170,12 +173,30 @@ extern int gta_fused_cap;
  * from *xnext on), its keep bits and L1 lanes; and the consensus merge of a block of n elements at offset
  * off of the chunk (element e; n and e multiples of 16) whose sparse models all have keep bits. */
 void gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row, uint32_t *xnext, uint64_t e,
-                           const float *xi, const float *b, size_t n, size_t j0, uint64_t c0, uint64_t c1,
+                           const void *xi, const void *b, int raw, size_t n, size_t j0, uint64_t c0, uint64_t c1,
                            double *before, double *after);
 void gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
                             const float *coef, float *out);
 /* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
-uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j);
+uint32_t gta_della_rank2(const void *xi, const void *b, size_t cols, size_t j, int raw);
+
+/* Inputs taken raw (gta_state.raw, method.h raw_bf16) are the stored bfloat16 values: element e of input
+ * row p, as an address and as a float32 value. */
+static inline const void *gta_in_at(const float *p, size_t e, int raw)
+{
+    return raw ? (const void *)(ALLOY_RAW_BF16(p) + e) : (const void *)(p + e);
+}
+static inline float gta_in_f32(const void *p, size_t j, int raw)
+{
+    if (!raw) return ((const float *)p)[j];
+    uint32_t u = (uint32_t)((const uint16_t *)p)[j] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+/* Whether this job takes its inputs raw (method.h raw_bf16): the consensus random and della merges whose
+ * every block runs the fused AVX-512 loops, which widen bfloat16 in registers. */
+int gta_raw_bf16(const struct alloy_merge_job *job, void *state);
 
 #define GTA_NEEDS_HIST(sp) ((sp) == GTA_SPARSIFY_MAGNITUDE || (sp) == GTA_SPARSIFY_OUTLIERS)
 #define GTA_ACC_SIZE_FOR(sp) GTA_ACC_SIZE(GTA_NEEDS_HIST(sp) ? GTA_HIST_SLOTS : 0)
@@ -212,6 +233,7 @@ uint32_t gta_della_rank2(const float *xi, const float *b, size_t cols, size_t j)
         .apply = gta_apply,                                                                                        \
         .fini = gta_fini,                                                                                          \
         .pass_sample = gta_pass_sample,                                                                            \
+        .raw_bf16 = gta_raw_bf16,                                                                                  \
     }
 
 #endif

@@ -24,16 +24,26 @@
 #if ALLOY_X86_DISPATCH
 #include <immintrin.h>
 
+/* Sixteen input values from element j of p: float32, or bfloat16 widened (raw). */
+__attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) static ALLOY_INLINE __m512
+load16(const void *p, size_t j, int raw)
+{
+    if (raw)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)((const uint16_t *)p + j))), 16));
+    return _mm512_loadu_ps((const float *)p + j);
+}
+
 /* The L1 pass of a random or della model over a block of n elements (n and the element index e
  * multiples of 64), fused with AVX-512: sixteen elements at a time, the draws (eight hashes), the
  * keep decisions as a mask (della: the limits gathered from the row's bucket table, its exceptions
  * patched; else x < draw_thr), the keep bits straight from the masks, and the eight L1 lanes (element
  * q into lane q % 8, in order; dropped entries add nothing, as +0 does). The same bits as keep_block,
  * bits_store and l1_block. row: NULL for a threshold, else della's row of block [j0, j0 + n). */
-__attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) void
-gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row, uint32_t *xnext, uint64_t e,
-                  const float *xi, const float *b, size_t n, size_t j0, uint64_t c0, uint64_t c1, double *before,
-                  double *after)
+__attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) static ALLOY_INLINE void
+scan_block_body(const struct gta_model *m, const struct gta_della_row *row, uint32_t *xnext, uint64_t e,
+                const void *xi, const void *b, int raw, size_t n, size_t j0, uint64_t c0, uint64_t c1, double *before,
+                double *after)
 {
     const uint64_t rk = m->rng_key;
     const __m512i key = _mm512_set1_epi64((long long)rk), gamma = _mm512_set1_epi64((long long)alloy_rng_gamma(rk));
@@ -69,8 +79,8 @@ gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row
                 k = all ? (__mmask16)0xffff : _mm512_cmplt_epu32_mask(x, thr);
             }
             word |= (uint64_t)k << (o - q);
-            const __m512i d = _mm512_and_si512(
-                _mm512_castps_si512(_mm512_sub_ps(_mm512_loadu_ps(xi + o), _mm512_loadu_ps(b + o))), nosign);
+            const __m512i d =
+                _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(load16(xi, o, raw), load16(b, o, raw))), nosign);
             const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_castsi512_ps(d)));
             const __m512d hi = _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(d, 1)));
             vb = _mm512_add_pd(vb, lo);
@@ -90,25 +100,35 @@ gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row
     _mm512_storeu_pd(after, va);
 }
 
+__attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) void
+gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row, uint32_t *xnext, uint64_t e,
+                      const void *xi, const void *b, int raw, size_t n, size_t j0, uint64_t c0, uint64_t c1,
+                      double *before, double *after)
+{
+    if (raw) scan_block_body(m, row, xnext, e, xi, b, 1, n, j0, c0, c1, before, after);
+    else scan_block_body(m, row, xnext, e, xi, b, 0, n, j0, c0, c1, before, after);
+}
+
 /* The consensus merge of a block of n elements (n and the element index e multiples of 16) whose sparse
  * models all have keep bits, fused with AVX-512: per sixteen elements and model, the weighted delta
  * masked by the keep bits as a mask register, then merge_block's sign election, sums, divisor and
  * output, in the same float operations and order (no FMA), so the same bits. xo, bo, out: the block. */
-__attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) void
-gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
-                   const float *coef, float *out)
+__attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) static ALLOY_INLINE void
+apply_block_body(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n, const float *coef,
+                 int raw, float *out)
 {
     const int nm = s->nm;
-    const float *b = x[s->base] + off;
+    const void *b = gta_in_at(x[s->base], off, raw);
     const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), lambda = _mm512_set1_ps(s->lambda);
     __m512 D[GTA_MAX_MODELS];
     for (size_t o = 0; o < n; o += 16) {
-        const __m512 bv = _mm512_loadu_ps(b + o);
+        const __m512 bv = load16(b, o, raw);
         const uint64_t at = e + o;
         __m512 sum = zero;
         for (int j = 0; j < nm; j++) {
             const struct gta_model *m = &s->m[j];
-            __m512 v = _mm512_mul_ps(_mm512_set1_ps(coef[j]), _mm512_sub_ps(_mm512_loadu_ps(x[m->input] + off + o), bv));
+            __m512 v = _mm512_mul_ps(_mm512_set1_ps(coef[j]),
+                                     _mm512_sub_ps(load16(gta_in_at(x[m->input], off, raw), o, raw), bv));
             if (m->sparse) {
                 uint64_t word = atomic_load_explicit(&m->keep_bits[at >> 6], memory_order_relaxed);
                 v = _mm512_maskz_mov_ps((__mmask16)(word >> (at & 63)), v);
@@ -128,5 +148,13 @@ gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t 
             num = _mm512_div_ps(num, _mm512_mask_mov_ps(z, _mm512_cmp_ps_mask(z, zero, _CMP_EQ_OQ), one));
         _mm512_storeu_ps(out + o, _mm512_add_ps(bv, _mm512_mul_ps(lambda, num)));
     }
+}
+
+__attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) void
+gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
+                       const float *coef, float *out)
+{
+    if (s->raw) apply_block_body(s, x, off, e, n, coef, 1, out);
+    else apply_block_body(s, x, off, e, n, coef, 0, out);
 }
 #endif
