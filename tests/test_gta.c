@@ -16,92 +16,11 @@
 #include "alloy.h"
 #include "merge/method.h"
 #include "methods/gta.h"
+#include "gta_case.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define MAXM 24
-
-static uint64_t g_rs = 88172645463325252ull;
-static double urand(void) /* xorshift64*: the tests' own generator */
-{
-    g_rs ^= g_rs >> 12;
-    g_rs ^= g_rs << 25;
-    g_rs ^= g_rs >> 27;
-    return (double)((g_rs * 2685821657736338717ull) >> 11) * 0x1p-53;
-}
-
-/* A value in [-span, span] on the 1/64 grid. */
-static float grid(int span) { return (float)((int)(urand() * (2 * span + 1)) - span) / 64.0f; }
-
-struct gcase {
-    const char *method;
-    int n, base;
-    int ndim;
-    uint64_t rows, cols;
-    double w[MAXM], density[MAXM], extra[MAXM]; /* NAN: method default */
-    double normalize, rescale, lambda;          /* NAN: method default */
-    uint64_t seed;
-};
-
-static void gcase_init(struct gcase *k, const char *method, int n, int base, uint64_t rows, uint64_t cols)
-{
-    memset(k, 0, sizeof *k);
-    k->method = method;
-    k->n = n;
-    k->base = base;
-    k->ndim = rows == 1 ? 1 : 2;
-    k->rows = rows;
-    k->cols = cols;
-    for (int i = 0; i < MAXM; i++) k->w[i] = k->density[i] = k->extra[i] = NAN;
-    k->normalize = k->rescale = k->lambda = NAN;
-    k->seed = 7;
-}
-
-/* run_case with the inputs as bfloat16 values (in16: the method may take them raw) instead of float32. */
-static int run_case_in(const struct gcase *k, const float *const *in, const uint16_t *const *in16, float *out,
-                       int threads, uint64_t chunk, struct alloy_err *err)
-{
-    const struct alloy_method *m = alloy_method_find(k->method);
-    if (!m) return -1;
-    int np = m->nparams;
-    double gp[16], tp[MAXM * 16];
-    static const char *models[MAXM] = {"m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11",
-                                       "m12", "m13", "m14", "m15", "m16", "m17", "m18", "m19", "m20", "m21", "m22", "m23"};
-    for (int p = 0; p < np; p++) {
-        const char *nm = m->params[p].name;
-        double v = m->params[p].def;
-        if (!strcmp(nm, "normalize") && !isnan(k->normalize)) v = k->normalize;
-        if (!strcmp(nm, "rescale") && !isnan(k->rescale)) v = k->rescale;
-        if (!strcmp(nm, "lambda") && !isnan(k->lambda)) v = k->lambda;
-        gp[p] = v;
-        for (int i = 0; i < k->n; i++) {
-            double t = m->params[p].def;
-            if (!strcmp(nm, "weight")) t = k->w[i];
-            if (!strcmp(nm, "density") && !isnan(k->density[i])) t = k->density[i];
-            if ((!strcmp(nm, "gamma") || !strcmp(nm, "epsilon")) && !isnan(k->extra[i])) t = k->extra[i];
-            tp[i * np + p] = t;
-        }
-    }
-    int64_t shape[2] = {(int64_t)k->rows, (int64_t)k->cols};
-    if (k->ndim == 1) shape[0] = (int64_t)(k->rows * k->cols);
-    struct alloy_merge_job job = {.name = "model.layers.0.mlp.up_proj.weight", .config_path = "test.yml",
-                                  .ndim = k->ndim, .shape = shape, .numel = k->rows * k->cols, .rows = k->rows,
-                                  .cols = k->cols, .n = k->n, .base = k->base, .models = models, .gp = gp,
-                                  .tp = tp, .seed = k->seed};
-    struct alloy_pool *pool = threads > 0 ? alloy_pool_new(threads) : NULL; /* 0: this thread */
-    int rc = in16 ? alloy_method_run_memory_bf16(m, &job, in16, out, pool, chunk, err)
-                  : alloy_method_run_memory(m, &job, in, out, pool, chunk, err);
-    alloy_pool_free(pool);
-    return rc;
-}
-
-static int run_case(const struct gcase *k, const float *const *in, float *out, int threads, uint64_t chunk,
-                    struct alloy_err *err)
-{
-    return run_case_in(k, in, NULL, out, threads, chunk, err);
-}
 
 /* ---------------------------------------------------------------- naive reference */
 
@@ -234,24 +153,6 @@ static void expect_case(const struct gcase *k, const float *const *in, const dou
     static const int threads[] = {1, 3, 0, 2};
     expect_runs(k, in, ref, tol, line, chunks, threads, 4);
 }
-
-static float **make_inputs(int n, size_t N, int span)
-{
-    float **in = malloc((size_t)n * sizeof *in);
-    for (int i = 0; i < n; i++) {
-        in[i] = malloc(N * sizeof(float));
-        for (size_t e = 0; e < N; e++) in[i][e] = grid(span);
-    }
-    return in;
-}
-
-static void free_inputs(float **in, int n)
-{
-    for (int i = 0; i < n; i++) free(in[i]);
-    free(in);
-}
-
-/* ---------------------------------------------------------------- registry and parameters */
 
 static const struct alloy_param_spec *param(const struct alloy_method *m, const char *name)
 {
@@ -987,88 +888,4 @@ TEST(della_column_vector_and_1d)
     CHECK_NEAR(kept / N, 0.3, 4 * sqrt(0.21 / N));
     free(out);
     free_inputs(in, 2);
-}
-
-/* ------------------------------------------------------------ the fused AVX-512 loops */
-
-static float bf16_round(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u = (u + 0x7fffu + ((u >> 16) & 1)) & 0xffff0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* gta.c's fused L1-pass and apply loops (AVX-512, where the CPU has it) give the same bits as the
- * portable block loops: random and della methods, with and without consensus, rows that are and are
- * not multiples of the fused block, several chunkings and thread counts, a model at full density (not
- * sparse) and one at zero (no keep bits: its apply path is not fused), bfloat16-like and float32 data.
- * bfloat16 data also runs as stored values (alloy_method_run_memory_bf16: taken raw where gta_raw_bf16
- * allows, the off-path blocks widened in gta.c), again with the same bits. */
-TEST(gta_fused_loops_match_block_loops)
-{
-    static const char *methods[] = {"dare_ties", "dare_linear", "della", "della_linear"};
-    static const struct { uint64_t rows, cols; } shapes[] = {{64, 256}, {6, 2048}, {9, 200}, {40, 96}, {1, 3000}};
-    static const uint64_t chunks[] = {0, 640, 4096 + 16};
-    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
-        const size_t R = shapes[sh].rows, C = shapes[sh].cols, N = R * C;
-        for (int bf = 0; bf < 2; bf++) {
-            float **in = malloc(4 * sizeof *in);
-            for (int i = 0; i < 4; i++) in[i] = malloc(N * sizeof(float));
-            for (size_t e = 0; e < N; e++) {
-                float base = (float)(urand() - 0.5) * 0.05f;
-                in[0][e] = bf ? bf16_round(base) : base;
-                for (int i = 1; i < 4; i++) {
-                    float v = base + (float)(urand() - 0.5) * 0.002f;
-                    in[i][e] = bf ? bf16_round(v) : v;
-                }
-            }
-            float *want = malloc(N * sizeof *want), *got = malloc(N * sizeof *got);
-            uint16_t *in16[4];
-            for (int i = 0; i < 4; i++) {
-                in16[i] = malloc(N * sizeof *in16[i]);
-                for (size_t e = 0; e < N; e++) {
-                    uint32_t u;
-                    memcpy(&u, &in[i][e], 4);
-                    in16[i][e] = (uint16_t)(u >> 16);
-                }
-            }
-            for (size_t mi = 0; mi < sizeof methods / sizeof methods[0]; mi++)
-                for (int variant = 0; variant < 2; variant++) {
-                    struct gcase k;
-                    gcase_init(&k, methods[mi], 4, 0, R, C);
-                    k.w[1] = 0.5; k.w[2] = 0.7; k.w[3] = 0.3;
-                    k.density[1] = 0.5; k.density[2] = 0.3; k.density[3] = variant ? 0.0 : 1.0;
-                    if (!strncmp(methods[mi], "della", 5)) k.extra[1] = k.extra[2] = k.extra[3] = 0.1;
-                    k.seed = 11 + (uint64_t)variant;
-                    for (size_t ci = 0; ci < sizeof chunks / sizeof chunks[0]; ci++) {
-                        struct alloy_err err = {0};
-                        gta_fused_cap = 0;
-                        int rc0 = run_case(&k, (const float *const *)in, want, 1, chunks[ci], &err);
-                        gta_fused_cap = 1;
-                        int rc1 = run_case(&k, (const float *const *)in, got, 2, chunks[ci], &err);
-                        CHECK_INT(rc0, ALLOY_OK);
-                        CHECK_INT(rc1, ALLOY_OK);
-                        size_t bad = 0;
-                        for (size_t e = 0; e < N; e++) bad += memcmp(&want[e], &got[e], 4) != 0;
-                        CHECK_MSG(bad == 0, "%s %zux%zu %s variant %d chunk %llu: %zu of %zu outputs differ",
-                                  methods[mi], R, C, bf ? "bf16" : "f32", variant, (unsigned long long)chunks[ci],
-                                  bad, N);
-                        if (!bf) continue;
-                        CHECK_INT(run_case_in(&k, NULL, (const uint16_t *const *)in16, got, 2, chunks[ci], &err),
-                                  ALLOY_OK);
-                        bad = 0;
-                        for (size_t e = 0; e < N; e++) bad += memcmp(&want[e], &got[e], 4) != 0;
-                        CHECK_MSG(bad == 0, "%s %zux%zu raw bf16 variant %d chunk %llu: %zu of %zu outputs differ",
-                                  methods[mi], R, C, variant, (unsigned long long)chunks[ci], bad, N);
-                    }
-                }
-            free(want);
-            free(got);
-            for (int i = 0; i < 4; i++) free(in16[i]);
-            free_inputs(in, 4);
-        }
-    }
-    gta_fused_cap = 1;
 }
