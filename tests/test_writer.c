@@ -47,11 +47,36 @@ static void *submitter(void *arg)
     return NULL;
 }
 
+/* A fresh file <tmp>/name (path: its name, 4096 bytes) and its writer; *fd: the descriptor. */
+static struct alloy_writer *file_writer(const char *name, unsigned flags, char *path, int *fd)
+{
+    snprintf(path, 4096, "%s/%s", test_tmpdir(), name);
+    *fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(*fd >= 0);
+    struct alloy_err err = {0};
+    struct alloy_writer *w = alloy_writer_new(*fd, path, flags, &err);
+    CHECK_MSG(w != NULL, "%s: %s", name, err.msg);
+    return w;
+}
+
+/* Flushes and frees w, checks that the file holds the n bytes of data, and removes it. */
+static void finish_and_check(struct alloy_writer *w, int fd, const char *path, const uint8_t *data, size_t n,
+                             const char *what)
+{
+    struct alloy_err err = {0};
+    CHECK_INT(alloy_writer_flush(w, &err), ALLOY_OK);
+    alloy_writer_free(w);
+    uint8_t *back = malloc(n);
+    CHECK((size_t)pread(fd, back, n, 0) == n);
+    CHECK_MSG(!memcmp(back, data, n), "%s: the file differs from the bytes submitted", what);
+    free(back);
+    close(fd);
+    unlink(path);
+}
+
 /* Writes NCHUNK chunks with NTHREAD threads; chunk sizes up to max_chunk bytes; checks the file. */
 static void run_writers(size_t max_chunk, unsigned flags, const char *name)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", test_tmpdir(), name);
     uint64_t off[NCHUNK + 1];
     uint64_t seed = 12345;
     off[0] = 0;
@@ -60,13 +85,11 @@ static void run_writers(size_t max_chunk, unsigned flags, const char *name)
         off[c + 1] = off[c] + 1 + (seed >> 33) % max_chunk;
     }
     size_t total = (size_t)off[NCHUNK];
-    uint8_t *data = malloc(total), *back = malloc(total);
+    uint8_t *data = malloc(total);
     for (size_t i = 0; i < total; i++) data[i] = (uint8_t)(i * 131 + (i >> 9));
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    CHECK(fd >= 0);
-    struct alloy_err err = {0};
-    struct alloy_writer *w = alloy_writer_new(fd, path, flags, &err);
-    CHECK_MSG(w != NULL, "%s", err.msg);
+    char path[4096];
+    int fd;
+    struct alloy_writer *w = file_writer(name, flags, path, &fd);
     pthread_t th[NTHREAD];
     struct job jobs[NTHREAD];
     for (int t = 0; t < NTHREAD; t++) {
@@ -77,14 +100,8 @@ static void run_writers(size_t max_chunk, unsigned flags, const char *name)
         pthread_join(th[t], NULL);
         CHECK_INT(jobs[t].fails, 0);
     }
-    CHECK_INT(alloy_writer_flush(w, &err), ALLOY_OK);
-    alloy_writer_free(w);
-    CHECK((size_t)pread(fd, back, total, 0) == total);
-    CHECK_MSG(!memcmp(back, data, total), "%s: the file differs from the chunks submitted", name);
-    close(fd);
-    unlink(path);
+    finish_and_check(w, fd, path, data, total, name);
     free(data);
-    free(back);
 }
 
 TEST(writer_threads_write_every_chunk_once)
@@ -100,50 +117,36 @@ TEST(writer_threads_write_every_chunk_once)
  * ones, so each segment holds up to NSPAN separate spans and then overflows them. */
 TEST(writer_many_pieces_per_segment)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/writer-pieces", test_tmpdir());
     const size_t n = 3 * ALLOY_WRITE_SEGMENT + 12345, piece = 4096 + 7;
-    uint8_t *data = malloc(n), *back = malloc(n);
+    uint8_t *data = malloc(n);
     for (size_t i = 0; i < n; i++) data[i] = (uint8_t)(i * 7 + (i >> 12));
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    CHECK(fd >= 0);
+    char path[4096];
+    int fd;
+    struct alloy_writer *w = file_writer("writer-pieces", ALLOY_WRITER_DIRECT, path, &fd);
     struct alloy_err err = {0};
-    struct alloy_writer *w = alloy_writer_new(fd, path, ALLOY_WRITER_DIRECT, &err);
-    CHECK(w != NULL);
     for (int parity = 0; parity < 2; parity++)
         for (size_t off = (size_t)parity * piece; off < n; off += 2 * piece) {
             size_t len = n - off < piece ? n - off : piece;
             CHECK_INT(alloy_writer_submit(w, data + off, len, off, &err), ALLOY_OK);
         }
-    CHECK_INT(alloy_writer_flush(w, &err), ALLOY_OK);
-    alloy_writer_free(w);
-    CHECK((size_t)pread(fd, back, n, 0) == n);
-    CHECK_MSG(!memcmp(back, data, n), "the file differs from the pieces submitted");
-    close(fd);
-    unlink(path);
+    finish_and_check(w, fd, path, data, n, "writer-pieces");
     free(data);
-    free(back);
 }
 
 /* Whole segments written with O_DIRECT leave no page in the page cache (where the file system takes
  * O_DIRECT: tmpfs, for one, may not). */
 TEST(writer_direct_segments_skip_the_page_cache)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/writer-direct", test_tmpdir());
     const size_t seg = ALLOY_WRITE_SEGMENT, n = 4 * seg;
     uint8_t *data = malloc(n);
     for (size_t i = 0; i < n; i++) data[i] = (uint8_t)(i * 13 + 1);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    CHECK(fd >= 0);
+    char path[4096];
+    int fd;
+    struct alloy_writer *w = file_writer("writer-direct", ALLOY_WRITER_DIRECT, path, &fd);
     struct alloy_err err = {0};
-    struct alloy_writer *w = alloy_writer_new(fd, path, ALLOY_WRITER_DIRECT, &err);
-    CHECK(w != NULL);
     for (size_t off = 0; off < n; off += 65536) CHECK_INT(alloy_writer_submit(w, data + off, 65536, off, &err), ALLOY_OK);
     CHECK_INT(alloy_writer_flush(w, &err), ALLOY_OK);
-    int direct = alloy_writer_direct(w);
-    alloy_writer_free(w);
-    if (direct) {
+    if (alloy_writer_direct(w)) {
         long page = sysconf(_SC_PAGESIZE);
         void *map = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
         CHECK(map != MAP_FAILED);
@@ -156,13 +159,8 @@ TEST(writer_direct_segments_skip_the_page_cache)
         free(vec);
         munmap(map, n);
     }
-    uint8_t *back = malloc(n);
-    CHECK((size_t)pread(fd, back, n, 0) == n);
-    CHECK(!memcmp(back, data, n));
-    close(fd);
-    unlink(path);
+    finish_and_check(w, fd, path, data, n, "writer-direct");
     free(data);
-    free(back);
 }
 
 TEST(writer_reports_the_first_error)
