@@ -13,14 +13,14 @@
  *   tensors go through the shard's writer (writer.h: staged in aligned
  *   segments, each written whole by the writer's I/O thread with O_DIRECT
  *   where the file system allows); tensors are merged chunk by chunk on the
- *   thread pool, each chunk converted to the output dtype in place and
- *   submitted at its final offset, so no tensor is ever held whole in
- *   memory. Inputs are read with pread straight into the chunk buffers
- *   (widened to float32 there, or left as stored for a method that takes
- *   bfloat16 inputs raw: method.h raw_bf16), so no input page is mapped
- *   into the process (the mapping is only touched
- *   for F64 inputs, embedding blocks and copied tensors, whose pages are
- *   dropped with madvise DONTNEED after each chunk and tensor).
+ *   thread pool, each chunk converted to the output dtype straight into the
+ *   writer's segment at its final offset (fill_out), so no tensor is ever
+ *   held whole in memory. Inputs are read with pread straight into the
+ *   chunk buffers (widened to float32 there, or left as stored for a method
+ *   that takes bfloat16 inputs raw: method.h raw_bf16), so no input page is
+ *   mapped into the process (the mapping is only touched for F64 inputs,
+ *   embedding blocks and copied tensors, whose pages are dropped with
+ *   madvise DONTNEED after each chunk and tensor).
  *
  *   Memory bound: threads x (inputs + 1) x chunk x 4 bytes of scratch (2
  *   threads, 3 models: 8 MiB), kept by the pool across tensors, plus the

@@ -43,15 +43,15 @@
  *   baseline instruction set and for AVX2, the draws also for AVX-512;
  *   gta_init picks by the CPU. With AVX-512 the L1 pass of a random or
  *   della model and the consensus apply() of models with keep bits run as
- *   one fused loop per sixteen elements (gta_avx512.c): keep decisions stay in mask registers, no
- *   per-block arrays are written and read back (della-3: 0.81 -> 0.71 s,
- *   dare_ties-3: 0.60 -> 0.43 s). Those merges then also take bfloat16
- *   models' values as stored (gta_raw_bf16): the fused loops and della's
- *   key loop widen them in registers, blocks off the fused path are
- *   widened here, and no chunk is converted to float32 first (della-3
- *   0.69 -> 0.62 s). The operations and their order are the
- *   same in every version (no FMA), so the bits are (tests/test_gta.c
- *   compares the fused and the block loops).
+ *   one fused loop per sixteen elements (gta_avx512.c): keep decisions
+ *   stay in mask registers, no per-block arrays are written and read back
+ *   (della-3: 0.81 -> 0.71 s, dare_ties-3: 0.60 -> 0.43 s). Those merges
+ *   then also take bfloat16 models' values as stored (gta_raw_bf16): the
+ *   fused loops and della's key loop widen them in registers, blocks off
+ *   the fused path are widened here (in_block), and no chunk is converted
+ *   to float32 first (della-3 0.69 -> 0.62 s). The operations and their
+ *   order are the same in every version (no FMA), so the bits are
+ *   (tests/test_gta_avx512.c compares the fused and the block loops).
  *
  *   Arithmetic: deltas and masked deltas in float32; the L1 sums in double
  *   (eight lanes, element q of a block into lane q % 8, folded in a fixed
@@ -283,7 +283,7 @@ int gta_raw_bf16(const struct alloy_merge_job *job, void *state)
              (s->kind->sparsify == GTA_SPARSIFY_RANDOM || s->kind->sparsify == GTA_SPARSIFY_DELLA);
     /* apply() reads no input but through the fused loop or a widened block: no row ranked again */
     ok = ok && s->nm > 0; /* no task vector: apply() copies the base as float32 */
-    for (int j = 0; j < s->nm && ok; j++) ok = !s->m[j].sparse || (s->m[j].keep_bits && !s->m[j].zero);
+    for (int j = 0; j < s->nm && ok; j++) ok = !s->m[j].sparse || s->m[j].keep_bits; /* (none when zero) */
     s->raw = ok;
     return ok;
 }
@@ -440,6 +440,15 @@ static gta_draw_fn pick_draw(void)
     return draw_generic;
 }
 
+
+/* Elements [e, e + n) of input p (n <= GTA_BLK) as float32: in place, or widened into tmp when the inputs
+ * are raw bfloat16 (a block off the fused path). */
+static ALLOY_INLINE const float *in_block(const float *p, size_t e, size_t n, int raw, float *tmp)
+{
+    if (!raw) return p + e;
+    alloy_to_f32(ALLOY_DTYPE_BF16, gta_in_at(p, e, 1), tmp, n);
+    return tmp;
+}
 
 /* Deltas of one block: d[q] = xi[q] - b[q]. */
 static ALLOY_INLINE void block_delta(const float *restrict xi, const float *restrict b, size_t n, float *restrict d)
@@ -628,8 +637,6 @@ static ALLOY_INLINE void bits_load(_Atomic uint64_t *map, uint64_t e, size_t n, 
 
 /* ---------------------------------------------------------------- scan passes */
 
-
-
 #define GTA_L1_LANES 8
 
 /* L1 sums of one block: lane[q % 8] += |d[q]| (before) and the same for kept entries (after; a
@@ -740,14 +747,8 @@ static ALLOY_INLINE void scan_body(const struct alloy_merge_job *job, const stru
                     continue;
                 }
 #endif
-                if (raw) { /* a block off the fused path: widened here */
-                    float tx[GTA_BLK], tb[GTA_BLK];
-                    alloy_to_f32(ALLOY_DTYPE_BF16, gta_in_at(xi, e, 1), tx, n);
-                    alloy_to_f32(ALLOY_DTYPE_BF16, gta_in_at(b, e, 1), tb, n);
-                    block_delta(tx, tb, n, d);
-                } else {
-                    block_delta(xi + e, b + e, n, d);
-                }
+                float tx[GTA_BLK], tb[GTA_BLK];
+                block_delta(in_block(xi, e, n, raw, tx), in_block(b, e, n, raw, tb), n, d);
                 keep_block(s, m, &cur, c->e0 + e, d, n, j0, gta_in_at(xi, r0, raw), gta_in_at(b, r0, raw), cols, keep);
                 if (m->keep_bits) bits_store(m->keep_bits, c->e0 + e, keep, n, c->e0, c->e1);
                 l1_block(d, keep, n, before, after);
@@ -850,7 +851,6 @@ static ALLOY_INLINE void merge_block(const struct gta_state *s, int nm, float (*
     for (size_t q = 0; q < n; q++) out[q] = b[q] + lambda * num[q];
 }
 
-
 /* The apply() loop, compiled twice below (with the block helpers inlined into it): for the baseline
  * instruction set and for AVX2 (twice the lanes; no FMA, and the same operations in the same order,
  * so the same bits). */
@@ -879,8 +879,7 @@ static ALLOY_INLINE void apply_body(const struct alloy_merge_job *job, const str
     float D[GTA_MAX_MODELS][GTA_BLK];
 #if ALLOY_X86_DISPATCH
     /* the fused loop: consensus, every sparse model with keep bits, blocks on 16-element boundaries */
-    int fused = s->fused && s->kind->consensus && !redraw;
-    for (int j = 0; j < nm && fused; j++) fused = !s->m[j].sparse || !s->m[j].zero;
+    const int fused = s->fused && s->kind->consensus && !redraw;
 #endif
     for (size_t r0 = 0; r0 < len; r0 += cols) {
         for (int j = 0; j < nm; j++)
@@ -894,24 +893,14 @@ static ALLOY_INLINE void apply_body(const struct alloy_merge_job *job, const str
                 continue;
             }
 #endif
-            float tb[GTA_BLK]; /* raw inputs off the fused path: the block widened here */
-            const float *bb = b + e;
-            if (s->raw) {
-                alloy_to_f32(ALLOY_DTYPE_BF16, gta_in_at(b, e, 1), tb, n);
-                bb = tb;
-            }
+            float tx[GTA_BLK], tb[GTA_BLK];
+            const float *bb = in_block(b, e, n, s->raw, tb); /* widened once for every model */
             for (int j = 0; j < nm; j++) {
                 const struct gta_model *m = &s->m[j];
                 const float *xi = x[m->input];
                 float *Dj = D[j];
                 const float cj = coef[j];
-                if (s->raw) {
-                    float tx[GTA_BLK];
-                    alloy_to_f32(ALLOY_DTYPE_BF16, gta_in_at(xi, e, 1), tx, n);
-                    block_delta(tx, bb, n, Dj);
-                } else {
-                    block_delta(xi + e, b + e, n, Dj);
-                }
+                block_delta(in_block(xi, e, n, s->raw, tx), bb, n, Dj);
                 if (!m->sparse) {
                     for (size_t q = 0; q < n; q++) Dj[q] *= cj;
                     continue;
