@@ -26,9 +26,10 @@
  *   the key loop lists the exceptions as it goes (a compress of their
  *   columns), their sort counts each one's place with vector compares, and
  *   the nonempty buckets are listed by compress (della-3: row work 1.4e9 ->
- *   0.9e9 cycles; AVX2 and portable versions of each step remain). Rows with over cols / 8 exceptions
- *   (float32 inputs), a span of over 2 cols + 256 buckets, or 2^17 columns
- *   or more, are sorted whole (stable LSD radix over the bits in which the
+ *   0.9e9 cycles; AVX2 and portable versions of each step remain). Rows
+ *   may come as stored bfloat16 (raw, gta_in_at). Rows with over cols / 8
+ *   exceptions (float32 inputs), a span of over 2 cols + 256 buckets, or
+ *   2^17 columns or more, are sorted whole (stable LSD radix over the bits in which the
  *   keys differ) and get one limit per element.
  *
  *   Limits come from the caller's table lim2, indexed by s = first + last - 1
@@ -256,10 +257,7 @@ list_nonempty_avx512(const uint16_t *ca, const uint16_t *cb, uint32_t hlo, uint3
     return h <= hmax ? list_nonempty(ca, cb, h, hmax, list, nl) : nl;
 }
 
-/* The key loop of della_row_body with AVX-512, sixteen columns at a time: the bucket ids, the largest
- * key and the smallest key >= 2^16 less 2^16 (as that loop computes them), and the exceptions' columns,
- * compressed into xc in column order (each store of sixteen stays below column j + 16 <= cols).
- * Returns the number of exceptions. */
+/* Sixteen input values from element j of p: float32, or bfloat16 widened (raw). */
 __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static ALLOY_INLINE __m512
 load16_avx512(const void *p, size_t j, int raw)
 {
@@ -269,6 +267,10 @@ load16_avx512(const void *p, size_t j, int raw)
     return _mm512_loadu_ps((const float *)p + j);
 }
 
+/* The key loop of della_row_body with AVX-512, sixteen columns at a time: the bucket ids, the largest
+ * key and the smallest key >= 2^16 less 2^16 (as keys_scalar computes them), and the exceptions'
+ * columns, compressed into xc in column order (each store of sixteen stays below column j + 16 <= cols).
+ * Returns the number of exceptions. */
 __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static ALLOY_INLINE uint32_t
 keys_avx512_body(const void *xi, const void *b, size_t cols, int raw, uint16_t *hk, uint32_t *xc, int32_t *kmax_out,
                  int32_t *kmin_out)

@@ -57,7 +57,8 @@ scan_block_body(const struct gta_model *m, const struct gta_della_row *row, uint
     for (size_t q = 0; q < n; q += 64) {
         uint64_t word = 0;
         for (size_t o = q; o < q + 64; o += 16) {
-            /* 32 random bits per element: the low (even element) and high (odd) halves of the pair's hash */
+            /* alloy_rng_u64 on eight pairs (core/internal.h: the same Weyl step and finalizer); 32 random
+               bits per element, the low (even element) and high (odd) halves of the pair's hash */
             __m512i z = _mm512_add_epi64(key, _mm512_mullo_epi64(ctr, gamma));
             z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), c1m);
             z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), c2m);
@@ -112,7 +113,8 @@ gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row
 /* The consensus merge of a block of n elements (n and the element index e multiples of 16) whose sparse
  * models all have keep bits, fused with AVX-512: per sixteen elements and model, the weighted delta
  * masked by the keep bits as a mask register, then merge_block's sign election, sums, divisor and
- * output, in the same float operations and order (no FMA), so the same bits. xo, bo, out: the block. */
+ * output, in the same float operations and order (no FMA), so the same bits. The block starts at offset
+ * off of the chunk's inputs x (element e of the tensor); out: its n outputs. */
 __attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) static ALLOY_INLINE void
 apply_block_body(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n, const float *coef,
                  int raw, float *out)
