@@ -12,7 +12,7 @@
  *   so nothing per element is written and read back. The operations, their
  *   order and their rounding are gta.c's (no FMA; the L1 lanes take element
  *   q into lane q % 8 in order; a dropped entry adds nothing, as +0 does
- *   there), so the bits are the same; tests/test_gta.c compares the two.
+ *   there), so the bits are the same; tests/test_gta_avx512.c compares the two.
  *   gta_init enables them where the CPU has AVX-512 (F, DQ, VL, BW) and
  *   gta_fused_cap allows it; gta.c calls them for blocks on 64-element
  *   (scan) or 16-element (apply) boundaries.
