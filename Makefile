@@ -15,14 +15,16 @@ CC      ?= cc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 WARN     = -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers
-BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
-BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 ARCH    := $(shell uname -m)
 ifeq ($(ARCH),x86_64)
   ARCHDEF = -DALLOY_HAVE_AVX2
 endif
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(ARCHDEF) $(WARN) -Iinclude -Isrc $(BLAS_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
-LIBS    = -lyaml -ljansson $(BLAS_LIBS) -lpthread -lm
+# WERROR=1 (CI) turns every warning into an error.
+ifeq ($(WERROR),1)
+  WARN += -Werror
+endif
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(ARCHDEF) $(WARN) -Iinclude -Isrc $(DEP_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
+LIBS    = $(DEP_LIBS) -lpthread -lm
 
 LIB_SRC  := $(shell find src -name '*.c' | sort)
 CLI_SRC  := $(wildcard cli/*.c)
@@ -30,17 +32,17 @@ TEST_SRC := $(wildcard tests/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
-DEPS_STAMP := $(BUILD)/.deps-ok
+DEPS_STAMP := $(BUILD)/config.mk
 
 .PHONY: all deps demo check test asan tsan fuzz bench install clean lint
 
 all: $(BUILD)/alloy $(BUILD)/alloy_tests
 
-# Install missing Debian packages (libyaml-dev, libjansson-dev, libopenblas-dev) once.
+# Link-test the libraries, install the missing Debian packages once, and record their flags
+# (scripts/deps.sh writes $(BUILD)/config.mk; make re-reads it).
 $(DEPS_STAMP): scripts/deps.sh
-	@mkdir -p $(BUILD)
-	@sh scripts/deps.sh
-	@touch $@
+	@CC="$(CC)" sh scripts/deps.sh $(BUILD)
+-include $(DEPS_STAMP)
 
 deps: $(DEPS_STAMP)
 

@@ -11,7 +11,7 @@
  *   (a crash ends the process with the target's signal, as in the fuzzer).
  *   Build (see fuzz/run.sh replay):
  *     cc -Iinclude -Isrc fuzz/fuzz_main.c fuzz/fuzz_safetensors.c build/liballoy.a \
- *        -lyaml -ljansson -lopenblas -lpthread -lm -o replay
+ *        $(DEP_LIBS from build/config.mk) -lpthread -lm -o replay
  */
 #include <dirent.h>
 #include <stdint.h>

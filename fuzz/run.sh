@@ -22,12 +22,14 @@ cd "$(dirname "$0")/.."
 
 B=build-fuzz
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-BLAS_CFLAGS=$(pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
-BLAS_LIBS=$(pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
-LIBS="-lyaml -ljansson $BLAS_LIBS -lpthread -lm"
+# the library flags scripts/deps.sh found (it link-tests each, installing what is missing)
+sh scripts/deps.sh build >/dev/null || exit 1
+DEP_CFLAGS=$(sed -n 's/^DEP_CFLAGS = //p' build/config.mk)
+DEP_LIBS=$(sed -n 's/^DEP_LIBS = //p' build/config.mk)
+LIBS="$DEP_LIBS -lpthread -lm"
 ARCHDEF=""
 [ "$(uname -m)" = x86_64 ] && ARCHDEF=-DALLOY_HAVE_AVX2
-TFLAGS="-std=c11 -D_GNU_SOURCE $ARCHDEF -g -O1 -Iinclude -Isrc $BLAS_CFLAGS"
+TFLAGS="-std=c11 -D_GNU_SOURCE $ARCHDEF -g -O1 -Iinclude -Isrc $DEP_CFLAGS"
 
 all_targets() {
   for f in fuzz/fuzz_*.c; do

@@ -146,8 +146,10 @@ int alloy_eval_ids(const struct alloy_llama *m, const int32_t *ids, size_t n, co
         }
     }
 
+#ifdef ALLOY_HAVE_OPENBLAS /* windows run in parallel on the pool: one BLAS thread each */
     int saved_blas = openblas_get_num_threads();
     openblas_set_num_threads(1);
+#endif
     double t0 = now_s();
     size_t chunk = parallel ? (size_t)nthreads * 2 : 1;
     for (size_t it = 0; it < nitems; it += chunk) {
@@ -167,7 +169,9 @@ int alloy_eval_ids(const struct alloy_llama *m, const int32_t *ids, size_t n, co
         }
     }
     r->seconds = now_s() - t0;
+#ifdef ALLOY_HAVE_OPENBLAS
     openblas_set_num_threads(saved_blas);
+#endif
     if (rc == ALLOY_OK) {
         double total = 0;
         for (size_t w = 0; w < nwin; w++) total += job.wnll[w];
