@@ -203,6 +203,21 @@ int  alloy_cpu_count(void);
  * Call it from the thread that calls alloy_pool_for, not from workers. */
 void *alloy_pool_scratch(struct alloy_pool *p, int ith, size_t bytes);
 
+/* ---------------------------------------------------------------- configs */
+
+/*
+ * A merge config: mergekit's YAML schema (docs/config.md). Parsed once, it can
+ * run any number of merges. alloy_config_parse reads YAML text (len bytes,
+ * need not be NUL-terminated); `path` names it in messages
+ * ("<path>:<line>:<col>: <key>: <what was expected>").
+ */
+struct alloy_config;
+
+int  alloy_config_parse(const char *text, size_t len, const char *path, struct alloy_config **out,
+                        struct alloy_err *err);
+int  alloy_config_load(const char *path, struct alloy_config **out, struct alloy_err *err);
+void alloy_config_free(struct alloy_config *c);
+
 /* ---------------------------------------------------------------- merge */
 
 struct alloy_progress {
@@ -212,8 +227,14 @@ struct alloy_progress {
 typedef void (*alloy_progress_fn)(void *user, const struct alloy_progress *p);
 
 struct alloy_merge_options {
-    const char *config_path;   /* mergekit YAML */
+    /* The config: the first set of config, config_text, config_path is used. */
+    const struct alloy_config *config; /* parsed or built (alloy_config_*) */
+    const char *config_text;   /* mergekit YAML text (NUL-terminated); config_path, if set, labels messages */
+    const char *config_path;   /* mergekit YAML file */
+    /* The output: a model folder, or (out_model non-NULL) a model held in memory. */
     const char *out_dir;       /* output model folder */
+    struct alloy_model **out_model; /* receives the merged model, owned by the caller (alloy_model_close);
+                                       its alloy_model_dir() is the folder its tokenizer files come from */
     int         threads;       /* <= 0: all cores */
     uint64_t    shard_size;    /* max bytes per output shard; 0: default 5e9 */
     int         dry_run;       /* print the plan to plan_out, write nothing */

@@ -99,12 +99,7 @@ struct alloy_config {
 #define ALLOY_CONFIG_MAX_NODES  ((size_t)1 << 18)  /* YAML values and aliases in the text */
 #define ALLOY_CONFIG_MAX_EXPAND ((size_t)1 << 22)  /* values visited after alias expansion */
 
-/* Parses YAML text (len bytes, need not be NUL-terminated). `path` names the
- * file in messages: "<path>:<line>:<col>: <key>: <what was expected>". */
-int  alloy_config_parse(const char *text, size_t len, const char *path, struct alloy_config **out,
-                        struct alloy_err *err);
-int  alloy_config_load(const char *path, struct alloy_config **out, struct alloy_err *err);
-void alloy_config_free(struct alloy_config *c);
+/* alloy_config_parse, alloy_config_load and alloy_config_free are public (alloy.h). */
 
 /* Frees the names and settings of p and empties it (p itself is not freed). */
 void alloy_params_free(struct alloy_params *p);
