@@ -126,7 +126,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < alloy_model_count(m); i++) {
         const struct alloy_tensor *t = alloy_model_tensor(m, i);
         check(t && alloy_model_find(m, t->name) == t);
-        check(strncmp(alloy_st_path(t->file), g_dir, strlen(g_dir)) == 0);
+        check(strncmp(alloy_tensor_file_path(t->file), g_dir, strlen(g_dir)) == 0);
         if (t->nbytes) {
             volatile uint8_t touch = t->data[0] ^ t->data[t->nbytes - 1];
             (void)touch;

@@ -90,14 +90,27 @@ enum alloy_dtype {
     ALLOY_DTYPE_COUNT
 };
 
+/* One row per dtype, in the style of ggml's type_traits: values are stored in
+ * blocks of `block` elements taking `block_bytes` bytes each (1 element for
+ * plain types; 2 per byte for F4, 4 per 3 bytes for F6), so a quantized block
+ * type is one more row. to_f32 / from_f32 are the type's reference row
+ * conversions (n a multiple of `block`); faster versions for the CPU are
+ * chosen by alloy_to_f32 / alloy_from_f32. */
 struct alloy_dtype_traits {
     const char *name;     /* safetensors spelling: "BF16" */
     const char *torch;    /* torch spelling: "bfloat16" (NULL if none) */
-    unsigned bits;        /* bits per element */
-    int mergeable;        /* 1: float type alloy converts to/from float32 */
+    unsigned bits;        /* bits per element (block_bytes * 8 / block) */
+    int mergeable;        /* 1: alloy converts it to and from float32 (to_f32 and from_f32 are set) */
+    unsigned block;       /* elements per block */
+    unsigned block_bytes; /* bytes per block */
+    void   (*to_f32)(const void *src, float *dst, size_t n);
+    size_t (*from_f32)(const float *src, void *dst, size_t n); /* returns how many values were NaN or Inf */
 };
 
 const struct alloy_dtype_traits *alloy_dtype_traits(enum alloy_dtype dtype);
+/* Bytes of n elements of dtype into *out; -1 when n is not a whole number of blocks or the size
+ * overflows 64 bits. */
+int alloy_dtype_nbytes(enum alloy_dtype dtype, uint64_t n, uint64_t *out);
 /* Parses "BF16" (safetensors) or, with torch_names, "bfloat16"/"torch.bfloat16". */
 int alloy_dtype_parse(const char *s, int torch_names, enum alloy_dtype *out);
 
@@ -126,8 +139,34 @@ struct alloy_tensor {
     uint64_t        numel;
     const uint8_t  *data;
     uint64_t        nbytes;
-    struct alloy_st_file *file; /* the file it lives in */
+    struct alloy_tensor_file *file; /* the file it lives in */
 };
+
+/* ---------------------------------------------------------------- tensor files */
+
+/*
+ * A tensor file is any file of named tensors alloy reads — safetensors now,
+ * GGUF next. Every format implements the same operations, so models and
+ * merges work on any of them. alloy_tensor_file_open recognises the format
+ * from the file's content.
+ */
+struct alloy_tensor_file;
+
+int  alloy_tensor_file_open(const char *path, struct alloy_tensor_file **out, struct alloy_err *err);
+void alloy_tensor_file_close(struct alloy_tensor_file *f);
+const char                *alloy_tensor_file_path(const struct alloy_tensor_file *f);
+const char                *alloy_tensor_file_format(const struct alloy_tensor_file *f); /* "safetensors" */
+size_t                     alloy_tensor_file_count(const struct alloy_tensor_file *f);
+const struct alloy_tensor *alloy_tensor_file_tensor(const struct alloy_tensor_file *f, size_t i);
+const struct alloy_tensor *alloy_tensor_file_find(const struct alloy_tensor_file *f, const char *name);
+/* Copies bytes [off, off + len) of t's stored bytes into dst (pread for a
+ * file, memcpy for an in-memory image): streaming readers use it instead of
+ * faulting a mapping. */
+int  alloy_tensor_pread(const struct alloy_tensor *t, uint64_t off, void *dst, size_t len, struct alloy_err *err);
+/* Drops the pages of t's bytes (or of bytes [off, off + len)) from this
+ * process; they stay in the page cache and a later access faults them back. */
+void alloy_tensor_release(const struct alloy_tensor *t);
+void alloy_tensor_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t len);
 
 /* ---------------------------------------------------------------- safetensors */
 
@@ -155,15 +194,8 @@ const struct alloy_tensor *alloy_st_tensor(const struct alloy_st_file *f, size_t
 const struct alloy_tensor *alloy_st_find(const struct alloy_st_file *f, const char *name);
 /* __metadata__ value for key, or NULL. */
 const char                *alloy_st_metadata(const struct alloy_st_file *f, const char *key);
-/* Drops the pages of t's bytes from this process (they stay in the page
- * cache; a later access faults them back in). _range drops the whole pages
- * inside bytes [off, off + len) of the tensor. */
-void                       alloy_st_release(const struct alloy_tensor *t);
-void                       alloy_st_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t len);
-/* Copies bytes [off, off + len) of t into dst with pread (memcpy for an
- * in-memory image): streaming readers use it instead of faulting the mapping. */
-int                        alloy_st_pread(const struct alloy_tensor *t, uint64_t off, void *dst, size_t len,
-                                          struct alloy_err *err);
+/* The file as a generic tensor file (alloy_tensor_file_*), owned by f. */
+struct alloy_tensor_file  *alloy_st_file_base(struct alloy_st_file *f);
 
 /* ---------------------------------------------------------------- models */
 

@@ -18,30 +18,56 @@
 #endif
 #include <string.h>
 
+/* The reference rows of the mergeable types, as the table's to_f32 / from_f32. */
+#define REF_ROWS(T)                                                                                             \
+    static void T##_to_f32(const void *src, float *dst, size_t n) { alloy_ref_to_f32(ALLOY_DTYPE_##T, src, dst, n); } \
+    static size_t T##_from_f32(const float *src, void *dst, size_t n)                                           \
+    {                                                                                                           \
+        return alloy_ref_from_f32(ALLOY_DTYPE_##T, src, dst, n);                                                \
+    }
+REF_ROWS(F32)
+REF_ROWS(F16)
+REF_ROWS(BF16)
+REF_ROWS(F64)
+#undef REF_ROWS
+
+#define FLOAT(T, torch, bytes) {#T, torch, 8 * (bytes), 1, 1, bytes, T##_to_f32, T##_from_f32}
+#define PLAIN(name, torch, bytes) {name, torch, 8 * (bytes), 0, 1, bytes, NULL, NULL}
+
 static const struct alloy_dtype_traits g_dtypes[ALLOY_DTYPE_COUNT] = {
-    [ALLOY_DTYPE_F32]         = {"F32", "float32", 32, 1},
-    [ALLOY_DTYPE_F16]         = {"F16", "float16", 16, 1},
-    [ALLOY_DTYPE_BF16]        = {"BF16", "bfloat16", 16, 1},
-    [ALLOY_DTYPE_F64]         = {"F64", "float64", 64, 1},
-    [ALLOY_DTYPE_BOOL]        = {"BOOL", "bool", 8, 0},
-    [ALLOY_DTYPE_U8]          = {"U8", "uint8", 8, 0},
-    [ALLOY_DTYPE_I8]          = {"I8", "int8", 8, 0},
-    [ALLOY_DTYPE_I16]         = {"I16", "int16", 16, 0},
-    [ALLOY_DTYPE_U16]         = {"U16", "uint16", 16, 0},
-    [ALLOY_DTYPE_I32]         = {"I32", "int32", 32, 0},
-    [ALLOY_DTYPE_U32]         = {"U32", "uint32", 32, 0},
-    [ALLOY_DTYPE_I64]         = {"I64", "int64", 64, 0},
-    [ALLOY_DTYPE_U64]         = {"U64", "uint64", 64, 0},
-    [ALLOY_DTYPE_F8_E4M3]     = {"F8_E4M3", NULL, 8, 0},
-    [ALLOY_DTYPE_F8_E5M2]     = {"F8_E5M2", NULL, 8, 0},
-    [ALLOY_DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", NULL, 8, 0},
-    [ALLOY_DTYPE_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", NULL, 8, 0},
-    [ALLOY_DTYPE_F8_E8M0]     = {"F8_E8M0", NULL, 8, 0},
-    [ALLOY_DTYPE_F6_E2M3]     = {"F6_E2M3", NULL, 6, 0},
-    [ALLOY_DTYPE_F6_E3M2]     = {"F6_E3M2", NULL, 6, 0},
-    [ALLOY_DTYPE_F4]          = {"F4", NULL, 4, 0},
-    [ALLOY_DTYPE_C64]         = {"C64", "complex64", 64, 0},
+    [ALLOY_DTYPE_F32]         = FLOAT(F32, "float32", 4),
+    [ALLOY_DTYPE_F16]         = FLOAT(F16, "float16", 2),
+    [ALLOY_DTYPE_BF16]        = FLOAT(BF16, "bfloat16", 2),
+    [ALLOY_DTYPE_F64]         = FLOAT(F64, "float64", 8),
+    [ALLOY_DTYPE_BOOL]        = PLAIN("BOOL", "bool", 1),
+    [ALLOY_DTYPE_U8]          = PLAIN("U8", "uint8", 1),
+    [ALLOY_DTYPE_I8]          = PLAIN("I8", "int8", 1),
+    [ALLOY_DTYPE_I16]         = PLAIN("I16", "int16", 2),
+    [ALLOY_DTYPE_U16]         = PLAIN("U16", "uint16", 2),
+    [ALLOY_DTYPE_I32]         = PLAIN("I32", "int32", 4),
+    [ALLOY_DTYPE_U32]         = PLAIN("U32", "uint32", 4),
+    [ALLOY_DTYPE_I64]         = PLAIN("I64", "int64", 8),
+    [ALLOY_DTYPE_U64]         = PLAIN("U64", "uint64", 8),
+    [ALLOY_DTYPE_F8_E4M3]     = PLAIN("F8_E4M3", NULL, 1),
+    [ALLOY_DTYPE_F8_E5M2]     = PLAIN("F8_E5M2", NULL, 1),
+    [ALLOY_DTYPE_F8_E4M3FNUZ] = PLAIN("F8_E4M3FNUZ", NULL, 1),
+    [ALLOY_DTYPE_F8_E5M2FNUZ] = PLAIN("F8_E5M2FNUZ", NULL, 1),
+    [ALLOY_DTYPE_F8_E8M0]     = PLAIN("F8_E8M0", NULL, 1),
+    [ALLOY_DTYPE_F6_E2M3]     = {"F6_E2M3", NULL, 6, 0, 4, 3, NULL, NULL},
+    [ALLOY_DTYPE_F6_E3M2]     = {"F6_E3M2", NULL, 6, 0, 4, 3, NULL, NULL},
+    [ALLOY_DTYPE_F4]          = {"F4", NULL, 4, 0, 2, 1, NULL, NULL},
+    [ALLOY_DTYPE_C64]         = PLAIN("C64", "complex64", 8),
 };
+#undef FLOAT
+#undef PLAIN
+
+int alloy_dtype_nbytes(enum alloy_dtype dtype, uint64_t n, uint64_t *out)
+{
+    if ((unsigned)dtype >= ALLOY_DTYPE_COUNT) return -1;
+    const struct alloy_dtype_traits *t = &g_dtypes[dtype];
+    if (n % t->block) return -1;
+    return ckd_mul_u64(out, n / t->block, t->block_bytes) ? -1 : 0;
+}
 
 const struct alloy_dtype_traits *alloy_dtype_traits(enum alloy_dtype dtype)
 {

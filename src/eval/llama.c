@@ -289,7 +289,7 @@ static int load_tensor(const struct alloy_model *mod, const char *dir, const cha
     const struct alloy_tensor *t = alloy_model_find(mod, name);
     if (!t)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: tensor not found (expected shape %s)", dir, name, ws);
-    const char *file = alloy_st_path(t->file);
+    const char *file = alloy_tensor_file_path(t->file);
     if (t->ndim != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
         shape_str(t->shape, t->ndim, fs, sizeof fs);
         return alloy_err_set(err, ALLOY_ERR_SHAPE, "%s: %s: expected shape %s (from config.json), found %s", file, name,
@@ -300,7 +300,7 @@ static int load_tensor(const struct alloy_model *mod, const char *dir, const cha
                              file, name, alloy_dtype_traits(t->dtype)->name);
     if (dst) {
         alloy_to_f32(t->dtype, t->data, dst, (size_t)t->numel);
-        alloy_st_release(t);
+        alloy_tensor_release(t);
     }
     return ALLOY_OK;
 }

@@ -16,6 +16,7 @@
  */
 #include "core/internal.h"
 #include "core/strmap.h"
+#include "formats/formats.h"
 
 #include <jansson.h>
 
@@ -23,8 +24,9 @@ struct alloy_model {
     char *ref;
     char *dir;
     char *config_text;
+    uint8_t *image;                  /* an in-memory model's safetensors image (owned), else NULL */
     size_t nfiles;
-    struct alloy_st_file **files;
+    struct alloy_tensor_file **files;
     size_t count;
     const struct alloy_tensor **tensors;
     struct alloy_strmap index;
@@ -108,12 +110,12 @@ static int resolve_ref(const char *ref, char **dir, struct alloy_err *err)
 
 /* ------------------------------------------------------------ opening */
 
-static int add_file(struct alloy_model *m, const char *path, struct alloy_st_file **out, struct alloy_err *err)
+static int add_file(struct alloy_model *m, const char *path, struct alloy_tensor_file **out, struct alloy_err *err)
 {
-    struct alloy_st_file **nf = alloy_xrealloc(m->files, (m->nfiles + 1) * sizeof *nf);
+    struct alloy_tensor_file **nf = alloy_xrealloc(m->files, (m->nfiles + 1) * sizeof *nf);
     if (!nf) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", path);
     m->files = nf;
-    int rc = alloy_st_open(path, &m->files[m->nfiles], err);
+    int rc = alloy_tensor_file_open(path, &m->files[m->nfiles], err);
     if (rc) return rc;
     *out = m->files[m->nfiles++];
     return ALLOY_OK;
@@ -126,7 +128,7 @@ static int add_tensor(struct alloy_model *m, const struct alloy_tensor *t, struc
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", m->dir);
     if (dup)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': appears in more than one shard",
-                             alloy_st_path(t->file), t->name);
+                             alloy_tensor_file_path(t->file), t->name);
     m->tensors[m->count++] = t;
     return ALLOY_OK;
 }
@@ -140,16 +142,16 @@ static int cmp_tensor_offset(const void *a, const void *b)
 
 /* Appends the tensors of f in data order. `want` (may be NULL) restricts them
  * to names the index assigns to this file. */
-static int add_file_tensors(struct alloy_model *m, struct alloy_st_file *f, json_t *weight_map, const char *fname,
-                            struct alloy_err *err)
+static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, json_t *weight_map,
+                            const char *fname, struct alloy_err *err)
 {
-    size_t n = alloy_st_count(f), first = m->count;
+    size_t n = alloy_tensor_file_count(f), first = m->count;
     const struct alloy_tensor **grown = alloy_xrealloc(m->tensors, (m->count + n) * sizeof *grown);
-    if (!grown) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_st_path(f));
+    if (!grown) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
     m->tensors = grown;
     size_t added = 0;
     for (size_t i = 0; i < n; i++) {
-        const struct alloy_tensor *t = alloy_st_tensor(f, i);
+        const struct alloy_tensor *t = alloy_tensor_file_tensor(f, i);
         if (weight_map) {
             json_t *v = json_object_get(weight_map, t->name);
             /* not indexed here (a non-string entry is reported by the caller's walk) */
@@ -214,7 +216,7 @@ static int open_index(struct alloy_model *m, const char *index_path, struct allo
             free(path);
             break;
         }
-        struct alloy_st_file *f;
+        struct alloy_tensor_file *f;
         rc = add_file(m, path, &f, err);
         free(path);
         if (rc) break;
@@ -252,7 +254,7 @@ int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err
     if (alloy_is_file(index)) {
         rc = open_index(m, index, err);
     } else if (alloy_is_file(single)) {
-        struct alloy_st_file *f;
+        struct alloy_tensor_file *f;
         rc = add_file(m, single, &f, err);
         if (!rc) rc = add_file_tensors(m, f, NULL, NULL, err);
     } else {
@@ -282,14 +284,43 @@ fail:
 void alloy_model_close(struct alloy_model *m)
 {
     if (!m) return;
-    for (size_t i = 0; i < m->nfiles; i++) alloy_st_close(m->files[i]);
+    for (size_t i = 0; i < m->nfiles; i++) alloy_tensor_file_close(m->files[i]);
     free(m->files);
+    free(m->image);
     free(m->tensors);
     alloy_strmap_free(&m->index);
     free(m->config_text);
     free(m->dir);
     free(m->ref);
     free(m);
+}
+
+int alloy_model_from_image(const char *ref, const char *dir, uint8_t *image, size_t len, char *config_text,
+                           struct alloy_model **out, struct alloy_err *err)
+{
+    struct alloy_model *m = alloy_xcalloc(1, sizeof *m);
+    if (!m || !(m->ref = alloy_xstrdup(ref)) || !(m->dir = alloy_xstrdup(dir ? dir : ""))) {
+        alloy_model_close(m);
+        free(image);
+        free(config_text);
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", ref);
+    }
+    m->image = image;
+    m->config_text = config_text;
+    struct alloy_tensor_file **nf = alloy_xcalloc(1, sizeof *nf);
+    struct alloy_st_file *st = NULL;
+    int rc = nf ? alloy_st_open_memory(image, len, ref, &st, err) : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    m->files = nf;
+    if (!rc) {
+        m->files[m->nfiles++] = alloy_st_file_base(st);
+        rc = add_file_tensors(m, m->files[0], NULL, NULL, err);
+    }
+    if (rc) {
+        alloy_model_close(m);
+        return rc;
+    }
+    *out = m;
+    return ALLOY_OK;
 }
 
 const char *alloy_model_ref(const struct alloy_model *m) { return m->ref; }

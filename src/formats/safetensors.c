@@ -23,6 +23,7 @@
  */
 #include "core/internal.h"
 #include "core/strmap.h"
+#include "formats/tensor_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,16 +34,13 @@
 #include <unistd.h>
 
 struct alloy_st_file {
-    char *path;
+    struct alloy_tensor_file base; /* path, tensors in header order, name index (tensor_file.h) */
     const uint8_t *map;     /* whole file */
     size_t size;
     int owns_map;
     int fd;                 /* kept open for pread (-1 for in-memory images) */
     const uint8_t *data;    /* start of the data buffer */
-    size_t count;
-    struct alloy_tensor *tensors; /* header order */
     char **names;
-    struct alloy_strmap index;
     size_t nmeta;
     char **meta;            /* key0, value0, key1, value1, ... */
 };
@@ -130,7 +128,7 @@ static int parse_entry(const char *label, const char *name, json_t *v, struct al
 
 static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
 {
-    const char *label = f->path;
+    const char *label = f->base.path;
     if (f->size < 8)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: file is %zu bytes, too small for the 8-byte header size",
                              label, f->size);
@@ -161,11 +159,11 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
     size_t total = json_object_size(root);
     json_t *meta = json_object_get(root, "__metadata__");
     size_t ntensors = total - (meta ? 1 : 0);
-    f->tensors = alloy_xcalloc(ntensors, sizeof *f->tensors);
+    f->base.tensors = alloy_xcalloc(ntensors, sizeof *f->base.tensors);
     f->names = alloy_xcalloc(ntensors, sizeof *f->names);
     begins = alloy_xcalloc(ntensors * 2, sizeof *begins);
     sorted = alloy_xcalloc(ntensors, sizeof *sorted);
-    if (!f->tensors || !f->names || !begins || !sorted) {
+    if (!f->base.tensors || !f->names || !begins || !sorted) {
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu tensors", label, ntensors);
         goto out;
     }
@@ -196,21 +194,21 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
     json_t *val;
     json_object_foreach(root, key, val) {
         if (strcmp(key, "__metadata__") == 0) continue;
-        size_t i = f->count;
-        struct alloy_tensor *t = &f->tensors[i];
+        size_t i = f->base.count;
+        struct alloy_tensor *t = &f->base.tensors[i];
         rc = parse_entry(label, key, val, t, &begins[2 * i], &begins[2 * i + 1], err);
         if (rc) goto out;
         f->names[i] = alloy_xstrdup(key);
         if (!f->names[i]) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label); goto out; }
         t->name = f->names[i];
-        t->file = f;
-        f->count++;
+        t->file = &f->base;
+        f->base.count++;
         /* stash offsets in data/nbytes fields for sorting; fixed up below */
         t->data = (const uint8_t *)(uintptr_t)begins[2 * i];
         t->nbytes = begins[2 * i + 1];
         sorted[i] = t;
         int dup;
-        if (alloy_strmap_put(&f->index, t->name, i, &dup) != 0) {
+        if (alloy_strmap_put(&f->base.index, t->name, i, &dup) != 0) {
             rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label);
             goto out;
         }
@@ -219,9 +217,9 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
             goto out;
         }
     }
-    qsort_r(sorted, f->count, sizeof *sorted, cmp_by_offset, NULL);
+    qsort_r(sorted, f->base.count, sizeof *sorted, cmp_by_offset, NULL);
     uint64_t expect = 0;
-    for (size_t i = 0; i < f->count; i++) {
+    for (size_t i = 0; i < f->base.count; i++) {
         struct alloy_tensor *t = sorted[i];
         uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
         if (b != expect || e < b) {
@@ -275,8 +273,8 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
         goto out;
     }
     f->data = f->map + 8 + n;
-    for (size_t i = 0; i < f->count; i++) {
-        struct alloy_tensor *t = &f->tensors[i];
+    for (size_t i = 0; i < f->base.count; i++) {
+        struct alloy_tensor *t = &f->base.tensors[i];
         uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
         t->data = f->data + b;
         t->nbytes = e - b;
@@ -287,6 +285,8 @@ out:
     json_decref(root);
     return rc;
 }
+
+static const struct alloy_tensor_file_ops st_ops;
 
 static int open_common(struct alloy_st_file *f, struct alloy_st_file **out, struct alloy_err *err)
 {
@@ -303,10 +303,11 @@ int alloy_st_open_memory(const uint8_t *buf, size_t len, const char *label, stru
                          struct alloy_err *err)
 {
     struct alloy_st_file *f = alloy_xcalloc(1, sizeof *f);
-    if (!f || !(f->path = alloy_xstrdup(label ? label : "<memory>"))) {
+    if (!f || !(f->base.path = alloy_xstrdup(label ? label : "<memory>"))) {
         free(f);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label ? label : "<memory>");
     }
+    f->base.ops = &st_ops;
     f->map = buf;
     f->size = len;
     f->fd = -1;
@@ -323,18 +324,19 @@ int alloy_st_open(const char *path, struct alloy_st_file **out, struct alloy_err
         return alloy_err_set(err, ALLOY_ERR_IO, "%s: not a regular file", path);
     }
     struct alloy_st_file *f = alloy_xcalloc(1, sizeof *f);
-    if (!f || !(f->path = alloy_xstrdup(path))) {
+    if (!f || !(f->base.path = alloy_xstrdup(path))) {
         free(f);
         close(fd);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", path);
     }
+    f->base.ops = &st_ops;
     f->size = (size_t)st.st_size;
     if (f->size > 0) {
         void *m = mmap(NULL, f->size, PROT_READ, MAP_SHARED, fd, 0);
         if (m == MAP_FAILED) {
             int e = errno;
             close(fd);
-            free(f->path);
+            free(f->base.path);
             free(f);
             return alloy_err_set(err, ALLOY_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
         }
@@ -350,28 +352,27 @@ void alloy_st_close(struct alloy_st_file *f)
     if (!f) return;
     if (f->owns_map && f->map) munmap((void *)f->map, f->size);
     if (f->fd >= 0) close(f->fd);
-    for (size_t i = 0; i < f->count; i++) free(f->names[i]);
+    for (size_t i = 0; i < f->base.count; i++) free(f->names[i]);
     for (size_t i = 0; i < 2 * f->nmeta; i++) free(f->meta[i]);
     free(f->meta);
     free(f->names);
-    free(f->tensors);
-    alloy_strmap_free(&f->index);
-    free(f->path);
+    free(f->base.tensors);
+    alloy_strmap_free(&f->base.index);
+    free(f->base.path);
     free(f);
 }
 
-const char *alloy_st_path(const struct alloy_st_file *f) { return f->path; }
-size_t alloy_st_count(const struct alloy_st_file *f) { return f->count; }
+const char *alloy_st_path(const struct alloy_st_file *f) { return f->base.path; }
+size_t alloy_st_count(const struct alloy_st_file *f) { return f->base.count; }
 
 const struct alloy_tensor *alloy_st_tensor(const struct alloy_st_file *f, size_t i)
 {
-    return i < f->count ? &f->tensors[i] : NULL;
+    return alloy_tensor_file_tensor(&f->base, i);
 }
 
 const struct alloy_tensor *alloy_st_find(const struct alloy_st_file *f, const char *name)
 {
-    size_t i;
-    return alloy_strmap_get(&f->index, name, &i) ? &f->tensors[i] : NULL;
+    return alloy_tensor_file_find(&f->base, name);
 }
 
 const char *alloy_st_metadata(const struct alloy_st_file *f, const char *key)
@@ -381,10 +382,11 @@ const char *alloy_st_metadata(const struct alloy_st_file *f, const char *key)
     return NULL;
 }
 
-void alloy_st_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t len)
+static void st_release_range(const struct alloy_tensor_file *tf, const struct alloy_tensor *t, uint64_t off,
+                             uint64_t len)
 {
-    const struct alloy_st_file *f = t->file;
-    if (!f || !f->owns_map || !len || off >= t->nbytes) return;
+    const struct alloy_st_file *f = (const struct alloy_st_file *)tf;
+    if (!f->owns_map || !len || off >= t->nbytes) return;
     if (len > t->nbytes - off) len = t->nbytes - off;
     static _Atomic uintptr_t page_size; /* set once; racing threads store the same value */
     uintptr_t page = atomic_load_explicit(&page_size, memory_order_relaxed);
@@ -394,15 +396,11 @@ void alloy_st_release_range(const struct alloy_tensor *t, uint64_t off, uint64_t
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
-void alloy_st_release(const struct alloy_tensor *t) { alloy_st_release_range(t, 0, t->nbytes); }
-
-int alloy_st_pread(const struct alloy_tensor *t, uint64_t off, void *dst, size_t len, struct alloy_err *err)
+static int st_pread(const struct alloy_tensor_file *tf, const struct alloy_tensor *t, uint64_t off, void *dst,
+                    size_t len, struct alloy_err *err)
 {
-    const struct alloy_st_file *f = t->file;
-    if (off > t->nbytes || len > t->nbytes - off)
-        return alloy_err_set(err, ALLOY_ERR_IO, "%s: tensor '%s': read of %zu bytes at %llu is outside the tensor",
-                             f ? f->path : "?", t->name, len, (unsigned long long)off);
-    if (!f || f->fd < 0) {
+    const struct alloy_st_file *f = (const struct alloy_st_file *)tf;
+    if (f->fd < 0) {
         memcpy(dst, t->data + off, len);
         return ALLOY_OK;
     }
@@ -412,11 +410,17 @@ int alloy_st_pread(const struct alloy_tensor *t, uint64_t off, void *dst, size_t
         ssize_t r = pread(f->fd, p, len, (off_t)pos);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0)
-            return alloy_err_set(err, ALLOY_ERR_IO, "%s: tensor '%s': read failed at byte %llu: %s", f->path, t->name,
-                                 (unsigned long long)pos, r < 0 ? strerror(errno) : "file shrank while open");
+            return alloy_err_set(err, ALLOY_ERR_IO, "%s: tensor '%s': read failed at byte %llu: %s", f->base.path,
+                                 t->name, (unsigned long long)pos, r < 0 ? strerror(errno) : "file shrank while open");
         p += r;
         len -= (size_t)r;
         pos += (uint64_t)r;
     }
     return ALLOY_OK;
 }
+
+static void st_close(struct alloy_tensor_file *tf) { alloy_st_close((struct alloy_st_file *)tf); }
+
+static const struct alloy_tensor_file_ops st_ops = {"safetensors", st_close, st_pread, st_release_range};
+
+struct alloy_tensor_file *alloy_st_file_base(struct alloy_st_file *f) { return &f->base; }

@@ -54,39 +54,17 @@ struct tensor_io {
 
 /* ------------------------------------------------------------ chunk I/O */
 
+/* Input `input`'s elements [e0, e1) from its source, then rounded to the working dtype. */
 static int load_chunk(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, int raw, struct alloy_err *err)
 {
     const struct tensor_io *io = ctx;
     const struct alloy_plan_tensor *t = io->t;
-    const struct alloy_tensor *src = t->inputs[input].t;
+    const struct alloy_input *src = &t->inputs[input];
     if (io->interrupt && *io->interrupt)
         return alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while merging '%s'", t->name);
-    size_t esize = alloy_dtype_traits(src->dtype)->bits / 8;
-    uint64_t src_cols = src->ndim ? (uint64_t)src->shape[src->ndim - 1] : 1;
-    size_t n = (size_t)(e1 - e0);
-    if (raw) /* the method takes the stored bfloat16 values (job.inputs_bf16 holds) */
-        return alloy_st_pread(src, e0 * 2, dst, n * 2, err);
-    if (src->numel == t->numel && esize <= 4) {
-        /* pread the stored bytes into the top of dst and widen them forward in place: a write
-           never passes a read that is still to come. No page of the input stays mapped. */
-        uint8_t *stored = (uint8_t *)dst + n * (4 - esize);
-        int rc = alloy_st_pread(src, e0 * esize, stored, n * esize, err);
-        if (rc) return rc;
-        if (src->dtype != ALLOY_DTYPE_F32) alloy_to_f32(src->dtype, stored, dst, n);
-    } else if (src->numel == t->numel) { /* F64: through the mapping */
-        alloy_to_f32(src->dtype, src->data + e0 * esize, dst, n);
-        alloy_st_release_range(src, e0 * esize, n * esize);
-    } else { /* a top-left block of a larger embedding matrix */
-        uint64_t e = e0;
-        while (e < e1) {
-            uint64_t r = e / t->cols, c = e % t->cols;
-            uint64_t run = t->cols - c;
-            if (run > e1 - e) run = e1 - e;
-            alloy_to_f32(src->dtype, src->data + (r * src_cols + c) * esize, dst + (e - e0), (size_t)run);
-            e += run;
-        }
-    }
-    if (io->round_to >= 0 && (enum alloy_dtype)io->round_to != src->dtype) {
+    int rc = alloy_input_read(src, e0, e1, dst, raw ? ALLOY_READ_RAW_BF16 : ALLOY_READ_F32, err);
+    if (rc || raw) return rc;
+    if (io->round_to >= 0 && (enum alloy_dtype)io->round_to != src->t->dtype) {
         /* mergekit casts inputs to the working dtype before merging */
         for (uint64_t i = 0; i < e1 - e0; i++) {
             if (io->round_to == ALLOY_DTYPE_BF16) dst[i] = alloy_bf16_to_f32(alloy_f32_to_bf16(dst[i]));
@@ -150,7 +128,7 @@ static int copy_tensor(const struct tensor_io *io, struct alloy_err *err)
             return alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while copying '%s'", io->t->name);
         uint64_t n = src->nbytes - off < step ? src->nbytes - off : step;
         int rc = alloy_writer_submit(io->w, src->data + off, (size_t)n, io->data_start + io->t->offset + off, err);
-        alloy_st_release_range(src, off, n);
+        alloy_tensor_release_range(src, off, n);
         if (rc) return rc;
     }
     return ALLOY_OK;
@@ -243,7 +221,7 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
             alloy_plan_job(p, i, o->has_seed ? o->seed : 0, names, &job);
             job.inputs_bf16 = io.round_to < 0 || io.round_to == ALLOY_DTYPE_BF16;
             for (int k = 0; k < t->n; k++)
-                job.inputs_bf16 &= t->inputs[k].t->dtype == ALLOY_DTYPE_BF16 && t->inputs[k].t->numel == t->numel;
+                job.inputs_bf16 &= alloy_input_raw_bf16(&t->inputs[k]);
             rc = alloy_method_execute(p->method, &job, load_chunk, &io, store_chunk, &io, pool, 0, err);
             unsigned long long bad = atomic_load(&io.nonfinite);
             if (!rc && bad && o->log) {
@@ -253,7 +231,7 @@ static int write_shard(const struct alloy_plan *p, size_t si, const char *dir, s
                 o->log(o->log_user, 0, msg);
             }
         }
-        for (int k = 0; k < t->n; k++) alloy_st_release(t->inputs[k].t);
+        for (int k = 0; k < t->n; k++) alloy_input_release(&t->inputs[k]);
         pr->tensors_done++;
         pr->bytes_done += t->nbytes;
         report(o, pr);
@@ -351,11 +329,11 @@ static int check_out_dir(const struct alloy_plan *p, const char *out, struct all
                                  "folder (alloy never overwrites its inputs)", out,
                                  same ? "is the" : path_within(real_in, real_out) ? "contains the" : "lies inside the",
                                  alloy_model_ref(m));
-        const struct alloy_st_file *last = NULL;
+        const struct alloy_tensor_file *last = NULL;
         for (size_t k = 0; k < alloy_model_count(m); k++) {
-            const struct alloy_st_file *f = alloy_model_tensor(m, k)->file;
+            const struct alloy_tensor_file *f = alloy_model_tensor(m, k)->file;
             char real_file[PATH_MAX];
-            if (f == last || !realpath(alloy_st_path(f), real_file)) continue;
+            if (f == last || !realpath(alloy_tensor_file_path(f), real_file)) continue;
             last = f;
             if (path_within(real_file, real_out))
                 return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: output folder holds %s, a file of input model %s; "

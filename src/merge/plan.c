@@ -254,18 +254,26 @@ static void fmt_shape(char *buf, size_t len, const struct alloy_tensor *t)
     if (pos < len) snprintf(buf + pos, len - pos, "]");
 }
 
-/* Finds `name` in model mi, falling back to the embedding matrix for a tied lm_head. */
-static const struct alloy_tensor *lookup(struct builder *b, int mi, const char *name)
+/* Finds `name` in model mi, falling back to the embedding matrix for a tied lm_head (*tied = 1). */
+static const struct alloy_tensor *lookup(struct builder *b, int mi, const char *name, int *tied)
 {
     const struct alloy_model *m = b->p->models[mi];
     const struct alloy_tensor *t = alloy_model_find(m, name);
+    *tied = 0;
     if (t || !strstr(name, "lm_head")) return t;
     size_t n = alloy_model_count(m);
     for (size_t i = 0; i < n; i++) {
         const struct alloy_tensor *e = alloy_model_tensor(m, i);
-        if (alloy_name_is_pre(e->name)) return e;
+        if (alloy_name_is_pre(e->name)) return *tied = 1, e;
     }
     return NULL;
+}
+
+/* Makes every input a source of the output's rows x cols: stored, a window, or tied (sources/). */
+static void set_sources(struct alloy_plan_tensor *t, const int *tied)
+{
+    for (int i = 0; i < t->n; i++)
+        alloy_input_stored(&t->inputs[i], t->inputs[i].model, t->inputs[i].t, t->rows, t->cols, tied[i]);
 }
 
 static int shapes_equal(const struct alloy_tensor *a, const struct alloy_tensor *b)
@@ -306,7 +314,7 @@ static int decide_shape(struct builder *b, struct alloy_plan_tensor *t)
             fmt_shape(s0, sizeof s0, first);
             fmt_shape(s1, sizeof s1, t->inputs[bad].t);
             return alloy_err_set(b->err, ALLOY_ERR_SHAPE,
-                                 "%s: tensor '%s': shape %s in %s but %s in %s", alloy_st_path(t->inputs[bad].t->file),
+                                 "%s: tensor '%s': shape %s in %s but %s in %s", alloy_tensor_file_path(t->inputs[bad].t->file),
                                  t->inputs[bad].t->name, s1, alloy_model_ref(b->p->models[t->inputs[bad].model]), s0,
                                  alloy_model_ref(b->p->models[t->inputs[t->base >= 0 ? t->base : 0].model]));
         }
@@ -342,8 +350,9 @@ static int add_tensor(struct builder *b, const struct alloy_slice *slice, struct
     t->t = t_pos;
     t->layer = layer;
     t->is_embed = alloy_name_is_embed(out_name);
+    int tied[nsrc];
     for (int i = 0; i < nsrc; i++) {
-        const struct alloy_tensor *in = lookup(b, srcs[i].model, in_names[i]);
+        const struct alloy_tensor *in = lookup(b, srcs[i].model, in_names[i], &tied[i]);
         if (!in)
             return alloy_err_set(b->err, ALLOY_ERR_SHAPE, "%s: tensor '%s': missing from model %s (needed for output "
                                  "tensor '%s'; it is in %s)", alloy_model_dir(p->models[srcs[i].model]), in_names[i],
@@ -357,9 +366,10 @@ static int add_tensor(struct builder *b, const struct alloy_slice *slice, struct
         /* integer/bool tensors are copied from the base (or first) model */
         t->copy = 1;
         if (keep != 0) {
-            struct alloy_plan_input tmp = t->inputs[0];
+            struct alloy_input tmp = t->inputs[0];
             t->inputs[0] = t->inputs[keep];
             t->inputs[keep] = tmp;
+            tied[0] = tied[keep];
         }
         t->n = 1;
         t->base = -1;
@@ -370,16 +380,18 @@ static int add_tensor(struct builder *b, const struct alloy_slice *slice, struct
         t->dtype = t->inputs[0].t->dtype;
         t->cols = t->ndim ? (uint64_t)t->shape[t->ndim - 1] : 1;
         t->rows = t->cols ? t->numel / t->cols : 0;
+        set_sources(t, tied);
         return ALLOY_OK;
     }
     for (int i = 0; i < nsrc; i++)
         if (!alloy_dtype_traits(t->inputs[i].t->dtype)->mergeable)
             return alloy_err_set(b->err, ALLOY_ERR_SHAPE, "%s: tensor '%s': dtype %s cannot be merged with %s",
-                                 alloy_st_path(t->inputs[i].t->file), t->inputs[i].t->name,
+                                 alloy_tensor_file_path(t->inputs[i].t->file), t->inputs[i].t->name,
                                  alloy_dtype_traits(t->inputs[i].t->dtype)->name,
                                  alloy_dtype_traits(t->inputs[keep].t->dtype)->name);
     int rc = decide_shape(b, t);
     if (rc) return rc;
+    set_sources(t, tied);
     t->dtype = decide_dtype(b, t);
     t->nbytes = t->numel * alloy_dtype_traits(t->dtype)->bits / 8;
     rc = resolve_params(b, slice, srcs, t);
@@ -736,6 +748,7 @@ void alloy_plan_print(const struct alloy_plan *p, FILE *f)
         for (int j = 0; j < t->n; j++) {
             fprintf(f, "    %s%s:", j == t->base ? "base " : "", alloy_model_ref(p->models[t->inputs[j].model]));
             put_name(f, t->inputs[j].t->name);
+            if (alloy_input_is_tied(&t->inputs[j])) fputs(" (tied)", f);
             for (int k = 0; k < m->nparams && !t->copy; k++) {
                 double v = t->tp[(size_t)j * (size_t)m->nparams + (size_t)k];
                 if (m->params[k].scope == ALLOY_PARAM_TENSOR && !isnan(v)) fprintf(f, " %s=%.6g", m->params[k].name, v);

@@ -3,8 +3,8 @@
  *
  * DESIGN
  *   The plan is everything the engine needs and nothing it has to decide:
- *   for every output tensor its name, shape, output dtype, its inputs (model
- *   and stored tensor, possibly a top-left block for embeddings), the index
+ *   for every output tensor its name, shape, output dtype, its inputs (each a
+ *   source: a stored tensor, a top-left window of one, a tied embedding), the index
  *   of the base among them, every method parameter already resolved for this
  *   tensor (mergekit's precedence, filters and gradients), and its place in
  *   the output shards. Planning reads only headers, so --dry-run is instant
@@ -20,11 +20,7 @@
 #include "alloy.h"
 #include "config/config.h"
 #include "merge/method.h"
-
-struct alloy_plan_input {
-    int model;                       /* index into plan->models */
-    const struct alloy_tensor *t;    /* stored tensor */
-};
+#include "sources/source.h"
 
 struct alloy_plan_tensor {
     char *name;                      /* output name */
@@ -34,7 +30,7 @@ struct alloy_plan_tensor {
     uint64_t numel, nbytes, rows, cols;
     int copy;                        /* 1: copy inputs[0]'s bytes (integer tensors) */
     int n;
-    struct alloy_plan_input *inputs;
+    struct alloy_input *inputs;     /* [n]: where each input's values come from (sources/source.h) */
     int base;                        /* index of the base among inputs, -1 if none */
     double *gp;                      /* [method->nparams] */
     double *tp;                      /* [n * method->nparams] */

@@ -1,0 +1,44 @@
+/*
+ * tensor_file.h — the interface every tensor file format implements.
+ *
+ * DESIGN
+ *   A tensor file is a file of named tensors: safetensors today, GGUF next.
+ *   Models (model.c), the planner and the stored source (src/sources/) use
+ *   only this interface, so a new format is one more implementation of these
+ *   operations, not a special case anywhere else:
+ *
+ *       struct alloy_my_file { struct alloy_tensor_file base; ...format's own state... };
+ *       static const struct alloy_tensor_file_ops my_ops = {"myformat", my_close, my_pread, my_release};
+ *
+ *   The base holds what every format has after parsing its header: the path
+ *   (for messages), the tensors in file order (each `alloy_tensor.file`
+ *   points back at this base) and a name index. Reading goes through
+ *   `pread` (bytes [off, off + len) of a tensor's stored bytes: with pread(2)
+ *   for a file, memcpy for an in-memory image); `release_range` drops the
+ *   pages of a mapped range from the process. Both are safe to call from
+ *   several threads at once.
+ */
+#ifndef ALLOY_TENSOR_FILE_H
+#define ALLOY_TENSOR_FILE_H
+
+#include "alloy.h"
+#include "core/strmap.h"
+
+struct alloy_tensor_file_ops {
+    const char *format; /* "safetensors" */
+    void (*close)(struct alloy_tensor_file *f);
+    int  (*pread)(const struct alloy_tensor_file *f, const struct alloy_tensor *t, uint64_t off, void *dst,
+                  size_t len, struct alloy_err *err);
+    void (*release_range)(const struct alloy_tensor_file *f, const struct alloy_tensor *t, uint64_t off,
+                          uint64_t len);
+};
+
+struct alloy_tensor_file {
+    const struct alloy_tensor_file_ops *ops;
+    char *path;
+    size_t count;
+    struct alloy_tensor *tensors; /* file order */
+    struct alloy_strmap index;    /* name -> position in tensors */
+};
+
+#endif
