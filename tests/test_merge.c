@@ -542,3 +542,62 @@ TEST(merge_reports_nonfinite_outputs_once)
     free(b1);
     free(b2);
 }
+
+/* A base that ties its embeddings (no lm_head.weight) and fine-tunes with their own heads: the head is
+ * merged with the base's embedding matrix standing in for the base's head (mergekit's tied_names). */
+static void write_head_model(const char *dir, int with_head, float e0, float h0)
+{
+    static float emb[6 * 4], head[6 * 4], w[4 * 4];
+    for (int i = 0; i < 24; i++) emb[i] = e0 + 0.25f * (float)i, head[i] = h0 - 0.5f * (float)i;
+    for (int i = 0; i < 16; i++) w[i] = e0 + (float)i;
+    struct test_tensor t[3] = {
+        {"model.embed_tokens.weight", "F32", 2, {6, 4}, emb},
+        {"model.layers.0.mlp.up_proj.weight", "F32", 2, {4, 4}, w},
+        {"lm_head.weight", "F32", 2, {6, 4}, head},
+    };
+    char path[600];
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK_INT(test_write_safetensors(path, t, with_head ? 3 : 2), 0);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    test_write_text(path, "{\"num_hidden_layers\": 1, \"tie_word_embeddings\": true}");
+}
+
+TEST(merge_untied_heads_on_tied_base)
+{
+    const char *dir = test_tmpdir();
+    char base[600], ft1[600], ft2[600], out[600], yaml[2400], *log = NULL;
+    snprintf(base, sizeof base, "%s/base", dir);
+    snprintf(ft1, sizeof ft1, "%s/ft1", dir);
+    snprintf(ft2, sizeof ft2, "%s/ft2", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    write_head_model(base, 0, 1.0f, 0.0f);
+    write_head_model(ft1, 1, 1.5f, 3.0f);
+    write_head_model(ft2, 1, 0.5f, -2.0f);
+    snprintf(yaml, sizeof yaml, "merge_method: task_arithmetic\nbase_model: %s\nmodels:\n"
+             "  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 1.0}\n"
+             "dtype: float32\n", base, ft1, ft2);
+    const char *d = test_tmpdir();
+    char cfg[700], cmd[2400];
+    snprintf(cfg, sizeof cfg, "%s/tied.yml", d);
+    test_write_text(cfg, yaml);
+    snprintf(cmd, sizeof cmd, "%s merge %s %s", test_alloy_bin(), cfg, out);
+    int rc = test_run(cmd, &log);
+    CHECK_MSG(rc == 0, "merge failed (%d): %s", rc, log);
+    CHECK_STR_CONTAINS(log ? log : "", "ties its embeddings");
+    free(log);
+    struct alloy_model *o = rc == 0 ? open_model(out) : NULL;
+    const struct alloy_tensor *h = o ? alloy_model_find(o, "lm_head.weight") : NULL;
+    CHECK_MSG(h != NULL, "no lm_head.weight in the merged model");
+    if (h) {
+        CHECK_INT(h->dtype, ALLOY_DTYPE_F32);
+        CHECK_INT(h->numel, 24);
+        for (int i = 0; i < 24 && h->numel == 24; i++) {
+            double eb = 1.0 + 0.25 * i, h1 = 3.0 - 0.5 * i, h2 = -2.0 - 0.5 * i; /* the base's head is its embedding */
+            float got;
+            memcpy(&got, h->data + 4 * (size_t)i, 4);
+            CHECK_NEAR(got, eb + 0.5 * (h1 - eb) + 1.0 * (h2 - eb), 1e-6);
+        }
+    }
+    alloy_model_close(o);
+}

@@ -464,6 +464,36 @@ static int add_loose(struct builder *b, const struct alloy_slice *s, struct src_
     return ALLOY_OK;
 }
 
+/* 1 when an output tensor `name` is already planned. */
+static int planned(const struct alloy_plan *p, const char *name)
+{
+    for (size_t i = p->ntensors; i-- > 0;) /* heads come last: search from the end */
+        if (strcmp(p->tensors[i].name, name) == 0) return 1;
+    return 0;
+}
+
+/* mergekit's tied_names: a head (lm_head) that the lead model m0 lacks because it ties its embeddings, but
+ * that another input stores, is merged all the same; every model without one contributes its embedding
+ * matrix in its place (a tied source). Heads are few, so the search is short. */
+static int add_tied_heads(struct builder *b, const struct alloy_slice *s, struct src_ref *srcs, int n, int base_src,
+                          const struct alloy_model *m0)
+{
+    for (int k = 0; k < n; k++) {
+        const struct alloy_model *mk = b->p->models[srcs[k].model];
+        for (size_t i = 0; i < alloy_model_count(mk); i++) {
+            const char *name = alloy_model_tensor(mk, i)->name;
+            if (!strstr(name, "lm_head") || alloy_model_find(m0, name) || planned(b->p, name)) continue;
+            const char *names[n];
+            for (int j = 0; j < n; j++) names[j] = name;
+            int rc = add_tensor(b, s, srcs, n, base_src, name, names, 0.0, -1);
+            if (rc) return rc;
+            warnf(b, "%s: %s ties its embeddings (no '%s'); its embedding matrix stands in for it in the merge, "
+                  "as mergekit's tied_names do", name, alloy_model_ref(m0), name);
+        }
+    }
+    return ALLOY_OK;
+}
+
 static int add_layers(struct builder *b, const struct alloy_slice *s, size_t si, struct src_ref *srcs, int n,
                       int base_src, long long *out_layer)
 {
@@ -553,13 +583,15 @@ static int plan_tensors(struct builder *b)
             for (int k = 0; k < nfirst; k++) names[k] = name;
             rc = add_tensor(b, &cfg->slices[0], first, nfirst, bfirst, name, names, t_pos, in_stack ? (int)l : -1);
         }
+        if (!rc) rc = add_tied_heads(b, &cfg->slices[0], first, nfirst, bfirst, m0);
         /* tensors the donor lacks are not merged: say so */
         for (int k = 0; k < nfirst && !rc; k++) {
             const struct alloy_model *mk = p->models[first[k].model];
             size_t extra = 0;
             const char *example = NULL;
             for (size_t i = 0; i < alloy_model_count(mk); i++)
-                if (!alloy_model_find(m0, alloy_model_tensor(mk, i)->name))
+                if (!alloy_model_find(m0, alloy_model_tensor(mk, i)->name) &&
+                    !(strstr(alloy_model_tensor(mk, i)->name, "lm_head") && planned(p, alloy_model_tensor(mk, i)->name)))
                     extra++, example = example ? example : alloy_model_tensor(mk, i)->name;
             if (extra)
                 warnf(b, "%s: %zu tensors are not in %s and are left out (first: '%s')", alloy_model_ref(mk), extra,
@@ -583,6 +615,7 @@ static int plan_tensors(struct builder *b)
         cur = NULL;
     }
     if (!rc) rc = add_loose(b, &cfg->slices[ns - 1], last, nlast, blast, 0, 0);
+    if (!rc) rc = add_tied_heads(b, &cfg->slices[ns - 1], last, nlast, blast, p->models[last[blast >= 0 ? blast : 0].model]);
     p->out_layers = out_layer;
     free(first);
     free(last);
