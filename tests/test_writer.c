@@ -9,7 +9,7 @@
  */
 #include "test.h"
 #include "alloy.h"
-#include "merge/writer.h"
+#include "sinks/writer.h"
 
 #include <fcntl.h>
 #include <pthread.h>

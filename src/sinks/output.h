@@ -11,4 +11,7 @@
 int alloy_output_write_files(const struct alloy_plan *p, const struct alloy_merge_options *o, const char *dir,
                              struct alloy_err *err);
 
+/* The output's config.json text (the donor's, with dtype and layer count updated), malloc'd. */
+int alloy_output_config_text(const struct alloy_plan *p, char **out, struct alloy_err *err);
+
 #endif

@@ -10,7 +10,7 @@
  * by whichever copier finishes last once the spans cover it whole, so the
  * I/O thread never writes a buffer that is still being filled.
  */
-#include "merge/writer.h"
+#include "sinks/writer.h"
 
 #include "core/internal.h"
 

@@ -15,7 +15,7 @@
  *   Every file is fsynced; the caller fsyncs the folder and renames it.
  */
 #include "core/internal.h"
-#include "merge/output.h"
+#include "sinks/output.h"
 
 #include <jansson.h>
 
@@ -53,15 +53,15 @@ static int write_index(const struct alloy_plan *p, const char *dir, struct alloy
 
 static const char *const g_layer_keys[] = {"num_hidden_layers", "n_layer", "num_layers", "n_layers"};
 
-static int write_config(const struct alloy_plan *p, const char *dir, struct alloy_err *err)
+int alloy_output_config_text(const struct alloy_plan *p, char **out, struct alloy_err *err)
 {
     const struct alloy_model *donor = p->models[p->donor];
-    const char *text = alloy_model_config_text(donor);
-    if (!text)
+    const char *ctext = alloy_model_config_text(donor);
+    if (!ctext)
         return alloy_err_set(err, ALLOY_ERR_IO, "%s/config.json: missing; the output needs the config of %s",
                              alloy_model_dir(donor), alloy_model_ref(donor));
     json_error_t jerr;
-    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loads(ctext, JSON_REJECT_DUPLICATES, &jerr);
     if (!json_is_object(root)) {
         json_decref(root);
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s/config.json: not a JSON object (%s, line %d)",
@@ -86,8 +86,21 @@ static int write_config(const struct alloy_plan *p, const char *dir, struct allo
                 }
         }
     }
-    int rc = write_json(dir, "config.json", root, err);
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(root);
+    *out = text ? alloy_xasprintf("%s\n", text) : NULL;
+    free(text);
+    return *out ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory writing config.json");
+}
+
+static int write_config(const struct alloy_plan *p, const char *dir, struct alloy_err *err)
+{
+    char *text = NULL, *path = NULL;
+    int rc = alloy_output_config_text(p, &text, err);
+    if (!rc && !(path = alloy_xasprintf("%s/config.json", dir))) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!rc) rc = alloy_write_file(path, text, strlen(text), err);
+    free(path);
+    free(text);
     return rc;
 }
 

@@ -1,0 +1,225 @@
+/*
+ * folder.c — the folder sink: a Hugging Face model folder of safetensors
+ * shards, index, config.json, tokenizer files and model card.
+ *
+ * DESIGN
+ *   The plan fixes every tensor's shard and offset, so each shard file is
+ *   created at its final size with its header first, and every tensor's
+ *   bytes go straight to their final place: converted from float32 to the
+ *   output dtype directly into the shard writer's staging segment
+ *   (writer.h: aligned 2 MiB segments written whole by the writer's own I/O
+ *   thread, with O_DIRECT where the file system allows), so no tensor is
+ *   ever held whole in memory. A shard is flushed, fsynced and closed when
+ *   the first tensor of the next one begins, and the last one on commit.
+ *
+ *   Atomicity (publish.c): everything is written into a hidden temporary
+ *   sibling of the output folder, which commit fsyncs and renames into place
+ *   and abort removes.
+ */
+#include "core/internal.h"
+#include "formats/formats.h"
+#include "sinks/output.h"
+#include "sinks/publish.h"
+#include "sinks/sink.h"
+#include "sinks/writer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct folder_sink {
+    struct alloy_sink base;
+    const struct alloy_merge_options *o;
+    const struct alloy_plan *p;
+    char *tmp;               /* the temporary folder, NULL until begin */
+    size_t shard;            /* the open shard (valid while fd >= 0) */
+    int fd;
+    char *path;              /* its path */
+    struct alloy_writer *w;  /* its writes */
+    uint64_t data_start;     /* file offset of its data buffer (= header length) */
+};
+
+static int open_shard(struct folder_sink *f, size_t si, struct alloy_err *err)
+{
+    const struct alloy_plan *p = f->p;
+    const struct alloy_plan_shard *s = &p->shards[si];
+    struct alloy_tensor_desc *d = alloy_xcalloc(s->count ? s->count : 1, sizeof *d);
+    size_t hlen = 0;
+    uint8_t *hdr = NULL;
+    for (size_t i = 0; d && i < s->count; i++) {
+        const struct alloy_plan_tensor *t = &p->tensors[s->first + i];
+        d[i] = (struct alloy_tensor_desc){t->name, t->dtype, t->ndim, t->shape, t->offset, t->nbytes};
+    }
+    if (d) hdr = alloy_st_header(d, s->count, &hlen);
+    free(d);
+    if (!hdr || !(f->path = alloy_xasprintf("%s/%s", f->tmp, s->file))) {
+        free(hdr);
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory building the header of %s", s->file);
+    }
+    int rc = ALLOY_OK;
+    f->shard = si;
+    f->data_start = hlen;
+    f->fd = open(f->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f->fd < 0) rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create: %s", f->path, strerror(errno));
+    else if (!(f->w = alloy_writer_new(f->fd, f->path, ALLOY_WRITER_DIRECT, err)))
+        rc = err ? (int)err->status : ALLOY_ERR_NOMEM;
+    if (!rc) rc = alloy_writer_submit(f->w, hdr, hlen, 0, err);
+    if (!rc && s->data_bytes && ftruncate(f->fd, (off_t)(hlen + s->data_bytes)) != 0)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot size the file to %llu bytes: %s", f->path,
+                           (unsigned long long)(hlen + s->data_bytes), strerror(errno));
+    free(hdr);
+    return rc;
+}
+
+/* Flushes, fsyncs and closes the open shard (write = 0: only frees it, after an error). */
+static int close_shard(struct folder_sink *f, int write, struct alloy_err *err)
+{
+    int rc = ALLOY_OK;
+    if (f->fd < 0) return rc;
+    if (write && f->w) rc = alloy_writer_flush(f->w, err); /* the staged last segment; waits for the I/O thread */
+    if (write && !rc && fsync(f->fd) != 0)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", f->path, strerror(errno));
+    alloy_writer_free(f->w);
+    f->w = NULL;
+    if (close(f->fd) != 0 && write && !rc)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: close failed: %s", f->path, strerror(errno));
+    f->fd = -1;
+    free(f->path);
+    f->path = NULL;
+    return rc;
+}
+
+static int folder_begin(struct alloy_sink *s, const struct alloy_plan *p, struct alloy_err *err)
+{
+    struct folder_sink *f = (struct folder_sink *)s;
+    f->p = p;
+    int rc = alloy_check_out_dir(p, f->o->out_dir, err);
+    if (rc) return rc;
+    if (!(f->tmp = alloy_xasprintf("%s.alloy-tmp-XXXXXX", f->o->out_dir)))
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!mkdtemp(f->tmp)) {
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create a temporary folder next to it: %s", f->o->out_dir,
+                           strerror(errno));
+        free(f->tmp);
+        f->tmp = NULL;
+    }
+    return rc;
+}
+
+static int folder_tensor_begin(struct alloy_sink *s, size_t i, struct alloy_err *err)
+{
+    struct folder_sink *f = (struct folder_sink *)s;
+    size_t si = (size_t)f->p->tensors[i].shard;
+    if (f->fd >= 0 && f->shard == si) return ALLOY_OK;
+    int rc = close_shard(f, 1, err);
+    return rc ? rc : open_shard(f, si, err);
+}
+
+/* A chunk's output bytes, converted from float32 as the writer asks for them (writer.h): through a
+ * buffer that stays in L1, then streamed into the staging segment; an element a piece boundary cuts
+ * is converted whole and only its bytes in the piece copied. */
+struct out_fill {
+    const float *src;
+    enum alloy_dtype dtype;
+    size_t esize;
+    uint64_t nonfinite;     /* NaN/Inf values converted, each element counted once */
+};
+
+static void fill_out(void *ctx, uint8_t *dst, size_t from, size_t n)
+{
+    struct out_fill *f = ctx;
+    uint8_t tmp[16384] __attribute__((aligned(64)));
+    size_t e = from / f->esize, skip = from % f->esize;
+    while (n) {
+        size_t k = (skip + n + f->esize - 1) / f->esize; /* elements touching the rest */
+        if (k > sizeof tmp / f->esize) k = sizeof tmp / f->esize;
+        f->nonfinite += alloy_from_f32_count(f->dtype, f->src + e, tmp, k);
+        if (skip) { /* counted with the piece before, which holds its first byte */
+            uint32_t u;
+            memcpy(&u, f->src + e, 4);
+            f->nonfinite -= (u & 0x7f800000u) == 0x7f800000u;
+        }
+        size_t take = k * f->esize - skip < n ? k * f->esize - skip : n;
+        alloy_copy_stream(dst, tmp + skip, take);
+        dst += take;
+        n -= take;
+        e += k;
+        skip = 0;
+    }
+}
+
+static int folder_write(struct alloy_sink *s, size_t i, uint64_t e0, uint64_t e1, float *src, uint64_t *nonfinite,
+                        struct alloy_err *err)
+{
+    struct folder_sink *f = (struct folder_sink *)s;
+    const struct alloy_plan_tensor *t = &f->p->tensors[i];
+    size_t esize = alloy_dtype_traits(t->dtype)->block_bytes; /* merged outputs are plain float types */
+    struct out_fill fo = {src, t->dtype, esize, 0};
+    int rc = alloy_writer_submit_fill(f->w, f->data_start + t->offset + e0 * esize, (size_t)(e1 - e0) * esize,
+                                      fill_out, &fo, err);
+    *nonfinite = fo.nonfinite;
+    return rc;
+}
+
+static int folder_write_bytes(struct alloy_sink *s, size_t i, uint64_t off, const void *buf, size_t len,
+                              struct alloy_err *err)
+{
+    struct folder_sink *f = (struct folder_sink *)s;
+    return alloy_writer_submit(f->w, buf, len, f->data_start + f->p->tensors[i].offset + off, err);
+}
+
+static int folder_commit(struct alloy_sink *s, struct alloy_err *err)
+{
+    struct folder_sink *f = (struct folder_sink *)s;
+    int rc = close_shard(f, 1, err);
+    if (!rc) rc = alloy_output_write_files(f->p, f->o, f->tmp, err);
+    if (!rc && alloy_fsync_dir(f->tmp) != 0)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", f->tmp, strerror(errno));
+    if (!rc && f->o->interrupt && *f->o->interrupt) rc = alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted");
+    if (!rc) { /* private (mkdtemp: 0700) while incomplete; published with the usual umask permissions */
+        mode_t um = umask(0);
+        umask(um);
+        if (chmod(f->tmp, 0777 & ~um) != 0)
+            rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: chmod failed: %s", f->tmp, strerror(errno));
+    }
+    if (!rc) rc = alloy_publish_dir(f->tmp, f->o->out_dir, err);
+    if (!rc) {
+        free(f->tmp);
+        f->tmp = NULL;
+    }
+    return rc;
+}
+
+static void folder_abort(struct alloy_sink *s)
+{
+    struct folder_sink *f = (struct folder_sink *)s;
+    close_shard(f, 0, NULL);
+    if (f->tmp) alloy_remove_tree(f->tmp);
+    free(f->tmp);
+    f->tmp = NULL;
+}
+
+static void folder_free(struct alloy_sink *s)
+{
+    folder_abort(s); /* nothing left after a commit */
+    free(s);
+}
+
+static const struct alloy_sink_ops g_folder = {
+    "folder", folder_begin, folder_tensor_begin, folder_write, folder_write_bytes, NULL, folder_commit,
+    folder_abort, folder_free,
+};
+
+struct alloy_sink *alloy_sink_folder_new(const struct alloy_merge_options *o, struct alloy_err *err)
+{
+    struct folder_sink *f = alloy_xcalloc(1, sizeof *f);
+    if (!f) {
+        alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    f->base.ops = &g_folder;
+    f->o = o;
+    f->fd = -1;
+    return &f->base;
+}
