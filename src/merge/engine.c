@@ -89,7 +89,9 @@ static int merge_tensor(const struct alloy_plan *p, struct tensor_io *io, struct
     alloy_plan_job(p, io->index, o->has_seed ? o->seed : 0, names, &job);
     job.inputs_bf16 = io->round_to < 0 || io->round_to == ALLOY_DTYPE_BF16;
     for (int k = 0; k < t->n; k++) job.inputs_bf16 &= alloy_input_raw_bf16(&t->inputs[k]);
-    int rc = alloy_method_execute(p->method, &job, load_chunk, io, store_chunk, io, pool, 0, err);
+    int rc = p->method->kind == ALLOY_METHOD_MATRIX
+                 ? alloy_matrix_execute(p->method, &job, load_chunk, io, store_chunk, io, pool, 0, err)
+                 : alloy_method_execute(p->method, &job, load_chunk, io, store_chunk, io, pool, 0, err);
     unsigned long long bad = atomic_load(&io->nonfinite);
     if (!rc && bad && o->log) {
         char msg[600];

@@ -122,7 +122,23 @@ struct alloy_method {
     /* Asked after init when job->inputs_bf16: 1 if scan and apply take the inputs as stored bfloat16
      * (x[i] then points at uint16_t values: ALLOY_RAW_BF16(x[i])), 0 for float32. May be NULL (float32). */
     int (*raw_bf16)(const struct alloy_merge_job *job, void *state);
+
+    /* The matrix kind (kind == ALLOY_METHOD_MATRIX; matrix.c): whole 2-D float32 tensors in, the whole output
+     * out, for methods that cannot stream (SVD, least squares, LoRA extraction). matrix() gets x[i] = input i
+     * as job->rows x job->cols row-major floats and writes out[rows x cols]; it may call BLAS/LAPACK and may
+     * fail. matrix_scratch() (may be NULL) is the extra working memory it will allocate for the job, counted
+     * with the (n + 1) tensors against ALLOY_MATRIX_BUDGET. Streaming members above are unused. */
+    int kind;
+    int (*matrix)(const struct alloy_merge_job *job, const float *const *x, float *out, struct alloy_err *err);
+    uint64_t (*matrix_scratch)(const struct alloy_merge_job *job);
 };
+
+enum { ALLOY_METHOD_STREAMING = 0, ALLOY_METHOD_MATRIX = 1 };
+
+/* Most bytes a matrix method may hold for one tensor: its (n + 1) float32 tensors plus its scratch. */
+#ifndef ALLOY_MATRIX_BUDGET
+#define ALLOY_MATRIX_BUDGET ((uint64_t)4 << 30)
+#endif
 
 /* The stored bfloat16 values behind an input pointer of a method that took raw_bf16. */
 #define ALLOY_RAW_BF16(p) ((const uint16_t *)(const void *)(p))
@@ -173,6 +189,13 @@ typedef int (*alloy_store_fn)(void *ctx, uint64_t e0, uint64_t e1, float *src, s
 int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_job *job, alloy_load_fn load,
                          void *load_ctx, alloy_store_fn store, void *store_ctx, struct alloy_pool *pool,
                          uint64_t chunk_elems, struct alloy_err *err);
+
+/* Runs a matrix method over one tensor (matrix.c): loads every input whole through `load` (chunks in
+ * parallel on the pool), calls m->matrix, stores the result through `store`. Refuses a tensor whose
+ * memory would exceed `budget` bytes (0: ALLOY_MATRIX_BUDGET) with an error naming it. */
+int alloy_matrix_execute(const struct alloy_method *m, const struct alloy_merge_job *job, alloy_load_fn load,
+                         void *load_ctx, alloy_store_fn store, void *store_ctx, struct alloy_pool *pool,
+                         uint64_t budget, struct alloy_err *err);
 
 /* Test helper: runs a method on whole in-memory float32 tensors inputs[i]
  * (numel each), writing out[numel]. */
