@@ -36,6 +36,8 @@ struct test_tensor {
 int test_write_safetensors(const char *path, const struct test_tensor *t, int n);
 /* Writes a text file; returns 0 on success. */
 int test_write_text(const char *path, const char *text);
+/* A model folder: dir (created) with model.safetensors holding t[0..n) and config.json. 0 on success. */
+int test_write_model(const char *dir, const struct test_tensor *t, int n, const char *config_json);
 /* Runs a shell command (output discarded) and reports its peak resident set in KiB. Returns the exit status. */
 int test_run_rss(const char *cmd, long *maxrss_kib);
 

@@ -555,12 +555,7 @@ static void write_head_model(const char *dir, int with_head, float e0, float h0)
         {"model.layers.0.mlp.up_proj.weight", "F32", 2, {4, 4}, w},
         {"lm_head.weight", "F32", 2, {6, 4}, head},
     };
-    char path[600];
-    mkdir(dir, 0755);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    CHECK_INT(test_write_safetensors(path, t, with_head ? 3 : 2), 0);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    test_write_text(path, "{\"num_hidden_layers\": 1, \"tie_word_embeddings\": true}");
+    CHECK_INT(test_write_model(dir, t, with_head ? 3 : 2, "{\"num_hidden_layers\": 1, \"tie_word_embeddings\": true}"), 0);
 }
 
 TEST(merge_untied_heads_on_tied_base)

@@ -209,7 +209,6 @@ TEST(plan_errors)
 /* Synthetic models: vocab sizes differ, one has no lm_head (tied), one integer tensor. */
 static void write_model(const char *dir, int vocab, int with_head, float fill)
 {
-    mkdir(dir, 0755);
     static float emb[16 * 4], head[16 * 4], w[4 * 4];
     for (int i = 0; i < 16 * 4; i++) emb[i] = fill + i, head[i] = -fill - i;
     for (int i = 0; i < 16; i++) w[i] = fill * 10 + i;
@@ -220,11 +219,7 @@ static void write_model(const char *dir, int vocab, int with_head, float fill)
         {"model.position_ids", "I64", 1, {3}, ids},
         {"lm_head.weight", "F32", 2, {vocab, 4}, head},
     };
-    char path[600];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    CHECK_INT(test_write_safetensors(path, t, with_head ? 4 : 3), 0);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    test_write_text(path, "{\"num_hidden_layers\": 1}");
+    CHECK_INT(test_write_model(dir, t, with_head ? 4 : 3, "{\"num_hidden_layers\": 1}"), 0);
 }
 
 TEST(plan_embeddings_ties_and_integers)

@@ -67,6 +67,16 @@ int test_write_text(const char *path, const char *text)
     return ok ? 0 : -1;
 }
 
+int test_write_model(const char *dir, const struct test_tensor *t, int n, const char *config_json)
+{
+    char path[1024];
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (test_write_safetensors(path, t, n)) return -1;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return test_write_text(path, config_json);
+}
+
 int test_run_rss(const char *cmd, long *maxrss_kib)
 {
     pid_t pid = fork();
