@@ -350,7 +350,7 @@ struct alloy_evaluator;
 int  alloy_evaluator_new(const struct alloy_model *m, struct alloy_evaluator **out, struct alloy_err *err);
 void alloy_evaluator_free(struct alloy_evaluator *ev);
 const struct alloy_eval_info *alloy_evaluator_info(const struct alloy_evaluator *ev);
-/* Scores token ids (label names them in errors). */
+/* Scores token ids (label names them in errors; o NULL: the defaults). */
 int  alloy_evaluate_ids(const struct alloy_evaluator *ev, const int32_t *ids, size_t n, const char *label,
                         const struct alloy_eval_options *o, struct alloy_eval_result *r, struct alloy_err *err);
 /* Tokenizes text (len bytes of UTF-8) with the model's tokenizer.json, loaded
