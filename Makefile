@@ -1,6 +1,7 @@
 # alloy — build, test and tooling. Plain GNU make, C11, POSIX threads.
 #
 #   make            build build/alloy (CLI), build/liballoy.a and build/liballoy.so (installs missing Debian deps first)
+#   make lib        build build/liballoy.a and build/liballoy.so only
 #   make demo       build, then merge and evaluate the bundled tiny models
 #   make check      build and run the whole test suite (prints "N passed, M failed")
 #   make asan       run the test suite under AddressSanitizer + UndefinedBehaviorSanitizer

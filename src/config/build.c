@@ -143,6 +143,7 @@ static int built_only(const struct alloy_config *c, struct alloy_err *err)
 
 int alloy_config_new(const char *merge_method, struct alloy_config **out, struct alloy_err *err)
 {
+    if (!out) return alloy_err_set(err, ALLOY_ERR_CONFIG, BUILT_PATH ": no output pointer");
     *out = NULL;
     if (!merge_method || !merge_method[0])
         return alloy_err_set(err, ALLOY_ERR_CONFIG, BUILT_PATH ": merge_method: expected a method name (linear, "
