@@ -64,6 +64,21 @@ TEST(library_example_static_and_shared)
     }
 }
 
+/* The registry pulls every method out of liballoy.a: the static example holds all their tables. */
+TEST(library_static_link_has_every_method)
+{
+    const char *dir = getenv("ALLOY_EXAMPLES");
+    if (!dir || !*dir) return;
+    char cmd[700], *out = NULL;
+    snprintf(cmd, sizeof cmd, "nm %s/merge_and_eval_static | grep -c ' [RrDd] alloy_method_'", dir);
+    int rc = test_run(cmd, &out);
+    struct alloy_method_info m;
+    size_t n = 0;
+    while (alloy_method_info(n, &m) == 0) n++;
+    CHECK_MSG(rc == 0 && out && (size_t)atoi(out) == n, "%s: %s (expected %zu)", cmd, out ? out : "", n);
+    free(out);
+}
+
 TEST(library_evaluator_reference_losses)
 {
     static const char *const models[] = {"base", "code"};
