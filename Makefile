@@ -1,13 +1,18 @@
 # alloy — build, test and tooling. Plain GNU make, C11, POSIX threads.
 #
-#   make            build build/alloy (CLI) and build/liballoy.a (installs missing Debian deps first)
+#   make            build build/alloy (CLI), build/liballoy.a and build/liballoy.so (installs missing Debian deps first)
+#   make lib        build build/liballoy.a and build/liballoy.so only
 #   make demo       build, then merge and evaluate the bundled tiny models
 #   make check      build and run the whole test suite (prints "N passed, M failed")
 #   make asan       run the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make tsan       run the test suite under ThreadSanitizer
 #   make fuzz       build the libFuzzer targets (clang) and run each for FUZZ_SECONDS
 #   make bench      run the throughput / memory benchmark (bench/README.md)
-#   make install    install alloy and the mergekit-yaml alias into $(PREFIX)/bin
+#   make install    install alloy, the mergekit-yaml alias, liballoy.{a,so}, alloy.h and alloy.pc under $(PREFIX)
+#
+# The shared library is linked from its own position-independent objects ($(BUILD)/pic/), so the
+# CLI and liballoy.a keep the non-PIC merge kernels. `make check` installs into $(BUILD)/inst and
+# builds examples/library against that copy through pkg-config, statically and shared.
 
 PREFIX  ?= /usr/local
 BUILD   ?= build
@@ -30,13 +35,20 @@ LIB_SRC  := $(shell find src -name '*.c' | sort)
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+PIC_OBJ  := $(LIB_SRC:%.c=$(BUILD)/pic/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 DEPS_STAMP := $(BUILD)/config.mk
 
-.PHONY: all deps demo check test asan tsan fuzz bench install clean lint
+.PHONY: all lib deps demo check test asan tsan fuzz bench install clean lint
 
-all: $(BUILD)/alloy $(BUILD)/alloy_tests
+VERSION  := $(shell sed -n 's/^\#define ALLOY_VERSION "\(.*\)"/\1/p' include/alloy.h)
+SOMAJOR  := $(firstword $(subst ., ,$(VERSION)))
+SO_FILE  := liballoy.so.$(VERSION)
+LIBS_OUT := $(BUILD)/liballoy.a $(BUILD)/$(SO_FILE)
+
+all: $(BUILD)/alloy $(BUILD)/alloy_tests $(LIBS_OUT)
+lib: $(LIBS_OUT)
 
 # Link-test the libraries, install the missing Debian packages once, and record their flags
 # (scripts/deps.sh writes $(BUILD)/config.mk; make re-reads it).
@@ -48,20 +60,29 @@ deps: $(DEPS_STAMP)
 
 $(BUILD)/%.o: %.c $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(OBJ_FLAGS) -MMD -MP -c $< -o $@
+
+# The same sources compiled position-independent, for liballoy.so only.
+$(BUILD)/pic/%.o: %.c $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(OBJ_FLAGS) -fPIC -MMD -MP -c $< -o $@
 
 # The merge kernels: -O3 vectorizes the elementwise loops; -fno-trapping-math only lets the compiler
 # if-convert float selects (results are bit-identical; no -ffast-math, so sums keep their order).
-$(BUILD)/src/methods/%.o $(BUILD)/src/merge/%.o $(BUILD)/src/core/%.o $(BUILD)/src/sources/%.o $(BUILD)/src/sinks/%.o: OPT = -O3 -fno-trapping-math
+KERNEL_DIRS = src/methods src/merge src/core src/sources src/sinks
+$(foreach d,$(KERNEL_DIRS),$(BUILD)/$(d)/%.o $(BUILD)/pic/$(d)/%.o): OPT = -O3 -fno-trapping-math
 
 # The SIMD conversion rows are compiled for AVX2+F16C and only called after a CPU check.
-$(BUILD)/src/core/convert_avx2.o: src/core/convert_avx2.c $(DEPS_STAMP)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(if $(ARCHDEF),-mavx2 -mf16c) -MMD -MP -c $< -o $@
+$(BUILD)/src/core/convert_avx2.o $(BUILD)/pic/src/core/convert_avx2.o: OBJ_FLAGS = $(if $(ARCHDEF),-mavx2 -mf16c)
 
 $(BUILD)/liballoy.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+
+# Exports the alloy_* symbols only (src/liballoy.map); the soname carries the major version.
+$(BUILD)/$(SO_FILE): $(PIC_OBJ) src/liballoy.map
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -shared -Wl,-soname,liballoy.so.$(SOMAJOR) -Wl,--version-script=src/liballoy.map \
+	    -o $@ $(PIC_OBJ) $(LIBS)
 
 $(BUILD)/alloy: $(CLI_OBJ) $(BUILD)/liballoy.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(LIBS)
@@ -73,9 +94,37 @@ $(BUILD)/alloy_tests: $(TEST_OBJ) $(BUILD)/liballoy.a
 demo: all
 	sh scripts/demo.sh $(BUILD)/alloy
 
+# install_to(DIR, PREFIX): installs the binaries, libraries, header and alloy.pc under DIR, the .pc
+# naming PREFIX (DIR is DESTDIR + PREFIX for a staged install).
+define install_to
+	install -d $(1)/bin $(1)/lib/pkgconfig $(1)/include
+	install -m 755 $(BUILD)/alloy $(1)/bin/alloy
+	ln -sf alloy $(1)/bin/mergekit-yaml
+	install -m 644 $(BUILD)/liballoy.a $(1)/lib/liballoy.a
+	install -m 755 $(BUILD)/$(SO_FILE) $(1)/lib/$(SO_FILE)
+	ln -sf $(SO_FILE) $(1)/lib/liballoy.so.$(SOMAJOR)
+	ln -sf liballoy.so.$(SOMAJOR) $(1)/lib/liballoy.so
+	install -m 644 include/alloy.h $(1)/include/alloy.h
+	sed -e 's|@PREFIX@|$(2)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS_PRIVATE@|$(strip $(LIBS))|' \
+	    alloy.pc.in > $(1)/lib/pkgconfig/alloy.pc
+endef
+
+# examples/library built against an installed copy, as a user would: pkg-config, static and shared.
+INST     = $(abspath $(BUILD)/inst)
+EX_DIR   = $(BUILD)/examples
+EX_CC    = PKG_CONFIG_PATH=$(INST)/lib/pkgconfig $(CC) -std=c11 -Wall -Wextra -pedantic \
+           $(if $(filter 1,$(WERROR)),-Werror) $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS)
+$(EX_DIR)/merge_and_eval_shared: examples/library/merge_and_eval.c $(BUILD)/alloy $(LIBS_OUT) alloy.pc.in
+	$(call install_to,$(INST),$(INST))
+	@mkdir -p $(EX_DIR)
+	$(EX_CC) $< `PKG_CONFIG_PATH=$(INST)/lib/pkgconfig pkg-config --cflags --libs alloy` \
+	    -Wl,-rpath,$(INST)/lib -o $(EX_DIR)/merge_and_eval_shared
+	$(EX_CC) $< `PKG_CONFIG_PATH=$(INST)/lib/pkgconfig pkg-config --cflags --static --libs alloy | \
+	    sed 's/-lalloy/-Wl,-Bstatic -lalloy -Wl,-Bdynamic/'` -o $(EX_DIR)/merge_and_eval_static
+
 # The README's test command. ALLOY_TEST_FILTER=substring runs a subset.
-check: all
-	ALLOY_BIN=$(BUILD)/alloy $(BUILD)/alloy_tests $(ALLOY_TEST_FILTER)
+check: all $(EX_DIR)/merge_and_eval_shared
+	ALLOY_BIN=$(BUILD)/alloy ALLOY_EXAMPLES=$(EX_DIR) $(BUILD)/alloy_tests $(ALLOY_TEST_FILTER)
 
 test: check
 
@@ -94,14 +143,10 @@ fuzz:
 bench: all
 	sh bench/run.sh $(BUILD)/alloy
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
-	install -m 755 $(BUILD)/alloy $(DESTDIR)$(PREFIX)/bin/alloy
-	ln -sf alloy $(DESTDIR)$(PREFIX)/bin/mergekit-yaml
-	install -m 644 $(BUILD)/liballoy.a $(DESTDIR)$(PREFIX)/lib/liballoy.a
-	install -m 644 include/alloy.h $(DESTDIR)$(PREFIX)/include/alloy.h
+install: $(BUILD)/alloy $(LIBS_OUT)
+	$(call install_to,$(DESTDIR)$(PREFIX),$(PREFIX))
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(PIC_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

@@ -250,6 +250,33 @@ int  alloy_config_parse(const char *text, size_t len, const char *path, struct a
 int  alloy_config_load(const char *path, struct alloy_config **out, struct alloy_err *err);
 void alloy_config_free(struct alloy_config *c);
 
+/*
+ * A config given as structs: the same object alloy_config_parse fills, built
+ * call by call and checked as the YAML reader checks it (an unknown method,
+ * a malformed model reference or dtype is an error naming it). It covers
+ * `models:` configs (no slices); every setter replaces an earlier value.
+ * The config keeps an equivalent YAML text, written as mergekit_config.yml.
+ *
+ *   struct alloy_config *c;
+ *   alloy_config_new("linear", &c, &err);
+ *   alloy_config_add_model(c, "org/code", &i, &err);
+ *   alloy_config_set_param(c, i, "weight", 0.5, &err);   (model -1: top-level parameters)
+ *   alloy_config_set_dtype(c, "bfloat16", &err);
+ */
+int alloy_config_new(const char *merge_method, struct alloy_config **out, struct alloy_err *err);
+int alloy_config_set_base(struct alloy_config *c, const char *model_ref, struct alloy_err *err);
+/* Appends a model; *index (may be NULL) receives its position, 0, 1, ... */
+int alloy_config_add_model(struct alloy_config *c, const char *model_ref, int *index, struct alloy_err *err);
+int alloy_config_set_param(struct alloy_config *c, int model, const char *name, double value, struct alloy_err *err);
+/* A gradient: n >= 1 values interpolated over the layers (docs/config.md). */
+int alloy_config_set_gradient(struct alloy_config *c, int model, const char *name, const double *values, size_t n,
+                              struct alloy_err *err);
+/* "bfloat16", "float16" or "float32", optionally "torch."-prefixed. */
+int alloy_config_set_dtype(struct alloy_config *c, const char *dtype, struct alloy_err *err);
+int alloy_config_set_out_dtype(struct alloy_config *c, const char *dtype, struct alloy_err *err);
+/* The config as YAML (borrowed; for a parsed config, the text it was parsed from). */
+const char *alloy_config_text(const struct alloy_config *c);
+
 /* ---------------------------------------------------------------- merge */
 
 struct alloy_progress {
@@ -283,8 +310,108 @@ struct alloy_merge_options {
     volatile int     *interrupt;   /* when non-NULL and set, the merge stops cleanly */
 };
 
+/* The merge methods, in the order of docs/methods.md (`alloy merge --help` lists them). */
+#define ALLOY_METHOD_MAX_PARAMS 16
+struct alloy_method_param_info {
+    const char *name;
+    int         per_model;  /* 1: set per model (models[i].parameters), 0: top-level parameters only */
+    double      def;        /* default value; NaN: none */
+};
+struct alloy_method_info {
+    const char *name;       /* merge_method: spelling */
+    const char *summary;    /* one line */
+    int         nparams;
+    struct alloy_method_param_info params[ALLOY_METHOD_MAX_PARAMS];
+};
+/* Describes method i (0, 1, ...); returns 0, or -1 past the last method. */
+int alloy_method_info(size_t i, struct alloy_method_info *out);
+
 void alloy_merge_options_init(struct alloy_merge_options *o);
 int  alloy_merge(const struct alloy_merge_options *o, struct alloy_err *err);
+
+/* ---------------------------------------------------------------- evaluation */
+
+/*
+ * Perplexity of Llama-family causal language models (Llama, Mistral, Qwen2)
+ * over any struct alloy_model, so weights merged in memory are evaluated
+ * without being written: config.json comes from alloy_model_config_text(),
+ * the tensors from alloy_model_find(), tokenizer.json from the folder
+ * alloy_model_dir() names. The protocol (windows of ctx tokens, each scored
+ * after a BOS token) is docs/eval.md's; results do not depend on threads.
+ */
+struct alloy_eval_info {
+    char     model_type[16];   /* "llama", "mistral", "qwen2" */
+    int      vocab_size;
+    int      max_positions;    /* config.json max_position_embeddings */
+    int      default_ctx;      /* min(max_positions / 2, 512), at least 2 */
+    int      bos_token_id;     /* -1: none */
+};
+
+struct alloy_eval_progress {
+    size_t windows_done, windows_total;
+};
+typedef void (*alloy_eval_progress_fn)(void *user, const struct alloy_eval_progress *p);
+
+struct alloy_eval_options {
+    int    ctx;          /* window length in tokens; <= 0: the model's default_ctx */
+    int    bos;          /* -2 (default): config.json bos_token_id; -1: no BOS; else the id */
+    size_t max_windows;  /* 0: all */
+    struct alloy_pool *pool; /* NULL: single thread */
+    alloy_eval_progress_fn progress;
+    void  *progress_user;
+    volatile int *interrupt; /* when non-NULL and set, evaluation stops (ALLOY_ERR_INTERRUPTED) */
+};
+
+struct alloy_eval_result {
+    uint64_t tokens;     /* predicted tokens */
+    uint64_t windows;
+    double   nll;        /* mean negative log-likelihood, nats/token */
+    double   ppl;        /* exp(nll) */
+    double   seconds;    /* wall time of the forward passes */
+};
+
+void alloy_eval_options_init(struct alloy_eval_options *o);
+
+/* Checks m's config.json alone (no weights are read) and describes it. */
+int  alloy_eval_check(const struct alloy_model *m, struct alloy_eval_info *info, struct alloy_err *err);
+
+struct alloy_evaluator;
+
+/* Validates m's tensors against its config.json and converts the weights to
+ * float32 (4 bytes per parameter); m may be closed afterwards. */
+int  alloy_evaluator_new(const struct alloy_model *m, struct alloy_evaluator **out, struct alloy_err *err);
+void alloy_evaluator_free(struct alloy_evaluator *ev);
+const struct alloy_eval_info *alloy_evaluator_info(const struct alloy_evaluator *ev);
+/* Scores token ids (label names them in errors; o NULL: the defaults). */
+int  alloy_evaluate_ids(const struct alloy_evaluator *ev, const int32_t *ids, size_t n, const char *label,
+                        const struct alloy_eval_options *o, struct alloy_eval_result *r, struct alloy_err *err);
+/* Tokenizes text (len bytes of UTF-8) with the model's tokenizer.json, loaded
+ * on first use, and scores it. */
+int  alloy_evaluate_text(struct alloy_evaluator *ev, const char *text, size_t len, const char *label,
+                         const struct alloy_eval_options *o, struct alloy_eval_result *r, struct alloy_err *err);
+
+/* Tokenizers (tokenizer.json): byte-level BPE (GPT-2, Llama-3, Qwen2),
+ * SentencePiece-style BPE with byte fallback (Llama-2, Mistral), bytes. */
+struct alloy_tokenizer;
+
+int  alloy_tokenizer_load(const char *path, struct alloy_tokenizer **out, struct alloy_err *err);
+void alloy_tokenizer_free(struct alloy_tokenizer *t);
+/* 1 when both were read from byte-identical tokenizer.json texts (same length and 64-bit hash). */
+int  alloy_tokenizer_same(const struct alloy_tokenizer *a, const struct alloy_tokenizer *b);
+/* Encodes text without special tokens; *ids is malloc'd (free()). label names the text in errors. */
+int  alloy_tokenizer_encode(const struct alloy_tokenizer *t, const char *text, size_t len, const char *label,
+                            int32_t **ids, size_t *n, struct alloy_err *err);
+
+/* Reads a text file (*text malloc'd, NUL-terminated), or whitespace-separated
+ * non-negative token ids (*ids malloc'd). */
+int  alloy_eval_read_text(const char *path, char **text, size_t *len, struct alloy_err *err);
+int  alloy_eval_read_ids(const char *path, int32_t **ids, size_t *n, struct alloy_err *err);
+
+/* Stops OpenBLAS's idle worker threads (they spin for about 0.1 s of a core
+ * after loading); a no-op with other BLAS builds. Merges use no BLAS. */
+void alloy_blas_idle(void);
+
+/* ---------------------------------------------------------------- sizes */
 
 /* Parses a byte count: "4096", "500M", "1G", "5B", "2.5G", "512MiB".
  * K/M/G/T and mergekit's B (billion) are decimal, case-insensitive, as in

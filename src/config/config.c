@@ -535,18 +535,21 @@ static int missing(struct cfgp *P, const struct ynode *m, const char *where, con
 /* ---------------------------------------------------------------- model references */
 
 /* Validates and normalises PATH[@REV] (one part of a string reference). */
-static int model_path(struct cfgp *P, const struct ynode *n, const char *key, const char *s, size_t len, char **out)
+const char *alloy_config_ref_problem(const char *s, size_t len)
 {
     const char *at = memchr(s, '@', len);
-    if (at && memchr(at + 1, '@', len - (size_t)(at + 1 - s)))
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "invalid model reference '%.*s': more than one '@' "
-                    "(expected PATH or PATH@REVISION)", (int)(len > 200 ? 200 : len), s);
-    if (len == 0 || at == s)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "invalid model reference '%.*s': the model path is empty",
-                    (int)(len > 200 ? 200 : len), s);
-    if (at && at + 1 == s + len)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "invalid model reference '%.*s': the revision after '@' "
-                    "is empty", (int)(len > 200 ? 200 : len), s);
+    if (at && memchr(at + 1, '@', len - (size_t)(at + 1 - s))) return "more than one '@' (expected PATH or PATH@REVISION)";
+    if (len == 0 || at == s) return "the model path is empty";
+    if (at && at + 1 == s + len) return "the revision after '@' is empty";
+    return NULL;
+}
+
+static int model_path(struct cfgp *P, const struct ynode *n, const char *key, const char *s, size_t len, char **out)
+{
+    const char *why = alloy_config_ref_problem(s, len);
+    if (why)
+        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "invalid model reference '%.*s': %s", (int)(len > 200 ? 200 : len),
+                    s, why);
     if (!(*out = alloy_xmalloc(len + 1))) return nomem(P);
     memcpy(*out, s, len);
     (*out)[len] = 0;
@@ -555,8 +558,7 @@ static int model_path(struct cfgp *P, const struct ynode *n, const char *key, co
 
 static int lora_unsupported(struct cfgp *P, const struct ynode *n, const char *key)
 {
-    return perr(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, "LoRA adapters in model references are not supported yet "
-                "(merge the adapter into its model first)");
+    return perr(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, ALLOY_CONFIG_LORA_MSG);
 }
 
 /* A model reference: "path[@rev][+lora[@rev]]" or {model, lora, override_architecture}.
@@ -852,23 +854,28 @@ static int slices_list(struct cfgp *P, const struct ynode *n, struct alloy_confi
 
 /* ---------------------------------------------------------------- top level */
 
-static int dtype_value(struct cfgp *P, const struct ynode *n, const char *key, int *has, enum alloy_dtype *out)
+int alloy_config_dtype_name(const char *s, enum alloy_dtype *out)
 {
     static const struct { const char *name; enum alloy_dtype dt; } names[] = {
         {"bfloat16", ALLOY_DTYPE_BF16}, {"float16", ALLOY_DTYPE_F16}, {"float32", ALLOY_DTYPE_F32}};
+    const char *name = strncmp(s, "torch.", 6) == 0 ? s + 6 : s;
+    for (size_t i = 0; i < ALLOY_ARRAY_LEN(names); i++)
+        if (strcmp(name, names[i].name) == 0) { *out = names[i].dt; return 0; }
+    return strcmp(name, "int64") == 0 ? 1 : -1;
+}
+
+static int dtype_value(struct cfgp *P, const struct ynode *n, const char *key, int *has, enum alloy_dtype *out)
+{
     char *s = NULL, d[96];
     if (get_string(P, n, key, &s)) return (int)P->err->status;
     if (!s) return 0;
-    const char *name = strncmp(s, "torch.", 6) == 0 ? s + 6 : s;
-    int rc = 0;
-    for (size_t i = 0; i < ALLOY_ARRAY_LEN(names); i++)
-        if (strcmp(name, names[i].name) == 0) { *out = names[i].dt; *has = 1; free(s); return 0; }
-    if (strcmp(name, "int64") == 0)
-        rc = perr(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, "int64 is not supported (alloy merges floating-point "
-                  "tensors; use bfloat16, float16 or float32)");
+    int rc = 0, kind = alloy_config_dtype_name(s, out);
+    if (kind == 0)
+        *has = 1;
+    else if (kind == 1)
+        rc = perr(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, ALLOY_CONFIG_INT64_MSG);
     else
-        rc = perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected bfloat16, float16 or float32 (optionally with a "
-                  "torch. prefix), found %s", describe(n, d, sizeof d));
+        rc = perr(P, ALLOY_ERR_CONFIG, n->pos, key, ALLOY_CONFIG_DTYPE_MSG ", found %s", describe(n, d, sizeof d));
     free(s);
     return rc;
 }

@@ -92,6 +92,7 @@ struct alloy_config {
     char *tokenizer_source;     /* NULL, "base", "union" or a model reference */
     struct alloy_pos tokenizer_pos;
     char *chat_template;        /* NULL or as given */
+    int built;                  /* made by alloy_config_new (build.c): the setters may change it */
 };
 
 #define ALLOY_CONFIG_MAX_BYTES  ((size_t)16 << 20) /* config file size */
@@ -100,6 +101,18 @@ struct alloy_config {
 #define ALLOY_CONFIG_MAX_EXPAND ((size_t)1 << 22)  /* values visited after alias expansion */
 
 /* alloy_config_parse, alloy_config_load and alloy_config_free are public (alloy.h). */
+
+/* Shared by the YAML reader (config.c) and the builder (build.c), so both
+ * accept and refuse the same things with the same words. */
+#define ALLOY_CONFIG_LORA_MSG  "LoRA adapters in model references are not supported yet (merge the adapter into its model first)"
+#define ALLOY_CONFIG_INT64_MSG "int64 is not supported (alloy merges floating-point tensors; use bfloat16, float16 or float32)"
+#define ALLOY_CONFIG_DTYPE_MSG "expected bfloat16, float16 or float32 (optionally with a torch. prefix)"
+/* NULL when s[0..len) is a valid PATH[@REVISION], else what is wrong with it. */
+const char *alloy_config_ref_problem(const char *s, size_t len);
+/* "bfloat16"/"float16"/"float32" (optionally "torch."-prefixed): 0 and *out; "int64": 1; else -1. */
+int         alloy_config_dtype_name(const char *s, enum alloy_dtype *out);
+/* The unknown-method message: "merge_method: unknown method 'x' (known: linear, ...)" into buf. */
+void        alloy_config_unknown_method(const char *name, char *buf, size_t size);
 
 /* Frees the names and settings of p and empties it (p itself is not freed). */
 void alloy_params_free(struct alloy_params *p);

@@ -46,10 +46,15 @@ struct alloy_llama_config {
 int alloy_llama_config_parse(const char *json_text, const char *label, struct alloy_llama_config *cfg,
                              struct alloy_err *err);
 
+/* Parses m's config.json ("<dir>/config.json" in errors; missing: ALLOY_ERR_IO). */
+int alloy_llama_config_of(const struct alloy_model *m, struct alloy_llama_config *cfg, struct alloy_err *err);
+
 struct alloy_llama;
 
-/* Opens a model folder (or HF-cache reference), validates config and tensor
- * shapes and converts the weights to float32 (4 bytes per parameter). */
+/* Validates m's config and tensor shapes and converts the weights to float32
+ * (4 bytes per parameter); m is not needed afterwards. */
+int  alloy_llama_new(const struct alloy_model *m, struct alloy_llama **out, struct alloy_err *err);
+/* The same for a model folder (or HF-cache reference). */
 int  alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err *err);
 void alloy_llama_close(struct alloy_llama *m);
 const struct alloy_llama_config *alloy_llama_cfg(const struct alloy_llama *m);
@@ -82,14 +87,10 @@ enum alloy_tok_kind {
     ALLOY_TOK_SP_BPE,        /* SentencePiece-style BPE with byte fallback (Llama-2 / Mistral) */
 };
 
-struct alloy_tokenizer;
-
-int  alloy_tokenizer_load(const char *path, struct alloy_tokenizer **out, struct alloy_err *err);
+/* alloy_tokenizer_load, _free, _same and _encode are public (alloy.h). */
 /* Parses tokenizer.json text; `label` names it in errors. */
 int  alloy_tokenizer_parse(const char *json_text, const char *label, struct alloy_tokenizer **out,
                            struct alloy_err *err);
-void alloy_tokenizer_free(struct alloy_tokenizer *t);
-
 enum alloy_tok_kind alloy_tokenizer_kind(const struct alloy_tokenizer *t);
 const char *alloy_tok_kind_name(enum alloy_tok_kind k);
 /* One more than the largest id the tokenizer can produce. */
@@ -97,10 +98,6 @@ int  alloy_tokenizer_n_ids(const struct alloy_tokenizer *t);
 /* Id of a vocabulary or added token, or -1. */
 int  alloy_tokenizer_token_id(const struct alloy_tokenizer *t, const char *token);
 
-/* Encodes text without adding special tokens (no BOS/EOS). `label` (the text
- * file) names it in errors. *ids is malloc'd. */
-int alloy_tokenizer_encode(const struct alloy_tokenizer *t, const char *text, size_t len, const char *label,
-                           int32_t **ids, size_t *n, struct alloy_err *err);
 /* Decodes ids back to text (byte-level and byte-fallback tokens give their
  * bytes, "▁" a space, the prepended "▁" dropped). *text is malloc'd, NUL-terminated. */
 int alloy_tokenizer_decode(const struct alloy_tokenizer *t, const int32_t *ids, size_t n, char **text,
@@ -122,30 +119,8 @@ int alloy_uni_nfc_quick_yes(uint32_t cp); /* 1 when cp can never change under NF
 
 /* ---------------------------------------------------------------- evaluation */
 
-struct alloy_eval_progress {
-    size_t windows_done, windows_total;
-};
-typedef void (*alloy_eval_progress_fn)(void *user, const struct alloy_eval_progress *p);
+/* struct alloy_eval_options, _result, _progress and alloy_eval_options_init are public (alloy.h). */
 
-struct alloy_eval_options {
-    int    ctx;          /* window length in tokens (> 1) */
-    int    bos;          /* -2: from config.json bos_token_id; -1: no BOS; else the id */
-    size_t max_windows;  /* 0: all */
-    struct alloy_pool *pool; /* NULL: single thread */
-    alloy_eval_progress_fn progress;
-    void  *progress_user;
-    volatile int *interrupt;
-};
-
-struct alloy_eval_result {
-    uint64_t tokens;     /* predicted tokens */
-    uint64_t windows;
-    double   nll;        /* mean, nats/token */
-    double   ppl;        /* exp(nll) */
-    double   seconds;    /* wall time of the forward passes */
-};
-
-void alloy_eval_options_init(struct alloy_eval_options *o);
 /* Default window length for a model: min(max_position_embeddings / 2, 512), at least 2. */
 int  alloy_eval_default_ctx(const struct alloy_llama_config *cfg);
 /* The BOS id used under `bos` (-2: config), or -1. */
@@ -153,7 +128,5 @@ int  alloy_eval_bos(const struct alloy_llama *m, int bos);
 /* Evaluates ids (label names them in errors) under the protocol of docs/eval.md. */
 int  alloy_eval_ids(const struct alloy_llama *m, const int32_t *ids, size_t n, const char *label,
                     const struct alloy_eval_options *o, struct alloy_eval_result *r, struct alloy_err *err);
-/* Reads whitespace-separated non-negative integers. *ids is malloc'd. */
-int  alloy_eval_read_ids(const char *path, int32_t **ids, size_t *n, struct alloy_err *err);
 
 #endif

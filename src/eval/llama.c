@@ -15,7 +15,7 @@
  * INVARIANTS
  *   - Matrices are row-major [out][in] like nn.Linear.weight; y = x W^T.
  *   - A workspace is used by one thread at a time; the model is read-only
- *     after alloy_llama_open, so several threads may run forward passes.
+ *     after alloy_llama_new, so several threads may run forward passes.
  *   - Sequences in a batch are independent: positions restart at 0 in each,
  *     and attention never crosses a sequence boundary.
  */
@@ -405,21 +405,26 @@ static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, co
     return ALLOY_OK;
 }
 
-int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err *err)
+int alloy_llama_config_of(const struct alloy_model *mod, struct alloy_llama_config *cfg, struct alloy_err *err)
 {
-    struct alloy_model *mod = NULL;
-    int rc = alloy_model_open(ref, &mod, err);
-    if (rc) return rc;
+    char *label = alloy_xasprintf("%s/config.json", alloy_model_dir(mod));
+    int rc;
+    if (!label) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    else if (!alloy_model_config_text(mod))
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: file not found (evaluation needs the model's config)", label);
+    else rc = alloy_llama_config_parse(alloy_model_config_text(mod), label, cfg, err);
+    free(label);
+    return rc;
+}
+
+int alloy_llama_new(const struct alloy_model *mod, struct alloy_llama **out, struct alloy_err *err)
+{
     const char *dir = alloy_model_dir(mod);
-    char *label = alloy_xasprintf("%s/config.json", dir);
     struct alloy_llama *m = alloy_xcalloc(1, sizeof *m);
     uint64_t total = 0, total2 = 0;
-    if (!label || !m) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto fail; }
-    if (!alloy_model_config_text(mod)) {
-        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: file not found (evaluation needs the model's config)", label);
-        goto fail;
-    }
-    if ((rc = alloy_llama_config_parse(alloy_model_config_text(mod), label, &m->cfg, err))) goto fail;
+    int rc;
+    if (!m) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if ((rc = alloy_llama_config_of(mod, &m->cfg, err))) goto fail;
     const struct alloy_llama_config *c = &m->cfg;
     m->dir = alloy_xstrdup(dir);
     m->layers = alloy_xcalloc((size_t)c->num_layers, sizeof *m->layers);
@@ -428,7 +433,7 @@ int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err
     /* check every tensor first: the arena is sized only from tensors that exist */
     if ((rc = walk_tensors(m, mod, dir, NULL, &total, err))) goto fail;
     if (total > ((uint64_t)1 << 40)) {
-        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model too large (%llu parameters)", label,
+        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s/config.json: model too large (%llu parameters)", dir,
                            (unsigned long long)total);
         goto fail;
     }
@@ -441,14 +446,19 @@ int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err
     }
     if ((rc = walk_tensors(m, mod, dir, m->arena, &total2, err))) goto fail;
     compute_inv_freq(c, m->inv_freq);
-    free(label);
-    alloy_model_close(mod);
     *out = m;
     return ALLOY_OK;
 fail:
-    free(label);
-    alloy_model_close(mod);
     alloy_llama_close(m);
+    return rc;
+}
+
+int alloy_llama_open(const char *ref, struct alloy_llama **out, struct alloy_err *err)
+{
+    struct alloy_model *mod = NULL;
+    int rc = alloy_model_open(ref, &mod, err);
+    if (!rc) rc = alloy_llama_new(mod, out, err);
+    alloy_model_close(mod);
     return rc;
 }
 

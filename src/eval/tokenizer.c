@@ -403,6 +403,9 @@ int alloy_tokenizer_parse(const char *json_text, const char *label, struct alloy
         rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: expected a JSON object, found %s", label, kind_of(root));
         goto done;
     }
+    t->src_len = strlen(json_text);
+    t->src_hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < t->src_len; i++) t->src_hash = (t->src_hash ^ (unsigned char)json_text[i]) * 0x100000001b3ull;
     init_byte_map(t);
     if ((rc = parse_model(t, root, label, err)) ||
         (rc = parse_normalizer(t, json_object_get(root, "normalizer"), label, "normalizer", err)) ||
@@ -429,6 +432,11 @@ int alloy_tokenizer_load(const char *path, struct alloy_tokenizer **out, struct 
     rc = alloy_tokenizer_parse(text, path, out, err);
     free(text);
     return rc;
+}
+
+int alloy_tokenizer_same(const struct alloy_tokenizer *a, const struct alloy_tokenizer *b)
+{
+    return a && b && a->src_len == b->src_len && a->src_hash == b->src_hash;
 }
 
 void alloy_tokenizer_free(struct alloy_tokenizer *t)

@@ -34,6 +34,8 @@ struct pair_slot { uint64_t key; uint32_t rank; int32_t id; int used; };
 
 struct alloy_tokenizer {
     enum alloy_tok_kind kind;
+    uint64_t src_hash;    /* FNV-1a of the tokenizer.json text, and its length: alloy_tokenizer_same */
+    size_t src_len;
     int n_ids;
     const char **id_str;  /* [n_ids] token text for decoding, NULL for holes */
     char *id_is_added;    /* [n_ids] */

@@ -5,7 +5,9 @@
  *   Each method lives in its own file under src/methods/ and exports one
  *   `const struct alloy_method alloy_method_<name>`. The table below is the
  *   only list; its order is the order of `alloy merge --help` and
- *   docs/methods.md.
+ *   docs/methods.md. The references are strong, so linking this file pulls
+ *   every method's object out of liballoy.a (weak references would not: a
+ *   program linked against the static library would know no method).
  */
 #include "merge/method.h"
 
@@ -16,42 +18,41 @@
     X(dare_ties) X(breadcrumbs) X(breadcrumbs_ties) X(della) X(della_linear) X(model_stock) X(sce)      \
     X(nearswap) X(arcee_fusion) X(ram) X(ramplus_tl) X(passthrough)
 
-#define DECLARE(n) extern const struct alloy_method alloy_method_##n __attribute__((weak));
+#define DECLARE(n) extern const struct alloy_method alloy_method_##n;
 METHODS(DECLARE)
 #undef DECLARE
 
 #define ENTRY(n) &alloy_method_##n,
-static const struct alloy_method *const g_all[] = {METHODS(ENTRY)};
+static const struct alloy_method *const g_methods[] = {METHODS(ENTRY)};
 #undef ENTRY
 
-static size_t g_count;
-static const struct alloy_method *g_methods[sizeof g_all / sizeof g_all[0]];
-
-static void init_registry(void)
-{
-    if (g_count) return;
-    for (size_t i = 0; i < sizeof g_all / sizeof g_all[0]; i++)
-        if (g_all[i]) g_methods[g_count++] = g_all[i];
-}
+#define NMETHODS (sizeof g_methods / sizeof g_methods[0])
 
 const struct alloy_method *alloy_method_find(const char *name)
 {
-    init_registry();
-    for (size_t i = 0; i < g_count; i++)
+    for (size_t i = 0; name && i < NMETHODS; i++)
         if (strcmp(g_methods[i]->name, name) == 0) return g_methods[i];
     return NULL;
 }
 
-size_t alloy_method_count(void)
-{
-    init_registry();
-    return g_count;
-}
+size_t alloy_method_count(void) { return NMETHODS; }
 
-const struct alloy_method *alloy_method_at(size_t i)
+const struct alloy_method *alloy_method_at(size_t i) { return i < NMETHODS ? g_methods[i] : NULL; }
+
+int alloy_method_info(size_t i, struct alloy_method_info *out)
 {
-    init_registry();
-    return i < g_count ? g_methods[i] : NULL;
+    const struct alloy_method *m = alloy_method_at(i);
+    if (!m) return -1;
+    memset(out, 0, sizeof *out);
+    out->name = m->name;
+    out->summary = m->summary ? m->summary : "";
+    for (int k = 0; k < m->nparams && k < ALLOY_METHOD_MAX_PARAMS; k++) {
+        out->params[k].name = m->params[k].name;
+        out->params[k].per_model = m->params[k].scope == ALLOY_PARAM_TENSOR;
+        out->params[k].def = m->params[k].def;
+        out->nparams = k + 1;
+    }
+    return 0;
 }
 
 int alloy_method_param(const struct alloy_method *m, const char *name)

@@ -1,0 +1,177 @@
+/*
+ * cmd_merge.c — `alloy merge CONFIG.yml OUT_DIR [options]`, also run as
+ * `mergekit-yaml`.
+ *
+ * DESIGN
+ *   Options fill struct alloy_merge_options; alloy_merge does the rest.
+ *   mergekit-yaml options alloy does not need are accepted with a note, so
+ *   existing scripts run unchanged; --no-safe-serialization is refused
+ *   (alloy writes safetensors only). The progress bar shows tensors, bytes,
+ *   rate and ETA; SIGINT/SIGTERM stop the merge, which leaves the output
+ *   folder as it was (exit 130).
+ */
+#include "cli.h"
+
+#include <math.h>
+#include <stdint.h>
+
+enum {
+    OPT_HELP = 1, OPT_THREADS, OPT_SHARD, OPT_SEED, OPT_DRY, OPT_QUIET, OPT_TOK, OPT_NO_TOK, OPT_CARD, OPT_NO_CARD,
+    OPT_CRIMES, OPT_NO_SAFE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG
+};
+
+static const struct cli_opt k_opts[] = {
+    {"-h|--help", OPT_HELP, 0},
+    {"-j|--threads|--num-threads", OPT_THREADS, 1},
+    {"--out-shard-size", OPT_SHARD, 1},
+    {"--random-seed", OPT_SEED, 1},
+    {"--dry-run", OPT_DRY, 0},
+    {"-q|--quiet", OPT_QUIET, 0},
+    {"--copy-tokenizer", OPT_TOK, 0},
+    {"--no-copy-tokenizer", OPT_NO_TOK, 0},
+    {"--write-model-card", OPT_CARD, 0},
+    {"--no-write-model-card", OPT_NO_CARD, 0},
+    {"--allow-crimes", OPT_CRIMES, 0},
+    {"--no-safe-serialization", OPT_NO_SAFE, 0},
+    {"--lazy-unpickle|--no-lazy-unpickle|--cuda|--no-cuda|--low-cpu-memory|--no-low-cpu-memory|--read-to-gpu|"
+     "--no-read-to-gpu|--multi-gpu|--no-multi-gpu|--gpu-rich|--async-write|--no-async-write|--clone-tensors|"
+     "--no-clone-tensors|--trust-remote-code|--no-trust-remote-code|--safe-serialization|-v|-vv|--verbose|"
+     "--no-quiet|--no-allow-crimes", OPT_NO_EFFECT, 0},
+    {"--device|--write-threads|--transformers-cache|--lora-merge-cache|--lora-merge-dtype", OPT_NO_EFFECT_ARG, 1},
+    {NULL, 0, 0},
+};
+
+static void list_methods(FILE *f)
+{
+    struct alloy_method_info m;
+    for (size_t i = 0; alloy_method_info(i, &m) == 0; i++) {
+        fprintf(f, "  %-17s %s\n", m.name, m.summary);
+        if (!m.nparams) continue;
+        fprintf(f, "  %-17s ", "");
+        for (int k = 0; k < m.nparams; k++) {
+            fprintf(f, "%s%s%s", k ? ", " : "", m.params[k].name, m.params[k].per_model ? "*" : "");
+            if (!isnan(m.params[k].def)) fprintf(f, "=%g", m.params[k].def);
+        }
+        fputc('\n', f);
+    }
+}
+
+static void merge_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: alloy merge CONFIG.yml OUT_DIR [options]\n"
+            "       mergekit-yaml CONFIG.yml OUT_DIR [options]\n"
+            "\n"
+            "Merges the models a mergekit YAML config names and writes a Hugging Face model folder.\n"
+            "\n"
+            "Example:\n"
+            "  alloy merge examples/linear.yml ./merged --threads 2 --out-shard-size 1G\n"
+            "\n"
+            "Options:\n"
+            "  -j, --threads N, --num-threads N  worker threads (default: all cores)\n"
+            "  --out-shard-size SIZE    max bytes per output shard: 1G, 500M, 5B (= 5e9, mergekit's default)\n"
+            "  --dry-run                print the plan (tensors, methods, sources, parameters); write nothing\n"
+            "  --random-seed N          seed for the random methods (DARE, DELLA); same seed, same bits\n"
+            "  --copy-tokenizer / --no-copy-tokenizer    copy the tokenizer files (default: copy)\n"
+            "  --write-model-card / --no-write-model-card  README.md + mergekit_config.yml (default: write)\n"
+            "  --allow-crimes           accepted (alloy matches tensors by name and shape for any architecture)\n"
+            "  -q, --quiet              no progress bar and no notes\n"
+            "  -h, --help               this help\n"
+            "Accepted for mergekit compatibility, no effect here: --lazy-unpickle, --cuda, --no-cuda, --device X,\n"
+            "  --low-cpu-memory, --read-to-gpu, --multi-gpu, --gpu-rich, --async-write, --write-threads N,\n"
+            "  --transformers-cache X, --clone-tensors, --trust-remote-code, --safe-serialization, -v\n"
+            "\n"
+            "Exit status: 0 ok, 1 bad input or failed merge, 2 usage error, 130 interrupted.\n"
+            "\n"
+            "Merge methods (merge_method:), with their parameters (* = per model):\n");
+    list_methods(f);
+    fprintf(f, "See docs/methods.md for the formulas.\n");
+}
+
+static void draw_progress(void *user, const struct alloy_progress *p)
+{
+    struct cli_bar *b = user;
+    double el = cli_seconds_since(&b->start);
+    double frac = p->bytes_total ? (double)p->bytes_done / (double)p->bytes_total : 1.0;
+    double rate = el > 0 ? (double)p->bytes_done / el : 0;
+    double eta = rate > 0 ? (double)(p->bytes_total - p->bytes_done) / rate : 0;
+    cli_bar_draw(b, frac, p->tensors_done == p->tensors_total, "%zu/%zu tensors  %.2f/%.2f GB  %.0f MB/s  ETA %.0fs",
+                 p->tensors_done, p->tensors_total, (double)p->bytes_done / 1e9, (double)p->bytes_total / 1e9,
+                 rate / 1e6, eta);
+}
+
+/* Applies one option to o; 0, or an exit status (help: 0 via *done). */
+static int apply_option(struct cli_args *a, int id, const char *val, struct alloy_merge_options *o, int *done)
+{
+    long long v;
+    switch (id) {
+    case OPT_HELP: merge_usage(stdout); *done = 1; return 0;
+    case OPT_THREADS:
+        if (cli_int(val, 1, 1024, &v)) return cli_usage_error("merge", "--threads: expected 1..1024, got '%s'", val);
+        o->threads = (int)v;
+        return 0;
+    case OPT_SHARD:
+        if (alloy_parse_size(val, &o->shard_size) || o->shard_size == 0)
+            return cli_usage_error("merge", "--out-shard-size: expected a size like 1G, 500M or 5B, got '%s'", val);
+        return 0;
+    case OPT_SEED:
+        if (cli_int(val, 0, INT64_MAX, &v))
+            return cli_usage_error("merge", "--random-seed: expected a non-negative integer, got '%s'", val);
+        o->has_seed = 1;
+        o->seed = (uint64_t)v;
+        return 0;
+    case OPT_DRY: o->dry_run = 1; return 0;
+    case OPT_QUIET: cli_quiet = 1; return 0;
+    case OPT_TOK: o->copy_tokenizer = 1; return 0;
+    case OPT_NO_TOK: o->copy_tokenizer = 0; return 0;
+    case OPT_CARD: o->write_model_card = 1; return 0;
+    case OPT_NO_CARD: o->write_model_card = 0; return 0;
+    case OPT_CRIMES: o->allow_crimes = 1; return 0;
+    case OPT_NO_SAFE:
+        cli_error("--no-safe-serialization: alloy writes safetensors only (PyTorch pickles can execute code when loaded)");
+        return 2;
+    default: /* OPT_NO_EFFECT, OPT_NO_EFFECT_ARG */
+        if (!cli_quiet) fprintf(stderr, "alloy: note: %s has no effect in alloy (CPU streaming merge)\n", a->name);
+        return 0;
+    }
+}
+
+int cmd_merge(int argc, char **argv)
+{
+    struct alloy_merge_options o;
+    alloy_merge_options_init(&o);
+    struct cli_args a = {.cmd = "merge", .argc = argc, .argv = argv, .opts = k_opts};
+    const char *pos[2] = {0}, *val;
+    int npos = 0, id, done = 0, rc;
+    while ((id = cli_next(&a, &val)) != CLI_END) {
+        if (id == CLI_USAGE) return 2;
+        if (id == CLI_ARG) {
+            if (npos == 2) return cli_usage_error("merge", "unexpected argument '%s'", val);
+            pos[npos++] = val;
+        } else if ((rc = apply_option(&a, id, val, &o, &done)) || done) {
+            return rc;
+        }
+    }
+    if (npos < 1 || (npos < 2 && !o.dry_run)) return cli_usage_error("merge", "expected CONFIG.yml and OUT_DIR");
+    o.config_path = pos[0];
+    o.out_dir = pos[1];
+    o.log = cli_log;
+    o.plan_out = stdout;
+    struct cli_bar bar;
+    cli_bar_start(&bar);
+    if (o.dry_run) bar.tty = 0;
+    o.progress = draw_progress;
+    o.progress_user = &bar;
+    o.interrupt = &cli_interrupt;
+    cli_catch_signals();
+    struct alloy_err err = {0};
+    rc = alloy_merge(&o, &err);
+    cli_bar_end(&bar, 1);
+    if (rc) {
+        cli_error("%s", err.msg);
+        return rc == ALLOY_ERR_INTERRUPTED || cli_interrupt ? 130 : 1;
+    }
+    if (!cli_quiet && !o.dry_run)
+        fprintf(stderr, "alloy: merged into %s (%.1f s)\n", o.out_dir, cli_seconds_since(&bar.start));
+    return 0;
+}
