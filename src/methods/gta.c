@@ -46,7 +46,7 @@
  *   one fused loop per sixteen elements (gta_avx512.c): keep decisions
  *   stay in mask registers, no per-block arrays are written and read back
  *   (della-3: 0.81 -> 0.71 s, dare_ties-3: 0.60 -> 0.43 s). Those merges
- *   then also take bfloat16 models' values as stored (gta_raw_bf16): the
+ *   then also take bfloat16 models' values as stored (gta_takes_bf16): the
  *   fused loops and della's key loop widen them in registers, blocks off
  *   the fused path are widened here (in_block), and no chunk is converted
  *   to float32 first (della-3 0.69 -> 0.62 s). The operations and their
@@ -276,15 +276,14 @@ int gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, voi
     return ALLOY_OK;
 }
 
-int gta_raw_bf16(const struct alloy_merge_job *job, void *state)
+int gta_takes_bf16(const struct alloy_merge_job *job, const void *state)
 {
-    struct gta_state *s = state;
+    const struct gta_state *s = state;
     int ok = s->fused && s->kind->consensus &&
              (s->kind->sparsify == GTA_SPARSIFY_RANDOM || s->kind->sparsify == GTA_SPARSIFY_DELLA);
     /* apply() reads no input but through the fused loop or a widened block: no row ranked again */
     ok = ok && s->nm > 0; /* no task vector: apply() copies the base as float32 */
     for (int j = 0; j < s->nm && ok; j++) ok = !s->m[j].sparse || s->m[j].keep_bits; /* (none when zero) */
-    s->raw = ok;
     return ok;
 }
 
@@ -460,7 +459,7 @@ static ALLOY_INLINE void block_delta(const float *restrict xi, const float *rest
  * e + q (global index) with delta d[q], else 0. Della: the block is [j0, j0 + n) of the row
  * xi/b of cols elements. Decisions per element as in the DESIGN note, consumed in element order. */
 static ALLOY_INLINE void keep_block(const struct gta_state *s, const struct gta_model *m, struct gta_cursor *cur, uint64_t e,
-                       const float *d, size_t n, size_t j0, const void *xi, const void *b, size_t cols,
+                       const float *d, size_t n, size_t j0, const void *xi, const void *b, size_t cols, int raw,
                        uint32_t *restrict keep)
 {
     uint32_t key[GTA_BLK];
@@ -501,7 +500,7 @@ static ALLOY_INLINE void keep_block(const struct gta_state *s, const struct gta_
             memcpy(kmax, row->elem + j0, n * sizeof *kmax);
         } else {
             for (size_t q = 0; q < n; q++) {
-                uint32_t i = gta_della_rank2(xi, b, cols, j0 + q, s->raw);
+                uint32_t i = gta_della_rank2(xi, b, cols, j0 + q, raw);
                 kmax[q] = cur->dmax ? cur->dmax[i] : della_keepmax(m, i, cols);
             }
         }
@@ -730,7 +729,7 @@ static ALLOY_INLINE void scan_body(const struct alloy_merge_job *job, const stru
         /* eight partial sums (element q of a block into lane q % 8), folded in a fixed order: the
            same bits on any instruction set and thread count, and a vectorized loop */
         double before[GTA_L1_LANES] = {0}, after[GTA_L1_LANES] = {0};
-        const int raw = s->raw;
+        const int raw = c->input == ALLOY_INPUT_BF16_RAW;
         for (size_t r0 = 0; r0 < len; r0 += cols) {
             della_scratch_row(&ds, m, 0, gta_in_at(xi, r0, raw), gta_in_at(b, r0, raw), cols, raw, &cur);
             for (size_t j0 = 0; j0 < cols; j0 += GTA_BLK) {
@@ -749,7 +748,8 @@ static ALLOY_INLINE void scan_body(const struct alloy_merge_job *job, const stru
 #endif
                 float tx[GTA_BLK], tb[GTA_BLK];
                 block_delta(in_block(xi, e, n, raw, tx), in_block(b, e, n, raw, tb), n, d);
-                keep_block(s, m, &cur, c->e0 + e, d, n, j0, gta_in_at(xi, r0, raw), gta_in_at(b, r0, raw), cols, keep);
+                keep_block(s, m, &cur, c->e0 + e, d, n, j0, gta_in_at(xi, r0, raw), gta_in_at(b, r0, raw), cols, raw,
+                           keep);
                 if (m->keep_bits) bits_store(m->keep_bits, c->e0 + e, keep, n, c->e0, c->e1);
                 l1_block(d, keep, n, before, after);
             }
@@ -765,11 +765,12 @@ GTA_ISA_VERSIONS(scan, gta_scan_fn,
                   const float *const *x, void *acc),
                  (job, s, c, x, acc))
 
-void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-              const float *const *x, void *acc)
+int gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+             const float *const *x, void *acc, struct alloy_err *err)
 {
     const struct gta_state *s = state;
     s->scan(job, s, c, x, acc);
+    return ALLOY_OK;
 }
 
 int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
@@ -859,6 +860,7 @@ static ALLOY_INLINE void apply_body(const struct alloy_merge_job *job, const str
 {
     size_t len = (size_t)(c->e1 - c->e0);
     const float *b = x[s->base];
+    const int raw = c->input == ALLOY_INPUT_BF16_RAW;
     int nm = s->nm;
     if (nm == 0) {
         memcpy(out, b, len * sizeof *out);
@@ -883,24 +885,24 @@ static ALLOY_INLINE void apply_body(const struct alloy_merge_job *job, const str
 #endif
     for (size_t r0 = 0; r0 < len; r0 += cols) {
         for (int j = 0; j < nm; j++)
-            if (!s->m[j].keep_bits) /* not raw: gta_raw_bf16 wants keep bits */
+            if (!s->m[j].keep_bits) /* not raw: gta_takes_bf16 wants keep bits */
                 della_scratch_row(&ds, &s->m[j], (size_t)j, x[s->m[j].input] + r0, b + r0, cols, 0, &cur[j]);
         for (size_t j0 = 0; j0 < cols; j0 += GTA_BLK) {
             size_t n = cols - j0 < GTA_BLK ? cols - j0 : GTA_BLK, e = r0 + j0;
 #if ALLOY_X86_DISPATCH
             if (fused && (c->e0 + e) % 16 == 0 && n % 16 == 0) {
-                gta_apply_block_avx512(s, x, e, c->e0 + e, n, coef, out + e);
+                gta_apply_block_avx512(s, x, e, c->e0 + e, n, coef, raw, out + e);
                 continue;
             }
 #endif
             float tx[GTA_BLK], tb[GTA_BLK];
-            const float *bb = in_block(b, e, n, s->raw, tb); /* widened once for every model */
+            const float *bb = in_block(b, e, n, raw, tb); /* widened once for every model */
             for (int j = 0; j < nm; j++) {
                 const struct gta_model *m = &s->m[j];
                 const float *xi = x[m->input];
                 float *Dj = D[j];
                 const float cj = coef[j];
-                block_delta(in_block(xi, e, n, s->raw, tx), bb, n, Dj);
+                block_delta(in_block(xi, e, n, raw, tx), bb, n, Dj);
                 if (!m->sparse) {
                     for (size_t q = 0; q < n; q++) Dj[q] *= cj;
                     continue;
@@ -909,7 +911,7 @@ static ALLOY_INLINE void apply_body(const struct alloy_merge_job *job, const str
                 if (m->keep_bits)
                     bits_load(m->keep_bits, c->e0 + e, n, keep);
                 else
-                    keep_block(s, m, &cur[j], c->e0 + e, Dj, n, j0, xi + r0, b + r0, cols, keep); /* not raw */
+                    keep_block(s, m, &cur[j], c->e0 + e, Dj, n, j0, xi + r0, b + r0, cols, 0, keep); /* not raw */
                 for (size_t q = 0; q < n; q++) { /* keep ? cj * d : +0, on the bits */
                     float v = cj * Dj[q];
                     uint32_t u;
@@ -929,9 +931,10 @@ GTA_ISA_VERSIONS(apply, gta_apply_fn,
                   const float *const *x, float *out),
                  (job, s, c, x, out))
 
-void gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-               const float *const *x, float *out)
+int gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+              const float *const *x, float *out, struct alloy_err *err)
 {
     const struct gta_state *s = state;
     s->apply(job, s, c, x, out);
+    return ALLOY_OK;
 }

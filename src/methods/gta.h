@@ -103,7 +103,6 @@ typedef void (*gta_scan_fn)(const struct alloy_merge_job *job, const struct gta_
 struct gta_state {
     const struct gta_kind *kind;
     gta_draw_fn draw;
-    int raw;                /* inputs are the stored bfloat16 values (gta_raw_bf16) */
     int fused;              /* AVX-512: L1 passes of random and della models in one loop (gta.c) */
     gta_apply_fn apply;
     gta_scan_fn scan;
@@ -132,12 +131,12 @@ int  gta_check(const struct gta_kind *kind, const struct alloy_merge_job *job, s
 int  gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, void *state, struct alloy_err *err);
 int  gta_want_pass(const struct alloy_merge_job *job, void *state, int pass);
 size_t gta_pass_sample(const struct alloy_merge_job *job, const void *state, int pass);
-void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-              const float *const *x, void *acc);
+int  gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+              const float *const *x, void *acc, struct alloy_err *err);
 int  gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
                   struct alloy_err *err);
-void gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-               const float *const *x, float *out);
+int  gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+               const float *const *x, float *out, struct alloy_err *err);
 void gta_fini(const struct alloy_merge_job *job, void *state);
 
 /* DELLA's keep limits of one row (della_rank.c). Elements of equal |delta| share their mean rank;
@@ -176,11 +175,11 @@ void gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row
                            const void *xi, const void *b, int raw, size_t n, size_t j0, uint64_t c0, uint64_t c1,
                            double *before, double *after);
 void gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
-                            const float *coef, float *out);
+                            const float *coef, int raw, float *out);
 /* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
 uint32_t gta_della_rank2(const void *xi, const void *b, size_t cols, size_t j, int raw);
 
-/* Inputs taken raw (gta_state.raw, method.h raw_bf16) are the stored bfloat16 values: element e of input
+/* Inputs taken raw (method.h ALLOY_INPUT_BF16_RAW) are the stored bfloat16 values: element e of input
  * row p, as an address and as a float32 value. */
 static inline const void *gta_in_at(const float *p, size_t e, int raw)
 {
@@ -194,9 +193,9 @@ static inline float gta_in_f32(const void *p, size_t j, int raw)
     memcpy(&f, &u, sizeof f);
     return f;
 }
-/* Whether this job takes its inputs raw (method.h raw_bf16): the consensus random and della merges whose
+/* Whether this job takes its inputs raw (method.h takes_bf16): the consensus random and della merges whose
  * every block runs the fused AVX-512 loops, which widen bfloat16 in registers. */
-int gta_raw_bf16(const struct alloy_merge_job *job, void *state);
+int gta_takes_bf16(const struct alloy_merge_job *job, const void *state);
 
 #define GTA_NEEDS_HIST(sp) ((sp) == GTA_SPARSIFY_MAGNITUDE || (sp) == GTA_SPARSIFY_OUTLIERS)
 #define GTA_ACC_SIZE_FOR(sp) GTA_ACC_SIZE(GTA_NEEDS_HIST(sp) ? GTA_HIST_SLOTS : 0)
@@ -222,7 +221,7 @@ int gta_raw_bf16(const struct alloy_merge_job *job, void *state);
         .summary = (summary_),                                                                                     \
         .params = (params_),                                                                                       \
         .nparams = (int)(sizeof(params_) / sizeof((params_)[0])),                                                  \
-        .flags = ALLOY_METHOD_NEEDS_BASE | ALLOY_METHOD_BASE_SHAPE | (extra_flags),                                \
+        .flags = ALLOY_METHOD_NEEDS_BASE | ALLOY_METHOD_BASE_SHAPE | ALLOY_METHOD_TAKES_BF16 | (extra_flags),      \
         .state_size = sizeof(struct gta_state),                                                                    \
         .acc_size = GTA_ACC_SIZE_FOR(sp),                                                                          \
         .check = ident##_check,                                                                                    \
@@ -233,7 +232,7 @@ int gta_raw_bf16(const struct alloy_merge_job *job, void *state);
         .apply = gta_apply,                                                                                        \
         .fini = gta_fini,                                                                                          \
         .pass_sample = gta_pass_sample,                                                                            \
-        .raw_bf16 = gta_raw_bf16,                                                                                  \
+        .takes_bf16 = gta_takes_bf16,                                                                              \
     }
 
 #endif

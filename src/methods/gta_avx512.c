@@ -154,9 +154,9 @@ apply_block_body(const struct gta_state *s, const float *const *x, size_t off, u
 
 __attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) void
 gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
-                       const float *coef, float *out)
+                       const float *coef, int raw, float *out)
 {
-    if (s->raw) apply_block_body(s, x, off, e, n, coef, 1, out);
+    if (raw) apply_block_body(s, x, off, e, n, coef, 1, out);
     else apply_block_body(s, x, off, e, n, coef, 0, out);
 }
 #endif
