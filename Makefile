@@ -52,12 +52,7 @@ $(BUILD)/%.o: %.c $(DEPS_STAMP)
 
 # The merge kernels: -O3 vectorizes the elementwise loops; -fno-trapping-math only lets the compiler
 # if-convert float selects (results are bit-identical; no -ffast-math, so sums keep their order).
-$(BUILD)/src/methods/%.o $(BUILD)/src/merge/%.o $(BUILD)/src/core/%.o: OPT = -O3 -fno-trapping-math
-
-# The SIMD conversion rows are compiled for AVX2+F16C and only called after a CPU check.
-$(BUILD)/src/core/convert_avx2.o: src/core/convert_avx2.c $(DEPS_STAMP)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(if $(ARCHDEF),-mavx2 -mf16c) -MMD -MP -c $< -o $@
+$(BUILD)/src/methods/%.o $(BUILD)/src/merge/%.o $(BUILD)/src/core/%.o $(BUILD)/src/kernels/%.o: OPT = -O3 -fno-trapping-math
 
 $(BUILD)/liballoy.a: $(LIB_OBJ)
 	@rm -f $@

@@ -54,6 +54,8 @@
 
 #include <math.h>
 
+struct alloy_kernels;
+
 enum alloy_param_scope {
     ALLOY_PARAM_GLOBAL, /* one value per output tensor (top/slice level) */
     ALLOY_PARAM_TENSOR, /* one value per input model (may also be set per model) */
@@ -99,6 +101,8 @@ struct alloy_merge_job {
     const double *gp;            /* [nparams] */
     const double *tp;            /* [n * nparams] */
     uint64_t seed;               /* --random-seed (0 when unset) */
+    const struct alloy_kernels *kernels; /* the loops' instruction set (kernels/kernels.h); NULL: the CPU's best.
+                                            Tests name each table the CPU has; the results do not change */
     int inputs_bf16;             /* every input is stored as bfloat16 and used unrounded: the driver may choose
                                     ALLOY_INPUT_BF16_RAW */
 };
