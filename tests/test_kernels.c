@@ -66,7 +66,8 @@ TEST(kernels_conversions_match_scalar)
             CHECK_MSG(!memcmp(fa, fb, N * 4), "%s: %s -> f32 differs", k->isa, alloy_dtype_traits(types[t])->name);
         }
         /* f32 -> each type over structured and random bit patterns (all exponents, NaN, Inf, subnormals) */
-        for (uint32_t i = 0; i < N; i++) u[i] = i < 65536 ? (i << 16) | (uint32_t)(next64() & 0xffff) : (uint32_t)next64();
+        for (uint32_t i = 0; i < N; i++)
+            u[i] = i < 65536 ? (i << 16) | (uint32_t)(next64() & 0xffff) : (uint32_t)next64();
         for (int round = 0; round < 8; round++) {
             for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
                 size_t w = (size_t)alloy_dtype_traits(types[t])->bits / 8;
@@ -145,7 +146,8 @@ TEST(kernels_della_rows_match_scalar)
             for (int kind = 0; kind < 3; kind++) { /* bfloat16 values, a few exceptions, float32 values */
                 const size_t n = cols[ci];
                 for (size_t j = 0; j < n; j++) {
-                    uint32_t ub = 0x3c000000u + (uint32_t)(next64() % 0x2000000u), ux = ub + (uint32_t)(next64() % 0x100000u);
+                    uint32_t ub = 0x3c000000u + (uint32_t)(next64() % 0x2000000u);
+                    uint32_t ux = ub + (uint32_t)(next64() % 0x100000u);
                     if (kind == 0 || (kind == 1 && next64() % 50)) {
                         ub &= 0xffff0000u;
                         ux &= 0xffff0000u;
@@ -156,7 +158,8 @@ TEST(kernels_della_rows_match_scalar)
                     br[j] = (uint16_t)(ub >> 16);
                 }
                 for (int raw = 0; raw < (kind == 0 ? 2 : 1); raw++) {
-                    const void *xi = raw ? (const void *)xr : (const void *)x, *bi = raw ? (const void *)br : (const void *)b;
+                    const void *xi = raw ? (const void *)xr : (const void *)x;
+                    const void *bi = raw ? (const void *)br : (const void *)b;
                     uint32_t *slot = malloc(GTA_DELLA_SLOT(n) * 4);
                     uint64_t *sort = calloc(GTA_DELLA_SORT(n), 8);
                     struct gta_della_row r;

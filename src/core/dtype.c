@@ -155,7 +155,10 @@ size_t alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_
 
 /* ------------------------------------------------------------ through the kernel table */
 
-void alloy_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n) { alloy_kernels()->to_f32(t, src, dst, n); }
+void alloy_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
+{
+    alloy_kernels()->to_f32(t, src, dst, n);
+}
 
 void alloy_copy_stream(void *dst, const void *src, size_t n) { alloy_kernels()->copy_stream(dst, src, n); }
 

@@ -88,7 +88,8 @@ static void run_chunk(struct run *r, size_t item, int slot)
         return;
     }
     float *out = base + (size_t)job->n * r->chunk_elems;
-    if (r->m->apply(job, r->state, &c, x, out, &e) != ALLOY_OK || r->store(r->store_ctx, c.e0, c.e1, out, &e) != ALLOY_OK)
+    if (r->m->apply(job, r->state, &c, x, out, &e) != ALLOY_OK ||
+        r->store(r->store_ctx, c.e0, c.e1, out, &e) != ALLOY_OK)
         fail(r, &e);
 }
 

@@ -18,6 +18,13 @@
  *       apply(job, state, chunk, x, out)                   for every chunk, in parallel
  *       fini(job, state)
  *
+ *   scan() and apply() may fail like init() and end_pass() (an error code,
+ *   err filled): the driver stops at the first error of any chunk. After
+ *   init the driver chooses the input mode (enum alloy_input_mode: float32,
+ *   or the stored bfloat16 values for methods that take them) and every
+ *   chunk carries it. The job names the kernel table the method's loops
+ *   use (job->kernels; kernels/kernels.h).
+ *
  *   A pass may be a sample pass: when pass_sample() returns K > 0 and the
  *   tensor has more than K chunks, only K chunks spread evenly over it are
  *   scanned (alloy_sample_chunk; the others' accumulators stay zero), e.g.

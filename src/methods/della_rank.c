@@ -10,7 +10,7 @@
  *   some columns. A row's limits are then a function of its multiset of
  *   keys alone, and the common case needs no sort at all: nearly every
  *   magnitude of a difference of bfloat16 values has its low 16 bits zero
- *   ("normal" keys: nearly all in the benchmark's fine-tunes), so each element's
+ *   ("normal" keys: nearly all, docs/performance.md), so each element's
  *   bucket (bits 30..16, 16-bit ids), one histogram of them (two tables of
  *   16-bit counts, for the even and the odd columns, so that runs of one
  *   bucket do not chain their increments; zero between rows, as the walk
@@ -20,9 +20,9 @@
  *   per-element rank is computed. The other keys (exceptions, id
  *   GTA_DELLA_EXCEPTION) rank after their bucket's normal keys; they are
  *   sorted (insertion sort up to 32, else radix) and listed by column with
- *   their own limits. A row has ~2,000 to 5,600 elements but only ~110
- *   nonempty buckets and ~14 exceptions (benchmark), so the per-bucket and
- *   per-exception steps are worth no branch per candidate: with AVX-512
+ *   their own limits. A row has thousands of elements but only a few
+ *   nonempty buckets and exceptions (docs/performance.md), so the
+ *   per-bucket and per-exception steps are worth no branch per candidate: with AVX-512
  *   the key loop lists the exceptions as it goes (a compress of their
  *   columns), their sort counts each one's place with vector compares, and
  *   the nonempty buckets are listed by compress (kernels/avx512.c; AVX2

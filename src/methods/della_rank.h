@@ -127,7 +127,8 @@ static ALLOY_INLINE uint32_t gta_della_keys(const void *xi, const void *b, size_
     return nx;
 }
 
-/* The row's limits (gta_della_row above), with the steps of one kernel table. The fast path: each key's bucket id; a histogram of them (only
+/* The row's limits (gta_della_row above), with the steps of one kernel table. The fast path: each
+ * key's bucket id; a histogram of them (only
  * buckets 0, GTA_DELLA_EXCEPTION and those from the row's smallest nonzero key to its largest are
  * cleared); the exceptions listed in column order and sorted; the nonempty buckets listed in
  * ascending order (no branch per bucket: most are empty); then one walk over them that gives each

@@ -24,7 +24,7 @@
  *                row come from gta_della_row (della_rank.c, O(cols)
  *                scratch), read per element as the block is drawn
  *   u is 32 random bits of the element (half of a 64-bit counter-based
- *   hash per pair of elements, draw_block), compared as an integer
+ *   hash per pair of elements, gta_draw_body), compared as an integer
  *   (draw_threshold). With `rescale` a sparsified task vector is
  *   multiplied by sum|delta| / sum|kept delta| (whole tensor, mergekit's L1
  *   matching), which takes one more scan pass (after the selection passes

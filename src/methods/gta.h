@@ -17,7 +17,7 @@
  *
  * A method file declares its parameter table with GTA_COMMON_PARAMS (plus
  * gamma/epsilon at GTA_P_EXTRA) and one GTA_DEFINE_METHOD line; everything
- * else (validation, passes, apply) is shared in gta.c.
+ * else (validation, passes, apply) is shared in gta.c and gta_loops.h.
  */
 #ifndef ALLOY_GTA_H
 #define ALLOY_GTA_H

@@ -39,7 +39,7 @@
 #include <string.h>
 
 /* The exact integer form of `u < p` for the draw u = x * 2^-32 of an element, x its 32-bit half of
- * one 64-bit hash (draw_block): x * 2^-32 < p  <=>  x < ceil(p * 2^32) (p * 2^32 is exact), clamped
+ * one 64-bit hash (gta_draw_body): x * 2^-32 < p  <=>  x < ceil(p * 2^32) (p * 2^32 is exact), clamped
  * to [0, 2^32]; NaN keeps nothing, like the comparison. */
 static inline uint64_t draw_threshold(double p)
 {
@@ -88,10 +88,11 @@ static inline void della_limits(const struct gta_model *m, size_t cols, uint32_t
 #define GTA_BLK 256
 
 /* Random keep decisions of one block: keep[q] = ~0u iff x(e + q) < thr (or x(e + q) <= kmax[q] when
- * kmax is set), draw_threshold()'s integer form of `u < p`. Element e's 32 random bits x(e) are the low (e even)
- * or high (e odd) half of alloy_rng_u64(rk, e >> 1): one hash per two elements. The hash is integer
- * arithmetic, so any instruction set gives the same bits; with AVX-512 (64-bit lane multiplies) the
- * loop runs several times faster than scalar. Comparisons are signed: both sides are below 2^63. */
+ * kmax is set), draw_threshold()'s integer form of `u < p`. Element e's 32 random bits x(e) are the low
+ * (e even) or high (e odd) half of alloy_rng_u64(rk, e >> 1): one hash per two elements. The hash is
+ * integer arithmetic, so any instruction set gives the same bits; AVX-512 has the 64-bit lane
+ * multiplies that let the compiler vectorize it (the "avx512" kernel table's build). Comparisons are
+ * signed: both sides are below 2^63. */
 static ALLOY_INLINE void gta_draw_body(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint32_t *restrict kmax,
                                        uint32_t *restrict keep)
 {

@@ -88,7 +88,10 @@ static void keep_della(double density, double eps, uint64_t key, size_t rows, si
             for (q = p + 1; q < cols && o[q].a == o[p].a; q++) {}
             size_t s = (p + 1) + q - 1;
             double prob = (density - eps) + eps * (double)(s - 1) / (double)(cols - 1);
-            for (size_t i = p; i < q; i++) keep[r * cols + o[i].idx] = (unsigned char)ref_draw(key, r * cols + o[i].idx, prob);
+            for (size_t i = p; i < q; i++) {
+                size_t e = r * cols + o[i].idx;
+                keep[e] = (unsigned char)ref_draw(key, e, prob);
+            }
         }
     }
     free(o);

@@ -68,7 +68,8 @@ static ALLOY_INLINE uint32_t count_zero_low(const struct alloy_sel_window *w, st
 
 /* The window pass over the next n keys of a chunk (select.h alloy_sel_window_stage), compiled into each
  * kernel table (src/kernels/). */
-static ALLOY_INLINE void alloy_sel_window_add_body(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
+static ALLOY_INLINE void alloy_sel_window_add_body(const struct alloy_select *s, size_t chunk, const uint32_t *keys,
+                                                  size_t n)
 {
     struct alloy_sel_window *w = s->window;
     if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
@@ -99,7 +100,7 @@ static ALLOY_INLINE void alloy_sel_window_add_body(const struct alloy_select *s,
             atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
             return;
         }
-        if (!alloy_sel_bucket_reserve(w, b, b->n + m)) return; /* the whole block: the copy below writes before it tests */
+        if (!alloy_sel_bucket_reserve(w, b, b->n + m)) return; /* the whole block: the copy writes before it tests */
         memset(take + m, 0, 8);
         uint32_t *dst = b->keys;
         size_t j = b->n;
