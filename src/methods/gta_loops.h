@@ -435,29 +435,53 @@ static ALLOY_INLINE void gta_scan_body(const struct alloy_merge_job *job, const 
 
 /* ---------------------------------------------------------------- apply */
 
-/* Merges one block of n elements from the models' masked, weighted deltas D[j][0..n). The sums over
- * models run in model order: in double without consensus (task arithmetic's weighted sum), in
- * float with it (the elected sign, numerator and divisor; float32 like the deltas, twice the
- * lanes of double and no double division). Zero entries and disagreeing signs add +0, which leaves
- * a sum's bits unchanged (none of them is ever -0); every sum starts as 0 + its first term (not the
- * term itself: 0 + -0 is +0). nm >= 1. */
-static ALLOY_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b,
-                                   size_t n, float *restrict out)
+/* TIES' first step for model m over one block of n elements (element e of the chunk, [j0, j0 + n) of
+ * its row at r0): Dj = keep ? cj * (xi - b) : +0, the delta trimmed by the keep mask (keep_block, or the
+ * bits the L1 pass recorded) and weighted (cj: weight times L1 rescale). bb: the base's block as
+ * float32; tx: room for the model's block widened from raw bfloat16. */
+static ALLOY_INLINE void trimmed_delta(const struct gta_state *s, const struct gta_model *m, struct gta_cursor *cur,
+                                       const struct alloy_chunk *c, const float *xi, const float *b,
+                                       const float *bb, size_t r0, size_t j0, size_t n, size_t cols, int raw,
+                                       float cj, float *tx, float *restrict Dj)
 {
-    if (!s->kind->consensus) {
-        double sum[GTA_BLK];
-        for (size_t q = 0; q < n; q++) sum[q] = 0.0 + (double)D[0][q];
-        for (int j = 1; j < nm; j++)
-            for (size_t q = 0; q < n; q++) sum[q] += D[j][q];
-        const double ls = s->lin_scale;
-        for (size_t q = 0; q < n; q++) out[q] = b[q] + (float)(ls * sum[q]);
+    const size_t e = r0 + j0;
+    block_delta(in_block(xi, e, n, raw, tx), bb, n, Dj);
+    if (!m->sparse) {
+        for (size_t q = 0; q < n; q++) Dj[q] *= cj;
         return;
     }
-    /* "sum" consensus: majority sign of the weighted sum (0 counts as +); zero entries never agree */
-    float sum[GTA_BLK], num[GTA_BLK], z[GTA_BLK];
+    uint32_t keep[GTA_BLK];
+    if (m->keep_bits)
+        bits_load(m->keep_bits, c->e0 + e, n, keep);
+    else
+        keep_block(s, m, cur, c->e0 + e, Dj, n, j0, xi + r0, b + r0, cols, 0, keep); /* not raw */
+    for (size_t q = 0; q < n; q++) { /* keep ? cj * d : +0, on the bits */
+        float v = cj * Dj[q];
+        uint32_t u;
+        memcpy(&u, &v, sizeof u);
+        u &= keep[q];
+        memcpy(&Dj[q], &u, sizeof u);
+    }
+}
+
+/* The sums over models below run in model order. Zero entries and disagreeing signs add +0, which
+ * leaves a sum's bits unchanged (none of them is ever -0); every sum starts as 0 + its first term
+ * (not the term itself: 0 + -0 is +0). nm >= 1. */
+
+/* TIES' second step: the elected sign of each element is that of sum[q] = sum_j D[j][q] (0 counts
+ * as +), in float32 like the deltas. */
+static ALLOY_INLINE void elect_sign(int nm, float (*D)[GTA_BLK], size_t n, float *restrict sum)
+{
     for (size_t q = 0; q < n; q++) sum[q] = 0.0f + D[0][q];
     for (int j = 1; j < nm; j++)
         for (size_t q = 0; q < n; q++) sum[q] += D[j][q];
+}
+
+/* TIES' third step, the disjoint merge: num[q] sums the entries whose sign agrees with the elected
+ * one, z[q] their models' weights (the divisor of normalize); zero entries never agree. */
+static ALLOY_INLINE void disjoint_merge(const struct gta_state *s, int nm, float (*D)[GTA_BLK],
+                                        const float *restrict sum, size_t n, float *restrict num, float *restrict z)
+{
     for (int j = 0; j < nm; j++) {
         const float *Dj = D[j];
         const float w = s->m[j].w;
@@ -475,15 +499,36 @@ static ALLOY_INLINE void merge_block(const struct gta_state *s, int nm, float (*
             z[q] += agree ? w : 0.0f;
         }
     }
+}
+
+/* Merges one block of n elements from the models' trimmed, weighted deltas D[j][0..n): with "sum"
+ * consensus, elect the sign and merge the agreeing entries (in float32: twice the lanes of double and
+ * no double division), divide by their weights when normalizing, scale by lambda; without consensus
+ * (task arithmetic's weighted sum) the plain sum in double, scaled by lin_scale. out = b + that. */
+static ALLOY_INLINE void merge_block(const struct gta_state *s, int nm, float (*D)[GTA_BLK], const float *restrict b,
+                                   size_t n, float *restrict out)
+{
+    if (!s->kind->consensus) {
+        double sum[GTA_BLK];
+        for (size_t q = 0; q < n; q++) sum[q] = 0.0 + (double)D[0][q];
+        for (int j = 1; j < nm; j++)
+            for (size_t q = 0; q < n; q++) sum[q] += D[j][q];
+        const double ls = s->lin_scale;
+        for (size_t q = 0; q < n; q++) out[q] = b[q] + (float)(ls * sum[q]);
+        return;
+    }
+    float sum[GTA_BLK], num[GTA_BLK], z[GTA_BLK];
+    elect_sign(nm, D, n, sum);
+    disjoint_merge(s, nm, D, sum, n, num, z);
     const float lambda = s->lambda;
     if (s->normalize)
         for (size_t q = 0; q < n; q++) num[q] /= (z[q] == 0 ? 1.0f : z[q]);
     for (size_t q = 0; q < n; q++) out[q] = b[q] + lambda * num[q];
 }
 
-/* The apply() loop, compiled twice below (with the block helpers inlined into it): for the baseline
- * instruction set and for AVX2 (twice the lanes; no FMA, and the same operations in the same order,
- * so the same bits). */
+/* apply() of one chunk: per row and block, every model's trimmed, weighted delta, then the merge
+ * (TIES: trim -> elect sign -> disjoint merge), or the fused AVX-512 loop where the table has it and
+ * every sparse model has keep bits. Compiled into each kernel table with the block helpers inlined. */
 static ALLOY_INLINE void gta_apply_body(const struct alloy_merge_job *job, const struct gta_state *s,
                                   const struct alloy_chunk *c, const float *const *x, float *out)
 {
@@ -522,30 +567,10 @@ static ALLOY_INLINE void gta_apply_body(const struct alloy_merge_job *job, const
             }
             float tx[GTA_BLK], tb[GTA_BLK];
             const float *bb = in_block(b, e, n, raw, tb); /* widened once for every model */
-            for (int j = 0; j < nm; j++) {
-                const struct gta_model *m = &s->m[j];
-                const float *xi = x[m->input];
-                float *Dj = D[j];
-                const float cj = coef[j];
-                block_delta(in_block(xi, e, n, raw, tx), bb, n, Dj);
-                if (!m->sparse) {
-                    for (size_t q = 0; q < n; q++) Dj[q] *= cj;
-                    continue;
-                }
-                uint32_t keep[GTA_BLK];
-                if (m->keep_bits)
-                    bits_load(m->keep_bits, c->e0 + e, n, keep);
-                else
-                    keep_block(s, m, &cur[j], c->e0 + e, Dj, n, j0, xi + r0, b + r0, cols, 0, keep); /* not raw */
-                for (size_t q = 0; q < n; q++) { /* keep ? cj * d : +0, on the bits */
-                    float v = cj * Dj[q];
-                    uint32_t u;
-                    memcpy(&u, &v, sizeof u);
-                    u &= keep[q];
-                    memcpy(&Dj[q], &u, sizeof u);
-                }
-            }
-            merge_block(s, nm, D, bb, n, out + e);
+            for (int j = 0; j < nm; j++) /* trim */
+                trimmed_delta(s, &s->m[j], &cur[j], c, x[s->m[j].input], b, bb, r0, j0, n, cols, raw, coef[j], tx,
+                              D[j]);
+            merge_block(s, nm, D, bb, n, out + e); /* elect sign, disjoint merge */
         }
     }
     della_scratch_free(&ds);
