@@ -69,11 +69,8 @@ $(BUILD)/pic/%.o: %.c $(DEPS_STAMP)
 
 # The merge kernels: -O3 vectorizes the elementwise loops; -fno-trapping-math only lets the compiler
 # if-convert float selects (results are bit-identical; no -ffast-math, so sums keep their order).
-KERNEL_DIRS = src/methods src/merge src/core src/sources src/sinks
+KERNEL_DIRS = src/methods src/merge src/core src/kernels src/sources src/sinks
 $(foreach d,$(KERNEL_DIRS),$(BUILD)/$(d)/%.o $(BUILD)/pic/$(d)/%.o): OPT = -O3 -fno-trapping-math
-
-# The SIMD conversion rows are compiled for AVX2+F16C and only called after a CPU check.
-$(BUILD)/src/core/convert_avx2.o $(BUILD)/pic/src/core/convert_avx2.o: OBJ_FLAGS = $(if $(ARCHDEF),-mavx2 -mf16c)
 
 $(BUILD)/liballoy.a: $(LIB_OBJ)
 	@rm -f $@

@@ -69,7 +69,7 @@ int run_case_in(const struct gcase *k, const float *const *in, const uint16_t *c
     struct alloy_merge_job job = {.name = "model.layers.0.mlp.up_proj.weight", .config_path = "test.yml",
                                   .ndim = k->ndim, .shape = shape, .numel = k->rows * k->cols, .rows = k->rows,
                                   .cols = k->cols, .n = k->n, .base = k->base, .models = models, .gp = gp,
-                                  .tp = tp, .seed = k->seed};
+                                  .tp = tp, .seed = k->seed, .kernels = k->kernels};
     struct alloy_pool *pool = threads > 0 ? alloy_pool_new(threads) : NULL; /* 0: this thread */
     int rc = in16 ? alloy_method_run_memory_bf16(m, &job, in16, out, pool, chunk, err)
                   : alloy_method_run_memory(m, &job, in, out, pool, chunk, err);

@@ -6,6 +6,8 @@
 
 #include "alloy.h"
 
+struct alloy_kernels;
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +21,7 @@ struct gcase {
     double w[MAXM], density[MAXM], extra[MAXM]; /* NAN: method default */
     double normalize, rescale, lambda;          /* NAN: method default */
     uint64_t seed;
+    const struct alloy_kernels *kernels;        /* NULL: the CPU's best table */
 };
 
 /* Uniform in [0, 1): xorshift64*, the tests' own generator. */

@@ -41,7 +41,9 @@ static int item_cmp(const void *a, const void *b)
     return x->col < y->col ? -1 : (x->col > y->col);
 }
 
-/* Checks gta_della_row on one row against sorting (and gta_della_rank2 on a few of its elements),
+static const struct alloy_kernels *g_k; /* the kernel table under test */
+
+/* Checks a kernel table's della_row (g_k) on one row against sorting (and gta_della_rank2 on a few of its elements),
  * with the identity as the limit table, so each element's limit is its own index s = first + last - 1
  * (first..last: the ranks its group of equal keys occupies); returns mismatches. */
 static size_t check_row(const float *x, const float *b, size_t cols, const char *what)
@@ -58,7 +60,7 @@ static size_t check_row(const float *x, const float *b, size_t cols, const char 
     }
     for (size_t i = 0; i < 2 * cols; i++) lim2[i] = (uint32_t)i;
     struct gta_della_row row;
-    gta_della_row(x, b, cols, lim2, slot, sort, 0, &row);
+    g_k->della_row(x, b, cols, lim2, slot, sort, 0, &row);
     size_t bad = 0, xi = 0;
     for (size_t i = GTA_DELLA_SORT_ZERO(cols); i < GTA_DELLA_SORT(cols); i++) bad += sort[i] != 0; /* counts left 0 */
     for (size_t j = 0; j < cols; j++) {
@@ -96,7 +98,7 @@ static size_t check_row(const float *x, const float *b, size_t cols, const char 
             got[j] = !row.bucket ? row.elem[j]
                      : (k < row.nx && row.xcol[k] == j) ? row.xlim[k++] : row.bucket[row.hk[j]];
         struct gta_della_row rr;
-        gta_della_row(xr, br, cols, lim2, slot, sort, 1, &rr);
+        g_k->della_row(xr, br, cols, lim2, slot, sort, 1, &rr);
         size_t diff = 0;
         for (size_t j = 0, k = 0; j < cols; j++) {
             uint32_t v = !rr.bucket ? rr.elem[j] : (k < rr.nx && rr.xcol[k] == j) ? rr.xlim[k++] : rr.bucket[rr.hk[j]];
@@ -191,13 +193,12 @@ static void long_row_cases(void)
     free(b);
 }
 
-/* Every case with the AVX-512 and the AVX2 row code (where the CPU has them), then with the portable one. */
+/* Every case with each kernel table's row code the CPU has (AVX-512, AVX2, portable). */
 TEST(della_rank_matches_stable_sort)
 {
-    for (int isa = 2; isa >= 0; isa--) {
-        gta_della_isa_cap = isa;
+    for (int isa = ALLOY_ISA_COUNT - 1; isa >= 0; isa--) {
+        if (!(g_k = alloy_kernels_isa(isa))) continue;
         stable_sort_cases();
         long_row_cases();
     }
-    gta_della_isa_cap = 2;
 }

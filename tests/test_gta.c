@@ -2,7 +2,7 @@
  * test_gta.c — the task-arithmetic family (task_arithmetic, ties,
  * breadcrumbs, breadcrumbs_ties; shared machinery in src/methods/gta.c)
  * against a naive double-precision evaluation of spec §1.6 / §1.6.1
- * written out below: sort-based top-k and outlier slices with the
+ * (src/methods/gta_ref.c): sort-based top-k and outlier slices with the
  * documented tie order (|delta| descending, then lower index first),
  * the "sum" sign consensus with its mask/divisor rules, normalize, lambda.
  * Inputs are multiples of 1/64 so deltas are exact in float32 and the
@@ -16,6 +16,7 @@
 #include "alloy.h"
 #include "merge/method.h"
 #include "methods/gta.h"
+#include "methods/gta_ref.h"
 #include "gta_case.h"
 
 #include <stdint.h>
@@ -24,95 +25,19 @@
 
 /* ---------------------------------------------------------------- naive reference */
 
-enum { SP_NONE, SP_MAGNITUDE, SP_OUTLIERS };
+enum { SP_NONE = GTA_SPARSIFY_NONE, SP_MAGNITUDE = GTA_SPARSIFY_MAGNITUDE, SP_OUTLIERS = GTA_SPARSIFY_OUTLIERS };
 
-struct ord { double a; size_t idx; };
-static int ord_desc(const void *x, const void *y) /* |delta| descending, lower index first */
-{
-    const struct ord *p = x, *q = y;
-    if (p->a != q->a) return p->a > q->a ? -1 : 1;
-    return p->idx < q->idx ? -1 : (p->idx > q->idx);
-}
-static int ord_asc(const void *x, const void *y) { return ord_desc(y, x); } /* the exact reverse order */
-
-/* Spec §1.6.1 magnitude / magnitude_outliers on one task vector, in double. */
-static void naive_sparsify(int sp, double density, double gamma, int rescale, size_t N, double *d)
-{
-    if (sp == SP_NONE || density >= 1) return;
-    struct ord *o = malloc(N * sizeof *o);
-    unsigned char *keep = calloc(N, 1);
-    for (size_t e = 0; e < N; e++) o[e] = (struct ord){fabs(d[e]), e};
-    if (sp == SP_MAGNITUDE) {
-        size_t k = (size_t)(density * (double)N);             /* k == 0: keep nothing (mergekit asserts) */
-        qsort(o, N, sizeof *o, ord_desc);
-        for (size_t r = 0; r < k; r++) keep[o[r].idx] = 1;
-    } else {
-        long long target = (long long)(density * (double)N), n_top = (long long)(gamma * (double)N);
-        long long n_bot = (long long)N - target - n_top;
-        if (n_bot < 0) { n_top += n_bot; n_bot = 0; }
-        qsort(o, N, sizeof *o, ord_asc);
-        for (long long r = n_bot; r < (long long)N - n_top; r++) keep[o[r].idx] = 1; /* n_top == 0: up to N */
-    }
-    double before = 0, after = 0;
-    for (size_t e = 0; e < N; e++) {
-        before += fabs(d[e]);
-        if (!keep[e]) d[e] = 0;
-        after += fabs(d[e]);
-    }
-    if (rescale && before >= 1e-7 && after >= 1e-7)
-        for (size_t e = 0; e < N; e++) d[e] *= before / after;
-    free(o);
-    free(keep);
-}
-
-/* Spec §1.6 steps 1-7 in double. Masks, if given, replace step 2's pruning
- * (mask[i][e] = 1 keeps) and are then L1-rescaled when `rescale`. */
+/* Spec §1.6 steps 1-7 in double (src/methods/gta_ref.c) for case k. Masks, if given, replace step 2's
+ * pruning (mask[i][e] = 1 keeps) and are then L1-rescaled when `rescale`. */
 static void naive_gta(int sp, int consensus, const struct gcase *k, int normalize, int rescale, double lambda,
                       const float *const *in, const unsigned char *const *mask, double *res)
 {
-    size_t N = (size_t)(k->rows * k->cols);
-    double *delta[MAXM] = {0};
-    double wsum = 0;
-    for (int i = 0; i < k->n; i++) {
-        if (i == k->base) continue;
-        delta[i] = malloc(N * sizeof(double));
-        for (size_t e = 0; e < N; e++) delta[i][e] = (double)in[i][e] - (double)in[k->base][e];
-        double dens = isnan(k->density[i]) ? 1.0 : k->density[i];
-        if (mask && mask[i] && dens < 1) {
-            double before = 0, after = 0;
-            for (size_t e = 0; e < N; e++) {
-                before += fabs(delta[i][e]);
-                if (!mask[i][e]) delta[i][e] = 0;
-                after += fabs(delta[i][e]);
-            }
-            if (rescale && before >= 1e-7 && after >= 1e-7)
-                for (size_t e = 0; e < N; e++) delta[i][e] *= before / after;
-        } else {
-            naive_sparsify(sp, dens, isnan(k->extra[i]) ? 0.01 : k->extra[i], rescale, N, delta[i]);
-        }
-        wsum += k->w[i];
-    }
-    for (size_t e = 0; e < N; e++) {
-        double S = 0, num = 0, Z = 0;
-        for (int i = 0; i < k->n; i++)
-            if (i != k->base) S += k->w[i] * delta[i][e];
-        if (consensus) {
-            int sigma = S >= 0 ? 1 : -1;
-            for (int i = 0; i < k->n; i++) {
-                if (i == k->base) continue;
-                double D = k->w[i] * delta[i][e];
-                int sg = D > 0 ? 1 : (D < 0 ? -1 : 0);
-                if (sg == sigma) { num += D; Z += k->w[i]; }
-            }
-            if (Z == 0) Z = 1;
-        } else {
-            num = S;
-            Z = fabs(wsum) < 1e-8 ? 1 : wsum;
-        }
-        if (normalize) num /= Z;
-        res[e] = (double)in[k->base][e] + lambda * num;
-    }
-    for (int i = 0; i < k->n; i++) free(delta[i]);
+    struct gta_ref r = {.sparsify = (enum gta_sparsify)sp, .consensus = consensus, .normalize = normalize,
+                        .rescale = rescale, .lambda = lambda, .n = k->n, .base = k->base, .rows = k->rows,
+                        .cols = k->cols, .w = k->w, .density = k->density, .extra = k->extra, .mask = mask,
+                        .seed = k->seed, .name = "model.layers.0.mlp.up_proj.weight"};
+    if (mask && sp == SP_NONE) r.sparsify = GTA_SPARSIFY_RANDOM; /* pruned by the masks alone */
+    gta_ref_merge(&r, in, res);
 }
 
 /* Runs the case with several chunkings and thread counts; compares with ref. */
@@ -828,6 +753,31 @@ TEST(della_golden_with_observed_masks)
     golden_with_observed_masks(&k, in, 0, 0, 1, 1.0, __LINE__);
     k.normalize = 1; k.rescale = 0; k.lambda = 2;
     golden_with_observed_masks(&k, in, 0, 1, 0, 2.0, __LINE__);
+    free_inputs(in, 4);
+}
+
+/* The random methods against the reference's own draws (the same counter-based hash, DELLA's ranks by
+ * sorting each row): the keep decisions are the methods', so the merges agree within float32 rounding. */
+TEST(random_methods_match_reference_draws)
+{
+    enum { R = 9, C = 40, N = R * C };
+    float **in = make_nonzero_deltas(4, 0, N, 25);
+    static const struct { const char *method; int sp, consensus, normalize; } t[] = {
+        {"dare_linear", GTA_SPARSIFY_RANDOM, 0, 0}, {"dare_ties", GTA_SPARSIFY_RANDOM, 1, 0},
+        {"della", GTA_SPARSIFY_DELLA, 1, 1},        {"della_linear", GTA_SPARSIFY_DELLA, 0, 0},
+    };
+    double *ref = malloc(N * sizeof *ref);
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        struct gcase k;
+        gcase_init(&k, t[i].method, 4, 0, R, C);
+        k.w[1] = 1; k.w[2] = 0.5; k.w[3] = -0.75;
+        k.density[1] = 0.4; k.density[2] = 0.7; k.density[3] = 0.0;
+        k.extra[1] = 0.1; k.extra[2] = 0.2;
+        k.seed = 3 + i;
+        naive_gta(t[i].sp, t[i].consensus, &k, t[i].normalize, 1, 1.0, (const float *const *)in, NULL, ref);
+        expect_case(&k, (const float *const *)in, ref, 1e-5, __LINE__);
+    }
+    free(ref);
     free_inputs(in, 4);
 }
 

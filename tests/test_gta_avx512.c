@@ -1,12 +1,14 @@
 /*
- * test_gta_avx512.c — the fused AVX-512 loops of the task-arithmetic
- * family (src/methods/gta_avx512.c) against gta.c's portable block loops,
- * bit for bit, on float32 and on bfloat16 inputs taken raw.
+ * test_gta_avx512.c — the task-arithmetic family's chunk loops in every
+ * kernel table the CPU has (src/kernels/: the AVX2 build, the fused
+ * AVX-512 loops of gta_avx512.c) against the scalar table's, bit for bit,
+ * on float32 and on bfloat16 inputs taken raw.
  */
 #include "test.h"
 #include "alloy.h"
 #include "merge/method.h"
 #include "methods/gta.h"
+#include "kernels/kernels.h"
 #include "gta_case.h"
 
 #include <stdint.h>
@@ -22,13 +24,13 @@ static float bf16_round(float f)
     return f;
 }
 
-/* gta.c's fused L1-pass and apply loops (AVX-512, where the CPU has it) give the same bits as the
- * portable block loops: random and della methods, with and without consensus, rows that are and are
+/* Every kernel table's chunk loops (the AVX-512 one with its fused L1-pass and apply loops) give the
+ * scalar table's bits: random and della methods, with and without consensus, rows that are and are
  * not multiples of the fused block, several chunkings and thread counts, a model at full density (not
  * sparse) and one at zero (no keep bits: its apply path is not fused), bfloat16-like and float32 data.
- * bfloat16 data also runs as stored values (alloy_method_run_memory_bf16: taken raw where gta_raw_bf16
- * allows, the off-path blocks widened in gta.c), again with the same bits. */
-TEST(gta_fused_loops_match_block_loops)
+ * bfloat16 data also runs as stored values (alloy_method_run_memory_bf16: taken raw where gta_takes_bf16
+ * allows, the off-path blocks widened in gta_loops.h), again with the same bits. */
+TEST(gta_kernel_tables_match_scalar)
 {
     static const char *methods[] = {"dare_ties", "dare_linear", "della", "della_linear"};
     static const struct { uint64_t rows, cols; } shapes[] = {{64, 256}, {6, 2048}, {9, 200}, {40, 96}, {1, 3000}};
@@ -66,24 +68,25 @@ TEST(gta_fused_loops_match_block_loops)
                     k.seed = 11 + (uint64_t)variant;
                     for (size_t ci = 0; ci < sizeof chunks / sizeof chunks[0]; ci++) {
                         struct alloy_err err = {0};
-                        gta_fused_cap = 0;
-                        int rc0 = run_case(&k, (const float *const *)in, want, 1, chunks[ci], &err);
-                        gta_fused_cap = 1;
-                        int rc1 = run_case(&k, (const float *const *)in, got, 2, chunks[ci], &err);
-                        CHECK_INT(rc0, ALLOY_OK);
-                        CHECK_INT(rc1, ALLOY_OK);
-                        size_t bad = 0;
-                        for (size_t e = 0; e < N; e++) bad += memcmp(&want[e], &got[e], 4) != 0;
-                        CHECK_MSG(bad == 0, "%s %zux%zu %s variant %d chunk %llu: %zu of %zu outputs differ",
-                                  methods[mi], R, C, bf ? "bf16" : "f32", variant, (unsigned long long)chunks[ci],
-                                  bad, N);
-                        if (!bf) continue;
-                        CHECK_INT(run_case_in(&k, NULL, (const uint16_t *const *)in16, got, 2, chunks[ci], &err),
-                                  ALLOY_OK);
-                        bad = 0;
-                        for (size_t e = 0; e < N; e++) bad += memcmp(&want[e], &got[e], 4) != 0;
-                        CHECK_MSG(bad == 0, "%s %zux%zu raw bf16 variant %d chunk %llu: %zu of %zu outputs differ",
-                                  methods[mi], R, C, variant, (unsigned long long)chunks[ci], bad, N);
+                        k.kernels = alloy_kernels_isa(ALLOY_ISA_SCALAR);
+                        CHECK_INT(run_case(&k, (const float *const *)in, want, 1, chunks[ci], &err), ALLOY_OK);
+                        for (int isa = 0; isa < ALLOY_ISA_COUNT; isa++) {
+                            if (!(k.kernels = alloy_kernels_isa(isa))) continue;
+                            CHECK_INT(run_case(&k, (const float *const *)in, got, 2, chunks[ci], &err), ALLOY_OK);
+                            size_t bad = 0;
+                            for (size_t e = 0; e < N; e++) bad += memcmp(&want[e], &got[e], 4) != 0;
+                            CHECK_MSG(bad == 0, "%s %s %zux%zu %s variant %d chunk %llu: %zu of %zu outputs differ",
+                                      k.kernels->isa, methods[mi], R, C, bf ? "bf16" : "f32", variant,
+                                      (unsigned long long)chunks[ci], bad, N);
+                            if (!bf) continue;
+                            CHECK_INT(run_case_in(&k, NULL, (const uint16_t *const *)in16, got, 2, chunks[ci], &err),
+                                      ALLOY_OK);
+                            bad = 0;
+                            for (size_t e = 0; e < N; e++) bad += memcmp(&want[e], &got[e], 4) != 0;
+                            CHECK_MSG(bad == 0, "%s %s %zux%zu raw bf16 variant %d chunk %llu: %zu of %zu differ",
+                                      k.kernels->isa, methods[mi], R, C, variant, (unsigned long long)chunks[ci], bad,
+                                      N);
+                        }
                     }
                 }
             free(want);
@@ -92,5 +95,4 @@ TEST(gta_fused_loops_match_block_loops)
             free_inputs(in, 4);
         }
     }
-    gta_fused_cap = 1;
 }

@@ -10,6 +10,7 @@
 #include "alloy.h"
 #include "merge/method.h"
 #include "methods/select.h"
+#include "kernels/kernels.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -239,9 +240,10 @@ TEST(select_want_value_gives_quantiles)
  * no_local, straight into the shared total), the other levels through alloy_sel_hist_keys() in blocks
  * of varying size; keep decisions through alloy_sel_keep_block() in blocks of varying size. Sampled
  * (k_sample > 0): the sample pass counts only k_sample chunks (as the driver's sample passes:
- * alloy_sample_chunk) and the window pass collects through alloy_sel_window_add(), with a window
+ * alloy_sample_chunk) and the window pass collects through a kernel table's sel_window_add (g_k), with a window
  * budget of window_keys. */
 static int g_window_passes; /* window passes of the last sampled run */
+static const struct alloy_kernels *g_k; /* the kernel table whose window pass runs (every one the CPU has) */
 
 static int run_select_layout(const float *v, size_t n, size_t cs, uint64_t k, int abs_keys, int no_local,
                              size_t k_sample, uint64_t window_keys, struct alloy_select *s, unsigned char *keep)
@@ -269,7 +271,7 @@ static int run_select_layout(const float *v, size_t n, size_t cs, uint64_t k, in
                 size_t len = 1 + (size_t)(urand() * 300);
                 if (len > e1 - e) len = e1 - e;
                 if (window)
-                    alloy_sel_window_add(s, c, keys + e, len);
+                    g_k->sel_window_add(s, c, keys + e, len);
                 else if (wide0)
                     alloy_sel_hist_wide(s, keys + e, len, &loc);
                 else
@@ -394,23 +396,17 @@ static double gauss(void) { return sqrt(-2 * log(urand() + 1e-300)) * cos(6.2831
 static void sampled_window_cases(void);
 static void sampled_fallback_cases(void);
 
-/* Every instruction-set version of the window pass (select.c) gives the same kept set. */
+/* Every kernel table's window pass the CPU has (kernels.h) gives the same kept set. */
 TEST(select_sampled_window_matches_sort)
 {
-    for (int isa = 2; isa >= 0; isa--) {
-        alloy_sel_isa_cap = isa;
-        sampled_window_cases();
-    }
-    alloy_sel_isa_cap = 2;
+    for (int isa = ALLOY_ISA_COUNT - 1; isa >= 0; isa--)
+        if ((g_k = alloy_kernels_isa(isa))) sampled_window_cases();
 }
 
 TEST(select_sampled_falls_back_exactly)
 {
-    for (int isa = 2; isa >= 0; isa--) {
-        alloy_sel_isa_cap = isa;
-        sampled_fallback_cases();
-    }
-    alloy_sel_isa_cap = 2;
+    for (int isa = ALLOY_ISA_COUNT - 1; isa >= 0; isa--)
+        if ((g_k = alloy_kernels_isa(isa))) sampled_fallback_cases();
 }
 
 static void sampled_window_cases(void)

@@ -5,17 +5,15 @@
  *   One table describes every safetensors dtype; nothing else in alloy
  *   switches on dtype names. Mergeable dtypes (F32, F16, BF16, F64) convert
  *   to and from float32 in rows. The scalar functions here are the reference:
- *   round-to-nearest-even, NaN kept NaN (forced quiet), subnormals exact. The
- *   AVX2/F16C rows in convert_avx2.c must give bit-identical results and are
- *   chosen at run time when the CPU supports them.
+ *   round-to-nearest-even, NaN kept NaN (forced quiet), subnormals exact:
+ *   the scalar kernel table's rows (kernels/scalar.c). The public
+ *   conversions call the probed table (kernels.h), whose AVX2/F16C rows
+ *   (kernels/convert_avx2.c) give bit-identical results.
  */
 #include "alloy.h"
 #include "core/internal.h"
+#include "kernels/kernels.h"
 
-#include <stdatomic.h>
-#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
-#include <cpuid.h>
-#endif
 #include <string.h>
 
 /* The reference rows of the mergeable types, as the table's to_f32 / from_f32. */
@@ -181,57 +179,27 @@ size_t alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_
     return bad;
 }
 
-/* ------------------------------------------------------------ dispatch */
+/* ------------------------------------------------------------ through the kernel table */
 
-/* Decided once; pool threads may race to decide it first, all reaching the
- * same value, so a relaxed atomic is enough (and keeps ThreadSanitizer quiet). */
-static int use_simd(void)
+/* The kernel tables have CPU-specific rows for the plain float types; any other convertible type (a block
+ * type, say) converts through its own row in g_dtypes. */
+static int kernel_row(enum alloy_dtype t)
 {
-    static atomic_int cached = -1;
-    int v = atomic_load_explicit(&cached, memory_order_relaxed);
-    if (v < 0) {
-#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
-        __builtin_cpu_init();
-        unsigned a, b, c, d; /* F16C from CPUID.1:ECX (clang's __builtin_cpu_supports has no "f16c") */
-        v = __builtin_cpu_supports("avx2") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-        if (getenv_flag("ALLOY_NO_SIMD")) v = 0;
-#else
-        v = 0;
-#endif
-        atomic_store_explicit(&cached, v, memory_order_relaxed);
-    }
-    return v;
+    return t == ALLOY_DTYPE_F32 || t == ALLOY_DTYPE_F16 || t == ALLOY_DTYPE_BF16 || t == ALLOY_DTYPE_F64;
 }
 
 void alloy_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
 {
-#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
-    if (use_simd() && (t == ALLOY_DTYPE_BF16 || t == ALLOY_DTYPE_F16)) {
-        alloy_avx2_to_f32(t, src, dst, n);
-        return;
-    }
-#endif
-    (void)use_simd;
-    alloy_ref_to_f32(t, src, dst, n);
+    if (kernel_row(t)) alloy_kernels()->to_f32(t, src, dst, n);
+    else if ((unsigned)t < ALLOY_DTYPE_COUNT && g_dtypes[t].to_f32) g_dtypes[t].to_f32(src, dst, n);
 }
 
-void alloy_copy_stream(void *dst, const void *src, size_t n)
-{
-#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
-    if (use_simd() && n >= 256) {
-        alloy_avx2_copy_stream(dst, src, n);
-        return;
-    }
-#endif
-    memcpy(dst, src, n);
-}
+void alloy_copy_stream(void *dst, const void *src, size_t n) { alloy_kernels()->copy_stream(dst, src, n); }
 
 size_t alloy_from_f32_count(enum alloy_dtype t, const float *src, void *dst, size_t n)
 {
-#if defined(__x86_64__) && defined(ALLOY_HAVE_AVX2)
-    if (use_simd() && (t == ALLOY_DTYPE_BF16 || t == ALLOY_DTYPE_F16)) return alloy_avx2_from_f32(t, src, dst, n);
-#endif
-    return alloy_ref_from_f32(t, src, dst, n);
+    if (kernel_row(t)) return alloy_kernels()->from_f32(t, src, dst, n);
+    return (unsigned)t < ALLOY_DTYPE_COUNT && g_dtypes[t].from_f32 ? g_dtypes[t].from_f32(src, dst, n) : 0;
 }
 
 void alloy_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* x86 builds compile their hot loops for AVX2 (and wider) too, chosen by the CPU at run time
- * (target attributes, never the compiler's -march). */
+/* x86 builds compile their hot loops for AVX2 (and wider) too: the kernel tables of src/kernels/,
+ * one chosen by the CPU at run time (target attributes, never the compiler's -march). */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(ALLOY_HAVE_AVX2)
 #define ALLOY_X86_DISPATCH 1
 #else
@@ -59,15 +59,12 @@ int alloy_write_file(const char *path, const void *buf, size_t len, struct alloy
 /* Writes the whole buffer at offset, retrying short writes. */
 int alloy_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *path, struct alloy_err *err);
 
-/* Conversion rows. */
+/* The reference conversion rows (dtype.c; the other instruction sets' rows: kernels/kernels.h). */
 void alloy_ref_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n);
 /* The from_f32 rows also return how many of the n values were NaN or Inf (all exponent bits set). */
 size_t alloy_ref_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
-void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n);
-size_t alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n);
 /* alloy_from_f32, returning the number of NaN and Inf values among the n converted. */
 size_t alloy_from_f32_count(enum alloy_dtype t, const float *src, void *dst, size_t n);
-void alloy_avx2_copy_stream(void *dst, const void *src, size_t n);
 /* memcpy for bytes no core reads soon (output staged for O_DIRECT): non-temporal stores where the CPU
  * has them, no read for ownership and no cache lines evicted; ordered before the caller's next store. */
 void alloy_copy_stream(void *dst, const void *src, size_t n);

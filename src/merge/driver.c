@@ -7,8 +7,13 @@
  *   give the same bits for any thread count. Each pool thread owns scratch
  *   for one chunk of every input plus the output; nothing scales with the
  *   tensor size except the per-chunk accumulators of scan passes
- *   (nchunks x acc_size bytes). The first error raised by any chunk wins;
- *   the remaining chunks are skipped.
+ *   (nchunks x acc_size bytes). The first error raised by any chunk (its
+ *   load, scan, apply or store) wins; the remaining chunks are skipped.
+ *
+ *   The driver also chooses how inputs arrive (method.h enum
+ *   alloy_input_mode): float32, or the stored bfloat16 values when the job
+ *   says every input is stored so and the method takes them; the load
+ *   callback and every chunk carry that mode.
  *
  *   Scratch is bounded too: tensors of more than ALLOY_CHUNK_ELEMS x
  *   ALLOY_MAX_CHUNKS elements get larger chunks, so when (inputs + 1)
@@ -34,7 +39,7 @@ struct run {
     size_t nchunks;
     float **scratch;        /* per lane: (n + 1) * chunk_elems floats */
     int lanes;              /* < pool threads when the scratch budget limits them */
-    int raw;                /* inputs loaded as stored bfloat16 (the method took raw_bf16) */
+    enum alloy_input_mode input; /* chosen after init (method.h): float32, or the stored bfloat16 values */
     void *state;
     int pass;               /* -1: apply */
     size_t sample;          /* chunks of a sample pass, 0: every chunk */
@@ -47,6 +52,7 @@ struct run {
 static void chunk_at(const struct run *r, size_t i, struct alloy_chunk *c)
 {
     c->index = i;
+    c->input = r->input;
     c->e0 = (uint64_t)i * r->chunk_elems;
     c->e1 = c->e0 + r->chunk_elems;
     if (c->e1 > r->job->numel) c->e1 = r->job->numel;
@@ -74,16 +80,27 @@ static void run_chunk(struct run *r, size_t item, int slot)
     struct alloy_err e = {0};
     for (int i = 0; i < job->n; i++) {
         float *dst = base + (size_t)i * r->chunk_elems;
-        if (r->load(r->load_ctx, i, c.e0, c.e1, dst, r->raw, &e) != ALLOY_OK) { fail(r, &e); return; }
+        if (r->load(r->load_ctx, i, c.e0, c.e1, dst, (int)r->input, &e) != ALLOY_OK) { fail(r, &e); return; }
         x[i] = dst;
     }
     if (r->pass >= 0) {
-        r->m->scan(job, r->state, r->pass, &c, x, r->accs + item * r->m->acc_size);
+        if (r->m->scan(job, r->state, r->pass, &c, x, r->accs + item * r->m->acc_size, &e) != ALLOY_OK) fail(r, &e);
         return;
     }
     float *out = base + (size_t)job->n * r->chunk_elems;
-    r->m->apply(job, r->state, &c, x, out);
-    if (r->store(r->store_ctx, c.e0, c.e1, out, &e) != ALLOY_OK) fail(r, &e);
+    if (r->m->apply(job, r->state, &c, x, out, &e) != ALLOY_OK ||
+        r->store(r->store_ctx, c.e0, c.e1, out, &e) != ALLOY_OK)
+        fail(r, &e);
+}
+
+/* The driver's choice of input mode for this tensor (method.h): the stored bfloat16 values when every
+ * input is stored so and used unrounded, and the method takes them for this tensor. */
+static enum alloy_input_mode input_mode(const struct alloy_method *m, const struct alloy_merge_job *job,
+                                        const void *state)
+{
+    if (job->inputs_bf16 && (m->flags & ALLOY_METHOD_TAKES_BF16) && (!m->takes_bf16 || m->takes_bf16(job, state)))
+        return ALLOY_INPUT_BF16_RAW;
+    return ALLOY_INPUT_F32;
 }
 
 static void run_item(void *ctx, size_t item, int ith) { run_chunk(ctx, item, ith); }
@@ -150,7 +167,7 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
         }
     }
     if (m->init && (rc = m->init(job, r.state, err)) != ALLOY_OK) goto out_state;
-    r.raw = job->inputs_bf16 && m->raw_bf16 && m->raw_bf16(job, r.state);
+    r.input = input_mode(m, job, r.state);
     for (int pass = 0; m->want_pass && m->want_pass(job, r.state, pass); pass++) {
         r.pass = pass;
         r.accs = alloy_xcalloc(r.nchunks ? r.nchunks : 1, m->acc_size ? m->acc_size : 1);
@@ -203,7 +220,7 @@ static int mem_load(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, 
     const struct mem_io *io = ctx;
     size_t n = (size_t)(e1 - e0);
     if (!io->bf16) memcpy(dst, io->inputs[input] + e0, n * sizeof *dst);
-    else if (raw) memcpy(dst, io->bf16[input] + e0, n * sizeof *io->bf16[input]);
+    else if (raw == ALLOY_INPUT_BF16_RAW) memcpy(dst, io->bf16[input] + e0, n * sizeof *io->bf16[input]);
     else alloy_to_f32(ALLOY_DTYPE_BF16, io->bf16[input] + e0, dst, n);
     return ALLOY_OK;
 }

@@ -18,6 +18,13 @@
  *       apply(job, state, chunk, x, out)                   for every chunk, in parallel
  *       fini(job, state)
  *
+ *   scan() and apply() may fail like init() and end_pass() (an error code,
+ *   err filled): the driver stops at the first error of any chunk. After
+ *   init the driver chooses the input mode (enum alloy_input_mode: float32,
+ *   or the stored bfloat16 values for methods that take them) and every
+ *   chunk carries it. The job names the kernel table the method's loops
+ *   use (job->kernels; kernels/kernels.h).
+ *
  *   A pass may be a sample pass: when pass_sample() returns K > 0 and the
  *   tensor has more than K chunks, only K chunks spread evenly over it are
  *   scanned (alloy_sample_chunk; the others' accumulators stay zero), e.g.
@@ -54,6 +61,8 @@
 
 #include <math.h>
 
+struct alloy_kernels;
+
 enum alloy_param_scope {
     ALLOY_PARAM_GLOBAL, /* one value per output tensor (top/slice level) */
     ALLOY_PARAM_TENSOR, /* one value per input model (may also be set per model) */
@@ -74,6 +83,16 @@ enum {
     ALLOY_METHOD_RECTIFY     = 1 << 3, /* embeddings of different sizes: use the common top-left block */
     ALLOY_METHOD_BASE_SHAPE  = 1 << 4, /* embeddings: truncate larger inputs to the base's shape */
     ALLOY_METHOD_RANDOM      = 1 << 5, /* uses the random generator */
+    ALLOY_METHOD_TAKES_BF16  = 1 << 6, /* scan and apply accept ALLOY_INPUT_BF16_RAW (see takes_bf16) */
+};
+
+/* How the driver hands a method its inputs: x[i] of scan() and apply() points at float32 values, or at
+ * the stored bfloat16 values (ALLOY_RAW_BF16(x[i])) when every input is stored bfloat16 and used
+ * unrounded (job->inputs_bf16) and the method accepts them (ALLOY_METHOD_TAKES_BF16 and takes_bf16).
+ * The driver chooses once per tensor, after init; the load callback and every chunk carry the mode. */
+enum alloy_input_mode {
+    ALLOY_INPUT_F32 = 0,
+    ALLOY_INPUT_BF16_RAW = 1,
 };
 
 struct alloy_merge_job {
@@ -89,13 +108,16 @@ struct alloy_merge_job {
     const double *gp;            /* [nparams] */
     const double *tp;            /* [n * nparams] */
     uint64_t seed;               /* --random-seed (0 when unset) */
-    int inputs_bf16;             /* every input is stored as bfloat16 and used unrounded: the loader can hand
-                                    the method the stored bits (raw_bf16 below) */
+    const struct alloy_kernels *kernels; /* the loops' instruction set (kernels/kernels.h); NULL: the CPU's best.
+                                            Tests name each table the CPU has; the results do not change */
+    int inputs_bf16;             /* every input is stored as bfloat16 and used unrounded: the driver may choose
+                                    ALLOY_INPUT_BF16_RAW */
 };
 
 struct alloy_chunk {
     size_t index;                /* 0 .. nchunks-1 in element order */
     uint64_t e0, e1;             /* element range [e0, e1) */
+    enum alloy_input_mode input; /* what x[i] points at (the same for every chunk of a tensor) */
 };
 
 struct alloy_method {
@@ -110,18 +132,20 @@ struct alloy_method {
     int  (*check)(const struct alloy_merge_job *job, struct alloy_err *err);                  /* may be NULL */
     int  (*init)(const struct alloy_merge_job *job, void *state, struct alloy_err *err);      /* may be NULL */
     int  (*want_pass)(const struct alloy_merge_job *job, void *state, int pass);               /* NULL: no passes */
-    void (*scan)(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                 const float *const *x, void *acc);
+    /* scan and apply may fail (ALLOY_OK or an error, err filled): the first error of any chunk wins and
+     * the remaining chunks are skipped, as for load errors. */
+    int  (*scan)(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                 const float *const *x, void *acc, struct alloy_err *err);
     int  (*end_pass)(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
                      struct alloy_err *err);
-    void (*apply)(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                  const float *const *x, float *out);
+    int  (*apply)(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                  const float *const *x, float *out, struct alloy_err *err);
     void (*fini)(const struct alloy_merge_job *job, void *state);                             /* may be NULL */
     /* Chunks the pass wants: 0 every chunk, K > 0 a sample of K (every chunk if the tensor has no more). May be NULL. */
     size_t (*pass_sample)(const struct alloy_merge_job *job, const void *state, int pass);
-    /* Asked after init when job->inputs_bf16: 1 if scan and apply take the inputs as stored bfloat16
-     * (x[i] then points at uint16_t values: ALLOY_RAW_BF16(x[i])), 0 for float32. May be NULL (float32). */
-    int (*raw_bf16)(const struct alloy_merge_job *job, void *state);
+    /* With ALLOY_METHOD_TAKES_BF16: asked after init when job->inputs_bf16, 1 if this tensor's scan and
+     * apply take ALLOY_INPUT_BF16_RAW. NULL: always. */
+    int (*takes_bf16)(const struct alloy_merge_job *job, const void *state);
 
     /* The matrix kind (kind == ALLOY_METHOD_MATRIX; matrix.c): whole 2-D float32 tensors in, the whole output
      * out, for methods that cannot stream (SVD, least squares, LoRA extraction). matrix() gets x[i] = input i
@@ -140,7 +164,7 @@ enum { ALLOY_METHOD_STREAMING = 0, ALLOY_METHOD_MATRIX = 1 };
 #define ALLOY_MATRIX_BUDGET ((uint64_t)4 << 30)
 #endif
 
-/* The stored bfloat16 values behind an input pointer of a method that took raw_bf16. */
+/* The stored bfloat16 values behind an input pointer under ALLOY_INPUT_BF16_RAW. */
 #define ALLOY_RAW_BF16(p) ((const uint16_t *)(const void *)(p))
 
 /* Chunk index of sample i (0 <= i < k) among nchunks > k: the middle of the i-th of k equal runs. */
@@ -166,7 +190,8 @@ static inline double alloy_job_tp(const struct alloy_merge_job *j, const struct 
 /* ---------------------------------------------------------------- driver (driver.c) */
 
 /* Fills dst[0 .. e1-e0) with input i's elements [e0, e1) as float32, or with their stored bfloat16
- * values (raw: only when the job has inputs_bf16 and the method took raw_bf16). */
+ * values: raw is the tensor's enum alloy_input_mode (ALLOY_INPUT_BF16_RAW only when the job has
+ * inputs_bf16 and the method takes them). */
 typedef int (*alloy_load_fn)(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst, int raw,
                              struct alloy_err *err);
 /* Consumes the output elements [e0, e1). Called from worker threads, any
@@ -202,7 +227,7 @@ int alloy_matrix_execute(const struct alloy_method *m, const struct alloy_merge_
 int alloy_method_run_memory(const struct alloy_method *m, const struct alloy_merge_job *job,
                             const float *const *inputs, float *out, struct alloy_pool *pool, uint64_t chunk_elems,
                             struct alloy_err *err);
-/* The same on bfloat16 tensors, handed to the method raw when it takes them (raw_bf16), else widened:
+/* The same on bfloat16 tensors, handed to the method raw when it takes them (ALLOY_INPUT_BF16_RAW), else widened:
  * as the engine does for bfloat16 models. */
 int alloy_method_run_memory_bf16(const struct alloy_method *m, const struct alloy_merge_job *job,
                                  const uint16_t *const *inputs, float *out, struct alloy_pool *pool,

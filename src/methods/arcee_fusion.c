@@ -113,8 +113,8 @@ static int fusion_want_pass(const struct alloy_merge_job *job, void *state, int 
     return 0;
 }
 
-static void fusion_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                        const float *const *x, void *accp)
+static int fusion_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                       const float *const *x, void *accp, struct alloy_err *err)
 {
     const struct fusion_state *s = state;
     struct fusion_acc *acc = accp;
@@ -130,6 +130,7 @@ static void fusion_scan(const struct alloy_merge_job *job, const void *state, in
             }
         }
     }
+    return ALLOY_OK;
 }
 
 static int fusion_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs,
@@ -155,21 +156,22 @@ static int fusion_end_pass(const struct alloy_merge_job *job, void *state, int p
     return ALLOY_OK;
 }
 
-static void fusion_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                         const float *const *x, float *out)
+static int fusion_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                        const float *const *x, float *out, struct alloy_err *err)
 {
     const struct fusion_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0), cols = (size_t)job->cols;
     const float *a = x[job->base];
     if (s->other < 0) {
         memcpy(out, a, len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     const float *b = x[s->other];
     for (size_t r0 = 0; r0 < len; r0 += cols) {
         double kl = row_kl(a + r0, b + r0, cols);
         for (size_t j = r0; j < r0 + cols; j++) out[j] = importance(a[j], b[j], kl) >= s->thr ? b[j] : a[j];
     }
+    return ALLOY_OK;
 }
 
 static void fusion_fini(const struct alloy_merge_job *job, void *state)

@@ -17,12 +17,14 @@
  *
  * A method file declares its parameter table with GTA_COMMON_PARAMS (plus
  * gamma/epsilon at GTA_P_EXTRA) and one GTA_DEFINE_METHOD line; everything
- * else (validation, passes, apply) is shared in gta.c.
+ * else (validation, passes, apply) is shared in gta.c and gta_loops.h.
  */
 #ifndef ALLOY_GTA_H
 #define ALLOY_GTA_H
 
 #include "merge/method.h"
+#include "kernels/kernels.h"
+#include "methods/della_rank.h"
 #include "methods/select.h"
 
 #include <stdatomic.h>
@@ -88,25 +90,9 @@ struct gta_model {
                                     the tensor (within GTA_KEEP_BITS); NULL: apply() draws them again */
 };
 
-/* Random keep decisions of a block (gta.c): the fastest version this CPU runs. */
-typedef void (*gta_draw_fn)(uint64_t rk, uint64_t e, size_t n, uint64_t thr, const uint32_t *kmax, uint32_t *keep);
-
-struct gta_state;
-/* apply() for one chunk (gta.c): the version for this CPU's instruction set. */
-typedef void (*gta_apply_fn)(const struct alloy_merge_job *job, const struct gta_state *s,
-                             const struct alloy_chunk *c, const float *const *x, float *out);
-
-/* scan() for one chunk (gta.c): likewise. */
-typedef void (*gta_scan_fn)(const struct alloy_merge_job *job, const struct gta_state *s,
-                            const struct alloy_chunk *c, const float *const *x, void *acc);
-
 struct gta_state {
     const struct gta_kind *kind;
-    gta_draw_fn draw;
-    int raw;                /* inputs are the stored bfloat16 values (gta_raw_bf16) */
-    int fused;              /* AVX-512: L1 passes of random and della models in one loop (gta.c) */
-    gta_apply_fn apply;
-    gta_scan_fn scan;
+    const struct alloy_kernels *k; /* the job's kernel table: the chunk loops and their leaves */
     int nm;                 /* task vectors */
     int base;
     struct gta_model m[GTA_MAX_MODELS];
@@ -132,71 +118,17 @@ int  gta_check(const struct gta_kind *kind, const struct alloy_merge_job *job, s
 int  gta_init(const struct gta_kind *kind, const struct alloy_merge_job *job, void *state, struct alloy_err *err);
 int  gta_want_pass(const struct alloy_merge_job *job, void *state, int pass);
 size_t gta_pass_sample(const struct alloy_merge_job *job, const void *state, int pass);
-void gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-              const float *const *x, void *acc);
+int  gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+              const float *const *x, void *acc, struct alloy_err *err);
 int  gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
                   struct alloy_err *err);
-void gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-               const float *const *x, float *out);
+int  gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+               const float *const *x, float *out, struct alloy_err *err);
 void gta_fini(const struct alloy_merge_job *job, void *state);
 
-/* DELLA's keep limits of one row (della_rank.c). Elements of equal |delta| share their mean rank;
- * a group of equal keys at 1-based ranks first..last gets lim2[first + last - 1] (lim2: 2 cols entries,
- * [0] unused but readable). The limit of element j is bucket[hk[j]] (hk[j]: the top 16 bits of
- * alloy_sel_key_abs(xi[j] - b[j])) unless j is one of the nx exceptions (keys with low bits set,
- * hk[j] == GTA_DELLA_EXCEPTION: columns xcol ascending, limits xlim), or elem[j] when bucket is NULL
- * (rows sorted whole). Everything points into slot (GTA_DELLA_SLOT(cols) uint32, valid until the slot
- * is reused); sort: GTA_DELLA_SORT(cols) uint64 of scratch whose last GTA_RANK_TABLE / 2 + 1, from
- * index GTA_DELLA_SORT_ZERO(cols) on (the bucket counts), are zero before the first call and are left
- * zero by every call. */
-#define GTA_RANK_TABLE 32768
-#define GTA_DELLA_EXCEPTION 0x8000u
-#define GTA_DELLA_SLOT(cols) (2 * (size_t)(cols) + GTA_RANK_TABLE + 3)
-#define GTA_DELLA_SORT_ZERO(cols) (3 * (size_t)(cols) + 256)
-#define GTA_DELLA_SORT(cols) (GTA_DELLA_SORT_ZERO(cols) + GTA_RANK_TABLE / 2 + 1)
-struct gta_della_row {
-    const uint32_t *bucket, *elem;
-    const uint16_t *hk;
-    const uint32_t *xcol, *xlim;
-    uint32_t nx;
-};
-/* xi, b: the row as float32, or as stored bfloat16 when raw (gta_in_at). */
-void gta_della_row(const void *xi, const void *b, size_t cols, const uint32_t *lim2, uint32_t *slot, uint64_t *sort,
-                   int raw, struct gta_della_row *row);
-/* The widest instruction set gta_della_row may use: 1 AVX2 (where the CPU has it), 0 none (tests). */
-extern int gta_della_isa_cap;
-/* 0: L1 passes and apply() without the fused AVX-512 loops (tests compare both); 1: where the CPU has
- * AVX-512. */
-extern int gta_fused_cap;
-/* The fused AVX-512 loops (gta_avx512.c): the L1 pass of a random (row NULL) or della model over a block
- * of n elements at element e (n and e multiples of 64; della: block [j0, j0 + n) of its row, exceptions
- * from *xnext on), its keep bits and L1 lanes; and the consensus merge of a block of n elements at offset
- * off of the chunk (element e; n and e multiples of 16) whose sparse models all have keep bits. */
-void gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row, uint32_t *xnext, uint64_t e,
-                           const void *xi, const void *b, int raw, size_t n, size_t j0, uint64_t c0, uint64_t c1,
-                           double *before, double *after);
-void gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
-                            const float *coef, float *out);
-/* The index into lim2 of element j alone, counted directly: O(cols) (when no scratch can be allocated). */
-uint32_t gta_della_rank2(const void *xi, const void *b, size_t cols, size_t j, int raw);
-
-/* Inputs taken raw (gta_state.raw, method.h raw_bf16) are the stored bfloat16 values: element e of input
- * row p, as an address and as a float32 value. */
-static inline const void *gta_in_at(const float *p, size_t e, int raw)
-{
-    return raw ? (const void *)(ALLOY_RAW_BF16(p) + e) : (const void *)(p + e);
-}
-static inline float gta_in_f32(const void *p, size_t j, int raw)
-{
-    if (!raw) return ((const float *)p)[j];
-    uint32_t u = (uint32_t)((const uint16_t *)p)[j] << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-/* Whether this job takes its inputs raw (method.h raw_bf16): the consensus random and della merges whose
+/* Whether this job takes its inputs raw (method.h takes_bf16): the consensus random and della merges whose
  * every block runs the fused AVX-512 loops, which widen bfloat16 in registers. */
-int gta_raw_bf16(const struct alloy_merge_job *job, void *state);
+int gta_takes_bf16(const struct alloy_merge_job *job, const void *state);
 
 #define GTA_NEEDS_HIST(sp) ((sp) == GTA_SPARSIFY_MAGNITUDE || (sp) == GTA_SPARSIFY_OUTLIERS)
 #define GTA_ACC_SIZE_FOR(sp) GTA_ACC_SIZE(GTA_NEEDS_HIST(sp) ? GTA_HIST_SLOTS : 0)
@@ -222,7 +154,7 @@ int gta_raw_bf16(const struct alloy_merge_job *job, void *state);
         .summary = (summary_),                                                                                     \
         .params = (params_),                                                                                       \
         .nparams = (int)(sizeof(params_) / sizeof((params_)[0])),                                                  \
-        .flags = ALLOY_METHOD_NEEDS_BASE | ALLOY_METHOD_BASE_SHAPE | (extra_flags),                                \
+        .flags = ALLOY_METHOD_NEEDS_BASE | ALLOY_METHOD_BASE_SHAPE | ALLOY_METHOD_TAKES_BF16 | (extra_flags),      \
         .state_size = sizeof(struct gta_state),                                                                    \
         .acc_size = GTA_ACC_SIZE_FOR(sp),                                                                          \
         .check = ident##_check,                                                                                    \
@@ -233,7 +165,7 @@ int gta_raw_bf16(const struct alloy_merge_job *job, void *state);
         .apply = gta_apply,                                                                                        \
         .fini = gta_fini,                                                                                          \
         .pass_sample = gta_pass_sample,                                                                            \
-        .raw_bf16 = gta_raw_bf16,                                                                                  \
+        .takes_bf16 = gta_takes_bf16,                                                                              \
     }
 
 #endif

@@ -84,10 +84,11 @@ static int ka_want_pass(const struct alloy_merge_job *job, void *state, int pass
     return !s->copy && pass == 0;
 }
 
-static void ka_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                    const float *const *x, void *acc)
+static int ka_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                   const float *const *x, void *acc, struct alloy_err *err)
 {
     alloy_vm_gram_add(x, job->n, NULL, (size_t)(c->e1 - c->e0), ((struct ka_acc *)acc)->g);
+    return ALLOY_OK;
 }
 
 static int ka_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
@@ -151,20 +152,21 @@ static int ka_end_pass(const struct alloy_merge_job *job, void *state, int pass,
     return ALLOY_OK;
 }
 
-static void ka_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                     const float *const *x, float *out)
+static int ka_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                    const float *const *x, float *out, struct alloy_err *err)
 {
     const struct ka_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     if (s->copy) {
         memcpy(out, x[0], len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     for (size_t e = 0; e < len; e++) {
         double r = 0;
         for (int j = 0; j < job->n; j++) r += s->beta[j] * x[j][e];
         out[e] = (float)r;
     }
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_karcher = {

@@ -55,8 +55,8 @@ static int linear_init(const struct alloy_merge_job *job, void *state, struct al
     return ALLOY_OK;
 }
 
-static void linear_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                         const float *const *x, float *out)
+static int linear_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                        const float *const *x, float *out, struct alloy_err *err)
 {
     const struct linear_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
@@ -68,6 +68,7 @@ static void linear_apply(const struct alloy_merge_job *job, const void *state, c
         const float *xi = x[i];
         for (size_t e = 0; e < len; e++) out[e] += wi * xi[e];
     }
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_linear = {

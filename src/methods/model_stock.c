@@ -110,13 +110,14 @@ static int ms_want_pass(const struct alloy_merge_job *job, void *state, int pass
     return !s->copy && !s->filter_wise && pass == 0;
 }
 
-static void ms_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                    const float *const *x, void *acc)
+static int ms_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                   const float *const *x, void *acc, struct alloy_err *err)
 {
     const struct ms_state *s = state;
     const float *v[ALLOY_VM_MAX];
     for (int a = 0; a < s->k; a++) v[a] = x[s->idx[a]];
     alloy_vm_gram_add(v, s->k, x[job->base], (size_t)(c->e1 - c->e0), ((struct ms_acc *)acc)->g);
+    return ALLOY_OK;
 }
 
 static int ms_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
@@ -129,14 +130,14 @@ static int ms_end_pass(const struct alloy_merge_job *job, void *state, int pass,
     return ALLOY_OK;
 }
 
-static void ms_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                     const float *const *x, float *out)
+static int ms_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                    const float *const *x, float *out, struct alloy_err *err)
 {
     const struct ms_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     if (s->copy) {
         memcpy(out, x[0], len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     const float *b = x[job->base];
     size_t cols = s->filter_wise ? (size_t)job->cols : len;
@@ -157,6 +158,7 @@ static void ms_apply(const struct alloy_merge_job *job, const void *state, const
             out[r0 + e] = (float)(be + tk * sum);
         }
     }
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_model_stock = {

@@ -97,14 +97,15 @@ static int msl_want_pass(const struct alloy_merge_job *job, void *state, int pas
     return s->copy < 0 && pass == 0;
 }
 
-static void msl_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                     const float *const *x, void *acc)
+static int msl_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                    const float *const *x, void *acc, struct alloy_err *err)
 {
     const struct msl_state *s = state;
     const float *v[ALLOY_VM_MAX];
     for (int a = 0; a < s->k; a++) v[a] = x[s->idx[a]];
     alloy_vm_gram_add(v, s->k, job->base >= 0 ? x[job->base] : NULL, (size_t)(c->e1 - c->e0),
                       ((struct msl_acc *)acc)->g);
+    return ALLOY_OK;
 }
 
 static int msl_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs,
@@ -159,14 +160,14 @@ static int msl_end_pass(const struct alloy_merge_job *job, void *state, int pass
     return ALLOY_OK;
 }
 
-static void msl_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                      const float *const *x, float *out)
+static int msl_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                     const float *const *x, float *out, struct alloy_err *err)
 {
     const struct msl_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     if (s->copy >= 0) {
         memcpy(out, x[s->copy], len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     const float *b = job->base >= 0 ? x[job->base] : NULL;
     for (size_t e = 0; e < len; e++) {
@@ -174,6 +175,7 @@ static void msl_apply(const struct alloy_merge_job *job, const void *state, cons
         for (int j = 0; j < s->k; j++) r += s->beta[j] * ((double)x[s->idx[j]][e] - be);
         out[e] = (float)r;
     }
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_multislerp = {

@@ -48,14 +48,14 @@ static int nearswap_check(const struct alloy_merge_job *job, struct alloy_err *e
     return ALLOY_OK;
 }
 
-static void nearswap_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                           const float *const *x, float *out)
+static int nearswap_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                          const float *const *x, float *out, struct alloy_err *err)
 {
     size_t len = (size_t)(c->e1 - c->e0);
     const float *a = x[job->base];
     if (job->n == 1) {
         memcpy(out, a, len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     const float *b = x[1 - job->base];
     const double t = job->gp[P_T];
@@ -66,6 +66,7 @@ static void nearswap_apply(const struct alloy_merge_job *job, const void *state,
         if (w > 1) w = 1;
         out[e] = (float)(w * bv + (1 - w) * av);
     }
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_nearswap = {

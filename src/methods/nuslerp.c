@@ -256,8 +256,8 @@ static void nu_scan_cols(const struct nu_state *s, const struct alloy_chunk *c, 
     }
 }
 
-static void nu_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                    const float *const *x, void *accp)
+static int nu_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                   const float *const *x, void *accp, struct alloy_err *err)
 {
     const struct nu_state *s = state;
     struct nu_acc *acc = accp;
@@ -266,7 +266,7 @@ static void nu_scan(const struct alloy_merge_job *job, const void *state, int pa
     if (s->mode == NU_FLAT) {
         const float *v[2] = {xa, xb};
         alloy_vm_gram_add(v, 2, xB, len, acc->v);
-        return;
+        return ALLOY_OK;
     }
     if (pass == 0) {
         double mx = 0;
@@ -282,9 +282,10 @@ static void nu_scan(const struct alloy_merge_job *job, const void *state, int pa
         }
         acc->v[0] = mx;
         acc->v[1] = bad;
-        return;
+        return ALLOY_OK;
     }
     if (!s->nonfinite) nu_scan_cols(s, c, xa, xb, xB);
+    return ALLOY_OK;
 }
 
 static int nu_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
@@ -325,14 +326,14 @@ static int nu_end_pass(const struct alloy_merge_job *job, void *state, int pass,
     return ALLOY_OK;
 }
 
-static void nu_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                     const float *const *x, float *out)
+static int nu_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                    const float *const *x, float *out, struct alloy_err *err)
 {
     const struct nu_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     if (s->mode == NU_COPY) {
         memcpy(out, x[0], len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     const float *xa = x[s->ia], *xb = x[s->ib], *xB = s->ibase >= 0 ? x[s->ibase] : NULL;
     if (s->mode == NU_FLAT || s->mode == NU_ROWS) {
@@ -350,7 +351,7 @@ static void nu_apply(const struct alloy_merge_job *job, const void *state, const
                 out[i] = (float)(bb + ca * ((double)xa[i] - bb) + cb * ((double)xb[i] - bb));
             }
         }
-        return;
+        return ALLOY_OK;
     }
     const double *coef = s->sh->coef;
     uint64_t j = c->e0 % s->inner;
@@ -359,6 +360,7 @@ static void nu_apply(const struct alloy_merge_job *job, const void *state, const
         out[i] = (float)(bb + coef[2 * j] * ((double)xa[i] - bb) + coef[2 * j + 1] * ((double)xb[i] - bb));
         if (++j == s->inner) j = 0;
     }
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_nuslerp = {

@@ -29,17 +29,18 @@ static int passthrough_check(const struct alloy_merge_job *job, struct alloy_err
     return ALLOY_OK;
 }
 
-static void passthrough_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                              const float *const *x, float *out)
+static int passthrough_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                             const float *const *x, float *out, struct alloy_err *err)
 {
     double scale = job->tp[P_SCALE];
     size_t len = (size_t)(c->e1 - c->e0);
     if (isnan(scale)) {
         memcpy(out, x[0], len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     const float s = (float)scale;
     for (size_t e = 0; e < len; e++) out[e] = s * x[0][e];
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_passthrough = {

@@ -113,8 +113,8 @@ static int ramplus_want_pass(const struct alloy_merge_job *job, void *state, int
     return pass == 0 && job->n > 1;
 }
 
-static void ramplus_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                         const float *const *x, void *accp)
+static int ramplus_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                        const float *const *x, void *accp, struct alloy_err *err)
 {
     const struct ram_state *s = state;
     struct ram_acc *acc = accp;
@@ -134,6 +134,7 @@ static void ramplus_scan(const struct alloy_merge_job *job, const void *state, i
             else acc->sh[i]++;
         }
     }
+    return ALLOY_OK;
 }
 
 static int ramplus_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs,
@@ -160,15 +161,15 @@ static int ramplus_end_pass(const struct alloy_merge_job *job, void *state, int 
     return ALLOY_OK;
 }
 
-static void ram_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                      const float *const *x, float *out)
+static int ram_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                     const float *const *x, float *out, struct alloy_err *err)
 {
     const struct ram_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     const float *b = x[job->base];
     if (job->n == 1) {
         memcpy(out, b, len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     for (size_t e = 0; e < len; e++) {
         double sum = 0;
@@ -186,6 +187,7 @@ static void ram_apply(const struct alloy_merge_job *job, const void *state, cons
         else if (cnt > 1) delta = sum / cnt;
         out[e] = (float)((double)b[e] + delta);
     }
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_ram = {

@@ -134,8 +134,8 @@ static int sce_want_pass(const struct alloy_merge_job *job, void *state, int pas
     return !s->sel_done || !s->ss_done;
 }
 
-static void sce_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                     const float *const *x, void *accp)
+static int sce_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                    const float *const *x, void *accp, struct alloy_err *err)
 {
     const struct sce_state *s = state;
     struct sce_acc *acc = accp;
@@ -150,7 +150,7 @@ static void sce_scan(const struct alloy_merge_job *job, const void *state, int p
             int b = alloy_sel_bin(&s->sel, key);
             if (b >= 0) acc->hist[b]++;
         }
-        return;
+        return ALLOY_OK;
     }
     uint64_t ties = s->mode == SCE_TOPK ? alloy_sel_chunk_ties(&s->sel, c->index) : 0;
     for (size_t e = 0; e < len; e++) {
@@ -161,6 +161,7 @@ static void sce_scan(const struct alloy_merge_job *job, const void *state, int p
         }
         for (int j = 0; j < s->nm; j++) acc->ss[j] += t[j] * t[j];
     }
+    return ALLOY_OK;
 }
 
 static int sce_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
@@ -193,15 +194,15 @@ static int sce_end_pass(const struct alloy_merge_job *job, void *state, int pass
     return ALLOY_OK;
 }
 
-static void sce_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                      const float *const *x, float *out)
+static int sce_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                     const float *const *x, float *out, struct alloy_err *err)
 {
     const struct sce_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     const float *b = x[job->base];
     if (s->mode == SCE_NONE) {
         memcpy(out, b, len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     uint64_t ties = s->mode == SCE_TOPK ? alloy_sel_chunk_ties(&s->sel, c->index) : 0;
     double t[SCE_MAX_MODELS];
@@ -226,6 +227,7 @@ static void sce_apply(const struct alloy_merge_job *job, const void *state, cons
         }
         out[e] = (float)((double)b[e] + num / (den > 1e-6 ? den : 1e-6));
     }
+    return ALLOY_OK;
 }
 
 static void sce_fini(const struct alloy_merge_job *job, void *state)

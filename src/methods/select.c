@@ -20,6 +20,7 @@
  *   until the exact answer is known.
  */
 #include "methods/select.h"
+#include "methods/select_window.h"
 
 #include "core/internal.h"
 
@@ -36,32 +37,6 @@ static const struct sel_layout g_wide = {{16, 6, 0}, {16, 10, 6}};
 
 #define WIDE_ZERO_BIN 1024 /* wide level 1: keys == prefix << 16 (also counted in bin 0) */
 #define STRIPES 16         /* locks over the wide level-0 total, ALLOY_SEL_WIDE_BINS / STRIPES bins each */
-
-/* The window stage: per chunk, the count of keys above hi, the collected keys in element order and
- * (narrow windows) the per-bin counts of keys with zero low bits. Each chunk's record starts a cache
- * line of its own: neighbouring chunks run on different threads. */
-struct sel_bucket {
-    uint64_t above;
-    uint32_t *keys;
-    size_t n, cap;
-    uint32_t zero[];           /* [nb] */
-};
-
-struct alloy_sel_window {
-    uint32_t lo, hi;           /* whole level-0 bins: lo = blo << 16, hi = bhi << 16 | 0xffff */
-    unsigned nb;               /* bins in the window */
-    size_t nchunks;
-    void *mem;                 /* the records, stride bytes each from the first 64-byte boundary */
-    size_t stride;
-    _Atomic uint64_t total;    /* keys collected over all chunks */
-    atomic_int failed;         /* over window_keys, or out of memory: fall back to level 0 */
-};
-
-static struct sel_bucket *bucket(const struct alloy_sel_window *w, size_t c)
-{
-    uintptr_t base = ((uintptr_t)w->mem + 63) & ~(uintptr_t)63;
-    return (struct sel_bucket *)(void *)(base + c * w->stride);
-}
 
 struct alloy_sel_shared {
     pthread_mutex_t mu;               /* guards hist's allocation and nomem */
@@ -120,7 +95,7 @@ static void window_free(struct alloy_select *s)
 {
     struct alloy_sel_window *w = s->window;
     if (!w) return;
-    for (size_t c = 0; c < w->nchunks && w->mem; c++) free(bucket(w, c)->keys);
+    for (size_t c = 0; c < w->nchunks && w->mem; c++) free(alloy_sel_bucket(w, c)->keys);
     free(w->mem);
     free(w);
     s->window = NULL;
@@ -426,7 +401,7 @@ int alloy_sel_reduce_sample(struct alloy_select *s, int sampled, size_t nchunks,
 
 
 /* Room for `need` keys in a chunk's bucket (doubling); 0, with the window failed, if out of memory. */
-static int bucket_reserve(struct alloy_sel_window *w, struct sel_bucket *b, size_t need)
+int alloy_sel_bucket_reserve(struct alloy_sel_window *w, struct sel_bucket *b, size_t need)
 {
     if (need <= b->cap) return 1;
     size_t cap = b->cap ? 2 * b->cap : 1024;
@@ -440,136 +415,6 @@ static int bucket_reserve(struct alloy_sel_window *w, struct sel_bucket *b, size
     b->cap = cap;
     return 1;
 }
-
-/* A narrow window (<= 8 bins) counts its keys with zero low bits per bin (bfloat16 data: most keys,
- * on a few exact values) with a vector compare per bin, and returns 0xffff: the mask that tells the
- * collecting loop to skip them; a wide one collects them with the others (returns 0). */
-static ALLOY_INLINE uint32_t count_zero_low(const struct alloy_sel_window *w, struct sel_bucket *b,
-                                         const uint32_t *keys, size_t n)
-{
-    if (w->nb > 8) return 0;
-    for (unsigned z = 0; z < w->nb; z++) {
-        const uint32_t zk = w->lo + ((uint32_t)z << 16);
-        uint32_t cnt = 0;
-        for (size_t e = 0; e < n; e++) cnt += keys[e] == zk; /* vectorized */
-        b->zero[z] += cnt;
-    }
-    return 0xffffu;
-}
-
-static ALLOY_INLINE void window_add_body(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
-{
-    struct alloy_sel_window *w = s->window;
-    if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
-    const uint32_t lo = w->lo, hi = w->hi, span = hi - lo;
-    struct sel_bucket *b = bucket(w, chunk);
-    const uint32_t zlow = count_zero_low(w, b, keys, n);
-    for (size_t e0 = 0; e0 < n; e0 += 256) {
-        size_t m = n - e0 < 256 ? n - e0 : 256;
-        const uint32_t *k = keys + e0;
-        uint8_t take[256 + 8];
-        uint32_t above = 0, in = 0;
-        if (zlow) { /* vectorized */
-            for (size_t e = 0; e < m; e++) {
-                above += k[e] > hi;
-                take[e] = (uint8_t)((k[e] - lo <= span) & ((k[e] & 0xffffu) != 0));
-                in += take[e];
-            }
-        } else {
-            for (size_t e = 0; e < m; e++) {
-                above += k[e] > hi;
-                take[e] = (uint8_t)(k[e] - lo <= span);
-                in += take[e];
-            }
-        }
-        b->above += above;
-        if (!in) continue;
-        if (atomic_fetch_add_explicit(&w->total, in, memory_order_relaxed) + in > s->window_keys) {
-            atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
-            return;
-        }
-        if (!bucket_reserve(w, b, b->n + m)) return; /* the whole block: the copy below writes before it tests */
-        memset(take + m, 0, 8);
-        uint32_t *dst = b->keys;
-        size_t j = b->n;
-        for (size_t g = 0; g < m; g += 8) { /* most groups of 8 take nothing */
-            uint64_t any;
-            memcpy(&any, take + g, sizeof any);
-            if (!any) continue;
-            size_t gm = m - g < 8 ? m - g : 8;
-            for (size_t i = 0; i < gm; i++) {
-                dst[j] = k[g + i];
-                j += take[g + i];
-            }
-        }
-        b->n = j;
-    }
-}
-
-static void window_add_generic(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
-{
-    window_add_body(s, chunk, keys, n);
-}
-
-int alloy_sel_isa_cap = 2;
-
-/* The window pass runs over every key of the tensor: compiled for AVX2 too (integer operations, the
- * same result), and with AVX-512 the block loop becomes one compare and one compress per 16 keys (no
- * branch per group: the wide windows of breadcrumbs' outlier selections take keys everywhere). */
-#if ALLOY_X86_DISPATCH
-#include <immintrin.h>
-
-__attribute__((target("avx2"))) static void window_add_avx2(const struct alloy_select *s, size_t chunk,
-                                                            const uint32_t *keys, size_t n)
-{
-    window_add_body(s, chunk, keys, n);
-}
-
-__attribute__((target("avx512f"))) static void window_add_avx512(const struct alloy_select *s, size_t chunk,
-                                                                 const uint32_t *keys, size_t n)
-{
-    struct alloy_sel_window *w = s->window;
-    if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
-    const uint32_t lo = w->lo, hi = w->hi, span = hi - lo;
-    struct sel_bucket *b = bucket(w, chunk);
-    const uint32_t zlow = count_zero_low(w, b, keys, n);
-    const __m512i vlo = _mm512_set1_epi32((int)lo), vhi = _mm512_set1_epi32((int)hi);
-    const __m512i vspan = _mm512_set1_epi32((int)span), vz = _mm512_set1_epi32((int)zlow);
-    uint64_t above = 0;
-    size_t j = b->n;
-    if (!bucket_reserve(w, b, j + n + 16)) return; /* every store below writes 16 keys, taken or not */
-    uint32_t *dst = b->keys;
-    for (size_t e = 0; e < n; e += 16) {
-        const __mmask16 lm = n - e >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - e)) - 1);
-        const __m512i k = _mm512_maskz_loadu_epi32(lm, keys + e);
-        above += (uint64_t)__builtin_popcount(_mm512_mask_cmpgt_epu32_mask(lm, k, vhi));
-        __mmask16 t = _mm512_mask_cmple_epu32_mask(lm, _mm512_sub_epi32(k, vlo), vspan);
-        if (zlow) t &= _mm512_test_epi32_mask(k, vz);
-        _mm512_storeu_si512((void *)(dst + j), _mm512_maskz_compress_epi32(t, k)); /* no branch on t */
-        j += (size_t)__builtin_popcount(t);
-    }
-    b->above += above;
-    uint64_t taken = j - b->n;
-    b->n = j;
-    if (taken && atomic_fetch_add_explicit(&w->total, taken, memory_order_relaxed) + taken > s->window_keys)
-        atomic_store_explicit(&w->failed, 1, memory_order_relaxed);
-}
-
-void alloy_sel_window_add(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
-{
-    if (alloy_sel_isa_cap >= 2 && __builtin_cpu_supports("avx512f"))
-        window_add_avx512(s, chunk, keys, n);
-    else if (alloy_sel_isa_cap >= 1 && __builtin_cpu_supports("avx2"))
-        window_add_avx2(s, chunk, keys, n);
-    else
-        window_add_generic(s, chunk, keys, n);
-}
-#else
-void alloy_sel_window_add(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n)
-{
-    window_add_generic(s, chunk, keys, n);
-}
-#endif
 
 /* Walks a 65536-bin histogram from the top for the rank s->rem; returns the bin and moves the keys
  * above it from rem to n_gt. */
@@ -597,8 +442,8 @@ static int reduce_window(struct alloy_select *s, struct alloy_err *err)
     const unsigned nb = w->nb, blo = w->lo >> 16;
     uint64_t above = 0, in = atomic_load(&w->total);
     for (size_t c = 0; c < w->nchunks; c++) {
-        above += bucket(w, c)->above;
-        for (unsigned b = 0; b < nb; b++) in += bucket(w, c)->zero[b];
+        above += alloy_sel_bucket(w, c)->above;
+        for (unsigned b = 0; b < nb; b++) in += alloy_sel_bucket(w, c)->zero[b];
     }
     if (atomic_load(&w->failed) || above >= s->rem || above + in < s->rem) {
         window_free(s);
@@ -613,14 +458,14 @@ static int reduce_window(struct alloy_select *s, struct alloy_err *err)
     s->rem -= above;
     s->n_gt += above;
     for (size_t c = 0; c < w->nchunks; c++) {
-        const struct sel_bucket *bk = bucket(w, c);
+        const struct sel_bucket *bk = alloy_sel_bucket(w, c);
         for (size_t e = 0; e < bk->n; e++) h[bk->keys[e] >> 16]++;
         for (unsigned b = 0; b < nb; b++) h[blo + b] += bk->zero[b];
     }
     int hi16 = choose16(s, h);
     memset(h, 0, ALLOY_SEL_WIDE_BINS * sizeof *h);
     for (size_t c = 0; c < w->nchunks && hi16 >= (int)blo && hi16 < (int)(blo + nb); c++) {
-        const struct sel_bucket *bk = bucket(w, c);
+        const struct sel_bucket *bk = alloy_sel_bucket(w, c);
         for (size_t e = 0; e < bk->n; e++)
             if (bk->keys[e] >> 16 == (uint32_t)hi16) h[bk->keys[e] & 0xffffu]++;
         h[0] += bk->zero[(unsigned)hi16 - blo];
@@ -647,7 +492,7 @@ static int reduce_window(struct alloy_select *s, struct alloy_err *err)
         uint64_t run = 0;
         for (size_t c = 0; c < w->nchunks; c++) {
             s->tie_before[c] = run;
-            const struct sel_bucket *bk = bucket(w, c);
+            const struct sel_bucket *bk = alloy_sel_bucket(w, c);
             if (lo16 == 0) run += bk->zero[(unsigned)hi16 - blo]; /* counted, or (wide) collected: */
             for (size_t e = 0; e < bk->n; e++) run += bk->keys[e] == kth;
         }

@@ -60,7 +60,7 @@
  *   only (method.h's sample passes; same counting calls). The sample places
  *   the k-th key, with a margin, inside a window of level-0 bins [lo, hi];
  *   one full pass then counts the keys above the window and collects the
- *   keys inside it, chunk by chunk (alloy_sel_window_add), and the exact
+ *   keys inside it, chunk by chunk (a kernel table's sel_window_add), and the exact
  *   k-th key and the per-chunk tie counts come from the collected keys in
  *   memory. A full pass costs a compare per key instead of a histogram
  *   increment, and the selection needs one full pass instead of two. The
@@ -213,18 +213,14 @@ static inline int alloy_sel_sample_stage(const struct alloy_select *s)
     return s->level == 0 && s->stage == ALLOY_SEL_STAGE_SAMPLE;
 }
 
-/* 1 when the next pass collects the window (alloy_sel_window_add for every block of every chunk). */
+/* 1 when the next pass collects the window (sel_window_add for every block of every chunk). */
 static inline int alloy_sel_window_stage(const struct alloy_select *s)
 {
     return s->level == 0 && s->stage == ALLOY_SEL_STAGE_WINDOW;
 }
 
-/* The widest instruction set the window pass may use: 2 AVX-512, 1 AVX2, 0 portable C (tests lower
- * it to check every version; the CPU decides within it). */
-extern int alloy_sel_isa_cap;
-
-/* Window stage: the next n keys of chunk `chunk`, in element order (one thread per chunk). */
-void alloy_sel_window_add(const struct alloy_select *s, size_t chunk, const uint32_t *keys, size_t n);
+/* Window stage: the caller runs a kernel table's sel_window_add(s, chunk, keys, n) over the next n keys of
+ * chunk `chunk`, in element order (one thread per chunk; kernels/kernels.h, select_window.h). */
 
 /* Ends a sample-stage pass over nchunks chunks (sampled: only some of them were counted): places
  * the window, or (sampled 0) goes on as a finished wide level 0. ALLOY_ERR_NOMEM like reduce. */

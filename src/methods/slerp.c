@@ -82,12 +82,13 @@ static int slerp_want_pass(const struct alloy_merge_job *job, void *state, int p
     return !s->copy && pass == 0;
 }
 
-static void slerp_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
-                       const float *const *x, void *acc)
+static int slerp_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
+                      const float *const *x, void *acc, struct alloy_err *err)
 {
     const struct slerp_state *s = state;
     const float *v[2] = {x[s->i0], x[s->i1]};
     alloy_vm_gram_add(v, 2, NULL, (size_t)(c->e1 - c->e0), ((struct slerp_acc *)acc)->g);
+    return ALLOY_OK;
 }
 
 static int slerp_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs,
@@ -110,18 +111,19 @@ static int slerp_end_pass(const struct alloy_merge_job *job, void *state, int pa
     return ALLOY_OK;
 }
 
-static void slerp_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
-                        const float *const *x, float *out)
+static int slerp_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
+                       const float *const *x, float *out, struct alloy_err *err)
 {
     const struct slerp_state *s = state;
     size_t len = (size_t)(c->e1 - c->e0);
     if (s->copy) {
         memcpy(out, x[0], len * sizeof *out);
-        return;
+        return ALLOY_OK;
     }
     const float *v0 = x[s->i0], *v1 = x[s->i1];
     const double c0 = s->c0, c1 = s->c1;
     for (size_t e = 0; e < len; e++) out[e] = (float)(c0 * v0[e] + c1 * v1[e]);
+    return ALLOY_OK;
 }
 
 const struct alloy_method alloy_method_slerp = {

@@ -1,25 +1,27 @@
 /*
- * gta_avx512.c — the task-arithmetic family's fused AVX-512 loops (gta.h):
+ * gta_avx512.c — the task-arithmetic family's fused AVX-512 loops (the
+ * "avx512" kernel table's gta_scan_fused and gta_apply_fused):
  * the L1 pass of a random or della model, and the consensus merge of
  * models with keep bits, sixteen elements at a time.
  *
  * DESIGN
- *   gta.c's portable loops go block by block through arrays: deltas, keep
+ *   gta_loops.h's portable loops go block by block through arrays: deltas, keep
  *   masks (one uint32 per element), limits, draws, then the bitmap and the
  *   L1 lanes; apply() loads the bits back into masks and merges. Here the
  *   keep decisions stay in mask registers from the compare to the bitmap
  *   word, the masked adds of the L1 lanes and the masked weighted deltas,
  *   so nothing per element is written and read back. The operations, their
- *   order and their rounding are gta.c's (no FMA; the L1 lanes take element
+ *   order and their rounding are gta_loops.h's (no FMA; the L1 lanes take element
  *   q into lane q % 8 in order; a dropped entry adds nothing, as +0 does
  *   there), so the bits are the same; tests/test_gta_avx512.c compares the two.
- *   gta_init enables them where the CPU has AVX-512 (F, DQ, VL, BW) and
- *   gta_fused_cap allows it; gta.c calls them for blocks on 64-element
- *   (scan) or 16-element (apply) boundaries.
+ *   The chunk loops call them through the job's kernel table (only the
+ *   AVX-512 table has them) for blocks on 64-element (scan) or 16-element
+ *   (apply) boundaries.
  */
-#include "methods/gta.h"
+#include "kernels/kernels.h"
 
 #include "core/internal.h"
+#include "methods/gta.h"
 
 #if ALLOY_X86_DISPATCH
 #include <immintrin.h>
@@ -102,7 +104,7 @@ scan_block_body(const struct gta_model *m, const struct gta_della_row *row, uint
 }
 
 __attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) void
-gta_scan_block_avx512(const struct gta_model *m, const struct gta_della_row *row, uint32_t *xnext, uint64_t e,
+alloy_avx512_gta_scan_fused(const struct gta_model *m, const struct gta_della_row *row, uint32_t *xnext, uint64_t e,
                       const void *xi, const void *b, int raw, size_t n, size_t j0, uint64_t c0, uint64_t c1,
                       double *before, double *after)
 {
@@ -153,10 +155,10 @@ apply_block_body(const struct gta_state *s, const float *const *x, size_t off, u
 }
 
 __attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw"))) void
-gta_apply_block_avx512(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
-                       const float *coef, float *out)
+alloy_avx512_gta_apply_fused(const struct gta_state *s, const float *const *x, size_t off, uint64_t e, size_t n,
+                       const float *coef, int raw, float *out)
 {
-    if (s->raw) apply_block_body(s, x, off, e, n, coef, 1, out);
+    if (raw) apply_block_body(s, x, off, e, n, coef, 1, out);
     else apply_block_body(s, x, off, e, n, coef, 0, out);
 }
 #endif

@@ -1,19 +1,25 @@
 /*
- * convert_avx2.c — AVX2/F16C conversion rows, bit-identical to dtype.c.
+ * convert_avx2.c — AVX2/F16C conversion rows and the streaming copy of the
+ * "avx2" and "avx512" kernel tables (kernels.h), bit-identical to dtype.c.
  *
  * DESIGN
- *   Compiled with -mavx2 -mf16c and only called after a CPU check. BF16 uses
+ *   Compiled with target attributes (avx2, f16c) and only called through a
+ *   table the CPU probe chose. BF16 uses
  *   integer lanes (shift up / round-to-nearest-even with NaN quieting, the
  *   same formula as the scalar code); F16 uses the F16C instructions, whose
  *   rounding (imm 0: nearest even) and NaN handling match the reference.
  *   Tails shorter than 8 fall back to the scalar functions.
  */
+#include "kernels/kernels.h"
+
 #include "core/internal.h"
 
-#ifdef ALLOY_HAVE_AVX2
+#if ALLOY_X86_DISPATCH
 #include <immintrin.h>
 
-void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
+#define AVX2_F16C __attribute__((target("avx2,f16c")))
+
+AVX2_F16C void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n)
 {
     const uint8_t *p = src;
     size_t i = 0;
@@ -32,7 +38,7 @@ void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n
     alloy_ref_to_f32(t, p + i * 2, dst + i, n - i);
 }
 
-size_t alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
+AVX2_F16C size_t alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n)
 {
     uint8_t *p = dst;
     size_t i = 0, bad = 0;
@@ -67,8 +73,13 @@ size_t alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size
     return bad + alloy_ref_from_f32(t, src + i, p + i * 2, n - i);
 }
 
-void alloy_avx2_copy_stream(void *dst, const void *src, size_t n)
+/* Rows shorter than 256 bytes are copied by memcpy. */
+AVX2_F16C void alloy_avx2_copy_stream(void *dst, const void *src, size_t n)
 {
+    if (n < 256) {
+        memcpy(dst, src, n);
+        return;
+    }
     uint8_t *d = dst;
     const uint8_t *s = src;
     size_t i = (size_t)(-(uintptr_t)d & 31); /* to the first 32-byte boundary */
@@ -83,8 +94,4 @@ void alloy_avx2_copy_stream(void *dst, const void *src, size_t n)
     memcpy(d + i, s + i, n - i);
     _mm_sfence(); /* the streamed bytes are visible before anything this thread does next */
 }
-#else
-void alloy_avx2_copy_stream(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
-void alloy_avx2_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n) { alloy_ref_to_f32(t, src, dst, n); }
-size_t alloy_avx2_from_f32(enum alloy_dtype t, const float *src, void *dst, size_t n) { return alloy_ref_from_f32(t, src, dst, n); }
 #endif
