@@ -69,7 +69,7 @@ $(BUILD)/pic/%.o: %.c $(DEPS_STAMP)
 
 # The merge kernels: -O3 vectorizes the elementwise loops; -fno-trapping-math only lets the compiler
 # if-convert float selects (results are bit-identical; no -ffast-math, so sums keep their order).
-KERNEL_DIRS = src/methods src/merge src/core src/kernels src/sources src/sinks
+KERNEL_DIRS = src/methods src/engine src/plan src/core src/kernels src/sources src/sinks
 $(foreach d,$(KERNEL_DIRS),$(BUILD)/$(d)/%.o $(BUILD)/pic/$(d)/%.o): OPT = -O3 -fno-trapping-math
 
 $(BUILD)/liballoy.a: $(LIB_OBJ)

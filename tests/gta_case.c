@@ -7,7 +7,7 @@
 #include "gta_case.h"
 
 #include "test.h"
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <math.h>
 #include <stdlib.h>

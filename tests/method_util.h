@@ -8,7 +8,7 @@
 #define ALLOY_TEST_METHOD_UTIL_H
 
 #include "alloy.h"
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <stdint.h>
 

@@ -14,7 +14,7 @@
  */
 #include "test.h"
 #include "alloy.h"
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/gta.h"
 #include "methods/gta_ref.h"
 #include "gta_case.h"

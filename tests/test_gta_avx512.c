@@ -6,7 +6,7 @@
  */
 #include "test.h"
 #include "alloy.h"
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/gta.h"
 #include "kernels/kernels.h"
 #include "gta_case.h"

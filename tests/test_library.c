@@ -9,7 +9,7 @@
 #include "test.h"
 #include "alloy.h"
 #include "config/config.h"
-#include "merge/plan.h"
+#include "plan/plan.h"
 
 #include <jansson.h>
 #include <stdlib.h>

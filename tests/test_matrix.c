@@ -1,11 +1,11 @@
 /*
- * test_matrix.c — the matrix kind of method (src/merge/matrix.c): whole
+ * test_matrix.c — the matrix kind of method (src/engine/matrix.c): whole
  * inputs loaded through the load callback in chunks across chunk boundaries,
  * one call with BLAS, the result stored in chunks; a method's error and the
  * memory budget are reported with the tensor's name; non-matrices refused.
  */
 #include "test.h"
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <cblas.h>
 #include <stdlib.h>

@@ -6,7 +6,7 @@
  */
 #include "test.h"
 #include "alloy.h"
-#include "merge/method.h"
+#include "methods/method.h"
 #include "method_util.h"
 
 #include <stdint.h>

@@ -8,7 +8,7 @@
  */
 #include "test.h"
 #include "alloy.h"
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/select.h"
 #include "kernels/kernels.h"
 

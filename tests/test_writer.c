@@ -1,5 +1,5 @@
 /*
- * test_writer.c — the output writer (src/merge/writer.c): many threads
+ * test_writer.c — the output writer (src/sinks/writer.c): many threads
  * submitting chunks at their offsets, in any order, end up with exactly the
  * bytes submitted, buffered and with O_DIRECT; orders far from file order
  * (every slot unfinished) and segments filled in many pieces go straight

@@ -17,7 +17,7 @@
  */
 #include "config/config.h"
 #include "core/internal.h"
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <math.h>
 #include <stdarg.h>

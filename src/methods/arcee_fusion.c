@@ -35,7 +35,7 @@
  *   the mask is 1 the result is X itself (mergekit's B + (X - B) * 1 may
  *   differ from X by rounding). State: O(1) plus select.h's tie counts.
  */
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/select.h"
 
 #include <stddef.h>

@@ -16,7 +16,7 @@
 #ifndef ALLOY_DELLA_RANK_H
 #define ALLOY_DELLA_RANK_H
 
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/select.h"
 
 #include "core/internal.h"

@@ -22,7 +22,7 @@
 #ifndef ALLOY_GTA_H
 #define ALLOY_GTA_H
 
-#include "merge/method.h"
+#include "methods/method.h"
 #include "kernels/kernels.h"
 #include "methods/della_rank.h"
 #include "methods/select.h"

@@ -33,7 +33,7 @@
  *   One input is copied unchanged. mergekit's rectify call has no effect for
  *   karcher, so alloy does not rectify either (shapes must match).
  */
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/vecmath.h"
 
 #include <string.h>

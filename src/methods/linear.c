@@ -10,7 +10,7 @@
  * clear message instead. Embeddings of different vocab sizes use the common
  * top-left block (RECTIFY).
  */
-#include "merge/method.h"
+#include "methods/method.h"
 
 enum { P_WEIGHT, P_NORMALIZE };
 

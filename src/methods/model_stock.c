@@ -33,7 +33,7 @@
  *   the base is copied. mergekit drops an optional tensor present in fewer
  *   than 3 models; a method cannot drop a tensor, so alloy reports it.
  */
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/vecmath.h"
 
 #include <string.h>

@@ -28,7 +28,7 @@
  *   (mergekit fails on an empty stack). No rectify: shapes must match.
  *   normalize_weights with Σw = 0 is rejected (mergekit divides by zero).
  */
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/vecmath.h"
 
 #include <string.h>

@@ -18,7 +18,7 @@
  *   nearswap does not rectify embeddings of different sizes (the planner
  *   reports the shape mismatch).
  */
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <string.h>
 

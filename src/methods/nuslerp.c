@@ -53,7 +53,7 @@
  *   tensor in COLS.
  */
 #include "core/internal.h"
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/vecmath.h"
 
 #include <pthread.h>

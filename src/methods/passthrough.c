@@ -9,7 +9,7 @@
  *   scale: [{filter: o_proj, value: 0}, {value: 1}]
  * zeroes the matching tensors.
  */
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <string.h>
 

@@ -28,7 +28,7 @@
  *   model has no unique position (un_i = 0) is never used, so epsilon <= 0
  *   cannot turn 0/0 into NaN output as it would in mergekit.
  */
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <string.h>
 

@@ -37,7 +37,7 @@
  *   selection key. State: O(n) plus select.h's O(nchunks) tie counts.
  *   select_topk <= 0 masks everything: R = B with no pass at all.
  */
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/select.h"
 
 #include <stddef.h>

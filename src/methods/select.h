@@ -3,7 +3,7 @@
  * by radix selection on order-preserving float keys.
  *
  * DESIGN
- *   Merge methods see a tensor only chunk by chunk (merge/method.h), so a
+ *   Merge methods see a tensor only chunk by chunk (methods/method.h), so a
  *   top-k threshold cannot come from sorting. Instead every float is mapped
  *   to a uint32 key whose unsigned order is the float order, and the k-th
  *   largest key is found digit by digit, most significant first, with one

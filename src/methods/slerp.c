@@ -22,7 +22,7 @@
  *   mergekit computes d in float32; alloy in double. t is not range-checked
  *   (values outside [0, 1] extrapolate, as in mergekit).
  */
-#include "merge/method.h"
+#include "methods/method.h"
 #include "methods/vecmath.h"
 
 #include <string.h>

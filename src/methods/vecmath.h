@@ -15,7 +15,7 @@
 #ifndef ALLOY_METHODS_VECMATH_H
 #define ALLOY_METHODS_VECMATH_H
 
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <stddef.h>
 

@@ -4,7 +4,7 @@
 #ifndef ALLOY_OUTPUT_H
 #define ALLOY_OUTPUT_H
 
-#include "merge/plan.h"
+#include "plan/plan.h"
 
 /* Writes index, config.json, tokenizer files, mergekit_config.yml and
  * README.md into dir (the temporary output folder). */

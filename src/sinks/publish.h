@@ -4,7 +4,7 @@
 #ifndef ALLOY_PUBLISH_H
 #define ALLOY_PUBLISH_H
 
-#include "merge/plan.h"
+#include "plan/plan.h"
 
 /* Refuses an output path that is, contains or lies inside an input model folder or holds an input's file,
  * or that exists and is not a folder. */

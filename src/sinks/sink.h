@@ -24,7 +24,7 @@
 #ifndef ALLOY_SINK_H
 #define ALLOY_SINK_H
 
-#include "merge/plan.h"
+#include "plan/plan.h"
 
 struct alloy_sink;
 

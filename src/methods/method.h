@@ -173,7 +173,7 @@ static inline size_t alloy_sample_chunk(size_t i, size_t k, size_t nchunks)
     return (size_t)(((2 * (uint64_t)i + 1) * (uint64_t)nchunks) / (2 * (uint64_t)k));
 }
 
-/* Registry (methods.c). */
+/* Registry (registry.c). */
 const struct alloy_method *alloy_method_find(const char *name);
 size_t                     alloy_method_count(void);
 const struct alloy_method *alloy_method_at(size_t i);

@@ -22,7 +22,7 @@
  *   embedding matrix, as mergekit's tied_names do.
  */
 #include "core/internal.h"
-#include "merge/plan.h"
+#include "plan/plan.h"
 
 #include <ctype.h>
 #include <stdarg.h>

@@ -19,7 +19,7 @@
 
 #include "alloy.h"
 #include "config/config.h"
-#include "merge/method.h"
+#include "methods/method.h"
 #include "sources/source.h"
 
 struct alloy_plan_tensor {

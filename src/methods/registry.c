@@ -1,5 +1,5 @@
 /*
- * methods.c — the registry of merge methods, by mergekit name.
+ * registry.c — the registry of merge methods, by mergekit name.
  *
  * DESIGN
  *   Each method lives in its own file under src/methods/ and exports one
@@ -9,7 +9,7 @@
  *   every method's object out of liballoy.a (weak references would not: a
  *   program linked against the static library would know no method).
  */
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <string.h>
 

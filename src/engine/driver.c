@@ -23,7 +23,7 @@
  *   depend on which thread runs a chunk.
  */
 #include "core/internal.h"
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

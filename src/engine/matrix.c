@@ -14,7 +14,7 @@
  *   not an out-of-memory kill.
  */
 #include "core/internal.h"
-#include "merge/method.h"
+#include "methods/method.h"
 
 #include <pthread.h>
 

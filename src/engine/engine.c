@@ -20,7 +20,7 @@
  *   output behind; only a complete merge is committed.
  */
 #include "core/internal.h"
-#include "merge/plan.h"
+#include "plan/plan.h"
 #include "sinks/sink.h"
 
 #include <stdatomic.h>
