@@ -59,6 +59,13 @@ int alloy_write_file(const char *path, const void *buf, size_t len, struct alloy
 /* Writes the whole buffer at offset, retrying short writes. */
 int alloy_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *path, struct alloy_err *err);
 
+/* How input values travel from a source (src/sources/) to a method (src/methods/method.h): as float32, or
+ * as the stored bfloat16 bits (2 bytes each) for a method that takes them raw. */
+enum alloy_input_mode {
+    ALLOY_INPUT_F32 = 0,
+    ALLOY_INPUT_BF16_RAW = 1,
+};
+
 /* The reference conversion rows (dtype.c; the other instruction sets' rows: kernels/kernels.h). */
 void alloy_ref_to_f32(enum alloy_dtype t, const void *src, float *dst, size_t n);
 /* The from_f32 rows also return how many of the n values were NaN or Inf (all exponent bits set). */

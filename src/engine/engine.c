@@ -42,7 +42,7 @@ static int load_chunk(void *ctx, int input, uint64_t e0, uint64_t e1, float *dst
     const struct alloy_input *src = &t->inputs[input];
     if (io->interrupt && *io->interrupt)
         return alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while merging '%s'", t->name);
-    int rc = alloy_input_read(src, e0, e1, dst, raw ? ALLOY_READ_RAW_BF16 : ALLOY_READ_F32, err);
+    int rc = alloy_input_read(src, e0, e1, dst, (enum alloy_input_mode)raw, err);
     if (rc || raw) return rc;
     if (io->round_to >= 0 && (enum alloy_dtype)io->round_to != src->t->dtype) {
         /* mergekit casts inputs to the working dtype before merging */

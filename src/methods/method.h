@@ -58,6 +58,7 @@
 #define ALLOY_METHOD_H
 
 #include "alloy.h"
+#include "core/internal.h"
 
 #include <math.h>
 
@@ -90,10 +91,7 @@ enum {
  * the stored bfloat16 values (ALLOY_RAW_BF16(x[i])) when every input is stored bfloat16 and used
  * unrounded (job->inputs_bf16) and the method accepts them (ALLOY_METHOD_TAKES_BF16 and takes_bf16).
  * The driver chooses once per tensor, after init; the load callback and every chunk carry the mode. */
-enum alloy_input_mode {
-    ALLOY_INPUT_F32 = 0,
-    ALLOY_INPUT_BF16_RAW = 1,
-};
+/* (enum alloy_input_mode is in core/internal.h: sources produce the same two modes.) */
 
 struct alloy_merge_job {
     const char *name;            /* output tensor name */

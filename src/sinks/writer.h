@@ -16,10 +16,8 @@
  *
  *   Why O_DIRECT: a buffered write allocates a page-cache page for every
  *   output byte, copies into it in the kernel and has kworkers write it
- *   back, taking ext4's allocation locks against the writing thread. On
- *   the 2-core bench VM that was 0.07-0.35 s of a 1 s DELLA merge (the
- *   spread: fresh pages returned to the host by free-page reporting fault
- *   back in). Direct writes move the segment from the staging buffer to
+ *   back, taking ext4's allocation locks against the writing thread (what
+ *   that cost is in docs/performance.md). Direct writes move the segment from the staging buffer to
  *   the disk, with the worker that filled it already merging again and the
  *   I/O thread asleep on the disk. The inputs' page cache is not evicted by
  *   the output either.

@@ -11,7 +11,7 @@
  *   Kinds:
  *     stored   the elements of a stored tensor of the same size, read with
  *              pread and widened to float32 in place; it can also hand over
- *              the stored bits as they are (ALLOY_READ_RAW_BF16) for a method
+ *              the stored bits as they are (ALLOY_INPUT_BF16_RAW) for a method
  *              that takes bfloat16 inputs raw;
  *     window   the top-left rows x cols block of a larger stored 2-D tensor
  *              (embedding matrices of different vocabulary sizes: mergekit's
@@ -27,18 +27,13 @@
 #ifndef ALLOY_SOURCE_H
 #define ALLOY_SOURCE_H
 
-#include "alloy.h"
-
-enum alloy_read_mode {
-    ALLOY_READ_F32 = 0,  /* float32 values */
-    ALLOY_READ_RAW_BF16, /* the stored bfloat16 bits, 2 bytes each (only where alloy_input_raw_bf16 says so) */
-};
+#include "core/internal.h"
 
 struct alloy_input;
 
 struct alloy_input_ops {
     const char *kind; /* "stored", "window", "tied", ... */
-    int  (*read)(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_read_mode mode,
+    int  (*read)(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_input_mode mode,
                  struct alloy_err *err);
     void (*release)(const struct alloy_input *s); /* after the tensor: drop what it mapped (may be NULL) */
     void (*free)(struct alloy_input *s);          /* frees ctx (may be NULL) */
@@ -57,13 +52,13 @@ struct alloy_input {
  * tied: t stands in for a tensor the model lacks. */
 void alloy_input_stored(struct alloy_input *s, int model, const struct alloy_tensor *t, uint64_t rows,
                          uint64_t cols, int tied);
-/* 1 when s can hand over its values as stored bfloat16 bits (ALLOY_READ_RAW_BF16). */
+/* 1 when s can hand over its values as stored bfloat16 bits (ALLOY_INPUT_BF16_RAW). */
 int  alloy_input_raw_bf16(const struct alloy_input *s);
 /* 1 for a tied source. */
 int  alloy_input_is_tied(const struct alloy_input *s);
 
 static inline int alloy_input_read(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst,
-                                    enum alloy_read_mode mode, struct alloy_err *err)
+                                    enum alloy_input_mode mode, struct alloy_err *err)
 {
     return s->ops->read(s, e0, e1, dst, mode, err);
 }

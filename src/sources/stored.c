@@ -15,13 +15,13 @@
 #include "core/internal.h"
 #include "sources/source.h"
 
-static int read_stored(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_read_mode mode,
+static int read_stored(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_input_mode mode,
                        struct alloy_err *err)
 {
     const struct alloy_tensor *t = s->t;
     const struct alloy_dtype_traits *tr = alloy_dtype_traits(t->dtype);
     size_t n = (size_t)(e1 - e0);
-    if (mode == ALLOY_READ_RAW_BF16) return alloy_tensor_pread(t, e0 * 2, dst, n * 2, err);
+    if (mode == ALLOY_INPUT_BF16_RAW) return alloy_tensor_pread(t, e0 * 2, dst, n * 2, err);
     uint64_t off, len;
     if (alloy_dtype_nbytes(t->dtype, e0, &off) || alloy_dtype_nbytes(t->dtype, n, &len))
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': elements [%llu, %llu) do not start and end "
@@ -39,7 +39,7 @@ static int read_stored(const struct alloy_input *s, uint64_t e0, uint64_t e1, vo
     return ALLOY_OK;
 }
 
-static int read_window(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_read_mode mode,
+static int read_window(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_input_mode mode,
                        struct alloy_err *err)
 {
     const struct alloy_tensor *t = s->t;
