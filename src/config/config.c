@@ -2,15 +2,8 @@
  * config.c — reads a mergekit YAML merge config into struct alloy_config.
  *
  * DESIGN
- *   Two stages. (1) libyaml's event parser builds a small tree of ynodes
- *   (scalar / list / mapping, each with its 1-based line:column). The event
- *   API rather than yaml_parser_load because it lets us stop at the first
- *   value nested deeper than ALLOY_CONFIG_MAX_DEPTH, refuse an alias to a
- *   collection that is still open (`&a [*a]`, a cycle the document API would
- *   build) and count every value, so hostile text cannot make us recurse,
- *   loop or allocate without bound. Mapping merge keys (`<<: *defaults`) are
- *   flattened as PyYAML's SafeLoader does; explicit duplicate keys are an
- *   error (PyYAML silently keeps the last one). (2) The tree is converted to
+ *   Two stages. (1) yaml_tree.c turns the text into a bounded tree of nodes
+ *   with their line:column. (2) Here, the tree is converted to
  *   the structs of config.h against mergekit's schema (mergekit/config.py,
  *   mergekit/common.py, mergekit/tokenizer/config.py; spec §2): every key is
  *   checked (unknown keys are errors here, pydantic ignores them), every
@@ -24,7 +17,7 @@
  *   charged to a budget (ALLOY_CONFIG_MAX_EXPAND) and copied string bytes to
  *   another, bounding the size of the result.
  */
-#include "config/config.h"
+#include "config/yaml_tree.h"
 #include "core/internal.h"
 #include "core/strmap.h"
 
@@ -36,379 +29,13 @@
 #define MAX_COPY_BYTES ((size_t)64 << 20) /* string bytes copied into the result */
 #define KEY_MAX 256 /* a key path in messages: slices[0].sources[1].parameters.weight */
 
-/* ---------------------------------------------------------------- the YAML tree */
-
-enum ykind { Y_SCALAR, Y_SEQ, Y_MAP };
-enum ytag { YT_AUTO, YT_STR, YT_INT, YT_FLOAT, YT_BOOL, YT_NULL, YT_MERGE };
-
-struct ynode {
-    enum ykind kind;
-    enum ytag tag;          /* scalars: YT_AUTO = plain, typed by YAML 1.1 rules */
-    int open;               /* collection still being read */
-    struct alloy_pos pos;
-    char *text;             /* scalars, NUL-terminated */
-    size_t len;
-    struct ynode **kids;    /* list items; mappings: key, value, key, value... */
-    size_t n, cap;
-};
-
-struct anchor { char *name; struct ynode *node; };
-
-struct cfgp {
-    const char *path;
-    const char *text;
-    size_t len;
-    struct alloy_err *err;
-    struct ynode **nodes;   /* every node, for freeing */
-    size_t nnodes, capnodes;
-    size_t events;          /* nodes + aliases seen */
-    size_t merged;          /* key/value slots copied by merge keys */
-    struct anchor *anchors;
-    size_t nanchors, capanchors;
-    struct alloy_strmap anchor_map;
-    size_t work, bytes;     /* stage-2 budgets */
-};
-
-static int perr(struct cfgp *P, enum alloy_status st, struct alloy_pos pos, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-static int perr(struct cfgp *P, enum alloy_status st, struct alloy_pos pos, const char *key, const char *fmt, ...)
-{
-    char msg[768];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (pos.line > 0 && key) alloy_err_set(P->err, st, "%s:%d:%d: %s: %s", P->path, pos.line, pos.col, key, msg);
-    else if (pos.line > 0) alloy_err_set(P->err, st, "%s:%d:%d: %s", P->path, pos.line, pos.col, msg);
-    else if (key) alloy_err_set(P->err, st, "%s: %s: %s", P->path, key, msg);
-    else alloy_err_set(P->err, st, "%s: %s", P->path, msg);
-    for (char *c = P->err->msg; *c; c++) /* one line, whatever the YAML held */
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
-    return (int)st;
-}
-
-static int nomem(struct cfgp *P) { return alloy_err_set(P->err, ALLOY_ERR_NOMEM, "%s: out of memory", P->path); }
-
-static struct alloy_pos mark_pos(yaml_mark_t m) { return (struct alloy_pos){(int)m.line + 1, (int)m.column + 1}; }
-
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap) return 0;
-    size_t ncap = *cap ? *cap * 2 : 8;
-    while (ncap < need) ncap *= 2;
-    void *p = alloy_xrealloc(*arr, ncap * elem);
-    if (!p) return -1;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
-static struct ynode *node_new(struct cfgp *P, enum ykind kind, yaml_mark_t mark)
-{
-    if (grow((void **)&P->nodes, &P->capnodes, P->nnodes + 1, sizeof *P->nodes)) return NULL;
-    struct ynode *n = alloy_xcalloc(1, sizeof *n);
-    if (!n) return NULL;
-    n->kind = kind;
-    n->pos = mark_pos(mark);
-    P->nodes[P->nnodes++] = n;
-    return n;
-}
-
-static int node_add(struct ynode *parent, struct ynode *kid)
-{
-    if (grow((void **)&parent->kids, &parent->cap, parent->n + 1, sizeof *parent->kids)) return -1;
-    parent->kids[parent->n++] = kid;
-    return 0;
-}
-
-static void tree_free(struct cfgp *P)
-{
-    for (size_t i = 0; i < P->nnodes; i++) {
-        free(P->nodes[i]->text);
-        free(P->nodes[i]->kids);
-        free(P->nodes[i]);
-    }
-    free(P->nodes);
-    for (size_t i = 0; i < P->nanchors; i++) free(P->anchors[i].name);
-    free(P->anchors);
-    alloy_strmap_free(&P->anchor_map);
-}
-
-/* Line and column (characters, 1-based) of a byte offset, for reader errors. */
-static struct alloy_pos offset_pos(const char *text, size_t len, size_t off)
-{
-    struct alloy_pos p = {1, 1};
-    for (size_t i = 0; i < off && i < len; i++) {
-        if (text[i] == '\n') { p.line++; p.col = 1; }
-        else if (((unsigned char)text[i] & 0xc0) != 0x80) p.col++;
-    }
-    return p;
-}
-
-static int yaml_error(struct cfgp *P, const yaml_parser_t *yp)
-{
-    if (yp->error == YAML_MEMORY_ERROR) return nomem(P);
-    const char *problem = yp->problem ? yp->problem : "malformed text";
-    if (yp->error == YAML_READER_ERROR) {
-        struct alloy_pos pos = offset_pos(P->text, P->len, yp->problem_offset);
-        if (yp->problem_value >= 0)
-            return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "invalid YAML: %s (byte 0x%02x)", problem, yp->problem_value & 0xff);
-        return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "invalid YAML: %s", problem);
-    }
-    struct alloy_pos pos = mark_pos(yp->problem_mark);
-    if (yp->context)
-        return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "invalid YAML: %s (%s at line %d, column %d)", problem,
-                    yp->context, (int)yp->context_mark.line + 1, (int)yp->context_mark.column + 1);
-    return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "invalid YAML: %s", problem);
-}
-
-static int tag_of(struct cfgp *P, const char *tag, enum ykind kind, struct alloy_pos pos, enum ytag *out)
-{
-    static const struct { const char *name; enum ytag tag; enum ykind kind; } tags[] = {
-        {"tag:yaml.org,2002:str", YT_STR, Y_SCALAR},     {"tag:yaml.org,2002:int", YT_INT, Y_SCALAR},
-        {"tag:yaml.org,2002:float", YT_FLOAT, Y_SCALAR}, {"tag:yaml.org,2002:bool", YT_BOOL, Y_SCALAR},
-        {"tag:yaml.org,2002:null", YT_NULL, Y_SCALAR},   {"tag:yaml.org,2002:merge", YT_MERGE, Y_SCALAR},
-        {"tag:yaml.org,2002:seq", YT_AUTO, Y_SEQ},       {"tag:yaml.org,2002:map", YT_AUTO, Y_MAP},
-    };
-    if (!tag) return 0;
-    if (strcmp(tag, "!") == 0) { *out = kind == Y_SCALAR ? YT_STR : YT_AUTO; return 0; }
-    for (size_t i = 0; i < ALLOY_ARRAY_LEN(tags); i++)
-        if (strcmp(tag, tags[i].name) == 0 && kind == tags[i].kind) { *out = tags[i].tag; return 0; }
-    char shown[64];
-    snprintf(shown, sizeof shown, "%s", tag);
-    return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "unsupported YAML tag '%s' (mergekit reads configs with "
-                "yaml.safe_load, which only knows the standard tags)", shown);
-}
-
-/* The scalar's YAML type and numeric value, honouring explicit tags. -1: a
- * tag that does not fit the text (`!!int abc`). */
-static int scalar_type(const struct ynode *n, double *num)
-{
-    double v = 0;
-    enum alloy_yaml_type t;
-    switch (n->tag) {
-    case YT_AUTO:  t = alloy_yaml_resolve(n->text, n->len, &v); break;
-    case YT_NULL:  t = ALLOY_YAML_NULL; break;
-    case YT_INT: case YT_FLOAT:
-        t = alloy_yaml_resolve(n->text, n->len, &v);
-        if (t != ALLOY_YAML_INT && t != ALLOY_YAML_FLOAT) return -1;
-        break;
-    case YT_BOOL:
-        t = alloy_yaml_resolve(n->text, n->len, &v);
-        if (t != ALLOY_YAML_BOOL) return -1;
-        break;
-    default:       t = ALLOY_YAML_STR; break;
-    }
-    if (num) *num = v;
-    return (int)t;
-}
-
-static int is_merge_key(const struct ynode *k)
-{
-    return k->kind == Y_SCALAR && (k->tag == YT_MERGE || (k->tag == YT_AUTO && strcmp(k->text, "<<") == 0));
-}
-
-/* Appends the key/value pairs that a `<<` value contributes (PyYAML
- * flatten_mapping: for a list of mappings, earlier ones win). */
-static int merge_source(struct cfgp *P, struct ynode *v, struct ynode ***pairs, size_t *np, size_t *cap)
-{
-    struct ynode *one[1] = {v};
-    struct ynode **maps = v->kind == Y_SEQ ? v->kids : one;
-    size_t nmaps = v->kind == Y_SEQ ? v->n : 1;
-    for (size_t m = nmaps; m-- > 0;) {
-        struct ynode *src = maps[m];
-        if (src->kind != Y_MAP)
-            return perr(P, ALLOY_ERR_CONFIG, src->pos, "<<", "expected a mapping or a list of mappings to merge");
-        if ((P->merged += src->n) > ALLOY_CONFIG_MAX_EXPAND)
-            return perr(P, ALLOY_ERR_CONFIG, src->pos, "<<", "merge keys expand to more than %zu values",
-                        (size_t)ALLOY_CONFIG_MAX_EXPAND);
-        if (!src->n) continue; /* `<<: {}`: nothing to add (and *pairs may still be NULL) */
-        if (grow((void **)pairs, cap, *np + src->n, sizeof **pairs)) return nomem(P);
-        memcpy(*pairs + *np, src->kids, src->n * sizeof **pairs);
-        *np += src->n;
-    }
-    return 0;
-}
-
-/* Called when a mapping is complete: keys must be scalars, explicit duplicates
- * are errors, merge keys are flattened (explicit keys override merged ones). */
-static int finish_map(struct cfgp *P, struct ynode *m)
-{
-    struct ynode **pairs = NULL, **out = NULL;
-    size_t np = 0, cap = 0, nexplicit_from = 0, nout = 0;
-    unsigned char *expl = NULL;
-    struct alloy_strmap seen = {0};
-    int rc = 0, has_merge = 0;
-    for (size_t i = 0; i < m->n; i += 2) has_merge |= is_merge_key(m->kids[i]);
-    if (has_merge) {
-        for (size_t i = 0; i < m->n && !rc; i += 2)
-            if (is_merge_key(m->kids[i])) rc = merge_source(P, m->kids[i + 1], &pairs, &np, &cap);
-        nexplicit_from = np;
-        for (size_t i = 0; i < m->n && !rc; i += 2) {
-            if (is_merge_key(m->kids[i])) continue;
-            if (grow((void **)&pairs, &cap, np + 2, sizeof *pairs)) { rc = nomem(P); break; }
-            pairs[np++] = m->kids[i];
-            pairs[np++] = m->kids[i + 1];
-        }
-    } else {
-        pairs = m->kids;
-        np = m->n;
-    }
-    if (!rc && np) {
-        out = alloy_xmalloc(np * sizeof *out);
-        expl = alloy_xmalloc(np / 2 + 1);
-        if (!out || !expl) rc = nomem(P);
-    }
-    for (size_t i = 0; i + 1 < np && !rc; i += 2) {
-        struct ynode *k = pairs[i];
-        int explicit_key = i >= nexplicit_from;
-        if (k->kind != Y_SCALAR) {
-            rc = perr(P, ALLOY_ERR_CONFIG, k->pos, NULL, "mapping keys must be plain strings, found a %s",
-                      k->kind == Y_SEQ ? "list" : "mapping");
-            break;
-        }
-        size_t at;
-        if (alloy_strmap_get(&seen, k->text, &at)) {
-            if (explicit_key && expl[at / 2]) {
-                char shown[64];
-                snprintf(shown, sizeof shown, "%.60s", k->text);
-                rc = perr(P, ALLOY_ERR_CONFIG, k->pos, NULL, "duplicate key '%s' (first given at line %d, column %d)",
-                          shown, out[at]->pos.line, out[at]->pos.col);
-                break;
-            }
-            out[at] = k;            /* later wins, first position kept (Python dict) */
-            out[at + 1] = pairs[i + 1];
-            expl[at / 2] |= (unsigned char)explicit_key;
-            continue;
-        }
-        if (alloy_strmap_put(&seen, k->text, nout, NULL)) { rc = nomem(P); break; }
-        out[nout] = k;
-        out[nout + 1] = pairs[i + 1];
-        expl[nout / 2] = (unsigned char)explicit_key;
-        nout += 2;
-    }
-    if (!rc && (np || has_merge)) {
-        free(m->kids);
-        m->kids = out;
-        m->n = m->cap = nout;
-        out = NULL;
-    }
-    if (pairs != m->kids && has_merge) free(pairs);
-    free(out);
-    free(expl);
-    alloy_strmap_free(&seen);
-    return rc;
-}
-
-static int add_anchor(struct cfgp *P, const char *name, struct ynode *n)
-{
-    size_t idx;
-    if (alloy_strmap_get(&P->anchor_map, name, &idx)) { P->anchors[idx].node = n; return 0; }
-    if (grow((void **)&P->anchors, &P->capanchors, P->nanchors + 1, sizeof *P->anchors)) return nomem(P);
-    char *copy = alloy_xstrdup(name);
-    if (!copy) return nomem(P);
-    P->anchors[P->nanchors] = (struct anchor){copy, n};
-    if (alloy_strmap_put(&P->anchor_map, copy, P->nanchors, NULL)) { free(copy); return nomem(P); }
-    P->nanchors++;
-    return 0;
-}
-
-/* Handles one event; *depth/stack track the open collections. Returns 0,
- * an error status, or -1 at the end of the stream. */
-static int on_event(struct cfgp *P, yaml_event_t *ev, struct ynode **stack, int *depth, struct ynode **root,
-                    int *ndocs)
-{
-    struct alloy_pos pos = mark_pos(ev->start_mark);
-    struct ynode *n = NULL;
-    const yaml_char_t *anchor = NULL;
-    switch (ev->type) {
-    case YAML_STREAM_END_EVENT: return -1;
-    case YAML_DOCUMENT_START_EVENT:
-        if (++*ndocs > 1)
-            return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "expected a single YAML document, found a second one");
-        return 0;
-    case YAML_SEQUENCE_END_EVENT:
-    case YAML_MAPPING_END_EVENT: {
-        struct ynode *c = stack[--*depth];
-        c->open = 0;
-        return c->kind == Y_MAP ? finish_map(P, c) : 0;
-    }
-    case YAML_ALIAS_EVENT: {
-        size_t idx;
-        const char *name = (const char *)ev->data.alias.anchor;
-        if (!alloy_strmap_get(&P->anchor_map, name, &idx))
-            return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "unknown alias '*%.60s'", name);
-        n = P->anchors[idx].node;
-        if (n->open)
-            return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "alias '*%.60s' refers to a value that contains it", name);
-        break;
-    }
-    case YAML_SCALAR_EVENT: {
-        if (!(n = node_new(P, Y_SCALAR, ev->start_mark))) return nomem(P);
-        size_t len = ev->data.scalar.length;
-        if (memchr(ev->data.scalar.value, 0, len))
-            return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "NUL characters are not allowed in a config");
-        if (!(n->text = alloy_xmalloc(len + 1))) return nomem(P);
-        memcpy(n->text, ev->data.scalar.value, len);
-        n->text[len] = 0;
-        n->len = len;
-        n->tag = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE ? YT_AUTO : YT_STR;
-        if (tag_of(P, (const char *)ev->data.scalar.tag, Y_SCALAR, pos, &n->tag)) return (int)P->err->status;
-        if (scalar_type(n, NULL) < 0)
-            return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "'%.60s' does not match its explicit YAML tag", n->text);
-        anchor = ev->data.scalar.anchor;
-        break;
-    }
-    case YAML_SEQUENCE_START_EVENT:
-    case YAML_MAPPING_START_EVENT: {
-        int is_seq = ev->type == YAML_SEQUENCE_START_EVENT;
-        if (*depth >= ALLOY_CONFIG_MAX_DEPTH)
-            return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "values nested more than %d levels deep", ALLOY_CONFIG_MAX_DEPTH);
-        if (!(n = node_new(P, is_seq ? Y_SEQ : Y_MAP, ev->start_mark))) return nomem(P);
-        const char *tag = (const char *)(is_seq ? ev->data.sequence_start.tag : ev->data.mapping_start.tag);
-        if (tag_of(P, tag, n->kind, pos, &n->tag)) return (int)P->err->status;
-        n->open = 1;
-        anchor = is_seq ? ev->data.sequence_start.anchor : ev->data.mapping_start.anchor;
-        break;
-    }
-    default: return 0; /* stream start, document end */
-    }
-    if (++P->events > ALLOY_CONFIG_MAX_NODES)
-        return perr(P, ALLOY_ERR_CONFIG, pos, NULL, "more than %zu YAML values", (size_t)ALLOY_CONFIG_MAX_NODES);
-    if (anchor && add_anchor(P, (const char *)anchor, n)) return (int)P->err->status;
-    if (*depth == 0) *root = n;
-    else if (node_add(stack[*depth - 1], n)) return nomem(P);
-    if (n->kind != Y_SCALAR && n->open) stack[(*depth)++] = n;
-    return 0;
-}
-
-static int build_tree(struct cfgp *P, struct ynode **root)
-{
-    yaml_parser_t yp;
-    struct ynode *stack[ALLOY_CONFIG_MAX_DEPTH];
-    int depth = 0, ndocs = 0, rc = 0;
-    *root = NULL;
-    if (!yaml_parser_initialize(&yp)) return nomem(P);
-    yaml_parser_set_input_string(&yp, (const unsigned char *)P->text, P->len);
-    for (;;) {
-        yaml_event_t ev;
-        if (!yaml_parser_parse(&yp, &ev)) { rc = yaml_error(P, &yp); break; }
-        rc = on_event(P, &ev, stack, &depth, root, &ndocs);
-        yaml_event_delete(&ev);
-        if (rc) break;
-    }
-    yaml_parser_delete(&yp);
-    return rc < 0 ? 0 : rc;
-}
-
 /* ---------------------------------------------------------------- typed access */
 
 /* Charges one visit (and copied bytes) to the stage-2 budgets. */
 static int charge(struct cfgp *P, const struct ynode *n, size_t bytes)
 {
     if (++P->work > ALLOY_CONFIG_MAX_EXPAND || (P->bytes += bytes) > MAX_COPY_BYTES)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, NULL, "the config expands (through aliases) to more than %zu values "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, NULL, "the config expands (through aliases) to more than %zu values "
                     "or %zu bytes", (size_t)ALLOY_CONFIG_MAX_EXPAND, MAX_COPY_BYTES);
     return 0;
 }
@@ -419,7 +46,7 @@ static const char *describe(const struct ynode *n, char *buf, size_t size)
     double v;
     if (n->kind == Y_SEQ) return n->n ? "a list" : "an empty list";
     if (n->kind == Y_MAP) return "a mapping";
-    switch (scalar_type(n, &v)) {
+    switch (alloy_yaml_scalar_type(n, &v)) {
     case ALLOY_YAML_NULL: return "null (an empty value)";
     case ALLOY_YAML_BOOL: snprintf(buf, size, "the boolean %s", n->text); break;
     case ALLOY_YAML_INT:
@@ -435,10 +62,10 @@ static int get_string(struct cfgp *P, const struct ynode *n, const char *key, ch
     char d[96];
     *out = NULL;
     if (n->kind != Y_SCALAR)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a string, found %s", describe(n, d, sizeof d));
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a string, found %s", describe(n, d, sizeof d));
     if (charge(P, n, n->len + 1)) return (int)P->err->status;
-    if (scalar_type(n, NULL) == ALLOY_YAML_NULL) return 0;
-    if (!(*out = alloy_xstrdup(n->text))) return nomem(P);
+    if (alloy_yaml_scalar_type(n, NULL) == ALLOY_YAML_NULL) return 0;
+    if (!(*out = alloy_xstrdup(n->text))) return alloy_cfg_nomem(P);
     return 0;
 }
 
@@ -447,7 +74,7 @@ static int get_string(struct cfgp *P, const struct ynode *n, const char *key, ch
 static int to_number(const struct ynode *n, double *out)
 {
     if (n->kind != Y_SCALAR) return -1;
-    int t = scalar_type(n, out);
+    int t = alloy_yaml_scalar_type(n, out);
     if (t == ALLOY_YAML_BOOL || t == ALLOY_YAML_INT || t == ALLOY_YAML_FLOAT) return 0;
     if (t == ALLOY_YAML_STR && alloy_yaml_coerce_number(n->text, n->len, out) == 0) return 0;
     return -1;
@@ -458,10 +85,10 @@ static int get_number(struct cfgp *P, const struct ynode *n, const char *key, do
     char d[96];
     if (charge(P, n, 0)) return (int)P->err->status;
     if (to_number(n, out) == 0) return 0;
-    return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a number, found %s", describe(n, d, sizeof d));
+    return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a number, found %s", describe(n, d, sizeof d));
 }
 
-static int is_null(const struct ynode *n) { return n->kind == Y_SCALAR && scalar_type(n, NULL) == ALLOY_YAML_NULL; }
+static int is_null(const struct ynode *n) { return n->kind == Y_SCALAR && alloy_yaml_scalar_type(n, NULL) == ALLOY_YAML_NULL; }
 
 /* Value of key `name` in mapping m, or NULL. */
 static struct ynode *map_get(const struct ynode *m, const char *name)
@@ -504,7 +131,7 @@ static int check_map(struct cfgp *P, const struct ynode *m, const char *key, con
 {
     char d[96];
     if (m->kind != Y_MAP)
-        return perr(P, ALLOY_ERR_CONFIG, m->pos, key, "expected a mapping, found %s", describe(m, d, sizeof d));
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, m->pos, key, "expected a mapping, found %s", describe(m, d, sizeof d));
     if (charge(P, m, 0)) return (int)P->err->status;
     for (size_t i = 0; i < m->n; i += 2) {
         const struct ynode *k = m->kids[i];
@@ -521,7 +148,7 @@ static int check_map(struct cfgp *P, const struct ynode *m, const char *key, con
         }
         char shown[64];
         snprintf(shown, sizeof shown, "%.60s", k->text);
-        return perr(P, ALLOY_ERR_CONFIG, k->pos, NULL, "unknown key '%s' in %s (expected one of: %s)%s", shown, where,
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, k->pos, NULL, "unknown key '%s' in %s (expected one of: %s)%s", shown, where,
                     list, hint);
     }
     return 0;
@@ -529,7 +156,7 @@ static int check_map(struct cfgp *P, const struct ynode *m, const char *key, con
 
 static int missing(struct cfgp *P, const struct ynode *m, const char *where, const char *name)
 {
-    return perr(P, ALLOY_ERR_CONFIG, m->pos, NULL, "%s: missing required key '%s'", where, name);
+    return alloy_cfg_err(P, ALLOY_ERR_CONFIG, m->pos, NULL, "%s: missing required key '%s'", where, name);
 }
 
 /* ---------------------------------------------------------------- model references */
@@ -548,9 +175,9 @@ static int model_path(struct cfgp *P, const struct ynode *n, const char *key, co
 {
     const char *why = alloy_config_ref_problem(s, len);
     if (why)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "invalid model reference '%.*s': %s", (int)(len > 200 ? 200 : len),
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "invalid model reference '%.*s': %s", (int)(len > 200 ? 200 : len),
                     s, why);
-    if (!(*out = alloy_xmalloc(len + 1))) return nomem(P);
+    if (!(*out = alloy_xmalloc(len + 1))) return alloy_cfg_nomem(P);
     memcpy(*out, s, len);
     (*out)[len] = 0;
     return 0;
@@ -558,7 +185,7 @@ static int model_path(struct cfgp *P, const struct ynode *n, const char *key, co
 
 static int lora_unsupported(struct cfgp *P, const struct ynode *n, const char *key)
 {
-    return perr(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, ALLOY_CONFIG_LORA_MSG);
+    return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, ALLOY_CONFIG_LORA_MSG);
 }
 
 /* A model reference: "path[@rev][+lora[@rev]]" or {model, lora, override_architecture}.
@@ -570,14 +197,14 @@ static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, cha
     char d[96], sub[KEY_MAX];
     *out = NULL;
     if (n->kind == Y_SEQ)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a model reference (PATH[@REVISION] or "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a model reference (PATH[@REVISION] or "
                     "{model: {path, revision}}), found a list");
     if (n->kind == Y_SCALAR) {
         if (charge(P, n, n->len + 1)) return (int)P->err->status;
         if (is_null(n)) return 0;
         const char *plus = strchr(n->text, '+');
         if (plus && strchr(plus + 1, '+'))
-            return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "can't parse model reference '%.200s': more than one '+' "
+            return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "can't parse model reference '%.200s': more than one '+' "
                         "(expected PATH[@REVISION][+LORA[@REVISION]])", n->text);
         if (plus) return lora_unsupported(P, n, key);
         return model_path(P, n, key, n->text, n->len, out);
@@ -589,7 +216,7 @@ static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, cha
     if ((v = map_val(n, "lora"))) return lora_unsupported(P, v, sub);
     snprintf(sub, sizeof sub, "%.180s.override_architecture", key);
     if ((v = map_val(n, "override_architecture")))
-        return perr(P, ALLOY_ERR_UNSUPPORTED, v->pos, sub, "override_architecture is not supported yet");
+        return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, sub, "override_architecture is not supported yet");
     const struct ynode *m = map_val(n, "model");
     snprintf(sub, sizeof sub, "%.180s.model", key);
     if (!m) return missing(P, n, key, "model");
@@ -608,14 +235,14 @@ static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, cha
     if (rn && get_string(P, rn, rk, &rev)) { free(path); return (int)P->err->status; }
     int rc = 0;
     if (strchr(path, '@'))
-        rc = perr(P, ALLOY_ERR_CONFIG, pn->pos, pk, "'%.200s' contains '@'; give the revision under revision:", path);
+        rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, pn->pos, pk, "'%.200s' contains '@'; give the revision under revision:", path);
     else if (!path[0])
-        rc = perr(P, ALLOY_ERR_CONFIG, pn->pos, pk, "the model path is empty");
+        rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, pn->pos, pk, "the model path is empty");
     else if (rev && (!rev[0] || strchr(rev, '@')))
-        rc = perr(P, ALLOY_ERR_CONFIG, rn->pos, rk, "expected a revision (branch, tag or commit), found %s",
+        rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, rn->pos, rk, "expected a revision (branch, tag or commit), found %s",
                   describe(rn, d, sizeof d));
     else if (rev && !(*out = alloy_xasprintf("%s@%s", path, rev)))
-        rc = nomem(P);
+        rc = alloy_cfg_nomem(P);
     else if (!rev) { *out = path; path = NULL; }
     free(path);
     free(rev);
@@ -629,7 +256,7 @@ static int required_ref(struct cfgp *P, const struct ynode *m, const char *where
     if (!v) return missing(P, m, where, "model");
     if (model_ref(P, v, key, out)) return (int)P->err->status;
     if (!*out)
-        return perr(P, ALLOY_ERR_CONFIG, v->pos, key, "expected a model reference (PATH[@REVISION]), found null");
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, key, "expected a model reference (PATH[@REVISION]), found null");
     return 0;
 }
 
@@ -645,15 +272,15 @@ static int scalar_or_gradient(struct cfgp *P, const struct ynode *n, const char 
         return get_number(P, n, key, &out->value);
     }
     if (n->kind != Y_SEQ || n->n == 0)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a number or a list of numbers, found %s",
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a number or a list of numbers, found %s",
                     describe(n, d, sizeof d));
     out->kind = ALLOY_SETTING_GRADIENT;
-    if (!(out->grad = alloy_xcalloc(n->n, sizeof *out->grad))) return nomem(P);
+    if (!(out->grad = alloy_xcalloc(n->n, sizeof *out->grad))) return alloy_cfg_nomem(P);
     out->ngrad = n->n;
     for (size_t i = 0; i < n->n; i++) {
         snprintf(ik, sizeof ik, "%.180s[%zu]", key, i);
         if (n->kids[i]->kind != Y_SCALAR)
-            return perr(P, ALLOY_ERR_CONFIG, n->kids[i]->pos, ik, "a gradient is a list of numbers, found %s",
+            return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->kids[i]->pos, ik, "a gradient is a list of numbers, found %s",
                         describe(n->kids[i], d, sizeof d));
         if (get_number(P, n->kids[i], ik, &out->grad[i])) return (int)P->err->status;
     }
@@ -666,25 +293,25 @@ static int setting(struct cfgp *P, const struct ynode *n, const char *key, struc
     char ik[KEY_MAX], vk[KEY_MAX];
     out->pos = n->pos;
     if (n->kind == Y_MAP)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "a {filter, value} entry must be inside a list: write "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "a {filter, value} entry must be inside a list: write "
                     "'- filter: ...' (mergekit rejects a bare mapping when it evaluates it)");
     if (n->kind == Y_SCALAR || n->n == 0 || n->kids[0]->kind != Y_MAP) {
         if (n->kind == Y_SEQ)
             for (size_t i = 0; i < n->n; i++)
                 if (n->kids[i]->kind == Y_MAP) {
                     snprintf(ik, sizeof ik, "%.180s[%zu]", key, i);
-                    return perr(P, ALLOY_ERR_CONFIG, n->kids[i]->pos, ik, "a list holds either numbers (a gradient) "
+                    return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->kids[i]->pos, ik, "a list holds either numbers (a gradient) "
                                 "or {filter, value} entries, not both");
                 }
         return scalar_or_gradient(P, n, key, out);
     }
     out->kind = ALLOY_SETTING_COND;
-    if (!(out->conds = alloy_xcalloc(n->n, sizeof *out->conds))) return nomem(P);
+    if (!(out->conds = alloy_xcalloc(n->n, sizeof *out->conds))) return alloy_cfg_nomem(P);
     for (size_t i = 0; i < n->n; i++) {
         const struct ynode *e = n->kids[i];
         snprintf(ik, sizeof ik, "%.180s[%zu]", key, i);
         if (e->kind != Y_MAP)
-            return perr(P, ALLOY_ERR_CONFIG, e->pos, ik, "a list holds either numbers (a gradient) or {filter, value} "
+            return alloy_cfg_err(P, ALLOY_ERR_CONFIG, e->pos, ik, "a list holds either numbers (a gradient) or {filter, value} "
                         "entries, not both");
         if (check_map(P, e, ik, ik, cond_keys)) return (int)P->err->status;
         struct alloy_cond *c = &out->conds[out->nconds++];
@@ -694,7 +321,7 @@ static int setting(struct cfgp *P, const struct ynode *n, const char *key, struc
         if (f && get_string(P, f, vk, &c->filter)) return (int)P->err->status;
         snprintf(vk, sizeof vk, "%.180s.value", ik);
         if (v->kind == Y_MAP || (v->kind == Y_SEQ && v->n && v->kids[0]->kind == Y_MAP))
-            return perr(P, ALLOY_ERR_CONFIG, v->pos, vk, "expected a number or a list of numbers (conditional entries "
+            return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, vk, "expected a number or a list of numbers (conditional entries "
                         "do not nest)");
         if (scalar_or_gradient(P, v, vk, &c->value)) return (int)P->err->status;
     }
@@ -706,18 +333,18 @@ static int params(struct cfgp *P, const struct ynode *n, const char *key, struct
     char d[96], pk[KEY_MAX];
     if (!n || is_null(n)) return 0;
     if (n->kind != Y_MAP)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a mapping of parameter names to values, found %s",
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a mapping of parameter names to values, found %s",
                     describe(n, d, sizeof d));
     size_t cnt = n->n / 2;
     if (!cnt) return 0;
     out->names = alloy_xcalloc(cnt, sizeof *out->names);
     out->values = alloy_xcalloc(cnt, sizeof *out->values);
     out->pos = alloy_xcalloc(cnt, sizeof *out->pos);
-    if (!out->names || !out->values || !out->pos) return nomem(P);
+    if (!out->names || !out->values || !out->pos) return alloy_cfg_nomem(P);
     for (size_t i = 0; i < cnt; i++) {
         const struct ynode *k = n->kids[2 * i], *v = n->kids[2 * i + 1];
         if (charge(P, k, k->len + 1)) return (int)P->err->status;
-        if (!(out->names[i] = alloy_xstrdup(k->text))) return nomem(P);
+        if (!(out->names[i] = alloy_xstrdup(k->text))) return alloy_cfg_nomem(P);
         out->pos[i] = k->pos;
         out->n = i + 1;
         snprintf(pk, sizeof pk, "%.180s.%.60s", key, k->text);
@@ -744,11 +371,11 @@ static const struct ynode *expect_list(struct cfgp *P, const struct ynode *n, co
 {
     char d[96];
     if (n->kind != Y_SEQ) {
-        perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a list of %s, found %s", what, describe(n, d, sizeof d));
+        alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a list of %s, found %s", what, describe(n, d, sizeof d));
         return NULL;
     }
     if (n->n == 0) {
-        perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected at least one entry (a list of %s), found an empty list", what);
+        alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected at least one entry (a list of %s), found an empty list", what);
         return NULL;
     }
     return n;
@@ -759,11 +386,11 @@ static int models_list(struct cfgp *P, const struct ynode *n, struct alloy_confi
     static const char *const keys[] = {"model", "parameters", NULL};
     char ek[KEY_MAX], sub[KEY_MAX];
     if (!expect_list(P, n, "models", "{model: ..., parameters: ...} entries")) return (int)P->err->status;
-    if (!(c->slices = alloy_xcalloc(1, sizeof *c->slices))) return nomem(P);
+    if (!(c->slices = alloy_xcalloc(1, sizeof *c->slices))) return alloy_cfg_nomem(P);
     c->nslices = 1;
     struct alloy_slice *s = &c->slices[0];
     s->pos = n->pos;
-    if (!(s->sources = alloy_xcalloc(n->n, sizeof *s->sources))) return nomem(P);
+    if (!(s->sources = alloy_xcalloc(n->n, sizeof *s->sources))) return alloy_cfg_nomem(P);
     for (size_t i = 0; i < n->n; i++) {
         const struct ynode *e = n->kids[i];
         snprintf(ek, sizeof ek, "models[%zu]", i);
@@ -782,10 +409,10 @@ static int layer_range(struct cfgp *P, const struct ynode *n, const char *key, l
 {
     char d[96], ik[KEY_MAX];
     if (n->kind != Y_SEQ)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected [start, end] (two layer indices, end exclusive), "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected [start, end] (two layer indices, end exclusive), "
                     "found %s", describe(n, d, sizeof d));
     if (n->n != 2)
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected [start, end] (two layer indices, end exclusive), "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected [start, end] (two layer indices, end exclusive), "
                     "found a list of %zu", n->n);
     for (int i = 0; i < 2; i++) {
         const struct ynode *v = n->kids[i];
@@ -793,12 +420,12 @@ static int layer_range(struct cfgp *P, const struct ynode *n, const char *key, l
         snprintf(ik, sizeof ik, "%.180s[%d]", key, i);
         if (charge(P, v, 0)) return (int)P->err->status;
         if (to_number(v, &x) || x != floor(x) || fabs(x) > 2147483647.0)
-            return perr(P, ALLOY_ERR_CONFIG, v->pos, ik, "expected a layer index (an integer), found %s",
+            return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, ik, "expected a layer index (an integer), found %s",
                         describe(v, d, sizeof d));
         out[i] = (long long)x;
     }
     if (out[0] < 0 || out[0] >= out[1])
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, key, "expected 0 <= start < end, found [%lld, %lld]", out[0], out[1]);
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected 0 <= start < end, found [%lld, %lld]", out[0], out[1]);
     return 0;
 }
 
@@ -808,7 +435,7 @@ static int slices_list(struct cfgp *P, const struct ynode *n, struct alloy_confi
     static const char *const source_keys[] = {"model", "layer_range", "parameters", NULL};
     char sk[KEY_MAX], k2[KEY_MAX], k3[KEY_MAX];
     if (!expect_list(P, n, "slices", "{sources: [...]} entries")) return (int)P->err->status;
-    if (!(c->slices = alloy_xcalloc(n->n, sizeof *c->slices))) return nomem(P);
+    if (!(c->slices = alloy_xcalloc(n->n, sizeof *c->slices))) return alloy_cfg_nomem(P);
     c->from_slices = 1;
     for (size_t i = 0; i < n->n; i++) {
         const struct ynode *e = n->kids[i];
@@ -820,7 +447,7 @@ static int slices_list(struct cfgp *P, const struct ynode *n, struct alloy_confi
         if (!srcs) return missing(P, e, sk, "sources");
         snprintf(k2, sizeof k2, "%.180s.sources", sk);
         if (!expect_list(P, srcs, k2, "{model, layer_range} entries")) return (int)P->err->status;
-        if (!(s->sources = alloy_xcalloc(srcs->n, sizeof *s->sources))) return nomem(P);
+        if (!(s->sources = alloy_xcalloc(srcs->n, sizeof *s->sources))) return alloy_cfg_nomem(P);
         for (size_t j = 0; j < srcs->n; j++) {
             const struct ynode *se = srcs->kids[j];
             snprintf(k2, sizeof k2, "%.180s.sources[%zu]", sk, j);
@@ -836,7 +463,7 @@ static int slices_list(struct cfgp *P, const struct ynode *n, struct alloy_confi
             long long want = s->sources[0].layer_range[1] - s->sources[0].layer_range[0];
             long long got = src->layer_range[1] - src->layer_range[0];
             if (got != want)
-                return perr(P, ALLOY_ERR_CONFIG, v->pos, k3, "spans %lld layers but sources[0] spans %lld (all inputs "
+                return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, k3, "spans %lld layers but sources[0] spans %lld (all inputs "
                             "to a slice must contain the same number of layers)", got, want);
             snprintf(k3, sizeof k3, "%.180s.parameters", k2);
             if (params(P, map_get(se, "parameters"), k3, &src->params)) return (int)P->err->status;
@@ -873,9 +500,9 @@ static int dtype_value(struct cfgp *P, const struct ynode *n, const char *key, i
     if (kind == 0)
         *has = 1;
     else if (kind == 1)
-        rc = perr(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, ALLOY_CONFIG_INT64_MSG);
+        rc = alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, ALLOY_CONFIG_INT64_MSG);
     else
-        rc = perr(P, ALLOY_ERR_CONFIG, n->pos, key, ALLOY_CONFIG_DTYPE_MSG ", found %s", describe(n, d, sizeof d));
+        rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, ALLOY_CONFIG_DTYPE_MSG ", found %s", describe(n, d, sizeof d));
     free(s);
     return rc;
 }
@@ -890,7 +517,7 @@ static int chat_template(struct cfgp *P, const struct ynode *n, struct alloy_con
     for (const char *const *b = builtin; *b; b++)
         if (strcmp(t, *b) == 0) return 0;
     if (strlen(t) < 20 || !strchr(t, '{'))
-        return perr(P, ALLOY_ERR_CONFIG, n->pos, "chat_template", "invalid chat template %s: expected auto, alpaca, "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, "chat_template", "invalid chat template %s: expected auto, alpaca, "
                     "chatml, llama3, mistral, exaone or a Jinja template (at least 20 characters, containing '{')",
                     describe(n, d, sizeof d));
     return 0;
@@ -902,7 +529,7 @@ static int tokenizer_src(struct cfgp *P, const struct ynode *n, const char *key,
     c->tokenizer_pos = n->pos;
     if (n->kind == Y_SCALAR && !is_null(n)) {
         if (strcmp(n->text, "base") == 0 || strcmp(n->text, "union") == 0) {
-            if (!(c->tokenizer_source = alloy_xstrdup(n->text))) return nomem(P);
+            if (!(c->tokenizer_source = alloy_xstrdup(n->text))) return alloy_cfg_nomem(P);
             return 0;
         }
         if (strncmp(n->text, "model:", 6) == 0) {
@@ -922,14 +549,14 @@ static int tokenizer_block(struct cfgp *P, const struct ynode *n, struct alloy_c
     if (check_map(P, n, "tokenizer", "tokenizer", keys)) return (int)P->err->status;
     const struct ynode *v;
     if ((v = map_val(n, "tokens")) && !(v->kind == Y_MAP && v->n == 0))
-        return perr(P, ALLOY_ERR_UNSUPPORTED, v->pos, "tokenizer.tokens", "per-token embedding sources are not "
+        return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, "tokenizer.tokens", "per-token embedding sources are not "
                     "supported yet");
     if ((v = map_val(n, "pad_to_multiple_of")))
-        return perr(P, ALLOY_ERR_UNSUPPORTED, v->pos, "tokenizer.pad_to_multiple_of", "vocabulary padding is not "
+        return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, "tokenizer.pad_to_multiple_of", "vocabulary padding is not "
                     "supported yet");
     if ((v = map_val(n, "source"))) return tokenizer_src(P, v, "tokenizer.source", c);
     c->tokenizer_pos = n->pos; /* mergekit's default source is union */
-    if (!(c->tokenizer_source = alloy_xstrdup("union"))) return nomem(P);
+    if (!(c->tokenizer_source = alloy_xstrdup("union"))) return alloy_cfg_nomem(P);
     return 0;
 }
 
@@ -945,30 +572,30 @@ static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_conf
                                        NULL};
     char d[96];
     if (root->kind != Y_MAP)
-        return perr(P, ALLOY_ERR_CONFIG, root->pos, NULL, "expected a mapping at the top level (merge_method:, "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, root->pos, NULL, "expected a mapping at the top level (merge_method:, "
                     "models: or slices:, ...), found %s", describe(root, d, sizeof d));
     if (check_map(P, root, NULL, "the top level", keys)) return (int)P->err->status;
     const struct ynode *v;
     if (!(v = map_val(root, "merge_method"))) return missing(P, root, "top level", "merge_method");
     if (v->kind != Y_SCALAR || !v->len)
-        return perr(P, ALLOY_ERR_CONFIG, v->pos, "merge_method", "expected a method name (linear, slerp, ties, ...), "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, "merge_method", "expected a method name (linear, slerp, ties, ...), "
                     "found %s", describe(v, d, sizeof d));
     if (get_string(P, v, "merge_method", &c->merge_method)) return (int)P->err->status;
     c->merge_method_pos = v->pos;
 
     const struct ynode *models = map_get(root, "models"), *slices = map_get(root, "slices");
     if ((v = map_get(root, "modules")) && nonempty(v))
-        return perr(P, ALLOY_ERR_UNSUPPORTED, v->pos, "modules", "multi-module configs are not supported yet; use "
+        return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, "modules", "multi-module configs are not supported yet; use "
                     "models: or slices:");
     if (nonempty(models) && nonempty(slices))
-        return perr(P, ALLOY_ERR_CONFIG, slices->pos, "slices", "both models: and slices: are given; use exactly one");
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, slices->pos, "slices", "both models: and slices: are given; use exactly one");
     if (nonempty(models)) {
         if (models_list(P, models, c)) return (int)P->err->status;
     } else if (nonempty(slices)) {
         if (slices_list(P, slices, c)) return (int)P->err->status;
     } else {
         const struct ynode *at = models ? models : slices ? slices : root;
-        return perr(P, ALLOY_ERR_CONFIG, at->pos, NULL, "no models to merge: give a non-empty models: or slices: list");
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, at->pos, NULL, "no models to merge: give a non-empty models: or slices: list");
     }
     if ((v = map_get(root, "base_model"))) {
         c->base_model_pos = v->pos;
@@ -981,7 +608,7 @@ static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_conf
         return (int)P->err->status;
     const struct ynode *ts = map_val(root, "tokenizer_source"), *tb = map_val(root, "tokenizer");
     if (ts && tb)
-        return perr(P, ALLOY_ERR_CONFIG, tb->pos, "tokenizer", "tokenizer_source: and tokenizer: are both given; use "
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, tb->pos, "tokenizer", "tokenizer_source: and tokenizer: are both given; use "
                     "tokenizer: {source: ...} alone");
     if (ts && tokenizer_src(P, ts, "tokenizer_source", c)) return (int)P->err->status;
     if (tb && tokenizer_block(P, tb, c)) return (int)P->err->status;
@@ -1033,12 +660,12 @@ int alloy_config_parse(const char *text, size_t len, const char *path, struct al
     c->text[len] = 0;
     c->text_len = len;
     struct ynode *root = NULL;
-    int rc = build_tree(&P, &root);
+    int rc = alloy_yaml_tree_build(&P, &root);
     if (!rc && (!root || is_null(root)))
         rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: empty config: expected a mapping with merge_method: and "
                            "models: or slices:", path);
     if (!rc) rc = top_level(&P, root, c);
-    tree_free(&P);
+    alloy_yaml_tree_free(&P);
     if (rc) {
         alloy_config_free(c);
         return rc;

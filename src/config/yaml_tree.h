@@ -1,0 +1,54 @@
+/*
+ * yaml_tree.h — stage 1 of config parsing (yaml_tree.c): YAML text to a
+ * bounded tree of nodes, shared with stage 2 (config.c). Private to
+ * src/config/.
+ */
+#ifndef ALLOY_YAML_TREE_H
+#define ALLOY_YAML_TREE_H
+
+#include "config/config.h"
+#include "core/strmap.h"
+
+enum ykind { Y_SCALAR, Y_SEQ, Y_MAP };
+enum ytag { YT_AUTO, YT_STR, YT_INT, YT_FLOAT, YT_BOOL, YT_NULL, YT_MERGE };
+
+struct ynode {
+    enum ykind kind;
+    enum ytag tag;          /* scalars: YT_AUTO = plain, typed by YAML 1.1 rules */
+    int open;               /* collection still being read */
+    struct alloy_pos pos;
+    char *text;             /* scalars, NUL-terminated */
+    size_t len;
+    struct ynode **kids;    /* list items; mappings: key, value, key, value... */
+    size_t n, cap;
+};
+
+struct anchor { char *name; struct ynode *node; };
+
+struct cfgp {
+    const char *path;
+    const char *text;
+    size_t len;
+    struct alloy_err *err;
+    struct ynode **nodes;   /* every node, for freeing */
+    size_t nnodes, capnodes;
+    size_t events;          /* nodes + aliases seen */
+    size_t merged;          /* key/value slots copied by merge keys */
+    struct anchor *anchors;
+    size_t nanchors, capanchors;
+    struct alloy_strmap anchor_map;
+    size_t work, bytes;     /* stage-2 budgets */
+};
+
+/* "<path>:<line>:<col>: <key>: <message>" into P->err, made one line; returns st. */
+int  alloy_cfg_err(struct cfgp *P, enum alloy_status st, struct alloy_pos pos, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+int  alloy_cfg_nomem(struct cfgp *P);
+/* Parses P->text into a tree (root NULL for an empty document); every node is owned by P. */
+int  alloy_yaml_tree_build(struct cfgp *P, struct ynode **root);
+void alloy_yaml_tree_free(struct cfgp *P);
+/* The scalar's YAML type (enum alloy_yaml_type) and numeric value, honouring explicit tags; -1: a tag
+ * that does not fit the text (`!!int abc`). */
+int  alloy_yaml_scalar_type(const struct ynode *n, double *num);
+
+#endif
