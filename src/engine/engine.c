@@ -63,20 +63,24 @@ static int store_chunk(void *ctx, uint64_t e0, uint64_t e1, float *src, struct a
     return rc;
 }
 
-/* An integer tensor: its stored bytes as they are, 8 MiB at a time. */
+/* An integer tensor: its stored bytes as they are, read with the checked pread (a file that shrinks during
+ * the merge is an error, not a SIGBUS) 1 MiB at a time. */
 static int copy_tensor(const struct tensor_io *io, struct alloy_err *err)
 {
     const struct alloy_tensor *src = io->t->inputs[0].t;
-    const uint64_t step = (uint64_t)8 << 20;
-    for (uint64_t off = 0; off < src->nbytes; off += step) {
-        if (io->interrupt && *io->interrupt)
-            return alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while copying '%s'", io->t->name);
+    const uint64_t step = (uint64_t)1 << 20;
+    uint8_t *buf = src->nbytes ? alloy_xmalloc((size_t)(src->nbytes < step ? src->nbytes : step)) : NULL;
+    if (src->nbytes && !buf) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory copying '%s'", io->t->name);
+    int rc = ALLOY_OK;
+    for (uint64_t off = 0; off < src->nbytes && !rc; off += step) {
         uint64_t n = src->nbytes - off < step ? src->nbytes - off : step;
-        int rc = io->sink->ops->write_bytes(io->sink, io->index, off, src->data + off, (size_t)n, err);
-        alloy_tensor_release_range(src, off, n);
-        if (rc) return rc;
+        if (io->interrupt && *io->interrupt)
+            rc = alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted while copying '%s'", io->t->name);
+        if (!rc) rc = alloy_tensor_pread(src, off, buf, (size_t)n, err);
+        if (!rc) rc = io->sink->ops->write_bytes(io->sink, io->index, off, buf, (size_t)n, err);
     }
-    return ALLOY_OK;
+    free(buf);
+    return rc;
 }
 
 static int merge_tensor(const struct alloy_plan *p, struct tensor_io *io, struct alloy_pool *pool,

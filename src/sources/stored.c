@@ -3,17 +3,43 @@
  * block of it (window), or standing in for a missing tied lm_head (tied).
  *
  * DESIGN
- *   A stored source of a plain element type preads the stored bytes into the
- *   top of the caller's float32 buffer and widens them forward in place: each
- *   write lands at or below a read that is still to come, so one buffer
- *   serves both and no page of the input is mapped into the process. Types
- *   wider than float32 (F64) and block types go through the mapping and drop
- *   its pages right after. A window reads each output row's first `cols`
- *   elements from the wider stored row, through the mapping, and drops those
- *   pages when the tensor is done.
+ *   Every read goes through the tensor file's checked pread, never through a
+ *   mapping, so an input that shrinks during a merge is an error naming it,
+ *   not a SIGBUS. A stored source of a plain type up to 4 bytes preads the
+ *   stored bytes into the top of the caller's float32 buffer and widens them
+ *   forward in place: each write lands at or below a read that is still to
+ *   come, so one buffer serves both. Wider types (F64) and block types are
+ *   read in 16 KiB pieces and converted. A window reads each output row's
+ *   first `cols` elements from the wider stored row the same way.
  */
 #include "core/internal.h"
 #include "sources/source.h"
+
+/* Elements [e, e + n) of stored tensor t (a plain type or whole blocks) as float32 into dst, read with
+ * the checked pread in pieces of at most PIECE bytes: a file that shrinks while open is an error, never a
+ * SIGBUS from a mapping. */
+#define PIECE 16384
+static int read_convert(const struct alloy_tensor *t, uint64_t e, size_t n, float *dst, struct alloy_err *err)
+{
+    const struct alloy_dtype_traits *tr = alloy_dtype_traits(t->dtype);
+    uint8_t buf[PIECE] __attribute__((aligned(64)));
+    size_t per = PIECE / tr->block_bytes * tr->block; /* elements per piece, whole blocks */
+    while (n) {
+        size_t k = n < per ? n : per;
+        uint64_t off, len;
+        if (alloy_dtype_nbytes(t->dtype, e, &off) || alloy_dtype_nbytes(t->dtype, k, &len))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': elements [%llu, %llu) do not start and "
+                                 "end on %s blocks", alloy_tensor_file_path(t->file), t->name, (unsigned long long)e,
+                                 (unsigned long long)(e + k), tr->name);
+        int rc = alloy_tensor_pread(t, off, buf, (size_t)len, err);
+        if (rc) return rc;
+        alloy_to_f32(t->dtype, buf, dst, k);
+        dst += k;
+        e += k;
+        n -= k;
+    }
+    return ALLOY_OK;
+}
 
 static int read_stored(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_input_mode mode,
                        struct alloy_err *err)
@@ -22,35 +48,28 @@ static int read_stored(const struct alloy_input *s, uint64_t e0, uint64_t e1, vo
     const struct alloy_dtype_traits *tr = alloy_dtype_traits(t->dtype);
     size_t n = (size_t)(e1 - e0);
     if (mode == ALLOY_INPUT_BF16_RAW) return alloy_tensor_pread(t, e0 * 2, dst, n * 2, err);
-    uint64_t off, len;
-    if (alloy_dtype_nbytes(t->dtype, e0, &off) || alloy_dtype_nbytes(t->dtype, n, &len))
-        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': elements [%llu, %llu) do not start and end "
-                             "on %s blocks", alloy_tensor_file_path(t->file), t->name, (unsigned long long)e0,
-                             (unsigned long long)e1, tr->name);
-    if (tr->block == 1 && tr->block_bytes <= 4) {
+    if (tr->block == 1 && tr->block_bytes <= 4) { /* in place: stored bytes at the top of dst, widened forward */
         uint8_t *stored = (uint8_t *)dst + n * (4 - tr->block_bytes);
-        int rc = alloy_tensor_pread(t, off, stored, (size_t)len, err);
+        int rc = alloy_tensor_pread(t, e0 * tr->block_bytes, stored, n * tr->block_bytes, err);
         if (rc) return rc;
         if (t->dtype != ALLOY_DTYPE_F32) alloy_to_f32(t->dtype, stored, dst, n);
         return ALLOY_OK;
     }
-    alloy_to_f32(t->dtype, t->data + off, dst, n);
-    alloy_tensor_release_range(t, off, len);
-    return ALLOY_OK;
+    return read_convert(t, e0, n, dst, err); /* wider than float32, or blocks */
 }
 
 static int read_window(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_input_mode mode,
                        struct alloy_err *err)
 {
     const struct alloy_tensor *t = s->t;
-    size_t esize = alloy_dtype_traits(t->dtype)->block_bytes; /* plain element types only (checked when built) */
     uint64_t src_cols = (uint64_t)t->shape[1];
     float *out = dst;
-    for (uint64_t e = e0; e < e1;) {
+    for (uint64_t e = e0; e < e1;) { /* the output row's run, from the wider stored row */
         uint64_t r = e / s->cols, c = e % s->cols;
         uint64_t run = s->cols - c;
         if (run > e1 - e) run = e1 - e;
-        alloy_to_f32(t->dtype, t->data + (r * src_cols + c) * esize, out + (e - e0), (size_t)run);
+        int rc = read_convert(t, r * src_cols + c, (size_t)run, out + (e - e0), err);
+        if (rc) return rc;
         e += run;
     }
     return ALLOY_OK;
