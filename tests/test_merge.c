@@ -596,3 +596,27 @@ TEST(merge_untied_heads_on_tied_base)
     }
     alloy_model_close(o);
 }
+
+/* A tensor whose every output value is NaN or Inf is an error (exit 1, nothing published), not a warning. */
+TEST(merge_all_nonfinite_output_is_an_error)
+{
+    const char *dir = test_tmpdir();
+    char a[600], b[600], out[600], yaml[1600], *log = NULL;
+    static float ok[8] = {1, 2, 3, 4, 5, 6, 7, 8}, bad[8];
+    for (int i = 0; i < 8; i++) bad[i] = i % 2 ? INFINITY : NAN;
+    struct test_tensor ta[2] = {{"model.norm.weight", "F32", 1, {8}, ok}, {"model.layers.0.w", "F32", 1, {8}, bad}};
+    struct test_tensor tb[2] = {{"model.norm.weight", "F32", 1, {8}, ok}, {"model.layers.0.w", "F32", 1, {8}, ok}};
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    CHECK_INT(test_write_model(a, ta, 2, "{\"num_hidden_layers\": 1}"), 0);
+    CHECK_INT(test_write_model(b, tb, 2, "{\"num_hidden_layers\": 1}"), 0);
+    snprintf(yaml, sizeof yaml, "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: 1}\n"
+             "  - model: %s\n    parameters: {weight: 1}\ndtype: float32\n", a, b);
+    int rc = merge(yaml, out, NULL, &log);
+    CHECK_INT(rc, 1);
+    CHECK_STR_CONTAINS(log ? log : "", "tensor 'model.layers.0.w': every one of its 8 output values is NaN or Inf");
+    CHECK(access(out, F_OK) != 0);
+    CHECK_INT(test_leftovers(dir), 0);
+    free(log);
+}

@@ -255,3 +255,59 @@ TEST(plan_embeddings_ties_and_integers)
     }
     plan_done(&p);
 }
+
+/* Every plan is checked before anything is written: finite parameters (also `.nan`, which is not
+ * "missing"), finite normalisation sums, a bounded number of inputs per tensor, unique output names. */
+TEST(plan_rejects_invalid_numbers_and_counts)
+{
+    static const char *const bad[][2] = {
+        {"merge_method: linear\nmodels:\n  - model: " M("code") "\n    parameters: {weight: .inf}\n"
+         "  - model: " M("prose") "\n    parameters: {weight: 1}\n", "is inf; parameters must be finite"},
+        {"merge_method: linear\nmodels:\n  - model: " M("code") "\n    parameters: {weight: .nan}\n"
+         "  - model: " M("prose") "\n    parameters: {weight: 1}\n", "is nan; parameters must be finite"},
+        {"merge_method: linear\nmodels:\n  - model: " M("code") "\n    parameters: {weight: 1e308}\n"
+         "  - model: " M("prose") "\n    parameters: {weight: 1e308}\n", "add up to more than the largest number"},
+        {"merge_method: ties\nbase_model: " M("base") "\nmodels:\n  - model: " M("code") "\n"
+         "    parameters: {weight: 1, density: -.inf}\n", "'density' of model"},
+    };
+    struct planned p;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        plan_text(&p, bad[i][0]);
+        CHECK_MSG(p.rc == ALLOY_ERR_CONFIG, "case %zu: rc %d (%s)", i, p.rc, p.err.msg);
+        CHECK_STR_CONTAINS(p.err.msg, bad[i][1]);
+        plan_done(&p);
+    }
+    /* 1,100 aliased sources: refused with a message, before any array is sized by them */
+    size_t cap = 40000, len = 0;
+    char *yaml = malloc(cap);
+    len += (size_t)snprintf(yaml + len, cap - len, "merge_method: linear\nmodels:\n  - &m {model: %s, "
+                            "parameters: {weight: 1}}\n", M("code"));
+    for (int i = 1; i < 1100; i++) len += (size_t)snprintf(yaml + len, cap - len, "  - *m\n");
+    plan_text(&p, yaml);
+    CHECK_INT(p.rc, ALLOY_ERR_CONFIG);
+    CHECK_STR_CONTAINS(p.err.msg, "1100 sources; alloy merges at most 1023 inputs");
+    plan_done(&p);
+    free(yaml);
+}
+
+TEST(plan_rejects_colliding_output_names)
+{
+    /* a's stack is model.layers; b's is blocks, and b also holds a loose model.layers.0 tensor: a frankenmerge
+       of a's layers then b's writes b's loose tensor under a name a's first slice already produced */
+    static float v[4] = {1, 2, 3, 4};
+    char a[600], b[600], yaml[2000];
+    snprintf(a, sizeof a, "%s/a", test_tmpdir());
+    snprintf(b, sizeof b, "%s/b", test_tmpdir());
+    struct test_tensor ta[2] = {{"model.layers.0.w", "F32", 1, {4}, v}, {"model.layers.1.w", "F32", 1, {4}, v}};
+    struct test_tensor tb[4] = {{"blocks.0.w", "F32", 1, {4}, v}, {"blocks.0.u", "F32", 1, {4}, v},
+                                {"blocks.1.w", "F32", 1, {4}, v}, {"model.layers.0.w", "F32", 1, {4}, v}};
+    CHECK_INT(test_write_model(a, ta, 2, "{\"num_hidden_layers\": 2}"), 0);
+    CHECK_INT(test_write_model(b, tb, 4, "{\"num_hidden_layers\": 2}"), 0);
+    snprintf(yaml, sizeof yaml, "merge_method: passthrough\nslices:\n  - sources:\n      - model: %s\n"
+             "        layer_range: [0, 2]\n  - sources:\n      - model: %s\n        layer_range: [0, 1]\n", a, b);
+    struct planned p;
+    plan_text(&p, yaml);
+    CHECK_MSG(p.rc == ALLOY_ERR_CONFIG, "rc %d (%s)", p.rc, p.err.msg);
+    CHECK_STR_CONTAINS(p.err.msg, "output tensor 'model.layers.0.w' is produced twice");
+    plan_done(&p);
+}

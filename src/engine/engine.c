@@ -97,6 +97,9 @@ static int merge_tensor(const struct alloy_plan *p, struct tensor_io *io, struct
                  ? alloy_matrix_execute(p->method, &job, load_chunk, io, store_chunk, io, pool, 0, err)
                  : alloy_method_execute(p->method, &job, load_chunk, io, store_chunk, io, pool, 0, err);
     unsigned long long bad = atomic_load(&io->nonfinite);
+    if (!rc && bad && bad == t->numel) /* nothing usable: an error, not a warning */
+        return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: tensor '%s': every one of its %llu output values is NaN or "
+                             "Inf (check the inputs and the merge's parameters)", p->cfg->path, t->name, bad);
     if (!rc && bad && o->log) {
         char msg[600];
         snprintf(msg, sizeof msg, "tensor '%.400s': %llu of %llu output values are NaN or Inf", t->name, bad,

@@ -22,44 +22,11 @@
  *   embedding matrix, as mergekit's tied_names do.
  */
 #include "core/internal.h"
+#include "core/strmap.h"
 #include "plan/plan.h"
 
 #include <ctype.h>
 #include <stdarg.h>
-
-/* ------------------------------------------------------------ names */
-
-long long alloy_name_layer(const char *name, size_t *prefix_len, const char **suffix)
-{
-    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
-        const char *d = p + 1;
-        if (!isdigit((unsigned char)*d)) continue;
-        const char *e = d;
-        long long v = 0;
-        while (isdigit((unsigned char)*e) && v < 100000000) v = v * 10 + (*e++ - '0');
-        if (*e != '.' || e - d > 8) continue;
-        if (prefix_len) *prefix_len = (size_t)(p - name);
-        if (suffix) *suffix = e + 1;
-        return v;
-    }
-    return -1;
-}
-
-static const char *const g_embed_words[] = {"embed_tokens", "lm_head", "wte", "word_embeddings", "tok_embeddings",
-                                            "embed_in", "embed_out", "token_embd", "embeddings.weight"};
-
-int alloy_name_is_embed(const char *name)
-{
-    if (alloy_name_layer(name, NULL, NULL) >= 0) return 0;
-    for (size_t i = 0; i < ALLOY_ARRAY_LEN(g_embed_words); i++)
-        if (strstr(name, g_embed_words[i])) return 1;
-    return 0;
-}
-
-int alloy_name_is_pre(const char *name)
-{
-    return alloy_name_is_embed(name) && !strstr(name, "lm_head") && !strstr(name, "embed_out");
-}
 
 /* ------------------------------------------------------------ per-model layer stack */
 
@@ -205,7 +172,11 @@ static int resolve_params(struct builder *b, const struct alloy_slice *slice, co
         if (ps->scope == ALLOY_PARAM_GLOBAL) {
             const struct alloy_params *lv[2] = {&slice->params, &cfg->params};
             double v;
-            t->gp[k] = eval_levels(lv, 2, ps->name, t->name, t->t, &v) ? v : ps->def;
+            int set = eval_levels(lv, 2, ps->name, t->name, t->t, &v);
+            if (set && !isfinite(v))
+                return alloy_err_set(b->err, ALLOY_ERR_CONFIG, "%s: tensor '%s': parameter '%s' is %g; parameters "
+                                     "must be finite numbers", cfg->path, t->name, ps->name, v);
+            t->gp[k] = set ? v : ps->def;
             if (isnan(t->gp[k]) && ps->required)
                 return alloy_err_set(b->err, ALLOY_ERR_CONFIG, "%s: tensor '%s': %s needs the parameter '%s' (%s)",
                                      cfg->path, t->name, m->name, ps->name, ps->help ? ps->help : "no default");
@@ -215,7 +186,12 @@ static int resolve_params(struct builder *b, const struct alloy_slice *slice, co
             const struct alloy_params *lv[3] = {srcs[i].src ? &srcs[i].src->params : NULL, &slice->params,
                                                 &cfg->params};
             double v;
-            double val = eval_levels(lv, 3, ps->name, t->inputs[i].t->name, t->t, &v) ? v : ps->def;
+            int set = eval_levels(lv, 3, ps->name, t->inputs[i].t->name, t->t, &v);
+            if (set && !isfinite(v))
+                return alloy_err_set(b->err, ALLOY_ERR_CONFIG, "%s: tensor '%s': parameter '%s' of model %s is %g; "
+                                     "parameters must be finite numbers", cfg->path, t->inputs[i].t->name, ps->name,
+                                     alloy_model_ref(b->p->models[srcs[i].model]), v);
+            double val = set ? v : ps->def;
             t->tp[(size_t)i * (size_t)np + (size_t)k] = val;
             if (isnan(val) && ps->required && i != t->base)
                 return alloy_err_set(b->err, ALLOY_ERR_CONFIG,
@@ -223,6 +199,15 @@ static int resolve_params(struct builder *b, const struct alloy_slice *slice, co
                                      t->inputs[i].t->name, alloy_model_ref(b->p->models[srcs[i].model]), ps->name,
                                      ps->help ? ps->help : "no default");
         }
+        double sum = 0; /* what a normalisation divides by: it must stay finite */
+        for (int i = 0; i < t->n; i++) {
+            double val = t->tp[(size_t)i * (size_t)np + (size_t)k];
+            if (!isnan(val)) sum += fabs(val);
+        }
+        if (!isfinite(sum))
+            return alloy_err_set(b->err, ALLOY_ERR_CONFIG, "%s: tensor '%s': the values of '%s' over its %d models add "
+                                 "up to more than the largest number (%g); scale them down", cfg->path, t->name,
+                                 ps->name, t->n, sum);
     }
     return ALLOY_OK;
 }
@@ -414,6 +399,10 @@ static int slice_sources(struct builder *b, const struct alloy_slice *s, size_t 
 {
     const struct alloy_config *cfg = b->p->cfg;
     const char *base_ref = s->base_model ? s->base_model : cfg->base_model;
+    if (s->nsources >= ALLOY_MAX_INPUTS) /* the inputs of one tensor live on the stack in places */
+        return alloy_err_set(b->err, ALLOY_ERR_CONFIG, "%s:%d:%d: slice %zu: %zu sources; alloy merges at most %d "
+                             "inputs into one tensor (base included)", cfg->path, s->pos.line, s->pos.col, si + 1,
+                             s->nsources, ALLOY_MAX_INPUTS - 1);
     struct src_ref *srcs = alloy_xcalloc(s->nsources + 1, sizeof *srcs);
     if (!srcs) return alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
     *base_src = -1;
@@ -622,6 +611,25 @@ static int plan_tensors(struct builder *b)
     return rc;
 }
 
+/* Every output name once: two slices that produce the same name would leave a hole in the output. */
+static int unique_names(struct builder *b)
+{
+    const struct alloy_plan *p = b->p;
+    struct alloy_strmap seen = {0};
+    int rc = ALLOY_OK;
+    for (size_t i = 0; i < p->ntensors && !rc; i++) {
+        int dup = 0;
+        if (alloy_strmap_put(&seen, p->tensors[i].name, i, &dup) != 0)
+            rc = alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
+        else if (dup)
+            rc = alloy_err_set(b->err, ALLOY_ERR_CONFIG, "%s: output tensor '%s' is produced twice (two slices or "
+                               "sources give it the same name); every output name must be unique", p->cfg->path,
+                               p->tensors[i].name);
+    }
+    alloy_strmap_free(&seen);
+    return rc;
+}
+
 /* ------------------------------------------------------------ shards */
 
 static int assign_shards(struct builder *b)
@@ -699,7 +707,8 @@ int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_op
         rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: the merge produces no tensors", cfg->path);
         goto fail;
     }
-    rc = assign_shards(&b);
+    rc = unique_names(&b);
+    if (!rc) rc = assign_shards(&b);
     if (rc) goto fail;
     /* donor of config.json: base, else the first referenced model */
     p->donor = p->base >= 0 ? p->base : 0;
@@ -755,38 +764,4 @@ void alloy_plan_job(const struct alloy_plan *p, size_t i, uint64_t seed, const c
         .rows = t->rows, .cols = t->cols, .is_embed = t->is_embed, .n = t->n, .base = t->base,
         .models = model_names, .gp = t->gp, .tp = t->tp, .seed = seed,
     };
-}
-
-/* Tensor names come from untrusted files: printed one line, control characters as '?'. */
-static void put_name(FILE *f, const char *s)
-{
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) fputc(*c < 0x20 || *c == 0x7f ? '?' : *c, f);
-}
-
-void alloy_plan_print(const struct alloy_plan *p, FILE *f)
-{
-    const struct alloy_method *m = p->method;
-    fprintf(f, "# alloy merge plan: %s, %zu tensors, %zu shard(s), %.1f MB\n", m->name, p->ntensors, p->nshards,
-            (double)p->total_bytes / 1e6);
-    for (size_t i = 0; i < p->ntensors; i++) {
-        const struct alloy_plan_tensor *t = &p->tensors[i];
-        put_name(f, t->name);
-        fputs(" [", f);
-        for (int d = 0; d < t->ndim; d++) fprintf(f, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        fprintf(f, "] %s <- %s", alloy_dtype_traits(t->dtype)->name, t->copy ? "copy" : m->name);
-        if (!t->copy && t->layer >= 0) fprintf(f, " t=%.4g", t->t);
-        for (int k = 0; k < m->nparams && !t->copy; k++)
-            if (m->params[k].scope == ALLOY_PARAM_GLOBAL && !isnan(t->gp[k])) fprintf(f, " %s=%.6g", m->params[k].name, t->gp[k]);
-        fputc('\n', f);
-        for (int j = 0; j < t->n; j++) {
-            fprintf(f, "    %s%s:", j == t->base ? "base " : "", alloy_model_ref(p->models[t->inputs[j].model]));
-            put_name(f, t->inputs[j].t->name);
-            if (alloy_input_is_tied(&t->inputs[j])) fputs(" (tied)", f);
-            for (int k = 0; k < m->nparams && !t->copy; k++) {
-                double v = t->tp[(size_t)j * (size_t)m->nparams + (size_t)k];
-                if (m->params[k].scope == ALLOY_PARAM_TENSOR && !isnan(v)) fprintf(f, " %s=%.6g", m->params[k].name, v);
-            }
-            fputc('\n', f);
-        }
-    }
 }

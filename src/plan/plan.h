@@ -22,6 +22,9 @@
 #include "methods/method.h"
 #include "sources/source.h"
 
+/* Most inputs (sources, base included) one output tensor may have: a bound for the arrays sized by it. */
+#define ALLOY_MAX_INPUTS 1024
+
 struct alloy_plan_tensor {
     char *name;                      /* output name */
     enum alloy_dtype dtype;          /* output dtype */
