@@ -25,7 +25,6 @@
 #include "core/strmap.h"
 #include "plan/plan.h"
 
-#include <ctype.h>
 #include <stdarg.h>
 
 /* ------------------------------------------------------------ per-model layer stack */
