@@ -32,40 +32,70 @@
 struct stack {
     char *prefix;       /* e.g. "model.layers" */
     long long nlayers;
+    size_t n;           /* tensors in the stack */
+    struct stack_entry { long long layer; size_t idx; } *ent; /* sorted by layer, then file order */
 };
 
+/* A layer-like name with its prefix length, for sorting names by prefix. */
+struct named { const char *name; size_t plen, idx; long long layer; };
+
+static int cmp_prefix(const void *pa, const void *pb)
+{
+    const struct named *a = pa, *b = pb;
+    size_t m = a->plen < b->plen ? a->plen : b->plen;
+    int c = memcmp(a->name, b->name, m);
+    if (c) return c;
+    if (a->plen != b->plen) return a->plen < b->plen ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+static int cmp_entry(const void *pa, const void *pb)
+{
+    const struct stack_entry *a = pa, *b = pb;
+    if (a->layer != b->layer) return a->layer < b->layer ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+/* The layer stack: the prefix most layer-like names share (ties: the one seen first), its layer count and
+ * its tensors by layer. Names are sorted by prefix once, so this is O(n log n) in the tensor count. */
 static int find_stack(const struct alloy_model *m, struct stack *s)
 {
-    /* Count tensors per prefix; pick the most common (ties: first seen). */
-    size_t n = alloy_model_count(m), best = 0;
-    const char *best_name = NULL;
-    size_t best_len = 0;
-    s->prefix = NULL;
-    s->nlayers = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *name = alloy_model_tensor(m, i)->name;
-        size_t plen;
-        if (alloy_name_layer(name, &plen, NULL) < 0) continue;
-        if (best_name && plen == best_len && strncmp(name, best_name, plen) == 0) continue;
-        size_t count = 0;
-        for (size_t j = 0; j < n; j++) {
-            const char *o = alloy_model_tensor(m, j)->name;
-            size_t ol;
-            if (alloy_name_layer(o, &ol, NULL) >= 0 && ol == plen && strncmp(o, name, plen) == 0) count++;
-        }
-        if (count > best) best = count, best_name = name, best_len = plen;
-        if (best * 2 > n) break; /* a majority cannot be beaten */
-    }
-    if (!best_name) return 0;
-    s->prefix = alloy_xasprintf("%.*s", (int)best_len, best_name);
-    if (!s->prefix) return -1;
+    size_t n = alloy_model_count(m), k = 0;
+    memset(s, 0, sizeof *s);
+    struct named *v = alloy_xcalloc(n ? n : 1, sizeof *v);
+    if (!v) return -1;
     for (size_t i = 0; i < n; i++) {
         const char *name = alloy_model_tensor(m, i)->name;
         size_t plen;
         long long l = alloy_name_layer(name, &plen, NULL);
-        if (l >= 0 && plen == best_len && strncmp(name, s->prefix, plen) == 0 && l + 1 > s->nlayers) s->nlayers = l + 1;
+        if (l >= 0) v[k++] = (struct named){name, plen, i, l};
     }
-    return 0;
+    qsort(v, k, sizeof *v, cmp_prefix);
+    size_t best = 0, best_first = 0, best_at = 0;
+    for (size_t i = 0, j; i < k; i = j) { /* runs of one prefix, each in file order */
+        for (j = i + 1; j < k && v[j].plen == v[i].plen && memcmp(v[j].name, v[i].name, v[i].plen) == 0;) j++;
+        if (j - i > best || (j - i == best && v[i].idx < best_first)) best = j - i, best_first = v[i].idx, best_at = i;
+    }
+    int rc = 0;
+    if (best) {
+        s->prefix = alloy_xasprintf("%.*s", (int)v[best_at].plen, v[best_at].name);
+        s->ent = alloy_xcalloc(best, sizeof *s->ent);
+        if (!s->prefix || !s->ent) rc = -1;
+        for (size_t i = 0; !rc && i < best; i++) {
+            s->ent[i] = (struct stack_entry){v[best_at + i].layer, v[best_at + i].idx};
+            if (s->ent[i].layer + 1 > s->nlayers) s->nlayers = s->ent[i].layer + 1;
+        }
+        s->n = rc ? 0 : best;
+        if (!rc) qsort(s->ent, s->n, sizeof *s->ent, cmp_entry);
+    }
+    free(v);
+    return rc;
+}
+
+static void stack_free(struct stack *s)
+{
+    free(s->prefix);
+    free(s->ent);
 }
 
 /* ------------------------------------------------------------ builder state */
@@ -512,33 +542,33 @@ static int add_layers(struct builder *b, const struct alloy_slice *s, size_t si,
     }
     if (!st0->prefix || len <= 0) return ALLOY_OK;
     const struct alloy_model *m0 = p->models[srcs[lead].model];
-    size_t count = alloy_model_count(m0);
-    size_t plen0 = strlen(st0->prefix);
-    for (long long j = 0; j < len; j++) {
-        double t_pos = len == 1 ? 1.0 : (double)j / (double)(len - 1);
-        long long want = start[lead] + j;
-        for (size_t i = 0; i < count; i++) {
-            const char *name = alloy_model_tensor(m0, i)->name;
-            size_t plen;
-            const char *suffix;
-            if (alloy_name_layer(name, &plen, &suffix) != want || plen != plen0 || strncmp(name, st0->prefix, plen))
-                continue;
-            char *out_name = alloy_xasprintf("%s.%lld.%s", st0->prefix, *out_layer, suffix);
-            char *in[n];
-            int ok = out_name != NULL;
-            for (int k = 0; k < n; k++) {
-                const char *pk = b->stacks[srcs[k].model].prefix;
-                in[k] = ok ? alloy_xasprintf("%s.%lld.%s", pk ? pk : st0->prefix, start[k] + j, suffix) : NULL;
-                ok &= in[k] != NULL;
-            }
-            int rc = ok ? add_tensor(b, s, srcs, n, base_src, out_name, (const char *const *)in, t_pos, (int)*out_layer)
-                        : alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
-            free(out_name);
-            for (int k = 0; k < n; k++) free(in[k]);
-            if (rc) return rc;
-        }
-        (*out_layer)++;
+    long long first = *out_layer;
+    size_t e = 0; /* the lead's stack tensors in layers [start, start + len), by layer then file order */
+    for (size_t lo = st0->n; lo > 0;) { /* lower bound of start[lead] */
+        size_t half = lo / 2;
+        if (st0->ent[e + half].layer < start[lead]) e += half + 1, lo -= half + 1;
+        else lo = half;
     }
+    for (; e < st0->n && st0->ent[e].layer < start[lead] + len; e++) {
+        long long j = st0->ent[e].layer - start[lead];
+        double t_pos = len == 1 ? 1.0 : (double)j / (double)(len - 1);
+        const char *suffix;
+        alloy_name_layer(alloy_model_tensor(m0, st0->ent[e].idx)->name, NULL, &suffix);
+        char *out_name = alloy_xasprintf("%s.%lld.%s", st0->prefix, first + j, suffix);
+        char **in = alloy_xcalloc((size_t)n, sizeof *in);
+        int ok = out_name && in;
+        for (int k = 0; ok && k < n; k++) {
+            const char *pk = b->stacks[srcs[k].model].prefix;
+            ok = (in[k] = alloy_xasprintf("%s.%lld.%s", pk ? pk : st0->prefix, start[k] + j, suffix)) != NULL;
+        }
+        int rc = ok ? add_tensor(b, s, srcs, n, base_src, out_name, (const char *const *)in, t_pos, (int)(first + j))
+                    : alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
+        free(out_name);
+        for (int k = 0; in && k < n; k++) free(in[k]);
+        free(in);
+        if (rc) return rc;
+    }
+    *out_layer = first + len;
     return ALLOY_OK;
 }
 
@@ -726,12 +756,12 @@ int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_op
         p->tokenizer_donor = mi;
     }
     if (!o->copy_tokenizer) p->tokenizer_donor = -1;
-    for (size_t i = 0; i < p->nmodels; i++) free(b.stacks[i].prefix);
+    for (size_t i = 0; i < p->nmodels; i++) stack_free(&b.stacks[i]);
     free(b.stacks);
     *out = p;
     return ALLOY_OK;
 fail:
-    for (size_t i = 0; i < p->nmodels; i++) free(b.stacks[i].prefix);
+    for (size_t i = 0; i < p->nmodels; i++) stack_free(&b.stacks[i]);
     free(b.stacks);
     alloy_plan_free(p);
     return rc;
