@@ -116,7 +116,7 @@ static int faulty_merge(const char *root, const char *faults, const char *cfg, c
     char cmd[6144];
     snprintf(cmd, sizeof cmd,
              "ALLOY_FI_PATH='%s' %s ASAN_OPTIONS='%s%sverify_asan_link_order=0' LD_PRELOAD='%s' "
-             "timeout 120 %s merge %s %s --quiet %s",
+             "timeout 120 %s merge %s %s --quiet --overwrite %s",
              root, faults, asan ? asan : "", asan && *asan ? ":" : "", so, test_alloy_bin(), cfg, out,
              extra ? extra : "");
     return test_run(cmd, log);
@@ -274,7 +274,8 @@ static int interrupted_merge(const char *root, const char *cfg, const char *out,
     if (pid == 0) {
         int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) dup2(fd, 2);
-        execl(test_alloy_bin(), test_alloy_bin(), "merge", cfg, out, "--quiet", "--threads", threads, (char *)NULL);
+        execl(test_alloy_bin(), test_alloy_bin(), "merge", cfg, out, "--quiet", "--overwrite", "--threads", threads,
+              (char *)NULL);
         _exit(127);
     }
     int st = 0, waited = 0;
