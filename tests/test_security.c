@@ -40,25 +40,24 @@ static int alloy_env(const char *env, const char *args, char **log)
     return rc;
 }
 
-static int count_lines(const char *log, const char *prefix)
-{
-    int n = 0;
-    for (const char *p = log; p && *p;) {
-        n += strncmp(p, prefix, strlen(prefix)) == 0;
-        const char *nl = strchr(p, '\n');
-        p = nl ? nl + 1 : NULL;
-    }
-    return n;
-}
-
 /* exit 1, one error line holding want and want2 (may be NULL), no sanitizer report. */
 static void expect_refusal(const char *what, int rc, const char *log, const char *want, const char *want2)
 {
     CHECK_MSG(rc == 1, "%s: exit %d, expected 1: %s", what, rc, log ? log : "");
-    CHECK_MSG(count_lines(log, "alloy: error: ") == 1 && count_lines(log, "") == 1, "%s: expected one line: %s", what,
+    CHECK_MSG(test_count_lines(log, "alloy: error: ") == 1 && test_count_lines(log, "") == 1, "%s: expected one line: %s", what,
               log ? log : "");
     CHECK_MSG(log && strstr(log, want), "%s: \"%s\" not in: %s", what, want, log ? log : "");
     CHECK_MSG(!want2 || (log && strstr(log, want2)), "%s: \"%s\" not in: %s", what, want2, log ? log : "");
+}
+
+/* Merges cfg into out (extra: more options, may be ""); the run must succeed. */
+static void merge_ok(const char *env, const char *cfg, const char *out, const char *extra)
+{
+    char args[3000], *log = NULL;
+    snprintf(args, sizeof args, "merge %s %s --quiet %s", cfg, out, extra);
+    int rc = alloy_env(env, args, &log);
+    CHECK_MSG(rc == 0, "merge %s %s %s: exit %d: %s", cfg, out, extra, rc, log ? log : "");
+    free(log);
 }
 
 /* dir/in: a private copy of the code fixture; dir/c.yml: a passthrough of it. */
@@ -113,24 +112,18 @@ TEST(security_links_out_of_model_folder_refused)
     /* a link that stays inside the folder is fine */
     private_input(dir, in, sizeof in, cfg, sizeof cfg);
     sh("cd '%s' && mv tokenizer.json tok.real && ln -s tok.real tokenizer.json%s", in, "");
-    snprintf(args, sizeof args, "merge %s %s --quiet", cfg, out);
-    rc = alloy_env(NULL, args, &log);
-    CHECK_MSG(rc == 0, "an in-folder link was refused: %s", log);
-    free(log);
+    merge_ok(NULL, cfg, out, "");
 }
 
 TEST(security_copies_never_widen_permissions)
 {
     const char *dir = test_tmpdir();
-    char in[1000], cfg[1100], path[1200], out[1100], args[3000], *log = NULL;
+    char in[1000], cfg[1100], path[1200], out[1100];
     private_input(dir, in, sizeof in, cfg, sizeof cfg);
     snprintf(path, sizeof path, "%s/special_tokens_map.json", in);
     CHECK_INT(chmod(path, 0600), 0);
     snprintf(out, sizeof out, "%s/out", dir);
-    snprintf(args, sizeof args, "merge %s %s --quiet", cfg, out);
-    int rc = alloy_env(NULL, args, &log);
-    CHECK_MSG(rc == 0, "%s", log);
-    free(log);
+    merge_ok(NULL, cfg, out, "");
     struct stat st;
     snprintf(path, sizeof path, "%s/special_tokens_map.json", out);
     CHECK(stat(path, &st) == 0 && (st.st_mode & 077) == 0);
@@ -166,17 +159,11 @@ TEST(security_out_with_user_files_refused_unless_overwrite)
     CHECK(access(path, F_OK) == 0);
     CHECK_INT(test_leftovers(dir), 0);
     /* --overwrite replaces it as a whole */
-    snprintf(args, sizeof args, "merge %s %s --quiet --overwrite", cfg, out);
-    rc = alloy_env(NULL, args, &log);
-    CHECK_MSG(rc == 0, "%s", log);
-    free(log);
+    merge_ok(NULL, cfg, out, "--overwrite");
     snprintf(path, sizeof path, "%s/notes.txt", out);
     CHECK(access(path, F_OK) != 0);
     /* a folder holding only a model output is replaced without it (a second run, other shards) */
-    snprintf(args, sizeof args, "merge %s %s --quiet --out-shard-size 100K", cfg, out);
-    rc = alloy_env(NULL, args, &log);
-    CHECK_MSG(rc == 0, "%s", log);
-    free(log);
+    merge_ok(NULL, cfg, out, "--out-shard-size 100K");
     CHECK_INT(test_leftovers(dir), 0);
 }
 
@@ -217,10 +204,7 @@ TEST(security_out_holding_input_files_refused)
         CHECK_INT(test_leftovers(repo), 0);
     }
     snprintf(out, sizeof out, "%s/out", dir); /* the cache still works as an input */
-    snprintf(args, sizeof args, "merge %s %s --quiet", cfg, out);
-    int rc = alloy_env(env, args, &log);
-    CHECK_MSG(rc == 0, "%s", log);
-    free(log);
+    merge_ok(env, cfg, out, "");
 }
 
 /* ------------------------------------------------------------ 3. races and leftovers */
@@ -252,7 +236,7 @@ TEST(security_concurrent_merges_into_one_out)
         char *rc = test_read_file(path, NULL);
         snprintf(path, sizeof path, "%s/log%d", dir, i);
         char *log = test_read_file(path, NULL);
-        int ok = rc && (atoi(rc) == 0 || (atoi(rc) == 1 && count_lines(log, "alloy: error: ") == 1));
+        int ok = rc && (atoi(rc) == 0 || (atoi(rc) == 1 && test_count_lines(log, "alloy: error: ") == 1));
         CHECK_MSG(ok, "run %d: exit %s: %s", i, rc ? rc : "?", log ? log : "");
         free(rc);
         free(log);
@@ -268,17 +252,14 @@ TEST(security_concurrent_merges_into_one_out)
 TEST(security_stale_temporary_folders_removed)
 {
     const char *dir = test_tmpdir();
-    char in[1000], cfg[1100], out[1100], stale[1200], live[1200], args[3000], *log = NULL;
+    char in[1000], cfg[1100], out[1100], stale[1200], live[1200];
     private_input(dir, in, sizeof in, cfg, sizeof cfg);
     snprintf(out, sizeof out, "%s/out", dir);
     snprintf(stale, sizeof stale, "%s.alloy-tmp-999999-abc", out);
     sh("mkdir -p '%s' && echo partial > '%s/model-00001-of-00002.safetensors'", stale, stale);
     snprintf(live, sizeof live, "%s.alloy-tmp-%ld-xyz", out, (long)getpid()); /* a running owner: kept */
     sh("mkdir -p '%s'%s", live, "");
-    snprintf(args, sizeof args, "merge %s %s --quiet", cfg, out);
-    int rc = alloy_env(NULL, args, &log);
-    CHECK_MSG(rc == 0, "%s", log);
-    free(log);
+    merge_ok(NULL, cfg, out, "");
     CHECK_MSG(access(stale, F_OK) != 0, "the stale temporary folder of a dead run was kept");
     CHECK_MSG(access(live, F_OK) == 0, "the temporary folder of a live process was removed");
     rmdir(live);

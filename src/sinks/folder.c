@@ -95,6 +95,7 @@ static int folder_begin(struct alloy_sink *s, const struct alloy_plan *p, struct
     struct folder_sink *f = (struct folder_sink *)s;
     f->p = p;
     int rc = alloy_check_out_dir(p, f->o->out_dir, f->o->overwrite, err);
+    if (!rc) rc = alloy_output_check_sources(p, err);
     return rc ? rc : alloy_make_tmp_dir(f->o->out_dir, &f->tmp, err);
 }
 

@@ -129,6 +129,17 @@ const char *alloy_output_tokenizer_file(size_t i)
     return i < ALLOY_ARRAY_LEN(g_tokenizer_files) ? g_tokenizer_files[i] : NULL;
 }
 
+int alloy_output_check_sources(const struct alloy_plan *p, struct alloy_err *err)
+{
+    int rc = ALLOY_OK;
+    for (size_t i = 0; p->tokenizer_donor >= 0 && i < ALLOY_ARRAY_LEN(g_tokenizer_files) && !rc; i++) {
+        char *path = NULL;
+        rc = alloy_folder_file(alloy_model_dir(p->models[p->tokenizer_donor]), g_tokenizer_files[i], &path, err);
+        free(path);
+    }
+    return rc;
+}
+
 static const char g_chatml[] =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
     "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";

@@ -17,4 +17,8 @@ int alloy_output_config_text(const struct alloy_plan *p, char **out, struct allo
 /* The i-th tokenizer or generation file copied from the tokenizer source; NULL past the end. */
 const char *alloy_output_tokenizer_file(size_t i);
 
+/* Applies the model-folder trust rule to the files copied from the tokenizer source, before anything is
+ * written (copy_tokenizer applies it again when it copies). */
+int alloy_output_check_sources(const struct alloy_plan *p, struct alloy_err *err);
+
 #endif
