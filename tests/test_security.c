@@ -205,6 +205,20 @@ TEST(security_out_holding_input_files_refused)
     }
     snprintf(out, sizeof out, "%s/out", dir); /* the cache still works as an input */
     merge_ok(env, cfg, out, "");
+
+    /* an input whose config.json links into the output folder (a previous result): refused, nothing rewritten */
+    char in[1000], path[1200];
+    private_input(dir, in, sizeof in, cfg, sizeof cfg);
+    snprintf(path, sizeof path, "%s/config.json", in);
+    unlink(path);
+    sh("ln -s ../out/config.json '%s'%s", path, "");
+    uint64_t out_before = test_hash_dir(out);
+    snprintf(args, sizeof args, "merge %s %s --quiet", cfg, out);
+    int rc = alloy_env(NULL, args, &log);
+    expect_refusal("config.json links into OUT", rc, log, path, "outside the model folder");
+    free(log);
+    CHECK_MSG(test_hash_dir(out) == out_before, "the output folder an input reads was rewritten");
+    CHECK_INT(test_leftovers(dir), 0);
 }
 
 /* ------------------------------------------------------------ 3. races and leftovers */
