@@ -237,12 +237,10 @@ static int tokenize_inputs(struct run *r, const char *dir, struct alloy_err *err
     int has_text = 0;
     for (size_t i = 0; i < r->nin; i++) has_text |= !r->in[i].is_tokens;
     if (!has_text) return ALLOY_OK;
-    size_t plen = strlen(dir) + sizeof "/tokenizer.json";
-    char *path = malloc(plen);
-    if (!path) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    snprintf(path, plen, "%s/tokenizer.json", dir);
+    char *path = NULL;
     struct alloy_tokenizer *tok = NULL;
-    int rc = alloy_tokenizer_load(path, &tok, err);
+    int rc = alloy_folder_file(dir, "tokenizer.json", &path, err); /* must resolve inside the model folder */
+    if (!rc) rc = alloy_tokenizer_load(path, &tok, err);
     free(path);
     if (rc) return rc;
     if (alloy_tokenizer_same(tok, r->tok)) {

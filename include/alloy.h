@@ -217,6 +217,11 @@ const struct alloy_tensor *alloy_model_tensor(const struct alloy_model *m, size_
 const struct alloy_tensor *alloy_model_find(const struct alloy_model *m, const char *name);
 /* config.json as text (NUL-terminated), or NULL when the folder has none. */
 const char                *alloy_model_config_text(const struct alloy_model *m);
+/* The trust rule for files of a model folder: *path = "<dir>/<name>" (malloc'd; free it), and ALLOY_OK
+ * when that file is absent or resolves (realpath) inside the model root: dir itself, or for a Hugging
+ * Face snapshot (".../snapshots/<rev>") the repository folder whose blobs/ it links into. A file that
+ * resolves anywhere else (a link to ~/.ssh/id_ed25519) is refused with an error naming it. */
+int alloy_folder_file(const char *dir, const char *name, char **path, struct alloy_err *err);
 
 /* ---------------------------------------------------------------- threads */
 
@@ -308,6 +313,7 @@ struct alloy_merge_options {
     alloy_progress_fn progress;
     void             *progress_user;
     volatile int     *interrupt;   /* when non-NULL and set, the merge stops cleanly */
+    int         overwrite;     /* replace an existing out_dir even when it holds files a merge does not write */
 };
 
 /* The merge methods, in the order of docs/methods.md (`alloy merge --help` lists them). */

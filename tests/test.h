@@ -46,6 +46,8 @@ int test_run_rss(const char *cmd, long *maxrss_kib);
 uint64_t test_hash_dir(const char *dir);
 /* A whole file, NUL-terminated (len: its size, may be NULL); NULL if it cannot be opened. */
 char *test_read_file(const char *path, size_t *len);
+/* Lines of log (may be NULL) that start with prefix ("": all lines). */
+int test_count_lines(const char *log, const char *prefix);
 /* Temporary or previous-output siblings ("*.alloy-tmp-*", "*.alloy-old-*") left in dir. */
 int test_leftovers(const char *dir);
 

@@ -69,17 +69,6 @@ static uint64_t dir_bytes(const char *dir)
     return total;
 }
 
-static int count_lines(const char *log, const char *prefix)
-{
-    int n = 0;
-    for (const char *p = log; p && *p;) {
-        n += strncmp(p, prefix, strlen(prefix)) == 0;
-        const char *nl = strchr(p, '\n');
-        p = nl ? nl + 1 : NULL;
-    }
-    return n;
-}
-
 /* An existing output folder with one marker file: what must survive a failure. */
 static void old_output(const char *out)
 {
@@ -116,7 +105,7 @@ static int faulty_merge(const char *root, const char *faults, const char *cfg, c
     char cmd[6144];
     snprintf(cmd, sizeof cmd,
              "ALLOY_FI_PATH='%s' %s ASAN_OPTIONS='%s%sverify_asan_link_order=0' LD_PRELOAD='%s' "
-             "timeout 120 %s merge %s %s --quiet %s",
+             "timeout 120 %s merge %s %s --quiet --overwrite %s",
              root, faults, asan ? asan : "", asan && *asan ? ":" : "", so, test_alloy_bin(), cfg, out,
              extra ? extra : "");
     return test_run(cmd, log);
@@ -157,7 +146,7 @@ TEST(faults_enospc_at_every_stage)
         snprintf(faults, sizeof faults, "ALLOY_FI_ENOSPC_AFTER=%llu", (unsigned long long)limits[i]);
         int rc = faulty_merge(root, faults, cfg, out, "--out-shard-size 500K", &log);
         CHECK_MSG(rc == 1, "%s: exit %d: %s", faults, rc, log);
-        CHECK_MSG(count_lines(log, "alloy: error: ") == 1, "%s: expected one error line: %s", faults, log);
+        CHECK_MSG(test_count_lines(log, "alloy: error: ") == 1, "%s: expected one error line: %s", faults, log);
         CHECK_MSG(log && strstr(log, "No space left on device") && strstr(log, "/out.alloy-tmp-"),
                   "%s: the message must name the file and the cause: %s", faults, log);
         CHECK_MSG(old_output_intact(out), "%s: the existing output folder changed", faults);
@@ -201,7 +190,7 @@ TEST(faults_short_writes_are_retried)
     old_output(c);
     rc = faulty_merge(root, "ALLOY_FI_ZERO=1", cfg, c, NULL, &log);
     CHECK_MSG(rc == 1, "zero-byte writes: exit %d: %s", rc, log);
-    CHECK_MSG(count_lines(log, "alloy: error: ") == 1 && strstr(log, "write failed"), "%s", log);
+    CHECK_MSG(test_count_lines(log, "alloy: error: ") == 1 && strstr(log, "write failed"), "%s", log);
     free(log);
     CHECK(old_output_intact(c));
     CHECK_INT(test_leftovers(root), 0);
@@ -226,7 +215,7 @@ TEST(faults_fsync_ftruncate_rename)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         int rc = faulty_merge(root, cases[i].faults, cfg, out, NULL, &log);
         CHECK_MSG(rc == 1, "%s: exit %d: %s", cases[i].faults, rc, log);
-        CHECK_MSG(count_lines(log, "alloy: error: ") == 1 && log && strstr(log, cases[i].want) &&
+        CHECK_MSG(test_count_lines(log, "alloy: error: ") == 1 && log && strstr(log, cases[i].want) &&
                   (strstr(log, "Input/output error\n") || strstr(log, "File too large\n")),
                   "%s: %s", cases[i].faults, log);
         CHECK_MSG(old_output_intact(out), "%s: the existing output folder changed", cases[i].faults);
@@ -274,7 +263,8 @@ static int interrupted_merge(const char *root, const char *cfg, const char *out,
     if (pid == 0) {
         int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) dup2(fd, 2);
-        execl(test_alloy_bin(), test_alloy_bin(), "merge", cfg, out, "--quiet", "--threads", threads, (char *)NULL);
+        execl(test_alloy_bin(), test_alloy_bin(), "merge", cfg, out, "--quiet", "--overwrite", "--threads", threads,
+              (char *)NULL);
         _exit(127);
     }
     int st = 0, waited = 0;
@@ -341,7 +331,7 @@ TEST(faults_sigint_sigterm_mid_merge)
                       rc, err);
             if (rc == 130) {
                 interrupted = 1;
-                CHECK_MSG(count_lines(err, "alloy: error: ") == 1 && strstr(err, "interrupted"), "%s", err);
+                CHECK_MSG(test_count_lines(err, "alloy: error: ") == 1 && strstr(err, "interrupted"), "%s", err);
                 CHECK_MSG(old_output_intact(out), "signal %d: the existing output folder changed", runs[r].sig);
             } else if (rc == 0) { /* finished before the signal landed: then it must be the whole new result */
                 char path[1400];

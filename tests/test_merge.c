@@ -302,8 +302,8 @@ TEST(merge_errors_and_atomicity)
     test_run(cmd, &ls);
     CHECK(ls && atoi(ls) == 0);
     free(ls);
-    /* a successful merge replaces the existing folder as a whole */
-    rc = merge("merge_method: passthrough\nmodels:\n  - model: " M("code") "\n", out, NULL, &log);
+    /* a successful merge replaces the existing folder as a whole (keep.txt is not model output: --overwrite) */
+    rc = merge("merge_method: passthrough\nmodels:\n  - model: " M("code") "\n", out, "--overwrite", &log);
     CHECK_MSG(rc == 0, "%s", log);
     free(log);
     CHECK(access(marker, F_OK) != 0);

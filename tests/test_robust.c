@@ -90,25 +90,14 @@ static int alloy(const char *args, char **log)
     return test_run(cmd, log);
 }
 
-static int count_prefix_lines(const char *log, const char *prefix)
-{
-    int n = 0;
-    for (const char *p = log; p && *p;) {
-        if (strncmp(p, prefix, strlen(prefix)) == 0) n++;
-        const char *nl = strchr(p, '\n');
-        p = nl ? nl + 1 : NULL;
-    }
-    return n;
-}
-
 /* The failure contract: exit 1, one error line holding every `want`, no
  * sanitizer report, nothing written. */
 static void expect_failure(const char *what, int rc, const char *log, const char *out, const char *const *want)
 {
     CHECK_MSG(rc == 1, "%s: exit %d, expected 1: %s", what, rc, log ? log : "");
-    CHECK_MSG(count_prefix_lines(log, "alloy: error: ") == 1, "%s: expected one error line: %s", what, log);
+    CHECK_MSG(test_count_lines(log, "alloy: error: ") == 1, "%s: expected one error line: %s", what, log);
     /* a message broken over lines (a newline from the file) shows up as a line without the prefix */
-    CHECK_MSG(log && count_prefix_lines(log, "alloy: ") == count_prefix_lines(log, ""), "%s: stray lines: %s", what, log);
+    CHECK_MSG(log && test_count_lines(log, "alloy: ") == test_count_lines(log, ""), "%s: stray lines: %s", what, log);
     for (; *want; want++) CHECK_MSG(log && strstr(log, *want), "%s: \"%s\" not in: %s", what, *want, log);
     CHECK_MSG(log && !strstr(log, "Sanitizer") && !strstr(log, "runtime error"), "%s: %s", what, log);
     if (out) {

@@ -141,6 +141,17 @@ char *test_read_file(const char *path, size_t *len)
     return b;
 }
 
+int test_count_lines(const char *log, const char *prefix)
+{
+    int n = 0;
+    for (const char *p = log; p && *p;) {
+        n += strncmp(p, prefix, strlen(prefix)) == 0;
+        const char *nl = strchr(p, '\n');
+        p = nl ? nl + 1 : NULL;
+    }
+    return n;
+}
+
 int test_leftovers(const char *dir)
 {
     int n = 0;

@@ -52,8 +52,13 @@ char *alloy_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))
 int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err);
 int alloy_is_dir(const char *path);
 int alloy_is_file(const char *path);
-/* Copies a regular file (data + fsync). */
+/* Copies a regular file of at most 2 GiB in fixed-size pieces (data + fsync); the copy's mode is the source's
+ * masked by 0644, never wider than the source. */
 int alloy_copy_file(const char *src, const char *dst, struct alloy_err *err);
+/* 1 when canonical path a is b or lies inside b. */
+int alloy_path_within(const char *a, const char *b);
+/* That model root, canonical, into root (PATH_MAX bytes); -1 when dir cannot be resolved. */
+int alloy_folder_root(const char *dir, char *root);
 /* Writes buf to path (create/truncate) and fsyncs it. */
 int alloy_write_file(const char *path, const void *buf, size_t len, struct alloy_err *err);
 /* Writes the whole buffer at offset, retrying short writes. */

@@ -145,13 +145,49 @@ int alloy_write_file(const char *path, const void *buf, size_t len, struct alloy
     return rc;
 }
 
+int alloy_path_within(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (lb == 1 && b[0] == '/') return 1;
+    return la >= lb && strncmp(a, b, lb) == 0 && (a[lb] == '\0' || a[lb] == '/');
+}
+
+/* Copies fd in to the new file dst in 1 MiB pieces; the caller closes in. */
+static int copy_fd(int in, const char *src, const char *dst, mode_t mode, uint64_t size, struct alloy_err *err)
+{
+    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (out < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create: %s", dst, strerror(errno));
+    size_t cap = (size_t)1 << 20;
+    char *buf = alloy_xmalloc(cap);
+    int rc = buf ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", src);
+    for (uint64_t off = 0; !rc && off < size;) {
+        ssize_t r = read(in, buf, size - off < cap ? (size_t)(size - off) : cap);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: read failed: %s", src, r < 0 ? strerror(errno) : "file shrank");
+        else rc = alloy_pwrite_all(out, buf, (size_t)r, off, dst, err);
+        off += r > 0 ? (uint64_t)r : 0;
+    }
+    free(buf);
+    if (rc == ALLOY_OK && fsync(out) != 0)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", dst, strerror(errno));
+    if (close(out) != 0 && rc == ALLOY_OK)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: close failed: %s", dst, strerror(errno));
+    return rc;
+}
+
 int alloy_copy_file(const char *src, const char *dst, struct alloy_err *err)
 {
-    char *buf;
-    size_t len;
-    int rc = alloy_read_file(src, (size_t)1 << 31, &buf, &len, err);
-    if (rc) return rc;
-    rc = alloy_write_file(dst, buf, len, err);
-    free(buf);
+    int in = open(src, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block; refused below */
+    if (in < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
+    struct stat st;
+    int rc;
+    if (fstat(in, &st) != 0 || !S_ISREG(st.st_mode))
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: not a regular file", src);
+    else if ((uint64_t)st.st_size > ((uint64_t)1 << 31))
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: file is %lld bytes, more than the %llu allowed", src,
+                           (long long)st.st_size, 1ull << 31);
+    else
+        rc = copy_fd(in, src, dst, st.st_mode & 0644, (uint64_t)st.st_size, err);
+    close(in);
     return rc;
 }

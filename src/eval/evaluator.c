@@ -81,8 +81,9 @@ int alloy_evaluate_text(struct alloy_evaluator *ev, const char *text, size_t len
 {
     if (!label) label = "<text>";
     if (!ev->tok) {
-        char *path = alloy_xasprintf("%s/tokenizer.json", ev->dir);
-        int rc = path ? alloy_tokenizer_load(path, &ev->tok, err) : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        char *path = NULL;
+        int rc = alloy_folder_file(ev->dir, "tokenizer.json", &path, err); /* the model-folder trust rule */
+        if (!rc) rc = alloy_tokenizer_load(path, &ev->tok, err);
         free(path);
         if (rc) return rc;
     }

@@ -13,12 +13,20 @@
  *   as in transformers. Only the index's weight_map is trusted; shard names
  *   may follow any pattern. Tensors are ordered by shard (first appearance
  *   in the index) and then by data offset, which is the file order.
+ *   Trust rule (alloy_folder_file): config.json, the index and the files
+ *   copied to the output or read by the evaluator must resolve inside the
+ *   folder (for a snapshot, inside the repository folder whose blobs/ it
+ *   links into): a link to ~/.ssh/id_ed25519 named config.json or
+ *   tokenizer.model is refused, never read or copied. Shards may link
+ *   anywhere (shared weight stores do): they are parsed as safetensors,
+ *   anything else is refused, and their bytes are never copied verbatim.
  */
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "formats/formats.h"
 
 #include <jansson.h>
+#include <limits.h>
 
 struct alloy_model {
     char *ref;
@@ -106,6 +114,43 @@ static int resolve_ref(const char *ref, char **dir, struct alloy_err *err)
                          "%s: not a local folder and not in the Hugging Face cache (searched: %s; "
                          "alloy does not download, fetch it first with `huggingface-cli download %s`)",
                          ref, pos ? searched : "no cache folder: HF_HUB_CACHE, HF_HOME and HOME are unset", repo);
+}
+
+/* ------------------------------------------------------------ the trust rule */
+
+/* The folder whose files a model may read: dir itself, or for a snapshot (".../snapshots/<rev>" in a folder
+ * that also holds blobs/ or refs/) the repository folder two levels up. */
+int alloy_folder_root(const char *dir, char *root)
+{
+    if (!realpath(dir, root)) return -1;
+    char *slash = strrchr(root, '/');
+    if (!slash || slash == root) return 0;
+    *slash = '\0';
+    char *parent_slash = strrchr(root, '/');
+    if (parent_slash && parent_slash != root && strcmp(parent_slash + 1, "snapshots") == 0) {
+        *parent_slash = '\0';
+        char *blobs = alloy_xasprintf("%s/blobs", root), *refs = alloy_xasprintf("%s/refs", root);
+        int repo = (blobs && alloy_is_dir(blobs)) || (refs && alloy_is_dir(refs));
+        free(blobs);
+        free(refs);
+        if (repo) return 0;
+        *parent_slash = '/';
+    }
+    *slash = '/';
+    return 0;
+}
+
+int alloy_folder_file(const char *dir, const char *name, char **path, struct alloy_err *err)
+{
+    if (!(*path = alloy_xasprintf("%s/%s", dir, name))) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    char root[PATH_MAX], real[PATH_MAX];
+    if (alloy_folder_root(dir, root) != 0 || !realpath(*path, real)) return ALLOY_OK; /* absent: the caller says so */
+    if (alloy_path_within(real, root)) return ALLOY_OK;
+    int rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: links to %s, outside the model folder %s; alloy reads only "
+                           "files inside a model folder", *path, real, root);
+    free(*path);
+    *path = NULL;
+    return rc;
 }
 
 /* ------------------------------------------------------------ opening */
@@ -209,7 +254,7 @@ static int open_index(struct alloy_model *m, const char *index_path, struct allo
         if (!ns) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); break; }
         seen = ns;
         seen[nseen++] = (char *)fname;
-        char *path = alloy_xasprintf("%s/%s", m->dir, fname);
+        char *path = alloy_xasprintf("%s/%s", m->dir, fname); /* shards may link anywhere: parsed, never copied */
         if (!path) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); break; }
         if (!alloy_is_file(path)) {
             rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: weight_map: '%s': shard %s does not exist", index_path, key, path);
@@ -247,10 +292,13 @@ int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err
     int rc = resolve_ref(ref, &m->dir, err);
     char *index = NULL, *single = NULL, *config = NULL;
     if (rc) goto fail;
-    index = alloy_xasprintf("%s/model.safetensors.index.json", m->dir);
-    single = alloy_xasprintf("%s/model.safetensors", m->dir);
-    config = alloy_xasprintf("%s/config.json", m->dir);
-    if (!index || !single || !config) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto fail; }
+    if ((rc = alloy_folder_file(m->dir, "model.safetensors.index.json", &index, err)) ||
+        (rc = alloy_folder_file(m->dir, "config.json", &config, err)))
+        goto fail;
+    if (!(single = alloy_xasprintf("%s/model.safetensors", m->dir))) {
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
     if (alloy_is_file(index)) {
         rc = open_index(m, index, err);
     } else if (alloy_is_file(single)) {

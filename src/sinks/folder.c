@@ -94,17 +94,9 @@ static int folder_begin(struct alloy_sink *s, const struct alloy_plan *p, struct
 {
     struct folder_sink *f = (struct folder_sink *)s;
     f->p = p;
-    int rc = alloy_check_out_dir(p, f->o->out_dir, err);
-    if (rc) return rc;
-    if (!(f->tmp = alloy_xasprintf("%s.alloy-tmp-XXXXXX", f->o->out_dir)))
-        return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    if (!mkdtemp(f->tmp)) {
-        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create a temporary folder next to it: %s", f->o->out_dir,
-                           strerror(errno));
-        free(f->tmp);
-        f->tmp = NULL;
-    }
-    return rc;
+    int rc = alloy_check_out_dir(p, f->o->out_dir, f->o->overwrite, err);
+    if (!rc) rc = alloy_output_check_sources(p, err);
+    return rc ? rc : alloy_make_tmp_dir(f->o->out_dir, &f->tmp, err);
 }
 
 static int folder_tensor_begin(struct alloy_sink *s, size_t i, struct alloy_err *err)

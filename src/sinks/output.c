@@ -124,6 +124,22 @@ static const char *const g_tokenizer_files[] = {
     "merges.txt", "vocab.json", "chat_template.jinja", "generation_config.json", "chat_template.json",
 };
 
+const char *alloy_output_tokenizer_file(size_t i)
+{
+    return i < ALLOY_ARRAY_LEN(g_tokenizer_files) ? g_tokenizer_files[i] : NULL;
+}
+
+int alloy_output_check_sources(const struct alloy_plan *p, struct alloy_err *err)
+{
+    int rc = ALLOY_OK;
+    for (size_t i = 0; p->tokenizer_donor >= 0 && i < ALLOY_ARRAY_LEN(g_tokenizer_files) && !rc; i++) {
+        char *path = NULL;
+        rc = alloy_folder_file(alloy_model_dir(p->models[p->tokenizer_donor]), g_tokenizer_files[i], &path, err);
+        free(path);
+    }
+    return rc;
+}
+
 static const char g_chatml[] =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
     "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
@@ -140,7 +156,8 @@ static int resolve_chat_template(const struct alloy_plan *p, char **out, struct 
         char **tpl = alloy_xcalloc(p->nmodels, sizeof *tpl);
         if (!tpl) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < p->nmodels; i++) {
-            char *path = alloy_xasprintf("%s/tokenizer_config.json", alloy_model_dir(p->models[i]));
+            char *path = NULL;
+            alloy_folder_file(alloy_model_dir(p->models[i]), "tokenizer_config.json", &path, NULL);
             json_t *tc = path && alloy_is_file(path) ? load_json(path, NULL) : NULL;
             const char *s = json_string_value(json_object_get(tc, "chat_template"));
             if (s && *s) tpl[i] = alloy_xstrdup(s);
@@ -180,10 +197,11 @@ static int copy_tokenizer(const struct alloy_plan *p, const struct alloy_merge_o
     }
     const char *src = alloy_model_dir(p->models[p->tokenizer_donor]);
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(g_tokenizer_files) && !rc; i++) {
-        char *from = alloy_xasprintf("%s/%s", src, g_tokenizer_files[i]);
-        char *to = alloy_xasprintf("%s/%s", dir, g_tokenizer_files[i]);
-        if (!from || !to) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-        else if (alloy_is_file(from)) {
+        char *from = NULL, *to = NULL;
+        rc = alloy_folder_file(src, g_tokenizer_files[i], &from, err);
+        if (!rc && !(to = alloy_xasprintf("%s/%s", dir, g_tokenizer_files[i])))
+            rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        if (!rc && alloy_is_file(from)) {
             if (template_text && strcmp(g_tokenizer_files[i], "tokenizer_config.json") == 0) {
                 json_t *tc = load_json(from, err);
                 if (!json_is_object(tc)) {

@@ -14,4 +14,11 @@ int alloy_output_write_files(const struct alloy_plan *p, const struct alloy_merg
 /* The output's config.json text (the donor's, with dtype and layer count updated), malloc'd. */
 int alloy_output_config_text(const struct alloy_plan *p, char **out, struct alloy_err *err);
 
+/* The i-th tokenizer or generation file copied from the tokenizer source; NULL past the end. */
+const char *alloy_output_tokenizer_file(size_t i);
+
+/* Applies the model-folder trust rule to the files copied from the tokenizer source, before anything is
+ * written (copy_tokenizer applies it again when it copies). */
+int alloy_output_check_sources(const struct alloy_plan *p, struct alloy_err *err);
+
 #endif

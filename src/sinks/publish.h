@@ -6,9 +6,13 @@
 
 #include "plan/plan.h"
 
-/* Refuses an output path that is, contains or lies inside an input model folder or holds an input's file,
- * or that exists and is not a folder. */
-int  alloy_check_out_dir(const struct alloy_plan *p, const char *out, struct alloy_err *err);
+/* Refuses an output path that is, contains or lies inside an input model folder (or its HF repository
+ * folder), holds a file an input reads, exists and is not a folder, or (unless overwrite) is a folder
+ * holding anything a model output does not. */
+int  alloy_check_out_dir(const struct alloy_plan *p, const char *out, int overwrite, struct alloy_err *err);
+/* Removes the temporary folders of runs into out that are gone, then creates *tmp,
+ * "<out>.alloy-tmp-<pid>-XXXXXX" (mode 0700). */
+int  alloy_make_tmp_dir(const char *out, char **tmp, struct alloy_err *err);
 /* Moves the finished folder tmp into place as out, replacing an existing out only now, as a whole. */
 int  alloy_publish_dir(const char *tmp, const char *out, struct alloy_err *err);
 /* Removes a folder tree (symlinks are removed, never followed); -1 on failure. */

@@ -18,6 +18,9 @@
  *     ALLOY_FI_FTRUNCATE=1     ftruncate fails with EFBIG.
  *     ALLOY_FI_RENAME_FAIL=k   the k-th rename (1-based) whose source or
  *                              target starts with the prefix fails with EIO.
+ *                              It also makes renameat2(RENAME_EXCHANGE) fail
+ *                              with EINVAL, as on a file system without it,
+ *                              so the two renames of the fallback are what fail.
  *   write, pwrite and pwrite64 are wrapped (alloy writes with pwrite).
  *   Counters are atomic: pool threads write concurrently.
  */
@@ -142,4 +145,14 @@ int rename(const char *from, const char *to)
         return -1;
     }
     return real_rename(from, to);
+}
+
+int renameat2(int dfd, const char *from, int tfd, const char *to, unsigned int flags)
+{
+    NEXT(renameat2);
+    if (env("ALLOY_FI_RENAME_FAIL") && (flags & 2u /* RENAME_EXCHANGE */)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return real_renameat2(dfd, from, tfd, to, flags);
 }
