@@ -620,3 +620,32 @@ TEST(merge_all_nonfinite_output_is_an_error)
     CHECK_INT(test_leftovers(dir), 0);
     free(log);
 }
+
+/* The model card is sized from what goes in: forty models with 200-character names (beyond the card's old
+ * fixed room) merge, and the card lists them all, instead of failing after the work. */
+TEST(merge_card_never_fails_on_long_names)
+{
+    const char *dir = test_tmpdir();
+    char target[1024], out[700], *yaml = malloc(40 * 800 + 200), *log = NULL;
+    if (!realpath(M("code"), target)) test_fail(__FILE__, __LINE__, "realpath");
+    size_t n = (size_t)sprintf(yaml, "merge_method: linear\nmodels:\n");
+    char pad[191];
+    memset(pad, 'x', 190);
+    pad[190] = '\0';
+    for (int i = 0; i < 40; i++) {
+        char link[900];
+        snprintf(link, sizeof link, "%s/m%02d_%s", dir, i, pad);
+        CHECK_INT(symlink(target, link), 0);
+        n += (size_t)sprintf(yaml + n, "  - model: %s\n    parameters: {weight: 1}\n", link);
+    }
+    snprintf(out, sizeof out, "%s/out", dir);
+    int rc = merge(yaml, out, NULL, &log);
+    CHECK_MSG(rc == 0, "merge failed (%d): %s", rc, log ? log : "");
+    char card[800];
+    snprintf(card, sizeof card, "%s/README.md", out);
+    char *text = test_read_file(card, NULL);
+    CHECK(text && strstr(text, "m39_xxxx") && strstr(text, "```\n"));
+    free(text);
+    free(log);
+    free(yaml);
+}

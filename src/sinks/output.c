@@ -241,7 +241,10 @@ static int is_hub_ref(const char *ref)
 static int write_card(const struct alloy_plan *p, const char *dir, const char *out_dir, struct alloy_err *err)
 {
     const struct alloy_config *cfg = p->cfg;
-    size_t cap = 4096 + cfg->text_len;
+    /* sized from what goes in (each reference at most three times), so the card can never run out of room:
+       many models with long names must not fail a merge after the work is done */
+    size_t cap = 4096 + cfg->text_len + strlen(out_dir);
+    for (size_t i = 0; i < p->nmodels; i++) cap += 3 * strlen(alloy_model_ref(p->models[i])) + 64;
     char *buf = alloy_xmalloc(cap);
     if (!buf) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     size_t n = 0;
