@@ -52,7 +52,7 @@ char *alloy_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))
 int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err);
 int alloy_is_dir(const char *path);
 int alloy_is_file(const char *path);
-/* Copies a regular file (data + fsync). */
+/* Copies a regular file 1 MiB at a time (holes stay holes), then fsyncs it. No size limit. */
 int alloy_copy_file(const char *src, const char *dst, struct alloy_err *err);
 /* Writes buf to path (create/truncate) and fsyncs it. */
 int alloy_write_file(const char *path, const void *buf, size_t len, struct alloy_err *err);

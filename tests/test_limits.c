@@ -1,0 +1,96 @@
+/*
+ * test_limits.c — bounded work and memory per byte of input in the file
+ * readers (issue 13, "quadratic and unbounded work").
+ *
+ * Each case runs the code under test in a forked child and measures the
+ * child's peak resident set before and after (getrusage), so what the rest of
+ * the suite allocated does not hide the growth. Inputs are built here:
+ * sparse files (ftruncate) cost no disk.
+ */
+#include "test.h"
+#include "core/internal.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Runs fn(arg) in a child; returns its status (0 = fn returned 0) and the growth of its peak RSS in KiB. */
+static int child_rss_growth(int (*fn)(void *), void *arg, long *growth_kib)
+{
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        struct rusage a, b;
+        getrusage(RUSAGE_SELF, &a);
+        int rc = fn(arg);
+        getrusage(RUSAGE_SELF, &b);
+        long g = b.ru_maxrss - a.ru_maxrss;
+        ssize_t w = write(fds[1], &g, sizeof g);
+        _exit(rc == 0 && w == (ssize_t)sizeof g ? 0 : 1);
+    }
+    close(fds[1]);
+    *growth_kib = -1;
+    ssize_t r = read(fds[0], growth_kib, sizeof *growth_kib);
+    close(fds[0]);
+    int st;
+    if (waitpid(pid, &st, 0) != pid || r != (ssize_t)sizeof *growth_kib) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ------------------------------------------------------------ alloy_copy_file */
+
+struct copy_job { char src[512], dst[512]; };
+
+static int do_copy(void *arg)
+{
+    struct copy_job *j = arg;
+    struct alloy_err err = {0};
+    int rc = alloy_copy_file(j->src, j->dst, &err);
+    if (rc) fprintf(stderr, "copy: %s\n", err.msg);
+    return rc;
+}
+
+static int byte_at(int fd, uint64_t off)
+{
+    unsigned char c;
+    return pread(fd, &c, 1, (off_t)off) == 1 ? c : -1;
+}
+
+TEST(limits_copy_file_in_fixed_pieces)
+{
+    /* a sparse 3 GiB file with a few data bytes is copied with a bounded buffer, byte for byte */
+    struct copy_job j;
+    snprintf(j.src, sizeof j.src, "%s/tokenizer.model", test_tmpdir());
+    snprintf(j.dst, sizeof j.dst, "%s/copy.model", test_tmpdir());
+    const uint64_t size = (uint64_t)3 << 30;
+    const uint64_t at[] = {0, 4095, 4096, ((uint64_t)1 << 30) + 12345, ((uint64_t)2 << 30) - 1, size - 1};
+    int fd = open(j.src, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    if (fd < 0) return;
+    CHECK_INT(ftruncate(fd, (off_t)size), 0);
+    for (size_t i = 0; i < sizeof at / sizeof *at; i++) {
+        unsigned char c = (unsigned char)(0x41 + i);
+        CHECK_INT(pwrite(fd, &c, 1, (off_t)at[i]), 1);
+    }
+    close(fd);
+    long growth = 0;
+    CHECK_INT(child_rss_growth(do_copy, &j, &growth), 0);
+    CHECK_MSG(growth >= 0 && growth < 16 * 1024, "copying 3 GiB grew the peak RSS by %ld KiB", growth);
+    struct stat st;
+    CHECK_INT(stat(j.dst, &st), 0);
+    CHECK_INT((uint64_t)st.st_size, size);
+    int a = open(j.src, O_RDONLY), b = open(j.dst, O_RDONLY);
+    CHECK(a >= 0 && b >= 0);
+    for (size_t i = 0; i < sizeof at / sizeof *at; i++) CHECK_INT(byte_at(b, at[i]), 0x41 + (int)i);
+    const uint64_t holes[] = {1, 4097, (uint64_t)1 << 30, ((uint64_t)2 << 30) + 7, size - 2};
+    for (size_t i = 0; i < sizeof holes / sizeof *holes; i++) CHECK_INT(byte_at(b, holes[i]), byte_at(a, holes[i]));
+    close(a);
+    close(b);
+    unlink(j.src);
+    unlink(j.dst);
+}
