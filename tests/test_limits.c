@@ -94,3 +94,89 @@ TEST(limits_copy_file_in_fixed_pieces)
     unlink(j.src);
     unlink(j.dst);
 }
+
+/* ------------------------------------------------------------ safetensors headers */
+
+/* A safetensors image: header json padded to 8 bytes, then `data` zero bytes. */
+static uint8_t *st_image(const char *json, size_t data, size_t *len)
+{
+    size_t n = strlen(json), pad = (8 - n % 8) % 8;
+    uint8_t *b = calloc(1, 8 + n + pad + data);
+    for (int i = 0; i < 8; i++) b[i] = (uint8_t)((uint64_t)(n + pad) >> (8 * i));
+    memcpy(b + 8, json, n);
+    memset(b + 8 + n, ' ', pad);
+    *len = 8 + n + pad + data;
+    return b;
+}
+
+struct st_job { uint8_t *img; size_t len; };
+
+static int do_st_open(void *arg)
+{
+    struct st_job *j = arg;
+    struct alloy_st_file *f = NULL;
+    struct alloy_err err = {0};
+    int rc = alloy_st_open_memory(j->img, j->len, "big.safetensors", &f, &err);
+    if (rc) fprintf(stderr, "open: %s\n", err.msg);
+    else alloy_st_close(f);
+    return rc;
+}
+
+TEST(limits_safetensors_header_memory_per_byte)
+{
+    /* 200,000 one-element tensors: a 13.6 MB header */
+    size_t nt = 200000, cap = nt * 80 + 16;
+    char *json = malloc(cap), *p = json;
+    p += sprintf(p, "{");
+    for (size_t i = 0; i < nt; i++)
+        p += sprintf(p, "%s\"t%zu\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[%zu,%zu]}", i ? "," : "", i, 4 * i,
+                     4 * i + 4);
+    sprintf(p, "}");
+    struct st_job j;
+    j.img = st_image(json, 4 * nt, &j.len);
+    size_t hdr = strlen(json);
+    free(json);
+    long growth = 0;
+    CHECK_INT(child_rss_growth(do_st_open, &j, &growth), 0);
+    double per_byte = (double)growth * 1024 / (double)hdr;
+    /* measured 3.3 bytes per header byte (jansson's tree of the whole header cost 17.9) */
+    CHECK_MSG(growth >= 0 && per_byte <= 6.0, "parsing a %zu-byte header grew the peak RSS by %ld KiB (%.1f per byte)",
+              hdr, growth, per_byte);
+    free(j.img);
+}
+
+static void expect_st(const char *json, size_t data, const char *needle)
+{
+    size_t len;
+    uint8_t *img = st_image(json, data, &len);
+    struct alloy_st_file *f = NULL;
+    struct alloy_err err = {0};
+    int rc = alloy_st_open_memory(img, len, "x.safetensors", &f, &err);
+    if (needle) {
+        CHECK_MSG(rc != 0, "%s: accepted, expected \"%s\"", json, needle);
+        CHECK_STR_CONTAINS(err.msg, needle);
+    } else {
+        CHECK_MSG(rc == 0, "%s: %s", json, err.msg);
+        alloy_st_close(f);
+    }
+    free(img);
+}
+
+TEST(limits_safetensors_members_one_at_a_time)
+{
+    /* the member scanner: brackets and quotes inside strings, escapes, nesting, and its errors */
+    expect_st("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":\"}]\\\"{\",\"y\":[{\"z\":[]}]}}", 4,
+              NULL);
+    expect_st(" {\"\\u005f_metadata__\":{\"k\":\"v\"}, \"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}} ", 2,
+              NULL);
+    expect_st("{\"__metadata__\":{\"k\":\"v\",\"k\":\"w\"}}", 0, "duplicate");
+    expect_st("{\"__metadata__\":{},\"__metadata__\":{}}", 0, "duplicate");
+    expect_st("{\"a\":1 \"b\":2}", 0, "header JSON");
+    expect_st("{\"a\":[1,2}", 0, "header JSON");
+    expect_st("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} x", 4, "header JSON");
+    expect_st("{\"a\\u0000\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "header JSON");
+    expect_st("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", 4, "shape[0]");
+    expect_st("{\"a\":tru}", 0, "header JSON");
+    expect_st("{\"a\":\"x}", 0, "header JSON");
+    expect_st("[]", 0, "must be a JSON object");
+}

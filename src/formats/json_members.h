@@ -1,0 +1,29 @@
+/*
+ * json_members.h — walking the members of a large JSON object one at a time.
+ *
+ * DESIGN
+ *   jansson builds a tree that costs about 18 bytes of memory per byte of
+ *   JSON (issue 13). For a big object whose members are small (a safetensors
+ *   header: one member per tensor) this scanner finds where each member's key
+ *   and value begin and end, so the caller hands jansson one member at a time
+ *   and frees it before the next. The scanner checks structure only (strings
+ *   closed, brackets balanced, commas and colons in place): every key and
+ *   value is still parsed, and so validated, by jansson. It never recurses
+ *   and allocates nothing; O(n) in the text.
+ */
+#ifndef ALLOY_FORMATS_JSON_MEMBERS_H
+#define ALLOY_FORMATS_JSON_MEMBERS_H
+
+#include <stddef.h>
+
+/* One member: key s[ks, ke) (with its quotes), value s[vs, ve). */
+struct json_member { size_t ks, ke, vs, ve; };
+
+/* Walks the object that is the whole of s[from, to) (surrounding whitespace
+ * allowed). For each member calls fn (when not NULL); a nonzero return stops
+ * the walk and is returned. Counts members in *count. A structural error
+ * returns -1 with *what (a description) and *at (its byte offset in s). */
+int json_members(const char *s, size_t from, size_t to, int (*fn)(void *ctx, const char *s, const struct json_member *m),
+                 void *ctx, size_t *count, const char **what, size_t *at);
+
+#endif
