@@ -80,7 +80,8 @@ TEST(limits_copy_file_in_fixed_pieces)
     close(fd);
     long growth = 0;
     CHECK_INT(child_rss_growth(do_copy, &j, &growth), 0);
-    CHECK_MSG(growth >= 0 && growth < 16 * 1024, "copying 3 GiB grew the peak RSS by %ld KiB", growth);
+    CHECK_MSG(SANITIZER_BUILD || (growth >= 0 && growth < 16 * 1024), "copying 3 GiB grew the peak RSS by %ld KiB",
+              growth);
     struct stat st;
     CHECK_INT(stat(j.dst, &st), 0);
     CHECK_INT((uint64_t)st.st_size, size);
@@ -140,8 +141,8 @@ TEST(limits_safetensors_header_memory_per_byte)
     CHECK_INT(child_rss_growth(do_st_open, &j, &growth), 0);
     double per_byte = (double)growth * 1024 / (double)hdr;
     /* measured 3.3 bytes per header byte (jansson's tree of the whole header cost 17.9) */
-    CHECK_MSG(growth >= 0 && per_byte <= 6.0, "parsing a %zu-byte header grew the peak RSS by %ld KiB (%.1f per byte)",
-              hdr, growth, per_byte);
+    CHECK_MSG(SANITIZER_BUILD || (growth >= 0 && per_byte <= 6.0),
+              "parsing a %zu-byte header grew the peak RSS by %ld KiB (%.1f per byte)", hdr, growth, per_byte);
     free(j.img);
 }
 
@@ -179,4 +180,60 @@ TEST(limits_safetensors_members_one_at_a_time)
     expect_st("{\"a\":tru}", 0, "header JSON");
     expect_st("{\"a\":\"x}", 0, "header JSON");
     expect_st("[]", 0, "must be a JSON object");
+}
+
+/* ------------------------------------------------------------ model.safetensors.index.json */
+
+static int do_model_open(void *arg)
+{
+    struct alloy_model *m = NULL;
+    struct alloy_err err = {0};
+    int rc = alloy_model_open(arg, &m, &err);
+    if (rc) fprintf(stderr, "open: %s\n", err.msg);
+    alloy_model_close(m);
+    return rc;
+}
+
+TEST(limits_index_memory_per_byte)
+{
+    /* 100,000 entries in the index, all in one shard */
+    const char *dir = test_tmpdir();
+    size_t nt = 100000, cap = nt * 80 + 64;
+    char *json = malloc(cap), *idx = malloc(cap), *p = json, *q = idx;
+    p += sprintf(p, "{");
+    q += sprintf(q, "{\"metadata\":{\"total_size\":%zu},\"weight_map\":{", 4 * nt);
+    for (size_t i = 0; i < nt; i++) {
+        p += sprintf(p, "%s\"model.t%zu\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[%zu,%zu]}", i ? "," : "", i,
+                     4 * i, 4 * i + 4);
+        q += sprintf(q, "%s\"model.t%zu\":\"model-1.safetensors\"", i ? "," : "", i);
+    }
+    sprintf(p, "}");
+    sprintf(q, "}}");
+    size_t len;
+    uint8_t *img = st_image(json, 4 * nt, &len);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/model-1.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(img, 1, len, f) == len);
+    if (f) fclose(f);
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    CHECK_INT(test_write_text(path, idx), 0);
+    size_t bytes = strlen(json) + strlen(idx);
+    long growth = 0;
+    CHECK_INT(child_rss_growth(do_model_open, (void *)dir, &growth), 0);
+    double per_byte = (double)growth * 1024 / (double)bytes;
+    /* measured 4.2 bytes per byte of index + header (before: 6.9 per index byte, 17.9 per header byte) */
+    CHECK_MSG(SANITIZER_BUILD || (growth >= 0 && per_byte <= 6.0),
+              "opening %zu bytes of index and header grew the peak RSS by %ld KiB (%.1f per byte)", bytes, growth,
+              per_byte);
+    /* a name listed twice is still refused */
+    CHECK_INT(test_write_text(path, "{\"weight_map\":{\"model.t1\":\"model-1.safetensors\","
+                                    "\"model.t1\":\"model-1.safetensors\"}}"), 0);
+    struct alloy_model *m = NULL;
+    struct alloy_err err = {0};
+    CHECK(alloy_model_open(dir, &m, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "duplicate key 'model.t1'");
+    free(img);
+    free(json);
+    free(idx);
 }
