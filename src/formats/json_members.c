@@ -7,6 +7,7 @@
  *   characters up to the next delimiter; jansson judges them later.
  */
 #include "formats/json_members.h"
+#include "core/internal.h"
 
 struct scan { const char *s; size_t i, n; };
 
@@ -100,4 +101,15 @@ int json_members(const char *s, size_t from, size_t to, int (*fn)(void *ctx, con
     skip_ws(&c);
     if (c.i != c.n) return fail(what, at, "end of text expected after the object", c.i);
     return 0;
+}
+
+json_t *json_part(const char *s, size_t a, size_t b, const char *label, const char *prefix, int *rc,
+                  struct alloy_err *err)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb(s + a, b - a, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!j)
+        *rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: %s (byte %zu)", label, prefix, jerr.text,
+                            a + (size_t)jerr.position);
+    return j;
 }

@@ -185,12 +185,7 @@ struct index_walk {
 
 static json_t *index_part(struct index_walk *w, const char *s, size_t a, size_t b, int *rc)
 {
-    json_error_t jerr;
-    json_t *j = json_loadb(s + a, b - a, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-    if (!j)
-        *rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: not valid JSON: %s (byte %zu)", w->path, jerr.text,
-                            a + (size_t)jerr.position);
-    return j;
+    return json_part(s, a, b, w->path, "not valid JSON", rc, w->err);
 }
 
 static int index_top(void *ctx, const char *s, const struct json_member *mb)

@@ -139,15 +139,9 @@ struct hdr_ctx {
     struct alloy_err *err;
 };
 
-/* jansson's parse of s[a, b), any JSON value; NULL with *rc set on error. */
 static json_t *load_part(struct hdr_ctx *c, const char *s, size_t a, size_t b, int *rc)
 {
-    json_error_t jerr;
-    json_t *j = json_loadb(s + a, b - a, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-    if (!j)
-        *rc = alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: header JSON: %s (byte %zu)", c->label, jerr.text,
-                            a + (size_t)jerr.position);
-    return j;
+    return json_part(s, a, b, c->label, "header JSON", rc, c->err);
 }
 
 static int scan_error(struct hdr_ctx *c, const char *what, size_t at)
