@@ -51,6 +51,13 @@ int test_count_lines(const char *log, const char *prefix);
 /* Temporary or previous-output siblings ("*.alloy-tmp-*", "*.alloy-old-*") left in dir. */
 int test_leftovers(const char *dir);
 
+/* Under ASan/TSan allocations cost more (redzones, quarantine): memory bounds are not checked there. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZER_BUILD 1
+#else
+#define SANITIZER_BUILD 0
+#endif
+
 #define TEST(name)                                                                       \
     static void name(void);                                                              \
     __attribute__((constructor)) static void test_reg_##name(void) { test_register(#name, __FILE__, name); } \

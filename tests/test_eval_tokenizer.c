@@ -11,6 +11,7 @@
 #include "eval/eval.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 static struct alloy_tokenizer *parse_tok(const char *json)
 {
@@ -379,5 +380,74 @@ TEST(eval_tok_errors)
     if (!t) return;
     expect_ids(t, "ae", IDS(0, 3));
     expect_encode_error(t, "ae\xcc\x81", 4, "text.txt: byte 2: U+0301 may change under the tokenizer's NFC normalizer");
+    alloy_tokenizer_free(t);
+}
+
+/* ------------------------------------------------------------ limits (issue 13) */
+
+/* Time limits for the refusals below; sanitizers slow jansson's parse several times. */
+#define FAST_S (SANITIZER_BUILD ? 10.0 : 1.0)
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* A tokenizer.json whose normalizer is a Sequence of `steps` copies of `step`. */
+static char *steps_json(const char *step, size_t steps)
+{
+    size_t sl = strlen(step), cap = steps * (sl + 1) + 256;
+    char *s = malloc(cap), *p = s;
+    p += sprintf(p, "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[");
+    for (size_t i = 0; i < steps; i++) p += sprintf(p, "%s%s", i ? "," : "", step);
+    sprintf(p, "]},\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":{\"a\":0}}}");
+    return s;
+}
+
+TEST(eval_tok_normalizer_growth_is_capped)
+{
+    /* "a" -> "aa" forty times would grow one byte to 2^40: refused once past 16 x n + 4 KiB */
+    char *json = steps_json("{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aa\"}", 40);
+    struct alloy_tokenizer *t = NULL;
+    struct alloy_err err = {0};
+    CHECK_INT(alloy_tokenizer_parse(json, "dir/tokenizer.json", &t, &err), 0);
+    free(json);
+    if (!t) return;
+    double t0 = now_s();
+    expect_encode_error(t, "aaaa", 4,
+                        "dir/tokenizer.json: normalizer step 10 (Replace) would grow the text past 4160 bytes");
+    CHECK_MSG(now_s() - t0 < FAST_S, "refusing took %.2f s", now_s() - t0);
+    alloy_tokenizer_free(t);
+
+    /* a Prepend of a long string on a short segment is refused the same way */
+    char step[8192];
+    snprintf(step, sizeof step, "{\"type\":\"Prepend\",\"prepend\":\"%05000d\"}", 0);
+    json = steps_json(step, 1);
+    CHECK_INT(alloy_tokenizer_parse(json, "tokenizer.json", &t, &err), 0);
+    free(json);
+    if (!t) return;
+    expect_encode_error(t, "a", 1, "tokenizer.json: normalizer step 0 (Prepend) would grow the text past 4112 bytes");
+    alloy_tokenizer_free(t);
+}
+
+TEST(eval_tok_step_count_is_capped)
+{
+    /* 200,000 normalizer steps are refused at parse time, at once */
+    char *json = steps_json("{\"type\":\"NFC\"}", 200000);
+    struct alloy_tokenizer *t = NULL;
+    struct alloy_err err = {0};
+    double t0 = now_s();
+    CHECK(alloy_tokenizer_parse(json, "dir/tokenizer.json", &t, &err) != 0);
+    CHECK_MSG(now_s() - t0 < FAST_S, "refusing took %.2f s", now_s() - t0);
+    CHECK_STR_CONTAINS(err.msg, "dir/tokenizer.json: normalizer: more than 4096 steps");
+    free(json);
+    /* 4096 steps are accepted and encode in O(steps x text) */
+    json = steps_json("{\"type\":\"Replace\",\"pattern\":{\"String\":\"b\"},\"content\":\"a\"}", 4096);
+    t = parse_tok(json);
+    free(json);
+    if (!t) return;
+    expect_ids(t, "aaaa", IDS(0, 0, 0, 0));
     alloy_tokenizer_free(t);
 }

@@ -35,11 +35,6 @@
 
 #define FIX(name) "tests/data/tiny-llama/" name
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZER_BUILD 1
-#else
-#define SANITIZER_BUILD 0
-#endif
 
 /* ------------------------------------------------------------ helpers */
 

@@ -52,8 +52,8 @@ char *alloy_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))
 int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err);
 int alloy_is_dir(const char *path);
 int alloy_is_file(const char *path);
-/* Copies a regular file of at most 2 GiB in fixed-size pieces (data + fsync); the copy's mode is the source's
- * masked by 0644, never wider than the source. */
+/* Copies a regular file 1 MiB at a time (holes stay holes), then fsyncs it; no size limit. The copy's mode
+ * is the source's masked by 0644, never wider than the source. */
 int alloy_copy_file(const char *src, const char *dst, struct alloy_err *err);
 /* 1 when canonical path a is b or lies inside b. */
 int alloy_path_within(const char *a, const char *b);

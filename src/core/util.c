@@ -5,7 +5,8 @@
  *   Allocation goes through alloy_x* so a test build can inject failures
  *   (ALLOY_FAIL_ALLOC_AFTER=N makes the N-th allocation fail). File helpers
  *   report errors as "<path>: <what failed>: <strerror>" and retry short
- *   reads/writes and EINTR.
+ *   reads/writes and EINTR. alloy_copy_file never holds more than one 1 MiB
+ *   piece of a file, whatever its size, and keeps sparse regions sparse.
  */
 #include "core/internal.h"
 
@@ -15,6 +16,8 @@
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define COPY_PIECE ((size_t)1 << 20) /* alloy_copy_file's buffer: files are copied 1 MiB at a time */
 
 static int alloc_should_fail(void)
 {
@@ -152,42 +155,64 @@ int alloy_path_within(const char *a, const char *b)
     return la >= lb && strncmp(a, b, lb) == 0 && (a[lb] == '\0' || a[lb] == '/');
 }
 
-/* Copies fd in to the new file dst in 1 MiB pieces; the caller closes in. */
-static int copy_fd(int in, const char *src, const char *dst, mode_t mode, uint64_t size, struct alloy_err *err)
+/* Copies src[off, end) to the same offsets of dst through buf (COPY_PIECE bytes). */
+static int copy_range(int in, int out, uint64_t off, uint64_t end, char *buf, const char *src, const char *dst,
+                      struct alloy_err *err)
 {
-    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (out < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create: %s", dst, strerror(errno));
-    size_t cap = (size_t)1 << 20;
-    char *buf = alloy_xmalloc(cap);
-    int rc = buf ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", src);
-    for (uint64_t off = 0; !rc && off < size;) {
-        ssize_t r = read(in, buf, size - off < cap ? (size_t)(size - off) : cap);
+    while (off < end) {
+        size_t want = end - off < COPY_PIECE ? (size_t)(end - off) : COPY_PIECE;
+        ssize_t r = pread(in, buf, want, (off_t)off);
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: read failed: %s", src, r < 0 ? strerror(errno) : "file shrank");
-        else rc = alloy_pwrite_all(out, buf, (size_t)r, off, dst, err);
-        off += r > 0 ? (uint64_t)r : 0;
+        if (r <= 0)
+            return alloy_err_set(err, ALLOY_ERR_IO, "%s: read failed at offset %llu: %s", src,
+                                 (unsigned long long)off, r < 0 ? strerror(errno) : "file shrank while copied");
+        int rc = alloy_pwrite_all(out, buf, (size_t)r, off, dst, err);
+        if (rc) return rc;
+        off += (uint64_t)r;
+    }
+    return ALLOY_OK;
+}
+
+/* Copies the data regions of src (SEEK_DATA / SEEK_HOLE; the whole file where they are not supported) and
+ * sizes dst to src's size, so holes stay holes and read back as zeros. */
+static int copy_fd(int in, int out, uint64_t size, const char *src, const char *dst, struct alloy_err *err)
+{
+    char *buf = alloy_xmalloc(COPY_PIECE);
+    if (!buf) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", src);
+    int rc = ALLOY_OK;
+    for (uint64_t off = 0; off < size && !rc;) {
+        off_t data = lseek(in, (off_t)off, SEEK_DATA), hole = data < 0 ? -1 : lseek(in, data, SEEK_HOLE);
+        if (data < 0 && errno == ENXIO) break; /* only a hole is left */
+        if (data < 0 || hole < 0) { data = (off_t)off; hole = (off_t)size; }
+        if ((uint64_t)hole > size) hole = (off_t)size;
+        rc = copy_range(in, out, (uint64_t)data, (uint64_t)hole, buf, src, dst, err);
+        off = (uint64_t)hole;
     }
     free(buf);
-    if (rc == ALLOY_OK && fsync(out) != 0)
-        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", dst, strerror(errno));
-    if (close(out) != 0 && rc == ALLOY_OK)
-        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: close failed: %s", dst, strerror(errno));
+    if (rc == ALLOY_OK && ftruncate(out, (off_t)size) != 0)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: ftruncate failed: %s", dst, strerror(errno));
     return rc;
 }
 
 int alloy_copy_file(const char *src, const char *dst, struct alloy_err *err)
 {
-    int in = open(src, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block; refused below */
+    int in = open(src, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO without a writer must not hang */
     if (in < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
     struct stat st;
-    int rc;
-    if (fstat(in, &st) != 0 || !S_ISREG(st.st_mode))
-        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: not a regular file", src);
-    else if ((uint64_t)st.st_size > ((uint64_t)1 << 31))
-        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: file is %lld bytes, more than the %llu allowed", src,
-                           (long long)st.st_size, 1ull << 31);
-    else
-        rc = copy_fd(in, src, dst, st.st_mode & 0644, (uint64_t)st.st_size, err);
+    if (fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(in);
+        return alloy_err_set(err, ALLOY_ERR_IO, "%s: not a regular file", src);
+    }
+    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.st_mode & 0644); /* never wider */
+    if (out < 0) {
+        close(in);
+        return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot create: %s", dst, strerror(errno));
+    }
+    int rc = copy_fd(in, out, (uint64_t)st.st_size, src, dst, err);
+    if (rc == ALLOY_OK && fsync(out) != 0)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", dst, strerror(errno));
+    if (close(out) != 0 && rc == ALLOY_OK)
+        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: close failed: %s", dst, strerror(errno));
     close(in);
     return rc;
 }

@@ -10,7 +10,9 @@
  *   position) over a linked list of symbols, stale entries skipped, so a whole
  *   SentencePiece text (one word) costs O(n log n). Characters missing from the
  *   vocabulary fall back to "<0xNN>" byte tokens, or the unk token (fused when
- *   fuse_unk), or are an error naming the character.
+ *   fuse_unk), or are an error naming the character. No normalizer or
+ *   pre-tokenizer step may grow a segment past the cap in tokenizer_impl.h
+ *   (checked as the text is built, so a crafted file fails fast).
  *
  * INVARIANTS
  *   - Encoding adds no special tokens; every emitted id is < n_ids.
@@ -142,19 +144,20 @@ done:
 /* ------------------------------------------------------------ encode */
 
 struct piece { char *s; size_t n; int at_start; };
-struct plist { struct piece *v; size_t n, cap; };
+struct plist { struct piece *v; size_t n, cap, bytes, limit; }; /* bytes: sum of n; limit: 0 or the growth cap */
 
 static void plist_free(struct plist *l)
 {
     for (size_t i = 0; i < l->n; i++) free(l->v[i].s);
     free(l->v);
     l->v = NULL;
-    l->n = l->cap = 0;
+    l->n = l->cap = l->bytes = 0;
 }
 
-/* Appends a copy of pre + s[0..n) + post. */
+/* Appends a copy of pre + s[0..n). -1: out of memory; 1: the pieces would pass l->limit bytes. */
 static int plist_add(struct plist *l, const char *pre, size_t pn, const char *s, size_t n, int at_start)
 {
+    if (l->limit && l->bytes + pn + n > l->limit) return 1;
     if (l->n == l->cap) {
         size_t nc = l->cap ? l->cap * 2 : 64;
         struct piece *nv = alloy_xrealloc(l->v, nc * sizeof *nv);
@@ -168,60 +171,82 @@ static int plist_add(struct plist *l, const char *pre, size_t pn, const char *s,
     memcpy(d + pn, s, n);
     d[pn + n] = '\0';
     l->v[l->n++] = (struct piece){d, pn + n, at_start};
+    l->bytes += pn + n;
     return 0;
 }
 
-static int replace_all(struct sbuf *out, const char *s, size_t n, const char *from, const char *to)
+/* out = s[0..n) with every `from` replaced by `to`. -1: out of memory; 1: out would pass `limit` bytes. */
+static int replace_all(struct sbuf *out, const char *s, size_t n, const char *from, const char *to, size_t limit)
 {
     size_t fl = strlen(from), tl = strlen(to);
     out->n = 0;
     if (sbuf_add(out, "", 0)) return -1;
     for (size_t i = 0; i < n;) {
-        if (fl && i + fl <= n && memcmp(s + i, from, fl) == 0) {
-            if (sbuf_add(out, to, tl)) return -1;
-            i += fl;
-        } else {
-            if (sbuf_add(out, s + i, 1)) return -1;
-            i++;
-        }
+        int hit = fl && i + fl <= n && memcmp(s + i, from, fl) == 0;
+        size_t add = hit ? tl : 1;
+        if (out->n + add > limit) return 1;
+        if (sbuf_add(out, hit ? to : s + i, add)) return -1;
+        i += hit ? fl : 1;
     }
     return 0;
+}
+
+/* The error for a step that would grow a segment of n bytes past limit. */
+static int grow_error(const struct alloy_tokenizer *t, const char *what, size_t k, const char *op, size_t n,
+                      size_t limit, struct alloy_err *err)
+{
+    return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
+                         "%s: %s step %zu (%s) would grow the text past %zu bytes (%d x the %zu bytes of the segment "
+                         "+ %d, the limit alloy accepts)", t->label, what, k, op, limit, TOK_GROW_FACTOR, n,
+                         TOK_GROW_SLACK);
+}
+
+static size_t grow_limit(size_t n)
+{
+    return n > (SIZE_MAX - TOK_GROW_SLACK) / TOK_GROW_FACTOR ? SIZE_MAX : n * TOK_GROW_FACTOR + TOK_GROW_SLACK;
+}
+
+static int nfc_check(const struct sbuf *b, size_t offset, const char *label, struct alloy_err *err)
+{
+    for (size_t i = 0; i < b->n;) {
+        size_t at = i;
+        int32_t cp = utf8_next(b->s, b->n, &i);
+        if (cp >= 0 && !alloy_uni_nfc_quick_yes((uint32_t)cp))
+            return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
+                                 "%s: byte %zu: U+%04X may change under the tokenizer's NFC normalizer, which "
+                                 "alloy does not implement (normalize the text to NFC first)",
+                                 label, offset + at, (unsigned)cp);
+        if (cp < 0) i++;
+    }
+    return ALLOY_OK;
 }
 
 static int normalize(const struct alloy_tokenizer *t, const char *seg, size_t n, size_t offset, const char *label,
                      struct sbuf *out, struct alloy_err *err)
 {
     struct sbuf tmp = {0};
+    size_t limit = grow_limit(n);
+    int rc = ALLOY_OK;
     out->n = 0;
     if (sbuf_add(out, seg, n)) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    for (size_t k = 0; k < t->nnorm; k++) {
+    for (size_t k = 0; k < t->nnorm && !rc; k++) {
         const struct norm_step *st = &t->norm[k];
-        if (st->op == NORM_NFC) {
-            for (size_t i = 0; i < out->n;) {
-                size_t at = i;
-                int32_t cp = utf8_next(out->s, out->n, &i);
-                if (cp >= 0 && !alloy_uni_nfc_quick_yes((uint32_t)cp)) {
-                    free(tmp.s);
-                    return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
-                                         "%s: byte %zu: U+%04X may change under the tokenizer's NFC normalizer, which "
-                                         "alloy does not implement (normalize the text to NFC first)",
-                                         label, offset + at, (unsigned)cp);
-                }
-                if (cp < 0) i++;
-            }
-            continue;
-        }
+        if (st->op == NORM_NFC) { rc = nfc_check(out, offset, label, err); continue; }
         if (st->op == NORM_PREPEND && !out->n) continue;
         tmp.n = 0;
-        int bad = st->op == NORM_PREPEND ? sbuf_add(&tmp, st->a, strlen(st->a)) || sbuf_add(&tmp, out->s, out->n)
-                                         : replace_all(&tmp, out->s, out->n, st->a, st->b);
-        if (bad) { free(tmp.s); return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); }
+        size_t al = strlen(st->a);
+        int bad;
+        if (st->op == NORM_REPLACE) bad = replace_all(&tmp, out->s, out->n, st->a, st->b, limit);
+        else if (al > limit - out->n) bad = 1; /* out->n <= limit after every step */
+        else bad = sbuf_add(&tmp, st->a, al) || sbuf_add(&tmp, out->s, out->n) ? -1 : 0;
+        if (bad > 0) rc = grow_error(t, "normalizer", k, st->op == NORM_PREPEND ? "Prepend" : "Replace", n, limit, err);
+        else if (bad) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
         struct sbuf sw = *out;
         *out = tmp;
         tmp = sw;
     }
     free(tmp.s);
-    return ALLOY_OK;
+    return rc;
 }
 
 static int apply_pre(const struct alloy_tokenizer *t, const struct pre_step *st, struct plist *in, struct plist *out)
@@ -236,7 +261,7 @@ static int apply_pre(const struct alloy_tokenizer *t, const struct pre_step *st,
         size_t pn = 0;
         if (st->op == PRE_METASPACE) {
             size_t rl = strlen(st->repl);
-            if ((rc = replace_all(&b, p.s, p.n, " ", st->repl))) break;
+            if ((rc = replace_all(&b, p.s, p.n, " ", st->repl, out->limit ? out->limit : SIZE_MAX))) break;
             int starts = b.n >= rl && memcmp(b.s, st->repl, rl) == 0;
             int prepend = st->scheme == PREPEND_ALWAYS || (st->scheme == PREPEND_FIRST && p.at_start);
             if (prepend && !starts && b.n) { pre = st->repl; pn = rl; }
@@ -293,7 +318,11 @@ static int encode_segment(const struct alloy_tokenizer *t, const char *seg, size
     if (rc) goto done;
     if (plist_add(&a, "", 0, norm.s ? norm.s : "", norm.n, offset == 0)) goto nomem;
     for (size_t k = 0; k < t->npre; k++) {
-        if (apply_pre(t, &t->pre[k], &a, &b)) goto nomem;
+        static const char *const names[] = {"Split", "ByteLevel", "Metaspace"};
+        b.limit = grow_limit(n);
+        int bad = apply_pre(t, &t->pre[k], &a, &b);
+        if (bad < 0) goto nomem;
+        if (bad) { rc = grow_error(t, "pre-tokenizer", k, names[t->pre[k].op], n, b.limit, err); goto done; }
         plist_free(&a);
         a = b;
         b = (struct plist){0};

@@ -73,6 +73,20 @@ static const char *get_type(const json_t *o)
     return json_is_string(t) ? json_string_value(t) : NULL;
 }
 
+/* Makes room for step n of a step list (capacity doubles at powers of two); at most TOK_MAX_STEPS. */
+static int grow_steps(void **list, size_t n, size_t size, const char *label, const char *what, struct alloy_err *err)
+{
+    if (n >= TOK_MAX_STEPS)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: more than %d steps (the limit alloy accepts)", label,
+                             what, TOK_MAX_STEPS);
+    size_t cap = n == 0 ? 8 : n >= 8 && !(n & (n - 1)) ? 2 * n : 0;
+    if (!cap) return ALLOY_OK;
+    void *p = alloy_xrealloc(*list, cap * size);
+    if (!p) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    *list = p;
+    return ALLOY_OK;
+}
+
 /* ------------------------------------------------------------ parsing */
 
 static int parse_normalizer(struct alloy_tokenizer *t, const json_t *n, const char *label, const char *path,
@@ -122,9 +136,8 @@ static int parse_normalizer(struct alloy_tokenizer *t, const json_t *n, const ch
                              "%s: %s.type: \"%s\" is not supported (Sequence, Prepend, Replace, NFC are)", label, path,
                              type);
     }
-    struct norm_step *nn = alloy_xrealloc(t->norm, (t->nnorm + 1) * sizeof *nn);
-    if (!nn) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    t->norm = nn;
+    int rc = grow_steps((void **)&t->norm, t->nnorm, sizeof *t->norm, label, "normalizer", err);
+    if (rc) return rc;
     t->norm[t->nnorm++] = st;
     return ALLOY_OK;
 }
@@ -201,9 +214,8 @@ static int parse_pretok(struct alloy_tokenizer *t, const json_t *p, const char *
                              "%s: %s.type: \"%s\" is not supported (Sequence, Split, ByteLevel, Metaspace are)", label,
                              path, type);
     }
-    struct pre_step *np = alloy_xrealloc(t->pre, (t->npre + 1) * sizeof *np);
-    if (!np) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    t->pre = np;
+    int rc = grow_steps((void **)&t->pre, t->npre, sizeof *t->pre, label, "pre-tokenizer", err);
+    if (rc) return rc;
     t->pre[t->npre++] = st;
     return ALLOY_OK;
 }
@@ -401,6 +413,10 @@ int alloy_tokenizer_parse(const char *json_text, const char *label, struct alloy
     if (!t) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); goto done; }
     if (!json_is_object(root)) {
         rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: expected a JSON object, found %s", label, kind_of(root));
+        goto done;
+    }
+    if (!(t->label = own(t, label, strlen(label)))) {
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
         goto done;
     }
     t->src_len = strlen(json_text);

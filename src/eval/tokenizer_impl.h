@@ -7,6 +7,14 @@
  *   tokenizer may be used from several threads. Strings are owned by `strs`;
  *   `vocab` maps the model vocabulary (not the added tokens) to ids, `pairs`
  *   maps a pair of ids to its merge rank and result, as `tokenizers` does.
+ *
+ * LIMITS (issue 13: bounded work per byte of input)
+ *   At most TOK_MAX_STEPS normalizer steps and as many pre-tokenizer steps
+ *   are parsed (Sequences flattened), so encoding a segment of n bytes costs
+ *   O(steps x n). After every step the text of a segment (between added
+ *   tokens) may be at most TOK_GROW_FACTOR x n + TOK_GROW_SLACK bytes; a step
+ *   that would grow it further is an error naming tokenizer.json and the step,
+ *   raised before the larger text is built.
  */
 #ifndef ALLOY_EVAL_TOKENIZER_IMPL_H
 #define ALLOY_EVAL_TOKENIZER_IMPL_H
@@ -14,6 +22,10 @@
 #include "eval/eval.h"
 #include "core/internal.h"
 #include "core/strmap.h"
+
+#define TOK_MAX_STEPS 4096
+#define TOK_GROW_FACTOR 16
+#define TOK_GROW_SLACK 4096
 
 enum norm_op { NORM_PREPEND, NORM_REPLACE, NORM_NFC };
 struct norm_step { enum norm_op op; char *a, *b; };
@@ -34,6 +46,7 @@ struct pair_slot { uint64_t key; uint32_t rank; int32_t id; int used; };
 
 struct alloy_tokenizer {
     enum alloy_tok_kind kind;
+    const char *label;    /* the tokenizer.json path (or label) it was parsed from, for encode errors */
     uint64_t src_hash;    /* FNV-1a of the tokenizer.json text, and its length: alloy_tokenizer_same */
     size_t src_len;
     int n_ids;

@@ -24,6 +24,7 @@
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "formats/formats.h"
+#include "formats/json_members.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -186,9 +187,9 @@ static int cmp_tensor_offset(const void *a, const void *b)
 }
 
 /* Appends the tensors of f in data order. `want` (may be NULL) restricts them
- * to names the index assigns to this file. */
-static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, json_t *weight_map,
-                            const char *fname, struct alloy_err *err)
+ * to names the index assigns to shard number `shard`. */
+static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, const struct alloy_strmap *want,
+                            size_t shard, struct alloy_err *err)
 {
     size_t n = alloy_tensor_file_count(f), first = m->count;
     const struct alloy_tensor **grown = alloy_xrealloc(m->tensors, (m->count + n) * sizeof *grown);
@@ -197,11 +198,8 @@ static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, 
     size_t added = 0;
     for (size_t i = 0; i < n; i++) {
         const struct alloy_tensor *t = alloy_tensor_file_tensor(f, i);
-        if (weight_map) {
-            json_t *v = json_object_get(weight_map, t->name);
-            /* not indexed here (a non-string entry is reported by the caller's walk) */
-            if (!json_is_string(v) || strcmp(json_string_value(v), fname) != 0) continue;
-        }
+        size_t at;
+        if (want && (!alloy_strmap_get(want, t->name, &at) || at != shard)) continue; /* not indexed here */
         m->tensors[first + added++] = t;
     }
     qsort(m->tensors + first, added, sizeof *m->tensors, cmp_tensor_offset);
@@ -213,72 +211,146 @@ static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, 
     return ALLOY_OK;
 }
 
+/* ------------------------------------------------------------ the index, one weight_map entry at a time */
+
+/* The index is walked with json_members (formats/json_members.h): jansson
+ * parses one key or value at a time, and what is kept per entry is its name
+ * and shard number, so memory stays a small multiple of the index size. */
+struct index_walk {
+    struct alloy_model *m;
+    const char *path;
+    struct alloy_strmap names;  /* tensor name -> shard number */
+    struct alloy_strmap shards; /* shard file name -> shard number (order of first appearance) */
+    char **strs;                /* owned: names[i] is strs[2i], its shard's file name is strs[2i + 1] or NULL */
+    size_t n, cap;
+    size_t wm_from, wm_to;      /* the weight_map value in the text */
+    int has_wm;
+    struct alloy_err *err;
+};
+
+static json_t *index_part(struct index_walk *w, const char *s, size_t a, size_t b, int *rc)
+{
+    return json_part(s, a, b, w->path, "not valid JSON", rc, w->err);
+}
+
+static int index_top(void *ctx, const char *s, const struct json_member *mb)
+{
+    struct index_walk *w = ctx;
+    int rc = ALLOY_OK;
+    json_t *k = index_part(w, s, mb->ks, mb->ke, &rc);
+    if (!k) return rc;
+    if (strcmp(json_string_value(k), "weight_map") == 0) {
+        if (w->has_wm) rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: not valid JSON: duplicate key 'weight_map'", w->path);
+        w->has_wm = 1;
+        w->wm_from = mb->vs;
+        w->wm_to = mb->ve;
+    } else { /* other members (metadata) are only validated */
+        json_t *v = index_part(w, s, mb->vs, mb->ve, &rc);
+        json_decref(v);
+    }
+    json_decref(k);
+    return rc;
+}
+
+/* A shard seen for the first time is checked and opened now, as the index is read. */
+static int index_shard(struct index_walk *w, const char *key, const char *fname, size_t *shard)
+{
+    int known = 0;
+    if (alloy_strmap_get(&w->shards, fname, shard)) return ALLOY_OK;
+    char *path = alloy_xasprintf("%s/%s", w->m->dir, fname), *own = alloy_xstrdup(fname);
+    int rc = ALLOY_OK;
+    struct alloy_tensor_file *f;
+    if (!path || !own) rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
+    else if (!alloy_is_file(path))
+        rc = alloy_err_set(w->err, ALLOY_ERR_IO, "%s: weight_map: '%s': shard %s does not exist", w->path, key, path);
+    else if (!(rc = add_file(w->m, path, &f, w->err))) {
+        *shard = w->m->nfiles - 1;
+        w->strs[2 * w->n + 1] = own;
+        own = NULL;
+        if (alloy_strmap_put(&w->shards, w->strs[2 * w->n + 1], *shard, &known) != 0)
+            rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
+    }
+    free(path);
+    free(own);
+    return rc;
+}
+
+static int index_grow(struct index_walk *w)
+{
+    if (w->n < w->cap) return 0;
+    size_t nc = w->cap ? 2 * w->cap : 64;
+    char **ns = alloy_xrealloc(w->strs, nc * 2 * sizeof *ns);
+    if (!ns) return -1;
+    w->strs = ns;
+    w->cap = nc;
+    return 0;
+}
+
+static int index_entry(void *ctx, const char *s, const struct json_member *mb)
+{
+    struct index_walk *w = ctx;
+    int rc = ALLOY_OK, dup = 0;
+    json_t *k = index_part(w, s, mb->ks, mb->ke, &rc), *v = k ? index_part(w, s, mb->vs, mb->ve, &rc) : NULL;
+    if (!v) goto out;
+    const char *key = json_string_value(k), *fname = json_string_value(v);
+    size_t shard = 0;
+    if (!json_is_string(v)) {
+        rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: weight_map: '%s': expected a shard file name", w->path, key);
+    } else if (!*fname || strstr(fname, "..") || fname[0] == '/') {
+        rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT,
+                           "%s: weight_map: '%s': shard name \"%s\" must be a file in the model folder", w->path, key,
+                           fname);
+    } else if (index_grow(w)) {
+        rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
+    } else {
+        w->strs[2 * w->n] = alloy_xstrdup(key);
+        w->strs[2 * w->n + 1] = NULL;
+        if (!w->strs[2 * w->n]) rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
+        else if (!(rc = index_shard(w, key, fname, &shard))) {
+            w->n++;
+            if (alloy_strmap_put(&w->names, w->strs[2 * w->n - 2], shard, &dup) != 0)
+                rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
+            else if (dup)
+                rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: not valid JSON: weight_map: duplicate key '%s'",
+                                   w->path, key);
+        } else {
+            free(w->strs[2 * w->n]);
+            free(w->strs[2 * w->n + 1]);
+        }
+    }
+out:
+    json_decref(k);
+    json_decref(v);
+    return rc;
+}
+
 static int open_index(struct alloy_model *m, const char *index_path, struct alloy_err *err)
 {
     char *text;
-    size_t len;
+    size_t len, count, at;
+    const char *what;
     int rc = alloy_read_file(index_path, (size_t)256 << 20, &text, &len, err);
     if (rc) return rc;
-    json_error_t jerr;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    struct index_walk w = {.m = m, .path = index_path, .err = err};
+    rc = json_members(text, 0, len, index_top, &w, &count, &what, &at);
+    if (!rc && (!w.has_wm || text[w.wm_from] != '{'))
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: expected an object of tensor name -> shard file",
+                           index_path);
+    if (!rc) rc = json_members(text, w.wm_from, w.wm_to, index_entry, &w, &count, &what, &at);
+    if (rc < 0) rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: not valid JSON: %s (byte %zu)", index_path, what, at);
     free(text);
-    if (!root)
-        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: not valid JSON: %s (line %d)", index_path, jerr.text, jerr.line);
-    json_t *wm = json_object_get(root, "weight_map");
-    if (!json_is_object(root) || !json_is_object(wm)) {
-        json_decref(root);
-        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: expected an object of tensor name -> shard file",
-                             index_path);
+    for (size_t k = 0; k < m->nfiles && !rc; k++) rc = add_file_tensors(m, m->files[k], &w.names, k, err);
+    for (size_t i = 0; i < w.n && !rc; i++) { /* every indexed tensor must exist in its shard */
+        size_t k = 0;
+        if (alloy_strmap_get(&m->index, w.strs[2 * i], NULL)) continue;
+        alloy_strmap_get(&w.names, w.strs[2 * i], &k);
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: tensor '%s' is not in shard %s", index_path,
+                           w.strs[2 * i], alloy_tensor_file_path(m->files[k]));
     }
-    /* Shards in order of first appearance; each opened once. */
-    const char *key;
-    json_t *val;
-    char **seen = NULL;
-    size_t nseen = 0;
-    rc = ALLOY_OK;
-    json_object_foreach(wm, key, val) {
-        if (!json_is_string(val)) {
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: '%s': expected a shard file name", index_path, key);
-            break;
-        }
-        const char *fname = json_string_value(val);
-        if (!*fname || strstr(fname, "..") || fname[0] == '/') {
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: '%s': shard name \"%s\" must be a file in the model folder",
-                               index_path, key, fname);
-            break;
-        }
-        int known = 0;
-        for (size_t i = 0; i < nseen && !known; i++) known = strcmp(seen[i], fname) == 0;
-        if (known) continue;
-        char **ns = alloy_xrealloc(seen, (nseen + 1) * sizeof *ns);
-        if (!ns) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); break; }
-        seen = ns;
-        seen[nseen++] = (char *)fname;
-        char *path = alloy_xasprintf("%s/%s", m->dir, fname); /* shards may link anywhere: parsed, never copied */
-        if (!path) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory"); break; }
-        if (!alloy_is_file(path)) {
-            rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: weight_map: '%s': shard %s does not exist", index_path, key, path);
-            free(path);
-            break;
-        }
-        struct alloy_tensor_file *f;
-        rc = add_file(m, path, &f, err);
-        free(path);
-        if (rc) break;
-        rc = add_file_tensors(m, f, wm, fname, err);
-        if (rc) break;
-    }
-    free(seen);
-    if (rc == ALLOY_OK) { /* every indexed tensor must exist in its shard */
-        json_object_foreach(wm, key, val) {
-            if (!alloy_strmap_get(&m->index, key, NULL)) {
-                rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: tensor '%s' is not in shard %s", index_path,
-                                   key, json_string_value(val));
-                break;
-            }
-        }
-    }
-    json_decref(root);
+    for (size_t i = 0; i < 2 * w.n; i++) free(w.strs[i]);
+    free(w.strs);
+    alloy_strmap_free(&w.names);
+    alloy_strmap_free(&w.shards);
     return rc;
 }
 
@@ -304,7 +376,7 @@ int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err
     } else if (alloy_is_file(single)) {
         struct alloy_tensor_file *f;
         rc = add_file(m, single, &f, err);
-        if (!rc) rc = add_file_tensors(m, f, NULL, NULL, err);
+        if (!rc) rc = add_file_tensors(m, f, NULL, 0, err);
     } else {
         rc = alloy_err_set(err, ALLOY_ERR_IO,
                            "%s: no model.safetensors or model.safetensors.index.json in the folder "
@@ -361,7 +433,7 @@ int alloy_model_from_image(const char *ref, const char *dir, uint8_t *image, siz
     m->files = nf;
     if (!rc) {
         m->files[m->nfiles++] = alloy_st_file_base(st);
-        rc = add_file_tensors(m, m->files[0], NULL, NULL, err);
+        rc = add_file_tensors(m, m->files[0], NULL, 0, err);
     }
     if (rc) {
         alloy_model_close(m);

@@ -23,6 +23,7 @@
  */
 #include "core/internal.h"
 #include "core/strmap.h"
+#include "formats/json_members.h"
 #include "formats/tensor_file.h"
 
 #include <errno.h>
@@ -126,6 +127,164 @@ static int parse_entry(const char *label, const char *name, json_t *v, struct al
     return ALLOY_OK;
 }
 
+/* ------------------------------------------------------------ the header, one member at a time */
+
+struct hdr_ctx {
+    struct alloy_st_file *f;
+    const char *label;
+    uint64_t *begins;
+    struct alloy_tensor **sorted;
+    struct alloy_strmap metakeys;
+    int seen_meta;
+    struct alloy_err *err;
+};
+
+static json_t *load_part(struct hdr_ctx *c, const char *s, size_t a, size_t b, int *rc)
+{
+    return json_part(s, a, b, c->label, "header JSON", rc, c->err);
+}
+
+static int scan_error(struct hdr_ctx *c, const char *what, size_t at)
+{
+    return alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: header JSON: %s (byte %zu)", c->label, what, at);
+}
+
+static int meta_member(void *vctx, const char *s, const struct json_member *m)
+{
+    struct hdr_ctx *c = vctx;
+    struct alloy_st_file *f = c->f;
+    int rc = ALLOY_OK, dup = 0;
+    json_t *k = load_part(c, s, m->ks, m->ke, &rc), *v = k ? load_part(c, s, m->vs, m->ve, &rc) : NULL;
+    if (!v) goto out;
+    if (!json_is_string(v)) {
+        rc = alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: __metadata__: key '%s' must map to a string", c->label,
+                           json_string_value(k));
+        goto out;
+    }
+    f->meta[2 * f->nmeta] = alloy_xstrdup(json_string_value(k));
+    f->meta[2 * f->nmeta + 1] = alloy_xstrdup(json_string_value(v));
+    f->nmeta++;
+    if (!f->meta[2 * f->nmeta - 2] || !f->meta[2 * f->nmeta - 1] ||
+        alloy_strmap_put(&c->metakeys, f->meta[2 * f->nmeta - 2], 0, &dup) != 0)
+        rc = alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
+    else if (dup)
+        rc = scan_error(c, "duplicate object key in __metadata__", m->ks);
+out:
+    json_decref(k);
+    json_decref(v);
+    return rc;
+}
+
+static int parse_meta(struct hdr_ctx *c, const char *s, const struct json_member *m)
+{
+    const char *what;
+    size_t n, at;
+    if (c->seen_meta) return scan_error(c, "duplicate object key '__metadata__'", m->ks);
+    c->seen_meta = 1;
+    if (s[m->vs] != '{')
+        return alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: __metadata__ must be an object of strings", c->label);
+    if (json_members(s, m->vs, m->ve, NULL, NULL, &n, &what, &at)) return scan_error(c, what, at);
+    if (!(c->f->meta = alloy_xcalloc(n * 2, sizeof *c->f->meta)))
+        return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
+    int rc = json_members(s, m->vs, m->ve, meta_member, c, &n, &what, &at);
+    return rc < 0 ? scan_error(c, what, at) : rc;
+}
+
+static int add_entry(struct hdr_ctx *c, const char *key, const char *s, const struct json_member *m)
+{
+    struct alloy_st_file *f = c->f;
+    size_t i = f->base.count;
+    struct alloy_tensor *t = &f->base.tensors[i];
+    int rc = ALLOY_OK, dup = 0;
+    json_t *val = load_part(c, s, m->vs, m->ve, &rc);
+    if (!val) return rc;
+    rc = parse_entry(c->label, key, val, t, &c->begins[2 * i], &c->begins[2 * i + 1], c->err);
+    json_decref(val);
+    if (rc) return rc;
+    if (!(f->names[i] = alloy_xstrdup(key))) return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
+    t->name = f->names[i];
+    t->file = &f->base;
+    f->base.count++;
+    /* stash offsets in data/nbytes fields for sorting; fixed up by check_layout */
+    t->data = (const uint8_t *)(uintptr_t)c->begins[2 * i];
+    t->nbytes = c->begins[2 * i + 1];
+    c->sorted[i] = t;
+    if (alloy_strmap_put(&f->base.index, t->name, i, &dup) != 0)
+        return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
+    if (dup) return alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name", c->label, key);
+    return ALLOY_OK;
+}
+
+static int header_member(void *vctx, const char *s, const struct json_member *m)
+{
+    struct hdr_ctx *c = vctx;
+    int rc = ALLOY_OK;
+    json_t *k = load_part(c, s, m->ks, m->ke, &rc);
+    if (!k) return rc;
+    const char *key = json_string_value(k);
+    rc = strcmp(key, "__metadata__") == 0 ? parse_meta(c, s, m) : add_entry(c, key, s, m);
+    json_decref(k);
+    return rc;
+}
+
+/* Rules 5 and 6 over the parsed entries, then data/nbytes get their final meaning. */
+static int check_layout(struct alloy_st_file *f, struct alloy_tensor **sorted, uint64_t n, struct alloy_err *err)
+{
+    const char *label = f->base.path;
+    qsort_r(sorted, f->base.count, sizeof *sorted, cmp_by_offset, NULL);
+    uint64_t expect = 0;
+    for (size_t i = 0; i < f->base.count; i++) {
+        struct alloy_tensor *t = sorted[i];
+        uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
+        if (b != expect || e < b)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT,
+                               "%s: tensor '%s': data_offsets [%llu, %llu] but the previous tensor ends at %llu "
+                               "(tensors must be contiguous, without gaps or overlaps)",
+                               label, t->name, (unsigned long long)b, (unsigned long long)e,
+                               (unsigned long long)expect);
+        uint64_t numel = 1, nbits;
+        for (int d = 0; d < t->ndim; d++) {
+            if (ckd_mul_u64(&numel, numel, (uint64_t)t->shape[d]))
+                return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': element count overflows 64 bits",
+                                   label, t->name);
+        }
+        if (ckd_mul_u64(&nbits, numel, alloy_dtype_traits(t->dtype)->bits))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': byte size overflows 64 bits", label, t->name);
+        if (nbits % 8)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': %llu elements of %s are not a whole number of bytes",
+                               label, t->name, (unsigned long long)numel, alloy_dtype_traits(t->dtype)->name);
+        if (e - b != nbits / 8) {
+            char shape[160];
+            size_t pos = 0;
+            shape[0] = '\0';
+            for (int d = 0; d < t->ndim && pos < sizeof shape - 24; d++)
+                pos += (size_t)snprintf(shape + pos, sizeof shape - pos, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+            return alloy_err_set(err, ALLOY_ERR_FORMAT,
+                                 "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape [%s] x %s needs %llu",
+                                 label, t->name, (unsigned long long)b, (unsigned long long)e,
+                                 (unsigned long long)(e - b), shape, alloy_dtype_traits(t->dtype)->name,
+                                 (unsigned long long)(nbits / 8));
+        }
+        t->numel = numel;
+        expect = e;
+    }
+    uint64_t data_len = f->size - 8 - n;
+    if (expect != data_len)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT,
+                           "%s: tensor data ends at byte %llu of the data buffer but the file holds %llu bytes there "
+                           "(%s)",
+                           label, (unsigned long long)expect, (unsigned long long)data_len,
+                           expect < data_len ? "trailing bytes" : "file is truncated");
+    f->data = f->map + 8 + n;
+    for (size_t i = 0; i < f->base.count; i++) {
+        struct alloy_tensor *t = &f->base.tensors[i];
+        uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
+        t->data = f->data + b;
+        t->nbytes = e - b;
+    }
+    return ALLOY_OK;
+}
+
 static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
 {
     const char *label = f->base.path;
@@ -139,150 +298,32 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
     if (n > f->size - 8)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header size %llu runs past the end of the %zu-byte file",
                              label, (unsigned long long)n, f->size);
-    const uint8_t *hdr = f->map + 8;
-    size_t bad = utf8_check(hdr, (size_t)n);
+    const char *hdr = (const char *)f->map + 8;
+    size_t bad = utf8_check((const uint8_t *)hdr, (size_t)n);
     if (bad != n)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %zu)", label, bad);
 
-    json_error_t jerr;
-    json_t *root = json_loadb((const char *)hdr, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header JSON: %s (column %d)", label, jerr.text,
-                             jerr.column);
-    int rc = ALLOY_OK;
-    struct alloy_tensor **sorted = NULL;
-    uint64_t *begins = NULL;
-    if (!json_is_object(root)) {
-        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header must be a JSON object", label);
-        goto out;
+    struct hdr_ctx c = {.f = f, .label = label, .err = err};
+    const char *what;
+    size_t count, at;
+    int rc = json_members(hdr, 0, (size_t)n, NULL, NULL, &count, &what, &at);
+    if (rc) {
+        if (strcmp(what, "expected an object") == 0)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header must be a JSON object", label);
+        return scan_error(&c, what, at);
     }
-    size_t total = json_object_size(root);
-    json_t *meta = json_object_get(root, "__metadata__");
-    size_t ntensors = total - (meta ? 1 : 0);
-    f->base.tensors = alloy_xcalloc(ntensors, sizeof *f->base.tensors);
-    f->names = alloy_xcalloc(ntensors, sizeof *f->names);
-    begins = alloy_xcalloc(ntensors * 2, sizeof *begins);
-    sorted = alloy_xcalloc(ntensors, sizeof *sorted);
-    if (!f->base.tensors || !f->names || !begins || !sorted) {
-        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu tensors", label, ntensors);
-        goto out;
-    }
-    if (meta) {
-        if (!json_is_object(meta)) {
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: __metadata__ must be an object of strings", label);
-            goto out;
-        }
-        f->meta = alloy_xcalloc(json_object_size(meta) * 2, sizeof *f->meta);
-        if (!f->meta) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label); goto out; }
-        const char *k;
-        json_t *v;
-        json_object_foreach(meta, k, v) {
-            if (!json_is_string(v)) {
-                rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: __metadata__: key '%s' must map to a string", label, k);
-                goto out;
-            }
-            f->meta[2 * f->nmeta] = alloy_xstrdup(k);
-            f->meta[2 * f->nmeta + 1] = alloy_xstrdup(json_string_value(v));
-            f->nmeta++;
-            if (!f->meta[2 * f->nmeta - 2] || !f->meta[2 * f->nmeta - 1]) {
-                rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label);
-                goto out;
-            }
-        }
-    }
-    const char *key;
-    json_t *val;
-    json_object_foreach(root, key, val) {
-        if (strcmp(key, "__metadata__") == 0) continue;
-        size_t i = f->base.count;
-        struct alloy_tensor *t = &f->base.tensors[i];
-        rc = parse_entry(label, key, val, t, &begins[2 * i], &begins[2 * i + 1], err);
-        if (rc) goto out;
-        f->names[i] = alloy_xstrdup(key);
-        if (!f->names[i]) { rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label); goto out; }
-        t->name = f->names[i];
-        t->file = &f->base;
-        f->base.count++;
-        /* stash offsets in data/nbytes fields for sorting; fixed up below */
-        t->data = (const uint8_t *)(uintptr_t)begins[2 * i];
-        t->nbytes = begins[2 * i + 1];
-        sorted[i] = t;
-        int dup;
-        if (alloy_strmap_put(&f->base.index, t->name, i, &dup) != 0) {
-            rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label);
-            goto out;
-        }
-        if (dup) { /* JSON_REJECT_DUPLICATES catches this first; kept as a guard */
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name", label, key);
-            goto out;
-        }
-    }
-    qsort_r(sorted, f->base.count, sizeof *sorted, cmp_by_offset, NULL);
-    uint64_t expect = 0;
-    for (size_t i = 0; i < f->base.count; i++) {
-        struct alloy_tensor *t = sorted[i];
-        uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
-        if (b != expect || e < b) {
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
-                               "%s: tensor '%s': data_offsets [%llu, %llu] but the previous tensor ends at %llu "
-                               "(tensors must be contiguous, without gaps or overlaps)",
-                               label, t->name, (unsigned long long)b, (unsigned long long)e,
-                               (unsigned long long)expect);
-            goto out;
-        }
-        uint64_t numel = 1, nbits;
-        for (int d = 0; d < t->ndim; d++) {
-            if (ckd_mul_u64(&numel, numel, (uint64_t)t->shape[d])) {
-                rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': element count overflows 64 bits",
-                                   label, t->name);
-                goto out;
-            }
-        }
-        if (ckd_mul_u64(&nbits, numel, alloy_dtype_traits(t->dtype)->bits)) {
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': byte size overflows 64 bits", label, t->name);
-            goto out;
-        }
-        if (nbits % 8) {
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': %llu elements of %s are not a whole number of bytes",
-                               label, t->name, (unsigned long long)numel, alloy_dtype_traits(t->dtype)->name);
-            goto out;
-        }
-        if (e - b != nbits / 8) {
-            char shape[160];
-            size_t pos = 0;
-            shape[0] = '\0';
-            for (int d = 0; d < t->ndim && pos < sizeof shape - 24; d++)
-                pos += (size_t)snprintf(shape + pos, sizeof shape - pos, "%s%lld", d ? "," : "", (long long)t->shape[d]);
-            rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
-                               "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but shape [%s] x %s needs %llu",
-                               label, t->name, (unsigned long long)b, (unsigned long long)e,
-                               (unsigned long long)(e - b), shape, alloy_dtype_traits(t->dtype)->name,
-                               (unsigned long long)(nbits / 8));
-            goto out;
-        }
-        t->numel = numel;
-        expect = e;
-    }
-    uint64_t data_len = f->size - 8 - n;
-    if (expect != data_len) {
-        rc = alloy_err_set(err, ALLOY_ERR_FORMAT,
-                           "%s: tensor data ends at byte %llu of the data buffer but the file holds %llu bytes there "
-                           "(%s)",
-                           label, (unsigned long long)expect, (unsigned long long)data_len,
-                           expect < data_len ? "trailing bytes" : "file is truncated");
-        goto out;
-    }
-    f->data = f->map + 8 + n;
-    for (size_t i = 0; i < f->base.count; i++) {
-        struct alloy_tensor *t = &f->base.tensors[i];
-        uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
-        t->data = f->data + b;
-        t->nbytes = e - b;
-    }
-out:
-    free(sorted);
-    free(begins);
-    json_decref(root);
+    f->base.tensors = alloy_xcalloc(count, sizeof *f->base.tensors);
+    f->names = alloy_xcalloc(count, sizeof *f->names);
+    c.begins = alloy_xcalloc(count * 2, sizeof *c.begins);
+    c.sorted = alloy_xcalloc(count, sizeof *c.sorted);
+    if (!f->base.tensors || !f->names || !c.begins || !c.sorted)
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu tensors", label, count);
+    if (!rc) rc = json_members(hdr, 0, (size_t)n, header_member, &c, &count, &what, &at);
+    if (rc < 0) rc = scan_error(&c, what, at);
+    if (!rc) rc = check_layout(f, c.sorted, n, err);
+    free(c.sorted);
+    free(c.begins);
+    alloy_strmap_free(&c.metakeys);
     return rc;
 }
 
