@@ -14,6 +14,11 @@
 # CLI and liballoy.a keep the non-PIC merge kernels. `make check` installs into $(BUILD)/inst and
 # builds examples/library against that copy through pkg-config, statically and shared.
 
+# Compile on every core unless the caller chose a job count.
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+  MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
+endif
+
 PREFIX  ?= /usr/local
 BUILD   ?= build
 CC      ?= cc
@@ -47,7 +52,9 @@ SOMAJOR  := $(firstword $(subst ., ,$(VERSION)))
 SO_FILE  := liballoy.so.$(VERSION)
 LIBS_OUT := $(BUILD)/liballoy.a $(BUILD)/$(SO_FILE)
 
-all: $(BUILD)/alloy $(BUILD)/alloy_tests $(LIBS_OUT)
+# `make` builds the CLI, the static library and the test runner; the shared library (its own -fPIC
+# objects) is built by `make lib`, `make install` and `make check`, which need it.
+all: $(BUILD)/alloy $(BUILD)/alloy_tests $(BUILD)/liballoy.a
 lib: $(LIBS_OUT)
 
 # Link-test the libraries, install the missing Debian packages once, and record their flags
