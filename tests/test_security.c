@@ -115,6 +115,43 @@ TEST(security_links_out_of_model_folder_refused)
     merge_ok(NULL, cfg, out, "");
 }
 
+/* Shards follow the same rule: a valid safetensors file outside the folder is refused, through
+ * model.safetensors and through an index's shard; links inside the folder (a snapshot's blobs/) are followed. */
+TEST(security_shards_outside_model_folder_refused)
+{
+    const char *dir = test_tmpdir();
+    char in[1000], cfg[1100], outside[1100], path[1200], out[1100], args[3000], *log = NULL;
+    snprintf(outside, sizeof outside, "%s/weights.safetensors", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    for (int indexed = 0; indexed < 2; indexed++) {
+        private_input(dir, in, sizeof in, cfg, sizeof cfg);
+        sh("mv '%s/model.safetensors' '%s'", in, outside);
+        const char *shard = indexed ? "model-00001-of-00001.safetensors" : "model.safetensors";
+        snprintf(path, sizeof path, "%s/%s", in, shard);
+        CHECK_INT(symlink(outside, path), 0);
+        if (indexed) {
+            char index[1200];
+            snprintf(index, sizeof index, "%s/model.safetensors.index.json", in);
+            CHECK_INT(test_write_text(index, "{\"weight_map\": {\"model.embed_tokens.weight\": "
+                                             "\"model-00001-of-00001.safetensors\"}}"), 0);
+        }
+        uint64_t before = test_hash_dir(dir);
+        snprintf(args, sizeof args, "merge %s %s --quiet", cfg, out);
+        int rc = alloy_env(NULL, args, &log);
+        expect_refusal(shard, rc, log, path, "outside the model folder");
+        free(log);
+        CHECK_MSG(access(out, F_OK) != 0, "%s: an output was written", shard);
+        CHECK_INT(test_leftovers(dir), 0);
+        CHECK(test_hash_dir(dir) == before);
+        /* the same file linked from inside the folder is read */
+        CHECK_INT(unlink(path), 0);
+        sh("mv '%s' '%s/weights.bin'", outside, in);
+        CHECK_INT(symlink("weights.bin", path), 0);
+        merge_ok(NULL, cfg, out, "");
+        sh("rm -rf '%s'%s", out, "");
+    }
+}
+
 TEST(security_copies_never_widen_permissions)
 {
     const char *dir = test_tmpdir();

@@ -17,9 +17,8 @@
  *   copied to the output or read by the evaluator must resolve inside the
  *   folder (for a snapshot, inside the repository folder whose blobs/ it
  *   links into): a link to ~/.ssh/id_ed25519 named config.json or
- *   tokenizer.model is refused, never read or copied. Shards may link
- *   anywhere (shared weight stores do): they are parsed as safetensors,
- *   anything else is refused, and their bytes are never copied verbatim.
+ *   tokenizer.model is refused, never read or copied. Shards follow the
+ *   same rule: a model.safetensors linking to a file elsewhere is refused.
  */
 #include "core/internal.h"
 #include "core/strmap.h"
@@ -257,10 +256,11 @@ static int index_shard(struct index_walk *w, const char *key, const char *fname,
 {
     int known = 0;
     if (alloy_strmap_get(&w->shards, fname, shard)) return ALLOY_OK;
-    char *path = alloy_xasprintf("%s/%s", w->m->dir, fname), *own = alloy_xstrdup(fname);
-    int rc = ALLOY_OK;
+    char *path = NULL, *own = NULL;
+    int rc = alloy_folder_file(w->m->dir, fname, &path, w->err); /* the trust rule: inside the model root */
     struct alloy_tensor_file *f;
-    if (!path || !own) rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
+    if (rc) return rc;
+    if (!(own = alloy_xstrdup(fname))) rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
     else if (!alloy_is_file(path))
         rc = alloy_err_set(w->err, ALLOY_ERR_IO, "%s: weight_map: '%s': shard %s does not exist", w->path, key, path);
     else if (!(rc = add_file(w->m, path, &f, w->err))) {
@@ -367,12 +367,10 @@ int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err
     if ((rc = alloy_folder_file(m->dir, "model.safetensors.index.json", &index, err)) ||
         (rc = alloy_folder_file(m->dir, "config.json", &config, err)))
         goto fail;
-    if (!(single = alloy_xasprintf("%s/model.safetensors", m->dir))) {
-        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
     if (alloy_is_file(index)) {
         rc = open_index(m, index, err);
+    } else if ((rc = alloy_folder_file(m->dir, "model.safetensors", &single, err))) {
+        goto fail;
     } else if (alloy_is_file(single)) {
         struct alloy_tensor_file *f;
         rc = add_file(m, single, &f, err);
