@@ -15,8 +15,8 @@
  *   Output folder: an output that is an input, a link to one, a file or a
  *   folder inside one, or a folder holding an input's shard (an HF-cache
  *   snapshot links into blobs/) is refused and the input stays
- *   byte-identical; an output that is a symlink to an unrelated folder is
- *   replaced without deleting what the link pointed at.
+ *   byte-identical; an output that is a symlink to a folder stands for
+ *   that folder (its user files refused, the link kept).
  *   Regressions: tests/data/regress/<target>-<what> files are replayed
  *   through the same entry point as fuzz/fuzz_<target>.c.
  *   valgrind: robust_valgrind_merge runs only with ALLOY_SLOW_TESTS=1 and
@@ -599,7 +599,9 @@ TEST(robust_output_never_touches_inputs)
     CHECK_MSG(test_hash_dir(blobs) == blobs_before, "the blobs folder changed");
 }
 
-TEST(robust_output_symlink_target_is_not_deleted_and_mode)
+/* An output path that is a symlink to a folder stands for that folder (mergekit writes into it): the folder's
+ * contents are checked like any output folder's, the link is kept, a dangling link is refused. */
+TEST(robust_output_symlink_stands_for_its_folder_and_mode)
 {
     const char *dir = test_tmpdir();
     char target[1000], keep[1100], link[1000], cfg[1100], args[3000], path[1200], *log = NULL;
@@ -611,20 +613,44 @@ TEST(robust_output_symlink_target_is_not_deleted_and_mode)
     CHECK_INT(symlink("precious", link), 0);
     snprintf(cfg, sizeof cfg, "%s/c.yml", dir);
     CHECK_INT(test_write_text(cfg, "merge_method: passthrough\nmodels:\n  - model: " FIX("code") "\n"), 0);
+    /* the folder it links to holds a user file: refused, nothing touched */
+    uint64_t before = test_hash_dir(dir);
     snprintf(args, sizeof args, "merge %s %s --quiet", cfg, link);
     int rc = alloy(args, &log);
+    const char *w[] = {target, "notes.txt", "--overwrite", NULL};
+    expect_failure("link to a folder holding a user file", rc, log, NULL, w);
+    free(log);
+    CHECK_MSG(test_hash_dir(dir) == before, "the link or its folder changed");
+    CHECK_INT(test_leftovers(dir), 0);
+    /* once it holds nothing else, the merge replaces that folder and keeps the link */
+    CHECK_INT(unlink(keep), 0);
+    rc = alloy(args, &log);
     CHECK_MSG(rc == 0, "merge failed: %s", log);
     free(log);
-    /* the link was replaced by the new folder; the folder it pointed at is untouched */
-    CHECK_MSG(access(keep, F_OK) == 0, "the symlink's target was emptied");
     struct stat st;
-    CHECK(lstat(link, &st) == 0 && S_ISDIR(st.st_mode));
+    CHECK(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+    CHECK(lstat(target, &st) == 0 && S_ISDIR(st.st_mode));
     /* built private (0700) but published with the permissions the umask gives a new folder */
     mode_t um = umask(0);
     umask(um);
     CHECK_INT(st.st_mode & 0777, 0777 & ~um);
-    snprintf(path, sizeof path, "%s/model.safetensors", link);
+    snprintf(path, sizeof path, "%s/model.safetensors", target);
     CHECK(access(path, F_OK) == 0);
+    CHECK_INT(test_leftovers(dir), 0);
+    /* a second merge through the link replaces its own earlier output */
+    rc = alloy(args, &log);
+    CHECK_MSG(rc == 0, "second merge failed: %s", log);
+    free(log);
+    CHECK(lstat(link, &st) == 0 && S_ISLNK(st.st_mode) && access(path, F_OK) == 0);
+    /* a dangling link is refused, and stays as it was */
+    snprintf(path, sizeof path, "%s/dangling", dir);
+    CHECK_INT(symlink("missing", path), 0);
+    snprintf(args, sizeof args, "merge %s %s --quiet", cfg, path);
+    rc = alloy(args, &log);
+    const char *wd[] = {path, "symlink to a path that does not exist", NULL};
+    expect_failure("dangling link", rc, log, NULL, wd);
+    free(log);
+    CHECK(lstat(path, &st) == 0 && S_ISLNK(st.st_mode));
     CHECK_INT(test_leftovers(dir), 0);
 }
 

@@ -13,8 +13,9 @@
  *   the first tensor of the next one begins, and the last one on commit.
  *
  *   Atomicity (publish.c): everything is written into a hidden temporary
- *   sibling of the output folder, which commit fsyncs and renames into place
- *   and abort removes.
+ *   sibling of the output folder (of the folder it links to, when the output
+ *   path is a symlink), which commit fsyncs and renames into place and abort
+ *   removes.
  */
 #include "core/internal.h"
 #include "formats/formats.h"
@@ -32,6 +33,7 @@ struct folder_sink {
     struct alloy_sink base;
     const struct alloy_merge_options *o;
     const struct alloy_plan *p;
+    char *out;               /* the folder published: o->out_dir, or the folder it links to */
     char *tmp;               /* the temporary folder, NULL until begin */
     size_t shard;            /* the open shard (valid while fd >= 0) */
     int fd;
@@ -94,9 +96,12 @@ static int folder_begin(struct alloy_sink *s, const struct alloy_plan *p, struct
 {
     struct folder_sink *f = (struct folder_sink *)s;
     f->p = p;
-    int rc = alloy_check_out_dir(p, f->o->out_dir, f->o->overwrite, err);
+    free(f->out);
+    f->out = NULL;
+    int rc = alloy_out_target(f->o->out_dir, &f->out, err);
+    if (!rc) rc = alloy_check_out_dir(p, f->out, f->o->overwrite, err);
     if (!rc) rc = alloy_output_check_sources(p, err);
-    return rc ? rc : alloy_make_tmp_dir(f->o->out_dir, &f->tmp, err);
+    return rc ? rc : alloy_make_tmp_dir(f->out, &f->tmp, err);
 }
 
 static int folder_tensor_begin(struct alloy_sink *s, size_t i, struct alloy_err *err)
@@ -175,7 +180,7 @@ static int folder_commit(struct alloy_sink *s, struct alloy_err *err)
         if (chmod(f->tmp, 0777 & ~um) != 0)
             rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: chmod failed: %s", f->tmp, strerror(errno));
     }
-    if (!rc) rc = alloy_publish_dir(f->tmp, f->o->out_dir, err);
+    if (!rc) rc = alloy_publish_dir(f->tmp, f->out, err);
     if (!rc) {
         free(f->tmp);
         f->tmp = NULL;
@@ -195,6 +200,7 @@ static void folder_abort(struct alloy_sink *s)
 static void folder_free(struct alloy_sink *s)
 {
     folder_abort(s); /* nothing left after a commit */
+    free(((struct folder_sink *)s)->out);
     free(s);
 }
 

@@ -15,7 +15,9 @@
  *   folder (for an HF snapshot, its repository folder with refs/ and
  *   blobs/), when it holds any file an input reads, and when it exists and
  *   holds anything a model output does not (unless --overwrite): publishing
- *   replaces the output path as a whole. Removal never follows a symlink.
+ *   replaces the output path as a whole. An output path that is a symlink
+ *   to a folder stands for that folder (checked, then replaced next to it;
+ *   the link stays). Removal never follows a symlink.
  */
 #include "core/internal.h"
 #include "sinks/output.h"
@@ -144,8 +146,7 @@ static int output_name(const char *name)
     return (n > 12 && strcmp(name + n - 12, ".safetensors") == 0) || (n > 5 && strcmp(name + n - 5, ".gguf") == 0);
 }
 
-/* Refuses an existing output folder (not a link to one: only the link is replaced) holding anything a model
- * output does not; the error lists the first few. */
+/* Refuses an existing output folder holding anything a model output does not; the error lists the first few. */
 static int check_contents(const char *out, struct alloy_err *err)
 {
     struct stat st;
@@ -172,6 +173,22 @@ static int check_contents(const char *out, struct alloy_err *err)
     return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: the folder exists and holds what a merge does not write (%s%s); "
                          "alloy replaces the output folder as a whole: move them away, choose another folder, or pass "
                          "--overwrite to replace it anyway", out, list, more ? ", …" : "");
+}
+
+/* An output path that is a symlink to a folder stands for that folder, as in mergekit (which writes into
+ * it): the folder is checked and replaced, the link is kept. Any other path stands for itself. */
+int alloy_out_target(const char *out, char **target, struct alloy_err *err)
+{
+    struct stat st, tst;
+    char real[PATH_MAX];
+    if (lstat(out, &st) != 0 || !S_ISLNK(st.st_mode) || (stat(out, &tst) == 0 && !S_ISDIR(tst.st_mode)))
+        *target = alloy_xstrdup(out); /* absent, a folder, or a link to a non-folder (refused by the check) */
+    else if (!realpath(out, real))
+        return alloy_err_set(err, ALLOY_ERR_IO, "%s: is a symlink to a path that does not exist (%s); create the "
+                             "folder it names or choose another output path", out, strerror(errno));
+    else
+        *target = alloy_xstrdup(real);
+    return *target ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
 }
 
 /* Refuses an output folder that is (or contains, or lies inside) an input folder, that holds a file an

@@ -6,6 +6,9 @@
 
 #include "plan/plan.h"
 
+/* *target (malloc'd): the folder an output path stands for: its target when out is a symlink to a folder
+ * (the folder is replaced, the link kept), else out itself. A dangling link is refused. */
+int  alloy_out_target(const char *out, char **target, struct alloy_err *err);
 /* Refuses an output path that is, contains or lies inside an input model folder (or its HF repository
  * folder), holds a file an input reads, exists and is not a folder, or (unless overwrite) is a folder
  * holding anything a model output does not. */
