@@ -13,7 +13,9 @@
  *   k/v projections 256 wide, like TinyLlama-1.1B). --size picks the layer
  *   count so the file is about that many bytes; --big writes one
  *   131072 x 1024 F32 embedding (512 MiB, larger than the 256 MiB memory
- *   target) plus a final norm, for the bounded-memory run.
+ *   target) plus a final norm, for the bounded-memory run. With every size
+ *   1 (--vocab 1 --hidden 1 --inter 1 --kv-dim 1 --layers N) it writes
+ *   9N + 3 one-element tensors: the planning benchmark's many-tensor model.
  *
  *   Values: every element is a pure function of (tensor name, element
  *   index, variant), so any two runs write identical bytes. Variant 0 is
@@ -34,7 +36,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_TENSORS 4096
 #define BUF_ELEMS   ((size_t)1 << 21)
 
 enum dtype { DT_BF16, DT_F32 };
@@ -56,8 +57,8 @@ struct spec {
     enum dtype dt;
     unsigned variant;
     uint64_t shard_size;
-    int ntensors;
-    struct tensor t[MAX_TENSORS];
+    int ntensors, cap;
+    struct tensor *t; /* grown by doubling: the planning benchmark asks for a million tensors */
     int nshards;
 };
 
@@ -120,7 +121,11 @@ static void fill(const struct tensor *t, unsigned variant, enum dtype dt, uint64
 
 static void add(struct spec *s, const char *name, int64_t r, int64_t c, int is_norm)
 {
-    if (s->ntensors >= MAX_TENSORS) die("%s", "too many tensors (lower --layers)");
+    if (s->ntensors == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 256;
+        if (s->cap > (1 << 26) || !(s->t = realloc(s->t, (size_t)s->cap * sizeof *s->t)))
+            die("%s", "too many tensors (lower --layers)");
+    }
     struct tensor *t = &s->t[s->ntensors++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = c ? 2 : 1;

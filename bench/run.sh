@@ -17,8 +17,11 @@
 #      A method alloy does not know yet is reported "n/a", not an error.
 #   5. Thread scaling (linear, ties: 1..N threads), the progress bar's cost
 #      (on a pseudo-terminal vs -q), cold cache (when the page cache can be
-#      dropped: root only), and the big-tensor memory run (one 512 MiB F32
-#      tensor per model, linear and ties, peak RSS must stay <= 256 MiB).
+#      dropped: root only), the big-tensor memory run (one 512 MiB F32
+#      tensor per model, linear and ties, peak RSS must stay <= 256 MiB), and
+#      planning: `alloy merge --dry-run` of two sharded models of 10^6
+#      one-element tensors each (10^5 with --quick): seconds, and peak RSS
+#      per byte of safetensors header and index read.
 #   6. Prints the table and writes bench/results/<date>.json.
 #   Everything runs in --repeat rounds and each measurement keeps its best
 #   (lowest) time, so a passing disturbance spoils one round, not a row; a
@@ -37,7 +40,7 @@ usage: sh bench/run.sh [ALLOY_BINARY] [options]
                      than 10x its limit runs once: noise cannot change its verdict)
   --methods "A B"    only these configs (names in bench/configs/)
   --threads "1 2"    thread counts for the scaling runs (default 1..nproc)
-  --no-scaling --no-cold --no-big --no-progress   skip those parts
+  --no-scaling --no-cold --no-big --no-progress --no-plan   skip those parts
   --big              run the big-tensor memory run even with --quick
   --keep             keep the merged output folders (bench/cache/work/)
   --no-nice          do not raise the benchmark's priority (default when root: nice -10 and
@@ -58,6 +61,7 @@ ARGS="$*"
 ALLOY=build/alloy
 case "${1:-}" in -*|"") ;; *) ALLOY=$1; shift ;; esac
 QUICK=0 SIZE=470M REPEAT=3 METHODS="" THREADS="" SCALING=1 COLD=1 BIG=1 PROGRESS=1 KEEP=0 JSON="" BIG_FORCE=0 NICE=1
+PLAN=1
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1 ;;
@@ -70,6 +74,7 @@ while [ $# -gt 0 ]; do
     --no-big) BIG=0 ;;
     --big) BIG_FORCE=1 ;;
     --no-progress) PROGRESS=0 ;;
+    --no-plan) PLAN=0 ;;
     --keep) KEEP=1 ;;
     --no-nice) NICE=0 ;;
     --json) JSON=$2; shift ;;
@@ -359,6 +364,47 @@ if [ "$BIG" = 1 ]; then
     done
 fi
 
+# Planning: two models of many one-element tensors (every size 1: 9 per layer + 3), each sharded, so both
+# are opened through an index; `--dry-run` parses every header and index, plans and prints the plan.
+if [ "$PLAN" = 1 ]; then
+    PLAYERS=111111
+    [ "$QUICK" = 1 ] && PLAYERS=11111
+    PD=$CACHE/models/plan-$PLAYERS
+    mkdir -p "$PD"
+    TINY="--vocab 1 --hidden 1 --inter 1 --kv-dim 1 --layers $PLAYERS"
+    # shellcheck disable=SC2086
+    gen_model "$PD/base" $TINY --variant 0 --shard-size $((PLAYERS * 10))
+    # shellcheck disable=SC2086
+    gen_model "$PD/ft1" $TINY --variant 1 --shard-size $((PLAYERS * 5))
+    PTENSORS=$((PLAYERS * 9 + 3))
+    PBYTES=0 # header bytes (the 8-byte length of every shard) + index bytes
+    for f in "$PD"/base/*.safetensors "$PD"/ft1/*.safetensors; do
+        PBYTES=$((PBYTES + $(od -An -tu8 -N8 "$f" | tr -d ' ')))
+    done
+    for f in "$PD"/base/model.safetensors.index.json "$PD"/ft1/model.safetensors.index.json; do
+        PBYTES=$((PBYTES + $(wc -c < "$f")))
+    done
+    cfg=$(make_config linear 2 bfloat16 "$PD/base" "$PD/ft1" "")
+    echo "bench: planning ($PTENSORS tensors per model, $PBYTES bytes of headers and indexes, --dry-run)" >&2
+    for round in $ROUNDS; do
+        load=$(loadavg1)
+        warm "$PD/base" "$PD/ft1"
+        cat "$PD"/*/model.safetensors.index.json > /dev/null
+        line=$("$BIN/bench_rss" -- "$WORK/alloy" merge "$cfg" "$WORK/out" --dry-run -q 2>"$WORK/stderr.txt" |
+               tail -n 1)
+        if [ "$(kv "$line" status)" = 0 ]; then
+            w=$(kv "$line" wall_s) rss=$(kv "$line" maxrss_kib)
+            cpu=$(awk "BEGIN{print $(kv "$line" user_s) + $(kv "$line" sys_s)}")
+            row plan linear 2 "$NPROC" hot "$PBYTES" 0 "$w" "$rss" ok "$PTENSORS tensors per model" - "$cpu" "$load"
+            echo "  plan: ${w}s (cpu ${cpu}s)  $((rss / 1024)) MiB" >&2
+        else
+            note=$(grep -m1 'error' "$WORK/stderr.txt" | cut -c1-160 || true)
+            row plan linear 2 "$NPROC" hot "$PBYTES" 0 0 0 fail "${note:-exit status $(kv "$line" status)}" - 0 "$load"
+            echo "  plan: failed: $note" >&2
+        fi
+    done
+fi
+
 # The limit again at the end: the disk and the page cache of a shared machine vary over minutes.
 echo "bench: limits again" >&2
 # shellcheck disable=SC2086
@@ -409,6 +455,8 @@ END {
             verdict = (method in one) ? sprintf("speedup x%.2f", one[method] / s) : ""
         } else if (kind == "progress") verdict = note
         if (kind == "big") verdict = sprintf("peak RSS <= 256 MiB: %s", rss[g] <= rss_limit ? "met" : "MISSED")
+        else if (kind == "plan") verdict = sprintf("%s; peak RSS %.2f bytes per header+index byte", note,
+                                                   rss[g] * 1024 / f[6])
         else if (kind != "limit" && rss[g] > rss_limit) verdict = verdict "; peak RSS > 256 MiB"
         if (mode == "json") {
             extra = (kind == "limit") ? ", \"detail\": " note : ""
