@@ -9,6 +9,7 @@
  */
 #include "test.h"
 #include "core/internal.h"
+#include "formats/json_members.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -180,6 +181,55 @@ TEST(limits_safetensors_members_one_at_a_time)
     expect_st("{\"a\":tru}", 0, "header JSON");
     expect_st("{\"a\":\"x}", 0, "header JSON");
     expect_st("[]", 0, "must be a JSON object");
+}
+
+/* Whatever a member holds, jansson's tree of it stays small: a value other than a string is parsed only
+ * up to JSON_PART_MAX bytes (an 8 MB shape array cost 144 MB as a tree), strings of any size pass. */
+TEST(limits_json_values_bounded)
+{
+    size_t big = 8u << 20, cap = big + 4096;
+    char *json = malloc(cap), *p = json;
+    p += sprintf(p, "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,4],\"shape\":[1");
+    while ((size_t)(p - json) < big) p += sprintf(p, ",1");
+    sprintf(p, "]}}");
+    struct st_job j;
+    j.img = st_image(json, 4, &j.len);
+    long growth = 0;
+    CHECK_INT(child_rss_growth(do_st_open, &j, &growth), 1); /* refused */
+    CHECK_MSG(SANITIZER_BUILD || (growth >= 0 && growth < 16 * 1024),
+              "refusing an 8 MB record grew the peak RSS by %ld KiB", growth);
+    free(j.img);
+    expect_st(json, 4, "byte 5: expected a string or a JSON value of at most 1048576 bytes, found");
+    /* the limit is on bytes, not on validity: a record padded inside to just under it is read */
+    p = json + sprintf(json, "{\"a\":{\"dtype\":\"F32\",");
+    memset(p, ' ', JSON_PART_MAX - 64);
+    sprintf(p + JSON_PART_MAX - 64, "\"shape\":[1],\"data_offsets\":[0,4]}}");
+    expect_st(json, 4, NULL);
+    /* a metadata string of 8 MB is a string: read */
+    p = json + sprintf(json, "{\"__metadata__\":{\"k\":\"");
+    memset(p, 'x', big);
+    sprintf(p + big, "\"},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}");
+    expect_st(json, 4, NULL);
+    /* an index whose metadata is a 2 MB array is refused, naming the index */
+    const char *dir = test_tmpdir();
+    char path[1200];
+    size_t len;
+    uint8_t *img = st_image("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, &len);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(img, 1, len, f) == len);
+    if (f) fclose(f);
+    free(img);
+    p = json + sprintf(json, "{\"metadata\":[0");
+    while ((size_t)(p - json) < (2u << 20)) p += sprintf(p, ",0");
+    sprintf(p, "],\"weight_map\":{\"a\":\"model.safetensors\"}}");
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    CHECK_INT(test_write_text(path, json), 0);
+    struct alloy_model *m = NULL;
+    struct alloy_err err = {0};
+    CHECK(alloy_model_open(dir, &m, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "model.safetensors.index.json: byte 12: expected a string or a JSON value of at most");
+    free(json);
 }
 
 /* ------------------------------------------------------------ model.safetensors.index.json */

@@ -106,6 +106,13 @@ int json_members(const char *s, size_t from, size_t to, int (*fn)(void *ctx, con
 json_t *json_part(const char *s, size_t a, size_t b, const char *label, const char *prefix, int *rc,
                   struct alloy_err *err)
 {
+    size_t v = a;
+    while (v < b && is_ws(s[v])) v++;
+    if (v < b && s[v] != '"' && b - v > JSON_PART_MAX) { /* a tree would cost ~18 bytes per byte; a string ~1 */
+        *rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: byte %zu: expected a string or a JSON value of at most %zu "
+                            "bytes, found %zu bytes", label, v, (size_t)JSON_PART_MAX, b - v);
+        return NULL;
+    }
     json_error_t jerr;
     json_t *j = json_loadb(s + a, b - a, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!j)

@@ -9,7 +9,8 @@
  *   and frees it before the next. The scanner checks structure only (strings
  *   closed, brackets balanced, commas and colons in place): every key and
  *   value is still parsed, and so validated, by jansson. It never recurses
- *   and allocates nothing; O(n) in the text.
+ *   and allocates nothing; O(n) in the text. json_part bounds each tree: a
+ *   member other than a string is parsed only up to JSON_PART_MAX bytes.
  */
 #ifndef ALLOY_FORMATS_JSON_MEMBERS_H
 #define ALLOY_FORMATS_JSON_MEMBERS_H
@@ -29,8 +30,14 @@ struct json_member { size_t ks, ke, vs, ve; };
 int json_members(const char *s, size_t from, size_t to, int (*fn)(void *ctx, const char *s, const struct json_member *m),
                  void *ctx, size_t *count, const char **what, size_t *at);
 
+/* The most bytes of a value json_part parses into a tree (strings excepted, whose copy costs about their
+ * size): a member of a header or an index past it cannot be a tensor record or index metadata. */
+#define JSON_PART_MAX ((size_t)1 << 20)
+
 /* jansson's parse of s[a, b) (any JSON value, duplicate keys refused); NULL on
- * error, with *rc set to "<label>: <prefix>: <jansson's message> (byte N)". */
+ * error, with *rc set to "<label>: <prefix>: <jansson's message> (byte N)"; a
+ * value that is not a string and spans more than JSON_PART_MAX bytes is refused
+ * unparsed. */
 json_t *json_part(const char *s, size_t a, size_t b, const char *label, const char *prefix, int *rc,
                   struct alloy_err *err);
 
