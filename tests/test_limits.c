@@ -184,7 +184,7 @@ TEST(limits_safetensors_members_one_at_a_time)
 }
 
 /* Whatever a member holds, jansson's tree of it stays small: a value other than a string is parsed only
- * up to JSON_PART_MAX bytes (an 8 MB shape array cost 144 MB as a tree), strings of any size pass. */
+ * up to JSON_PART_MAX bytes (an 8 MB shape array costs 160 MiB as a tree), strings of any size pass. */
 TEST(limits_json_values_bounded)
 {
     size_t big = 8u << 20, cap = big + 4096;
