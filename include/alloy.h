@@ -428,7 +428,8 @@ int  alloy_eval_read_text(const char *path, char **text, size_t *len, struct all
 int  alloy_eval_read_ids(const char *path, int32_t **ids, size_t *n, struct alloy_err *err);
 
 /* Stops OpenBLAS's idle worker threads (they spin for about 0.1 s of a core
- * after loading); a no-op with other BLAS builds. Merges use no BLAS. */
+ * after loading); a no-op with other BLAS builds. Merges use BLAS only for
+ * MODEL+ADAPTER references, one BLAS thread per pool thread. */
 void alloy_blas_idle(void);
 
 /* ---------------------------------------------------------------- sizes */

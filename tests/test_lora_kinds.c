@@ -277,3 +277,45 @@ TEST(lora_source_chunks_and_windows)
     free(ea), free(eb), free(da), free(db);
     fixture_free(&f);
 }
+
+/* --lora-merge-dtype bfloat16 (mergekit's cached copy of the applied model): W rounded to BF16 first and
+ * the applied value rounded to BF16, even into a float32 output. */
+TEST(lora_kind_lora_merge_dtype_rounds_like_mergekit)
+{
+    struct fixture f;
+    model_write(&f, "F32", "lmd");
+    double *qa = lt_values(2 * 4, 24, 0.5), *qb = lt_values(4 * 2, 25, 0.5);
+    struct lt_tensor t[] = {
+        T2("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "F32", 2, 4, qa),
+        T2("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", "F32", 4, 2, qb),
+    };
+    CHECK(lt_write_adapter(f.adapter, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 2}", t, 2) == 0);
+    char cfg[1400];
+    snprintf(cfg, sizeof cfg, "merge_method: passthrough\nmodels:\n  - model: %s\n", f.ref);
+    struct alloy_merge_options o;
+    struct alloy_model *out = NULL;
+    struct alloy_err err = {0};
+    alloy_merge_options_init(&o);
+    o.config_text = cfg;
+    o.out_model = &out;
+    o.lora_merge_dtype = "bfloat16";
+    CHECK_MSG(alloy_merge(&o, &err) == 0, "%s", err.msg);
+    size_t n = 0;
+    double *got = out ? lt_read(out, "model.layers.0.self_attn.q_proj.weight", &n) : NULL;
+    CHECK(got && n == 16);
+    const double *w = model_w(&f, "model.layers.0.self_attn.q_proj.weight");
+    double wb[16], want[16];
+    for (int i = 0; i < 16; i++) wb[i] = lt_bf16(w[i]);
+    lt_formula(wb, qa, qb, NULL, 0, 4, 4, 2, 1.0, want, NULL);
+    for (size_t i = 0; got && i < n; i++) {
+        CHECK(got[i] == lt_bf16(got[i]));                        /* a BF16 value */
+        CHECK(lt_bf16_over_ulp(&got[i], &want[i], NULL, 1) == 0); /* the rounded formula */
+    }
+    o.lora_merge_dtype = "int8";
+    CHECK_INT(alloy_merge(&o, &err), ALLOY_ERR_CONFIG);
+    CHECK_STR_CONTAINS(err.msg, "--lora-merge-dtype: expected bfloat16, float16 or float32, found 'int8'");
+    free(got);
+    alloy_model_close(out);
+    free(qa), free(qb);
+    fixture_free(&f);
+}
