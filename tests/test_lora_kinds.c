@@ -311,8 +311,11 @@ TEST(lora_kind_lora_merge_dtype_rounds_like_mergekit)
         CHECK(got[i] == lt_bf16(got[i]));                        /* a BF16 value */
         CHECK(lt_bf16_over_ulp(&got[i], &want[i], NULL, 1) == 0); /* the rounded formula */
     }
+    struct alloy_model *none = NULL;
+    o.out_model = &none;
     o.lora_merge_dtype = "int8";
     CHECK_INT(alloy_merge(&o, &err), ALLOY_ERR_CONFIG);
+    CHECK(none == NULL);
     CHECK_STR_CONTAINS(err.msg, "--lora-merge-dtype: expected bfloat16, float16 or float32, found 'int8'");
     free(got);
     alloy_model_close(out);
