@@ -227,3 +227,32 @@ TEST(lora_cli_apply_error)
     CHECK_STR_CONTAINS(out, "unknown lora command 'merge'");
     free(out);
 }
+
+/* An adapter id in the local Hugging Face cache, and base_model: MODEL+ADAPTER. */
+TEST(lora_adapter_from_hf_cache_as_base_model)
+{
+    char model[600], ad[600], snap[900], path[1000], cfg[2048], plan[4096] = "";
+    setup("hf", model, ad);
+    const char *root = test_tmpdir();
+    snprintf(snap, sizeof snap, "%s/models--org--ad/snapshots/abc123", root);
+    snprintf(path, sizeof path, "mkdir -p '%s' '%s/models--org--ad/refs'", snap, root);
+    CHECK_INT(test_run(path, NULL), 0);
+    snprintf(path, sizeof path, "%s/models--org--ad/refs/main", root);
+    CHECK(test_write_text(path, "abc123\n") == 0);
+    struct lt_tensor ok[] = {A(Q "lora_A.weight", 2, 4), B(Q "lora_B.weight", 4, 2)};
+    CHECK(lt_write_adapter(snap, CFG(""), ok, 2) == 0);
+    setenv("HF_HUB_CACHE", root, 1);
+    snprintf(cfg, sizeof cfg, "merge_method: task_arithmetic\nbase_model: %s+org/ad\nmodels:\n  - model: %s\n"
+             "    parameters: {weight: 1.0}\n", model, model);
+    FILE *f = fmemopen(plan, sizeof plan - 1, "w");
+    struct alloy_merge_options o;
+    struct alloy_err err = {0};
+    alloy_merge_options_init(&o);
+    o.config_text = cfg;
+    o.dry_run = 1;
+    o.plan_out = f;
+    CHECK_MSG(alloy_merge(&o, &err) == 0, "%s", err.msg);
+    fclose(f);
+    unsetenv("HF_HUB_CACHE");
+    CHECK_STR_CONTAINS(plan, "+org/ad:model.layers.0.self_attn.q_proj.weight (lora)");
+}
