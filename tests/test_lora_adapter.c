@@ -222,6 +222,19 @@ TEST(lora_cli_apply_error)
     free(out);
     snprintf(cmd, sizeof cmd, "%s-out", ad);
     CHECK(access(cmd, F_OK) != 0);
+    /* a good adapter, with --dtype: the output's weights in that dtype */
+    struct lt_tensor ok[] = {A(Q "lora_A.weight", 2, 4), B(Q "lora_B.weight", 4, 2)};
+    CHECK(lt_write_adapter(ad, CFG(""), ok, 2) == 0);
+    snprintf(cmd, sizeof cmd, "%s lora apply %s %s %s-out --dtype bfloat16 -q 2>&1", test_alloy_bin(), model, ad, ad);
+    CHECK_INT(test_run(cmd, &out), 0);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s-out", ad);
+    struct alloy_model *m = NULL;
+    struct alloy_err err = {0};
+    CHECK_MSG(alloy_model_open(cmd, &m, &err) == 0, "%s", err.msg);
+    const struct alloy_tensor *t = m ? alloy_model_find(m, "model.layers.0.self_attn.q_proj.weight") : NULL;
+    CHECK(t && t->dtype == ALLOY_DTYPE_BF16);
+    alloy_model_close(m);
     snprintf(cmd, sizeof cmd, "%s lora merge x 2>&1", test_alloy_bin());
     CHECK_INT(test_run(cmd, &out), 2);
     CHECK_STR_CONTAINS(out, "unknown lora command 'merge'");

@@ -5,7 +5,7 @@
  * rank/alpha patterns with overlapping keys (first match in file order),
  * rsLoRA, modules_to_save with a resized vocabulary, embedding LoRA on a
  * base_layer copy, DoRA (Linear and Embedding), bfloat16 and mixed-dtype
- * adapters with fan_in_fan_out, lora_B.bias; and the lora source read in
+ * adapters with fan_in_fan_out, lora_B.bias, saved base biases, --lora-merge-dtype; and the lora source read in
  * arbitrary chunks and windows.
  */
 #include "lora_util.h"
@@ -320,5 +320,27 @@ TEST(lora_kind_lora_merge_dtype_rounds_like_mergekit)
     free(got);
     alloy_model_close(out);
     free(qa), free(qb);
+    fixture_free(&f);
+}
+
+/* bias: "all" saves the trained base biases in full: they replace the model's; without it such a key
+ * is an error naming it. */
+TEST(lora_kind_saved_base_bias)
+{
+    struct fixture f;
+    model_write(&f, "F32", "bias");
+    double *bias = lt_values(6, 26, 1.0);
+    struct lt_tensor t[] = {T1("base_model.model.model.layers.0.mlp.up_proj.bias", "F32", 6, bias)};
+    CHECK(lt_write_adapter(f.adapter, "{\"peft_type\": \"LORA\", \"bias\": \"all\"}", t, 1) == 0);
+    struct alloy_err err = {0};
+    struct alloy_model *out = lt_apply(f.ref, NULL, &err);
+    CHECK_MSG(out != NULL, "%s", err.msg);
+    if (out) expect(out, "model.layers.0.mlp.up_proj.bias", bias, NULL, NULL, NULL, 0, 1, 6, 0, 0, 0);
+    alloy_model_close(out);
+    CHECK(lt_write_adapter(f.adapter, "{\"peft_type\": \"LORA\"}", t, 1) == 0);
+    CHECK(lt_apply(f.ref, NULL, &err) == NULL);
+    CHECK_STR_CONTAINS(err.msg, "base_model.model.model.layers.0.mlp.up_proj.bias: expected a LoRA tensor (lora_A, "
+                       "lora_B, ...) or a module of modules_to_save (or bias: all / lora_only), found a full bias");
+    free(bias);
     fixture_free(&f);
 }
