@@ -5,8 +5,9 @@
  * rank/alpha patterns with overlapping keys (first match in file order),
  * rsLoRA, modules_to_save with a resized vocabulary, embedding LoRA on a
  * base_layer copy, DoRA (Linear and Embedding), bfloat16 and mixed-dtype
- * adapters with fan_in_fan_out, lora_B.bias, saved base biases, --lora-merge-dtype; and the lora source read in
- * arbitrary chunks and windows.
+ * adapters with fan_in_fan_out, lora_B.bias, saved base biases,
+ * --lora-merge-dtype; and the lora source read in arbitrary chunks and
+ * windows.
  */
 #include "lora_util.h"
 #include "formats/formats.h"
