@@ -184,6 +184,7 @@ static void main_usage(FILE *f)
             "\n"
             "usage: alloy merge CONFIG.yml OUT_DIR [options]   merge models as a mergekit YAML config says\n"
             "       alloy eval MODEL... --text FILE [options]  measure loss/perplexity of models on texts\n"
+            "       alloy lora extract --model FT --base-model BASE --out-path OUT   a LoRA adapter from a fine-tune\n"
             "       alloy --version\n"
             "\n"
             "Example:\n"
@@ -223,6 +224,7 @@ int main(int argc, char **argv)
     const char *prog = strrchr(argv[0], '/');
     prog = prog ? prog + 1 : argv[0];
     if (!strcmp(prog, "mergekit-yaml")) return finish(cmd_merge(argc, argv));
+    if (!strcmp(prog, "mergekit-extract-lora")) return finish(cli_lora_extract(argc, argv));
     if (argc < 2) {
         main_usage(stderr);
         return 2;
@@ -230,6 +232,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "merge")) return finish(cmd_merge(argc - 1, argv + 1));
     if (!strcmp(cmd, "eval")) return finish(cmd_eval(argc - 1, argv + 1));
+    if (!strcmp(cmd, "lora") && argc > 2 && !strcmp(argv[2], "extract")) return finish(cli_lora_extract(argc - 2, argv + 2));
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         main_usage(stdout);
         return finish(0);
