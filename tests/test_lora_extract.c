@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 struct adapter {
     struct alloy_st_file *st;
@@ -211,7 +212,7 @@ static const long long k_syn_shape[NSYN][2] = {{10, 8}, {8, 8}, {12, 8}, {12, 8}
 static const size_t k_syn_rank[NSYN] = {2, 2, 3, 1, 0, 2}; /* true rank of each 2-D delta */
 
 struct syn {
-    char base[4096], ft[4096];
+    char dir[1024], base[1100], ft[1100];
     float w[NSYN][128], d[NSYN][128]; /* base weights and deltas */
 };
 
@@ -237,8 +238,9 @@ static void syn_write(struct syn *s, void (*mutate)(struct test_tensor *t, float
         tf[i].data = ftw[i];
     }
     if (mutate) mutate(tf, ftw);
-    snprintf(s->base, sizeof s->base, "%s/base", test_tmpdir());
-    snprintf(s->ft, sizeof s->ft, "%s/ft", test_tmpdir());
+    snprintf(s->dir, sizeof s->dir, "%s", test_tmpdir());
+    snprintf(s->base, sizeof s->base, "%s/base", s->dir);
+    snprintf(s->ft, sizeof s->ft, "%s/ft", s->dir);
     CHECK_INT(test_write_model(s->base, tb, NSYN, cfg), 0);
     CHECK_INT(test_write_model(s->ft, tf, NSYN, cfg), 0);
 }
@@ -261,7 +263,7 @@ TEST(lora_extract_exact_low_rank)
     struct syn s;
     syn_write(&s, NULL);
     char out[4200];
-    snprintf(out, sizeof out, "%s/adapter", test_tmpdir());
+    snprintf(out, sizeof out, "%s/adapter", s.dir);
     struct alloy_err err = {0};
     CHECK_MSG(extract(s.ft, s.base, out, 6, NULL, 0, 0, 1e-4, &err) == 0, "%s", err.msg);
     struct adapter a;
@@ -303,7 +305,7 @@ TEST(lora_extract_scale_split_and_embed_lora)
     syn_write(&s, NULL);
     for (int dist = 0; dist < 2; dist++) {
         char out[4200];
-        snprintf(out, sizeof out, "%s/a%d", test_tmpdir(), dist);
+        snprintf(out, sizeof out, "%s/a%d", s.dir, dist);
         struct alloy_lora_extract_options o;
         alloy_lora_extract_options_init(&o);
         o.model = s.ft, o.base_model = s.base, o.out_dir = out, o.max_rank = 2, o.distribute_scale = dist;
@@ -355,7 +357,7 @@ TEST(lora_extract_regexes)
     struct syn s;
     syn_write(&s, NULL);
     char out[4200];
-    snprintf(out, sizeof out, "%s/ex", test_tmpdir());
+    snprintf(out, sizeof out, "%s/ex", s.dir);
     const char *const excl[] = {"layers\\.1\\."};
     struct alloy_err err = {0};
     CHECK_MSG(extract(s.ft, s.base, out, 4, excl, 1, 0, 0, &err) == 0, "%s", err.msg);
@@ -371,7 +373,7 @@ TEST(lora_extract_regexes)
     struct alloy_lora_extract_options o;
     alloy_lora_extract_options_init(&o);
     const char *const incl[] = {"mlp"};
-    snprintf(out, sizeof out, "%s/in", test_tmpdir());
+    snprintf(out, sizeof out, "%s/in", s.dir);
     o.model = s.ft, o.base_model = s.base, o.out_dir = out, o.include_regexes = incl, o.ninclude = 1;
     CHECK_MSG(alloy_lora_extract(&o, &err) == 0, "%s", err.msg);
     if (!adapter_open(out, &a)) {
@@ -385,4 +387,77 @@ TEST(lora_extract_regexes)
     o.include_regexes = bad;
     CHECK_INT(alloy_lora_extract(&o, &err), ALLOY_ERR_CONFIG);
     CHECK_STR_CONTAINS(err.msg, "--include-regexes: (unclosed: a POSIX extended regex expected");
+}
+
+static void drop_lm_head(struct test_tensor *t, float (*ftw)[128]) { (void)ftw; t[5].name = "lm_head.other"; }
+static void narrow_q(struct test_tensor *t, float (*ftw)[128]) { (void)ftw; t[1].shape[1] = 4; t[1].shape[0] = 16; }
+static void nan_up(struct test_tensor *t, float (*ftw)[128]) { (void)t; ftw[2][5] = NAN; }
+
+/* Refusals: each one line naming the file and tensor, and no output folder. */
+TEST(lora_extract_errors)
+{
+    struct alloy_err err = {0};
+    char out[4200];
+    struct stat st;
+    struct syn s;
+    syn_write(&s, narrow_q); /* base [8, 8], fine-tune [16, 4] */
+    snprintf(out, sizeof out, "%s/never", s.dir);
+    CHECK_INT(extract(s.ft, s.base, out, 4, NULL, 0, 0, 0, &err), ALLOY_ERR_SHAPE);
+    CHECK_STR_CONTAINS(err.msg, "model.layers.0.self_attn.q_proj.weight: shape [16, 4] (the fine-tune's) expected, found [8, 8]");
+    CHECK_INT(extract(s.base, s.ft, out, 4, NULL, 0, 0, 0, &err), ALLOY_ERR_SHAPE);
+    syn_write(&s, drop_lm_head); /* a tensor the base lacks */
+    CHECK_INT(extract(s.ft, s.base, out, 4, NULL, 0, 0, 0, &err), ALLOY_ERR_SHAPE);
+    CHECK_STR_CONTAINS(err.msg, "/base: lm_head.other: a tensor of the fine-tune's shape expected, found none");
+    syn_write(&s, nan_up);
+    CHECK_INT(extract(s.ft, s.base, out, 4, NULL, 0, 0, 0, &err), ALLOY_ERR_FORMAT);
+    CHECK_STR_CONTAINS(err.msg, "model.layers.0.mlp.up_proj.weight: svd: matrix [12, 8]: finite values expected, found NaN");
+    syn_write(&s, NULL);
+    CHECK_INT(extract(s.ft, s.base, out, 4, NULL, 0, 0, 1e9, &err), ALLOY_ERR_CONFIG); /* every rank cut to 0 */
+    CHECK_STR_CONTAINS(err.msg, "a LoRA rank >= 1 expected, found 0");
+    CHECK_INT(extract(s.ft, s.base, out, 0, NULL, 0, 0, 0, &err), ALLOY_ERR_CONFIG);
+    CHECK_INT(extract(s.ft, s.base, out, 4, NULL, 0, 1.5, 0, &err), ALLOY_ERR_CONFIG);
+    snprintf(out, sizeof out, "%s/never", s.dir);
+    CHECK_INT(extract(s.ft, s.base, out, 4, NULL, 0, 0, 1e9, &err), ALLOY_ERR_CONFIG);
+    CHECK(stat(out, &st) != 0);
+    /* out path rules (foreign files: test_lora_write.c): never an input folder or inside one */
+    snprintf(out, sizeof out, "%s/inner", s.base);
+    CHECK_INT(extract(s.ft, s.base, out, 4, NULL, 0, 0, 0, &err), ALLOY_ERR_CONFIG);
+    CHECK_STR_CONTAINS(err.msg, "lies inside the input model");
+    CHECK_INT(extract(s.ft, s.base, s.ft, 4, NULL, 0, 0, 0, &err), ALLOY_ERR_CONFIG);
+    CHECK_STR_CONTAINS(err.msg, "is the input model");
+    CHECK(stat(out, &st) != 0);
+    CHECK_INT(test_leftovers(s.dir), 0);
+}
+
+/* The CLI and its mergekit alias: options, the no-op note, usage errors. */
+TEST(lora_extract_cli)
+{
+    struct syn s;
+    syn_write(&s, NULL);
+    char cmd[16384], link[4200], *log = NULL;
+    snprintf(link, sizeof link, "%s/mergekit-extract-lora", s.dir);
+    char real[4096];
+    CHECK(realpath(test_alloy_bin(), real) != NULL);
+    CHECK_INT(symlink(real, link), 0);
+    snprintf(cmd, sizeof cmd, "%s --model %s --base-model %s --out-path %s/cli --max-rank 2 --cuda --no-distribute-scale "
+             "--save-module q_proj -e 'layers\\.1' 2>&1", link, s.ft, s.base, s.dir);
+    CHECK_INT(test_run(cmd, &log), 0);
+    CHECK_STR_CONTAINS(log, "alloy: note: --cuda has no effect");
+    free(log);
+    struct adapter a;
+    snprintf(link, sizeof link, "%s/cli", s.dir);
+    if (!adapter_open(link, &a)) {
+        CHECK(alloy_st_find(a.st, "base_model.model.model.layers.0.self_attn.q_proj.weight") != NULL);
+        CHECK(alloy_st_find(a.st, "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight") != NULL);
+        adapter_close(&a);
+    }
+    snprintf(cmd, sizeof cmd, "%s lora extract --model %s --base-model %s 2>&1", test_alloy_bin(), s.ft, s.base);
+    CHECK_INT(test_run(cmd, &log), 2);
+    CHECK_STR_CONTAINS(log, "--out-path are required");
+    free(log);
+    snprintf(cmd, sizeof cmd, "%s lora extract --model %s --base-model %s --out-path %s --max-rank 2 2>&1",
+             test_alloy_bin(), s.ft, s.base, s.base);
+    CHECK_INT(test_run(cmd, &log), 1);
+    CHECK(test_count_lines(log, "alloy: error: ") == 1);
+    free(log);
 }
