@@ -314,6 +314,23 @@ TEST(lora_extract_exact_low_rank)
     CHECK_INT(json_array_size(json_object_get(a.cfg, "modules_to_save")), 3);
     CHECK_INT(json_array_size(json_object_get(a.cfg, "target_modules")), 2); /* q_proj, up_proj */
     adapter_close(&a);
+
+    /* --lora-dtype bfloat16: the factors rounded to BF16 (within 1 % of the delta), full copies unchanged */
+    struct alloy_lora_extract_options o;
+    alloy_lora_extract_options_init(&o);
+    snprintf(out, sizeof out, "%s/bf16", s.dir);
+    o.model = s.ft, o.base_model = s.base, o.out_dir = out, o.max_rank = 6, o.lora_dtype = ALLOY_DTYPE_BF16;
+    CHECK_MSG(alloy_lora_extract(&o, &err) == 0, "%s", err.msg);
+    if (adapter_open(out, &a)) return;
+    const struct alloy_tensor *t = alloy_st_find(a.st, "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight");
+    CHECK(t && t->dtype == ALLOY_DTYPE_BF16);
+    t = alloy_st_find(a.st, "base_model.model.lm_head.weight");
+    CHECK(t && t->dtype == ALLOY_DTYPE_F32);
+    int rank;
+    double norm, *p = applied_delta(&a, "model.layers.0.mlp.up_proj", &rank);
+    if (p) CHECK(frob_diff(p, s.d[2], syn_numel(2), &norm) <= 0.01 * norm);
+    free(p);
+    adapter_close(&a);
 }
 
 /* --distribute-scale splits sqrt(S) over both factors; --no-distribute-scale leaves B = U orthonormal.
