@@ -147,6 +147,7 @@ static size_t check_rule(const char *dir, const struct delta *dl, size_t nd, int
     struct adapter a;
     if (adapter_open(dir, &a)) return 0;
     size_t checked = 0;
+    double worst = 0;
     for (size_t i = 0; i < nd; i++) {
         char module[256];
         snprintf(module, sizeof module, "%.*s", (int)(strlen(dl[i].name) - 7), dl[i].name);
@@ -162,9 +163,11 @@ static size_t check_rule(const char *dir, const struct delta *dl, size_t nd, int
         for (size_t j = want_rank; j < mn; j++) opt2 += dl[i].sv[j] * dl[i].sv[j];
         CHECK_MSG(sqrt(e2) <= 1.01 * sqrt(opt2) + 1e-5 * dl[i].norm, "%s rank %d: error %.9g, optimum %.9g", module,
                   rank, sqrt(e2), sqrt(opt2));
+        if (sqrt(opt2) > 1e-3 * dl[i].norm && sqrt(e2) / sqrt(opt2) > worst) worst = sqrt(e2) / sqrt(opt2);
         checked++;
         free(p);
     }
+    if (getenv("ALLOY_TEST_VERBOSE")) printf("%s: worst error / optimum %.7f\n", dir, worst);
     adapter_close(&a);
     return checked;
 }
