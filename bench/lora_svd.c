@@ -111,7 +111,7 @@ int main(int argc, char **argv)
         double opt2 = 0;
         for (size_t j = k; j < mn; j++) opt2 += (double)all[j] * all[j];
         double ratio = frob_err(d, m, n, k, u, s, vt) / sqrt(opt2);
-        printf("%-10s %5zux%-6zu %10.3f %10.3f %7.1fx %12.5f\n", names[i], m, n, full, fast, full / fast, ratio);
+        printf("%-10s %5zux%-6zu %10.3f %10.3f %7.1fx %12.6f\n", names[i], m, n, full, fast, full / fast, ratio);
         tf += full;
         ta += fast;
         worst = ratio > worst ? ratio : worst;
@@ -121,6 +121,6 @@ int main(int argc, char **argv)
         free(vt);
         free(all);
     }
-    printf("%-10s %12s %10.3f %10.3f %7.1fx %12.5f (worst)\n", "layer", "", tf, ta, tf / ta, worst);
+    printf("%-10s %12s %10.3f %10.3f %7.1fx %12.6f (worst)\n", "layer", "", tf, ta, tf / ta, worst);
     return worst <= 1.01 ? 0 : 1;
 }
