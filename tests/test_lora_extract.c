@@ -140,7 +140,7 @@ static size_t energy_rank(const struct delta *dl, double f, int max_rank)
     return r;
 }
 
-/* Checks every module of the adapter in dir against the rule, at rank min(max_rank, m, n) or, with
+/* Checks every module of the adapter in dir against the rule and its card row, at rank min(max_rank, m, n) or, with
  * energy > 0, energy_rank(); returns how many modules were checked. */
 static size_t check_rule(const char *dir, const struct delta *dl, size_t nd, int max_rank, double energy)
 {
@@ -148,6 +148,9 @@ static size_t check_rule(const char *dir, const struct delta *dl, size_t nd, int
     if (adapter_open(dir, &a)) return 0;
     size_t checked = 0;
     double worst = 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/README.md", dir);
+    char *card = test_read_file(path, NULL);
     for (size_t i = 0; i < nd; i++) {
         char module[256];
         snprintf(module, sizeof module, "%.*s", (int)(strlen(dl[i].name) - 7), dl[i].name);
@@ -164,10 +167,18 @@ static size_t check_rule(const char *dir, const struct delta *dl, size_t nd, int
         CHECK_MSG(sqrt(e2) <= 1.01 * sqrt(opt2) + 1e-5 * dl[i].norm, "%s rank %d: error %.9g, optimum %.9g", module,
                   rank, sqrt(e2), sqrt(opt2));
         if (sqrt(opt2) > 1e-3 * dl[i].norm && sqrt(e2) / sqrt(opt2) > worst) worst = sqrt(e2) / sqrt(opt2);
+        char row[300]; /* the card's row: rank, kept energy, relative error */
+        snprintf(row, sizeof row, "| %s | %zu | ", module, want_rank);
+        const char *at = card ? strstr(card, row) : NULL;
+        double kept = -1, rel = -1, n2 = dl[i].norm * dl[i].norm;
+        CHECK_MSG(at && sscanf(at + strlen(row), "%lf | %lf", &kept, &rel) == 2, "card row %s missing", row);
+        CHECK_NEAR(kept, 1 - opt2 / n2, 2e-6);
+        CHECK(rel >= 0 && rel <= 1.01 * sqrt(opt2 / n2) + 1e-5); /* the measured error, within the rule */
         checked++;
         free(p);
     }
     if (getenv("ALLOY_TEST_VERBOSE")) printf("%s: worst error / optimum %.7f\n", dir, worst);
+    free(card);
     adapter_close(&a);
     return checked;
 }
@@ -464,6 +475,13 @@ TEST(lora_extract_errors)
     CHECK_STR_CONTAINS(err.msg, "lies inside the input model");
     CHECK_INT(extract(s.ft, s.base, s.ft, 4, NULL, 0, 0, 0, &err), ALLOY_ERR_CONFIG);
     CHECK_STR_CONTAINS(err.msg, "is the input model");
+    CHECK(stat(out, &st) != 0);
+    volatile int stop = 1; /* an interrupted extraction leaves nothing */
+    struct alloy_lora_extract_options o;
+    alloy_lora_extract_options_init(&o);
+    snprintf(out, sizeof out, "%s/never", s.dir);
+    o.model = s.ft, o.base_model = s.base, o.out_dir = out, o.interrupt = &stop;
+    CHECK_INT(alloy_lora_extract(&o, &err), ALLOY_ERR_INTERRUPTED);
     CHECK(stat(out, &st) != 0);
     CHECK_INT(test_leftovers(s.dir), 0);
 }
