@@ -615,3 +615,61 @@ TEST(lora_extract_applied_loss)
     alloy_model_close(base);
     alloy_model_close(ft);
 }
+
+/* Changed biases: a Linear module's delta as lora_B.bias (lora_bias: true), a full module's with it; an
+ * unchanged buffer is fine; a changed bias with no module, or a changed buffer, is an error. */
+TEST(lora_extract_biases)
+{
+    char dir[1024], base[1100], ft[1100], out[1200];
+    snprintf(dir, sizeof dir, "%s", test_tmpdir());
+    snprintf(base, sizeof base, "%s/base", dir);
+    snprintf(ft, sizeof ft, "%s/ft", dir);
+    float wb[64], wf[64], bb[8], bf[8], nb[8], nf[8], buf[4] = {1, 2, 3, 4}, buf2[4] = {1, 2, 3, 5};
+    for (int i = 0; i < 64; i++) wf[i] = (wb[i] = grand()) + 0.1f * grand();
+    for (int i = 0; i < 8; i++) {
+        bf[i] = (bb[i] = grand()) + 0.25f * (float)i;
+        nf[i] = (nb[i] = grand()) - 0.5f;
+    }
+    struct test_tensor tb[5] = {
+        {"model.layers.0.self_attn.q_proj.bias", "F32", 1, {8}, bb},
+        {"model.layers.0.self_attn.q_proj.weight", "F32", 2, {8, 8}, wb},
+        {"model.norm.bias", "F32", 1, {8}, nb},
+        {"model.norm.weight", "F32", 1, {8}, nb},
+        {"model.rotary.inv_freq", "F32", 1, {4}, buf},
+    };
+    struct test_tensor tf[5];
+    memcpy(tf, tb, sizeof tf);
+    tf[0].data = bf, tf[1].data = wf, tf[2].data = nf;
+    const char *cfg = "{\"model_type\": \"llama\", \"vocab_size\": 10}";
+    CHECK_INT(test_write_model(base, tb, 5, cfg), 0);
+    CHECK_INT(test_write_model(ft, tf, 5, cfg), 0);
+    snprintf(out, sizeof out, "%s/adapter", dir);
+    struct alloy_err err = {0};
+    CHECK_MSG(extract(ft, base, out, 8, NULL, 0, 0, 0, &err) == 0, "%s", err.msg);
+    struct adapter a;
+    if (!adapter_open(out, &a)) {
+        CHECK(json_is_true(json_object_get(a.cfg, "lora_bias")));
+        const struct alloy_tensor *t = alloy_st_find(a.st, "base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias");
+        CHECK(t && t->numel == 8);
+        float v[8];
+        if (t) alloy_to_f32(t->dtype, t->data, v, 8);
+        for (int i = 0; t && i < 8; i++) CHECK(v[i] == bf[i] - bb[i]);
+        t = alloy_st_find(a.st, "base_model.model.model.norm.bias");
+        CHECK(t && t->numel == 8);
+        if (t) alloy_to_f32(t->dtype, t->data, v, 8);
+        for (int i = 0; t && i < 8; i++) CHECK(v[i] == nf[i]);
+        CHECK(alloy_st_find(a.st, "base_model.model.model.rotary.inv_freq") == NULL);
+        CHECK_INT(json_array_size(json_object_get(a.cfg, "target_modules")), 1);
+        adapter_close(&a);
+    }
+    tf[4].data = buf2; /* a changed buffer */
+    CHECK_INT(test_write_model(ft, tf, 5, cfg), 0);
+    CHECK_INT(extract(ft, base, out, 8, NULL, 0, 0, 0, &err), ALLOY_ERR_UNSUPPORTED);
+    CHECK_STR_CONTAINS(err.msg, "model.rotary.inv_freq: equal to the base's expected");
+    tf[4].data = buf;
+    tf[0].name = tb[0].name = "model.layers.0.self_attn.k_proj.bias"; /* a bias with no module */
+    CHECK_INT(test_write_model(base, tb, 5, cfg), 0);
+    CHECK_INT(test_write_model(ft, tf, 5, cfg), 0);
+    CHECK_INT(extract(ft, base, out, 8, NULL, 0, 0, 0, &err), ALLOY_ERR_UNSUPPORTED);
+    CHECK_STR_CONTAINS(err.msg, "k_proj.bias: equal to the base's expected");
+}

@@ -18,7 +18,8 @@
  *   + `.lora_A.weight` / `.lora_B.weight` for a Linear module,
  *   `.lora_embedding_A` / `.lora_embedding_B` (no `.weight`) for an
  *   Embedding, `.weight` for a module saved in full. The tensors are written
- *   in the order they were added; the config is a complete LoraConfig as
+ *   in the order they were added (a bias, `alloy_adapter_writer_bias`, after
+ *   its module: `.lora_B.bias` with lora_bias true, or `.bias`); the config is a complete LoraConfig as
  *   PEFT saves it (indent 2, sorted keys): r and lora_alpha are the spec's,
  *   a module whose rank or alpha differs goes to rank_pattern / alpha_pattern
  *   under its full path, target_modules lists the modules' last name
@@ -65,6 +66,7 @@ struct alloy_adapter_writer {
     char **saved;         /* modules saved in full */
     size_t nsaved, caps;
     int exact_targets;
+    int lora_bias;        /* some LoRA module has a lora_B.bias */
     char *tmp;            /* the temporary folder while commit runs */
 };
 
@@ -199,6 +201,28 @@ int alloy_adapter_writer_full(struct alloy_adapter_writer *w, const char *module
     return ALLOY_OK;
 }
 
+int alloy_adapter_writer_bias(struct alloy_adapter_writer *w, const char *module, const float *bias, uint64_t n,
+                              enum alloy_dtype dtype, struct alloy_err *err)
+{
+    int lora = 0, full = 0;
+    for (size_t i = 0; i < w->nmods && !lora; i++) lora = !strcmp(w->mods[i].name, module);
+    for (size_t i = 0; i < w->nsaved && !full; i++) full = !strcmp(w->saved[i], module);
+    if (!lora && !full)
+        return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: %s.bias: a module added before its bias expected, found none",
+                             w->out, module);
+    int64_t shape[1] = {(int64_t)n};
+    char *name = alloy_xasprintf(PREFIX "%s.%s", module, lora ? "lora_B.bias" : "bias");
+    for (size_t i = 0; name && i < w->nt; i++)
+        if (!strcmp(w->t[i].name, name)) {
+            free(name);
+            return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: %s.bias: one bias per module expected, found a second",
+                                 w->out, module);
+        }
+    int rc = add_tensor(w, name, lora ? w->spec.dtype : dtype, 1, shape, bias, err);
+    if (!rc && lora) w->lora_bias = 1;
+    return rc;
+}
+
 static const char *last_component(const char *module)
 {
     const char *dot = strrchr(module, '.');
@@ -241,7 +265,7 @@ static json_t *config_json(const struct alloy_adapter_writer *w)
            json_object_set_new(root, "r", json_integer(w->spec.r)) |
            json_object_set_new(root, "lora_alpha", number(w->spec.lora_alpha)) |
            json_object_set_new(root, "use_rslora", json_boolean(w->spec.use_rslora)) |
-           json_object_set_new(root, "use_dora", json_false()) | json_object_set_new(root, "lora_bias", json_false()) |
+           json_object_set_new(root, "use_dora", json_false()) | json_object_set_new(root, "lora_bias", json_boolean(w->lora_bias)) |
            json_object_set_new(root, "bias", json_string("none")) |
            json_object_set_new(root, "fan_in_fan_out", json_false()) |
            json_object_set_new(root, "lora_dropout", json_real(0.0)) |

@@ -14,8 +14,11 @@
  *                    embedding as a PEFT Embedding LoRA, anything else as a
  *                    Linear one);
  *     skipped        what the regexes exclude.
- *   Other tensors (biases, buffers) must be equal in both models: a delta
- *   there has no place in a plain LoRA adapter and is an error naming it.
+ *   A changed `<module>.bias` goes with its module: `lora_B.bias` (the delta,
+ *   with `lora_bias: true`, which PEFT adds on merge) for a Linear LoRA, the
+ *   fine-tune's bias for a module saved in full, nothing for a left-out one.
+ *   Other tensors (buffers) must be equal in both models: a delta there has
+ *   no place in an adapter and is an error naming it.
  *
  *   The LoRA modules are then factored in parallel, one module per worker:
  *   the worker reads both tensors, forms Δ = W_ft − W_base in float32 (the
@@ -162,6 +165,7 @@ static int match_base(const struct alloy_extract *x, const struct alloy_tensor *
 static int add_item(struct alloy_extract *x, const struct alloy_tensor *ft, const struct alloy_tensor *base,
                     enum alloy_extract_kind kind, struct alloy_err *err)
 {
+    size_t suffix = kind == ALLOY_EXTRACT_BIAS ? 5 : 7; /* ".bias", ".weight" */
     if (x->nitems == x->capitems) {
         size_t nc = x->capitems ? 2 * x->capitems : 64;
         struct alloy_extract_item *p = alloy_xrealloc(x->items, nc * sizeof *p);
@@ -171,7 +175,7 @@ static int add_item(struct alloy_extract *x, const struct alloy_tensor *ft, cons
     }
     struct alloy_extract_item *it = &x->items[x->nitems];
     memset(it, 0, sizeof *it);
-    size_t len = strlen(ft->name) - 7; /* without ".weight" */
+    size_t len = strlen(ft->name) - suffix;
     if (!(it->module = alloy_xmalloc(len + 1))) return nomem(err);
     memcpy(it->module, ft->name, len);
     it->module[len] = '\0';
@@ -217,10 +221,30 @@ static int plan_tensor(struct alloy_extract *x, const struct alloy_tensor *t, lo
     const struct alloy_tensor *b;
     int same, rc = match_base(x, t, 0, &b, err);
     if (!rc) rc = same_bytes(t, b, err, &same);
+    int bias = len > 5 && !strcmp(t->name + len - 5, ".bias") && tr->mergeable && tr->block == 1 && t->ndim == 1;
+    if (!rc && !same && bias) return add_item(x, t, b, ALLOY_EXTRACT_BIAS, err);
     if (!rc && !same)
-        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: equal to the base's expected (only .weight tensors "
-                           "become a LoRA or a saved module), found a difference", alloy_model_dir(x->ft), t->name);
+        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: equal to the base's expected (only .weight and .bias "
+                           "tensors go into an adapter), found a difference", alloy_model_dir(x->ft), t->name);
     return rc;
+}
+
+/* A changed bias goes with its module: a LoRA module's as lora_B.bias (the delta), a module saved in full
+ * with it (the fine-tune's); a left-out module's is left out too. Anything else is an error. */
+static int resolve_biases(const struct alloy_extract *x, struct alloy_err *err)
+{
+    for (size_t i = 0; i < x->nitems; i++) {
+        const struct alloy_extract_item *bi = &x->items[i], *w = NULL;
+        if (bi->kind != ALLOY_EXTRACT_BIAS) continue;
+        for (size_t j = 0; j < x->nitems && !w; j++)
+            if (x->items[j].kind != ALLOY_EXTRACT_BIAS && !strcmp(x->items[j].module, bi->module)) w = &x->items[j];
+        if (!w || w->kind == ALLOY_EXTRACT_EMBEDDING || (w->kind == ALLOY_EXTRACT_LINEAR && bi->ft->shape[0] !=
+                                                           w->ft->shape[0]))
+            return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: equal to the base's expected (a bias a LoRA "
+                                 "adapter can carry belongs to a Linear module or a module saved in full), found a "
+                                 "difference", alloy_model_dir(x->ft), bi->ft->name);
+    }
+    return ALLOY_OK;
 }
 
 static int plan(struct alloy_extract *x, struct alloy_err *err)
@@ -233,7 +257,7 @@ static int plan(struct alloy_extract *x, struct alloy_err *err)
     if (!rc && x->vocab_differs && o->embed_lora && o->log)
         o->log(o->log_user, 0, "the models' vocab sizes differ: embeddings are saved in full (--embed-lora is off)");
     for (size_t i = 0; !rc && i < alloy_model_count(x->ft); i++) rc = plan_tensor(x, alloy_model_tensor(x->ft, i), vocab, err);
-    return rc;
+    return rc ? rc : resolve_biases(x, err);
 }
 
 /* ------------------------------------------------------------ options */

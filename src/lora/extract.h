@@ -3,7 +3,8 @@
  * (extract.c) and its factoring and writing (extract_run.c).
  *
  * DESIGN
- *   One item per `<module>.weight` tensor of the fine-tune, in file order:
+ *   One item per `<module>.weight` tensor of the fine-tune and per changed
+ *   `<module>.bias`, in file order:
  *   its class, its two input tensors and, once factored, its A [r, in] and
  *   B [out, r] (float32) with the rank and the numbers of the card.
  */
@@ -14,10 +15,13 @@
 
 #include <regex.h>
 
-enum alloy_extract_kind { ALLOY_EXTRACT_SKIP, ALLOY_EXTRACT_FULL, ALLOY_EXTRACT_LINEAR, ALLOY_EXTRACT_EMBEDDING };
+enum alloy_extract_kind {
+    ALLOY_EXTRACT_SKIP, ALLOY_EXTRACT_FULL, ALLOY_EXTRACT_LINEAR, ALLOY_EXTRACT_EMBEDDING,
+    ALLOY_EXTRACT_BIAS, /* a `<module>.bias` that differs from the base's: goes with its module's weight */
+};
 
 struct alloy_extract_item {
-    char *module;                      /* the tensor name without ".weight" */
+    char *module;                      /* the tensor name without ".weight" (".bias") */
     enum alloy_extract_kind kind;
     const struct alloy_tensor *ft, *base;
     uint32_t rank;                     /* LoRA: the rank kept */

@@ -202,7 +202,7 @@ static int needs_exact_targets(const struct alloy_extract *x)
         const char *dot = strrchr(x->items[i].module, '.'), *li = dot ? dot + 1 : x->items[i].module;
         for (size_t j = 0; j < x->nitems; j++) {
             const char *dj = strrchr(x->items[j].module, '.'), *lj = dj ? dj + 1 : x->items[j].module;
-            if (!is_lora(&x->items[j]) && !strcmp(li, lj)) return 1;
+            if (!is_lora(&x->items[j]) && x->items[j].kind != ALLOY_EXTRACT_BIAS && !strcmp(li, lj)) return 1;
         }
     }
     return 0;
@@ -239,6 +239,24 @@ static char *card_text(const struct alloy_extract *x)
     return buf;
 }
 
+/* A changed bias (after its module): the delta for a LoRA module, the fine-tune's for a module saved in full. */
+static int write_bias(struct alloy_adapter_writer *w, const struct alloy_extract *x,
+                      const struct alloy_extract_item *it, struct alloy_err *err)
+{
+    const struct alloy_extract_item *mod = NULL;
+    for (size_t j = 0; j < x->nitems && !mod; j++)
+        if (x->items[j].kind != ALLOY_EXTRACT_BIAS && !strcmp(x->items[j].module, it->module)) mod = &x->items[j];
+    if (!mod || mod->kind == ALLOY_EXTRACT_SKIP) return ALLOY_OK; /* resolve_biases let only these through */
+    float *f = NULL, *b = NULL;
+    int rc = read_f32(it->ft, &f, err);
+    if (!rc && mod->kind == ALLOY_EXTRACT_LINEAR) rc = read_f32(it->base, &b, err);
+    for (uint64_t i = 0; !rc && b && i < it->ft->numel; i++) f[i] -= b[i];
+    if (!rc) rc = alloy_adapter_writer_bias(w, it->module, f, it->ft->numel, it->ft->dtype, err);
+    free(f);
+    free(b);
+    return rc;
+}
+
 static int write_item(struct alloy_adapter_writer *w, const struct alloy_extract_item *it, struct alloy_err *err)
 {
     if (is_lora(it))
@@ -273,6 +291,8 @@ int alloy_extract_write(struct alloy_extract *x, struct alloy_err *err)
     if (rc) return rc;
     alloy_adapter_writer_exact_targets(w, needs_exact_targets(x));
     for (size_t i = 0; !rc && i < x->nitems; i++) rc = write_item(w, &x->items[i], err);
+    for (size_t i = 0; !rc && i < x->nitems; i++)
+        if (x->items[i].kind == ALLOY_EXTRACT_BIAS) rc = write_bias(w, x, &x->items[i], err);
     char *card = !rc && o->write_card ? card_text(x) : NULL;
     if (!rc && o->write_card && !card) rc = nomem(err);
     if (!rc) rc = alloy_adapter_writer_commit(w, card, err);
