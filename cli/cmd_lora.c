@@ -130,7 +130,8 @@ static int lora_apply(int argc, char **argv)
 static void lora_usage(FILE *f)
 {
     fprintf(f, "usage: alloy lora apply MODEL ADAPTER OUT_DIR [options]   merge an adapter into its model\n"
-               "Run 'alloy lora apply --help' for options. See docs/lora.md.\n");
+               "       alloy lora extract --model FT --base-model BASE --out-path OUT [options]   an adapter from a fine-tune\n"
+               "Run 'alloy lora COMMAND --help' for options. See docs/lora.md.\n");
 }
 
 int cmd_lora(int argc, char **argv)
@@ -141,5 +142,6 @@ int cmd_lora(int argc, char **argv)
     }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) return lora_usage(stdout), 0;
     if (!strcmp(argv[1], "apply")) return lora_apply(argc - 1, argv + 1);
-    return cli_usage_error("lora", "unknown lora command '%s' (expected: apply)", argv[1]);
+    if (!strcmp(argv[1], "extract")) return cli_lora_extract(argc - 1, argv + 1);
+    return cli_usage_error("lora", "unknown lora command '%s' (expected: apply, extract)", argv[1]);
 }

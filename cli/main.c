@@ -186,6 +186,7 @@ static void main_usage(FILE *f)
             "       alloy eval MODEL... --text FILE [options]  measure loss/perplexity of models on texts\n"
             "       alloy lora apply MODEL ADAPTER OUT_DIR      merge a PEFT LoRA adapter into its model\n"
             "       (a MODEL may be MODEL+ADAPTER anywhere: the adapter applied while streaming)\n"
+            "       alloy lora extract --model FT --base-model BASE --out-path OUT   a LoRA adapter from a fine-tune\n"
             "       alloy --version\n"
             "\n"
             "Example:\n"
@@ -225,6 +226,7 @@ int main(int argc, char **argv)
     const char *prog = strrchr(argv[0], '/');
     prog = prog ? prog + 1 : argv[0];
     if (!strcmp(prog, "mergekit-yaml")) return finish(cmd_merge(argc, argv));
+    if (!strcmp(prog, "mergekit-extract-lora")) return finish(cli_lora_extract(argc, argv));
     if (argc < 2) {
         main_usage(stderr);
         return 2;
