@@ -1,21 +1,21 @@
 /*
  * test_lora_merge.c — `alloy lora merge`: the config reader
- * (src/config/lora_config.c) — every option, each misuse refused with one
+ * (src/config/lora_merge_config.c) — every option, each misuse refused with one
  * "file:line:col: key: expected, found" line.
  */
 #include "test.h"
-#include "config/lora_config.h"
+#include "config/lora_merge_config.h"
 
 #include <stdlib.h>
 
-static int parse(const char *text, struct alloy_lora_config **c, struct alloy_err *err)
+static int parse(const char *text, struct alloy_lora_merge_config **c, struct alloy_err *err)
 {
-    return alloy_lora_config_parse(text, strlen(text), "m.yml", c, err);
+    return alloy_lora_merge_config_parse(text, strlen(text), "m.yml", c, err);
 }
 
 TEST(lora_config_reads_every_option)
 {
-    struct alloy_lora_config *c = NULL;
+    struct alloy_lora_merge_config *c = NULL;
     struct alloy_err err = {0};
     CHECK_INT(parse("merge_method: ties_svd\n"
                     "models:\n"
@@ -38,11 +38,11 @@ TEST(lora_config_reads_every_option)
     CHECK(strcmp(c->inputs[1].adapter, "dir/b") == 0 && c->inputs[1].weight == -2);
     CHECK_INT(c->rank, 12);
     CHECK(c->density == 0.25 && c->frequency == 1 && c->svd_clamp == 0.99);
-    alloy_lora_config_free(c);
+    alloy_lora_merge_config_free(c);
 
     CHECK_INT(parse("merge_method: cat\nmodels:\n  - model: a\n    parameters: {weight: 1}\n", &c, &err), 0);
     CHECK(c && c->method->cat && c->rank == 0 && c->density == 1 && c->frequency == 0 && c->svd_clamp == 0);
-    alloy_lora_config_free(c);
+    alloy_lora_merge_config_free(c);
 }
 
 TEST(lora_config_errors_name_the_key)
@@ -76,7 +76,7 @@ TEST(lora_config_errors_name_the_key)
         {"", "m.yml: empty config"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct alloy_lora_config *c = NULL;
+        struct alloy_lora_merge_config *c = NULL;
         struct alloy_err err = {0};
         int rc = parse(cases[i].yaml, &c, &err);
         CHECK_MSG(rc == ALLOY_ERR_CONFIG && c == NULL, "case %zu: status %d", i, rc);

@@ -686,7 +686,7 @@ int alloy_config_load(const char *path, struct alloy_config **out, struct alloy_
     return rc;
 }
 
-/* ---------------------------------------------------------------- shared with lora_config.c */
+/* ---------------------------------------------------------------- shared with lora_merge_config.c */
 
 const char *alloy_cfg_describe(const struct ynode *n, char *buf, size_t size) { return describe(n, buf, size); }
 int alloy_cfg_get_string(struct cfgp *P, const struct ynode *n, const char *key, char **out)

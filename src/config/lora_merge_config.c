@@ -1,6 +1,6 @@
 /*
- * lora_config.c — reads the YAML of `alloy lora merge` into struct
- * alloy_lora_config (lora_config.h).
+ * lora_merge_config.c — reads the YAML of `alloy lora merge` into struct
+ * alloy_lora_merge_config (lora_merge_config.h).
  *
  * DESIGN
  *   Stage 1 is the merge config's (yaml_tree.c: bounded tree, line:column on
@@ -14,7 +14,7 @@
  *   use is an error rather than silently ignored (PEFT ignores it), and so is
  *   a missing density for a pruning method (PEFT fails deep inside torch).
  */
-#include "config/lora_config.h"
+#include "config/lora_merge_config.h"
 #include "config/yaml_tree.h"
 
 #include <math.h>
@@ -46,7 +46,7 @@ static int input_entry(struct cfgp *P, const struct ynode *e, size_t i, struct a
     return 0;
 }
 
-static int inputs(struct cfgp *P, const struct ynode *root, struct alloy_lora_config *c)
+static int inputs(struct cfgp *P, const struct ynode *root, struct alloy_lora_merge_config *c)
 {
     char d[96];
     const struct ynode *n = alloy_cfg_map_val(root, "models");
@@ -77,7 +77,7 @@ static int option(struct cfgp *P, const struct ynode *root, const char *key, con
     return 0;
 }
 
-static int options(struct cfgp *P, const struct ynode *root, struct alloy_lora_config *c)
+static int options(struct cfgp *P, const struct ynode *root, struct alloy_lora_merge_config *c)
 {
     const struct alloy_lora_method *m = c->method;
     double rank = 0;
@@ -111,7 +111,7 @@ static int options(struct cfgp *P, const struct ynode *root, struct alloy_lora_c
     return 0;
 }
 
-static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_lora_config *c)
+static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_lora_merge_config *c)
 {
     static const char *const keys[] = {"merge_method", "models", "rank", "density", "majority_sign_method",
                                        "svd_clamp", NULL};
@@ -130,7 +130,7 @@ static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_lora
     return options(P, root, c);
 }
 
-void alloy_lora_config_free(struct alloy_lora_config *c)
+void alloy_lora_merge_config_free(struct alloy_lora_merge_config *c)
 {
     if (!c) return;
     for (size_t i = 0; i < c->ninputs; i++) free(c->inputs[i].adapter);
@@ -139,7 +139,7 @@ void alloy_lora_config_free(struct alloy_lora_config *c)
     free(c);
 }
 
-int alloy_lora_config_parse(const char *text, size_t len, const char *path, struct alloy_lora_config **out,
+int alloy_lora_merge_config_parse(const char *text, size_t len, const char *path, struct alloy_lora_merge_config **out,
                             struct alloy_err *err)
 {
     if (!path) path = "<config>";
@@ -147,9 +147,9 @@ int alloy_lora_config_parse(const char *text, size_t len, const char *path, stru
     if (len > ALLOY_CONFIG_MAX_BYTES)
         return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: config is %zu bytes, more than the %zu allowed", path, len,
                              (size_t)ALLOY_CONFIG_MAX_BYTES);
-    struct alloy_lora_config *c = alloy_xcalloc(1, sizeof *c);
+    struct alloy_lora_merge_config *c = alloy_xcalloc(1, sizeof *c);
     if (!c || !(c->path = alloy_xstrdup(path))) {
-        alloy_lora_config_free(c);
+        alloy_lora_merge_config_free(c);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", path);
     }
     struct cfgp P = {.path = path, .text = text ? text : "", .len = text ? len : 0, .err = err};
@@ -160,21 +160,21 @@ int alloy_lora_config_parse(const char *text, size_t len, const char *path, stru
     if (!rc) rc = top_level(&P, root, c);
     alloy_yaml_tree_free(&P);
     if (rc) {
-        alloy_lora_config_free(c);
+        alloy_lora_merge_config_free(c);
         return rc;
     }
     *out = c;
     return 0;
 }
 
-int alloy_lora_config_load(const char *path, struct alloy_lora_config **out, struct alloy_err *err)
+int alloy_lora_merge_config_load(const char *path, struct alloy_lora_merge_config **out, struct alloy_err *err)
 {
     char *text = NULL;
     size_t len = 0;
     *out = NULL;
     int rc = alloy_read_file(path, ALLOY_CONFIG_MAX_BYTES, &text, &len, err);
     if (rc) return rc;
-    rc = alloy_lora_config_parse(text, len, path, out, err);
+    rc = alloy_lora_merge_config_parse(text, len, path, out, err);
     free(text);
     return rc;
 }

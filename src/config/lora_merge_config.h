@@ -1,5 +1,5 @@
 /*
- * lora_config.h — the YAML of `alloy lora merge` (lora_config.c): which
+ * lora_merge_config.h — the YAML of `alloy lora merge` (lora_merge_config.c): which
  * adapters, with which weights, combined by which of PEFT's combination
  * types (docs/lora-merge.md).
  *
@@ -13,8 +13,8 @@
  *   the TIES types). Rank equality and module shapes are checked against the
  *   adapters (lora/merge.c).
  */
-#ifndef ALLOY_LORA_CONFIG_H
-#define ALLOY_LORA_CONFIG_H
+#ifndef ALLOY_LORA_MERGE_CONFIG_H
+#define ALLOY_LORA_MERGE_CONFIG_H
 
 #include "config/config.h"
 #include "lora/combine.h"
@@ -28,7 +28,7 @@ struct alloy_lora_input {
     struct alloy_pos pos;
 };
 
-struct alloy_lora_config {
+struct alloy_lora_merge_config {
     char *path;                          /* for messages */
     const struct alloy_lora_method *method;
     struct alloy_lora_input *inputs;
@@ -39,9 +39,9 @@ struct alloy_lora_config {
     double svd_clamp;                    /* SVD types: quantile in (0, 1]; 0 = none */
 };
 
-int  alloy_lora_config_parse(const char *text, size_t len, const char *path, struct alloy_lora_config **out,
+int  alloy_lora_merge_config_parse(const char *text, size_t len, const char *path, struct alloy_lora_merge_config **out,
                              struct alloy_err *err);
-int  alloy_lora_config_load(const char *path, struct alloy_lora_config **out, struct alloy_err *err);
-void alloy_lora_config_free(struct alloy_lora_config *c);
+int  alloy_lora_merge_config_load(const char *path, struct alloy_lora_merge_config **out, struct alloy_err *err);
+void alloy_lora_merge_config_free(struct alloy_lora_merge_config *c);
 
 #endif
