@@ -11,7 +11,9 @@
 # installed from Debian with apt-get (through sudo when not root) and tried
 # again. OpenBLAS is preferred for `alloy eval`; when it cannot be installed
 # (no root, no network) the reference CBLAS is used instead, with a warning:
-# results are the same, eval is slower.
+# results are the same, eval is slower. LAPACK (the SVD of `alloy lora
+# extract`) is taken from OpenBLAS when it carries the LAPACK symbols (Debian's
+# libopenblas does), else from the reference liblapack (liblapack-dev).
 set -e
 BUILD=${1:-build}
 CC=${CC:-cc}
@@ -36,6 +38,11 @@ int main(void) { float a = 1, b = 1, c = 0; openblas_set_num_threads(1);
 CBLAS_SRC='#include <cblas.h>
 int main(void) { float a = 1, b = 1, c = 0;
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, 1, 1, 1.0f, &a, 1, &b, 1, 0.0f, &c, 1); return c != 1; }'
+
+LAPACK_SRC='void sgesdd_(const char *jobz, const int *m, const int *n, float *a, const int *lda, float *s, float *u,
+  const int *ldu, float *vt, const int *ldvt, float *work, const int *lwork, int *iwork, int *info);
+int main(void) { float a = 2, s = 0, u = 0, vt = 0, w[64]; int one = 1, lw = 64, iw[8], info = 0;
+  sgesdd_("S", &one, &one, &a, &one, &s, &u, &one, &vt, &one, w, &lw, iw, &info); return info != 0 || s != 2; }'
 
 pc() { pkg-config "$@" 2>/dev/null; }
 
@@ -70,12 +77,21 @@ find_cblas() { # the reference CBLAS (Debian's libblas3 carries the cblas_* symb
   return 1
 }
 
+find_lapack() { # after find_openblas / find_cblas: empty when BLAS_LIBS already carries sgesdd_
+  for libs in "" "$(pc --libs lapack)" "-llapack"; do
+    LAPACK_LIBS=$libs
+    link_ok "$LAPACK_SRC" $LAPACK_LIBS $BLAS_LIBS -lm && return 0
+  done
+  return 1
+}
+
 need=""
 command -v "$CC" >/dev/null 2>&1 || need="$need gcc"
 command -v pkg-config >/dev/null 2>&1 || need="$need pkgconf"
 find_yaml || need="$need libyaml-dev"
 find_jansson || need="$need libjansson-dev"
 find_openblas || need="$need libopenblas-dev"
+{ find_openblas || find_cblas; } && find_lapack || need="$need liblapack-dev"
 
 if [ -n "$need" ]; then
   echo "deps: installing$need" >&2
@@ -98,6 +114,7 @@ if ! find_openblas; then
     fail="$fail libopenblas-dev"
   fi
 fi
+find_lapack || fail="$fail liblapack-dev"
 if [ -n "$fail" ]; then
   echo "deps: error: cannot compile and link against:$fail (install them: apt-get install$fail)" >&2
   exit 1
@@ -106,6 +123,6 @@ fi
 cat > "$BUILD/config.mk" <<EOF
 # Written by scripts/deps.sh: flags of the libraries that compiled and linked on this machine.
 DEP_CFLAGS = $YAML_CFLAGS $JANSSON_CFLAGS $BLAS_CFLAGS $BLAS_DEF
-DEP_LIBS = $YAML_LIBS $JANSSON_LIBS $BLAS_LIBS
+DEP_LIBS = $YAML_LIBS $JANSSON_LIBS $LAPACK_LIBS $BLAS_LIBS
 EOF
 sed 's/  */ /g' "$BUILD/config.mk" > "$TMP/c" && cat "$TMP/c" > "$BUILD/config.mk"

@@ -22,4 +22,12 @@
 int alloy_svd_truncated(const float *a, size_t m, size_t n, size_t k, float *u, float *s, float *vt,
                         float *sv_all, struct alloy_err *err);
 
+/* The randomized path alone (tests and benchmarks): l >= k test vectors (capped at min(m, n)),
+ * ALLOY_SVD_POWER_ITERS power iterations. alloy_svd_truncated takes it for min(m, n) >=
+ * ALLOY_SVD_RANDOM_MIN when 4 l <= min(m, n), l = k + max(k, 16), and sv_all is NULL. */
+#define ALLOY_SVD_RANDOM_MIN 512
+#define ALLOY_SVD_POWER_ITERS 4
+int alloy_svd_randomized(const float *a, size_t m, size_t n, size_t k, size_t l, float *u, float *s, float *vt,
+                         struct alloy_err *err);
+
 #endif

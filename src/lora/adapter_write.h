@@ -26,6 +26,9 @@ struct alloy_adapter_spec {
     int use_rslora;
     enum alloy_dtype dtype;      /* stored dtype of the LoRA tensors */
     int overwrite;               /* replace an OUT that holds other files (as --overwrite) */
+    /* The models the adapter was made from (may be none): OUT must not be, hold or lie inside one. */
+    const struct alloy_model *const *inputs;
+    size_t ninputs;
 };
 
 int  alloy_adapter_writer_new(const char *out_dir, const struct alloy_adapter_spec *spec,
@@ -38,6 +41,9 @@ int  alloy_adapter_writer_module(struct alloy_adapter_writer *w, const char *mod
 /* A tensor saved in full (modules_to_save): `module`.weight with the given shape and dtype. */
 int  alloy_adapter_writer_full(struct alloy_adapter_writer *w, const char *module, const float *data, int ndim,
                                const int64_t *shape, enum alloy_dtype dtype, struct alloy_err *err);
+/* on = 1: target_modules lists full module paths instead of their last name components (needed when a
+ * last component also names modules that carry no LoRA). */
+void alloy_adapter_writer_exact_targets(struct alloy_adapter_writer *w, int on);
 /* Writes README.md (card text, may be NULL), adapter_config.json and adapter_model.safetensors, and publishes. */
 int  alloy_adapter_writer_commit(struct alloy_adapter_writer *w, const char *card, struct alloy_err *err);
 /* Abandons the output (removes the temporary folder) and frees w; NULL is a no-op. */

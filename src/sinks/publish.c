@@ -132,10 +132,12 @@ static int check_input(const struct alloy_model *m, const char *out, const char 
     return ALLOY_OK;
 }
 
-/* 1 for a name a model output folder holds (what output.c and the shards write, a GGUF file). */
+/* 1 for a name a model or adapter output folder holds (what output.c, the shards and adapter_write.c write,
+ * a GGUF file). */
 static int output_name(const char *name)
 {
-    static const char *const names[] = {"config.json", "model.safetensors.index.json", "README.md", "mergekit_config.yml"};
+    static const char *const names[] = {"config.json", "model.safetensors.index.json", "README.md", "mergekit_config.yml",
+                                        "adapter_config.json"};
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(names); i++)
         if (strcmp(name, names[i]) == 0) return 1;
     for (size_t i = 0; alloy_output_tokenizer_file(i); i++)
@@ -178,6 +180,12 @@ static int check_contents(const char *out, struct alloy_err *err)
  * input reads, or that exists and holds other files (unless overwrite): publishing replaces it whole. */
 int alloy_check_out_dir(const struct alloy_plan *p, const char *out, int overwrite, struct alloy_err *err)
 {
+    return alloy_check_out_dir_models((const struct alloy_model *const *)p->models, p->nmodels, out, overwrite, err);
+}
+
+int alloy_check_out_dir_models(const struct alloy_model *const *models, size_t nmodels, const char *out,
+                               int overwrite, struct alloy_err *err)
+{
     char real_out[PATH_MAX], real_parent[PATH_MAX];
     char *parent = parent_dir(out);
     if (!parent) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
@@ -194,8 +202,8 @@ int alloy_check_out_dir(const struct alloy_plan *p, const char *out, int overwri
             sizeof real_out)
             return alloy_err_set(err, ALLOY_ERR_IO, "%s: path too long", out);
     }
-    for (size_t i = 0; i < p->nmodels; i++) {
-        int rc = check_input(p->models[i], out, real_out, err);
+    for (size_t i = 0; i < nmodels; i++) {
+        int rc = check_input(models[i], out, real_out, err);
         if (rc) return rc;
     }
     struct stat st;
