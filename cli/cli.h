@@ -65,6 +65,8 @@ void   cli_bar_draw(struct cli_bar *b, double frac, int final, const char *fmt, 
 /* Ends the bar: keep = 1 moves to a new line, 0 erases it. */
 void   cli_bar_end(struct cli_bar *b, int keep);
 double cli_seconds_since(const struct timespec *t);
+/* The merge progress callback (user: a started struct cli_bar): tensors, bytes, rate, ETA. */
+void   cli_merge_progress(void *user, const struct alloy_progress *p);
 
 /* ------------------------------------------------------------ signals */
 
@@ -76,5 +78,6 @@ void cli_catch_signals(void);
 
 int cmd_merge(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_lora(int argc, char **argv);
 
 #endif

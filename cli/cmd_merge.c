@@ -17,7 +17,7 @@
 
 enum {
     OPT_HELP = 1, OPT_THREADS, OPT_SHARD, OPT_SEED, OPT_DRY, OPT_QUIET, OPT_TOK, OPT_NO_TOK, OPT_CARD, OPT_NO_CARD,
-    OPT_CRIMES, OPT_OVERWRITE, OPT_NO_SAFE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG
+    OPT_CRIMES, OPT_OVERWRITE, OPT_NO_SAFE, OPT_LORA_DTYPE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG
 };
 
 static const struct cli_opt k_opts[] = {
@@ -38,7 +38,8 @@ static const struct cli_opt k_opts[] = {
      "--no-read-to-gpu|--multi-gpu|--no-multi-gpu|--gpu-rich|--async-write|--no-async-write|--clone-tensors|"
      "--no-clone-tensors|--trust-remote-code|--no-trust-remote-code|--safe-serialization|-v|-vv|--verbose|"
      "--no-quiet|--no-allow-crimes", OPT_NO_EFFECT, 0},
-    {"--device|--write-threads|--transformers-cache|--lora-merge-cache|--lora-merge-dtype", OPT_NO_EFFECT_ARG, 1},
+    {"--lora-merge-dtype", OPT_LORA_DTYPE, 1},
+    {"--device|--write-threads|--transformers-cache|--lora-merge-cache", OPT_NO_EFFECT_ARG, 1},
     {NULL, 0, 0},
 };
 
@@ -77,11 +78,14 @@ static void merge_usage(FILE *f)
             "  --write-model-card / --no-write-model-card  README.md + mergekit_config.yml (default: write)\n"
             "  --allow-crimes           accepted (alloy matches tensors by name and shape for any architecture)\n"
             "  --overwrite              replace an existing OUT_DIR even when it holds other files (they are deleted)\n"
+            "  --lora-merge-dtype T     round PATH+ADAPTER models to T (bfloat16, float16) as mergekit does; default:\n"
+            "                           keep W + s*B*A in float32 until the output\n"
             "  -q, --quiet              no progress bar and no notes\n"
             "  -h, --help               this help\n"
             "Accepted for mergekit compatibility, no effect here: --lazy-unpickle, --cuda, --no-cuda, --device X,\n"
             "  --low-cpu-memory, --read-to-gpu, --multi-gpu, --gpu-rich, --async-write, --write-threads N,\n"
-            "  --transformers-cache X, --clone-tensors, --trust-remote-code, --safe-serialization, -v\n"
+            "  --transformers-cache X, --clone-tensors, --trust-remote-code, --safe-serialization, -v,\n"
+            "  --lora-merge-cache X (adapters are applied while streaming, no cache)\n"
             "\n"
             "Exit status: 0 ok, 1 bad input or failed merge, 2 usage error, 130 interrupted.\n"
             "\n"
@@ -90,7 +94,7 @@ static void merge_usage(FILE *f)
     fprintf(f, "See docs/methods.md for the formulas.\n");
 }
 
-static void draw_progress(void *user, const struct alloy_progress *p)
+void cli_merge_progress(void *user, const struct alloy_progress *p)
 {
     struct cli_bar *b = user;
     double el = cli_seconds_since(&b->start);
@@ -130,6 +134,7 @@ static int apply_option(struct cli_args *a, int id, const char *val, struct allo
     case OPT_NO_CARD: o->write_model_card = 0; return 0;
     case OPT_CRIMES: o->allow_crimes = 1; return 0;
     case OPT_OVERWRITE: o->overwrite = 1; return 0;
+    case OPT_LORA_DTYPE: o->lora_merge_dtype = val; return 0;
     case OPT_NO_SAFE:
         cli_error("--no-safe-serialization: alloy writes safetensors only (PyTorch pickles can execute code when loaded)");
         return 2;
@@ -163,7 +168,7 @@ int cmd_merge(int argc, char **argv)
     struct cli_bar bar;
     cli_bar_start(&bar);
     if (o.dry_run) bar.tty = 0;
-    o.progress = draw_progress;
+    o.progress = cli_merge_progress;
     o.progress_user = &bar;
     o.interrupt = &cli_interrupt;
     cli_catch_signals();

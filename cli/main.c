@@ -184,6 +184,8 @@ static void main_usage(FILE *f)
             "\n"
             "usage: alloy merge CONFIG.yml OUT_DIR [options]   merge models as a mergekit YAML config says\n"
             "       alloy eval MODEL... --text FILE [options]  measure loss/perplexity of models on texts\n"
+            "       alloy lora apply MODEL ADAPTER OUT_DIR      merge a PEFT LoRA adapter into its model\n"
+            "       (a MODEL may be MODEL+ADAPTER anywhere: the adapter applied while streaming)\n"
             "       alloy --version\n"
             "\n"
             "Example:\n"
@@ -230,6 +232,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "merge")) return finish(cmd_merge(argc - 1, argv + 1));
     if (!strcmp(cmd, "eval")) return finish(cmd_eval(argc - 1, argv + 1));
+    if (!strcmp(cmd, "lora")) return finish(cmd_lora(argc - 1, argv + 1));
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         main_usage(stdout);
         return finish(0);

@@ -314,6 +314,9 @@ struct alloy_merge_options {
     void             *progress_user;
     volatile int     *interrupt;   /* when non-NULL and set, the merge stops cleanly */
     int         overwrite;     /* replace an existing out_dir even when it holds files a merge does not write */
+    const char *lora_merge_dtype; /* `model+adapter` references: round W and W + s·B·A to this dtype
+                                     ("bfloat16", "float16"; mergekit's --lora-merge-dtype); NULL: keep
+                                     the applied values in float32 until the output */
 };
 
 /* The merge methods, in the order of docs/methods.md (`alloy merge --help` lists them). */

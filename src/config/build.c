@@ -175,7 +175,6 @@ static int checked_ref(const char *ref, const char *key, char **out, struct allo
     if (why)
         return alloy_err_set(err, ALLOY_ERR_CONFIG, BUILT_PATH ": %s: invalid model reference '%.200s': %s", key,
                              ref ? ref : "", why);
-    if (strchr(ref, '+')) return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, BUILT_PATH ": %s: " ALLOY_CONFIG_LORA_MSG, key);
     return (*out = alloy_xstrdup(ref)) ? ALLOY_OK : nomem(err);
 }
 

@@ -162,13 +162,25 @@ static int missing(struct cfgp *P, const struct ynode *m, const char *where, con
 /* ---------------------------------------------------------------- model references */
 
 /* Validates and normalises PATH[@REV] (one part of a string reference). */
-const char *alloy_config_ref_problem(const char *s, size_t len)
+static const char *part_problem(const char *s, size_t len)
 {
     const char *at = memchr(s, '@', len);
     if (at && memchr(at + 1, '@', len - (size_t)(at + 1 - s))) return "more than one '@' (expected PATH or PATH@REVISION)";
     if (len == 0 || at == s) return "the model path is empty";
     if (at && at + 1 == s + len) return "the revision after '@' is empty";
     return NULL;
+}
+
+/* PATH[@REV] or, for a LoRA adapter applied to the model, PATH[@REV]+ADAPTER[@REV]. */
+const char *alloy_config_ref_problem(const char *s, size_t len)
+{
+    const char *plus = memchr(s, '+', len);
+    if (!plus) return part_problem(s, len);
+    size_t first = (size_t)(plus - s);
+    if (memchr(plus + 1, '+', len - first - 1)) return "more than one '+' (expected PATH[@REVISION][+LORA[@REVISION]])";
+    if (first + 1 == len) return "the adapter path after '+' is empty";
+    const char *why = part_problem(s, first);
+    return why ? why : part_problem(plus + 1, len - first - 1);
 }
 
 static int model_path(struct cfgp *P, const struct ynode *n, const char *key, const char *s, size_t len, char **out)
@@ -183,14 +195,23 @@ static int model_path(struct cfgp *P, const struct ynode *n, const char *key, co
     return 0;
 }
 
-static int lora_unsupported(struct cfgp *P, const struct ynode *n, const char *key)
+/* {model: ..., lora: ADAPTER}: the reference becomes MODEL+ADAPTER (null: no adapter). */
+static int add_lora(struct cfgp *P, const struct ynode *v, const char *key, char **out)
 {
-    return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, ALLOY_CONFIG_LORA_MSG);
+    if (!v || is_null(v) || !*out) return 0;
+    if (v->kind != Y_SCALAR || !v->len || strchr(v->text, '+') || strchr(*out, '+'))
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, key, "expected the path of a LoRA adapter folder");
+    if (charge(P, v, v->len + 1)) return (int)P->err->status;
+    char *both = alloy_xasprintf("%s+%s", *out, v->text);
+    if (!both) return alloy_cfg_nomem(P);
+    free(*out);
+    *out = both;
+    return 0;
 }
 
-/* A model reference: "path[@rev][+lora[@rev]]" or {model, lora, override_architecture}.
- * Null leaves *out NULL. */
-static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, char **out)
+/* A model reference: "path[@rev][+lora[@rev]]" or {model, lora, override_architecture} (lora: see
+ * model_ref). Null leaves *out NULL. */
+static int model_ref_body(struct cfgp *P, const struct ynode *n, const char *key, char **out)
 {
     static const char *const ref_keys[] = {"model", "lora", "override_architecture", NULL};
     static const char *const path_keys[] = {"path", "revision", NULL};
@@ -206,14 +227,11 @@ static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, cha
         if (plus && strchr(plus + 1, '+'))
             return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "can't parse model reference '%.200s': more than one '+' "
                         "(expected PATH[@REVISION][+LORA[@REVISION]])", n->text);
-        if (plus) return lora_unsupported(P, n, key);
         return model_path(P, n, key, n->text, n->len, out);
     }
     snprintf(sub, sizeof sub, "%.180s", key);
     if (check_map(P, n, key, sub, ref_keys)) return (int)P->err->status;
     const struct ynode *v;
-    snprintf(sub, sizeof sub, "%.180s.lora", key);
-    if ((v = map_val(n, "lora"))) return lora_unsupported(P, v, sub);
     snprintf(sub, sizeof sub, "%.180s.override_architecture", key);
     if ((v = map_val(n, "override_architecture")))
         return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, sub, "override_architecture is not supported yet");
@@ -246,6 +264,20 @@ static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, cha
     else if (!rev) { *out = path; path = NULL; }
     free(path);
     free(rev);
+    return rc;
+}
+
+static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, char **out)
+{
+    int rc = model_ref_body(P, n, key, out);
+    if (rc || n->kind == Y_SCALAR) return rc;
+    char lkey[KEY_MAX];
+    snprintf(lkey, sizeof lkey, "%.180s.lora", key);
+    rc = add_lora(P, map_val(n, "lora"), lkey, out);
+    if (rc) {
+        free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 

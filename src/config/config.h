@@ -104,7 +104,6 @@ struct alloy_config {
 
 /* Shared by the YAML reader (config.c) and the builder (build.c), so both
  * accept and refuse the same things with the same words. */
-#define ALLOY_CONFIG_LORA_MSG  "LoRA adapters in model references are not supported yet (merge the adapter into its model first)"
 #define ALLOY_CONFIG_INT64_MSG "int64 is not supported (alloy merges floating-point tensors; use bfloat16, float16 or float32)"
 #define ALLOY_CONFIG_DTYPE_MSG "expected bfloat16, float16 or float32 (optionally with a torch. prefix)"
 /* NULL when s[0..len) is a valid PATH[@REVISION], else what is wrong with it. */

@@ -23,6 +23,7 @@
 #include "core/internal.h"
 
 #include <cblas.h>
+#include "sources/source.h"
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -298,11 +299,10 @@ static int load_tensor(const struct alloy_model *mod, const char *dir, const cha
     if (!alloy_dtype_traits(t->dtype)->mergeable)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected a float dtype (F32, F16, BF16, F64), found %s",
                              file, name, alloy_dtype_traits(t->dtype)->name);
-    if (dst) {
-        alloy_to_f32(t->dtype, t->data, dst, (size_t)t->numel);
-        alloy_tensor_release(t);
-    }
-    return ALLOY_OK;
+    if (!dst) return ALLOY_OK;
+    int rc = alloy_model_read_f32(mod, t, dst, err); /* a `model+adapter` tensor with its LoRA applied */
+    alloy_tensor_release(t);
+    return rc;
 }
 
 static void compute_inv_freq(const struct alloy_llama_config *c, float *inv)

@@ -30,4 +30,14 @@ uint8_t *alloy_st_header(const struct alloy_tensor_desc *t, size_t n, size_t *le
 int alloy_model_from_image(const char *ref, const char *dir, uint8_t *image, size_t len, char *config_text,
                            struct alloy_model **out, struct alloy_err *err);
 
+/* A model reference (a folder, or "org/name[@rev]" in the local Hugging Face cache) to its folder. */
+int alloy_resolve_ref(const char *ref, char **dir, struct alloy_err *err);
+
+/* A `MODEL+ADAPTER` model's adapter overlay (lora/adapter.h), or NULL for a plain model. Its full
+ * tensors already stand in the model's tensor table; its LoRA modules are applied by the lora source. */
+struct alloy_adapter;
+const struct alloy_adapter *alloy_model_adapter(const struct alloy_model *m);
+/* A warning about the overlay (the adapter names another base model), or NULL. */
+const char *alloy_model_warning(const struct alloy_model *m);
+
 #endif

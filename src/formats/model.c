@@ -25,6 +25,7 @@
 #include "core/strmap.h"
 #include "formats/formats.h"
 #include "formats/json_members.h"
+#include "lora/adapter.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -39,6 +40,9 @@ struct alloy_model {
     size_t count;
     const struct alloy_tensor **tensors;
     struct alloy_strmap index;
+    struct alloy_adapter *adapter;   /* a `model+adapter` reference's overlay, else NULL */
+    struct alloy_tensor *copies;     /* the adapter's full tensors under the model's names */
+    char *warning;                   /* the overlay's base_model_name_or_path warning, or NULL */
 };
 
 /* ------------------------------------------------------------ reference resolution */
@@ -80,7 +84,7 @@ static char *try_cache_root(const char *root, const char *repo, const char *rev)
     return snap;
 }
 
-static int resolve_ref(const char *ref, char **dir, struct alloy_err *err)
+int alloy_resolve_ref(const char *ref, char **dir, struct alloy_err *err)
 {
     if (alloy_is_dir(ref)) return (*dir = alloy_xstrdup(ref)) ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     if (!looks_like_repo_id(ref))
@@ -354,14 +358,73 @@ static int open_index(struct alloy_model *m, const char *index_path, struct allo
     return rc;
 }
 
+static int open_folder(const char *ref, struct alloy_model **out, struct alloy_err *err);
+
+static const struct alloy_tensor *find_cb(const void *m, const char *name) { return alloy_model_find(m, name); }
+
+/* The adapter's full tensors (modules_to_save, base_layer copies) take the place of the model's. */
+static int overlay(struct alloy_model *m, struct alloy_err *err)
+{
+    const struct alloy_adapter *a = m->adapter;
+    if (a->nfull && !(m->copies = alloy_xcalloc(a->nfull, sizeof *m->copies)))
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    for (size_t k = 0; k < a->nfull; k++) {
+        size_t i = 0;
+        alloy_strmap_get(&m->index, a->full[k].name, &i); /* present: alloy_adapter_check said so */
+        m->copies[k] = *a->full[k].t;
+        m->copies[k].name = m->tensors[i]->name; /* the model's name, owned by its file */
+        m->tensors[i] = &m->copies[k];
+    }
+    return ALLOY_OK;
+}
+
+/* "MODEL+ADAPTER": the model with the adapter as an overlay (its tensors: the model's, full copies
+ * replaced; the LoRA deltas are applied by the lora source, sources/lora.c). */
+static int open_with_adapter(const char *ref, const char *plus, struct alloy_model **out, struct alloy_err *err)
+{
+    char *mref = alloy_xstrdup(ref), warn[700];
+    struct alloy_model *m = NULL;
+    if (!mref) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    mref[plus - ref] = '\0';
+    int rc = open_folder(mref, &m, err);
+    if (!rc) rc = alloy_adapter_open(plus + 1, &m->adapter, err);
+    if (!rc) rc = alloy_adapter_check(m->adapter, mref, find_cb, m, warn, sizeof warn, err);
+    if (!rc && warn[0] && !(m->warning = alloy_xstrdup(warn))) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!rc) rc = overlay(m, err);
+    char *full = rc ? NULL : alloy_xstrdup(ref);
+    if (!rc && !full) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        free(m->ref);
+        m->ref = full;
+    }
+    free(mref);
+    if (rc) {
+        alloy_model_close(m);
+        return rc;
+    }
+    *out = m;
+    return ALLOY_OK;
+}
+
 int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err *err)
+{
+    const char *plus = strchr(ref, '+');
+    if (plus && !alloy_is_dir(ref)) {
+        if (strchr(plus + 1, '+') || plus == ref || !plus[1])
+            return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: malformed model reference (expected MODEL+ADAPTER)", ref);
+        return open_with_adapter(ref, plus, out, err);
+    }
+    return open_folder(ref, out, err);
+}
+
+static int open_folder(const char *ref, struct alloy_model **out, struct alloy_err *err)
 {
     struct alloy_model *m = alloy_xcalloc(1, sizeof *m);
     if (!m || !(m->ref = alloy_xstrdup(ref))) {
         free(m);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     }
-    int rc = resolve_ref(ref, &m->dir, err);
+    int rc = alloy_resolve_ref(ref, &m->dir, err);
     char *index = NULL, *single = NULL, *config = NULL;
     if (rc) goto fail;
     if ((rc = alloy_folder_file(m->dir, "model.safetensors.index.json", &index, err)) ||
@@ -404,6 +467,9 @@ fail:
 void alloy_model_close(struct alloy_model *m)
 {
     if (!m) return;
+    alloy_adapter_close(m->adapter);
+    free(m->copies);
+    free(m->warning);
     for (size_t i = 0; i < m->nfiles; i++) alloy_tensor_file_close(m->files[i]);
     free(m->files);
     free(m->image);
@@ -458,3 +524,6 @@ const struct alloy_tensor *alloy_model_find(const struct alloy_model *m, const c
     size_t i;
     return alloy_strmap_get(&m->index, name, &i) ? m->tensors[i] : NULL;
 }
+
+const struct alloy_adapter *alloy_model_adapter(const struct alloy_model *m) { return m->adapter; }
+const char *alloy_model_warning(const struct alloy_model *m) { return m->warning; }

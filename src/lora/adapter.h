@@ -26,6 +26,8 @@
 
 #include "core/internal.h"
 
+struct alloy_lora_cfg;
+
 enum alloy_lora_kind { ALLOY_LORA_LINEAR, ALLOY_LORA_EMBEDDING };
 
 struct alloy_lora_module {
@@ -62,6 +64,9 @@ struct alloy_adapter {
     size_t nfull;
     struct alloy_lora_full *full;        /* sorted by name */
     struct alloy_tensor_file *file;      /* adapter_model.safetensors */
+    /* additions beyond the shared contract */
+    struct alloy_lora_cfg *cfg;          /* patterns and module selections (lora_config.h) */
+    int lora_bias;                       /* lora_bias: true */
 };
 
 /* Opens the PEFT adapter folder `dir` (also an HF-cache id). */
@@ -70,6 +75,23 @@ void alloy_adapter_close(struct alloy_adapter *a);
 
 /* The module named `name` (prefix removed), or NULL. */
 const struct alloy_lora_module *alloy_adapter_module(const struct alloy_adapter *a, const char *name);
+
+/* Parses adapter_config.json text alone (no tensors: nmodules = nfull = 0, file NULL); `path` names it
+ * in errors. alloy_adapter_open uses it; the fuzz target and tests call it directly. */
+int  alloy_adapter_parse_config(const char *text, size_t len, const char *path, struct alloy_adapter **out,
+                                struct alloy_err *err);
+
+/* Checks the adapter against model m: each LoRA module's `<name>.weight` exists and is 2-D with shapes
+ * that fit A, B, the magnitude and lora_B.bias (whose `<name>.bias` must exist); each full tensor names a
+ * tensor of m of the same shape (embedding copies may differ in vocabulary rows). `m_tensor(ctx, name)`
+ * finds a tensor of the model. A base_model_name_or_path that names neither m_ref nor its folder is
+ * only a warning, written to warn (empty when none). */
+int  alloy_adapter_check(const struct alloy_adapter *a, const char *m_ref,
+                         const struct alloy_tensor *(*m_tensor)(const void *ctx, const char *name), const void *ctx,
+                         char *warn, size_t warnlen, struct alloy_err *err);
+
+/* The full tensor replacing the model's `name`, or NULL. */
+const struct alloy_lora_full *alloy_adapter_full(const struct alloy_adapter *a, const char *name);
 
 /* Reads the whole of t (one of the adapter's tensors) widened to float32 into dst (t->numel floats). */
 int  alloy_adapter_read_f32(const struct alloy_adapter *a, const struct alloy_tensor *t, float *dst,

@@ -23,6 +23,7 @@
  */
 #include "core/internal.h"
 #include "core/strmap.h"
+#include "formats/formats.h"
 #include "plan/plan.h"
 
 #include <stdarg.h>
@@ -106,6 +107,7 @@ struct builder {
     struct stack *stacks;          /* per model */
     struct alloy_err *err;
     size_t cap;
+    int lora_round;                /* --lora-merge-dtype for lora sources, -1: none */
 };
 
 static void warnf(struct builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -143,6 +145,7 @@ static int model_index(struct builder *b, const char *ref, struct alloy_pos pos)
         return -rc;
     }
     p->models[p->nmodels] = m;
+    if (alloy_model_warning(m)) warnf(b, "%s", alloy_model_warning(m));
     if (find_stack(m, &b->stacks[p->nmodels]) != 0) {
         alloy_model_close(m);
         return -alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
@@ -283,11 +286,19 @@ static const struct alloy_tensor *lookup(struct builder *b, int mi, const char *
     return NULL;
 }
 
-/* Makes every input a source of the output's rows x cols: stored, a window, or tied (sources/). */
-static void set_sources(struct alloy_plan_tensor *t, const int *tied)
+/* Makes every input a source of the output's rows x cols: stored, a window, tied, or the LoRA of a
+ * `model+adapter` applied (sources/). */
+static int set_sources(struct builder *b, struct alloy_plan_tensor *t, const int *tied)
 {
-    for (int i = 0; i < t->n; i++)
-        alloy_input_stored(&t->inputs[i], t->inputs[i].model, t->inputs[i].t, t->rows, t->cols, tied[i]);
+    for (int i = 0; i < t->n; i++) {
+        struct alloy_input *in = &t->inputs[i];
+        int lora = tied[i] || t->copy ? 0
+                                      : alloy_input_lora(in, in->model, b->p->models[in->model], in->t, t->rows, t->cols,
+                                                         b->lora_round);
+        if (lora < 0) return alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
+        if (!lora) alloy_input_stored(in, in->model, in->t, t->rows, t->cols, tied[i]);
+    }
+    return ALLOY_OK;
 }
 
 static int shapes_equal(const struct alloy_tensor *a, const struct alloy_tensor *b)
@@ -394,8 +405,7 @@ static int add_tensor(struct builder *b, const struct alloy_slice *slice, struct
         t->dtype = t->inputs[0].t->dtype;
         t->cols = t->ndim ? (uint64_t)t->shape[t->ndim - 1] : 1;
         t->rows = t->cols ? t->numel / t->cols : 0;
-        set_sources(t, tied);
-        return ALLOY_OK;
+        return set_sources(b, t, tied);
     }
     for (int i = 0; i < nsrc; i++)
         if (!alloy_dtype_traits(t->inputs[i].t->dtype)->mergeable)
@@ -405,7 +415,7 @@ static int add_tensor(struct builder *b, const struct alloy_slice *slice, struct
                                  alloy_dtype_traits(t->inputs[keep].t->dtype)->name);
     int rc = decide_shape(b, t);
     if (rc) return rc;
-    set_sources(t, tied);
+    if ((rc = set_sources(b, t, tied))) return rc;
     t->dtype = decide_dtype(b, t);
     t->nbytes = t->numel * alloy_dtype_traits(t->dtype)->bits / 8;
     rc = resolve_params(b, slice, srcs, t);
@@ -703,7 +713,14 @@ int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_op
 {
     struct alloy_plan *p = alloy_xcalloc(1, sizeof *p);
     if (!p) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    struct builder b = {.p = p, .o = o, .err = err};
+    struct builder b = {.p = p, .o = o, .err = err, .lora_round = -1};
+    enum alloy_dtype lrd;
+    if (o->lora_merge_dtype && alloy_dtype_parse(o->lora_merge_dtype, 1, &lrd) != 0) {
+        free(p);
+        return alloy_err_set(err, ALLOY_ERR_CONFIG, "--lora-merge-dtype: expected bfloat16, float16 or float32, found "
+                             "'%.100s'", o->lora_merge_dtype);
+    }
+    if (o->lora_merge_dtype) b.lora_round = lrd == ALLOY_DTYPE_F32 ? -1 : (int)lrd;
     p->cfg = cfg;
     p->base = p->donor = p->tokenizer_donor = -1;
     p->out_layers = -1;
@@ -772,6 +789,7 @@ void alloy_plan_free(struct alloy_plan *p)
     if (!p) return;
     for (size_t i = 0; i < p->ntensors; i++) {
         free(p->tensors[i].name);
+        for (int k = 0; k < p->tensors[i].n && p->tensors[i].inputs; k++) alloy_input_free(&p->tensors[i].inputs[k]);
         free(p->tensors[i].inputs);
         free(p->tensors[i].gp);
         free(p->tensors[i].tp);

@@ -37,6 +37,7 @@ void alloy_plan_print(const struct alloy_plan *p, FILE *f)
             fprintf(f, "    %s%s:", j == t->base ? "base " : "", alloy_model_ref(p->models[t->inputs[j].model]));
             put_name(f, t->inputs[j].t->name);
             if (alloy_input_is_tied(&t->inputs[j])) fputs(" (tied)", f);
+            if (alloy_input_is_lora(&t->inputs[j])) fputs(" (lora)", f);
             for (int k = 0; k < m->nparams && !t->copy; k++) {
                 double v = t->tp[(size_t)j * (size_t)m->nparams + (size_t)k];
                 if (m->params[k].scope == ALLOY_PARAM_TENSOR && !isnan(v)) fprintf(f, " %s=%.6g", m->params[k].name, v);

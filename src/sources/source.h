@@ -57,6 +57,19 @@ int  alloy_input_raw_bf16(const struct alloy_input *s);
 /* 1 for a tied source. */
 int  alloy_input_is_tied(const struct alloy_input *s);
 
+/* Sets s to read tensor t of model `mod` (index `model` in the plan) with the LoRA of mod's adapter
+ * applied (sources/lora.c), when mod is a `model+adapter` whose adapter has a LoRA for t (`<m>.weight`,
+ * or `<m>.bias` for lora_B.bias). round_dtype: the dtype W and the applied values are rounded to
+ * (--lora-merge-dtype), -1 for none. Returns 1 when s was set, 0 when t has no LoRA (s untouched), -1
+ * when out of memory. */
+int  alloy_input_lora(struct alloy_input *s, int model, const struct alloy_model *mod, const struct alloy_tensor *t,
+                      uint64_t rows, uint64_t cols, int round_dtype);
+int  alloy_input_is_lora(const struct alloy_input *s);
+/* The whole of model tensor t as float32 into dst (t->numel values), its LoRA applied when mod has one
+ * for it: how the evaluator reads a `model+adapter`. */
+int  alloy_model_read_f32(const struct alloy_model *mod, const struct alloy_tensor *t, float *dst,
+                          struct alloy_err *err);
+
 static inline int alloy_input_read(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst,
                                     enum alloy_input_mode mode, struct alloy_err *err)
 {
