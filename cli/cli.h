@@ -79,5 +79,6 @@ void cli_catch_signals(void);
 int cmd_merge(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_lora(int argc, char **argv);
+int cli_lora_merge(int argc, char **argv); /* `alloy lora merge` (argv[0] = "merge") */
 
 #endif

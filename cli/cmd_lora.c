@@ -130,7 +130,8 @@ static int lora_apply(int argc, char **argv)
 static void lora_usage(FILE *f)
 {
     fprintf(f, "usage: alloy lora apply MODEL ADAPTER OUT_DIR [options]   merge an adapter into its model\n"
-               "Run 'alloy lora apply --help' for options. See docs/lora.md.\n");
+               "       alloy lora merge CONFIG.yml OUT_DIR [options]       combine adapters into one adapter\n"
+               "Run 'alloy lora apply --help' or 'alloy lora merge --help' for options. See docs/lora.md.\n");
 }
 
 int cmd_lora(int argc, char **argv)
@@ -141,5 +142,6 @@ int cmd_lora(int argc, char **argv)
     }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) return lora_usage(stdout), 0;
     if (!strcmp(argv[1], "apply")) return lora_apply(argc - 1, argv + 1);
-    return cli_usage_error("lora", "unknown lora command '%s' (expected: apply)", argv[1]);
+    if (!strcmp(argv[1], "merge")) return cli_lora_merge(argc - 1, argv + 1);
+    return cli_usage_error("lora", "unknown lora command '%s' (expected: apply, merge)", argv[1]);
 }

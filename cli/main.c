@@ -185,6 +185,7 @@ static void main_usage(FILE *f)
             "usage: alloy merge CONFIG.yml OUT_DIR [options]   merge models as a mergekit YAML config says\n"
             "       alloy eval MODEL... --text FILE [options]  measure loss/perplexity of models on texts\n"
             "       alloy lora apply MODEL ADAPTER OUT_DIR      merge a PEFT LoRA adapter into its model\n"
+            "       alloy lora merge CONFIG.yml OUT_DIR         combine LoRA adapters into one adapter\n"
             "       (a MODEL may be MODEL+ADAPTER anywhere: the adapter applied while streaming)\n"
             "       alloy --version\n"
             "\n"
