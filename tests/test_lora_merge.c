@@ -532,3 +532,25 @@ TEST(lora_merge_cli)
     CHECK_INT(test_run(cmd, &log), 2);
     free(log);
 }
+
+/* End to end: cat at 0.5/0.5 writes the delta 0.5·Δ_code + 0.5·Δ_prose, so base+merged is the model
+ * W + 0.5 Δ_code + 0.5 Δ_prose = 0.5 (W + Δ_code) + 0.5 (W + Δ_prose): the linear 0.5/0.5 merge of the
+ * two adapted models whose loss the fixture README measured independently (1.44147 nats/token on
+ * eval_code, BF16-rounded weights; alloy evaluates base+adapter in float32, within 1e-4 of that). */
+TEST(lora_merge_cat_applied_gives_the_measured_loss)
+{
+    char out[1100], cmd[8192], yaml[4096];
+    snprintf(out, sizeof out, "%s/half", test_tmpdir());
+    snprintf(yaml, sizeof yaml, "merge_method: cat\nmodels:\n  - model: %s\n    parameters: {weight: 0.5}\n"
+             "  - model: %s\n    parameters: {weight: 0.5}\n", test_data(CODE), test_data(PROSE));
+    struct alloy_err err = {0};
+    CHECK_MSG(lora_merge(yaml, out, 0, &err) == 0, "%s", err.msg);
+    snprintf(cmd, sizeof cmd, "%s eval %s+%s --text %s --json 2>/dev/null", test_alloy_bin(), test_data("tiny-llama/base"),
+             out, test_data("eval_code.txt"));
+    char *log = NULL;
+    CHECK_INT(test_run(cmd, &log), 0);
+    const char *p = log ? strstr(log, "\"nll\": ") : NULL;
+    CHECK_MSG(p != NULL, "no nll in: %s", log ? log : "(nothing)");
+    if (p) CHECK_NEAR(strtod(p + 7, NULL), 1.44147, 2e-4);
+    free(log);
+}
