@@ -186,7 +186,8 @@ static double *sv2(const double *t, uint64_t rows, uint64_t cols)
     return ev;
 }
 
-/* A small PEFT adapter: modules named in `mods` (q_proj, v_proj of layer 0), rank r, random A and B. */
+/* A small PEFT adapter: the first nmods of layer 0's q_proj, v_proj (nmods < 0: an embedding LoRA on
+ * embed_tokens instead), rank r, random A and B, `extra` config keys, `more` tensors. */
 static void write_adapter(const char *dir, int r, int alpha, int rslora, uint64_t seed, int nmods, const char *extra,
                           const struct test_tensor *more, int nmore)
 {
@@ -202,9 +203,14 @@ static void write_adapter(const char *dir, int r, int alpha, int rslora, uint64_
     struct test_tensor t[8];
     static char names[4][96];
     int n = 0;
-    for (int m = 0; m < nmods; m++) {
-        snprintf(names[2 * m], 96, "base_model.model.model.layers.0.self_attn.%s.lora_A.weight", mods[m]);
-        snprintf(names[2 * m + 1], 96, "base_model.model.model.layers.0.self_attn.%s.lora_B.weight", mods[m]);
+    for (int m = 0; m < (nmods < 0 ? 1 : nmods); m++) {
+        if (nmods < 0) { /* an embedding LoRA: A [r, vocab], B [dim, r], no .weight suffix */
+            snprintf(names[0], 96, "base_model.model.model.embed_tokens.lora_embedding_A");
+            snprintf(names[1], 96, "base_model.model.model.embed_tokens.lora_embedding_B");
+        } else {
+            snprintf(names[2 * m], 96, "base_model.model.model.layers.0.self_attn.%s.lora_A.weight", mods[m]);
+            snprintf(names[2 * m + 1], 96, "base_model.model.model.layers.0.self_attn.%s.lora_B.weight", mods[m]);
+        }
         float *base = vals + (size_t)m * r * (ROWS + COLS);
         t[n++] = (struct test_tensor){names[2 * m], "F32", 2, {r, COLS}, base};
         t[n++] = (struct test_tensor){names[2 * m + 1], "F32", 2, {ROWS, r}, base + (size_t)r * COLS};
@@ -214,7 +220,7 @@ static void write_adapter(const char *dir, int r, int alpha, int rslora, uint64_
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     CHECK_INT(test_write_safetensors(path, t, n), 0);
     snprintf(json, sizeof json, "{\"peft_type\": \"LORA\", \"r\": %d, \"lora_alpha\": %d, \"use_rslora\": %s, "
-             "\"target_modules\": [\"q_proj\", \"v_proj\"], \"base_model_name_or_path\": \"tiny\", "
+             "\"target_modules\": [\"q_proj\", \"v_proj\", \"embed_tokens\"], \"base_model_name_or_path\": \"tiny\", "
              "\"rank_pattern\": {}, \"alpha_pattern\": {}%s}", r, alpha, rslora ? "true" : "false", extra ? extra : "");
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     CHECK_INT(test_write_text(path, json), 0);
@@ -557,4 +563,35 @@ TEST(lora_merge_cat_applied_gives_the_measured_loss)
     CHECK_MSG(p != NULL, "no nll in: %s", log ? log : "(nothing)");
     if (p) CHECK_NEAR(strtod(p + 7, NULL), 1.44147, 2e-4);
     free(log);
+}
+
+/* An embedding LoRA is combined in its stored layout: the merged B·A [dim, vocab] is the weighted sum. */
+TEST(lora_merge_embedding_modules)
+{
+    char a[1100], b[1100], out[1100], yaml[8192];
+    snprintf(a, sizeof a, "%s/ea", test_tmpdir());
+    snprintf(b, sizeof b, "%s/eb", test_tmpdir());
+    write_adapter(a, 3, 6, 0, 11, -1, NULL, NULL, 0);
+    write_adapter(b, 5, 5, 0, 12, -1, NULL, NULL, 0);
+    for (int svd = 0; svd < 2; svd++) {
+        snprintf(out, sizeof out, "%s/emb%d", test_tmpdir(), svd);
+        snprintf(yaml, sizeof yaml, "merge_method: %s\nmodels:\n  - model: %s\n    parameters: {weight: 0.3}\n"
+                 "  - model: %s\n    parameters: {weight: 1.2}\n%s", svd ? "svd" : "cat", a, b, svd ? "rank: 8\n" : "");
+        struct alloy_err err = {0};
+        CHECK_MSG(lora_merge(yaml, out, 0, &err) == 0, "%s", err.msg);
+        struct alloy_adapter *m = open_ok(out), *x = open_ok(a), *y = open_ok(b);
+        if (!m || !x || !y) return;
+        const char *e = "model.embed_tokens";
+        const struct alloy_lora_module *me = alloy_adapter_module(m, e);
+        CHECK(me && me->kind == ALLOY_LORA_EMBEDDING && me->rank == 8 && me->a->shape[1] == 20 && me->b->shape[0] == 12);
+        uint64_t rows, cols;
+        double *got = delta(m, e, &rows, &cols), *dx = delta(x, e, &rows, &cols), *dy = delta(y, e, &rows, &cols);
+        double worst = 0; /* rank(T) <= 3 + 5 = 8: the svd type is exact too */
+        for (uint64_t k = 0; k < rows * cols; k++) worst = fmax(worst, fabs(got[k] - (0.3 * dx[k] + 1.2 * dy[k])));
+        CHECK_MSG(worst < 1e-5, "%s: embedding delta off by %.3g", svd ? "svd" : "cat", worst);
+        free(got), free(dx), free(dy);
+        alloy_adapter_close(m);
+        alloy_adapter_close(x);
+        alloy_adapter_close(y);
+    }
 }

@@ -368,8 +368,9 @@ int alloy_lora_merge(const struct alloy_lora_merge_options *o, struct alloy_err 
         return alloy_err_set(err, ALLOY_ERR_CONFIG, "lora merge: a config (text or path) and an output folder, found %s",
                              !o ? "no options" : !o->out_dir ? "no output folder" : "no config");
     struct lmerge L = {.o = o};
-    int rc = o->config_text ? alloy_lora_merge_config_parse(o->config_text, strlen(o->config_text), o->config_path, &L.cfg, err)
-                            : alloy_lora_merge_config_load(o->config_path, &L.cfg, err);
+    int rc = o->config_text
+                 ? alloy_lora_merge_config_parse(o->config_text, strlen(o->config_text), o->config_path, &L.cfg, err)
+                 : alloy_lora_merge_config_load(o->config_path, &L.cfg, err);
     if (!rc) rc = run(&L, err);
     for (size_t i = 0; i < L.nad; i++) alloy_adapter_close(L.ad[i]);
     if (L.mods)
