@@ -58,8 +58,10 @@ static int inputs(struct cfgp *P, const struct ynode *root, struct alloy_lora_me
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, "models", "expected at most %d adapters, found %zu",
                              ALLOY_LORA_MAX_ADAPTERS, n->n);
     if (!(c->inputs = alloy_xcalloc(n->n, sizeof *c->inputs))) return alloy_cfg_nomem(P);
-    for (size_t i = 0; i < n->n; i++, c->ninputs++)
+    for (size_t i = 0; i < n->n; i++) {
+        c->ninputs = i + 1; /* freed by alloy_lora_merge_config_free even when incomplete */
         if (input_entry(P, n->kids[i], i, &c->inputs[i])) return (int)P->err->status;
+    }
     return 0;
 }
 

@@ -16,8 +16,9 @@
  *      and checks shapes, so a bad input fails before any work.
  *   3. Modules are combined in batches of `threads`, one module per pool
  *      thread (combine.c, combine_svd.c), then written in name order through
- *      the adapter writer. Memory: at most `threads` modules' dense
- *      matrices at once (SVD types: (n + 2) rows x cols floats per module).
+ *      the adapter writer. Memory: at most `threads` modules at once; cat
+ *      and the A/B types hold only the A and B matrices, the SVD types also
+ *      (n + 2) dense rows x cols floats per module (DENSE_BUDGET at most).
  *   4. The written config has r = lora_alpha = the most common output rank,
  *      use_rslora false, and each module whose rank differs is written with
  *      lora_alpha = its rank (rank_pattern and alpha_pattern): every scaling
@@ -93,12 +94,14 @@ static int open_inputs(struct lmerge *L, struct alloy_err *err)
     size_t total = 0;
     if (!(L->ad = alloy_xcalloc(L->cfg->ninputs, sizeof *L->ad)))
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "lora merge: out of memory");
-    for (; L->nad < L->cfg->ninputs; L->nad++) {
-        if (alloy_adapter_open(L->cfg->inputs[L->nad].adapter, &L->ad[L->nad], err)) return (int)err->status;
-        if (check_adapter(L->ad[L->nad], err)) return (int)err->status;
-        total += L->ad[L->nad]->nmodules;
-        for (size_t j = 0; j < L->ad[L->nad]->nmodules; j++)
-            if (L->ad[L->nad]->modules[j].rank > L->max_rank) L->max_rank = L->ad[L->nad]->modules[j].rank;
+    while (L->nad < L->cfg->ninputs) {
+        struct alloy_adapter *a = NULL;
+        if (alloy_adapter_open(L->cfg->inputs[L->nad].adapter, &a, err)) return (int)err->status;
+        L->ad[L->nad++] = a;
+        if (check_adapter(a, err)) return (int)err->status;
+        total += a->nmodules;
+        for (size_t j = 0; j < a->nmodules; j++)
+            if (a->modules[j].rank > L->max_rank) L->max_rank = a->modules[j].rank;
     }
     if (!(L->names = alloy_xcalloc(total ? total : 1, sizeof *L->names)))
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "lora merge: out of memory");
@@ -145,10 +148,14 @@ static int plan_module(struct lmerge *L, struct module_out *mo, struct alloy_err
         }
         sum += m->rank;
     }
-    uint64_t bytes;
-    if (ckd_mul_u64(&bytes, mo->rows, mo->cols) || ckd_mul_u64(&bytes, bytes, 4 * (L->nad + 2)) || bytes > DENSE_BUDGET)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: a delta [%" PRIu64 ", %" PRIu64 "] whose combination "
+    uint64_t bytes; /* the SVD types' dense matrices: one per adapter, the target, the residual */
+    if (L->cfg->method->svd && (ckd_mul_u64(&bytes, mo->rows, mo->cols) || ckd_mul_u64(&bytes, bytes, 4 * (L->nad + 2)) ||
+                                bytes > DENSE_BUDGET))
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: a delta [%" PRIu64 ", %" PRIu64 "] whose dense combination "
                              "fits in %" PRIu64 " bytes, found a larger one", mo->name, mo->rows, mo->cols, DENSE_BUDGET);
+    if (L->cfg->method->cat && sum > ALLOY_LORA_MAX_RANK)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: concatenated ranks up to %d, found %" PRIu64, mo->name,
+                             ALLOY_LORA_MAX_RANK, sum);
     if (L->cfg->method->cat) mo->rank = (uint32_t)sum;
     else if (!L->cfg->method->svd) mo->rank = first->rank;
     else {
