@@ -6,7 +6,9 @@
  * the division by the agreeing count on hand-built values; cat reproduces
  * Σ w_i s_i B_i A_i exactly; the A/B types are PEFT's formula (cross terms
  * included); the SVD types' target is the weighted sum of the (pruned)
- * deltas. References are naive loops in double.
+ * deltas; the SVD re-factoring reports its measured error, meets the
+ * optimum, and clamps as PEFT's svd_clamp. References are naive loops in
+ * double.
  */
 #include "test.h"
 #include "lora/combine.h"
@@ -268,4 +270,43 @@ TEST(lora_svd_targets_are_mixed_deltas)
         }
         free_parts(p, 2);
     }
+}
+
+static int cmp_asc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* alloy_lora_factor: the reported error is the measured ‖T − B·A‖ and meets the optimum; svd_clamp
+ * clamps A and B to ±(the q-quantile of their values, torch.quantile's linear interpolation). */
+TEST(lora_factor_error_and_clamp)
+{
+    lcg_state = 23;
+    enum { ROWS = 10, COLS = 14, K = 3, N = ROWS * COLS, NV = K * (ROWS + COLS) };
+    float *t = rnd_array(N), a[K * COLS], b[ROWS * K], ca[K * COLS], cb[ROWS * K];
+    struct alloy_err err = {0};
+    double rel, opt, crel, copt;
+    CHECK_INT(alloy_lora_factor(t, ROWS, COLS, K, 0, a, b, &rel, &opt, &err), 0);
+    double res = 0, norm = 0;
+    for (int i = 0; i < ROWS; i++)
+        for (int j = 0; j < COLS; j++) {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)b[i * K + k] * a[k * COLS + j];
+            res += (t[i * COLS + j] - s) * (t[i * COLS + j] - s);
+            norm += (double)t[i * COLS + j] * t[i * COLS + j];
+        }
+    CHECK_NEAR(rel, sqrt(res / norm), 1e-6);
+    CHECK_MSG(opt > 0.1 && rel >= opt * (1 - 1e-6) && rel <= opt * 1.01, "error %.6f, optimum %.6f", rel, opt);
+
+    CHECK_INT(alloy_lora_factor(t, ROWS, COLS, K, 0.8, ca, cb, &crel, &copt, &err), 0);
+    double v[NV];
+    for (int e = 0; e < ROWS * K; e++) v[e] = b[e];
+    for (int e = 0; e < K * COLS; e++) v[ROWS * K + e] = a[e];
+    qsort(v, NV, sizeof *v, cmp_asc);
+    double pos = 0.8 * (NV - 1), h = v[(int)pos] + (v[(int)pos + 1] - v[(int)pos]) * (pos - floor(pos));
+    for (int e = 0; e < K * COLS; e++) CHECK_NEAR(ca[e], fmin(fmax(a[e], -h), h), 1e-6);
+    for (int e = 0; e < ROWS * K; e++) CHECK_NEAR(cb[e], fmin(fmax(b[e], -h), h), 1e-6);
+    CHECK(crel > rel && copt == opt); /* the clamp costs accuracy, and the card shows it */
+    free(t);
 }
