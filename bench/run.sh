@@ -20,6 +20,11 @@
 #      dropped: root only), and the big-tensor memory run (one 512 MiB F32
 #      tensor per model, linear and ties, peak RSS must stay <= 256 MiB).
 #   6. Prints the table and writes bench/results/<date>.json.
+#   7. The SVD of `alloy lora extract` against mergekit's full SVD per module
+#      (bench/lora_svd.c, linked against the liballoy.a next to the binary;
+#      one Llama layer, hidden 2048 / intermediate 8192, 1024 / 4096 with
+#      --quick): seconds, ratio and alloy's error over the optimum, printed
+#      after the table.
 #   Everything runs in --repeat rounds and each measurement keeps its best
 #   (lowest) time, so a passing disturbance spoils one round, not a row; a
 #   merge slower than 10x its limit runs in the first round only. The load
@@ -37,7 +42,7 @@ usage: sh bench/run.sh [ALLOY_BINARY] [options]
                      than 10x its limit runs once: noise cannot change its verdict)
   --methods "A B"    only these configs (names in bench/configs/)
   --threads "1 2"    thread counts for the scaling runs (default 1..nproc)
-  --no-scaling --no-cold --no-big --no-progress   skip those parts
+  --no-scaling --no-cold --no-big --no-progress --no-lora   skip those parts
   --big              run the big-tensor memory run even with --quick
   --keep             keep the merged output folders (bench/cache/work/)
   --no-nice          do not raise the benchmark's priority (default when root: nice -10 and
@@ -57,7 +62,7 @@ fi
 ARGS="$*"
 ALLOY=build/alloy
 case "${1:-}" in -*|"") ;; *) ALLOY=$1; shift ;; esac
-QUICK=0 SIZE=470M REPEAT=3 METHODS="" THREADS="" SCALING=1 COLD=1 BIG=1 PROGRESS=1 KEEP=0 JSON="" BIG_FORCE=0 NICE=1
+QUICK=0 SIZE=470M REPEAT=3 METHODS="" THREADS="" SCALING=1 COLD=1 BIG=1 PROGRESS=1 KEEP=0 JSON="" BIG_FORCE=0 NICE=1 LORA=1
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1 ;;
@@ -68,6 +73,7 @@ while [ $# -gt 0 ]; do
     --no-scaling) SCALING=0 ;;
     --no-cold) COLD=0 ;;
     --no-big) BIG=0 ;;
+    --no-lora) LORA=0 ;;
     --big) BIG_FORCE=1 ;;
     --no-progress) PROGRESS=0 ;;
     --keep) KEEP=1 ;;
@@ -465,3 +471,14 @@ STAMP=$(date -u '+%Y-%m-%dT%H%M%SZ')
     printf '  ]\n}\n'
 } > "$JSON"
 echo "bench: results in $JSON" >&2
+
+# ------------------------------------------------------------ LoRA extraction SVD
+if [ "$LORA" = 1 ] && [ -f "$BIN/liballoy.a" ] && [ -f "$BIN/config.mk" ]; then
+    DEPC=$(sed -n 's/^DEP_CFLAGS = //p' "$BIN/config.mk")
+    DEPL=$(sed -n 's/^DEP_LIBS = //p' "$BIN/config.mk")
+    $CC -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -I"$ROOT/include" -I"$ROOT/src" $DEPC -o "$BIN/bench_lora_svd" \
+        "$BENCH/lora_svd.c" "$BIN/liballoy.a" $DEPL -lpthread -lm
+    echo
+    if [ "$QUICK" = 1 ]; then "$BIN/bench_lora_svd" 1024 4096 32; else "$BIN/bench_lora_svd" 2048 8192 32; fi \
+        | tee "$WORK/lora_svd.txt" || echo "bench: lora svd: alloy's error above 1.01 x the optimum" >&2
+fi

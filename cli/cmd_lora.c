@@ -130,8 +130,9 @@ static int lora_apply(int argc, char **argv)
 static void lora_usage(FILE *f)
 {
     fprintf(f, "usage: alloy lora apply MODEL ADAPTER OUT_DIR [options]   merge an adapter into its model\n"
+               "       alloy lora extract --model FT --base-model BASE --out-path OUT   an adapter from a fine-tune\n"
                "       alloy lora merge CONFIG.yml OUT_DIR [options]       combine adapters into one adapter\n"
-               "Run 'alloy lora apply --help' or 'alloy lora merge --help' for options. See docs/lora.md.\n");
+               "Run 'alloy lora COMMAND --help' for options. See docs/lora.md.\n");
 }
 
 int cmd_lora(int argc, char **argv)
@@ -143,5 +144,6 @@ int cmd_lora(int argc, char **argv)
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) return lora_usage(stdout), 0;
     if (!strcmp(argv[1], "apply")) return lora_apply(argc - 1, argv + 1);
     if (!strcmp(argv[1], "merge")) return cli_lora_merge(argc - 1, argv + 1);
-    return cli_usage_error("lora", "unknown lora command '%s' (expected: apply, merge)", argv[1]);
+    if (!strcmp(argv[1], "extract")) return cli_lora_extract(argc - 1, argv + 1);
+    return cli_usage_error("lora", "unknown lora command '%s' (expected: apply, extract, merge)", argv[1]);
 }

@@ -186,6 +186,7 @@ static void main_usage(FILE *f)
             "       alloy eval MODEL... --text FILE [options]  measure loss/perplexity of models on texts\n"
             "       alloy lora apply MODEL ADAPTER OUT_DIR      merge a PEFT LoRA adapter into its model\n"
             "       alloy lora merge CONFIG.yml OUT_DIR         combine LoRA adapters into one adapter\n"
+            "       alloy lora extract --model FT --base-model BASE --out-path OUT   a LoRA adapter from a fine-tune\n"
             "       (a MODEL may be MODEL+ADAPTER anywhere: the adapter applied while streaming)\n"
             "       alloy --version\n"
             "\n"
@@ -226,6 +227,7 @@ int main(int argc, char **argv)
     const char *prog = strrchr(argv[0], '/');
     prog = prog ? prog + 1 : argv[0];
     if (!strcmp(prog, "mergekit-yaml")) return finish(cmd_merge(argc, argv));
+    if (!strcmp(prog, "mergekit-extract-lora")) return finish(cli_lora_extract(argc, argv));
     if (argc < 2) {
         main_usage(stderr);
         return 2;

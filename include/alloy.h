@@ -442,6 +442,46 @@ int  alloy_eval_read_ids(const char *path, int32_t **ids, size_t *n, struct allo
  * after loading); a no-op with other BLAS builds. Merges use no BLAS. */
 void alloy_blas_idle(void);
 
+/* ---------------------------------------------------------------- LoRA extraction */
+
+/*
+ * `alloy lora extract` (mergekit-extract-lora): a PEFT LoRA adapter that
+ * turns base_model into model. Each module's delta W_model - W_base (float32)
+ * is factored by a truncated SVD into lora_B [out, r] and lora_A [r, in]
+ * (embeddings: lora_embedding_A [r, vocab], lora_embedding_B [dim, r]) with
+ * every scaling alpha / r = 1; its error is within 1 % of the best rank-r
+ * approximation's (docs/lora-extract.md). Embeddings, lm_head, norms and
+ * --save-module modules are saved in full (modules_to_save). The output
+ * folder appears complete or not at all, with the rules of a merge output.
+ */
+struct alloy_lora_extract_options {
+    const char *model;              /* the fine-tuned model (folder or HF-cache id) */
+    const char *base_model;         /* the base it was tuned from */
+    const char *out_dir;            /* the adapter folder to write */
+    int         max_rank;           /* default 128 */
+    int         distribute_scale;   /* default 1: A = sqrt(S) Vt, B = U sqrt(S); 0: A = S Vt, B = U */
+    int         embed_lora;         /* 1: LoRA on embeddings/lm_head too (default 0: saved in full) */
+    const char *const *save_modules;    /* saved in full: full module names or last components */
+    size_t      nsave_modules;
+    const char *const *include_regexes; /* POSIX extended regexes searched in module names */
+    size_t      ninclude;
+    const char *const *exclude_regexes;
+    size_t      nexclude;
+    double      sv_epsilon;         /* drop singular values <= this (absolute); 0: keep all */
+    double      rank_energy;        /* in (0, 1]: each module's rank keeps this fraction of ||delta||^2; 0: off */
+    int         skip_undecomposable;/* modules that are not 2-D weights (norms) are skipped, not saved in full */
+    enum alloy_dtype lora_dtype;    /* dtype of lora_A/lora_B: F32 (default), BF16 or F16 */
+    int         threads;            /* <= 0: all cores (bounded by memory) */
+    int         overwrite;          /* replace an out_dir holding other files */
+    int         write_card;         /* default 1: README.md with the per-module table */
+    alloy_log_fn log;
+    void       *log_user;
+    volatile int *interrupt;        /* when non-NULL and set, extraction stops (ALLOY_ERR_INTERRUPTED) */
+};
+
+void alloy_lora_extract_options_init(struct alloy_lora_extract_options *o);
+int  alloy_lora_extract(const struct alloy_lora_extract_options *o, struct alloy_err *err);
+
 /* ---------------------------------------------------------------- sizes */
 
 /* Parses a byte count: "4096", "500M", "1G", "5B", "2.5G", "512MiB".

@@ -61,8 +61,9 @@ static int write_sample(const char *out, const struct alloy_adapter_spec *s, str
 
 TEST(lora_write_round_trip)
 {
-    char out[4096];
-    snprintf(out, sizeof out, "%s/adapter", test_tmpdir());
+    char dir[1024], out[1100];
+    snprintf(dir, sizeof dir, "%s", test_tmpdir());
+    snprintf(out, sizeof out, "%s/adapter", dir);
     struct alloy_adapter_spec s = spec_bf16();
     struct alloy_err err = {0};
     CHECK_MSG(write_sample(out, &s, &err) == 0, "%s", err.msg);
@@ -113,13 +114,13 @@ TEST(lora_write_round_trip)
     text = test_read_file(path, NULL);
     CHECK(text && !strcmp(text, "# card\n"));
     free(text);
-    CHECK_INT(test_leftovers(test_tmpdir()), 0);
+    CHECK_INT(test_leftovers(dir), 0);
 }
 
 TEST(lora_write_refusals)
 {
-    const char *dir = test_tmpdir();
-    char out[4096], path[4200];
+    char dir[1024], out[1100], path[1200];
+    snprintf(dir, sizeof dir, "%s", test_tmpdir());
     snprintf(out, sizeof out, "%s/adapter", dir);
     struct alloy_adapter_spec s = spec_bf16();
     struct alloy_err err = {0};

@@ -308,8 +308,7 @@ int alloy_adapter_writer_commit(struct alloy_adapter_writer *w, const char *card
     if (!rc) rc = write_weights(w, wpath, err);
     if (!rc) rc = write_text(w->tmp, "adapter_config.json", text, err);
     if (!rc && card) rc = write_text(w->tmp, "README.md", card, err);
-    if (!rc && alloy_fsync_dir(w->tmp) != 0)
-        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", w->tmp, strerror(errno));
+    if (!rc) rc = alloy_seal_tmp_dir(w->tmp, err);
     if (!rc) rc = alloy_publish_dir(w->tmp, w->out, err);
     if (!rc) {
         free(w->tmp);

@@ -166,15 +166,8 @@ static int folder_commit(struct alloy_sink *s, struct alloy_err *err)
     struct folder_sink *f = (struct folder_sink *)s;
     int rc = close_shard(f, 1, err);
     if (!rc) rc = alloy_output_write_files(f->p, f->o, f->tmp, err);
-    if (!rc && alloy_fsync_dir(f->tmp) != 0)
-        rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", f->tmp, strerror(errno));
     if (!rc && f->o->interrupt && *f->o->interrupt) rc = alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted");
-    if (!rc) { /* private (mkdtemp: 0700) while incomplete; published with the usual umask permissions */
-        mode_t um = umask(0);
-        umask(um);
-        if (chmod(f->tmp, 0777 & ~um) != 0)
-            rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: chmod failed: %s", f->tmp, strerror(errno));
-    }
+    if (!rc) rc = alloy_seal_tmp_dir(f->tmp, err);
     if (!rc) rc = alloy_publish_dir(f->tmp, f->o->out_dir, err);
     if (!rc) {
         free(f->tmp);

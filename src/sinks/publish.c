@@ -256,6 +256,15 @@ int alloy_make_tmp_dir(const char *out, char **tmp, struct alloy_err *err)
 
 /* ------------------------------------------------------------ publishing */
 
+int alloy_seal_tmp_dir(const char *tmp, struct alloy_err *err)
+{
+    if (alloy_fsync_dir(tmp) != 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
+    mode_t um = umask(0); /* private (mkdtemp: 0700) while incomplete; published with the usual umask permissions */
+    umask(um);
+    if (chmod(tmp, 0777 & ~um) != 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: chmod failed: %s", tmp, strerror(errno));
+    return ALLOY_OK;
+}
+
 static int exchange(const char *a, const char *b)
 {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 28))

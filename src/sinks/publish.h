@@ -16,6 +16,8 @@ int  alloy_check_out_dir_models(const struct alloy_model *const *models, size_t 
 /* Removes the temporary folders of runs into out that are gone, then creates *tmp,
  * "<out>.alloy-tmp-<pid>-XXXXXX" (mode 0700). */
 int  alloy_make_tmp_dir(const char *out, char **tmp, struct alloy_err *err);
+/* Makes the finished temporary folder durable (fsync) and gives it the usual umask permissions. */
+int  alloy_seal_tmp_dir(const char *tmp, struct alloy_err *err);
 /* Moves the finished folder tmp into place as out, replacing an existing out only now, as a whole. */
 int  alloy_publish_dir(const char *tmp, const char *out, struct alloy_err *err);
 /* Removes a folder tree (symlinks are removed, never followed); -1 on failure. */
