@@ -204,6 +204,17 @@ struct alloy_tensor_file  *alloy_st_file_base(struct alloy_st_file *f);
  * model.safetensors.index.json. A reference that is not a directory
  * ("org/name" or "org/name@rev") is looked up in the local Hugging Face cache:
  * $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub.
+ *
+ * A reference "MODEL+ADAPTER" (mergekit's syntax; each part a folder or a cache
+ * id) opens MODEL with a PEFT LoRA adapter folder applied (docs/lora.md): the
+ * adapter is checked against the model when opened (one error line naming the
+ * adapter file and key), its full copies (modules_to_save) replace the model's
+ * tensors, and every reader of the model that goes through the merge engine or
+ * the evaluator gets W + s·B·A for the adapted weights. alloy_model_dir() is
+ * MODEL's folder. Such references work anywhere a model reference does: merge
+ * configs (alloy_merge; a passthrough of MODEL+ADAPTER is `alloy lora apply`)
+ * and evaluation (alloy_evaluator_new). alloy_model_tensor()/alloy_model_find()
+ * describe the stored tensors (the base weights, not the applied values).
  */
 struct alloy_model;
 
@@ -439,7 +450,8 @@ int  alloy_eval_read_text(const char *path, char **text, size_t *len, struct all
 int  alloy_eval_read_ids(const char *path, int32_t **ids, size_t *n, struct alloy_err *err);
 
 /* Stops OpenBLAS's idle worker threads (they spin for about 0.1 s of a core
- * after loading); a no-op with other BLAS builds. Merges use no BLAS. */
+ * after loading); a no-op with other BLAS builds. Merges use BLAS only for
+ * MODEL+ADAPTER references, one BLAS thread per pool thread. */
 void alloy_blas_idle(void);
 
 /* ---------------------------------------------------------------- LoRA extraction */

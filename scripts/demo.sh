@@ -1,5 +1,5 @@
 #!/bin/sh
-# demo.sh — merge the bundled tiny models and evaluate the result.
+# demo.sh — merge the bundled tiny models, apply a LoRA adapter, and evaluate the results.
 # Usage: scripts/demo.sh [path/to/alloy]
 set -e
 ALLOY=${1:-build/alloy}
@@ -19,4 +19,11 @@ if "$ALLOY" eval --help >/dev/null 2>&1; then
   MODELS="tests/data/tiny-llama/base tests/data/tiny-llama/code tests/data/tiny-llama/prose $OUT/linear"
   [ -d "$OUT/ties" ] && MODELS="$MODELS $OUT/ties"
   "$ALLOY" eval $MODELS --text tests/data/eval_code.txt --text tests/data/eval_prose.txt
+fi
+if [ -d tests/data/tiny-llama-lora/code-r8 ]; then
+  echo "== alloy lora apply: the code-r8 LoRA adapter merged into the base (PEFT merge_and_unload)"
+  "$ALLOY" lora apply tests/data/tiny-llama/base tests/data/tiny-llama-lora/code-r8 "$OUT/code-r8" --threads 2 --overwrite
+  echo "== alloy eval: the base, the adapter applied in memory (BASE+ADAPTER) and the applied folder"
+  "$ALLOY" eval tests/data/tiny-llama/base tests/data/tiny-llama/base+tests/data/tiny-llama-lora/code-r8 "$OUT/code-r8" \
+    --text tests/data/eval_code.txt --text tests/data/eval_prose.txt
 fi

@@ -494,8 +494,10 @@ TEST(config_errors_slices)
 
 TEST(config_errors_model_refs)
 {
-    EXPECT_ERR(HEAD "models:\n  - model: org/m+org/lora\n", ALLOY_ERR_UNSUPPORTED, "3:12",
-               "models[0].model: LoRA adapters in model references are not supported yet");
+    EXPECT_ERR(HEAD "models:\n  - model: 'org/m+'\n", ALLOY_ERR_CONFIG, "3:12",
+               "models[0].model: invalid model reference 'org/m+': the adapter path after '+' is empty");
+    EXPECT_ERR(HEAD "models:\n  - model: 'org/m+a@r1@r2'\n", ALLOY_ERR_CONFIG, "3:12",
+               "invalid model reference 'org/m+a@r1@r2': more than one '@'");
     EXPECT_ERR(HEAD "models:\n  - model: a+b+c\n", ALLOY_ERR_CONFIG, "3:12",
                "models[0].model: can't parse model reference 'a+b+c': more than one '+'");
     EXPECT_ERR(HEAD "models:\n  - model: org/m@r1@r2\n", ALLOY_ERR_CONFIG, "3:12",
@@ -505,8 +507,8 @@ TEST(config_errors_model_refs)
     EXPECT_ERR(HEAD "models:\n  - model: ~\n", ALLOY_ERR_CONFIG, "3:12",
                "models[0].model: expected a model reference (PATH[@REVISION]), found null");
     EXPECT_ERR(HEAD "models:\n  - model: [a]\n", ALLOY_ERR_CONFIG, "3:12", "expected a model reference");
-    EXPECT_ERR(HEAD "models:\n  - model:\n      model: a\n      lora: b\n", ALLOY_ERR_UNSUPPORTED, "5:13",
-               "models[0].model.lora: LoRA adapters in model references are not supported yet");
+    EXPECT_ERR(HEAD "models:\n  - model:\n      model: a\n      lora: [b]\n", ALLOY_ERR_CONFIG, "5:13",
+               "models[0].model.lora: expected the path of a LoRA adapter folder");
     EXPECT_ERR(HEAD "models:\n  - model:\n      model: a\n      override_architecture: LlamaForCausalLM\n",
                ALLOY_ERR_UNSUPPORTED, "5:30", "models[0].model.override_architecture: override_architecture is not "
                "supported yet");
@@ -518,7 +520,8 @@ TEST(config_errors_model_refs)
                "models[0].model.model.path: 'a@b' contains '@'");
     EXPECT_ERR(HEAD "models:\n  - model:\n      path: a\n", ALLOY_ERR_CONFIG, "4:7",
                "unknown key 'path' in models[0].model (expected one of: model, lora, override_architecture)");
-    EXPECT_ERR(HEAD MODELS "base_model: a+lora\n", ALLOY_ERR_UNSUPPORTED, "3:13", "base_model: LoRA adapters");
+    EXPECT_ERR(HEAD MODELS "base_model: '+lora'\n", ALLOY_ERR_CONFIG, "3:13", "base_model: invalid model reference "
+               "'+lora': the model path is empty");
     EXPECT_ERR(HEAD MODELS "tokenizer_source: 'model:'\n", ALLOY_ERR_CONFIG, "3:19",
                "tokenizer_source: invalid model reference '': the model path is empty");
 }

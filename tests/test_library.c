@@ -251,8 +251,8 @@ TEST(library_config_builder_errors)
     if (!c) return;
     CHECK_INT(alloy_config_add_model(c, "org/a@b@c", NULL, &err), ALLOY_ERR_CONFIG);
     CHECK_STR_CONTAINS(err.msg, "models[0].model: invalid model reference 'org/a@b@c': more than one '@'");
-    CHECK_INT(alloy_config_set_base(c, "base+lora", &err), ALLOY_ERR_UNSUPPORTED);
-    CHECK_STR_CONTAINS(err.msg, "base_model: LoRA adapters");
+    CHECK_INT(alloy_config_set_base(c, "base+", &err), ALLOY_ERR_CONFIG);
+    CHECK_STR_CONTAINS(err.msg, "base_model: invalid model reference 'base+': the adapter path after '+' is empty");
     CHECK_INT(alloy_config_set_param(c, 0, "density", 0.5, &err), ALLOY_ERR_CONFIG);
     CHECK_STR_CONTAINS(err.msg, "model 0 does not exist (0 models");
     CHECK_INT(alloy_config_set_dtype(c, "int64", &err), ALLOY_ERR_UNSUPPORTED);

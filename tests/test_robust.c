@@ -22,6 +22,7 @@
  *   valgrind: robust_valgrind_merge runs only with ALLOY_SLOW_TESTS=1 and
  *   valgrind installed (and not in a sanitizer build).
  */
+#include "lora/adapter.h"
 #include "test.h"
 #include "alloy.h"
 #include "config/config.h"
@@ -700,6 +701,12 @@ static int replay(const char *target, const char *data, size_t len, const char *
         struct alloy_config *c = NULL;
         int rc = alloy_config_parse(data, len, "fuzz.yml", &c, err);
         alloy_config_free(c);
+        return rc;
+    }
+    if (!strcmp(target, "adapter_config")) {
+        struct alloy_adapter *a = NULL;
+        int rc = alloy_adapter_parse_config(data, len, "adapter_config.json", &a, err);
+        alloy_adapter_close(a);
         return rc;
     }
     test_fail(__FILE__, __LINE__, "regression input for unknown target '%s'", target);

@@ -24,6 +24,9 @@
 #include "sinks/sink.h"
 
 #include <stdatomic.h>
+#ifdef ALLOY_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
 
 struct tensor_io {
     const struct alloy_plan_tensor *t;
@@ -198,7 +201,16 @@ int alloy_merge(const struct alloy_merge_options *opts, struct alloy_err *err)
     if (!rc && !sink) rc = err ? (int)err->status : ALLOY_ERR_NOMEM;
     if (!rc && !(pool = alloy_pool_new(o->threads)))
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "cannot start %d threads", o->threads);
-    if (!rc) rc = run_plan(plan, sink, pool, o, err);
+    if (!rc) {
+#ifdef ALLOY_HAVE_OPENBLAS /* lora sources call sgemm from every pool thread: one BLAS thread each */
+        int saved_blas = openblas_get_num_threads();
+        openblas_set_num_threads(1);
+#endif
+        rc = run_plan(plan, sink, pool, o, err);
+#ifdef ALLOY_HAVE_OPENBLAS
+        openblas_set_num_threads(saved_blas);
+#endif
+    }
 out:
     if (sink) sink->ops->free(sink);
     alloy_pool_free(pool);

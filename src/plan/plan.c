@@ -715,7 +715,8 @@ int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_op
     if (!p) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     struct builder b = {.p = p, .o = o, .err = err, .lora_round = -1};
     enum alloy_dtype lrd;
-    if (o->lora_merge_dtype && alloy_dtype_parse(o->lora_merge_dtype, 1, &lrd) != 0) {
+    if (o->lora_merge_dtype && (alloy_dtype_parse(o->lora_merge_dtype, 1, &lrd) != 0 ||
+                                (lrd != ALLOY_DTYPE_F32 && lrd != ALLOY_DTYPE_F16 && lrd != ALLOY_DTYPE_BF16))) {
         free(p);
         return alloy_err_set(err, ALLOY_ERR_CONFIG, "--lora-merge-dtype: expected bfloat16, float16 or float32, found "
                              "'%.100s'", o->lora_merge_dtype);
