@@ -222,9 +222,9 @@ TEST(lora_cli_apply_error)
     free(out);
     snprintf(cmd, sizeof cmd, "%s-out", ad);
     CHECK(access(cmd, F_OK) != 0);
-    snprintf(cmd, sizeof cmd, "%s lora merge x 2>&1", test_alloy_bin());
+    snprintf(cmd, sizeof cmd, "%s lora frobnicate x 2>&1", test_alloy_bin());
     CHECK_INT(test_run(cmd, &out), 2);
-    CHECK_STR_CONTAINS(out, "unknown lora command 'merge'");
+    CHECK_STR_CONTAINS(out, "unknown lora command 'frobnicate'");
     free(out);
 }
 
