@@ -507,6 +507,24 @@ TEST(lora_merge_refusals)
     write_adapter(dir, 4, 8, 0, 1, 1, ", \"use_dora\": true", &dora, 1);
     snprintf(yaml, sizeof yaml, "merge_method: svd\nmodels:\n  - model: %s\n    parameters: {weight: 1}\n", dir);
     expect_refused(yaml, out, "DoRA");
+    /* OUT is an input adapter (or inside one): refused, the adapter unchanged */
+    snprintf(dir, sizeof dir, "%s/self", tmp);
+    write_adapter(dir, 4, 8, 0, 1, 1, NULL, NULL, 0);
+    uint64_t before = test_hash_dir(dir);
+    snprintf(yaml, sizeof yaml, "merge_method: cat\nmodels:\n  - model: %s\n    parameters: {weight: 2}\n", dir);
+    for (int inside = 0; inside < 2; inside++) {
+        struct alloy_err err = {0};
+        char target[1200];
+        snprintf(target, sizeof target, "%s%s", dir, inside ? "/sub" : "");
+        struct alloy_lora_merge_options o;
+        alloy_lora_merge_options_init(&o);
+        o.config_text = yaml;
+        o.out_dir = target;
+        o.overwrite = 1;
+        CHECK(alloy_lora_merge(&o, &err) != 0);
+        CHECK_STR_CONTAINS(err.msg, "an output folder apart from the input adapters");
+    }
+    CHECK(test_hash_dir(dir) == before);
     /* a missing adapter, bad YAML, an unknown method */
     snprintf(yaml, sizeof yaml, "merge_method: cat\nmodels:\n  - model: %s/nowhere\n    parameters: {weight: 1}\n", tmp);
     expect_refused(yaml, out, "nowhere");
