@@ -30,6 +30,7 @@
 #include "lora/adapter_write.h"
 #include "lora/combine.h"
 
+#include <cblas.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -293,6 +294,10 @@ static int combine_all(struct lmerge *L, struct alloy_adapter_writer *w, struct 
     if (!pool) return alloy_err_set(err, ALLOY_ERR_NOMEM, "lora merge: cannot start the worker threads");
     size_t per = (size_t)alloy_pool_size(pool);
     int rc = 0;
+#ifdef ALLOY_HAVE_OPENBLAS /* every pool thread calls sgemm and LAPACK: one BLAS thread each */
+    int saved_blas = openblas_get_num_threads();
+    if (per > 1) openblas_set_num_threads(1);
+#endif
     for (size_t start = 0; !rc && start < L->nnames; start += per) {
         size_t n = L->nnames - start < per ? L->nnames - start : per;
         struct batch B = {L, start};
@@ -310,6 +315,9 @@ static int combine_all(struct lmerge *L, struct alloy_adapter_writer *w, struct 
         if (!rc && L->o->interrupt && *L->o->interrupt)
             rc = alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "lora merge: interrupted");
     }
+#ifdef ALLOY_HAVE_OPENBLAS
+    openblas_set_num_threads(saved_blas);
+#endif
     alloy_pool_free(pool);
     return rc;
 }
