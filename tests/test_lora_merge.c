@@ -6,13 +6,14 @@
  * the adapter reader and checked against the formulas computed in the test
  * in double: cat reproduces Σ w_i s_i B_i A_i, linear is PEFT's A/B formula,
  * the SVD types meet the Eckart–Young rule (error within 1 % of the optimum,
- * whose singular values the test finds itself by Jacobi rotations) and
+ * whose singular values come from the tests' Jacobi reference, svd_ref.c) and
  * reproduce their target exactly at full rank; bad inputs are refused with
  * no output folder left behind.
  */
 #include "test.h"
 #include "config/lora_merge_config.h"
 #include "lora/adapter.h"
+#include "svd_ref.h"
 
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -143,49 +144,6 @@ static double frob(const double *x, size_t n)
     return sqrt(s);
 }
 
-/* Singular values² of t [rows, cols], descending: eigenvalues of the smaller Gram matrix by cyclic Jacobi. */
-static double *sv2(const double *t, uint64_t rows, uint64_t cols)
-{
-    uint64_t n = rows < cols ? rows : cols;
-    double *g = calloc(n * n, sizeof *g);
-    for (uint64_t i = 0; i < n; i++)
-        for (uint64_t j = 0; j < n; j++) {
-            double s = 0;
-            if (rows <= cols) for (uint64_t k = 0; k < cols; k++) s += t[i * cols + k] * t[j * cols + k];
-            else for (uint64_t k = 0; k < rows; k++) s += t[k * cols + i] * t[k * cols + j];
-            g[i * n + j] = s;
-        }
-    for (int sweep = 0; sweep < 30; sweep++) {
-        double off = 0;
-        for (uint64_t p = 0; p < n; p++)
-            for (uint64_t q = p + 1; q < n; q++) off += g[p * n + q] * g[p * n + q];
-        if (off < 1e-30) break;
-        for (uint64_t p = 0; p < n; p++)
-            for (uint64_t q = p + 1; q < n; q++) {
-                if (g[p * n + q] == 0) continue;
-                double th = (g[q * n + q] - g[p * n + p]) / (2 * g[p * n + q]);
-                double tt = (th >= 0 ? 1 : -1) / (fabs(th) + sqrt(th * th + 1)), c = 1 / sqrt(tt * tt + 1), s = tt * c;
-                for (uint64_t k = 0; k < n; k++) { /* G <- G·J, then Jᵀ·G */
-                    double gkp = g[k * n + p], gkq = g[k * n + q];
-                    g[k * n + p] = c * gkp - s * gkq;
-                    g[k * n + q] = s * gkp + c * gkq;
-                }
-                for (uint64_t k = 0; k < n; k++) {
-                    double gpk = g[p * n + k], gqk = g[q * n + k];
-                    g[p * n + k] = c * gpk - s * gqk;
-                    g[q * n + k] = s * gpk + c * gqk;
-                }
-            }
-    }
-    double *ev = malloc(n * sizeof *ev);
-    for (uint64_t i = 0; i < n; i++) ev[i] = g[i * n + i];
-    free(g);
-    for (uint64_t i = 0; i < n; i++) /* descending */
-        for (uint64_t j = i + 1; j < n; j++)
-            if (ev[j] > ev[i]) { double x = ev[i]; ev[i] = ev[j]; ev[j] = x; }
-    return ev;
-}
-
 /* A small PEFT adapter: the first nmods of layer 0's q_proj, v_proj (nmods < 0: an embedding LoRA on
  * embed_tokens instead), rank r, random A and B, `extra` config keys, `more` tensors. */
 static void write_adapter(const char *dir, int r, int alpha, int rslora, uint64_t seed, int nmods, const char *extra,
@@ -302,12 +260,13 @@ static void check_svd(int rank, double *worst_ratio, double *worst_exact)
             t[e] = 0.5 * dc[e] + 0.7 * dp[e];
             res[e] = got[e] - t[e];
         }
-        double *ev = sv2(t, rows, cols), tail = 0;
-        for (uint64_t j = k; j < (rows < cols ? rows : cols); j++) tail += fmax(ev[j], 0);
+        double *sv = malloc((rows < cols ? rows : cols) * sizeof *sv), tail = 0;
+        jacobi_sv(t, rows, cols, sv);
+        for (uint64_t j = k; j < (rows < cols ? rows : cols); j++) tail += sv[j] * sv[j];
         double e_got = frob(res, n), e_opt = sqrt(tail), tn = frob(t, n);
         if (rank >= 24) *worst_exact = fmax(*worst_exact, e_got / tn); /* rank(T) <= 8 + 16 */
         else *worst_ratio = fmax(*worst_ratio, e_got / e_opt);
-        free(ev);
+        free(sv);
         free(t);
         free(res);
         free(got);
