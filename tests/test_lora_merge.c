@@ -484,6 +484,19 @@ TEST(lora_merge_refusals)
         CHECK_STR_CONTAINS(err.msg, "an output folder apart from the input adapters");
     }
     CHECK(test_hash_dir(dir) == before);
+    /* interrupted: stops after the first batch of modules, nothing published */
+    {
+        volatile int stop = 1;
+        struct alloy_err err = {0};
+        struct alloy_lora_merge_options o;
+        alloy_lora_merge_options_init(&o);
+        o.config_text = yaml;
+        o.out_dir = out;
+        o.interrupt = &stop;
+        CHECK_INT(alloy_lora_merge(&o, &err), ALLOY_ERR_INTERRUPTED);
+        struct stat sb;
+        CHECK(stat(out, &sb) != 0 && test_leftovers(tmp) == 0);
+    }
     /* a missing adapter, bad YAML, an unknown method */
     snprintf(yaml, sizeof yaml, "merge_method: cat\nmodels:\n  - model: %s/nowhere\n    parameters: {weight: 1}\n", tmp);
     expect_refused(yaml, out, "nowhere");
