@@ -131,6 +131,7 @@ static void lora_usage(FILE *f)
 {
     fprintf(f, "usage: alloy lora apply MODEL ADAPTER OUT_DIR [options]   merge an adapter into its model\n"
                "       alloy lora extract --model FT --base-model BASE --out-path OUT [options]   an adapter from a fine-tune\n"
+               "       alloy lora merge CONFIG.yml OUT_DIR [options]   combine adapters into one adapter\n"
                "Run 'alloy lora COMMAND --help' for options. See docs/lora.md.\n");
 }
 
@@ -144,4 +145,5 @@ int cmd_lora(int argc, char **argv)
     if (!strcmp(argv[1], "apply")) return lora_apply(argc - 1, argv + 1);
     if (!strcmp(argv[1], "extract")) return cli_lora_extract(argc - 1, argv + 1);
     return cli_usage_error("lora", "unknown lora command '%s' (expected: apply, extract)", argv[1]);
+               "       alloy lora merge CONFIG.yml OUT_DIR [options]   combine adapters into one adapter\n"
 }

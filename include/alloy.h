@@ -349,6 +349,28 @@ int alloy_method_info(size_t i, struct alloy_method_info *out);
 void alloy_merge_options_init(struct alloy_merge_options *o);
 int  alloy_merge(const struct alloy_merge_options *o, struct alloy_err *err);
 
+/* ---------------------------------------------------------------- LoRA adapters: merge */
+
+/*
+ * `alloy lora merge`: PEFT LoRA adapters combined into one adapter folder
+ * with one of PEFT's add_weighted_adapter combination types (cat, linear,
+ * ties, dare_linear, dare_ties, magnitude_prune, svd, ties_svd,
+ * dare_linear_svd, dare_ties_svd, magnitude_prune_svd), described by a YAML
+ * config (docs/lora-merge.md). The SVD types re-factor Σ w_i s_i B_i A_i.
+ */
+struct alloy_lora_merge_options {
+    const char *config_text;   /* the YAML text (NUL-terminated); config_path, if set, labels messages */
+    const char *config_path;   /* the YAML file, read when config_text is NULL */
+    const char *out_dir;       /* the adapter folder written (complete or not at all) */
+    int         threads;       /* modules combined at once; <= 0: all cores */
+    uint64_t    seed;          /* DARE types: --random-seed */
+    int         overwrite;     /* replace an existing out_dir even when it holds other files */
+    volatile int *interrupt;   /* when non-NULL and set, the merge stops cleanly (ALLOY_ERR_INTERRUPTED) */
+};
+
+void alloy_lora_merge_options_init(struct alloy_lora_merge_options *o);
+int  alloy_lora_merge(const struct alloy_lora_merge_options *o, struct alloy_err *err);
+
 /* ---------------------------------------------------------------- evaluation */
 
 /*

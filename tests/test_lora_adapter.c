@@ -235,9 +235,9 @@ TEST(lora_cli_apply_error)
     const struct alloy_tensor *t = m ? alloy_model_find(m, "model.layers.0.self_attn.q_proj.weight") : NULL;
     CHECK(t && t->dtype == ALLOY_DTYPE_BF16);
     alloy_model_close(m);
-    snprintf(cmd, sizeof cmd, "%s lora merge x 2>&1", test_alloy_bin());
+    snprintf(cmd, sizeof cmd, "%s lora frobnicate x 2>&1", test_alloy_bin());
     CHECK_INT(test_run(cmd, &out), 2);
-    CHECK_STR_CONTAINS(out, "unknown lora command 'merge'");
+    CHECK_STR_CONTAINS(out, "unknown lora command 'frobnicate'");
     free(out);
 }
 

@@ -717,3 +717,21 @@ int alloy_config_load(const char *path, struct alloy_config **out, struct alloy_
     free(text);
     return rc;
 }
+
+/* ---------------------------------------------------------------- shared with lora_merge_config.c */
+
+const char *alloy_cfg_describe(const struct ynode *n, char *buf, size_t size) { return describe(n, buf, size); }
+int alloy_cfg_get_string(struct cfgp *P, const struct ynode *n, const char *key, char **out)
+{
+    return get_string(P, n, key, out);
+}
+int alloy_cfg_get_number(struct cfgp *P, const struct ynode *n, const char *key, double *out)
+{
+    return get_number(P, n, key, out);
+}
+int alloy_cfg_check_map(struct cfgp *P, const struct ynode *m, const char *key, const char *where,
+                        const char *const *allowed)
+{
+    return check_map(P, m, key, where, allowed);
+}
+struct ynode *alloy_cfg_map_val(const struct ynode *m, const char *name) { return map_val(m, name); }

@@ -51,4 +51,14 @@ void alloy_yaml_tree_free(struct cfgp *P);
  * that does not fit the text (`!!int abc`). */
 int  alloy_yaml_scalar_type(const struct ynode *n, double *num);
 
+/* config.c's typed access, shared with lora_merge_config.c: a value's description for "found ..."; a string
+ * (null: *out = NULL); a number; a mapping whose keys are all in `allowed` (NULL-terminated; messages
+ * name `where` and suggest a near key); the value of key `name` (a null value counts as absent). */
+const char   *alloy_cfg_describe(const struct ynode *n, char *buf, size_t size);
+int           alloy_cfg_get_string(struct cfgp *P, const struct ynode *n, const char *key, char **out);
+int           alloy_cfg_get_number(struct cfgp *P, const struct ynode *n, const char *key, double *out);
+int           alloy_cfg_check_map(struct cfgp *P, const struct ynode *m, const char *key, const char *where,
+                                  const char *const *allowed);
+struct ynode *alloy_cfg_map_val(const struct ynode *m, const char *name);
+
 #endif
