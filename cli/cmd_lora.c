@@ -144,6 +144,6 @@ int cmd_lora(int argc, char **argv)
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) return lora_usage(stdout), 0;
     if (!strcmp(argv[1], "apply")) return lora_apply(argc - 1, argv + 1);
     if (!strcmp(argv[1], "extract")) return cli_lora_extract(argc - 1, argv + 1);
-    return cli_usage_error("lora", "unknown lora command '%s' (expected: apply, extract)", argv[1]);
-               "       alloy lora merge CONFIG.yml OUT_DIR [options]   combine adapters into one adapter\n"
+    if (!strcmp(argv[1], "merge")) return cli_lora_merge(argc - 1, argv + 1);
+    return cli_usage_error("lora", "unknown lora command '%s' (expected: apply, extract, merge)", argv[1]);
 }
