@@ -39,6 +39,7 @@ struct alloy_model {
     size_t count;
     const struct alloy_tensor **tensors;
     struct alloy_strmap index;
+    unsigned shares;                 /* holders besides the first (alloy_model_share); close frees at 0 */
 };
 
 /* ------------------------------------------------------------ reference resolution */
@@ -401,9 +402,15 @@ fail:
     return rc;
 }
 
+void alloy_model_share(struct alloy_model *m) { m->shares++; }
+
 void alloy_model_close(struct alloy_model *m)
 {
     if (!m) return;
+    if (m->shares) {
+        m->shares--;
+        return;
+    }
     for (size_t i = 0; i < m->nfiles; i++) alloy_tensor_file_close(m->files[i]);
     free(m->files);
     free(m->image);

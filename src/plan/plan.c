@@ -23,6 +23,7 @@
  */
 #include "core/internal.h"
 #include "core/strmap.h"
+#include "formats/formats.h"
 #include "plan/plan.h"
 
 #include <stdarg.h>
@@ -106,6 +107,7 @@ struct builder {
     struct stack *stacks;          /* per model */
     struct alloy_err *err;
     size_t cap;
+    const struct alloy_given_models *given; /* intermediates of a multi-stage merge, or NULL */
 };
 
 static void warnf(struct builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -121,18 +123,29 @@ static void warnf(struct builder *b, const char *fmt, ...)
     b->o->log(b->o->log_user, 0, msg);
 }
 
+/* The intermediate a reference names (a multi-stage merge's `model: NAME`), or NULL. */
+static struct alloy_model *given_model(const struct builder *b, const char *ref)
+{
+    for (size_t i = 0; b->given && i < b->given->n; i++)
+        if (strcmp(b->given->names[i], ref) == 0) return b->given->models[i];
+    return NULL;
+}
+
 static int model_index(struct builder *b, const char *ref, struct alloy_pos pos)
 {
     struct alloy_plan *p = b->p;
+    struct alloy_model *given = given_model(b, ref);
     for (size_t i = 0; i < p->nmodels; i++)
-        if (strcmp(alloy_model_ref(p->models[i]), ref) == 0) return (int)i;
+        if (given ? p->models[i] == given : strcmp(alloy_model_ref(p->models[i]), ref) == 0) return (int)i;
     struct alloy_model **nm = alloy_xrealloc(p->models, (p->nmodels + 1) * sizeof *nm);
     struct stack *ns = alloy_xrealloc(b->stacks, (p->nmodels + 1) * sizeof *ns);
     if (nm) p->models = nm;
     if (ns) b->stacks = ns;
     if (!nm || !ns) return -alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
-    struct alloy_model *m;
-    int rc = alloy_model_open(ref, &m, b->err);
+    struct alloy_model *m = given;
+    int rc = ALLOY_OK;
+    if (given) alloy_model_share(given);
+    else rc = alloy_model_open(ref, &m, b->err);
     if (rc) {
         if (pos.line) { /* prefix the config position */
             char tmp[sizeof b->err->msg];
@@ -701,9 +714,15 @@ static int assign_shards(struct builder *b)
 int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_options *o, struct alloy_plan **out,
                      struct alloy_err *err)
 {
+    return alloy_plan_build_given(cfg, o, NULL, out, err);
+}
+
+int alloy_plan_build_given(const struct alloy_config *cfg, const struct alloy_merge_options *o,
+                           const struct alloy_given_models *given, struct alloy_plan **out, struct alloy_err *err)
+{
     struct alloy_plan *p = alloy_xcalloc(1, sizeof *p);
     if (!p) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    struct builder b = {.p = p, .o = o, .err = err};
+    struct builder b = {.p = p, .o = o, .err = err, .given = given};
     p->cfg = cfg;
     p->base = p->donor = p->tokenizer_donor = -1;
     p->out_layers = -1;
