@@ -74,7 +74,8 @@ void cli_catch_signals(void);
 
 /* ------------------------------------------------------------ commands */
 
-int cmd_merge(int argc, char **argv);
+/* multi: run as mergekit-multi (CONFIG alone, -I DIR, --out-path OUT_DIR). */
+int cmd_merge(int argc, char **argv, int multi);
 int cmd_eval(int argc, char **argv);
 
 #endif
