@@ -5,7 +5,7 @@
  * DESIGN
  *   One pass of libyaml's event parser over the whole text finds where each
  *   document starts (the beginning of the line of its first mark: its `---`,
- *   or its first value) and ends (the mark of its end event: an explicit
+ *   or its first value; the first document starts at byte 0) and ends (the mark of its end event: an explicit
  *   `...`, the next `---` or the end of the stream); the events in between
  *   are only counted, so the pass is bounded like the tree builder. Each
  *   document is then parsed by alloy_config_parse from a copy of the text
@@ -47,9 +47,12 @@ static int find_documents(struct cfgp *P, struct span **spans, size_t *n)
                 if (!ns) rc = alloy_cfg_nomem(P);
                 else *spans = ns, cap = nc;
             }
-            if (!rc) (*spans)[(*n)++] = (struct span){ev.start_mark.index - ev.start_mark.column, P->len};
+            /* the first document keeps what precedes it (comments), as a one-document config does */
+            size_t from = *n ? ev.start_mark.index - ev.start_mark.column : 0;
+            if (!rc) (*spans)[(*n)++] = (struct span){from, P->len};
         } else if (ev.type == YAML_DOCUMENT_END_EVENT && *n) {
-            (*spans)[*n - 1].to = ev.end_mark.index;
+            size_t to = ev.end_mark.index; /* after an explicit `...`, its newline too */
+            (*spans)[*n - 1].to = to < P->len && P->text[to] == '\n' ? to + 1 : to;
         } else if (ev.type == YAML_STREAM_END_EVENT) {
             done = 1;
         }
