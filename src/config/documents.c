@@ -59,6 +59,7 @@ static int find_documents(struct cfgp *P, struct span **spans, size_t *n)
         yaml_event_delete(&ev);
     }
     yaml_parser_delete(&yp);
+    if (!rc && *n) (*spans)[*n - 1].to = P->len; /* the last one keeps what follows it: one document is the file */
     if (rc) {
         free(*spans);
         *spans = NULL;
