@@ -151,8 +151,8 @@ TEST(multi_three_stage_equals_one_at_a_time)
     snprintf(out, sizeof out, "%s/mem", d);
     CHECK_MSG(merge(multi, out, NULL, NULL, &err, &log) == 0, "in memory: %s", err.msg);
     check_same_output(fin, out);
-    CHECK_STR_CONTAINS(log.text, "stage 1/3: merging soup\n");
-    CHECK_STR_CONTAINS(log.text, "stage 2/3: merging tv\n");
+    CHECK_STR_CONTAINS(log.text, "stage 1/3: merging soup into memory\n");
+    CHECK_STR_CONTAINS(log.text, "stage 2/3: merging tv into memory\n");
     CHECK_STR_CONTAINS(log.text, "stage 3/3: the final merge");
     snprintf(out, sizeof out, "%s/disk", d);
     snprintf(inter, sizeof inter, "%s/inter", d);
@@ -269,8 +269,10 @@ TEST(multi_lazy_reuse)
     stat_of(inter, "tv", &tv0);
     memset(&log, 0, sizeof log);
     CHECK_MSG(merge(multi, out, inter, NULL, &err, &log) == 0, "%s", err.msg);
+    CHECK_STR_CONTAINS(log.text, "stage 1/3: ");
     CHECK_STR_CONTAINS(log.text, "/inter/soup: finished with the same config, reused");
     CHECK_STR_CONTAINS(log.text, "/inter/tv: finished with the same config, reused");
+    CHECK_INT(test_count_lines(log.text, "stage "), 3);
     stat_of(inter, "soup", &soup1);
     stat_of(inter, "tv", &tv1);
     CHECK(soup0.st_ino == soup1.st_ino && tv0.st_ino == tv1.st_ino);

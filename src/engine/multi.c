@@ -289,15 +289,17 @@ static void given_now(const struct multi *M, const char **names, struct alloy_mo
 }
 
 /* An intermediate into <dir>/<name>: reused when finished (--lazy), else merged; then opened. */
-static int run_to_folder(struct multi *M, struct stage *s, struct alloy_merge_options *so,
+static int run_to_folder(struct multi *M, struct stage *s, size_t k, struct alloy_merge_options *so,
                          struct alloy_stage_io *io, FILE *plan_out)
 {
     char *dir = alloy_xasprintf("%s/%s", M->o->intermediate_dir, s->name);
     if (!dir) return alloy_err_set(M->err, ALLOY_ERR_NOMEM, "out of memory");
     int rc = ALLOY_OK, reuse = M->o->lazy && !deps_fresh(M, s) && finished(dir, s->cfg);
     if (M->o->dry_run) fprintf(plan_out, "# -> %s%s\n", dir, reuse ? " (finished: reused, not merged again)" : "");
+    if (reuse) note(M, "stage %zu/%zu: %s: finished with the same config, reused (--no-lazy merges it again)", k + 1,
+                    M->n, dir);
+    else note(M, "stage %zu/%zu: merging %s into %s", k + 1, M->n, s->name, dir);
     if (reuse) {
-        note(M, "%s: finished with the same config, reused (--no-lazy merges it again)", dir);
         rc = alloy_model_open(dir, &s->model, M->err);
     } else if (M->o->dry_run) {
         so->out_model = &s->model;
@@ -334,14 +336,15 @@ static int run_stage(struct multi *M, struct stage *s, size_t k, uint64_t *held)
     so.out_model = NULL;
     if (o->dry_run) fprintf(plan_out, "# stage %zu/%zu: %s%s%s\n", k + 1, M->n, s->name ? "'" : "the final merge",
                             s->name ? s->name : "", s->name ? "'" : "");
-    note(M, "stage %zu/%zu: %s%s", k + 1, M->n, s->name ? "merging " : "the final merge", s->name ? s->name : "");
     if (!s->name) {
+        note(M, "stage %zu/%zu: the final merge", k + 1, M->n);
         so.out_dir = o->out_dir;
         so.out_model = o->out_model;
         if (o->dry_run) fprintf(plan_out, "# -> %s\n", o->out_model ? "the caller's model in memory" : o->out_dir);
         return alloy_merge_stage(&so, s->cfg, &io, M->err);
     }
-    if (o->intermediate_dir) return run_to_folder(M, s, &so, &io, plan_out);
+    if (o->intermediate_dir) return run_to_folder(M, s, k, &so, &io, plan_out);
+    note(M, "stage %zu/%zu: merging %s into memory", k + 1, M->n, s->name);
     uint64_t budget = o->memory_budget ? o->memory_budget : default_budget();
     if (*held >= budget)
         return alloy_err_set(M->err, ALLOY_ERR_UNSUPPORTED, "%s: name: '%s': the intermediates held already take the "
