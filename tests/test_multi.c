@@ -408,6 +408,10 @@ TEST(multi_cli)
     CHECK_INT(test_run(cmd, &out), 2);
     CHECK_STR_CONTAINS(out, "alloy: error: mergekit-multi: expected --intermediate-dir DIR");
     free(out);
+    snprintf(cmd, sizeof cmd, "%s merge %s --dry-run -q", test_alloy_bin(), cfg);
+    CHECK_INT(test_run(cmd, &out), 0);
+    CHECK_STR_CONTAINS(out, "# stage 2/2: the final merge\n# -> none\n# alloy merge plan: slerp");
+    free(out);
     snprintf(cmd, sizeof cmd, "%s merge %s %s/o4 --memory-budget 1M 2>&1", test_alloy_bin(), cfg, d);
     CHECK_INT(test_run(cmd, &out), 1);
     CHECK_STR_CONTAINS(out, "alloy: error: ");

@@ -340,7 +340,8 @@ static int run_stage(struct multi *M, struct stage *s, size_t k, uint64_t *held)
         note(M, "stage %zu/%zu: the final merge", k + 1, M->n);
         so.out_dir = o->out_dir;
         so.out_model = o->out_model;
-        if (o->dry_run) fprintf(plan_out, "# -> %s\n", o->out_model ? "the caller's model in memory" : o->out_dir);
+        if (o->dry_run)
+            fprintf(plan_out, "# -> %s\n", o->out_model ? "the caller's model in memory" : o->out_dir ? o->out_dir : "none");
         return alloy_merge_stage(&so, s->cfg, &io, M->err);
     }
     if (o->intermediate_dir) return run_to_folder(M, s, k, &so, &io, plan_out);
