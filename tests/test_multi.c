@@ -151,6 +151,12 @@ TEST(multi_three_stage_equals_one_at_a_time)
     snprintf(out, sizeof out, "%s/mem", d);
     CHECK_MSG(merge(multi, out, NULL, NULL, &err, &log) == 0, "in memory: %s", err.msg);
     check_same_output(fin, out);
+    char card[700];
+    snprintf(card, sizeof card, "%s/README.md", out);
+    char *text = test_read_file(card, NULL); /* in-memory intermediates are named, not linked as Hub repos */
+    CHECK_STR_CONTAINS(text, "\n* tv\n* soup\n");
+    CHECK(text && !strstr(text, "huggingface.co/tv") && !strstr(text, "base_model:\n- tv"));
+    free(text);
     CHECK_STR_CONTAINS(log.text, "stage 1/3: merging soup into memory\n");
     CHECK_STR_CONTAINS(log.text, "stage 2/3: merging tv into memory\n");
     CHECK_STR_CONTAINS(log.text, "stage 3/3: the final merge");

@@ -404,6 +404,8 @@ fail:
 
 void alloy_model_share(struct alloy_model *m) { m->shares++; }
 
+int alloy_model_in_memory(const struct alloy_model *m) { return m->image != NULL; }
+
 void alloy_model_close(struct alloy_model *m)
 {
     if (!m) return;
