@@ -217,6 +217,8 @@ TEST(multi_config_errors)
     check_error(t, NULL, "multi.yml:9:15: name: one unnamed document (the final merge) expected, found a second one");
     snprintf(t, sizeof t, "name: ../up\n%s---\n%s", k_mid, k_mid);
     check_error(t, test_tmpdir(), "name: expected a folder name");
+    snprintf(t, sizeof t, "name: \"a\\e[2J\"\n%s---\n%s", k_mid, k_mid); /* a terminal escape */
+    check_error(t, test_tmpdir(), "name: expected a folder name");
     snprintf(t, sizeof t, "name: lone\n%s---\n%s", k_mid, k_mid);
     check_error(t, NULL, "name: 'lone' is used by no other document: expected an intermediate folder");
     snprintf(a, sizeof a, k_top, "mid");

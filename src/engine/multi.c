@@ -81,6 +81,14 @@ static long named(const struct multi *M, const char *ref)
 
 /* ------------------------------------------------------------ checks */
 
+/* A name becomes <intermediate_dir>/<name> and is printed in the dry run: one plain folder name. */
+static int folder_name(const char *nm)
+{
+    for (const unsigned char *p = (const unsigned char *)nm; *p; p++)
+        if (*p == '/' || *p < 0x20 || *p == 0x7f) return 0;
+    return *nm && strcmp(nm, ".") != 0 && strcmp(nm, "..") != 0;
+}
+
 static int check_names(struct multi *M)
 {
     long unnamed = -1;
@@ -96,9 +104,10 @@ static int check_names(struct multi *M)
             unnamed = (long)i;
             continue;
         }
-        if (!*nm || strchr(nm, '/') || !strcmp(nm, ".") || !strcmp(nm, ".."))
-            return alloy_err_set(M->err, ALLOY_ERR_CONFIG, "%s:%d:%d: name: expected a folder name (not empty, no '/', "
-                                 "not . or ..), found '%s'", M->path, c->name_pos.line, c->name_pos.col, nm);
+        if (!folder_name(nm))
+            return alloy_err_set(M->err, ALLOY_ERR_CONFIG, "%s:%d:%d: name: expected a folder name (not empty, no '/' "
+                                 "or control characters, not . or ..), found '%s'", M->path, c->name_pos.line,
+                                 c->name_pos.col, nm);
         long first = named(M, nm);
         if (first >= 0 && (size_t)first < i)
             return alloy_err_set(M->err, ALLOY_ERR_CONFIG, "%s:%d:%d: name: '%s' names one document, found a second "
