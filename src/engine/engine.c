@@ -18,6 +18,11 @@
  *
  *   Any error or interrupt aborts the sink, which leaves nothing of the
  *   output behind; only a complete merge is committed.
+ *
+ *   alloy_merge reads the config's YAML documents: one is merged here
+ *   (alloy_merge_stage); several (or an intermediate folder) make a
+ *   multi-stage merge (multi.c), which calls alloy_merge_stage per stage
+ *   with the intermediates finished so far.
  */
 #include "core/internal.h"
 #include "engine/engine.h"
