@@ -76,7 +76,8 @@ void cli_catch_signals(void);
 
 /* ------------------------------------------------------------ commands */
 
-int cmd_merge(int argc, char **argv);
+/* multi: run as mergekit-multi (CONFIG alone, -I DIR, --out-path OUT_DIR). */
+int cmd_merge(int argc, char **argv, int multi);
 int cmd_eval(int argc, char **argv);
 int cmd_lora(int argc, char **argv);
 int cli_lora_merge(int argc, char **argv); /* `alloy lora merge` (argv[0] = "merge") */

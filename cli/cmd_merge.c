@@ -1,6 +1,7 @@
 /*
  * cmd_merge.c — `alloy merge CONFIG.yml OUT_DIR [options]`, also run as
- * `mergekit-yaml`.
+ * `mergekit-yaml`, and as `mergekit-multi CONFIG.yml -I DIR [--out-path P]`
+ * (the same merge with mergekit-multi's arguments: no OUT_DIR operand).
  *
  * DESIGN
  *   Options fill struct alloy_merge_options; alloy_merge does the rest.
@@ -17,7 +18,8 @@
 
 enum {
     OPT_HELP = 1, OPT_THREADS, OPT_SHARD, OPT_SEED, OPT_DRY, OPT_QUIET, OPT_TOK, OPT_NO_TOK, OPT_CARD, OPT_NO_CARD,
-    OPT_CRIMES, OPT_OVERWRITE, OPT_NO_SAFE, OPT_LORA_DTYPE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG
+    OPT_CRIMES, OPT_OVERWRITE, OPT_NO_SAFE, OPT_LORA_DTYPE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG, OPT_INTER, OPT_LAZY,
+    OPT_NO_LAZY, OPT_BUDGET, OPT_OUT_PATH
 };
 
 static const struct cli_opt k_opts[] = {
@@ -34,6 +36,11 @@ static const struct cli_opt k_opts[] = {
     {"--allow-crimes", OPT_CRIMES, 0},
     {"--overwrite", OPT_OVERWRITE, 0},
     {"--no-safe-serialization", OPT_NO_SAFE, 0},
+    {"-I|--intermediate-dir", OPT_INTER, 1},
+    {"--lazy", OPT_LAZY, 0},
+    {"--no-lazy", OPT_NO_LAZY, 0},
+    {"--memory-budget", OPT_BUDGET, 1},
+    {"--out-path", OPT_OUT_PATH, 1},
     {"--lazy-unpickle|--no-lazy-unpickle|--cuda|--no-cuda|--low-cpu-memory|--no-low-cpu-memory|--read-to-gpu|"
      "--no-read-to-gpu|--multi-gpu|--no-multi-gpu|--gpu-rich|--async-write|--no-async-write|--clone-tensors|"
      "--no-clone-tensors|--trust-remote-code|--no-trust-remote-code|--safe-serialization|-v|-vv|--verbose|"
@@ -63,8 +70,12 @@ static void merge_usage(FILE *f)
     fprintf(f,
             "usage: alloy merge CONFIG.yml OUT_DIR [options]\n"
             "       mergekit-yaml CONFIG.yml OUT_DIR [options]\n"
+            "       mergekit-multi CONFIG.yml -I DIR [--out-path OUT_DIR] [options]\n"
             "\n"
             "Merges the models a mergekit YAML config names and writes a Hugging Face model folder.\n"
+            "A config of several YAML documents (separated by ---) is a multi-stage merge: each document\n"
+            "with a name: is an intermediate that later documents use as `model: NAME`; the one unnamed\n"
+            "document is the final merge, written to OUT_DIR.\n"
             "\n"
             "Example:\n"
             "  alloy merge examples/linear.yml ./merged --threads 2 --out-shard-size 1G\n"
@@ -80,6 +91,13 @@ static void merge_usage(FILE *f)
             "  --overwrite              replace an existing OUT_DIR even when it holds other files (they are deleted)\n"
             "  --lora-merge-dtype T     round PATH+ADAPTER models to T (bfloat16, float16) as mergekit does; default:\n"
             "                           keep W + s*B*A in float32 until the output\n"
+            "  -I, --intermediate-dir DIR  multi-stage: write each intermediate to DIR/NAME (default: keep them\n"
+            "                           in memory, within --memory-budget)\n"
+            "  --lazy / --no-lazy       multi-stage: reuse a finished DIR/NAME made from the same document\n"
+            "                           (default: reuse)\n"
+            "  --memory-budget SIZE     multi-stage: most bytes of intermediates held in memory at once\n"
+            "                           (default: half the physical memory)\n"
+            "  --out-path OUT_DIR       mergekit-multi: where the final (unnamed) merge goes\n"
             "  -q, --quiet              no progress bar and no notes\n"
             "  -h, --help               this help\n"
             "Accepted for mergekit compatibility, no effect here: --lazy-unpickle, --cuda, --no-cuda, --device X,\n"
@@ -135,6 +153,14 @@ static int apply_option(struct cli_args *a, int id, const char *val, struct allo
     case OPT_CRIMES: o->allow_crimes = 1; return 0;
     case OPT_OVERWRITE: o->overwrite = 1; return 0;
     case OPT_LORA_DTYPE: o->lora_merge_dtype = val; return 0;
+    case OPT_INTER: o->intermediate_dir = val; return 0;
+    case OPT_LAZY: o->lazy = 1; return 0;
+    case OPT_NO_LAZY: o->lazy = 0; return 0;
+    case OPT_BUDGET:
+        if (alloy_parse_size(val, &o->memory_budget) || o->memory_budget == 0)
+            return cli_usage_error("merge", "--memory-budget: expected a size like 4G or 500M, got '%s'", val);
+        return 0;
+    case OPT_OUT_PATH: o->out_dir = val; return 0;
     case OPT_NO_SAFE:
         cli_error("--no-safe-serialization: alloy writes safetensors only (PyTorch pickles can execute code when loaded)");
         return 2;
@@ -144,7 +170,21 @@ static int apply_option(struct cli_args *a, int id, const char *val, struct allo
     }
 }
 
-int cmd_merge(int argc, char **argv)
+/* The operands: CONFIG OUT_DIR, or for mergekit-multi CONFIG alone (-I required, --out-path optional). */
+static int check_operands(const struct alloy_merge_options *o, const char *const *pos, int npos, int multi)
+{
+    if (multi) {
+        if (npos != 1) return cli_usage_error("merge", "mergekit-multi: expected CONFIG.yml alone (the final merge goes "
+                                              "to --out-path)");
+        if (!o->intermediate_dir) return cli_usage_error("merge", "mergekit-multi: expected --intermediate-dir DIR");
+        return 0;
+    }
+    if (o->out_dir) return cli_usage_error("merge", "--out-path is mergekit-multi's; give OUT_DIR as the second operand");
+    if (npos < 1 || (npos < 2 && !o->dry_run)) return cli_usage_error("merge", "expected CONFIG.yml and OUT_DIR");
+    return 0;
+}
+
+int cmd_merge(int argc, char **argv, int multi)
 {
     struct alloy_merge_options o;
     alloy_merge_options_init(&o);
@@ -160,9 +200,9 @@ int cmd_merge(int argc, char **argv)
             return rc;
         }
     }
-    if (npos < 1 || (npos < 2 && !o.dry_run)) return cli_usage_error("merge", "expected CONFIG.yml and OUT_DIR");
+    if ((rc = check_operands(&o, pos, npos, multi))) return rc;
     o.config_path = pos[0];
-    o.out_dir = pos[1];
+    if (!multi) o.out_dir = pos[1];
     o.log = cli_log;
     o.plan_out = stdout;
     struct cli_bar bar;
@@ -180,6 +220,7 @@ int cmd_merge(int argc, char **argv)
         return rc == ALLOY_ERR_INTERRUPTED || cli_interrupt ? 130 : 1;
     }
     if (!cli_quiet && !o.dry_run)
-        fprintf(stderr, "alloy: merged into %s (%.1f s)\n", o.out_dir, cli_seconds_since(&bar.start));
+        fprintf(stderr, "alloy: merged into %s (%.1f s)\n", o.out_dir ? o.out_dir : o.intermediate_dir,
+                cli_seconds_since(&bar.start));
     return 0;
 }

@@ -1,8 +1,8 @@
 /*
  * main.c — the alloy command line: dispatch (`alloy merge`, `alloy eval`,
- * the `mergekit-yaml` alias, --help, --version) and what every command
- * shares (cli.h): the option parser, error and log lines, the progress bar,
- * the signal policy.
+ * the `mergekit-yaml` and `mergekit-multi` aliases, --help, --version) and
+ * what every command shares (cli.h): the option parser, error and log
+ * lines, the progress bar, the signal policy.
  *
  * DESIGN
  *   A thin layer over liballoy (alloy.h only): one file per command
@@ -183,6 +183,7 @@ static void main_usage(FILE *f)
             "alloy %s — merge fine-tuned language models, natively and in bounded memory\n"
             "\n"
             "usage: alloy merge CONFIG.yml OUT_DIR [options]   merge models as a mergekit YAML config says\n"
+            "                                                  (several documents: a multi-stage merge)\n"
             "       alloy eval MODEL... --text FILE [options]  measure loss/perplexity of models on texts\n"
             "       alloy lora apply MODEL ADAPTER OUT_DIR      merge a PEFT LoRA adapter into its model\n"
             "       alloy lora merge CONFIG.yml OUT_DIR         combine LoRA adapters into one adapter\n"
@@ -226,14 +227,15 @@ int main(int argc, char **argv)
     raise_fd_limit();
     const char *prog = strrchr(argv[0], '/');
     prog = prog ? prog + 1 : argv[0];
-    if (!strcmp(prog, "mergekit-yaml")) return finish(cmd_merge(argc, argv));
+    if (!strcmp(prog, "mergekit-yaml")) return finish(cmd_merge(argc, argv, 0));
+    if (!strcmp(prog, "mergekit-multi")) return finish(cmd_merge(argc, argv, 1));
     if (!strcmp(prog, "mergekit-extract-lora")) return finish(cli_lora_extract(argc, argv));
     if (argc < 2) {
         main_usage(stderr);
         return 2;
     }
     const char *cmd = argv[1];
-    if (!strcmp(cmd, "merge")) return finish(cmd_merge(argc - 1, argv + 1));
+    if (!strcmp(cmd, "merge")) return finish(cmd_merge(argc - 1, argv + 1, 0));
     if (!strcmp(cmd, "eval")) return finish(cmd_eval(argc - 1, argv + 1));
     if (!strcmp(cmd, "lora")) return finish(cmd_lora(argc - 1, argv + 1));
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {

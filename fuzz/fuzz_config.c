@@ -3,10 +3,12 @@
  *
  * DESIGN
  *   Feeds arbitrary bytes to alloy_config_parse (not NUL-terminated: the
- *   parser must honour the length) and, when a config comes back, evaluates
- *   every parameter setting so the evaluation code is exercised on whatever
- *   shapes the parser accepted. Invariants checked: on success *out is set,
- *   on failure *out is NULL and the message is one non-empty line. Any
+ *   parser must honour the length) and to the multi-document reader
+ *   alloy_config_parse_docs (mergekit-multi configs) and, when configs come
+ *   back, evaluates every parameter setting so the evaluation code is
+ *   exercised on whatever shapes the parser accepted. Invariants checked: on
+ *   success *out is set (every document, each with its own text inside the
+ *   input), on failure *out is NULL and the message is one non-empty line. Any
  *   crash, leak, hang or sanitizer report is a bug. Seeds: fuzz/corpus/config/.
  */
 #include "config/config.h"
@@ -27,6 +29,20 @@ static void touch(const struct alloy_params *p)
             }
 }
 
+static void touch_config(const struct alloy_config *c)
+{
+    touch(&c->params);
+    for (size_t i = 0; i < c->nslices; i++) {
+        touch(&c->slices[i].params);
+        for (size_t j = 0; j < c->slices[i].nsources; j++) touch(&c->slices[i].sources[j].params);
+    }
+}
+
+static void check_failure(int rc, const struct alloy_err *err, int got_output)
+{
+    if (got_output || !err->msg[0] || strchr(err->msg, '\n') || (int)err->status != rc) abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct alloy_config *c = NULL;
@@ -34,14 +50,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = alloy_config_parse((const char *)data, size, "fuzz.yml", &c, &err);
     if (rc == 0) {
         if (!c) abort();
-        touch(&c->params);
-        for (size_t i = 0; i < c->nslices; i++) {
-            touch(&c->slices[i].params);
-            for (size_t j = 0; j < c->slices[i].nsources; j++) touch(&c->slices[i].sources[j].params);
-        }
+        touch_config(c);
         alloy_config_free(c);
-    } else if (c || !err.msg[0] || strchr(err.msg, '\n') || (int)err.status != rc) {
-        abort();
+    } else {
+        check_failure(rc, &err, c != NULL);
+    }
+    struct alloy_config **docs = NULL;
+    size_t n = 0;
+    memset(&err, 0, sizeof err);
+    rc = alloy_config_parse_docs((const char *)data, size, "fuzz.yml", &docs, &n, &err);
+    if (rc == 0) {
+        if (!docs || !n) abort();
+        for (size_t i = 0; i < n; i++) {
+            if (docs[i]->text_len > size || docs[i]->text[docs[i]->text_len] != 0) abort();
+            touch_config(docs[i]);
+        }
+        alloy_config_free_docs(docs, n);
+    } else {
+        check_failure(rc, &err, docs != NULL || n != 0);
     }
     return 0;
 }

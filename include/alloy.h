@@ -328,6 +328,16 @@ struct alloy_merge_options {
     const char *lora_merge_dtype; /* `model+adapter` references: round W and W + s·B·A to this dtype
                                      ("bfloat16", "float16"; mergekit's --lora-merge-dtype); NULL: keep
                                      the applied values in float32 until the output */
+    /* Multi-stage merges: config text or file of several YAML documents (mergekit-multi, docs/config.md).
+     * Named documents are intermediates a later document uses as `model: NAME`; the one unnamed document
+     * is the final merge into out_dir / out_model. */
+    const char *intermediate_dir; /* each intermediate written to <dir>/<name> (created if missing); NULL: held
+                                     in memory, freed after its last user (set, it also makes a one-document
+                                     config a multi-stage one, as mergekit-multi does) */
+    int         lazy;          /* default 1: keep a finished <dir>/<name> whose mergekit_config.yml is the
+                                  document's text, unless something it uses was merged again in this run */
+    uint64_t    memory_budget; /* most tensor bytes of intermediates held in memory at once; 0: half the
+                                  physical memory. An intermediate that does not fit is an error */
 };
 
 /* The merge methods, in the order of docs/methods.md (`alloy merge --help` lists them). */

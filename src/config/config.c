@@ -645,9 +645,10 @@ static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_conf
     if (ts && tokenizer_src(P, ts, "tokenizer_source", c)) return (int)P->err->status;
     if (tb && tokenizer_block(P, tb, c)) return (int)P->err->status;
     if ((v = map_get(root, "chat_template")) && chat_template(P, v, c)) return (int)P->err->status;
-    char *name = NULL; /* mergekit-multi's output name: accepted, unused */
-    if ((v = map_get(root, "name")) && get_string(P, v, "name", &name)) return (int)P->err->status;
-    free(name);
+    if ((v = map_get(root, "name"))) { /* mergekit-multi's intermediate name (documents.c) */
+        c->name_pos = v->pos;
+        if (get_string(P, v, "name", &c->name)) return (int)P->err->status;
+    }
     return 0;
 }
 
@@ -665,6 +666,7 @@ void alloy_config_free(struct alloy_config *c)
     alloy_params_free(&c->params);
     free(c->tokenizer_source);
     free(c->chat_template);
+    free(c->name);
     free(c);
 }
 

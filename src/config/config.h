@@ -92,6 +92,8 @@ struct alloy_config {
     char *tokenizer_source;     /* NULL, "base", "union" or a model reference */
     struct alloy_pos tokenizer_pos;
     char *chat_template;        /* NULL or as given */
+    char *name;                 /* mergekit-multi's `name:` (an intermediate's name), NULL if none */
+    struct alloy_pos name_pos;
     int built;                  /* made by alloy_config_new (build.c): the setters may change it */
 };
 
@@ -112,6 +114,14 @@ const char *alloy_config_ref_problem(const char *s, size_t len);
 int         alloy_config_dtype_name(const char *s, enum alloy_dtype *out);
 /* The unknown-method message: "merge_method: unknown method 'x' (known: linear, ...)" into buf. */
 void        alloy_config_unknown_method(const char *name, char *buf, size_t size);
+
+/* A multi-document config (mergekit-multi, documents.c): every document parsed as its own config, in file
+ * order. Each config's text is its document's text alone (what mergekit_config.yml records), and its
+ * messages give lines and columns of the whole file. At most ALLOY_CONFIG_MAX_DOCS documents. */
+#define ALLOY_CONFIG_MAX_DOCS 256
+int  alloy_config_parse_docs(const char *text, size_t len, const char *path, struct alloy_config ***out, size_t *n,
+                             struct alloy_err *err);
+void alloy_config_free_docs(struct alloy_config **c, size_t n);
 
 /* Frees the names and settings of p and empties it (p itself is not freed). */
 void alloy_params_free(struct alloy_params *p);

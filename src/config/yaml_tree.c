@@ -94,7 +94,7 @@ static struct alloy_pos offset_pos(const char *text, size_t len, size_t off)
     return p;
 }
 
-static int yaml_error(struct cfgp *P, const yaml_parser_t *yp)
+int alloy_yaml_error(struct cfgp *P, const struct yaml_parser_s *yp)
 {
     if (yp->error == YAML_MEMORY_ERROR) return alloy_cfg_nomem(P);
     const char *problem = yp->problem ? yp->problem : "malformed text";
@@ -341,7 +341,7 @@ int alloy_yaml_tree_build(struct cfgp *P, struct ynode **root)
     yaml_parser_set_input_string(&yp, (const unsigned char *)P->text, P->len);
     for (;;) {
         yaml_event_t ev;
-        if (!yaml_parser_parse(&yp, &ev)) { rc = yaml_error(P, &yp); break; }
+        if (!yaml_parser_parse(&yp, &ev)) { rc = alloy_yaml_error(P, &yp); break; }
         rc = on_event(P, &ev, stack, &depth, root, &ndocs);
         yaml_event_delete(&ev);
         if (rc) break;

@@ -47,6 +47,9 @@ int  alloy_cfg_nomem(struct cfgp *P);
 /* Parses P->text into a tree (root NULL for an empty document); every node is owned by P. */
 int  alloy_yaml_tree_build(struct cfgp *P, struct ynode **root);
 void alloy_yaml_tree_free(struct cfgp *P);
+/* libyaml's parse error as "<path>:<line>:<col>: invalid YAML: <problem>" into P->err; returns its status. */
+struct yaml_parser_s;
+int  alloy_yaml_error(struct cfgp *P, const struct yaml_parser_s *yp);
 /* The scalar's YAML type (enum alloy_yaml_type) and numeric value, honouring explicit tags; -1: a tag
  * that does not fit the text (`!!int abc`). */
 int  alloy_yaml_scalar_type(const struct ynode *n, double *num);

@@ -18,8 +18,14 @@
  *
  *   Any error or interrupt aborts the sink, which leaves nothing of the
  *   output behind; only a complete merge is committed.
+ *
+ *   alloy_merge reads the config's YAML documents: one is merged here
+ *   (alloy_merge_stage); several (or an intermediate folder) make a
+ *   multi-stage merge (multi.c), which calls alloy_merge_stage per stage
+ *   with the intermediates finished so far.
  */
 #include "core/internal.h"
+#include "engine/engine.h"
 #include "plan/plan.h"
 #include "sinks/sink.h"
 
@@ -154,31 +160,53 @@ void alloy_merge_options_init(struct alloy_merge_options *o)
     memset(o, 0, sizeof *o);
     o->copy_tokenizer = 1;
     o->write_model_card = 1;
+    o->lazy = 1;
 }
 
-/* The config the options name: a parsed one (borrowed: *owned = NULL), YAML text, or a file. */
-static int options_config(const struct alloy_merge_options *o, const struct alloy_config **cfg,
-                          struct alloy_config **owned, struct alloy_err *err)
+/* The documents of the YAML text or file the options name (owned, *n of them). */
+static int options_docs(const struct alloy_merge_options *o, struct alloy_config ***docs, size_t *n,
+                        struct alloy_err *err)
 {
-    *owned = NULL;
-    if (o->config) {
-        *cfg = o->config;
-        return ALLOY_OK;
-    }
-    int rc = o->config_text
-                 ? alloy_config_parse(o->config_text, strlen(o->config_text), o->config_path ? o->config_path : "<config>",
-                                      owned, err)
-                 : alloy_config_load(o->config_path, owned, err);
-    *cfg = *owned;
+    const char *path = o->config_path ? o->config_path : "<config>";
+    char *text = NULL;
+    size_t len = 0;
+    int rc = o->config_text ? ALLOY_OK : alloy_read_file(o->config_path, ALLOY_CONFIG_MAX_BYTES, &text, &len, err);
+    if (rc) return rc;
+    rc = alloy_config_parse_docs(o->config_text ? o->config_text : text, o->config_text ? strlen(o->config_text) : len,
+                                 path, docs, n, err);
+    free(text);
     return rc;
 }
 
-int alloy_merge(const struct alloy_merge_options *opts, struct alloy_err *err)
+/* The output of a dry run's intermediate: the plan's layout as a model in memory, every value zero (calloc'd
+ * pages stay untouched), so later stages plan against its tensors. */
+static int shape_only(const struct alloy_plan *plan, const struct alloy_merge_options *o, const char *label,
+                      struct alloy_err *err)
 {
-    if (!opts->config && !opts->config_text && !opts->config_path)
-        return alloy_err_set(err, ALLOY_ERR_CONFIG, "a merge needs a config (a file, YAML text or a parsed config)");
-    if (!opts->out_dir && !opts->out_model && !opts->dry_run)
-        return alloy_err_set(err, ALLOY_ERR_CONFIG, "a merge needs an output folder (or an in-memory model)");
+    struct alloy_sink *sink = alloy_sink_memory_new(o->out_model, label, err);
+    if (!sink) return err ? (int)err->status : ALLOY_ERR_NOMEM;
+    int rc = sink->ops->begin(sink, plan, err);
+    if (!rc) rc = sink->ops->commit(sink, err);
+    if (rc) sink->ops->abort(sink);
+    sink->ops->free(sink);
+    return rc;
+}
+
+/* An output held in memory (a multi-stage merge's intermediate) must fit what is left of the budget. */
+static int check_budget(const struct alloy_plan *plan, const struct alloy_stage_io *io, struct alloy_err *err)
+{
+    if (!io->mem_limit || plan->total_bytes <= io->mem_limit) return ALLOY_OK;
+    return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: name: '%s': an intermediate kept in memory must fit the "
+                         "%llu bytes left of the memory budget, it takes %llu bytes (give --intermediate-dir DIR to "
+                         "write intermediates to disk, or raise --memory-budget)", plan->cfg->path, io->label,
+                         (unsigned long long)io->mem_limit, (unsigned long long)plan->total_bytes);
+}
+
+int alloy_merge_stage(const struct alloy_merge_options *opts, const struct alloy_config *cfg,
+                      const struct alloy_stage_io *io, struct alloy_err *err)
+{
+    static const struct alloy_stage_io none;
+    if (!io) io = &none;
     struct alloy_merge_options oo = *opts;
     const struct alloy_merge_options *o = &oo;
     char *out_dir = alloy_xstrdup(opts->out_dir ? opts->out_dir : ".");
@@ -186,18 +214,18 @@ int alloy_merge(const struct alloy_merge_options *opts, struct alloy_err *err)
     for (size_t n = strlen(out_dir); n > 1 && out_dir[n - 1] == '/';) out_dir[--n] = '\0';
     oo.out_dir = out_dir;
     if (o->out_model) *o->out_model = NULL;
-    const struct alloy_config *cfg = NULL;
-    struct alloy_config *owned = NULL;
     struct alloy_plan *plan = NULL;
     struct alloy_pool *pool = NULL;
     struct alloy_sink *sink = NULL;
-    int rc = options_config(o, &cfg, &owned, err);
-    if (!rc) rc = alloy_plan_build(cfg, o, &plan, err);
+    int rc = alloy_plan_build_given(cfg, o, io->given, &plan, err);
+    if (!rc && o->out_model) rc = check_budget(plan, io, err);
+    if (!rc && io->out_bytes) *io->out_bytes = plan->total_bytes;
     if (!rc && o->dry_run) {
         alloy_plan_print(plan, o->plan_out ? o->plan_out : stdout);
+        if (io->shape_only && o->out_model) rc = shape_only(plan, o, io->label, err);
         goto out;
     }
-    if (!rc) sink = o->out_model ? alloy_sink_memory_new(o->out_model, err) : alloy_sink_folder_new(o, err);
+    if (!rc) sink = o->out_model ? alloy_sink_memory_new(o->out_model, io->label, err) : alloy_sink_folder_new(o, err);
     if (!rc && !sink) rc = err ? (int)err->status : ALLOY_ERR_NOMEM;
     if (!rc && !(pool = alloy_pool_new(o->threads)))
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "cannot start %d threads", o->threads);
@@ -215,7 +243,28 @@ out:
     if (sink) sink->ops->free(sink);
     alloy_pool_free(pool);
     alloy_plan_free(plan);
-    alloy_config_free(owned);
     free(out_dir);
+    return rc;
+}
+
+int alloy_merge(const struct alloy_merge_options *o, struct alloy_err *err)
+{
+    if (!o->config && !o->config_text && !o->config_path)
+        return alloy_err_set(err, ALLOY_ERR_CONFIG, "a merge needs a config (a file, YAML text or a parsed config)");
+    const struct alloy_config *one = o->config, *const *docs = &one;
+    struct alloy_config **owned = NULL;
+    size_t n = 1;
+    if (o->out_model) *o->out_model = NULL;
+    int rc = o->config ? ALLOY_OK : options_docs(o, &owned, &n, err);
+    if (rc) return rc;
+    if (owned) docs = (const struct alloy_config *const *)owned;
+    if (n > 1 || o->intermediate_dir) {
+        rc = alloy_merge_multi(o, docs, n, err);
+    } else if (!o->out_dir && !o->out_model && !o->dry_run) {
+        rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "a merge needs an output folder (or an in-memory model)");
+    } else {
+        rc = alloy_merge_stage(o, docs[0], NULL, err);
+    }
+    alloy_config_free_docs(owned, n);
     return rc;
 }

@@ -25,6 +25,10 @@ struct alloy_tensor_desc {
  * bytes, or NULL when out of memory. */
 uint8_t *alloy_st_header(const struct alloy_tensor_desc *t, size_t n, size_t *len);
 
+/* 1 for a model over an in-memory image (alloy_model_from_image: a merge's result), 0 for a folder. */
+int  alloy_model_in_memory(const struct alloy_model *m);
+/* One more holder of m: each holder calls alloy_model_close once; the last one frees it (not thread-safe). */
+void alloy_model_share(struct alloy_model *m);
 /* A model over an in-memory safetensors image: takes ownership of image (len bytes) and config_text
  * (NUL-terminated, may be NULL) whatever the outcome; dir is the folder its tokenizer files come from. */
 int alloy_model_from_image(const char *ref, const char *dir, uint8_t *image, size_t len, char *config_text,

@@ -42,6 +42,7 @@ struct alloy_model {
     struct alloy_adapter *adapter;   /* a `model+adapter` reference's overlay, else NULL */
     struct alloy_tensor *copies;     /* the adapter's full tensors under the model's names */
     char *warning;                   /* the overlay's base_model_name_or_path warning, or NULL */
+    unsigned shares;                 /* holders besides the first (alloy_model_share); close frees at 0 */
 };
 
 /* ------------------------------------------------------------ reference resolution */
@@ -462,9 +463,17 @@ fail:
     return rc;
 }
 
+void alloy_model_share(struct alloy_model *m) { m->shares++; }
+
+int alloy_model_in_memory(const struct alloy_model *m) { return m->image != NULL; }
+
 void alloy_model_close(struct alloy_model *m)
 {
     if (!m) return;
+    if (m->shares) {
+        m->shares--;
+        return;
+    }
     alloy_adapter_close(m->adapter);
     free(m->copies);
     free(m->warning);

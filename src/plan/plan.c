@@ -108,6 +108,7 @@ struct builder {
     struct alloy_err *err;
     size_t cap;
     int lora_round;                /* --lora-merge-dtype for lora sources, -1: none */
+    const struct alloy_given_models *given; /* intermediates of a multi-stage merge, or NULL */
 };
 
 static void warnf(struct builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -123,18 +124,29 @@ static void warnf(struct builder *b, const char *fmt, ...)
     b->o->log(b->o->log_user, 0, msg);
 }
 
+/* The intermediate a reference names (a multi-stage merge's `model: NAME`), or NULL. */
+static struct alloy_model *given_model(const struct builder *b, const char *ref)
+{
+    for (size_t i = 0; b->given && i < b->given->n; i++)
+        if (strcmp(b->given->names[i], ref) == 0) return b->given->models[i];
+    return NULL;
+}
+
 static int model_index(struct builder *b, const char *ref, struct alloy_pos pos)
 {
     struct alloy_plan *p = b->p;
+    struct alloy_model *given = given_model(b, ref);
     for (size_t i = 0; i < p->nmodels; i++)
-        if (strcmp(alloy_model_ref(p->models[i]), ref) == 0) return (int)i;
+        if (given ? p->models[i] == given : strcmp(alloy_model_ref(p->models[i]), ref) == 0) return (int)i;
     struct alloy_model **nm = alloy_xrealloc(p->models, (p->nmodels + 1) * sizeof *nm);
     struct stack *ns = alloy_xrealloc(b->stacks, (p->nmodels + 1) * sizeof *ns);
     if (nm) p->models = nm;
     if (ns) b->stacks = ns;
     if (!nm || !ns) return -alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
-    struct alloy_model *m;
-    int rc = alloy_model_open(ref, &m, b->err);
+    struct alloy_model *m = given;
+    int rc = ALLOY_OK;
+    if (given) alloy_model_share(given);
+    else rc = alloy_model_open(ref, &m, b->err);
     if (rc) {
         if (pos.line) { /* prefix the config position */
             char tmp[sizeof b->err->msg];
@@ -711,9 +723,15 @@ static int assign_shards(struct builder *b)
 int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_options *o, struct alloy_plan **out,
                      struct alloy_err *err)
 {
+    return alloy_plan_build_given(cfg, o, NULL, out, err);
+}
+
+int alloy_plan_build_given(const struct alloy_config *cfg, const struct alloy_merge_options *o,
+                           const struct alloy_given_models *given, struct alloy_plan **out, struct alloy_err *err)
+{
     struct alloy_plan *p = alloy_xcalloc(1, sizeof *p);
     if (!p) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    struct builder b = {.p = p, .o = o, .err = err, .lora_round = -1};
+    struct builder b = {.p = p, .o = o, .err = err, .lora_round = -1, .given = given};
     enum alloy_dtype lrd;
     if (o->lora_merge_dtype && (alloy_dtype_parse(o->lora_merge_dtype, 1, &lrd) != 0 ||
                                 (lrd != ALLOY_DTYPE_F32 && lrd != ALLOY_DTYPE_F16 && lrd != ALLOY_DTYPE_BF16))) {

@@ -69,6 +69,16 @@ struct alloy_plan {
 
 int  alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_options *o, struct alloy_plan **out,
                       struct alloy_err *err);
+/* Models a multi-stage merge already holds (its intermediates, engine/multi.c), found by the name a
+ * config's references use for them before any folder or cache is looked at; the plan shares each one it
+ * uses (alloy_model_share), so the caller keeps its own hold. */
+struct alloy_given_models {
+    size_t n;
+    const char *const *names;
+    struct alloy_model *const *models;
+};
+int  alloy_plan_build_given(const struct alloy_config *cfg, const struct alloy_merge_options *o,
+                            const struct alloy_given_models *given, struct alloy_plan **out, struct alloy_err *err);
 void alloy_plan_free(struct alloy_plan *p);
 /* Human-readable plan (--dry-run). */
 void alloy_plan_print(const struct alloy_plan *p, FILE *f);

@@ -24,6 +24,7 @@
 struct memory_sink {
     struct alloy_sink base;
     struct alloy_model **out;
+    const char *label;   /* the model's ref */
     const struct alloy_plan *p;
     uint8_t *image;
     size_t len;
@@ -85,7 +86,7 @@ static int memory_commit(struct alloy_sink *s, struct alloy_err *err)
     int rc = alloy_output_config_text(p, &config, err);
     if (rc) return rc;
     int from = p->tokenizer_donor >= 0 ? p->tokenizer_donor : p->donor;
-    rc = alloy_model_from_image("<merged in memory>", alloy_model_dir(p->models[from]), m->image, m->len, config,
+    rc = alloy_model_from_image(m->label, alloy_model_dir(p->models[from]), m->image, m->len, config,
                                 m->out, err);
     m->image = NULL; /* the model owns it now (or freed it) */
     return rc;
@@ -111,7 +112,7 @@ static const struct alloy_sink_ops g_memory = {
     memory_abort, memory_free,
 };
 
-struct alloy_sink *alloy_sink_memory_new(struct alloy_model **out, struct alloy_err *err)
+struct alloy_sink *alloy_sink_memory_new(struct alloy_model **out, const char *label, struct alloy_err *err)
 {
     struct memory_sink *m = alloy_xcalloc(1, sizeof *m);
     if (!m) {
@@ -120,5 +121,6 @@ struct alloy_sink *alloy_sink_memory_new(struct alloy_model **out, struct alloy_
     }
     m->base.ops = &g_memory;
     m->out = out;
+    m->label = label ? label : "<merged in memory>";
     return &m->base;
 }

@@ -15,6 +15,7 @@
  *   Every file is fsynced; the caller fsyncs the folder and renames it.
  */
 #include "core/internal.h"
+#include "formats/formats.h"
 #include "sinks/output.h"
 
 #include <jansson.h>
@@ -229,10 +230,12 @@ static int copy_tokenizer(const struct alloy_plan *p, const struct alloy_merge_o
 /* ------------------------------------------------------------ model card */
 
 /* mergekit's rule: a reference counts as a Hub repo when it is not an
- * absolute or home path, has at most one '/', and is not a local folder. */
-static int is_hub_ref(const char *ref)
+ * absolute or home path, has at most one '/', and is not a local folder
+ * (nor a model in memory: a multi-stage merge's intermediate, named). */
+static int is_hub_ref(const struct alloy_model *m)
 {
-    if (ref[0] == '/' || ref[0] == '~' || ref[0] == '.') return 0;
+    const char *ref = alloy_model_ref(m);
+    if (alloy_model_in_memory(m) || ref[0] == '/' || ref[0] == '~' || ref[0] == '.') return 0;
     const char *s = strchr(ref, '/');
     if (s && strchr(s + 1, '/')) return 0;
     return !alloy_is_dir(ref);
@@ -252,7 +255,7 @@ static int write_card(const struct alloy_plan *p, const char *dir, const char *o
     EMIT("---\n");
     int any = 0;
     for (size_t i = 0; i < p->nmodels; i++)
-        if (is_hub_ref(alloy_model_ref(p->models[i]))) {
+        if (is_hub_ref(p->models[i])) {
             if (!any++) EMIT("base_model:\n");
             EMIT("- %s\n", alloy_model_ref(p->models[i]));
         }
@@ -267,7 +270,7 @@ static int write_card(const struct alloy_plan *p, const char *dir, const char *o
     for (size_t i = 0; i < p->nmodels; i++) {
         if ((int)i == p->base) continue;
         const char *r = alloy_model_ref(p->models[i]);
-        if (is_hub_ref(r)) EMIT("* [%s](https://huggingface.co/%s)\n", r, r);
+        if (is_hub_ref(p->models[i])) EMIT("* [%s](https://huggingface.co/%s)\n", r, r);
         else EMIT("* %s\n", r);
     }
     EMIT("\n### Configuration\n\nThe following YAML configuration was used to produce this model:\n\n```yaml\n");

@@ -48,7 +48,8 @@ struct alloy_sink {
 
 /* A model folder at o->out_dir (shards, index, config.json, tokenizer, card), published on commit. */
 struct alloy_sink *alloy_sink_folder_new(const struct alloy_merge_options *o, struct alloy_err *err);
-/* A model in memory, stored into *out on commit (alloy_model_close frees it). */
-struct alloy_sink *alloy_sink_memory_new(struct alloy_model **out, struct alloy_err *err);
+/* A model in memory, stored into *out on commit (alloy_model_close frees it); label (borrowed until
+ * commit, NULL: "<merged in memory>") is its alloy_model_ref. */
+struct alloy_sink *alloy_sink_memory_new(struct alloy_model **out, const char *label, struct alloy_err *err);
 
 #endif
