@@ -30,4 +30,14 @@ uint8_t *alloy_st_header(const struct alloy_tensor_desc *t, size_t n, size_t *le
 int alloy_model_from_image(const char *ref, const char *dir, uint8_t *image, size_t len, char *config_text,
                            struct alloy_model **out, struct alloy_err *err);
 
+/* Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF). Returns the offset of the first bad
+ * byte, or len when valid. */
+size_t alloy_utf8_check(const uint8_t *s, size_t len);
+
+/* A torch.save zip (pytorch_model.bin) as a tensor file, format "pytorch" (torch_zip.c). The memory
+ * version reads buf[0, len) in place; buf must outlive the file. */
+int alloy_pt_open(const char *path, struct alloy_tensor_file **out, struct alloy_err *err);
+int alloy_pt_open_memory(const uint8_t *buf, size_t len, const char *label, struct alloy_tensor_file **out,
+                         struct alloy_err *err);
+
 #endif

@@ -23,6 +23,7 @@
  */
 #include "core/internal.h"
 #include "core/strmap.h"
+#include "formats/formats.h"
 #include "formats/json_members.h"
 #include "formats/tensor_file.h"
 
@@ -46,9 +47,7 @@ struct alloy_st_file {
     char **meta;            /* key0, value0, key1, value1, ... */
 };
 
-/* Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF). Returns the
- * offset of the first bad byte, or len when valid. */
-static size_t utf8_check(const uint8_t *s, size_t len)
+size_t alloy_utf8_check(const uint8_t *s, size_t len)
 {
     size_t i = 0;
     while (i < len) {
@@ -299,7 +298,7 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header size %llu runs past the end of the %zu-byte file",
                              label, (unsigned long long)n, f->size);
     const char *hdr = (const char *)f->map + 8;
-    size_t bad = utf8_check((const uint8_t *)hdr, (size_t)n);
+    size_t bad = alloy_utf8_check((const uint8_t *)hdr, (size_t)n);
     if (bad != n)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %zu)", label, bad);
 
