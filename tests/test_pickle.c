@@ -218,6 +218,11 @@ TEST(pickle_model_discovery)
     CHECK_INT(system(cmd), 0);
     fmt = first_format(m, &err);
     CHECK_MSG(fmt && strcmp(fmt, "safetensors") == 0, "both: %s", fmt ? fmt : err.msg);
+    /* the legacy (pre-1.6) format: a bare pickle starting with torch's magic number */
+    snprintf(cmd, sizeof cmd, "rm '%s/model.safetensors' && printf '\\200\\002\\212\\012junk' > '%s/pytorch_model.bin'", m, m);
+    CHECK_INT(system(cmd), 0);
+    CHECK(first_format(m, &err) == NULL);
+    CHECK_STR_CONTAINS(err.msg, "pytorch_model.bin: expected a torch.save zip (PyTorch >= 1.6), found the legacy");
     /* the trust rule: pytorch_model.bin linking outside the folder is refused */
     snprintf(m, sizeof m, "%s/linked", dir);
     snprintf(outside, sizeof outside, "%s/elsewhere", dir);
