@@ -379,7 +379,8 @@ TEST(pickle_interpreter_bounds)
     b = zip_pickle(&pk, NULL, 0);
     REFUSED(&b, "expected containers nested at most 32 deep");
     free(pk.p), free(b.p);
-    PICKLE_REFUSED("\x80\x02}r\xf0\xff\xff\xff.", "expected a memo index below the pickle's 9 bytes, found 4294967280");
+    PICKLE_REFUSED("\x80\x02}r\xf0\xff\xff\xff.", "expected memo index 0 or below (they are assigned in order), found 4294967280");
+    PICKLE_REFUSED("\x80\x02}q\x00q\x02.", "expected memo index 1 or below (they are assigned in order), found 2");
     PICKLE_REFUSED("\x80\x02}j\x00\x00\x01\x00.", "expected a stored memo index, found 65536");
     PICKLE_REFUSED("\x80\x02}h\x05.", "expected a stored memo index, found 5");
     PICKLE_REFUSED("\x80\x06}.", "expected pickle protocol 2 to 5, found 6");

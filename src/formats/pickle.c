@@ -22,8 +22,9 @@
  *
  *   Values live in one allocation list freed at the end, so cycles made
  *   through the memo cost nothing and nothing is walked recursively. Work
- *   and memory are linear in the pickle's size: the memo index must stay
- *   below the pickle length, at most ALLOY_PICKLE_MAX_MARKS marks are open
+ *   and memory are linear in the pickle's size: memo indexes are assigned
+ *   in order (0, 1, 2, ... as Python's pickler does), at most
+ *   ALLOY_PICKLE_MAX_MARKS marks are open
  *   and containers nest at most ALLOY_PICKLE_MAX_DEPTH deep.
  */
 #include "core/internal.h"
@@ -84,7 +85,7 @@ struct vm {
     size_t marks[ALLOY_PICKLE_MAX_MARKS];
     int nmarks;
     struct pv **memo;
-    size_t nmemo;
+    size_t nmemo, memocap;
     void **allocs;
     size_t nallocs, acap;
 };
@@ -448,14 +449,18 @@ static int op_put(struct vm *v, size_t opbytes)
     if (!opbytes) idx = v->nmemo; /* MEMOIZE */
     if (rc) return rc;
     if (v->sp <= floor_of(v)) return fail(v, "expected a value to memoize, found %s", v->sp ? "a MARK" : "none");
-    if (idx >= v->len) /* sequential puts never get here: each costs at least one byte */
-        return fail(v, "expected a memo index below the pickle's %zu bytes, found %llu", v->len, (unsigned long long)idx);
-    if (idx >= v->nmemo) {
-        struct pv **nm = alloy_xrealloc(v->memo, ((size_t)idx + 1) * sizeof *nm);
-        if (!nm) return nomem(v);
-        memset(nm + v->nmemo, 0, ((size_t)idx + 1 - v->nmemo) * sizeof *nm);
-        v->memo = nm;
-        v->nmemo = (size_t)idx + 1;
+    if (idx > v->nmemo) /* Python's pickler numbers its memo 0, 1, 2, ... */
+        return fail(v, "expected memo index %zu or below (they are assigned in order), found %llu", v->nmemo,
+                    (unsigned long long)idx);
+    if (idx == v->nmemo) {
+        if (v->nmemo == v->memocap) {
+            size_t nc = v->memocap ? 2 * v->memocap : 64;
+            struct pv **nm = alloy_xrealloc(v->memo, nc * sizeof *nm);
+            if (!nm) return nomem(v);
+            v->memo = nm;
+            v->memocap = nc;
+        }
+        v->nmemo++;
     }
     v->memo[idx] = v->stack[v->sp - 1];
     return ALLOY_OK;
@@ -466,7 +471,7 @@ static int op_get(struct vm *v, size_t opbytes)
     uint64_t idx = 0;
     int rc = read_uint(v, opbytes, &idx);
     if (rc) return rc;
-    if (idx >= v->nmemo || !v->memo[idx]) return fail(v, "expected a stored memo index, found %llu", (unsigned long long)idx);
+    if (idx >= v->nmemo) return fail(v, "expected a stored memo index, found %llu", (unsigned long long)idx);
     return push(v, v->memo[idx]);
 }
 

@@ -146,7 +146,7 @@ static int local_header(const struct alloy_pt_file *f, const struct cd_pos *cd, 
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected a local header at byte %llu, found none",
                              f->base.path, e->name, (unsigned long long)lho);
     uint64_t data = lho + 30 + rd(m + lho + 26, 2) + rd(m + lho + 28, 2);
-    if (rd(m + lho + 26, 2) != nlen || memcmp(m + lho + 30, e->name, nlen) != 0 || data > cd->off)
+    if (data > cd->off || rd(m + lho + 26, 2) != nlen || memcmp(m + lho + 30, e->name, nlen) != 0)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected a local header naming the entry, found another "
                              "at byte %llu", f->base.path, e->name, (unsigned long long)lho);
     if (e->size > cd->off - data)
