@@ -159,6 +159,13 @@ static int pop(struct vm *v, struct pv **x)
     return ALLOY_OK;
 }
 
+/* The two values on top: *b the topmost. */
+static int pop2(struct vm *v, struct pv **a, struct pv **b)
+{
+    int rc = pop(v, b);
+    return rc ? rc : pop(v, a);
+}
+
 static int pop_mark(struct vm *v, size_t *from)
 {
     if (!v->nmarks) return fail(v, "expected a MARK on the stack, found none");
@@ -292,8 +299,7 @@ static int op_global(struct vm *v)
 static int op_stack_global(struct vm *v)
 {
     struct pv *name = NULL, *mod = NULL;
-    int rc = pop(v, &name);
-    if (!rc) rc = pop(v, &mod);
+    int rc = pop2(v, &mod, &name);
     if (rc) return rc;
     if (name->kind != PV_STR || mod->kind != PV_STR)
         return fail(v, "expected STACK_GLOBAL's module and name strings, found %s and %s", k_kind_names[mod->kind],
@@ -345,8 +351,7 @@ static int rebuild_tensor(struct vm *v, const struct pv *args)
 static int op_reduce(struct vm *v)
 {
     struct pv *args = NULL, *fn = NULL;
-    int rc = pop(v, &args);
-    if (!rc) rc = pop(v, &fn);
+    int rc = pop2(v, &fn, &args);
     if (rc) return rc;
     if (fn->kind != PV_GLOBAL || args->kind != PV_TUPLE)
         return fail(v, "expected REDUCE of a global and an argument tuple, found %s and %s", k_kind_names[fn->kind],

@@ -60,6 +60,20 @@ struct cd_pos {
     uint64_t off, size, count, end; /* end: where the end records start; the directory must lie before */
 };
 
+/* From the disk numbers on, the end record (w = 2) and the zip64 end record (w = 4) list the same fields,
+ * the zip64 ones wider: this disk, the directory's disk, entries on this disk, entries, size, offset. */
+static int end_fields(const uint8_t *q, int w, const char *label, struct cd_pos *cd, struct alloy_err *err)
+{
+    int cw = w == 2 ? 2 : 8, sw = w == 2 ? 4 : 8;
+    if (rd(q, w) != 0 || rd(q + w, w) != 0 || rd(q + 2 * w, cw) != rd(q + 2 * w + cw, cw))
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: zip: expected a single-disk archive, found a split one",
+                             label);
+    cd->count = rd(q + 2 * w + cw, cw);
+    cd->size = rd(q + 2 * w + 2 * cw, sw);
+    cd->off = rd(q + 2 * w + 2 * cw + sw, sw);
+    return ALLOY_OK;
+}
+
 static int zip64_end(const struct alloy_pt_file *f, uint64_t eocd, struct cd_pos *cd, struct alloy_err *err)
 {
     const uint8_t *m = f->m.map;
@@ -71,14 +85,8 @@ static int zip64_end(const struct alloy_pt_file *f, uint64_t eocd, struct cd_pos
     if (z > eocd - 20 || eocd - 20 - z < 56 || rd(m + z, 4) != 0x06064b50)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: zip: expected a zip64 end record at byte %llu, found none",
                              label, (unsigned long long)z);
-    if (rd(m + z + 16, 4) != 0 || rd(m + z + 20, 4) != 0 || rd(m + z + 24, 8) != rd(m + z + 32, 8))
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: zip: expected a single-disk archive, found a split one",
-                             label);
-    cd->count = rd(m + z + 32, 8);
-    cd->size = rd(m + z + 40, 8);
-    cd->off = rd(m + z + 48, 8);
     cd->end = z;
-    return ALLOY_OK;
+    return end_fields(m + z + 16, 4, label, cd, err);
 }
 
 /* Finds the end-of-central-directory record (the last one whose comment reaches the end of the file). */
@@ -96,16 +104,11 @@ static int find_directory(const struct alloy_pt_file *f, struct cd_pos *cd, stru
     if (i < lo || i == (size_t)-1 || rd(m + i, 4) != 0x06054b50)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: zip: expected an end-of-central-directory record, found none "
                              "(truncated file?)", label);
-    if (rd(m + i + 4, 2) != 0 || rd(m + i + 6, 2) != 0 || rd(m + i + 8, 2) != rd(m + i + 10, 2))
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: zip: expected a single-disk archive, found a split one",
-                             label);
-    cd->count = rd(m + i + 10, 2);
-    cd->size = rd(m + i + 12, 4);
-    cd->off = rd(m + i + 16, 4);
     cd->end = i;
+    int rc = end_fields(m + i + 4, 2, label, cd, err);
+    if (rc) return rc;
     if (cd->count == 0xffff || cd->size == 0xffffffff || cd->off == 0xffffffff) {
-        int rc = zip64_end(f, i, cd, err);
-        if (rc) return rc;
+        if ((rc = zip64_end(f, i, cd, err))) return rc;
     }
     if (cd->off > cd->end || cd->size > cd->end - cd->off || cd->count > cd->size / 46 || cd->count > ZIP_MAX_ENTRIES)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: zip: expected a central directory of %llu entries inside the "
