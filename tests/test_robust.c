@@ -26,6 +26,8 @@
 #include "alloy.h"
 #include "config/config.h"
 #include "eval/eval.h"
+#include "formats/formats.h"
+#include "formats/pickle.h"
 
 #include <dirent.h>
 #include <stdint.h>
@@ -700,6 +702,19 @@ static int replay(const char *target, const char *data, size_t len, const char *
         struct alloy_config *c = NULL;
         int rc = alloy_config_parse(data, len, "fuzz.yml", &c, err);
         alloy_config_free(c);
+        return rc;
+    }
+    if (!strcmp(target, "torch_zip")) {
+        struct alloy_tensor_file *f = NULL;
+        int rc = alloy_pt_open_memory((const uint8_t *)data, len, "fuzz.bin", &f, err);
+        alloy_tensor_file_close(f);
+        return rc;
+    }
+    if (!strcmp(target, "pickle")) {
+        struct alloy_pickle_tensor *t = NULL;
+        size_t n = 0;
+        int rc = alloy_pickle_state_dict((const uint8_t *)data, len, "fuzz.bin: archive/data.pkl", &t, &n, err);
+        alloy_pickle_free(t, n);
         return rc;
     }
     test_fail(__FILE__, __LINE__, "regression input for unknown target '%s'", target);
