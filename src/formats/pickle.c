@@ -8,7 +8,7 @@
  *   how a .bin file runs code. This interpreter knows only the opcodes
  *   torch.save emits for state dicts (pickle protocol 2, plus the protocol
  *   4-5 spellings of the same operations: FRAME, MEMOIZE, STACK_GLOBAL,
- *   SHORT_BINUNICODE) and only these globals, each replaced by a C function:
+ *   SHORT_BINUNICODE, BINUNICODE8) and only these globals, each replaced by a C function:
  *     collections.OrderedDict()            -> an empty dict
  *     torch._utils._rebuild_tensor_v2(...) -> a tensor record (storage,
  *                                             offset, shape, stride)
@@ -24,8 +24,8 @@
  *   through the memo cost nothing and nothing is walked recursively. Work
  *   and memory are linear in the pickle's size: memo indexes are assigned
  *   in order (0, 1, 2, ... as Python's pickler does), at most
- *   ALLOY_PICKLE_MAX_MARKS marks are open
- *   and containers nest at most ALLOY_PICKLE_MAX_DEPTH deep.
+ *   ALLOY_PICKLE_MAX_MARKS marks are open and containers nest at most
+ *   ALLOY_PICKLE_MAX_DEPTH deep.
  */
 #include "core/internal.h"
 #include "formats/formats.h"
