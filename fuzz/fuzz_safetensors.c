@@ -40,18 +40,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t total = 0;
     for (size_t i = 0; i < alloy_st_count(f); i++) {
         const struct alloy_tensor *t = alloy_st_tensor(f, i);
-        check(t && t->name && t->file == f);
-        check(t->data >= start && t->data <= end && t->nbytes <= (uint64_t)(end - t->data));
-        check(t->ndim >= 0 && t->ndim <= ALLOY_MAX_DIMS);
-        uint64_t numel = 1;
-        for (int d = 0; d < t->ndim; d++) {
-            check(t->shape[d] >= 0);
-            numel *= (uint64_t)t->shape[d];
-        }
-        check(numel == t->numel);
+        check_tensor_in(t, start, end);
+        check(t->file == alloy_st_file_base(f));
         const struct alloy_dtype_traits *tr = alloy_dtype_traits(t->dtype);
-        check(tr != NULL);
-        check(t->numel * tr->bits == t->nbytes * 8);
         check(alloy_st_find(f, t->name) == t);
         total += t->nbytes;
         if (tr->mergeable && t->numel) {

@@ -31,16 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(strcmp(alloy_tensor_file_format(f), "pytorch") == 0);
     for (size_t i = 0; i < alloy_tensor_file_count(f); i++) {
         const struct alloy_tensor *t = alloy_tensor_file_tensor(f, i);
-        check(t && t->name && t->file == f);
-        check(t->data >= data && t->data <= data + size && t->nbytes <= (uint64_t)(data + size - t->data));
-        check(t->ndim >= 0 && t->ndim <= ALLOY_MAX_DIMS);
-        uint64_t numel = 1;
-        for (int d = 0; d < t->ndim; d++) {
-            check(t->shape[d] >= 0);
-            numel *= (uint64_t)t->shape[d];
-        }
-        check(numel == t->numel);
-        check(t->numel * alloy_dtype_traits(t->dtype)->bits == t->nbytes * 8);
+        check_tensor_in(t, data, data + size);
+        check(t->file == f);
         check(alloy_tensor_file_find(f, t->name) == t);
         if (t->nbytes) {
             uint8_t first = 0, last = 0;
