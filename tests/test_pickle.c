@@ -150,7 +150,9 @@ TEST(pickle_bin_merge_equals_safetensors)
     snprintf(yaml, sizeof yaml, k_merge_yaml, FIX("base"), FIX("code"), FIX("prose"));
     CHECK_INT(run_merge(yaml, out_st), 0);
     snprintf(yaml, sizeof yaml, k_merge_yaml, base, code, FIX("prose"));
+    uint64_t before = test_hash_dir(base) ^ test_hash_dir(code);
     CHECK_INT(run_merge(yaml, out_bin), 0);
+    CHECK_MSG((test_hash_dir(base) ^ test_hash_dir(code)) == before, "a merge changed its .bin inputs");
     size_t na = 0, nb = 0, nbase = 0;
     char pa[PATH_MAX + 32], pb[PATH_MAX + 32];
     snprintf(pa, sizeof pa, "%s/model.safetensors", out_st);
