@@ -27,6 +27,8 @@
 #include "alloy.h"
 #include "config/config.h"
 #include "eval/eval.h"
+#include "formats/formats.h"
+#include "formats/pickle.h"
 
 #include <dirent.h>
 #include <stdint.h>
@@ -733,6 +735,19 @@ static int replay(const char *target, const char *data, size_t len, const char *
         struct alloy_adapter *a = NULL;
         int rc = alloy_adapter_parse_config(data, len, "adapter_config.json", &a, err);
         alloy_adapter_close(a);
+        return rc;
+    }
+    if (!strcmp(target, "torch_zip")) {
+        struct alloy_tensor_file *f = NULL;
+        int rc = alloy_pt_open_memory((const uint8_t *)data, len, "fuzz.bin", &f, err);
+        alloy_tensor_file_close(f);
+        return rc;
+    }
+    if (!strcmp(target, "pickle")) {
+        struct alloy_pickle_tensor *t = NULL;
+        size_t n = 0;
+        int rc = alloy_pickle_state_dict((const uint8_t *)data, len, "fuzz.bin: archive/data.pkl", &t, &n, err);
+        alloy_pickle_free(t, n);
         return rc;
     }
     test_fail(__FILE__, __LINE__, "regression input for unknown target '%s'", target);

@@ -44,4 +44,14 @@ const struct alloy_adapter *alloy_model_adapter(const struct alloy_model *m);
 /* A warning about the overlay (the adapter names another base model), or NULL. */
 const char *alloy_model_warning(const struct alloy_model *m);
 
+/* Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF). Returns the offset of the first bad
+ * byte, or len when valid. */
+size_t alloy_utf8_check(const uint8_t *s, size_t len);
+
+/* A torch.save zip (pytorch_model.bin) as a tensor file, format "pytorch" (torch_zip.c). The memory
+ * version reads buf[0, len) in place; buf must outlive the file. */
+int alloy_pt_open(const char *path, struct alloy_tensor_file **out, struct alloy_err *err);
+int alloy_pt_open_memory(const uint8_t *buf, size_t len, const char *label, struct alloy_tensor_file **out,
+                         struct alloy_err *err);
+
 #endif

@@ -10,9 +10,12 @@
  *   when such a snapshot exists, else the commit in refs/<revision>
  *   (refs/main by default). A miss lists every place searched.
  *   In the folder, model.safetensors.index.json wins over model.safetensors,
- *   as in transformers. Only the index's weight_map is trusted; shard names
+ *   as in transformers; without either, pytorch_model.bin.index.json and
+ *   then pytorch_model.bin (torch.save zips, torch_zip.c) are read, as
+ *   mergekit does. Only the index's weight_map is trusted; shard names
  *   may follow any pattern. Tensors are ordered by shard (first appearance
- *   in the index) and then by data offset, which is the file order.
+ *   in the index) and then by data offset, which is the file order (in a
+ *   .bin, the state dict's order: its storages are stored by key).
  *   Trust rule (alloy_folder_file): config.json, the index and the files
  *   copied to the output or read by the evaluator must resolve inside the
  *   folder (for a snapshot, inside the repository folder whose blobs/ it
@@ -206,7 +209,8 @@ static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, 
         if (want && (!alloy_strmap_get(want, t->name, &at) || at != shard)) continue; /* not indexed here */
         m->tensors[first + added++] = t;
     }
-    qsort(m->tensors + first, added, sizeof *m->tensors, cmp_tensor_offset);
+    if (strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's, kept */
+        qsort(m->tensors + first, added, sizeof *m->tensors, cmp_tensor_offset);
     for (size_t i = 0; i < added; i++) {
         const struct alloy_tensor *t = m->tensors[first + i];
         int rc = add_tensor(m, t, err);
@@ -407,6 +411,38 @@ static int open_with_adapter(const char *ref, const char *plus, struct alloy_mod
     return ALLOY_OK;
 }
 
+static int open_single(struct alloy_model *m, const char *path, struct alloy_err *err)
+{
+    struct alloy_tensor_file *f;
+    int rc = add_file(m, path, &f, err);
+    return rc ? rc : add_file_tensors(m, f, NULL, 0, err);
+}
+
+/* The weights of the folder, in mergekit's order of preference: a safetensors index or file, then a
+ * PyTorch index or file (pytorch_model.bin); the PyTorch names must resolve inside the folder. */
+static int open_weights(struct alloy_model *m, const char *st_index, struct alloy_err *err)
+{
+    char *st_single = NULL, *pt_index = NULL, *pt_single = NULL;
+    int rc = ALLOY_OK;
+    if (alloy_is_file(st_index)) {
+        rc = open_index(m, st_index, err);
+    } else if ((rc = alloy_folder_file(m->dir, "model.safetensors", &st_single, err))) {
+        /* a model.safetensors that resolves outside the model folder */
+    } else if (alloy_is_file(st_single)) {
+        rc = open_single(m, st_single, err);
+    } else if (!(rc = alloy_folder_file(m->dir, "pytorch_model.bin.index.json", &pt_index, err)) &&
+               !(rc = alloy_folder_file(m->dir, "pytorch_model.bin", &pt_single, err))) {
+        if (alloy_is_file(pt_index)) rc = open_index(m, pt_index, err);
+        else if (alloy_is_file(pt_single)) rc = open_single(m, pt_single, err);
+        else rc = alloy_err_set(err, ALLOY_ERR_IO, "%s: no model.safetensors, model.safetensors.index.json, "
+                                "pytorch_model.bin or pytorch_model.bin.index.json in the folder", m->dir);
+    }
+    free(st_single);
+    free(pt_index);
+    free(pt_single);
+    return rc;
+}
+
 int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err *err)
 {
     const char *plus = strchr(ref, '+');
@@ -426,38 +462,21 @@ static int open_folder(const char *ref, struct alloy_model **out, struct alloy_e
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     }
     int rc = alloy_resolve_ref(ref, &m->dir, err);
-    char *index = NULL, *single = NULL, *config = NULL;
+    char *index = NULL, *config = NULL;
     if (rc) goto fail;
     if ((rc = alloy_folder_file(m->dir, "model.safetensors.index.json", &index, err)) ||
-        (rc = alloy_folder_file(m->dir, "config.json", &config, err)))
+        (rc = alloy_folder_file(m->dir, "config.json", &config, err)) || (rc = open_weights(m, index, err)))
         goto fail;
-    if (alloy_is_file(index)) {
-        rc = open_index(m, index, err);
-    } else if ((rc = alloy_folder_file(m->dir, "model.safetensors", &single, err))) {
-        goto fail;
-    } else if (alloy_is_file(single)) {
-        struct alloy_tensor_file *f;
-        rc = add_file(m, single, &f, err);
-        if (!rc) rc = add_file_tensors(m, f, NULL, 0, err);
-    } else {
-        rc = alloy_err_set(err, ALLOY_ERR_IO,
-                           "%s: no model.safetensors or model.safetensors.index.json in the folder "
-                           "(PyTorch .bin checkpoints are not supported; convert them to safetensors)",
-                           m->dir);
-    }
-    if (rc) goto fail;
     if (alloy_is_file(config)) {
         rc = alloy_read_file(config, (size_t)16 << 20, &m->config_text, NULL, err);
         if (rc) goto fail;
     }
     free(index);
-    free(single);
     free(config);
     *out = m;
     return ALLOY_OK;
 fail:
     free(index);
-    free(single);
     free(config);
     alloy_model_close(m);
     return rc;

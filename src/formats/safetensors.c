@@ -23,32 +23,23 @@
  */
 #include "core/internal.h"
 #include "core/strmap.h"
+#include "formats/formats.h"
 #include "formats/json_members.h"
+#include "formats/mapped.h"
 #include "formats/tensor_file.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <stdatomic.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 struct alloy_st_file {
     struct alloy_tensor_file base; /* path, tensors in header order, name index (tensor_file.h) */
-    const uint8_t *map;     /* whole file */
-    size_t size;
-    int owns_map;
-    int fd;                 /* kept open for pread (-1 for in-memory images) */
+    struct alloy_mapped m;  /* the whole file (fd -1 for in-memory images) */
     const uint8_t *data;    /* start of the data buffer */
     char **names;
     size_t nmeta;
     char **meta;            /* key0, value0, key1, value1, ... */
 };
 
-/* Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF). Returns the
- * offset of the first bad byte, or len when valid. */
-static size_t utf8_check(const uint8_t *s, size_t len)
+size_t alloy_utf8_check(const uint8_t *s, size_t len)
 {
     size_t i = 0;
     while (i < len) {
@@ -268,14 +259,14 @@ static int check_layout(struct alloy_st_file *f, struct alloy_tensor **sorted, u
         t->numel = numel;
         expect = e;
     }
-    uint64_t data_len = f->size - 8 - n;
+    uint64_t data_len = f->m.size - 8 - n;
     if (expect != data_len)
         return alloy_err_set(err, ALLOY_ERR_FORMAT,
                            "%s: tensor data ends at byte %llu of the data buffer but the file holds %llu bytes there "
                            "(%s)",
                            label, (unsigned long long)expect, (unsigned long long)data_len,
                            expect < data_len ? "trailing bytes" : "file is truncated");
-    f->data = f->map + 8 + n;
+    f->data = f->m.map + 8 + n;
     for (size_t i = 0; i < f->base.count; i++) {
         struct alloy_tensor *t = &f->base.tensors[i];
         uint64_t b = (uint64_t)(uintptr_t)t->data, e = t->nbytes;
@@ -288,18 +279,18 @@ static int check_layout(struct alloy_st_file *f, struct alloy_tensor **sorted, u
 static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
 {
     const char *label = f->base.path;
-    if (f->size < 8)
+    if (f->m.size < 8)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: file is %zu bytes, too small for the 8-byte header size",
-                             label, f->size);
-    uint64_t n = read_u64le(f->map);
+                             label, f->m.size);
+    uint64_t n = read_u64le(f->m.map);
     if (n > ALLOY_ST_MAX_HEADER)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header size %llu exceeds the %llu-byte limit", label,
                              (unsigned long long)n, (unsigned long long)ALLOY_ST_MAX_HEADER);
-    if (n > f->size - 8)
+    if (n > f->m.size - 8)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header size %llu runs past the end of the %zu-byte file",
-                             label, (unsigned long long)n, f->size);
-    const char *hdr = (const char *)f->map + 8;
-    size_t bad = utf8_check((const uint8_t *)hdr, (size_t)n);
+                             label, (unsigned long long)n, f->m.size);
+    const char *hdr = (const char *)f->m.map + 8;
+    size_t bad = alloy_utf8_check((const uint8_t *)hdr, (size_t)n);
     if (bad != n)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %zu)", label, bad);
 
@@ -349,50 +340,31 @@ int alloy_st_open_memory(const uint8_t *buf, size_t len, const char *label, stru
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label ? label : "<memory>");
     }
     f->base.ops = &st_ops;
-    f->map = buf;
-    f->size = len;
-    f->fd = -1;
+    alloy_mapped_memory(buf, len, &f->m);
     return open_common(f, out, err);
 }
 
 int alloy_st_open(const char *path, struct alloy_st_file **out, struct alloy_err *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
-    if (fd < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return alloy_err_set(err, ALLOY_ERR_IO, "%s: not a regular file", path);
-    }
     struct alloy_st_file *f = alloy_xcalloc(1, sizeof *f);
     if (!f || !(f->base.path = alloy_xstrdup(path))) {
         free(f);
-        close(fd);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", path);
     }
     f->base.ops = &st_ops;
-    f->size = (size_t)st.st_size;
-    if (f->size > 0) {
-        void *m = mmap(NULL, f->size, PROT_READ, MAP_SHARED, fd, 0);
-        if (m == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            free(f->base.path);
-            free(f);
-            return alloy_err_set(err, ALLOY_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
-        }
-        f->map = m;
-        f->owns_map = 1;
+    int rc = alloy_mapped_open(path, &f->m, err);
+    if (rc) {
+        free(f->base.path);
+        free(f);
+        return rc;
     }
-    f->fd = fd;
     return open_common(f, out, err);
 }
 
 void alloy_st_close(struct alloy_st_file *f)
 {
     if (!f) return;
-    if (f->owns_map && f->map) munmap((void *)f->map, f->size);
-    if (f->fd >= 0) close(f->fd);
+    alloy_mapped_close(&f->m);
     for (size_t i = 0; i < f->base.count; i++) free(f->names[i]);
     for (size_t i = 0; i < 2 * f->nmeta; i++) free(f->meta[i]);
     free(f->meta);
@@ -426,38 +398,13 @@ const char *alloy_st_metadata(const struct alloy_st_file *f, const char *key)
 static void st_release_range(const struct alloy_tensor_file *tf, const struct alloy_tensor *t, uint64_t off,
                              uint64_t len)
 {
-    const struct alloy_st_file *f = (const struct alloy_st_file *)tf;
-    if (!f->owns_map || !len || off >= t->nbytes) return;
-    if (len > t->nbytes - off) len = t->nbytes - off;
-    static _Atomic uintptr_t page_size; /* set once; racing threads store the same value */
-    uintptr_t page = atomic_load_explicit(&page_size, memory_order_relaxed);
-    if (!page) atomic_store_explicit(&page_size, page = (uintptr_t)sysconf(_SC_PAGESIZE), memory_order_relaxed);
-    uintptr_t lo = ((uintptr_t)(t->data + off) + page - 1) & ~(page - 1);
-    uintptr_t hi = ((uintptr_t)(t->data + off + len)) & ~(page - 1);
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    alloy_mapped_release(&((const struct alloy_st_file *)tf)->m, t, off, len);
 }
 
 static int st_pread(const struct alloy_tensor_file *tf, const struct alloy_tensor *t, uint64_t off, void *dst,
                     size_t len, struct alloy_err *err)
 {
-    const struct alloy_st_file *f = (const struct alloy_st_file *)tf;
-    if (f->fd < 0) {
-        memcpy(dst, t->data + off, len);
-        return ALLOY_OK;
-    }
-    uint64_t pos = (uint64_t)(t->data - f->map) + off;
-    uint8_t *p = dst;
-    while (len) {
-        ssize_t r = pread(f->fd, p, len, (off_t)pos);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0)
-            return alloy_err_set(err, ALLOY_ERR_IO, "%s: tensor '%s': read failed at byte %llu: %s", f->base.path,
-                                 t->name, (unsigned long long)pos, r < 0 ? strerror(errno) : "file shrank while open");
-        p += r;
-        len -= (size_t)r;
-        pos += (uint64_t)r;
-    }
-    return ALLOY_OK;
+    return alloy_mapped_pread(&((const struct alloy_st_file *)tf)->m, tf->path, t, off, dst, len, err);
 }
 
 static void st_close(struct alloy_tensor_file *tf) { alloy_st_close((struct alloy_st_file *)tf); }

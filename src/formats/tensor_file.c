@@ -8,6 +8,7 @@
  *   the format from its first bytes, never from the file name.
  */
 #include "core/internal.h"
+#include "formats/formats.h"
 #include "formats/tensor_file.h"
 
 #include <errno.h>
@@ -24,6 +25,10 @@ int alloy_tensor_file_open(const char *path, struct alloy_tensor_file **out, str
     if (got == 4 && memcmp(magic, "GGUF", 4) == 0)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: a GGUF file; alloy reads safetensors files only so far",
                              path);
+    if (got == 4 && memcmp(magic, "PK\x03\x04", 4) == 0) return alloy_pt_open(path, out, err); /* torch.save zip */
+    if (got == 4 && memcmp(magic, "\x80\x02\x8a\x0a", 4) == 0) /* PROTO 2, then torch's legacy magic number */
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: expected a torch.save zip (PyTorch >= 1.6), found the "
+                             "legacy PyTorch format; load and save it again with a recent PyTorch", path);
     struct alloy_st_file *f;
     int rc = alloy_st_open(path, &f, err);
     if (rc == ALLOY_OK) *out = alloy_st_file_base(f);
