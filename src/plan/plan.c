@@ -24,6 +24,8 @@
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "plan/plan.h"
+#include "plan/vocab.h"
+#include "sources/permuted.h"
 
 #include <stdarg.h>
 
@@ -120,6 +122,8 @@ static void warnf(struct builder *b, const char *fmt, ...)
     va_end(ap);
     b->o->log(b->o->log_user, 0, msg);
 }
+
+static void plan_warn(void *user, const char *msg) { warnf(user, "%s", msg); }
 
 static int model_index(struct builder *b, const char *ref, struct alloy_pos pos)
 {
@@ -403,9 +407,14 @@ static int add_tensor(struct builder *b, const struct alloy_slice *slice, struct
                                  alloy_tensor_file_path(t->inputs[i].t->file), t->inputs[i].t->name,
                                  alloy_dtype_traits(t->inputs[i].t->dtype)->name,
                                  alloy_dtype_traits(t->inputs[keep].t->dtype)->name);
-    int rc = decide_shape(b, t);
+    int rc;
+    if (p->vocab && t->is_embed) { /* re-indexed to the merged vocabulary (embed.c) */
+        set_sources(t, tied);
+        rc = alloy_plan_embed(p, t, plan_warn, b, b->err);
+    } else if (!(rc = decide_shape(b, t))) {
+        set_sources(t, tied);
+    }
     if (rc) return rc;
-    set_sources(t, tied);
     t->dtype = decide_dtype(b, t);
     t->nbytes = t->numel * alloy_dtype_traits(t->dtype)->bits / 8;
     rc = resolve_params(b, slice, srcs, t);
@@ -698,6 +707,30 @@ static int assign_shards(struct builder *b)
 
 /* ------------------------------------------------------------ entry points */
 
+/* The tokenizer source: the donor of the tokenizer files, and with tokenizer merging configured (mergekit
+ * builds a tokenizer for any tokenizer_source or tokenizer: block) the merged vocabulary, built from every
+ * merged model's tokenizer before the tensors are planned. */
+static int tokenizer_plan(struct builder *b)
+{
+    struct alloy_plan *p = b->p;
+    const struct alloy_config *cfg = p->cfg;
+    if (!cfg->tokenizer_source) return ALLOY_OK;
+    for (size_t s = 0; s < cfg->nslices; s++) /* every merged model, in config order after the base */
+        for (size_t i = 0; i < cfg->slices[s].nsources; i++) {
+            int mi = model_index(b, cfg->slices[s].sources[i].model, cfg->slices[s].sources[i].pos);
+            if (mi < 0) return -mi;
+        }
+    size_t nmerged = p->nmodels;
+    int base = p->base >= 0 ? p->base : 0, source = -1;
+    if (strcmp(cfg->tokenizer_source, "base") != 0 && strcmp(cfg->tokenizer_source, "union") != 0) {
+        const char *ref = cfg->tokenizer_source;
+        if (strncmp(ref, "model:", 6) == 0) ref += 6;
+        if ((source = model_index(b, ref, cfg->tokenizer_pos)) < 0) return -source;
+    }
+    p->tokenizer_donor = source >= 0 ? source : base;
+    return alloy_vocab_build(cfg, p->models, nmerged, base, source, plan_warn, b, &p->vocab, b->err);
+}
+
 int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_options *o, struct alloy_plan **out,
                      struct alloy_err *err)
 {
@@ -730,7 +763,8 @@ int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_op
         rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: base_model: %s needs a base_model", cfg->path, p->method->name);
         goto fail;
     }
-    rc = plan_tensors(&b);
+    rc = tokenizer_plan(&b);
+    if (!rc) rc = plan_tensors(&b);
     if (rc) goto fail;
     if (p->ntensors == 0) {
         rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: the merge produces no tensors", cfg->path);
@@ -741,21 +775,8 @@ int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_op
     if (rc) goto fail;
     /* donor of config.json: base, else the first referenced model */
     p->donor = p->base >= 0 ? p->base : 0;
-    p->tokenizer_donor = p->donor;
-    if (cfg->tokenizer_source && strcmp(cfg->tokenizer_source, "base") != 0) {
-        if (strcmp(cfg->tokenizer_source, "union") == 0) {
-            rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s:%d:%d: tokenizer_source: 'union' (building a merged "
-                               "vocabulary) is not supported yet; use base or a model",
-                               cfg->path, cfg->tokenizer_pos.line, cfg->tokenizer_pos.col);
-            goto fail;
-        }
-        const char *ref = cfg->tokenizer_source;
-        if (strncmp(ref, "model:", 6) == 0) ref += 6;
-        int mi = model_index(&b, ref, cfg->tokenizer_pos);
-        if (mi < 0) { rc = -mi; goto fail; }
-        p->tokenizer_donor = mi;
-    }
-    if (!o->copy_tokenizer) p->tokenizer_donor = -1;
+    if (p->tokenizer_donor < 0) p->tokenizer_donor = p->donor;
+    if (!o->copy_tokenizer || p->vocab) p->tokenizer_donor = -1; /* a built tokenizer is always written */
     for (size_t i = 0; i < p->nmodels; i++) stack_free(&b.stacks[i]);
     free(b.stacks);
     *out = p;
@@ -775,7 +796,9 @@ void alloy_plan_free(struct alloy_plan *p)
         free(p->tensors[i].inputs);
         free(p->tensors[i].gp);
         free(p->tensors[i].tp);
+        alloy_permuted_free(p->tensors[i].perm);
     }
+    alloy_vocab_free(p->vocab);
     free(p->tensors);
     for (size_t s = 0; s < p->nshards; s++) free(p->shards[s].file);
     free(p->shards);

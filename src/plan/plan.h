@@ -42,6 +42,7 @@ struct alloy_plan_tensor {
     int layer;                       /* output layer index, -1 for other tensors */
     int shard;                       /* output shard index */
     uint64_t offset;                 /* byte offset in the shard's data buffer */
+    struct alloy_permuted *perm;     /* the re-indexed rows its inputs read (tokenizer merge), or NULL */
 };
 
 struct alloy_plan_shard {
@@ -65,7 +66,12 @@ struct alloy_plan {
     struct alloy_plan_shard *shards;
     uint64_t total_bytes;
     size_t nwarnings;
+    struct alloy_vocab *vocab;       /* the merged vocabulary when a tokenizer merge is configured, else NULL */
 };
+
+struct alloy_vocab;
+struct alloy_permuted;
+typedef void (*alloy_plan_warn_fn)(void *user, const char *msg);
 
 int  alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_options *o, struct alloy_plan **out,
                       struct alloy_err *err);
@@ -75,6 +81,11 @@ void alloy_plan_print(const struct alloy_plan *p, FILE *f);
 /* The job a method sees for tensor i. `shape` storage comes from the tensor. */
 void alloy_plan_job(const struct alloy_plan *p, size_t i, uint64_t seed, const char **model_names,
                     struct alloy_merge_job *job);
+
+/* embed.c: makes embedding-like tensor t (its stored inputs found) read every input re-indexed to p->vocab:
+ * rows per mergekit's PermutedEmbeddings (own row, else the token's default), padded rows past it. */
+int  alloy_plan_embed(const struct alloy_plan *p, struct alloy_plan_tensor *t, alloy_plan_warn_fn warn, void *user,
+                      struct alloy_err *err);
 
 /* Name analysis (exposed for tests). Returns the layer index and sets
  * *prefix_len (bytes before ".N.") and *suffix (text after ".N."), or -1. */
