@@ -109,7 +109,7 @@ static int assign(const struct ctx *c, alloy_plan_warn_fn warn, void *user)
             c->pm->own[(size_t)k * v->n + j] = r >= 0 && !(ct && ct->force) ? r : -1;
             need |= c->pm->own[(size_t)k * v->n + j] < 0;
         }
-        if (!need) continue;
+        if (!need && !ct) continue; /* configured sources are checked even when unused, as mergekit does */
         size_t before = nzero;
         rc = ct ? configured(c, j, ct) : automatic(c, j, &nzero);
         if (rc) return rc < 0 ? alloy_err_set(c->err, ALLOY_ERR_NOMEM, "out of memory") : rc;

@@ -1,0 +1,435 @@
+/*
+ * test_tokenizer_union.c — tokenizer merging (mergekit §6): the cases of
+ * mergekit's tests/test_tokenizer.py as golden cases, with their tokenizers
+ * and models built here, a chat fine-tune of the bundled tiny Llama that
+ * adds <|im_start|>/<|im_end|>, and the refusals.
+ *
+ * Models of the §6.4 cases: 64 tokens <unk>, <s>, </s>, _tok_3.._tok_63
+ * (the first three added special tokens, as LlamaTokenizerFast adds them);
+ * chatml adds <|im_start|>, <|im_end|> at 64, 65 (66 rows); padded has 4
+ * <UNUSED_i> past its config vocab_size 64. Embedding row r, column c of a
+ * model with seed s is s + r + c/8 (lm_head: its negation), so the expected
+ * value of every output row is written down from the rules, not computed
+ * by the code under test.
+ */
+#include "alloy.h"
+#include "test.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define COLS 4
+
+struct spec {
+    const char *name;
+    float seed;
+    int rows, config_vocab;
+    const char *const *extra; /* added tokens from id 64 */
+    int nextra, extra_special;
+    int alt5;                 /* 1: token 5 is _alt_5 instead of _tok_5 */
+};
+
+static float emb(float seed, int r, int c) { return seed + (float)r + (float)c / 8; }
+
+/* A tokenizer.json of 64 BPE tokens plus the extra added tokens. */
+static char *tokenizer_json(const struct spec *s)
+{
+    size_t cap = 16384, n = 0;
+    char *b = malloc(cap);
+    if (!b) return NULL;
+#define EMIT(...) (n += (size_t)snprintf(b + n, cap - n, __VA_ARGS__))
+    EMIT("{\"version\": \"1.0\", \"added_tokens\": [");
+    static const char *const special[] = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < 3; i++)
+        EMIT("%s{\"id\": %d, \"content\": \"%s\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, "
+             "\"normalized\": false, \"special\": true}", i ? ", " : "", i, special[i]);
+    for (int i = 0; i < s->nextra; i++)
+        EMIT(", {\"id\": %d, \"content\": \"%s\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, "
+             "\"normalized\": %s, \"special\": %s}", 64 + i, s->extra[i], s->extra_special ? "false" : "true",
+             s->extra_special ? "true" : "false");
+    EMIT("], \"normalizer\": null, \"pre_tokenizer\": null, \"model\": {\"type\": \"BPE\", \"vocab\": {");
+    for (int i = 0; i < 64 + s->nextra; i++) {
+        if (i < 3) EMIT("%s\"%s\": %d", i ? ", " : "", special[i], i);
+        else if (i < 64) EMIT(", \"_%s_%d\": %d", i == 5 && s->alt5 ? "alt" : "tok", i, i);
+        else EMIT(", \"%s\": %d", s->extra[i - 64], i);
+    }
+    EMIT("}, \"merges\": []}}");
+#undef EMIT
+    return b;
+}
+
+static void make_model(const char *dir, const struct spec *s)
+{
+    float *e = malloc(sizeof *e * (size_t)s->rows * COLS), *h = malloc(sizeof *h * (size_t)s->rows * COLS);
+    float w[COLS * COLS], norm[COLS];
+    for (int r = 0; r < s->rows; r++)
+        for (int c = 0; c < COLS; c++) e[r * COLS + c] = emb(s->seed, r, c), h[r * COLS + c] = -emb(s->seed, r, c);
+    for (int i = 0; i < COLS * COLS; i++) w[i] = s->seed;
+    for (int i = 0; i < COLS; i++) norm[i] = 1;
+    struct test_tensor t[] = {
+        {"model.embed_tokens.weight", "F32", 2, {s->rows, COLS}, e},
+        {"model.layers.0.mlp.down_proj.weight", "F32", 2, {COLS, COLS}, w},
+        {"model.norm.weight", "F32", 1, {COLS}, norm},
+        {"lm_head.weight", "F32", 2, {s->rows, COLS}, h},
+    };
+    char config[256], path[600];
+    snprintf(config, sizeof config, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
+             "\"vocab_size\": %d, \"hidden_size\": %d, \"num_hidden_layers\": 1}", s->config_vocab, COLS);
+    CHECK_INT(test_write_model(dir, t, 4, config), 0);
+    char *tok = tokenizer_json(s);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    CHECK_INT(test_write_text(path, tok), 0);
+    free(tok);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    CHECK_INT(test_write_text(path, "{\"tokenizer_class\": \"LlamaTokenizerFast\", \"bos_token\": \"<s>\"}"), 0);
+    snprintf(path, sizeof path, "%s/special_tokens_map.json", dir);
+    CHECK_INT(test_write_text(path, "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}"), 0);
+    free(e);
+    free(h);
+}
+
+static const char *const g_chat[] = {"<|im_start|>", "<|im_end|>"};
+static const char *const g_unused[] = {"<UNUSED_0>", "<UNUSED_1>", "<UNUSED_2>", "<UNUSED_3>"};
+static const struct spec g_base = {"base", 0, 64, 64, NULL, 0, 0, 0};
+static const struct spec g_chatml = {"chatml", 1000, 66, 66, g_chat, 2, 0, 0};
+static const struct spec g_padded = {"padded", 2000, 64, 64, g_unused, 4, 0, 0};
+static const struct spec g_chatml2 = {"chatml2", 3000, 66, 66, g_chat, 2, 0, 1};
+
+static char g_dir[300];      /* this test's folder */
+static char g_paths[4][600]; /* its models, made on first use */
+
+/* Every test starts here: a fresh folder (test_tmpdir's buffer is reused by each call). */
+static void setup(void)
+{
+    snprintf(g_dir, sizeof g_dir, "%s", test_tmpdir());
+    memset(g_paths, 0, sizeof g_paths);
+}
+
+/* The folder of model s under this test's folder, made on first use. */
+static const char *model(const struct spec *s)
+{
+    char (*paths)[600] = g_paths;
+    const struct spec *all[] = {&g_base, &g_chatml, &g_padded, &g_chatml2};
+    for (int i = 0; i < 4; i++)
+        if (all[i] == s) {
+            snprintf(paths[i], sizeof paths[i], "%s/%s", g_dir, s->name);
+            if (access(paths[i], F_OK) != 0) make_model(paths[i], s);
+            return paths[i];
+        }
+    return NULL;
+}
+
+/* Runs alloy merge on `yaml` (models: the listed specs, weight 1, base the first) into <tmp>/out. */
+static int run_merge(const char *method, const struct spec *const *ms, int n, const char *extra_yaml, char **log)
+{
+    char yaml[4096], cfg[700], cmd[2048];
+    size_t k = (size_t)snprintf(yaml, sizeof yaml, "merge_method: %s\nbase_model: %s\ndtype: float32\nmodels:\n",
+                                method, model(ms[0]));
+    for (int i = 0; i < n; i++)
+        k += (size_t)snprintf(yaml + k, sizeof yaml - k, "  - model: %s\n    parameters: {weight: 1.0}\n", model(ms[i]));
+    snprintf(yaml + k, sizeof yaml - k, "%s", extra_yaml);
+    snprintf(cfg, sizeof cfg, "%s/config.yml", g_dir);
+    CHECK_INT(test_write_text(cfg, yaml), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf %s/out && %s merge %s %s/out --quiet", g_dir, test_alloy_bin(), cfg,
+             g_dir);
+    return test_run(cmd, log);
+}
+
+struct out {
+    struct alloy_model *m;
+    json_t *tok, *tc, *config;
+    const float *embed, *head;
+    long long rows;
+};
+
+static json_t *load(const char *name)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/out/%s", g_dir, name);
+    json_t *j = json_load_file(path, 0, NULL);
+    CHECK_MSG(j != NULL, "%s unreadable", path);
+    return j;
+}
+
+static int open_out(struct out *o)
+{
+    char path[700];
+    struct alloy_err err = {0};
+    memset(o, 0, sizeof *o);
+    snprintf(path, sizeof path, "%s/out", g_dir);
+    if (alloy_model_open(path, &o->m, &err)) { CHECK_MSG(0, "%s", err.msg); return -1; }
+    const struct alloy_tensor *e = alloy_model_find(o->m, "model.embed_tokens.weight");
+    const struct alloy_tensor *h = alloy_model_find(o->m, "lm_head.weight");
+    if (!e || !h || e->dtype != ALLOY_DTYPE_F32 || e->shape[1] != COLS) { CHECK(0); return -1; }
+    o->embed = (const float *)e->data;
+    o->head = (const float *)h->data;
+    o->rows = e->shape[0];
+    CHECK_INT(h->shape[0], o->rows);
+    o->tok = load("tokenizer.json");
+    o->tc = load("tokenizer_config.json");
+    o->config = load("config.json");
+    return o->tok && o->tc && o->config ? 0 : -1;
+}
+
+static void close_out(struct out *o)
+{
+    alloy_model_close(o->m);
+    json_decref(o->tok);
+    json_decref(o->tc);
+    json_decref(o->config);
+}
+
+/* The output id of token s: from model.vocab or added_tokens; -1 when absent. */
+static long long out_id(const struct out *o, const char *s)
+{
+    const json_t *v = json_object_get(json_object_get(json_object_get(o->tok, "model"), "vocab"), s);
+    if (v) return json_integer_value(v);
+    const json_t *a;
+    size_t i;
+    json_array_foreach(json_object_get(o->tok, "added_tokens"), i, a)
+        if (strcmp(json_string_value(json_object_get(a, "content")), s) == 0) return json_integer_value(json_object_get(a, "id"));
+    return -1;
+}
+
+static size_t out_size(const struct out *o)
+{
+    size_t n = json_object_size(json_object_get(json_object_get(o->tok, "model"), "vocab"));
+    const json_t *a;
+    size_t i;
+    json_array_foreach(json_object_get(o->tok, "added_tokens"), i, a)
+        if (!json_object_get(json_object_get(json_object_get(o->tok, "model"), "vocab"),
+                             json_string_value(json_object_get(a, "content")))) n++;
+    return n;
+}
+
+/* Row `token` of the output's embedding (and negated lm_head) equals want[c] for every column. */
+static void check_row(const struct out *o, const char *token, const float *want, int line)
+{
+    long long id = out_id(o, token);
+    if (id < 0 || id >= o->rows) { test_fail(__FILE__, line, "token %s: id %lld", token, id); return; }
+    for (int c = 0; c < COLS; c++) {
+        if (fabsf(o->embed[id * COLS + c] - want[c]) > 1e-3f || fabsf(-o->head[id * COLS + c] - want[c]) > 1e-3f)
+            test_fail(__FILE__, line, "token %s col %d: embed %g, -lm_head %g, want %g", token, c,
+                      (double)o->embed[id * COLS + c], (double)-o->head[id * COLS + c], (double)want[c]);
+    }
+}
+#define CHECK_ROW(o, tok, want) check_row(o, tok, want, __LINE__)
+
+/* want = mean over the (seed, row) pairs. */
+static void mean_of(float *want, int n, const float *seeds, const int *rows)
+{
+    for (int c = 0; c < COLS; c++) {
+        double s = 0;
+        for (int i = 0; i < n; i++) s += emb(seeds[i], rows[i], c);
+        want[c] = (float)(s / n);
+    }
+}
+
+static long long config_vocab(const struct out *o) { return json_integer_value(json_object_get(o->config, "vocab_size")); }
+
+TEST(tokunion_no_setting_and_base)
+{
+    setup();
+    const struct spec *ms[] = {&g_base, &g_padded, &g_chatml};
+    char *log = NULL, path[700];
+    CHECK_MSG(run_merge("linear", ms, 3, "", &log) == 0, "%s", log);
+    free(log);
+    /* no tokenizer setting: the base's files are copied as they are */
+    snprintf(path, sizeof path, "%s/out/tokenizer.json", g_dir);
+    char *got = test_read_file(path, NULL), *base_text = tokenizer_json(&g_base);
+    CHECK(got && base_text && strcmp(got, base_text) == 0);
+    free(got);
+    free(base_text);
+    CHECK_MSG(run_merge("linear", ms, 3, "tokenizer_source: base\n", &log) == 0, "%s", log);
+    free(log);
+    struct out o;
+    if (open_out(&o) == 0) {
+        CHECK_INT(out_size(&o), 64);
+        CHECK_INT(json_array_size(json_object_get(o.tok, "added_tokens")), 3);
+        CHECK_INT(o.rows, 64);
+        CHECK_INT(config_vocab(&o), 64);
+        CHECK_INT(out_id(&o, "<|im_start|>"), -1);
+        float want[COLS], seeds[] = {0, 2000, 1000};
+        int rows[] = {7, 7, 7};
+        mean_of(want, 3, seeds, rows);
+        CHECK_ROW(&o, "_tok_7", want);
+    }
+    close_out(&o);
+}
+
+TEST(tokunion_union_and_model_source)
+{
+    setup();
+    const struct spec *ms[] = {&g_base, &g_padded, &g_chatml};
+    char *log = NULL;
+    CHECK_MSG(run_merge("linear", ms, 3, "tokenizer_source: union\n", &log) == 0, "%s", log);
+    free(log);
+    struct out o;
+    if (open_out(&o) == 0) {
+        CHECK_INT(out_size(&o), 66);
+        CHECK_INT(json_array_size(json_object_get(o.tok, "added_tokens")), 5);
+        CHECK_INT(json_object_size(json_object_get(o.tc, "added_tokens_decoder")), 5);
+        CHECK_STR_CONTAINS(json_string_value(json_object_get(json_object_get(json_object_get(o.tc, "added_tokens_decoder"),
+                                                                             "65"), "content")), "<|im_end|>");
+        for (int i = 0; i < 4; i++) CHECK_INT(out_id(&o, g_unused[i]), -1);
+        CHECK_INT(o.rows, 66);
+        CHECK_INT(config_vocab(&o), 66);
+        float want[COLS], seeds[] = {0, 2000, 1000};
+        int rows[] = {9, 9, 9};
+        mean_of(want, 3, seeds, rows);
+        CHECK_ROW(&o, "_tok_9", want);
+        rows[0] = 64; /* only chatml has them: every model takes chatml's row */
+        mean_of(want, 1, seeds + 2, rows);
+        CHECK_ROW(&o, "<|im_start|>", want);
+        rows[0] = 65;
+        mean_of(want, 1, seeds + 2, rows);
+        CHECK_ROW(&o, "<|im_end|>", want);
+    }
+    close_out(&o);
+    char yaml[800];
+    snprintf(yaml, sizeof yaml, "tokenizer_source: %s\n", model(&g_chatml));
+    CHECK_MSG(run_merge("linear", ms, 3, yaml, &log) == 0, "%s", log);
+    free(log);
+    if (open_out(&o) == 0) {
+        CHECK_INT(out_size(&o), 66);
+        CHECK_INT(out_id(&o, "<|im_end|>"), 65);
+    }
+    close_out(&o);
+    const struct spec *two[] = {&g_base, &g_chatml};
+    CHECK_MSG(run_merge("slerp", two, 2, "parameters: {t: 0.5}\ntokenizer_source: union\n", &log) == 0, "%s", log);
+    free(log);
+    if (open_out(&o) == 0) {
+        CHECK_INT(out_size(&o), 66);
+        /* slerp of the whole re-indexed matrices (first principles): base's rows 0..63 then chatml's 64, 65,
+           against chatml's 66 rows; both hold chatml's row for <|im_start|>, so it comes out scaled by
+           (sin((1-t)θ) + sin(tθ)) / sin θ */
+        double dot = 0, na = 0, nb = 0;
+        for (int r = 0; r < 66; r++)
+            for (int c = 0; c < COLS; c++) {
+                double a = emb(r < 64 ? 0 : 1000, r, c), b = emb(1000, r, c);
+                dot += a * b, na += a * a, nb += b * b;
+            }
+        double th = acos(dot / sqrt(na * nb)), k = (sin(0.5 * th) + sin(0.5 * th)) / sin(th);
+        float want[COLS];
+        for (int c = 0; c < COLS; c++) want[c] = (float)(k * emb(1000, 64, c));
+        CHECK_ROW(&o, "<|im_start|>", want);
+    }
+    close_out(&o);
+}
+
+TEST(tokunion_forced_model_token_and_zero)
+{
+    setup();
+    const struct spec *ms[] = {&g_base, &g_chatml};
+    char *log = NULL, yaml[2048];
+    float want[COLS], seeds[] = {0, 1000};
+    int rows[] = {0};
+    snprintf(yaml, sizeof yaml, "tokenizer:\n  source: union\n  tokens:\n"
+             "    _tok_10: {source: %s, force: true}\n    _tok_11: {source: %s, force: true}\n"
+             "    <brand_new>: {source: {kind: zero}}\n", model(&g_chatml), model(&g_base));
+    CHECK_MSG(run_merge("linear", ms, 2, yaml, &log) == 0, "%s", log);
+    free(log);
+    struct out o;
+    if (open_out(&o) == 0) {
+        CHECK_INT(out_size(&o), 67);
+        CHECK_INT(out_id(&o, "<brand_new>"), 66);
+        rows[0] = 10;
+        mean_of(want, 1, seeds + 1, rows);
+        CHECK_ROW(&o, "_tok_10", want);
+        rows[0] = 11;
+        mean_of(want, 1, seeds, rows);
+        CHECK_ROW(&o, "_tok_11", want);
+        memset(want, 0, sizeof want);
+        CHECK_ROW(&o, "<brand_new>", want);
+    }
+    close_out(&o);
+    snprintf(yaml, sizeof yaml, "tokenizer:\n  source: base\n  tokens:\n"
+             "    _tok_20: {source: {kind: model_token, model: %s, token_id: 64}, force: true}\n"
+             "    _tok_21: {source: {kind: model_token, model: %s, token: <s>}, force: true}\n",
+             model(&g_chatml), model(&g_base));
+    CHECK_MSG(run_merge("linear", ms, 2, yaml, &log) == 0, "%s", log);
+    free(log);
+    if (open_out(&o) == 0) {
+        CHECK_INT(out_size(&o), 64);
+        rows[0] = 64;
+        mean_of(want, 1, seeds + 1, rows);
+        CHECK_ROW(&o, "_tok_20", want);
+        rows[0] = 1;
+        mean_of(want, 1, seeds, rows);
+        CHECK_ROW(&o, "_tok_21", want);
+    }
+    close_out(&o);
+}
+
+/* The default rules one by one: the base's row when it has the token, else the mean of those that do. */
+TEST(tokunion_default_rows)
+{
+    setup();
+    const struct spec *ms[] = {&g_base, &g_chatml, &g_chatml2};
+    char *log = NULL;
+    CHECK_MSG(run_merge("linear", ms, 3, "tokenizer_source: union\n", &log) == 0, "%s", log);
+    free(log);
+    struct out o;
+    if (open_out(&o) == 0) {
+        CHECK_INT(out_size(&o), 67); /* + _alt_5 */
+        float want[COLS], s2[] = {1000, 3000}, s3[] = {0, 1000, 0}, s1[] = {3000};
+        int r2[] = {64, 64}, r3[] = {5, 5, 5}, r1[] = {5};
+        mean_of(want, 2, s2, r2); /* base lacks it: it takes the mean of the two; the merge is that mean */
+        CHECK_ROW(&o, "<|im_start|>", want);
+        mean_of(want, 3, s3, r3); /* chatml2 lacks _tok_5: it takes the base's row */
+        CHECK_ROW(&o, "_tok_5", want);
+        mean_of(want, 1, s1, r1); /* only chatml2 has _alt_5 */
+        CHECK_ROW(&o, "_alt_5", want);
+    }
+    close_out(&o);
+}
+
+TEST(tokunion_pad_to_multiple_of)
+{
+    setup();
+    const struct spec *ms[] = {&g_chatml};
+    char *log = NULL;
+    CHECK_MSG(run_merge("linear", ms, 1, "tokenizer:\n  source: base\n  pad_to_multiple_of: 16\n", &log) == 0, "%s", log);
+    free(log);
+    struct out o;
+    if (open_out(&o) == 0) {
+        CHECK_INT(out_size(&o), 66);
+        CHECK_INT(o.rows, 80);
+        CHECK_INT(config_vocab(&o), 80);
+        for (int r = 66; r < 80; r++) /* padding rows: the mean of rows 0..65 */
+            for (int c = 0; c < COLS; c++) CHECK_NEAR(o.embed[r * COLS + c], emb(1000, 0, c) + 32.5f, 1e-3);
+    }
+    close_out(&o);
+}
+
+TEST(tokunion_refusals)
+{
+    setup();
+    char dir[700], cmd[1600], *log = NULL, yaml[1200];
+    snprintf(dir, sizeof dir, "%s/notok", g_dir);
+    snprintf(cmd, sizeof cmd, "cp -r %s %s && rm %s/tokenizer.json", model(&g_chatml), dir, dir);
+    CHECK_INT(system(cmd), 0);
+    snprintf(yaml, sizeof yaml, "merge_method: linear\nbase_model: %s\nmodels:\n  - model: %s\n  - model: %s\n"
+             "tokenizer_source: union\n", model(&g_base), model(&g_base), dir);
+    snprintf(cmd, sizeof cmd, "%s/bad.yml", g_dir);
+    CHECK_INT(test_write_text(cmd, yaml), 0);
+    snprintf(cmd, sizeof cmd, "%s merge %s/bad.yml %s/o2 --quiet", test_alloy_bin(), g_dir, g_dir);
+    CHECK_INT(test_run(cmd, &log), 1);
+    CHECK_STR_CONTAINS(log, "notok/tokenizer.json: missing");
+    CHECK_INT(test_count_lines(log, "alloy: error:"), 1);
+    free(log);
+    snprintf(dir, sizeof dir, "%s/o2", g_dir);
+    CHECK(access(dir, F_OK) != 0);
+    /* a token sourced from a model that is not merged */
+    const struct spec *ms[] = {&g_base, &g_chatml};
+    snprintf(yaml, sizeof yaml, "tokenizer:\n  tokens:\n    _tok_3: {source: %s, force: true}\n", model(&g_padded));
+    CHECK_INT(run_merge("linear", ms, 2, yaml, &log), 1);
+    CHECK_STR_CONTAINS(log, "tokenizer.tokens._tok_3.source: expected a model merged into");
+    free(log);
+    snprintf(yaml, sizeof yaml, "tokenizer:\n  tokens:\n    _tok_3: {source: {kind: model_token, model: %s, token: nope}}\n"
+             "    _tok_4: {source: {kind: zero}, force: true}\n", model(&g_base));
+    CHECK_INT(run_merge("linear", ms, 2, yaml, &log), 1);
+    CHECK_STR_CONTAINS(log, "'nope' is not in the vocabulary");
+    free(log);
+}
