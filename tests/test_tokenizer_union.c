@@ -432,4 +432,151 @@ TEST(tokunion_refusals)
     CHECK_INT(run_merge("linear", ms, 2, yaml, &log), 1);
     CHECK_STR_CONTAINS(log, "'nope' is not in the vocabulary");
     free(log);
+    /* the built tokenizer exists only as files: a merge into memory is refused before any work */
+    snprintf(yaml, sizeof yaml, "merge_method: linear\nparameters: {weight: 1}\nmodels:\n  - model: %s\n  - model: %s\n"
+             "tokenizer_source: union\n",
+             model(&g_base), model(&g_chatml));
+    struct alloy_merge_options o;
+    struct alloy_model *m = NULL;
+    struct alloy_err err = {0};
+    alloy_merge_options_init(&o);
+    o.config_text = yaml;
+    o.out_model = &m;
+    CHECK(alloy_merge(&o, &err) != 0 && m == NULL);
+    CHECK_STR_CONTAINS(err.msg, "merge into a folder, not into memory");
+}
+
+/* ------------------------------------------------------------ a chat fine-tune of the bundled tiny Llama */
+
+#define TL_VOCAB 260
+static float chat_drift(int r, int c) { return r < TL_VOCAB ? 0.001f * (float)((r * 7 + c) % 13 - 6) : 0; }
+static float chat_new_row(int r, int c) { return 0.02f * sinf((float)(r * 31 + c)); }
+
+/* <dir>: tiny-llama/base-f32 with rows 260, 261 added to embed_tokens and lm_head (the others drifted a little)
+ * and <|im_start|>, <|im_end|> added to its tokenizer.json as special tokens. */
+static int make_chat(const char *dir, const struct alloy_model *base)
+{
+    size_t n = alloy_model_count(base);
+    struct test_tensor *t = calloc(n, sizeof *t);
+    float *grown[2] = {NULL, NULL};
+    int g = 0, rc = -1;
+    for (size_t i = 0; t && i < n; i++) {
+        const struct alloy_tensor *s = alloy_model_tensor(base, i);
+        t[i] = (struct test_tensor){s->name, "F32", s->ndim, {0}, s->data};
+        for (int d = 0; d < s->ndim; d++) t[i].shape[d] = s->shape[d];
+        if (s->dtype != ALLOY_DTYPE_F32) goto done;
+        if (s->ndim == 2 && s->shape[0] == TL_VOCAB && g < 2) { /* embed_tokens, lm_head */
+            long long cols = s->shape[1];
+            float *v = grown[g++] = malloc(sizeof *v * (size_t)(TL_VOCAB + 2) * (size_t)cols);
+            if (!v) goto done;
+            for (long long r = 0; r < TL_VOCAB + 2; r++)
+                for (long long c = 0; c < cols; c++)
+                    v[r * cols + c] = r < TL_VOCAB ? ((const float *)s->data)[r * cols + c] + chat_drift((int)r, (int)c)
+                                                   : chat_new_row((int)r, (int)c);
+            t[i].shape[0] = TL_VOCAB + 2;
+            t[i].data = v;
+        }
+    }
+    char *config = strdup(alloy_model_config_text(base)), *at = config ? strstr(config, "\"vocab_size\": 260") : NULL;
+    if (!at || g != 2) { free(config); goto done; }
+    at[16] = '2'; /* 262 */
+    rc = test_write_model(dir, t, (int)n, config);
+    free(config);
+    json_t *tok = json_load_file(test_data("tiny-llama/base-f32/tokenizer.json"), 0, NULL);
+    for (int i = 0; tok && i < 2; i++)
+        json_array_append_new(json_object_get(tok, "added_tokens"),
+                              json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", TL_VOCAB + i, "content", g_chat[i],
+                                        "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1));
+    char path[700], cmd[1600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (!tok || json_dump_file(tok, path, JSON_INDENT(1))) rc = -1;
+    json_decref(tok);
+    snprintf(cmd, sizeof cmd, "cp %s/tokenizer_config.json %s/special_tokens_map.json %s/", test_data("tiny-llama/base-f32"),
+             test_data("tiny-llama/base-f32"), dir);
+    if (system(cmd) != 0) rc = -1;
+done:
+    free(grown[0]);
+    free(grown[1]);
+    free(t);
+    return rc;
+}
+
+/* Output rows r of embed_tokens and lm_head against want(r, c, base value). */
+static void check_tiny(const struct alloy_model *out, const struct alloy_model *base, float wb, float wc)
+{
+    static const char *const names[] = {"model.embed_tokens.weight", "lm_head.weight"};
+    for (int k = 0; k < 2; k++) {
+        const struct alloy_tensor *o = alloy_model_find(out, names[k]), *b = alloy_model_find(base, names[k]);
+        if (!o || !b || o->shape[0] != TL_VOCAB + 2 || o->dtype != ALLOY_DTYPE_F32) { CHECK(0); return; }
+        long long cols = o->shape[1], bad = 0;
+        for (long long r = 0; r < TL_VOCAB + 2; r++)
+            for (long long c = 0; c < cols; c++) {
+                float chat = r < TL_VOCAB ? ((const float *)b->data)[r * cols + c] + chat_drift((int)r, (int)c)
+                                          : chat_new_row((int)r, (int)c);
+                /* base rows for its own tokens; for the new ones it takes the chat model's (the only one with them) */
+                float base_row = r < TL_VOCAB ? ((const float *)b->data)[r * cols + c] : chat;
+                float want = (wb * base_row + wc * chat) / (wb + wc);
+                bad += fabsf(((const float *)o->data)[r * cols + c] - want) > 1e-5f;
+            }
+        CHECK_MSG(bad == 0, "%s: %lld values differ from the naive merge", names[k], bad);
+    }
+}
+
+TEST(tokunion_tiny_llama_chat_finetune)
+{
+    setup();
+    char chat[700], yaml[2048], cfg[700], out[700], cmd[3000], *log = NULL;
+    struct alloy_model *base = NULL, *o = NULL;
+    struct alloy_err err = {0};
+    const char *base_dir = test_data("tiny-llama/base-f32");
+    if (alloy_model_open(base_dir, &base, &err)) { CHECK_MSG(0, "%s", err.msg); return; }
+    snprintf(chat, sizeof chat, "%s/chat", g_dir);
+    CHECK_INT(make_chat(chat, base), 0);
+    snprintf(cfg, sizeof cfg, "%s/c.yml", g_dir);
+    snprintf(out, sizeof out, "%s/out", g_dir);
+    static const char *const methods[] = {
+        "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: 0.3}\n"
+        "  - model: %s\n    parameters: {weight: 0.7}\n",
+        "merge_method: ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: {weight: 1.0, density: 1.0}\n",
+    };
+    for (int m = 0; m < 2; m++) {
+        int n = snprintf(yaml, sizeof yaml, methods[m], base_dir, chat);
+        snprintf(yaml + n, sizeof yaml - n, "dtype: float32\ntokenizer_source: union\n");
+        CHECK_INT(test_write_text(cfg, yaml), 0);
+        snprintf(cmd, sizeof cmd, "rm -rf %s && %s merge %s %s --quiet", out, test_alloy_bin(), cfg, out);
+        CHECK_MSG(test_run(cmd, &log) == 0, "%s", log);
+        free(log);
+        if (alloy_model_open(out, &o, &err)) { CHECK_MSG(0, "%s", err.msg); break; }
+        check_tiny(o, base, m == 0 ? 0.3f : 0.0f, m == 0 ? 0.7f : 1.0f); /* TIES of one model at density 1: it */
+        alloy_model_close(o);
+    }
+    /* alloy's tokenizer reads the written tokenizer.json and keeps the new special tokens whole */
+    struct alloy_tokenizer *tok = NULL;
+    char path[800];
+    snprintf(path, sizeof path, "%s/tokenizer.json", out);
+    if (alloy_tokenizer_load(path, &tok, &err) == 0) {
+        static const char text[] = "<|im_start|>user\nhi<|im_end|>";
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECK_INT(alloy_tokenizer_encode(tok, text, strlen(text), "text", &ids, &n, &err), 0);
+        size_t at = n >= 10 ? n - 10 + 1 : 0; /* after a BOS, if the post-processor adds one */
+        int32_t want[] = {TL_VOCAB, 'u', 's', 'e', 'r', '\n', 'h', 'i', TL_VOCAB + 1};
+        CHECK_INT(n - at, 9);
+        for (size_t i = 0; i < 9 && at + i < n; i++) CHECK_INT(ids[at + i], want[i]);
+        free(ids);
+        alloy_tokenizer_free(tok);
+    } else {
+        CHECK_MSG(0, "%s", err.msg);
+    }
+    /* and alloy eval runs the merged model next to its parent on a text with them */
+    snprintf(path, sizeof path, "%s/chat.txt", g_dir);
+    char text[1024] = "";
+    for (int i = 0; i < 4; i++)
+        strcat(text, "<|im_start|>user\nWrite a line of prose.<|im_end|>\n<|im_start|>assistant\n"
+                     "The river ran slowly past the old mill.<|im_end|>\n");
+    CHECK_INT(test_write_text(path, text), 0);
+    snprintf(cmd, sizeof cmd, "%s eval %s %s --text %s", test_alloy_bin(), out, chat, path);
+    CHECK_MSG(test_run(cmd, &log) == 0, "%s", log);
+    free(log);
+    alloy_model_close(base);
 }
