@@ -14,6 +14,7 @@
  */
 #include "alloy.h"
 #include "test.h"
+#include "plan/vocab.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -579,4 +580,34 @@ TEST(tokunion_tiny_llama_chat_finetune)
     CHECK_MSG(test_run(cmd, &log) == 0, "%s", log);
     free(log);
     alloy_model_close(base);
+}
+
+/* The vocabulary steps on tokenizer.json texts (what fuzz/fuzz_vocab.c drives). */
+TEST(tokunion_vocab_text_steps)
+{
+    struct alloy_err err = {0};
+    size_t n = 0;
+    /* stripping to 2 removes "a" (id 2) with its merge; the added token takes the next id */
+    static const char strip[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":2,\"b\":1,\"c\":0},\"merges\":[\"a b\",\"b c\"]}}";
+    CHECK_INT(alloy_vocab_check_text(strip, strlen(strip), 2, "<x>", &n, &err), 0);
+    CHECK_INT(n, 3);
+    CHECK_INT(alloy_vocab_check_text(strip, strlen(strip), 0, "b", &n, &err), 0); /* already there */
+    CHECK_INT(n, 3);
+    /* fuzz finding: the merges list replaced while still looked at */
+    static const char merges[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":1,\"b\":0},\"merges\":[\"a b\"]}}";
+    CHECK_INT(alloy_vocab_check_text(merges, strlen(merges), 1, NULL, &n, &err), 0);
+    CHECK_INT(n, 1);
+    static const char holes[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":5}}}";
+    CHECK_INT(alloy_vocab_check_text(holes, strlen(holes), 0, NULL, &n, &err), 0); /* "b" is past the size 2 */
+    CHECK_INT(n, 1);
+    CHECK(alloy_vocab_check_text(holes, strlen(holes), 6, NULL, &n, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "tokenizer.json: token ids are not 0..1, one each");
+    static const char uni[] = "{\"model\":{\"type\":\"Unigram\",\"vocab\":[[\"a\",0],[\"b\",0]]}}";
+    CHECK_INT(alloy_vocab_check_text(uni, strlen(uni), 0, NULL, &n, &err), 0);
+    CHECK_INT(n, 2);
+    CHECK(alloy_vocab_check_text(uni, strlen(uni), 1, NULL, &n, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "only a BPE tokenizer can be cut to it (as in mergekit), found Unigram");
+    static const char bad[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1}}}";
+    CHECK(alloy_vocab_check_text(bad, strlen(bad), 0, NULL, &n, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "tokenizer.json: model.vocab: 'a': expected an id (integer >= 0)");
 }

@@ -150,15 +150,16 @@ static int strip_tokens(json_t *doc, const struct alloy_strmap *gone, long long 
     json_t *merges = json_object_get(model, "merges"), *added = json_object_get(doc, "added_tokens");
     for (size_t i = 0; i < gone->cap; i++)
         if (gone->keys[i]) json_object_del(vocab, gone->keys[i]);
-    json_t *keep = json_array();
-    for (size_t i = 0; keep && i < json_array_size(merges); i++)
-        if (!merge_names(json_array_get(merges, i), gone) && json_array_append(keep, json_array_get(merges, i))) {
-            json_decref(keep);
-            keep = NULL;
-        }
-    if (!keep || (json_is_array(merges) && json_object_set_new(model, "merges", keep)))
-        return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    if (!json_is_array(merges)) json_decref(keep);
+    if (json_is_array(merges)) {
+        json_t *keep = json_array();
+        for (size_t i = 0; keep && i < json_array_size(merges); i++)
+            if (!merge_names(json_array_get(merges, i), gone) && json_array_append(keep, json_array_get(merges, i))) {
+                json_decref(keep);
+                keep = NULL;
+            }
+        if (!keep || json_object_set_new(model, "merges", keep)) /* frees the old list */
+            return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    }
     for (size_t i = json_array_size(added); i-- > 0;) {
         size_t id = 0;
         if (!token_id(json_object_get(json_array_get(added, i), "id"), &id) && (long long)id >= size)
@@ -453,6 +454,43 @@ int alloy_vocab_build(const struct alloy_config *cfg, struct alloy_model *const 
     }
     *out = v;
     return ALLOY_OK;
+}
+
+int alloy_vocab_check_text(const char *text, size_t len, long long size, const char *add, size_t *ntokens,
+                           struct alloy_err *err)
+{
+    struct alloy_tokdoc d = {.path = alloy_xstrdup("tokenizer.json")};
+    struct alloy_vocab v = {.nm = 1, .docs = &d};
+    struct alloy_strmap base_ids = {0};
+    struct outdoc o = {0};
+    json_t *stripped = NULL;
+    json_error_t jerr;
+    int rc = ALLOY_OK;
+    *ntokens = 0;
+    if (!d.path) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!(d.doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr)))
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: not valid JSON: %s (line %d)", d.path, jerr.text, jerr.line);
+    if (!rc) rc = index_doc(d.path, d.doc, &d.ids, err);
+    d.size = size > 0 ? size : (long long)d.ids.count;
+    if (!rc) rc = strip(&d, &stripped, err);
+    if (!rc) rc = index_doc(d.path, stripped, &base_ids, err);
+    json_t *copy = rc ? NULL : json_deep_copy(stripped);
+    if (!rc && !copy) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!rc) rc = outdoc_open(&o, copy, d.path, err);
+    if (!rc) rc = build_union(&o, &v, 0, &base_ids, NULL, NULL, err);
+    if (!rc && add) rc = outdoc_add(&o, add, NULL, err);
+    if (!rc) rc = sort_added(&o, err);
+    if (!rc) rc = finish(&v, &o, d.path, 0, err);
+    if (!rc) *ntokens = v.n;
+    free(v.tok);
+    alloy_strmap_free(&v.index);
+    alloy_strmap_free(&o.ids);
+    alloy_strmap_free(&o.is_added);
+    json_decref(o.doc);
+    alloy_strmap_free(&base_ids);
+    json_decref(stripped);
+    doc_free(&d);
+    return rc;
 }
 
 void alloy_vocab_free(struct alloy_vocab *v)

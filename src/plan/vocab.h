@@ -50,6 +50,11 @@ int  alloy_vocab_build(const struct alloy_config *cfg, struct alloy_model *const
                        int source, alloy_vocab_warn_fn warn, void *user, struct alloy_vocab **out,
                        struct alloy_err *err);
 void alloy_vocab_free(struct alloy_vocab *v);
+/* The vocabulary steps on one tokenizer.json text (for the fuzz target and tests): read it as a model's
+ * tokenizer with config vocab size `size` (<= 0: its token count), strip it to that size, take the union
+ * with itself, add `add` (may be NULL) and check the ids; *ntokens = the output's token count. */
+int  alloy_vocab_check_text(const char *text, size_t len, long long size, const char *add, size_t *ntokens,
+                            struct alloy_err *err);
 /* Reads a JSON file of at most 64 MiB: NULL with err set when unreadable or not JSON. */
 json_t *alloy_json_load_file(const char *path, struct alloy_err *err);
 
