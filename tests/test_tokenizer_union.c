@@ -488,7 +488,7 @@ static int make_chat(const char *dir, const struct alloy_model *base)
         json_array_append_new(json_object_get(tok, "added_tokens"),
                               json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", TL_VOCAB + i, "content", g_chat[i],
                                         "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1));
-    char path[700], cmd[1600];
+    char path[900], cmd[2000];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (!tok || json_dump_file(tok, path, JSON_INDENT(1))) rc = -1;
     json_decref(tok);
