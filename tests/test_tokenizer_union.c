@@ -288,6 +288,13 @@ TEST(tokunion_union_and_model_source)
         CHECK_ROW(&o, "<|im_end|>", want);
     }
     close_out(&o);
+    /* --dry-run shows the vocabulary and which inputs are re-indexed */
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd, "%s merge %s/config.yml %s/dry --dry-run", test_alloy_bin(), g_dir, g_dir);
+    CHECK_INT(test_run(cmd, &log), 0);
+    CHECK_STR_CONTAINS(log, "# tokenizer: union, 66 tokens, embedding rows 66");
+    CHECK_STR_CONTAINS(log, "lm_head.weight (rows re-indexed to the merged vocabulary)");
+    free(log);
     char yaml[800];
     snprintf(yaml, sizeof yaml, "tokenizer_source: %s\n", model(&g_chatml));
     CHECK_MSG(run_merge("linear", ms, 3, yaml, &log) == 0, "%s", log);
