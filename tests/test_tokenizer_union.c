@@ -618,3 +618,32 @@ TEST(tokunion_vocab_text_steps)
     CHECK(alloy_vocab_check_text(bad, strlen(bad), 0, NULL, &n, &err) != 0);
     CHECK_STR_CONTAINS(err.msg, "tokenizer.json: model.vocab: 'a': expected an id (integer >= 0)");
 }
+
+/* slices: the embeddings come from the first slice's models, the head from the last's (mergekit §3.3), each
+ * re-indexed among its own inputs: a token none of them has is zeros, with a warning */
+TEST(tokunion_slices_passthrough)
+{
+    setup();
+    char yaml[2048], cfg[700], cmd[2000], *log = NULL;
+    snprintf(yaml, sizeof yaml, "merge_method: passthrough\ndtype: float32\ntokenizer_source: union\nslices:\n"
+             "  - sources: [{model: %s, layer_range: [0, 1]}]\n  - sources: [{model: %s, layer_range: [0, 1]}]\n",
+             model(&g_base), model(&g_chatml));
+    snprintf(cfg, sizeof cfg, "%s/config.yml", g_dir);
+    CHECK_INT(test_write_text(cfg, yaml), 0);
+    snprintf(cmd, sizeof cmd, "%s merge %s %s/out", test_alloy_bin(), cfg, g_dir);
+    CHECK_MSG(test_run(cmd, &log) == 0, "%s", log);
+    CHECK_STR_CONTAINS(log, "model.embed_tokens.weight: 2 tokens (first '<|im_start|>') are in no model's vocabulary");
+    free(log);
+    struct out o;
+    if (open_out(&o) == 0) {
+        CHECK_INT(o.rows, 66);
+        long long id = out_id(&o, "<|im_start|>");
+        for (int c = 0; c < COLS && id == 64; c++) {
+            CHECK_NEAR(o.embed[id * COLS + c], 0, 0);
+            CHECK_NEAR(-o.head[id * COLS + c], emb(1000, 64, c), 1e-4);
+            CHECK_NEAR(o.embed[7 * COLS + c], emb(0, 7, c), 1e-4);
+        }
+        CHECK_INT(id, 64);
+    }
+    close_out(&o);
+}

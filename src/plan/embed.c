@@ -131,6 +131,10 @@ int alloy_plan_embed(const struct alloy_plan *p, struct alloy_plan_tensor *t, al
     const struct alloy_tensor *first = t->inputs[0].t;
     for (int k = 0; k < t->n; k++) {
         const struct alloy_tensor *m = t->inputs[k].t;
+        if ((size_t)t->inputs[k].model >= p->vocab->nm) /* every merged model is read before planning */
+            return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: tensor '%s': model %s has no place in the merged "
+                                 "vocabulary", alloy_tensor_file_path(m->file), m->name,
+                                 alloy_model_ref(p->models[t->inputs[k].model]));
         if (m->ndim != 2 || first->ndim != 2 || m->shape[1] != first->shape[1])
             return alloy_err_set(err, ALLOY_ERR_SHAPE, "%s: tensor '%s': expected a matrix [vocab, %lld] as in %s for a "
                                  "tokenizer merge, found %d dimensions, last %lld", alloy_tensor_file_path(m->file), m->name,

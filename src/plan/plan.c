@@ -715,11 +715,15 @@ static int tokenizer_plan(struct builder *b)
     struct alloy_plan *p = b->p;
     const struct alloy_config *cfg = p->cfg;
     if (!cfg->tokenizer_source) return ALLOY_OK;
-    for (size_t s = 0; s < cfg->nslices; s++) /* every merged model, in config order after the base */
-        for (size_t i = 0; i < cfg->slices[s].nsources; i++) {
-            int mi = model_index(b, cfg->slices[s].sources[i].model, cfg->slices[s].sources[i].pos);
+    for (size_t s = 0; s < cfg->nslices; s++) { /* every merged model, in config order after the base */
+        const struct alloy_slice *sl = &cfg->slices[s];
+        for (size_t i = 0; i < sl->nsources; i++) {
+            int mi = model_index(b, sl->sources[i].model, sl->sources[i].pos);
             if (mi < 0) return -mi;
         }
+        int mi = sl->base_model ? model_index(b, sl->base_model, sl->pos) : 0;
+        if (mi < 0) return -mi;
+    }
     size_t nmerged = p->nmodels;
     int base = p->base >= 0 ? p->base : 0, source = -1;
     if (strcmp(cfg->tokenizer_source, "base") != 0 && strcmp(cfg->tokenizer_source, "union") != 0) {
