@@ -23,6 +23,7 @@
  *   valgrind installed (and not in a sanitizer build).
  */
 #include "test.h"
+#include "plan/vocab.h"
 #include "alloy.h"
 #include "config/config.h"
 #include "eval/eval.h"
@@ -701,6 +702,11 @@ static int replay(const char *target, const char *data, size_t len, const char *
         int rc = alloy_config_parse(data, len, "fuzz.yml", &c, err);
         alloy_config_free(c);
         return rc;
+    }
+    if (!strcmp(target, "vocab")) { /* fuzz_vocab.c: the first byte is the config vocab size */
+        size_t n = 0;
+        return len ? alloy_vocab_check_text(data + 1, len - 1, (unsigned char)data[0], "<|im_start|>", &n, err)
+                   : alloy_err_set(err, ALLOY_ERR_FORMAT, "empty input");
     }
     test_fail(__FILE__, __LINE__, "regression input for unknown target '%s'", target);
     return -1;
