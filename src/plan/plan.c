@@ -668,43 +668,6 @@ static int unique_names(struct builder *b)
     return rc;
 }
 
-/* ------------------------------------------------------------ shards */
-
-static int assign_shards(struct builder *b)
-{
-    struct alloy_plan *p = b->p;
-    uint64_t max = b->o->shard_size ? b->o->shard_size : 5000000000ull;
-    size_t cap = 0;
-    uint64_t cur = 0;
-    for (size_t i = 0; i < p->ntensors; i++) {
-        struct alloy_plan_tensor *t = &p->tensors[i];
-        if (p->nshards == 0 || (cur > 0 && cur + t->nbytes > max)) {
-            if (p->nshards == cap) {
-                cap = cap ? cap * 2 : 8;
-                struct alloy_plan_shard *ns = alloy_xrealloc(p->shards, cap * sizeof *ns);
-                if (!ns) return alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
-                p->shards = ns;
-            }
-            p->shards[p->nshards] = (struct alloy_plan_shard){.first = i};
-            p->nshards++;
-            cur = 0;
-        }
-        struct alloy_plan_shard *s = &p->shards[p->nshards - 1];
-        t->shard = (int)(p->nshards - 1);
-        t->offset = cur;
-        cur += t->nbytes;
-        s->count++;
-        s->data_bytes = cur;
-        p->total_bytes += t->nbytes;
-    }
-    for (size_t s = 0; s < p->nshards; s++) {
-        p->shards[s].file = p->nshards == 1 ? alloy_xstrdup("model.safetensors")
-                                            : alloy_xasprintf("model-%05zu-of-%05zu.safetensors", s + 1, p->nshards);
-        if (!p->shards[s].file) return alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
-    }
-    return ALLOY_OK;
-}
-
 /* ------------------------------------------------------------ entry points */
 
 /* The tokenizer source: the donor of the tokenizer files, and with tokenizer merging configured (mergekit
@@ -775,7 +738,7 @@ int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_op
         goto fail;
     }
     rc = unique_names(&b);
-    if (!rc) rc = assign_shards(&b);
+    if (!rc) rc = alloy_plan_assign_shards(p, o->shard_size, err);
     if (rc) goto fail;
     /* donor of config.json: base, else the first referenced model */
     p->donor = p->base >= 0 ? p->base : 0;
