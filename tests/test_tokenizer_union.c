@@ -14,6 +14,7 @@
  */
 #include "alloy.h"
 #include "test.h"
+#include "plan/plan.h"
 #include "plan/vocab.h"
 
 #include <jansson.h>
@@ -587,6 +588,17 @@ TEST(tokunion_tiny_llama_chat_finetune)
     CHECK_MSG(test_run(cmd, &log) == 0, "%s", log);
     free(log);
     alloy_model_close(base);
+}
+
+TEST(tokunion_which_tensors_are_reindexed)
+{
+    CHECK_INT(alloy_name_is_vocab_rows("model.embed_tokens.weight"), 1);
+    CHECK_INT(alloy_name_is_vocab_rows("lm_head.weight"), 1);
+    CHECK_INT(alloy_name_is_vocab_rows("transformer.wte.weight"), 1);
+    CHECK_INT(alloy_name_is_vocab_rows("bert.embeddings.word_embeddings.weight"), 1);
+    CHECK_INT(alloy_name_is_vocab_rows("bert.embeddings.position_embeddings.weight"), 0);
+    CHECK_INT(alloy_name_is_vocab_rows("bert.embeddings.token_type_embeddings.weight"), 0);
+    CHECK_INT(alloy_name_is_vocab_rows("model.layers.0.mlp.down_proj.weight"), 0);
 }
 
 /* The vocabulary steps on tokenizer.json texts (what fuzz/fuzz_vocab.c drives). */

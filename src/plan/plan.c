@@ -408,7 +408,7 @@ static int add_tensor(struct builder *b, const struct alloy_slice *slice, struct
                                  alloy_dtype_traits(t->inputs[i].t->dtype)->name,
                                  alloy_dtype_traits(t->inputs[keep].t->dtype)->name);
     int rc;
-    if (p->vocab && t->is_embed) { /* re-indexed to the merged vocabulary (embed.c) */
+    if (p->vocab && alloy_name_is_vocab_rows(out_name)) { /* re-indexed to the merged vocabulary (embed.c) */
         set_sources(t, tied);
         rc = alloy_plan_embed(p, t, plan_warn, b, b->err);
     } else if (!(rc = decide_shape(b, t))) {

@@ -94,5 +94,8 @@ int  alloy_plan_embed(const struct alloy_plan *p, struct alloy_plan_tensor *t, a
 long long alloy_name_layer(const char *name, size_t *prefix_len, const char **suffix);
 int       alloy_name_is_embed(const char *name);
 int       alloy_name_is_pre(const char *name); /* embeddings come before the layers */
+/* An embedding whose rows are the vocabulary (token embeddings, heads; not position or token-type
+ * embeddings): what a tokenizer merge re-indexes. */
+int       alloy_name_is_vocab_rows(const char *name);
 
 #endif
