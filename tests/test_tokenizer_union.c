@@ -399,13 +399,16 @@ TEST(tokunion_pad_to_multiple_of)
     setup();
     const struct spec *ms[] = {&g_chatml};
     char *log = NULL;
-    CHECK_MSG(run_merge("linear", ms, 1, "tokenizer:\n  source: base\n  pad_to_multiple_of: 16\n", &log) == 0, "%s", log);
+    CHECK_MSG(run_merge("linear", ms, 1, "tokenizer:\n  source: base\n  pad_to_multiple_of: 16\n"
+              "chat_template: mistral\n", &log) == 0, "%s", log);
     free(log);
     struct out o;
     if (open_out(&o) == 0) {
         CHECK_INT(out_size(&o), 66);
         CHECK_INT(o.rows, 80);
         CHECK_INT(config_vocab(&o), 80);
+        /* a bundled template (mergekit's text) applied to the built tokenizer */
+        CHECK_STR_CONTAINS(json_string_value(json_object_get(o.tc, "chat_template")), "{{- ' [INST] ' + message['content']");
         for (int r = 66; r < 80; r++) /* padding rows: the mean of rows 0..65 */
             for (int c = 0; c < COLS; c++) CHECK_NEAR(o.embed[r * COLS + c], emb(1000, 0, c) + 32.5f, 1e-3);
     }
