@@ -27,3 +27,28 @@ if [ -d tests/data/tiny-llama-lora/code-r8 ]; then
   "$ALLOY" eval tests/data/tiny-llama/base tests/data/tiny-llama/base+tests/data/tiny-llama-lora/code-r8 "$OUT/code-r8" \
     --text tests/data/eval_code.txt --text tests/data/eval_prose.txt
 fi
+# A union merge: a "chat" fine-tune whose tokenizer turns the two unused slots into <|im_start|> and
+# <|im_end|> (mixchat with its tokenizer edited), merged with the prose model under tokenizer_source: union.
+# The output has 262 tokens: prose's 260 and the two chat tokens, whose rows come from the chat model.
+CHAT="$OUT/chat"
+rm -rf "$CHAT" && cp -r tests/data/tiny-llama/mixchat "$CHAT"
+sed -i 's/<unused0>/<|im_start|>/; s/<unused1>/<|im_end|>/' "$CHAT/tokenizer.json" "$CHAT/tokenizer_config.json"
+cat > "$OUT/union.yml" <<YAML
+merge_method: linear
+base_model: tests/data/tiny-llama/prose
+models:
+  - model: tests/data/tiny-llama/prose
+    parameters: {weight: 0.5}
+  - model: $CHAT
+    parameters: {weight: 0.5}
+tokenizer_source: union
+chat_template: chatml
+YAML
+echo "== alloy merge $OUT/union.yml $OUT/union (tokenizer_source: union)"
+"$ALLOY" merge "$OUT/union.yml" "$OUT/union" --threads 2 --overwrite
+grep '"vocab_size"' "$OUT/union/config.json"
+if "$ALLOY" eval --help >/dev/null 2>&1; then
+  head -c 3000 tests/data/eval_prose.txt | awk '{ printf "<|im_start|>user\n%s<|im_end|>\n", $0 }' > "$OUT/chat.txt"
+  echo "== alloy eval: the union merge next to its parents on a chat-formatted text"
+  "$ALLOY" eval tests/data/tiny-llama/prose "$CHAT" "$OUT/union" --text "$OUT/chat.txt"
+fi

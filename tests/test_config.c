@@ -540,10 +540,45 @@ TEST(config_errors_top_values)
     if (c) { CHECK(strncmp(c->chat_template, "{% for", 6) == 0); alloy_config_free(c); }
     EXPECT_ERR(HEAD MODELS "tokenizer_source: base\ntokenizer: {source: union}\n", ALLOY_ERR_CONFIG, "4:12",
                "tokenizer: tokenizer_source: and tokenizer: are both given");
-    EXPECT_ERR(HEAD MODELS "tokenizer:\n  source: union\n  tokens:\n    <|im_start|>: {source: a}\n",
-               ALLOY_ERR_UNSUPPORTED, "6:5", "tokenizer.tokens: per-token embedding sources are not supported yet");
-    EXPECT_ERR(HEAD MODELS "tokenizer:\n  pad_to_multiple_of: 64\n", ALLOY_ERR_UNSUPPORTED, "4:23",
-               "tokenizer.pad_to_multiple_of: vocabulary padding is not supported yet");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  tokens:\n    <|im_start|>: {force: true}\n", ALLOY_ERR_CONFIG, "5:19",
+               "tokenizer.tokens.<|im_start|>: missing required key 'source'");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  tokens:\n    x: {source: a, force: maybe}\n", ALLOY_ERR_CONFIG, "5:27",
+               "tokenizer.tokens.x.force: expected true or false, found 'maybe'");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  tokens:\n    x: {source: {kind: model_token, model: a}}\n", ALLOY_ERR_CONFIG,
+               "5:17", "tokenizer.tokens.x.source: give exactly one of token_id and token, found neither");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  tokens:\n    x: {source: {kind: model_token, model: a, token_id: 1, token: b}}\n",
+               ALLOY_ERR_CONFIG, "5:17", "give exactly one of token_id and token, found both");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  tokens:\n    x: {source: {kind: model_token, model: a, token_id: -1}}\n",
+               ALLOY_ERR_CONFIG, "5:57", "tokenizer.tokens.x.source.token_id: expected a whole number >= 0, found the number -1");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  tokens:\n    x: {source: {kind: ones}}\n", ALLOY_ERR_CONFIG, "5:24",
+               "tokenizer.tokens.x.source.kind: expected model_token or zero, found 'ones'");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  tokens:\n    x: {source: {kind: zero, model: a}}\n", ALLOY_ERR_CONFIG, "5:30",
+               "unknown key 'model' in tokenizer.tokens.x.source");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  tokens: [a]\n", ALLOY_ERR_CONFIG, "4:11",
+               "tokenizer.tokens: expected a mapping of tokens, found a list");
+    EXPECT_ERR(HEAD MODELS "tokenizer:\n  pad_to_multiple_of: 6.5\n", ALLOY_ERR_CONFIG, "4:23",
+               "tokenizer.pad_to_multiple_of: expected a whole number >= 0, found the number 6.5");
+    c = PARSE_OK(HEAD MODELS "tokenizer:\n  pad_to_multiple_of: 64\n  tokens:\n"
+                 "    <|im_start|>: {source: a, force: true}\n"
+                 "    t1: {source: {kind: model_token, model: org/b@r1, token_id: 64}}\n"
+                 "    t2: {source: {kind: model_token, model: a, token: <s>}}\n"
+                 "    t3: {source: {kind: zero}}\n");
+    if (c) {
+        CHECK(strcmp(c->tokenizer_source, "union") == 0);
+        CHECK_INT(c->pad_to_multiple_of, 64);
+        CHECK_INT(c->ntokens, 4);
+        if (c->ntokens == 4) {
+            CHECK(strcmp(c->tokens[0].token, "<|im_start|>") == 0 && c->tokens[0].kind == ALLOY_TOKEN_MODEL &&
+                  strcmp(c->tokens[0].model, "a") == 0 && c->tokens[0].force == 1);
+            CHECK(c->tokens[1].kind == ALLOY_TOKEN_MODEL_TOKEN && strcmp(c->tokens[1].model, "org/b@r1") == 0 &&
+                  c->tokens[1].token_id == 64 && !c->tokens[1].src_token && !c->tokens[1].force);
+            CHECK(c->tokens[2].kind == ALLOY_TOKEN_MODEL_TOKEN && c->tokens[2].token_id == -1 &&
+                  strcmp(c->tokens[2].src_token, "<s>") == 0);
+            CHECK(c->tokens[3].kind == ALLOY_TOKEN_ZERO && !c->tokens[3].model);
+            CHECK_INT(c->tokens[3].pos.line, 9);
+        }
+        alloy_config_free(c);
+    }
     EXPECT_ERR(HEAD MODELS "tokenizer:\n  sorce: base\n", ALLOY_ERR_CONFIG, "4:3",
                "unknown key 'sorce' in tokenizer (expected one of: source, tokens, pad_to_multiple_of); did you mean "
                "'source'?");

@@ -24,6 +24,7 @@
  */
 #include "lora/adapter.h"
 #include "test.h"
+#include "plan/vocab.h"
 #include "alloy.h"
 #include "config/config.h"
 #include "eval/eval.h"
@@ -749,6 +750,11 @@ static int replay(const char *target, const char *data, size_t len, const char *
         int rc = alloy_pickle_state_dict((const uint8_t *)data, len, "fuzz.bin: archive/data.pkl", &t, &n, err);
         alloy_pickle_free(t, n);
         return rc;
+    }
+    if (!strcmp(target, "vocab")) { /* fuzz_vocab.c: the first byte is the config vocab size */
+        size_t n = 0;
+        return len ? alloy_vocab_check_text(data + 1, len - 1, (unsigned char)data[0], "<|im_start|>", &n, err)
+                   : alloy_err_set(err, ALLOY_ERR_FORMAT, "empty input");
     }
     test_fail(__FILE__, __LINE__, "regression input for unknown target '%s'", target);
     return -1;

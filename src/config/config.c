@@ -575,17 +575,99 @@ static int tokenizer_src(struct cfgp *P, const struct ynode *n, const char *key,
     return model_ref(P, n, key, &c->tokenizer_source);
 }
 
+/* A whole number >= lo, for an int field. */
+static int get_count(struct cfgp *P, const struct ynode *n, const char *key, long long lo, long long *out)
+{
+    char d[96];
+    double v;
+    if (charge(P, n, 0)) return (int)P->err->status;
+    int t = n->kind == Y_SCALAR ? alloy_yaml_scalar_type(n, &v) : -1;
+    if (t != ALLOY_YAML_INT || v < (double)lo || v > 9e15)
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a whole number >= %lld, found %s", lo,
+                    describe(n, d, sizeof d));
+    *out = (long long)v;
+    return 0;
+}
+
+/* A token's source: a model reference, {kind: model_token, model, token_id | token} or {kind: zero}. */
+static int token_source(struct cfgp *P, const struct ynode *n, const char *key, struct alloy_token_cfg *t)
+{
+    static const char *const mt_keys[] = {"kind", "model", "token_id", "token", NULL};
+    static const char *const zero_keys[] = {"kind", NULL};
+    char sub[KEY_MAX], d[96];
+    const struct ynode *kind = n->kind == Y_MAP ? map_val(n, "kind") : NULL;
+    t->token_id = -1;
+    if (!kind) {
+        t->kind = ALLOY_TOKEN_MODEL;
+        if (model_ref(P, n, key, &t->model)) return (int)P->err->status;
+        if (!t->model)
+            return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a model reference, found null");
+        return 0;
+    }
+    snprintf(sub, sizeof sub, "%.200s.kind", key);
+    if (kind->kind == Y_SCALAR && strcmp(kind->text, "zero") == 0) {
+        t->kind = ALLOY_TOKEN_ZERO;
+        return check_map(P, n, key, key, zero_keys);
+    }
+    if (kind->kind != Y_SCALAR || strcmp(kind->text, "model_token") != 0)
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, kind->pos, sub, "expected model_token or zero, found %s",
+                    describe(kind, d, sizeof d));
+    t->kind = ALLOY_TOKEN_MODEL_TOKEN;
+    if (check_map(P, n, key, key, mt_keys)) return (int)P->err->status;
+    snprintf(sub, sizeof sub, "%.200s.model", key);
+    if (required_ref(P, n, key, sub, &t->model)) return (int)P->err->status;
+    const struct ynode *id = map_val(n, "token_id"), *tok = map_val(n, "token");
+    if (!id == !tok)
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "give exactly one of token_id and token, found %s",
+                    id ? "both" : "neither");
+    snprintf(sub, sizeof sub, "%.200s.%s", key, id ? "token_id" : "token");
+    if (id) return get_count(P, id, sub, 0, &t->token_id);
+    if (get_string(P, tok, sub, &t->src_token)) return (int)P->err->status;
+    return 0;
+}
+
+/* tokenizer.tokens: {TOKEN: {source, force}}. */
+static int token_list(struct cfgp *P, const struct ynode *n, struct alloy_config *c)
+{
+    static const char *const keys[] = {"source", "force", NULL};
+    char d[96], key[KEY_MAX];
+    if (n->kind != Y_MAP)
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, "tokenizer.tokens", "expected a mapping of tokens, found %s",
+                    describe(n, d, sizeof d));
+    if (!(c->tokens = alloy_xcalloc(n->n / 2 + 1, sizeof *c->tokens))) return alloy_cfg_nomem(P);
+    for (size_t i = 0; i + 1 < n->n; i += 2) {
+        const struct ynode *k = n->kids[i], *v = n->kids[i + 1], *s, *f;
+        struct alloy_token_cfg *t = &c->tokens[c->ntokens++];
+        t->pos = k->pos;
+        snprintf(key, sizeof key, "tokenizer.tokens.%.200s", k->text);
+        if (charge(P, k, k->len + 1)) return (int)P->err->status;
+        if (!(t->token = alloy_xstrdup(k->text))) return alloy_cfg_nomem(P);
+        if (check_map(P, v, key, key, keys)) return (int)P->err->status;
+        if (!(s = map_val(v, "source"))) return missing(P, v, key, "source");
+        char sub[KEY_MAX + 8];
+        snprintf(sub, sizeof sub, "%s.source", key);
+        if (token_source(P, s, sub, t)) return (int)P->err->status;
+        if ((f = map_val(v, "force"))) {
+            double b;
+            snprintf(sub, sizeof sub, "%s.force", key);
+            if (f->kind != Y_SCALAR || alloy_yaml_scalar_type(f, &b) != ALLOY_YAML_BOOL)
+                return alloy_cfg_err(P, ALLOY_ERR_CONFIG, f->pos, sub, "expected true or false, found %s",
+                            describe(f, d, sizeof d));
+            t->force = b != 0;
+        }
+    }
+    return 0;
+}
+
 static int tokenizer_block(struct cfgp *P, const struct ynode *n, struct alloy_config *c)
 {
     static const char *const keys[] = {"source", "tokens", "pad_to_multiple_of", NULL};
     if (check_map(P, n, "tokenizer", "tokenizer", keys)) return (int)P->err->status;
     const struct ynode *v;
-    if ((v = map_val(n, "tokens")) && !(v->kind == Y_MAP && v->n == 0))
-        return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, "tokenizer.tokens", "per-token embedding sources are not "
-                    "supported yet");
-    if ((v = map_val(n, "pad_to_multiple_of")))
-        return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, "tokenizer.pad_to_multiple_of", "vocabulary padding is not "
-                    "supported yet");
+    if ((v = map_val(n, "tokens")) && token_list(P, v, c)) return (int)P->err->status;
+    if ((v = map_val(n, "pad_to_multiple_of")) &&
+        get_count(P, v, "tokenizer.pad_to_multiple_of", 0, &c->pad_to_multiple_of))
+        return (int)P->err->status;
     if ((v = map_val(n, "source"))) return tokenizer_src(P, v, "tokenizer.source", c);
     c->tokenizer_pos = n->pos; /* mergekit's default source is union */
     if (!(c->tokenizer_source = alloy_xstrdup("union"))) return alloy_cfg_nomem(P);
@@ -665,6 +747,12 @@ void alloy_config_free(struct alloy_config *c)
     free(c->base_model);
     alloy_params_free(&c->params);
     free(c->tokenizer_source);
+    for (size_t i = 0; i < c->ntokens; i++) {
+        free(c->tokens[i].token);
+        free(c->tokens[i].model);
+        free(c->tokens[i].src_token);
+    }
+    free(c->tokens);
     free(c->chat_template);
     free(c->name);
     free(c);

@@ -75,6 +75,18 @@ struct alloy_slice {
     struct alloy_pos pos;
 };
 
+/* One entry of tokenizer.tokens (mergekit TokenEmbeddingConfig): where the embedding rows of a token come from. */
+enum alloy_token_kind { ALLOY_TOKEN_MODEL, ALLOY_TOKEN_MODEL_TOKEN, ALLOY_TOKEN_ZERO };
+struct alloy_token_cfg {
+    char *token;                /* the token string (the key) */
+    enum alloy_token_kind kind;
+    char *model;                /* MODEL and MODEL_TOKEN: a model reference */
+    long long token_id;         /* MODEL_TOKEN: the row in that model, -1 when given as src_token */
+    char *src_token;            /* MODEL_TOKEN: a token of that model's own vocabulary, or NULL */
+    int force;                  /* 1: every model takes this row, even one that has the token */
+    struct alloy_pos pos;
+};
+
 struct alloy_config {
     char *path;                 /* file name used in messages */
     char *text;                 /* verbatim YAML (written as mergekit_config.yml) */
@@ -91,6 +103,9 @@ struct alloy_config {
     enum alloy_dtype dtype, out_dtype;
     char *tokenizer_source;     /* NULL, "base", "union" or a model reference */
     struct alloy_pos tokenizer_pos;
+    struct alloy_token_cfg *tokens; /* tokenizer.tokens, in config order */
+    size_t ntokens;
+    long long pad_to_multiple_of; /* tokenizer.pad_to_multiple_of, 0: none */
     char *chat_template;        /* NULL or as given */
     char *name;                 /* mergekit-multi's `name:` (an intermediate's name), NULL if none */
     struct alloy_pos name_pos;

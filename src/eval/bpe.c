@@ -371,15 +371,8 @@ int alloy_tokenizer_encode(const struct alloy_tokenizer *t, const char *text, si
 {
     struct ivec out = {0};
     int rc = ALLOY_OK;
-    if (t->kind == ALLOY_TOK_BYTES) {
-        out.v = alloy_xmalloc((len + 1) * sizeof *out.v);
-        if (!out.v) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", label);
-        for (size_t i = 0; i < len; i++) out.v[i] = (unsigned char)text[i];
-        *ids = out.v;
-        *n = len;
-        return ALLOY_OK;
-    }
-    for (size_t i = 0; i < len;) {
+    int bytes = t->kind == ALLOY_TOK_BYTES; /* ids = bytes between the added tokens, any bytes allowed */
+    for (size_t i = 0; i < len && !bytes;) {
         size_t at = i;
         if (utf8_next(text, len, &i) < 0)
             return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: byte %zu: invalid UTF-8 (the tokenizer needs UTF-8 text)",
@@ -391,7 +384,9 @@ int alloy_tokenizer_encode(const struct alloy_tokenizer *t, const char *text, si
     for (size_t i = 0; i <= len && !rc;) {
         const struct added *a = i < len && first[(unsigned char)text[i]] ? added_at(t, text, len, i) : NULL;
         if (!a && i < len) { i++; continue; }
-        if (i > seg) rc = encode_segment(t, text + seg, i - seg, seg, label, &out, err);
+        for (size_t k = seg; bytes && k < i && !rc; k++)
+            if (ivec_push(&out, (unsigned char)text[k])) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        if (i > seg && !bytes) rc = encode_segment(t, text + seg, i - seg, seg, label, &out, err);
         if (rc || !a) break;
         if (ivec_push(&out, a->id)) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
         i += a->len;

@@ -5,7 +5,8 @@
  *   tokenizer.json is read into one of three kinds:
  *     bytes          the bundled fixture: a BPE with no merges, byte_fallback,
  *                    no normalizer/pre-tokenizer and a vocab of exactly the 256
- *                    "<0xNN>" tokens (id NN) plus added tokens: ids = bytes.
+ *                    "<0xNN>" tokens (id NN) plus added tokens: ids = bytes,
+ *                    the added tokens matched first as for the other kinds.
  *     byte-level BPE a ByteLevel pre-tokenizer (GPT-2, Llama-3, Qwen2): the
  *                    text is split by the GPT-2 / Llama-3 / Qwen2 regex (see
  *                    pretok.c), each piece's bytes become GPT-2's printable

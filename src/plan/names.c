@@ -42,6 +42,11 @@ int alloy_name_is_embed(const char *name)
     return 0;
 }
 
+int alloy_name_is_vocab_rows(const char *name)
+{
+    return alloy_name_is_embed(name) && !strstr(name, "position") && !strstr(name, "token_type");
+}
+
 int alloy_name_is_pre(const char *name)
 {
     return alloy_name_is_embed(name) && !strstr(name, "lm_head") && !strstr(name, "embed_out");

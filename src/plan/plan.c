@@ -25,6 +25,8 @@
 #include "core/strmap.h"
 #include "formats/formats.h"
 #include "plan/plan.h"
+#include "plan/vocab.h"
+#include "sources/permuted.h"
 
 #include <stdarg.h>
 
@@ -131,6 +133,8 @@ static struct alloy_model *given_model(const struct builder *b, const char *ref)
         if (strcmp(b->given->names[i], ref) == 0) return b->given->models[i];
     return NULL;
 }
+
+static void plan_warn(void *user, const char *msg) { warnf(user, "%s", msg); }
 
 static int model_index(struct builder *b, const char *ref, struct alloy_pos pos)
 {
@@ -313,6 +317,17 @@ static int set_sources(struct builder *b, struct alloy_plan_tensor *t, const int
     return ALLOY_OK;
 }
 
+/* Re-indexed rows are read from the stored tensors: an adapter on an embedding cannot take part. */
+static int refuse_lora_rows(struct builder *b, const struct alloy_plan_tensor *t, const char *name)
+{
+    for (int i = 0; i < t->n; i++)
+        if (alloy_input_is_lora(&t->inputs[i]))
+            return alloy_err_set(b->err, ALLOY_ERR_UNSUPPORTED, "%s: %s: a LoRA adapter on a tensor re-indexed to a "
+                                 "merged vocabulary is not supported; apply the adapter first (alloy lora apply)",
+                                 alloy_model_ref(b->p->models[t->inputs[i].model]), name);
+    return ALLOY_OK;
+}
+
 static int shapes_equal(const struct alloy_tensor *a, const struct alloy_tensor *b)
 {
     if (a->ndim != b->ndim) return 0;
@@ -425,9 +440,14 @@ static int add_tensor(struct builder *b, const struct alloy_slice *slice, struct
                                  alloy_tensor_file_path(t->inputs[i].t->file), t->inputs[i].t->name,
                                  alloy_dtype_traits(t->inputs[i].t->dtype)->name,
                                  alloy_dtype_traits(t->inputs[keep].t->dtype)->name);
-    int rc = decide_shape(b, t);
+    int rc;
+    if (p->vocab && alloy_name_is_vocab_rows(out_name)) { /* re-indexed to the merged vocabulary (embed.c) */
+        if (!(rc = set_sources(b, t, tied))) rc = refuse_lora_rows(b, t, out_name);
+        if (!rc) rc = alloy_plan_embed(p, t, plan_warn, b, b->err);
+    } else if (!(rc = decide_shape(b, t))) {
+        rc = set_sources(b, t, tied);
+    }
     if (rc) return rc;
-    if ((rc = set_sources(b, t, tied))) return rc;
     t->dtype = decide_dtype(b, t);
     t->nbytes = t->numel * alloy_dtype_traits(t->dtype)->bits / 8;
     rc = resolve_params(b, slice, srcs, t);
@@ -681,44 +701,35 @@ static int unique_names(struct builder *b)
     return rc;
 }
 
-/* ------------------------------------------------------------ shards */
+/* ------------------------------------------------------------ entry points */
 
-static int assign_shards(struct builder *b)
+/* The tokenizer source: the donor of the tokenizer files, and with tokenizer merging configured (mergekit
+ * builds a tokenizer for any tokenizer_source or tokenizer: block) the merged vocabulary, built from every
+ * merged model's tokenizer before the tensors are planned. */
+static int tokenizer_plan(struct builder *b)
 {
     struct alloy_plan *p = b->p;
-    uint64_t max = b->o->shard_size ? b->o->shard_size : 5000000000ull;
-    size_t cap = 0;
-    uint64_t cur = 0;
-    for (size_t i = 0; i < p->ntensors; i++) {
-        struct alloy_plan_tensor *t = &p->tensors[i];
-        if (p->nshards == 0 || (cur > 0 && cur + t->nbytes > max)) {
-            if (p->nshards == cap) {
-                cap = cap ? cap * 2 : 8;
-                struct alloy_plan_shard *ns = alloy_xrealloc(p->shards, cap * sizeof *ns);
-                if (!ns) return alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
-                p->shards = ns;
-            }
-            p->shards[p->nshards] = (struct alloy_plan_shard){.first = i};
-            p->nshards++;
-            cur = 0;
+    const struct alloy_config *cfg = p->cfg;
+    if (!cfg->tokenizer_source) return ALLOY_OK;
+    for (size_t s = 0; s < cfg->nslices; s++) { /* every merged model, in config order after the base */
+        const struct alloy_slice *sl = &cfg->slices[s];
+        for (size_t i = 0; i < sl->nsources; i++) {
+            int mi = model_index(b, sl->sources[i].model, sl->sources[i].pos);
+            if (mi < 0) return -mi;
         }
-        struct alloy_plan_shard *s = &p->shards[p->nshards - 1];
-        t->shard = (int)(p->nshards - 1);
-        t->offset = cur;
-        cur += t->nbytes;
-        s->count++;
-        s->data_bytes = cur;
-        p->total_bytes += t->nbytes;
+        int mi = sl->base_model ? model_index(b, sl->base_model, sl->pos) : 0;
+        if (mi < 0) return -mi;
     }
-    for (size_t s = 0; s < p->nshards; s++) {
-        p->shards[s].file = p->nshards == 1 ? alloy_xstrdup("model.safetensors")
-                                            : alloy_xasprintf("model-%05zu-of-%05zu.safetensors", s + 1, p->nshards);
-        if (!p->shards[s].file) return alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
+    size_t nmerged = p->nmodels;
+    int base = p->base >= 0 ? p->base : 0, source = -1;
+    if (strcmp(cfg->tokenizer_source, "base") != 0 && strcmp(cfg->tokenizer_source, "union") != 0) {
+        const char *ref = cfg->tokenizer_source;
+        if (strncmp(ref, "model:", 6) == 0) ref += 6;
+        if ((source = model_index(b, ref, cfg->tokenizer_pos)) < 0) return -source;
     }
-    return ALLOY_OK;
+    p->tokenizer_donor = source >= 0 ? source : base;
+    return alloy_vocab_build(cfg, p->models, nmerged, base, source, plan_warn, b, &p->vocab, b->err);
 }
-
-/* ------------------------------------------------------------ entry points */
 
 int alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_options *o, struct alloy_plan **out,
                      struct alloy_err *err)
@@ -766,32 +777,20 @@ int alloy_plan_build_given(const struct alloy_config *cfg, const struct alloy_me
         rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: base_model: %s needs a base_model", cfg->path, p->method->name);
         goto fail;
     }
-    rc = plan_tensors(&b);
+    rc = tokenizer_plan(&b);
+    if (!rc) rc = plan_tensors(&b);
     if (rc) goto fail;
     if (p->ntensors == 0) {
         rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: the merge produces no tensors", cfg->path);
         goto fail;
     }
     rc = unique_names(&b);
-    if (!rc) rc = assign_shards(&b);
+    if (!rc) rc = alloy_plan_assign_shards(p, o->shard_size, err);
     if (rc) goto fail;
     /* donor of config.json: base, else the first referenced model */
     p->donor = p->base >= 0 ? p->base : 0;
-    p->tokenizer_donor = p->donor;
-    if (cfg->tokenizer_source && strcmp(cfg->tokenizer_source, "base") != 0) {
-        if (strcmp(cfg->tokenizer_source, "union") == 0) {
-            rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s:%d:%d: tokenizer_source: 'union' (building a merged "
-                               "vocabulary) is not supported yet; use base or a model",
-                               cfg->path, cfg->tokenizer_pos.line, cfg->tokenizer_pos.col);
-            goto fail;
-        }
-        const char *ref = cfg->tokenizer_source;
-        if (strncmp(ref, "model:", 6) == 0) ref += 6;
-        int mi = model_index(&b, ref, cfg->tokenizer_pos);
-        if (mi < 0) { rc = -mi; goto fail; }
-        p->tokenizer_donor = mi;
-    }
-    if (!o->copy_tokenizer) p->tokenizer_donor = -1;
+    if (p->tokenizer_donor < 0) p->tokenizer_donor = p->donor;
+    if (!o->copy_tokenizer || p->vocab) p->tokenizer_donor = -1; /* a built tokenizer is always written */
     for (size_t i = 0; i < p->nmodels; i++) stack_free(&b.stacks[i]);
     free(b.stacks);
     *out = p;
@@ -812,7 +811,9 @@ void alloy_plan_free(struct alloy_plan *p)
         free(p->tensors[i].inputs);
         free(p->tensors[i].gp);
         free(p->tensors[i].tp);
+        alloy_permuted_free(p->tensors[i].perm);
     }
+    alloy_vocab_free(p->vocab);
     free(p->tensors);
     for (size_t s = 0; s < p->nshards; s++) free(p->shards[s].file);
     free(p->shards);

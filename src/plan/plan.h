@@ -42,6 +42,7 @@ struct alloy_plan_tensor {
     int layer;                       /* output layer index, -1 for other tensors */
     int shard;                       /* output shard index */
     uint64_t offset;                 /* byte offset in the shard's data buffer */
+    struct alloy_permuted *perm;     /* the re-indexed rows its inputs read (tokenizer merge), or NULL */
 };
 
 struct alloy_plan_shard {
@@ -65,7 +66,12 @@ struct alloy_plan {
     struct alloy_plan_shard *shards;
     uint64_t total_bytes;
     size_t nwarnings;
+    struct alloy_vocab *vocab;       /* the merged vocabulary when a tokenizer merge is configured, else NULL */
 };
+
+struct alloy_vocab;
+struct alloy_permuted;
+typedef void (*alloy_plan_warn_fn)(void *user, const char *msg);
 
 int  alloy_plan_build(const struct alloy_config *cfg, const struct alloy_merge_options *o, struct alloy_plan **out,
                       struct alloy_err *err);
@@ -86,10 +92,20 @@ void alloy_plan_print(const struct alloy_plan *p, FILE *f);
 void alloy_plan_job(const struct alloy_plan *p, size_t i, uint64_t seed, const char **model_names,
                     struct alloy_merge_job *job);
 
+/* shards.c: places every tensor in an output shard of at most shard_size bytes (0: 5e9, mergekit's default). */
+int  alloy_plan_assign_shards(struct alloy_plan *p, uint64_t shard_size, struct alloy_err *err);
+/* embed.c: makes embedding-like tensor t (its stored inputs found) read every input re-indexed to p->vocab:
+ * rows per mergekit's PermutedEmbeddings (own row, else the token's default), padded rows past it. */
+int  alloy_plan_embed(const struct alloy_plan *p, struct alloy_plan_tensor *t, alloy_plan_warn_fn warn, void *user,
+                      struct alloy_err *err);
+
 /* Name analysis (exposed for tests). Returns the layer index and sets
  * *prefix_len (bytes before ".N.") and *suffix (text after ".N."), or -1. */
 long long alloy_name_layer(const char *name, size_t *prefix_len, const char **suffix);
 int       alloy_name_is_embed(const char *name);
 int       alloy_name_is_pre(const char *name); /* embeddings come before the layers */
+/* An embedding whose rows are the vocabulary (token embeddings, heads; not position or token-type
+ * embeddings): what a tokenizer merge re-indexes. */
+int       alloy_name_is_vocab_rows(const char *name);
 
 #endif

@@ -9,6 +9,7 @@
  */
 #include "core/internal.h"
 #include "plan/plan.h"
+#include "plan/vocab.h"
 
 #include <math.h>
 
@@ -23,6 +24,9 @@ void alloy_plan_print(const struct alloy_plan *p, FILE *f)
     const struct alloy_method *m = p->method;
     fprintf(f, "# alloy merge plan: %s, %zu tensors, %zu shard(s), %.1f MB\n", m->name, p->ntensors, p->nshards,
             (double)p->total_bytes / 1e6);
+    if (p->vocab)
+        fprintf(f, "# tokenizer: %s, %zu tokens, embedding rows %llu\n", p->cfg->tokenizer_source, p->vocab->n,
+                (unsigned long long)p->vocab->rows);
     for (size_t i = 0; i < p->ntensors; i++) {
         const struct alloy_plan_tensor *t = &p->tensors[i];
         put_name(f, t->name);
@@ -38,6 +42,7 @@ void alloy_plan_print(const struct alloy_plan *p, FILE *f)
             put_name(f, t->inputs[j].t->name);
             if (alloy_input_is_tied(&t->inputs[j])) fputs(" (tied)", f);
             if (alloy_input_is_lora(&t->inputs[j])) fputs(" (lora)", f);
+            if (t->perm) fputs(" (rows re-indexed to the merged vocabulary)", f);
             for (int k = 0; k < m->nparams && !t->copy; k++) {
                 double v = t->tp[(size_t)j * (size_t)m->nparams + (size_t)k];
                 if (m->params[k].scope == ALLOY_PARAM_TENSOR && !isnan(v)) fprintf(f, " %s=%.6g", m->params[k].name, v);

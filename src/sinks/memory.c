@@ -35,6 +35,9 @@ static int memory_begin(struct alloy_sink *s, const struct alloy_plan *p, struct
 {
     struct memory_sink *m = (struct memory_sink *)s;
     m->p = p;
+    if (p->vocab) /* its tokenizer files exist only as written by the folder sink */
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tokenizer merging (tokenizer_source, tokenizer:) builds new "
+                             "tokenizer files; merge into a folder, not into memory", p->cfg->path);
     size_t n = p->ntensors, hlen = 0;
     struct alloy_tensor_desc *d = alloy_xcalloc(n ? n : 1, sizeof *d);
     m->offsets = alloy_xcalloc(n ? n : 1, sizeof *m->offsets);

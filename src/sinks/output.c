@@ -17,6 +17,7 @@
 #include "core/internal.h"
 #include "formats/formats.h"
 #include "sinks/output.h"
+#include "plan/vocab.h"
 
 #include <jansson.h>
 
@@ -87,6 +88,11 @@ int alloy_output_config_text(const struct alloy_plan *p, char **out, struct allo
                 }
         }
     }
+    if (p->vocab) { /* mergekit §6.5: the (padded) length of the built tokenizer */
+        json_t *tc = json_object_get(root, "text_config");
+        json_t *holder = !json_object_get(root, "vocab_size") && json_is_object(tc) ? tc : root;
+        json_object_set_new(holder, "vocab_size", json_integer((json_int_t)p->vocab->rows));
+    }
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(root);
     *out = text ? alloy_xasprintf("%s\n", text) : NULL;
@@ -138,12 +144,14 @@ int alloy_output_check_sources(const struct alloy_plan *p, struct alloy_err *err
         rc = alloy_folder_file(alloy_model_dir(p->models[p->tokenizer_donor]), g_tokenizer_files[i], &path, err);
         free(path);
     }
+    static const char *const built[] = {"tokenizer_config.json", "special_tokens_map.json"};
+    for (size_t i = 0; p->vocab && i < ALLOY_ARRAY_LEN(built) && !rc; i++) {
+        char *path = NULL;
+        rc = alloy_folder_file(alloy_model_dir(p->models[p->vocab->source]), built[i], &path, err);
+        free(path);
+    }
     return rc;
 }
-
-static const char g_chatml[] =
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
-    "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /* The template text for chat_template: a built-in name or a literal. */
 static int resolve_chat_template(const struct alloy_plan *p, char **out, struct alloy_err *err)
@@ -151,7 +159,8 @@ static int resolve_chat_template(const struct alloy_plan *p, char **out, struct 
     const char *ct = p->cfg->chat_template;
     *out = NULL;
     if (!ct) return ALLOY_OK;
-    if (strcmp(ct, "chatml") == 0) return (*out = alloy_xstrdup(g_chatml)) ? ALLOY_OK : ALLOY_ERR_NOMEM;
+    const char *builtin = alloy_chat_template_builtin(ct);
+    if (builtin) return (*out = alloy_xstrdup(builtin)) ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     if (strcmp(ct, "auto") == 0) {
         /* the most common template among the models (ties: first seen), each file read once */
         char **tpl = alloy_xcalloc(p->nmodels, sizeof *tpl);
@@ -176,12 +185,58 @@ static int resolve_chat_template(const struct alloy_plan *p, char **out, struct 
         free(tpl);
         return ALLOY_OK;
     }
-    if (strcmp(ct, "alpaca") == 0 || strcmp(ct, "llama3") == 0 || strcmp(ct, "mistral") == 0 ||
-        strcmp(ct, "exaone") == 0)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: chat_template: the built-in '%s' template is not bundled "
-                             "with alloy yet; paste the Jinja text instead (chatml and auto are built in)",
-                             p->cfg->path, ct);
     return (*out = alloy_xstrdup(ct)) ? ALLOY_OK : ALLOY_ERR_NOMEM;
+}
+
+/* tokenizer_config.json for the built tokenizer: the source model's (else a minimal one) with
+ * added_tokens_decoder listing the output's added tokens by id, and the chat template when configured. */
+static int write_built_config(const struct alloy_plan *p, const char *template_text, const char *dir,
+                              struct alloy_err *err)
+{
+    char *path = NULL;
+    json_t *tc = NULL, *dec = json_object();
+    int rc = alloy_folder_file(alloy_model_dir(p->models[p->vocab->source]), "tokenizer_config.json", &path, err);
+    if (!rc && alloy_is_file(path)) {
+        if (!(tc = load_json(path, err))) rc = err && err->status ? (int)err->status : ALLOY_ERR_FORMAT;
+        else if (!json_is_object(tc)) rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: expected a JSON object", path);
+    } else if (!rc && !(tc = json_pack("{s:s}", "tokenizer_class", "PreTrainedTokenizerFast"))) {
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    }
+    const json_t *added = json_object_get(p->vocab->tokenizer, "added_tokens");
+    for (size_t i = 0; !rc && i < json_array_size(added); i++) {
+        json_t *a = json_deep_copy(json_array_get(added, i));
+        char key[32];
+        snprintf(key, sizeof key, "%lld", (long long)json_integer_value(json_object_get(a, "id")));
+        if (!a || json_object_del(a, "id") || json_object_set_new(dec, key, a))
+            rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    }
+    if (!rc && (!dec || json_object_set(tc, "added_tokens_decoder", dec) ||
+                (template_text && json_object_set_new(tc, "chat_template", json_string(template_text)))))
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!rc) rc = write_json(dir, "tokenizer_config.json", tc, err);
+    json_decref(dec);
+    json_decref(tc);
+    free(path);
+    return rc;
+}
+
+/* The built tokenizer of a tokenizer merge, as save_pretrained writes it: tokenizer.json with the merged
+ * vocabulary, tokenizer_config.json, and the source model's special_tokens_map.json. The donor's
+ * generation_config.json and tokenizer.model are not copied (mergekit §6.6). */
+static int write_built_tokenizer(const struct alloy_plan *p, const char *template_text, const char *dir,
+                                 struct alloy_err *err)
+{
+    char *from = NULL, *to = NULL;
+    int rc = write_json(dir, "tokenizer.json", p->vocab->tokenizer, err);
+    if (!rc) rc = write_built_config(p, template_text, dir, err);
+    if (!rc) rc = alloy_folder_file(alloy_model_dir(p->models[p->vocab->source]), "special_tokens_map.json", &from, err);
+    if (!rc && alloy_is_file(from)) {
+        if (!(to = alloy_xasprintf("%s/special_tokens_map.json", dir))) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        else rc = alloy_copy_file(from, to, err);
+    }
+    free(from);
+    free(to);
+    return rc;
 }
 
 static int copy_tokenizer(const struct alloy_plan *p, const struct alloy_merge_options *o, const char *dir,
@@ -190,6 +245,11 @@ static int copy_tokenizer(const struct alloy_plan *p, const struct alloy_merge_o
     char *template_text = NULL;
     int rc = resolve_chat_template(p, &template_text, err);
     if (rc) return rc;
+    if (p->vocab) {
+        rc = write_built_tokenizer(p, template_text, dir, err);
+        free(template_text);
+        return rc;
+    }
     if (p->tokenizer_donor < 0) {
         if (template_text && o->log)
             o->log(o->log_user, 0, "chat_template is ignored with --no-copy-tokenizer (no tokenizer is written)");

@@ -21,4 +21,7 @@ const char *alloy_output_tokenizer_file(size_t i);
  * written (copy_tokenizer applies it again when it copies). */
 int alloy_output_check_sources(const struct alloy_plan *p, struct alloy_err *err);
 
+/* The text of mergekit's bundled chat template `name` (alpaca, chatml, exaone, llama3, mistral), or NULL. */
+const char *alloy_chat_template_builtin(const char *name);
+
 #endif
