@@ -25,88 +25,18 @@
 #include "core/strmap.h"
 #include "formats/formats.h"
 #include "plan/plan.h"
+#include "plan/stack.h"
 #include "plan/vocab.h"
 #include "sources/permuted.h"
 
 #include <stdarg.h>
-
-/* ------------------------------------------------------------ per-model layer stack */
-
-struct stack {
-    char *prefix;       /* e.g. "model.layers" */
-    long long nlayers;
-    size_t n;           /* tensors in the stack */
-    struct stack_entry { long long layer; size_t idx; } *ent; /* sorted by layer, then file order */
-};
-
-/* A layer-like name with its prefix length, for sorting names by prefix. */
-struct named { const char *name; size_t plen, idx; long long layer; };
-
-static int cmp_prefix(const void *pa, const void *pb)
-{
-    const struct named *a = pa, *b = pb;
-    size_t m = a->plen < b->plen ? a->plen : b->plen;
-    int c = memcmp(a->name, b->name, m);
-    if (c) return c;
-    if (a->plen != b->plen) return a->plen < b->plen ? -1 : 1;
-    return a->idx < b->idx ? -1 : a->idx > b->idx;
-}
-
-static int cmp_entry(const void *pa, const void *pb)
-{
-    const struct stack_entry *a = pa, *b = pb;
-    if (a->layer != b->layer) return a->layer < b->layer ? -1 : 1;
-    return a->idx < b->idx ? -1 : a->idx > b->idx;
-}
-
-/* The layer stack: the prefix most layer-like names share (ties: the one seen first), its layer count and
- * its tensors by layer. Names are sorted by prefix once, so this is O(n log n) in the tensor count. */
-static int find_stack(const struct alloy_model *m, struct stack *s)
-{
-    size_t n = alloy_model_count(m), k = 0;
-    memset(s, 0, sizeof *s);
-    struct named *v = alloy_xcalloc(n ? n : 1, sizeof *v);
-    if (!v) return -1;
-    for (size_t i = 0; i < n; i++) {
-        const char *name = alloy_model_tensor(m, i)->name;
-        size_t plen;
-        long long l = alloy_name_layer(name, &plen, NULL);
-        if (l >= 0) v[k++] = (struct named){name, plen, i, l};
-    }
-    qsort(v, k, sizeof *v, cmp_prefix);
-    size_t best = 0, best_first = 0, best_at = 0;
-    for (size_t i = 0, j; i < k; i = j) { /* runs of one prefix, each in file order */
-        for (j = i + 1; j < k && v[j].plen == v[i].plen && memcmp(v[j].name, v[i].name, v[i].plen) == 0;) j++;
-        if (j - i > best || (j - i == best && v[i].idx < best_first)) best = j - i, best_first = v[i].idx, best_at = i;
-    }
-    int rc = 0;
-    if (best) {
-        s->prefix = alloy_xasprintf("%.*s", (int)v[best_at].plen, v[best_at].name);
-        s->ent = alloy_xcalloc(best, sizeof *s->ent);
-        if (!s->prefix || !s->ent) rc = -1;
-        for (size_t i = 0; !rc && i < best; i++) {
-            s->ent[i] = (struct stack_entry){v[best_at + i].layer, v[best_at + i].idx};
-            if (s->ent[i].layer + 1 > s->nlayers) s->nlayers = s->ent[i].layer + 1;
-        }
-        s->n = rc ? 0 : best;
-        if (!rc) qsort(s->ent, s->n, sizeof *s->ent, cmp_entry);
-    }
-    free(v);
-    return rc;
-}
-
-static void stack_free(struct stack *s)
-{
-    free(s->prefix);
-    free(s->ent);
-}
 
 /* ------------------------------------------------------------ builder state */
 
 struct builder {
     struct alloy_plan *p;
     const struct alloy_merge_options *o;
-    struct stack *stacks;          /* per model */
+    struct alloy_layer_stack *stacks;          /* per model */
     struct alloy_err *err;
     size_t cap;
     int lora_round;                /* --lora-merge-dtype for lora sources, -1: none */
@@ -143,7 +73,7 @@ static int model_index(struct builder *b, const char *ref, struct alloy_pos pos)
     for (size_t i = 0; i < p->nmodels; i++)
         if (given ? p->models[i] == given : strcmp(alloy_model_ref(p->models[i]), ref) == 0) return (int)i;
     struct alloy_model **nm = alloy_xrealloc(p->models, (p->nmodels + 1) * sizeof *nm);
-    struct stack *ns = alloy_xrealloc(b->stacks, (p->nmodels + 1) * sizeof *ns);
+    struct alloy_layer_stack *ns = alloy_xrealloc(b->stacks, (p->nmodels + 1) * sizeof *ns);
     if (nm) p->models = nm;
     if (ns) b->stacks = ns;
     if (!nm || !ns) return -alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
@@ -162,7 +92,7 @@ static int model_index(struct builder *b, const char *ref, struct alloy_pos pos)
     }
     p->models[p->nmodels] = m;
     if (alloy_model_warning(m)) warnf(b, "%s", alloy_model_warning(m));
-    if (find_stack(m, &b->stacks[p->nmodels]) != 0) {
+    if (alloy_plan_find_stack(m, &b->stacks[p->nmodels]) != 0) {
         alloy_model_close(m);
         return -alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory");
     }
@@ -507,7 +437,7 @@ static int add_loose(struct builder *b, const struct alloy_slice *s, struct src_
                      int want_pre, int all_loose)
 {
     const struct alloy_model *m0 = b->p->models[srcs[base_src >= 0 ? base_src : 0].model];
-    const struct stack *st = &b->stacks[srcs[base_src >= 0 ? base_src : 0].model];
+    const struct alloy_layer_stack *st = &b->stacks[srcs[base_src >= 0 ? base_src : 0].model];
     size_t count = alloy_model_count(m0);
     for (size_t i = 0; i < count; i++) {
         const char *name = alloy_model_tensor(m0, i)->name;
@@ -560,11 +490,11 @@ static int add_layers(struct builder *b, const struct alloy_slice *s, size_t si,
     struct alloy_plan *p = b->p;
     const struct alloy_config *cfg = p->cfg;
     int lead = base_src >= 0 ? base_src : 0;
-    const struct stack *st0 = &b->stacks[srcs[lead].model];
+    const struct alloy_layer_stack *st0 = &b->stacks[srcs[lead].model];
     long long len = -1;
     long long start[n];
     for (int i = 0; i < n; i++) {
-        const struct stack *st = &b->stacks[srcs[i].model];
+        const struct alloy_layer_stack *st = &b->stacks[srcs[i].model];
         const struct alloy_source *src = srcs[i].src ? srcs[i].src : NULL;
         long long a = 0, e = st->nlayers;
         if (src && src->has_range) a = src->layer_range[0], e = src->layer_range[1];
@@ -630,7 +560,7 @@ static int plan_tensors(struct builder *b)
         for (size_t i = 0; i < cfg->slices[0].nsources; i++)
             lint_params(b, &cfg->slices[0].sources[i].params, cfg->slices[0].sources[i].model, 1);
         int lead = bfirst >= 0 ? bfirst : 0;
-        const struct stack *st = &b->stacks[first[lead].model];
+        const struct alloy_layer_stack *st = &b->stacks[first[lead].model];
         const struct alloy_model *m0 = p->models[first[lead].model];
         size_t count = alloy_model_count(m0), plen0 = st->prefix ? strlen(st->prefix) : 0;
         for (size_t i = 0; i < count && !rc; i++) {
@@ -791,12 +721,12 @@ int alloy_plan_build_given(const struct alloy_config *cfg, const struct alloy_me
     p->donor = p->base >= 0 ? p->base : 0;
     if (p->tokenizer_donor < 0) p->tokenizer_donor = p->donor;
     if (!o->copy_tokenizer || p->vocab) p->tokenizer_donor = -1; /* a built tokenizer is always written */
-    for (size_t i = 0; i < p->nmodels; i++) stack_free(&b.stacks[i]);
+    for (size_t i = 0; i < p->nmodels; i++) alloy_plan_stack_free(&b.stacks[i]);
     free(b.stacks);
     *out = p;
     return ALLOY_OK;
 fail:
-    for (size_t i = 0; i < p->nmodels; i++) stack_free(&b.stacks[i]);
+    for (size_t i = 0; i < p->nmodels; i++) alloy_plan_stack_free(&b.stacks[i]);
     free(b.stacks);
     alloy_plan_free(p);
     return rc;
