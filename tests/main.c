@@ -88,6 +88,7 @@ int test_run(const char *cmd, char **out)
 
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--rss-run") == 0) return test_rss_helper(argv[2]); /* test_run_rss */
     const char *filter = argc > 1 ? argv[1] : NULL;
     int passed = 0, failed = 0;
     struct timespec t0, t1;

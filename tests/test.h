@@ -40,6 +40,8 @@ int test_write_text(const char *path, const char *text);
 int test_write_model(const char *dir, const struct test_tensor *t, int n, const char *config_json);
 /* Runs a shell command (output discarded) and reports its peak resident set in KiB. Returns the exit status. */
 int test_run_rss(const char *cmd, long *maxrss_kib);
+/* The runner's --rss-run mode (main.c): runs cmd, writes its peak RSS in KiB to fd 3. */
+int test_rss_helper(const char *cmd);
 
 /* FNV-1a over the names and bytes of every regular file of a folder (symlinks not followed), in
  * name order: equal before and after proves the folder unchanged. */

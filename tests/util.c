@@ -77,20 +77,46 @@ int test_write_model(const char *dir, const struct test_tensor *t, int n, const 
     return test_write_text(path, config_json);
 }
 
+/* The peak RSS of `sh -c cmd`. A child forked from this runner starts with the runner's resident pages in
+ * its own count (and exec records that peak), so the measurement runs in a freshly exec'd copy of the
+ * runner (test_rss_helper, small), which forks the command and reports wait4's ru_maxrss on fd 3. */
 int test_run_rss(const char *cmd, long *maxrss_kib)
 {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
+        close(fds[0]);
+        if (dup2(fds[1], 3) < 0) _exit(127);
+        execl("/proc/self/exe", "alloy_tests", "--rss-run", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char buf[64] = {0};
+    ssize_t n = read(fds[0], buf, sizeof buf - 1);
+    close(fds[0]);
+    int st;
+    if (waitpid(pid, &st, 0) != pid || n <= 0) return -1;
+    *maxrss_kib = strtol(buf, NULL, 10);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int test_rss_helper(const char *cmd)
+{
+    pid_t pid = fork();
+    if (pid < 0) return 127;
+    if (pid == 0) {
+        close(3);
         freopen("/dev/null", "w", stdout);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
     int st;
     struct rusage ru;
-    if (wait4(pid, &st, 0, &ru) != pid) return -1;
-    *maxrss_kib = ru.ru_maxrss;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    if (wait4(pid, &st, 0, &ru) != pid) return 127;
+    dprintf(3, "%ld\n", ru.ru_maxrss);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 127;
 }
 
 static uint64_t hash_file(const char *path, uint64_t h)
