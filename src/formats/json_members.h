@@ -41,4 +41,14 @@ int json_members(const char *s, size_t from, size_t to, int (*fn)(void *ctx, con
 json_t *json_part(const char *s, size_t a, size_t b, const char *label, const char *prefix, int *rc,
                   struct alloy_err *err);
 
+/* The fast path for the common key or value: when s[a, b) is a string token whose contents are printable
+ * ASCII without escapes (what jansson would decode to the same bytes), sets *p and *n to the contents and
+ * returns 1. Otherwise returns 0, and the caller parses the token with json_part (which decodes escapes and
+ * reports errors). */
+int json_plain_string(const char *s, size_t a, size_t b, const char **p, size_t *n);
+
+/* The same for a non-negative integer token s[a, b) of at most 18 digits without a leading zero (any value
+ * jansson reads as that integer); 1 with *v set, else 0. */
+int json_plain_uint(const char *s, size_t a, size_t b, unsigned long long *v);
+
 #endif
