@@ -2,9 +2,10 @@
  * strmap.c — see strmap.h.
  *
  * DESIGN
- *   Linear probing in a power-of-two table kept at most half full. Each key's
- *   64-bit FNV-1a hash picks its home slot with the low bits, and its high 32
- *   bits are stored beside the key as a tag, so a probe compares strings only
+ *   Linear probing in a power-of-two table kept at most half full. Each
+ *   key's 64-bit hash (seeded per process, read eight bytes at a time) picks
+ *   its home slot with the low bits, and its high 32 bits are stored beside
+ *   the key as a tag, so a probe compares strings only
  *   when the tags match (almost only for the key itself). Growing rehashes
  *   each key once; alloy_strmap_reserve sizes the table up front when the
  *   count is known (a header's tensors), so large tables are built without
@@ -13,11 +14,37 @@
 #include "core/strmap.h"
 #include "core/internal.h"
 
+#include <stdatomic.h>
+#include <sys/auxv.h>
+
+/* A per-process key from the kernel's AT_RANDOM bytes: names that collide in one run do not in the next, so a
+ * header cannot be built to make every probe walk the whole table. */
+static uint64_t hash_seed(void)
+{
+    const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
+    uint64_t k = 0x9e3779b97f4a7c15ull;
+    if (r) memcpy(&k, r + 8, sizeof k);
+    return k | 1;
+}
+
+/* Eight bytes at a time: multiply-rotate rounds, then a final avalanche (all 64 bits feed the slot's low bits). */
 static uint64_t hash_str(const char *s)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h ^ (h >> 29); /* the low bits pick the slot: fold the better-mixed high bits in */
+    static _Atomic uint64_t seed; /* racing threads store the same value */
+    uint64_t h = atomic_load_explicit(&seed, memory_order_relaxed), w;
+    if (!h) atomic_store_explicit(&seed, h = hash_seed(), memory_order_relaxed);
+    size_t n = strlen(s), i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        h = ((h ^ w) * 0x9e3779b97f4a7c15ull);
+        h = (h << 29) | (h >> 35);
+    }
+    w = 0;
+    memcpy(&w, s + i, n - i);
+    h = (h ^ w ^ ((uint64_t)n << 56)) * 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 31;
+    h *= 0x94d049bb133111ebull;
+    return h ^ (h >> 29);
 }
 
 static int resize(struct alloy_strmap *m, size_t ncap)

@@ -435,6 +435,15 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
 
 static const struct alloy_tensor_file_ops st_ops;
 
+/* After parsing nothing points into the header (names and metadata are copies): its mapped pages leave
+ * the process (the page cache keeps them), so a header costs memory only while it is parsed. */
+static void release_header(const struct alloy_st_file *f)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t end = ((uintptr_t)f->data) & ~(page - 1);
+    if (f->owns_map && end > (uintptr_t)f->map) madvise((void *)f->map, end - (uintptr_t)f->map, MADV_DONTNEED);
+}
+
 static int open_common(struct alloy_st_file *f, struct alloy_st_file **out, struct alloy_err *err)
 {
     int rc = parse_header(f, err);
@@ -442,6 +451,7 @@ static int open_common(struct alloy_st_file *f, struct alloy_st_file **out, stru
         alloy_st_close(f);
         return rc;
     }
+    release_header(f);
     *out = f;
     return ALLOY_OK;
 }
