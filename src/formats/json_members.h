@@ -8,7 +8,9 @@
  *   and value begin and end, so the caller hands jansson one member at a time
  *   and frees it before the next. The scanner checks structure only (strings
  *   closed, brackets balanced, commas and colons in place): every key and
- *   value is still parsed, and so validated, by jansson. It never recurses
+ *   value is still parsed, and so validated, by jansson, except the plain
+ *   strings and integers that json_plain_string / json_plain_uint accept
+ *   (their text is their value, valid by construction). It never recurses
  *   and allocates nothing; O(n) in the text. json_part bounds each tree: a
  *   member other than a string is parsed only up to JSON_PART_MAX bytes.
  */

@@ -20,6 +20,10 @@
  *   alloy also rejects duplicate names (the reference silently overwrites),
  *   more than ALLOY_MAX_DIMS dimensions and extra keys are ignored as the
  *   reference does. Leading/trailing JSON whitespace in the header is allowed.
+ *   Parsing walks the header one member at a time (json_members.h); a plain
+ *   record is read by fast_entry, anything else by jansson (parse_entry),
+ *   with the same verdicts. Names live in one arena, and the header's mapped
+ *   pages are released once parsed.
  */
 #include "core/arena.h"
 #include "core/internal.h"
