@@ -92,6 +92,54 @@ TEST(st_accepts_valid_edge_cases)
     free(buf);
 }
 
+/* The record fast path (plain strings and integers, no jansson tree) must give the verdict and values jansson
+ * gives: every spelling below is either the record F32 [1, 2] at [0, 8] or an error, decided by the JSON rules. */
+TEST(st_record_spellings_fast_and_slow_agree)
+{
+    static const struct { const char *rec; int ok; } cases[] = {
+        {"{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8]}", 1},
+        {" {\n \"data_offsets\" : [ 0 , 8 ] ,\t\"shape\":[ 1,2 ] , \"dtype\" : \"F32\" } ", 1},
+        {"{\"dtype\":\"F\\u0033\\u0032\",\"shape\":[1,2],\"data_offsets\":[0,8]}", 1},           /* escapes */
+        {"{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8],\"x\":[1,{\"y\":-2.5}]}", 1}, /* extra key */
+        {"{\"sh\\u0061pe\":[1,2],\"dtype\":\"F32\",\"data_offsets\":[0,8]}", 1},
+        {"{\"dtype\":\"F32\",\"shape\":[01,2],\"data_offsets\":[0,8]}", 0},  /* leading zero: not JSON */
+        {"{\"dtype\":\"F32\",\"shape\":[1,-2],\"data_offsets\":[0,8]}", 0},
+        {"{\"dtype\":\"F32\",\"shape\":[1,2.0],\"data_offsets\":[0,8]}", 0}, /* a real, not an integer */
+        {"{\"dtype\":\"F32\",\"shape\":[1,2e0],\"data_offsets\":[0,8]}", 0},
+        {"{\"dtype\":\"F32\",\"shape\":[1,2,],\"data_offsets\":[0,8]}", 0},
+        {"{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8]}", 0}, /* duplicate key */
+        {"{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8,8]}", 0},
+        {"{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,99999999999999999999]}", 0},
+        {"{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8]", 0},
+        {"{\"dtype\":\"F32\",\"shape\":[1,2]}", 0},
+        {"{\"dtype\":\"F32\\u0000\",\"shape\":[1,2],\"data_offsets\":[0,8]}", 0},
+        {"{\"dtype\":\"F\t32\",\"shape\":[1,2],\"data_offsets\":[0,8]}", 0}, /* a raw control character */
+        {"{\"dtype\":\"X32\",\"shape\":[1,2],\"data_offsets\":[0,8]}", 0},
+        {"{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,2],\"data_offsets\":[0,8]}", 0},
+    };
+    const uint8_t data[8] = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char header[512];
+        snprintf(header, sizeof header, "{\"a\\\"b\":%s}", cases[i].rec);
+        size_t len;
+        uint8_t *buf = make_file(header, data, sizeof data, &len);
+        struct alloy_st_file *f = NULL;
+        struct alloy_err err = {0};
+        int rc = alloy_st_open_memory(buf, len, "t.safetensors", &f, &err);
+        CHECK_MSG((rc == ALLOY_OK) == cases[i].ok, "case %zu: %s: %s", i, cases[i].rec, err.msg);
+        const struct alloy_tensor *t = f ? alloy_st_find(f, "a\"b") : NULL;
+        if (cases[i].ok && t) {
+            CHECK(t->dtype == ALLOY_DTYPE_F32 && t->ndim == 2 && t->shape[0] == 1 && t->shape[1] == 2 && t->nbytes == 8);
+        } else if (cases[i].ok) {
+            CHECK_MSG(0, "case %zu: no tensor named a\"b", i);
+        } else {
+            CHECK_MSG(strstr(err.msg, "t.safetensors") != NULL, "case %zu: %s", i, err.msg);
+        }
+        alloy_st_close(f);
+        free(buf);
+    }
+}
+
 TEST(st_rule_header_too_small)
 {
     uint8_t buf[7] = {1, 0, 0, 0, 0, 0, 0};

@@ -14,6 +14,7 @@ struct alloy_strmap {
     size_t cap;         /* power of two, 0 when empty */
     size_t count;
     const char **keys;
+    uint32_t *tags;     /* the high half of each key's hash: most mismatches end without strcmp */
     size_t *vals;
 };
 
@@ -22,6 +23,8 @@ struct alloy_strmap {
 int  alloy_strmap_put(struct alloy_strmap *m, const char *key, size_t val, int *existing);
 /* Returns 1 and sets *val when found, else 0. */
 int  alloy_strmap_get(const struct alloy_strmap *m, const char *key, size_t *val);
+/* Sizes the table for n keys at once (no regrowth while they are put); 0, or -1 on allocation failure. */
+int  alloy_strmap_reserve(struct alloy_strmap *m, size_t n);
 void alloy_strmap_free(struct alloy_strmap *m);
 
 #endif

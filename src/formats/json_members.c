@@ -120,3 +120,25 @@ json_t *json_part(const char *s, size_t a, size_t b, const char *label, const ch
                             a + (size_t)jerr.position);
     return j;
 }
+
+int json_plain_string(const char *s, size_t a, size_t b, const char **p, size_t *n)
+{
+    if (b - a < 2 || s[a] != '"' || s[b - 1] != '"') return 0;
+    for (size_t i = a + 1; i < b - 1; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e || s[i] == '\\' || s[i] == '"') return 0;
+    *p = s + a + 1;
+    *n = b - a - 2;
+    return 1;
+}
+
+int json_plain_uint(const char *s, size_t a, size_t b, unsigned long long *v)
+{
+    if (a >= b || b - a > 18 || (s[a] == '0' && b - a > 1)) return 0;
+    unsigned long long x = 0;
+    for (size_t i = a; i < b; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        x = x * 10 + (unsigned)(s[i] - '0');
+    }
+    *v = x;
+    return 1;
+}

@@ -8,7 +8,9 @@
  *   and value begin and end, so the caller hands jansson one member at a time
  *   and frees it before the next. The scanner checks structure only (strings
  *   closed, brackets balanced, commas and colons in place): every key and
- *   value is still parsed, and so validated, by jansson. It never recurses
+ *   value is still parsed, and so validated, by jansson, except the plain
+ *   strings and integers that json_plain_string / json_plain_uint accept
+ *   (their text is their value, valid by construction). It never recurses
  *   and allocates nothing; O(n) in the text. json_part bounds each tree: a
  *   member other than a string is parsed only up to JSON_PART_MAX bytes.
  */
@@ -40,5 +42,15 @@ int json_members(const char *s, size_t from, size_t to, int (*fn)(void *ctx, con
  * unparsed. */
 json_t *json_part(const char *s, size_t a, size_t b, const char *label, const char *prefix, int *rc,
                   struct alloy_err *err);
+
+/* The fast path for the common key or value: when s[a, b) is a string token whose contents are printable
+ * ASCII without escapes (what jansson would decode to the same bytes), sets *p and *n to the contents and
+ * returns 1. Otherwise returns 0, and the caller parses the token with json_part (which decodes escapes and
+ * reports errors). */
+int json_plain_string(const char *s, size_t a, size_t b, const char **p, size_t *n);
+
+/* The same for a non-negative integer token s[a, b) of at most 18 digits without a leading zero (any value
+ * jansson reads as that integer); 1 with *v set, else 0. */
+int json_plain_uint(const char *s, size_t a, size_t b, unsigned long long *v);
 
 #endif

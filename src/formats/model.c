@@ -23,6 +23,7 @@
  *   tokenizer.model is refused, never read or copied. Shards follow the
  *   same rule: a model.safetensors linking to a file elsewhere is refused.
  */
+#include "core/arena.h"
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "formats/formats.h"
@@ -211,6 +212,8 @@ static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, 
     }
     if (strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's, kept */
         qsort(m->tensors + first, added, sizeof *m->tensors, cmp_tensor_offset);
+    if (alloy_strmap_reserve(&m->index, m->count + added) != 0)
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
     for (size_t i = 0; i < added; i++) {
         const struct alloy_tensor *t = m->tensors[first + i];
         int rc = add_tensor(m, t, err);
@@ -221,15 +224,18 @@ static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, 
 
 /* ------------------------------------------------------------ the index, one weight_map entry at a time */
 
-/* The index is walked with json_members (formats/json_members.h): jansson
- * parses one key or value at a time, and what is kept per entry is its name
- * and shard number, so memory stays a small multiple of the index size. */
+/* The index is walked with json_members (formats/json_members.h): a plain
+ * key or shard name is taken as it stands in the text, any other is decoded
+ * by jansson one at a time, and what is kept per entry is its name (in an
+ * arena) and shard number, so memory stays a small multiple of the index
+ * size. */
 struct index_walk {
     struct alloy_model *m;
     const char *path;
     struct alloy_strmap names;  /* tensor name -> shard number */
     struct alloy_strmap shards; /* shard file name -> shard number (order of first appearance) */
-    char **strs;                /* owned: names[i] is strs[2i], its shard's file name is strs[2i + 1] or NULL */
+    struct alloy_arena arena;   /* the names and shard file names */
+    const char **strs;          /* names[i] is strs[i] */
     size_t n, cap;
     size_t wm_from, wm_to;      /* the weight_map value in the text */
     int has_wm;
@@ -265,72 +271,85 @@ static int index_shard(struct index_walk *w, const char *key, const char *fname,
 {
     int known = 0;
     if (alloy_strmap_get(&w->shards, fname, shard)) return ALLOY_OK;
-    char *path = NULL, *own = NULL;
+    if (!*fname || strstr(fname, "..") || fname[0] == '/')
+        return alloy_err_set(w->err, ALLOY_ERR_FORMAT,
+                             "%s: weight_map: '%s': shard name \"%s\" must be a file in the model folder", w->path,
+                             key, fname);
+    char *path = NULL;
+    const char *own;
     int rc = alloy_folder_file(w->m->dir, fname, &path, w->err); /* the trust rule: inside the model root */
     struct alloy_tensor_file *f;
     if (rc) return rc;
-    if (!(own = alloy_xstrdup(fname))) rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
-    else if (!alloy_is_file(path))
+    if (!alloy_is_file(path))
         rc = alloy_err_set(w->err, ALLOY_ERR_IO, "%s: weight_map: '%s': shard %s does not exist", w->path, key, path);
     else if (!(rc = add_file(w->m, path, &f, w->err))) {
         *shard = w->m->nfiles - 1;
-        w->strs[2 * w->n + 1] = own;
-        own = NULL;
-        if (alloy_strmap_put(&w->shards, w->strs[2 * w->n + 1], *shard, &known) != 0)
+        if (!(own = alloy_arena_strndup(&w->arena, fname, strlen(fname))) ||
+            alloy_strmap_put(&w->shards, own, *shard, &known) != 0)
             rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
     }
     free(path);
-    free(own);
     return rc;
 }
 
-static int index_grow(struct index_walk *w)
+/* A string member's text: as it stands when plain, else decoded by jansson into *tree (decref'd by the caller). */
+static const char *index_string(struct index_walk *w, const char *s, size_t a, size_t b, json_t **tree, int *rc,
+                                char *buf, size_t bufsize)
 {
-    if (w->n < w->cap) return 0;
-    size_t nc = w->cap ? 2 * w->cap : 64;
-    char **ns = alloy_xrealloc(w->strs, nc * 2 * sizeof *ns);
-    if (!ns) return -1;
-    w->strs = ns;
-    w->cap = nc;
-    return 0;
+    const char *p;
+    size_t n;
+    *tree = NULL;
+    if (json_plain_string(s, a, b, &p, &n) && n < bufsize) {
+        memcpy(buf, p, n);
+        buf[n] = '\0';
+        return buf;
+    }
+    if (!(*tree = index_part(w, s, a, b, rc))) return NULL;
+    return json_string_value(*tree); /* NULL for a value that is not a string */
 }
 
 static int index_entry(void *ctx, const char *s, const struct json_member *mb)
 {
     struct index_walk *w = ctx;
     int rc = ALLOY_OK, dup = 0;
-    json_t *k = index_part(w, s, mb->ks, mb->ke, &rc), *v = k ? index_part(w, s, mb->vs, mb->ve, &rc) : NULL;
-    if (!v) goto out;
-    const char *key = json_string_value(k), *fname = json_string_value(v);
+    char kbuf[512], vbuf[512];
+    json_t *k, *v = NULL;
+    const char *key = index_string(w, s, mb->ks, mb->ke, &k, &rc, kbuf, sizeof kbuf);
+    const char *fname = key ? index_string(w, s, mb->vs, mb->ve, &v, &rc, vbuf, sizeof vbuf) : NULL;
     size_t shard = 0;
-    if (!json_is_string(v)) {
+    if (!key || (!fname && rc)) goto out;
+    if (!fname) {
         rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: weight_map: '%s': expected a shard file name", w->path, key);
-    } else if (!*fname || strstr(fname, "..") || fname[0] == '/') {
-        rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT,
-                           "%s: weight_map: '%s': shard name \"%s\" must be a file in the model folder", w->path, key,
-                           fname);
-    } else if (index_grow(w)) {
-        rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
-    } else {
-        w->strs[2 * w->n] = alloy_xstrdup(key);
-        w->strs[2 * w->n + 1] = NULL;
-        if (!w->strs[2 * w->n]) rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
-        else if (!(rc = index_shard(w, key, fname, &shard))) {
+    } else if (w->n == w->cap) {
+        rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: weight_map changed while read", w->path);
+    } else if (!(rc = index_shard(w, key, fname, &shard))) {
+        if (!(w->strs[w->n] = alloy_arena_strndup(&w->arena, key, strlen(key))) ||
+            alloy_strmap_put(&w->names, w->strs[w->n], shard, &dup) != 0)
+            rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
+        else if (dup)
+            rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: not valid JSON: weight_map: duplicate key '%s'",
+                               w->path, key);
+        else
             w->n++;
-            if (alloy_strmap_put(&w->names, w->strs[2 * w->n - 2], shard, &dup) != 0)
-                rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
-            else if (dup)
-                rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: not valid JSON: weight_map: duplicate key '%s'",
-                                   w->path, key);
-        } else {
-            free(w->strs[2 * w->n]);
-            free(w->strs[2 * w->n + 1]);
-        }
     }
 out:
     json_decref(k);
     json_decref(v);
     return rc;
+}
+
+/* Every indexed tensor must exist in its shard: the tensors added are indexed ones, each once, so only a
+ * shortfall needs a search for the missing name. */
+static int index_complete(struct alloy_model *m, const struct index_walk *w, struct alloy_err *err)
+{
+    for (size_t i = 0; i < w->n && m->count != w->n; i++) {
+        size_t k = 0;
+        if (alloy_strmap_get(&m->index, w->strs[i], NULL)) continue;
+        alloy_strmap_get(&w->names, w->strs[i], &k);
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: tensor '%s' is not in shard %s", w->path,
+                             w->strs[i], alloy_tensor_file_path(m->files[k]));
+    }
+    return ALLOY_OK;
 }
 
 static int open_index(struct alloy_model *m, const char *index_path, struct alloy_err *err)
@@ -345,19 +364,18 @@ static int open_index(struct alloy_model *m, const char *index_path, struct allo
     if (!rc && (!w.has_wm || text[w.wm_from] != '{'))
         rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: expected an object of tensor name -> shard file",
                            index_path);
+    if (!rc) rc = json_members(text, w.wm_from, w.wm_to, NULL, NULL, &count, &what, &at); /* the size first */
+    if (!rc && (!(w.strs = alloy_xcalloc(count ? count : 1, sizeof *w.strs)) ||
+                alloy_strmap_reserve(&w.names, count) != 0))
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu entries", index_path, count);
+    w.cap = count;
     if (!rc) rc = json_members(text, w.wm_from, w.wm_to, index_entry, &w, &count, &what, &at);
     if (rc < 0) rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: not valid JSON: %s (byte %zu)", index_path, what, at);
     free(text);
     for (size_t k = 0; k < m->nfiles && !rc; k++) rc = add_file_tensors(m, m->files[k], &w.names, k, err);
-    for (size_t i = 0; i < w.n && !rc; i++) { /* every indexed tensor must exist in its shard */
-        size_t k = 0;
-        if (alloy_strmap_get(&m->index, w.strs[2 * i], NULL)) continue;
-        alloy_strmap_get(&w.names, w.strs[2 * i], &k);
-        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: tensor '%s' is not in shard %s", index_path,
-                           w.strs[2 * i], alloy_tensor_file_path(m->files[k]));
-    }
-    for (size_t i = 0; i < 2 * w.n; i++) free(w.strs[i]);
+    if (!rc) rc = index_complete(m, &w, err);
     free(w.strs);
+    alloy_arena_free(&w.arena);
     alloy_strmap_free(&w.names);
     alloy_strmap_free(&w.shards);
     return rc;

@@ -20,7 +20,12 @@
  *   alloy also rejects duplicate names (the reference silently overwrites),
  *   more than ALLOY_MAX_DIMS dimensions and extra keys are ignored as the
  *   reference does. Leading/trailing JSON whitespace in the header is allowed.
+ *   Parsing walks the header one member at a time (json_members.h); a plain
+ *   record is read by fast_entry, anything else by jansson (parse_entry),
+ *   with the same verdicts. Names live in one arena, and the header's mapped
+ *   pages are released once parsed.
  */
+#include "core/arena.h"
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "formats/formats.h"
@@ -29,12 +34,14 @@
 #include "formats/tensor_file.h"
 
 #include <jansson.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 struct alloy_st_file {
     struct alloy_tensor_file base; /* path, tensors in header order, name index (tensor_file.h) */
     struct alloy_mapped m;  /* the whole file (fd -1 for in-memory images) */
     const uint8_t *data;    /* start of the data buffer */
-    char **names;
+    struct alloy_arena names; /* the tensors' names */
     size_t nmeta;
     char **meta;            /* key0, value0, key1, value1, ... */
 };
@@ -118,6 +125,106 @@ static int parse_entry(const char *label, const char *name, json_t *v, struct al
     return ALLOY_OK;
 }
 
+/* ------------------------------------------------------------ the fast path for one record */
+
+/* A cursor over one header record. The fast path reads the record every
+ * writer emits, {"dtype": "X", "shape": [..], "data_offsets": [b, e]} in any
+ * order with plain strings and integers, without building a jansson tree.
+ * Anything else (escapes, extra or repeated keys, negative or huge numbers,
+ * unknown dtypes, too many dimensions) returns 0 and goes to parse_entry,
+ * which accepts exactly what the fast path accepts, with the same values,
+ * and reports every error; so the fast path changes no verdict. */
+struct rec { const char *s; size_t i, n; };
+
+static void rec_ws(struct rec *r)
+{
+    while (r->i < r->n && (r->s[r->i] == ' ' || r->s[r->i] == '\t' || r->s[r->i] == '\n' || r->s[r->i] == '\r'))
+        r->i++;
+}
+
+static int rec_char(struct rec *r, char ch)
+{
+    rec_ws(r);
+    if (r->i >= r->n || r->s[r->i] != ch) return 0;
+    r->i++;
+    return 1;
+}
+
+static int rec_string(struct rec *r, const char **p, size_t *len)
+{
+    rec_ws(r);
+    size_t a = r->i, e = a + 1;
+    if (a >= r->n || r->s[a] != '"') return 0;
+    while (e < r->n && r->s[e] != '"' && r->s[e] != '\\') e++;
+    if (e >= r->n || r->s[e] != '"') return 0;
+    r->i = e + 1;
+    return json_plain_string(r->s, a, e + 1, p, len);
+}
+
+/* [u, u, ...] of at most max plain non-negative integers. */
+static int rec_uints(struct rec *r, uint64_t *out, size_t max, size_t *count)
+{
+    *count = 0;
+    if (!rec_char(r, '[')) return 0;
+    if (rec_char(r, ']')) return 1;
+    for (;;) {
+        unsigned long long v;
+        rec_ws(r);
+        size_t a = r->i;
+        while (r->i < r->n && r->s[r->i] >= '0' && r->s[r->i] <= '9') r->i++;
+        if (*count == max || !json_plain_uint(r->s, a, r->i, &v)) return 0;
+        out[(*count)++] = v;
+        if (!rec_char(r, ',')) return rec_char(r, ']');
+    }
+}
+
+static int fast_field(struct rec *r, const char *k, size_t kn, unsigned *seen, struct alloy_tensor *t,
+                      uint64_t *begin, uint64_t *end)
+{
+    uint64_t v[ALLOY_MAX_DIMS];
+    size_t n;
+    if (kn == 5 && memcmp(k, "dtype", 5) == 0 && !(*seen & 1)) {
+        const char *d;
+        char buf[16];
+        if (!rec_string(r, &d, &n) || n >= sizeof buf) return 0;
+        memcpy(buf, d, n);
+        buf[n] = '\0';
+        *seen |= 1;
+        return alloy_dtype_parse(buf, 0, &t->dtype) == 0;
+    }
+    if (kn == 5 && memcmp(k, "shape", 5) == 0 && !(*seen & 2)) {
+        if (!rec_uints(r, v, ALLOY_MAX_DIMS, &n)) return 0;
+        t->ndim = (int)n;
+        for (size_t d = 0; d < n; d++) t->shape[d] = (int64_t)v[d];
+        *seen |= 2;
+        return 1;
+    }
+    if (kn == 12 && memcmp(k, "data_offsets", 12) == 0 && !(*seen & 4)) {
+        if (!rec_uints(r, v, 2, &n) || n != 2) return 0;
+        *begin = v[0];
+        *end = v[1];
+        *seen |= 4;
+        return 1;
+    }
+    return 0;
+}
+
+/* 1 when s[a, b) is a common record, parsed into t, *begin, *end; 0 to parse it with jansson. */
+static int fast_entry(const char *s, size_t a, size_t b, struct alloy_tensor *t, uint64_t *begin, uint64_t *end)
+{
+    struct rec r = {s, a, b};
+    unsigned seen = 0;
+    if (b - a > JSON_PART_MAX || !rec_char(&r, '{')) return 0;
+    do {
+        const char *k;
+        size_t kn;
+        if (!rec_string(&r, &k, &kn) || !rec_char(&r, ':') || !fast_field(&r, k, kn, &seen, t, begin, end)) return 0;
+    } while (rec_char(&r, ','));
+    if (!rec_char(&r, '}') || seen != 7) return 0;
+    rec_ws(&r);
+    return r.i == r.n;
+}
+
 /* ------------------------------------------------------------ the header, one member at a time */
 
 struct hdr_ctx {
@@ -181,19 +288,21 @@ static int parse_meta(struct hdr_ctx *c, const char *s, const struct json_member
     return rc < 0 ? scan_error(c, what, at) : rc;
 }
 
-static int add_entry(struct hdr_ctx *c, const char *key, const char *s, const struct json_member *m)
+static int add_entry(struct hdr_ctx *c, const char *key, size_t klen, const char *s, const struct json_member *m)
 {
     struct alloy_st_file *f = c->f;
     size_t i = f->base.count;
     struct alloy_tensor *t = &f->base.tensors[i];
     int rc = ALLOY_OK, dup = 0;
-    json_t *val = load_part(c, s, m->vs, m->ve, &rc);
-    if (!val) return rc;
-    rc = parse_entry(c->label, key, val, t, &c->begins[2 * i], &c->begins[2 * i + 1], c->err);
-    json_decref(val);
-    if (rc) return rc;
-    if (!(f->names[i] = alloy_xstrdup(key))) return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
-    t->name = f->names[i];
+    if (!(t->name = alloy_arena_strndup(&f->names, key, klen)))
+        return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
+    if (!fast_entry(s, m->vs, m->ve, t, &c->begins[2 * i], &c->begins[2 * i + 1])) {
+        json_t *val = load_part(c, s, m->vs, m->ve, &rc);
+        if (!val) return rc;
+        rc = parse_entry(c->label, t->name, val, t, &c->begins[2 * i], &c->begins[2 * i + 1], c->err);
+        json_decref(val);
+        if (rc) return rc;
+    }
     t->file = &f->base;
     f->base.count++;
     /* stash offsets in data/nbytes fields for sorting; fixed up by check_layout */
@@ -202,18 +311,22 @@ static int add_entry(struct hdr_ctx *c, const char *key, const char *s, const st
     c->sorted[i] = t;
     if (alloy_strmap_put(&f->base.index, t->name, i, &dup) != 0)
         return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
-    if (dup) return alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name", c->label, key);
+    if (dup) return alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name", c->label, t->name);
     return ALLOY_OK;
 }
 
 static int header_member(void *vctx, const char *s, const struct json_member *m)
 {
     struct hdr_ctx *c = vctx;
+    const char *p;
+    size_t n;
+    if (json_plain_string(s, m->ks, m->ke, &p, &n))
+        return n == 12 && memcmp(p, "__metadata__", 12) == 0 ? parse_meta(c, s, m) : add_entry(c, p, n, s, m);
     int rc = ALLOY_OK;
     json_t *k = load_part(c, s, m->ks, m->ke, &rc);
     if (!k) return rc;
     const char *key = json_string_value(k);
-    rc = strcmp(key, "__metadata__") == 0 ? parse_meta(c, s, m) : add_entry(c, key, s, m);
+    rc = strcmp(key, "__metadata__") == 0 ? parse_meta(c, s, m) : add_entry(c, key, strlen(key), s, m);
     json_decref(k);
     return rc;
 }
@@ -304,10 +417,9 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
         return scan_error(&c, what, at);
     }
     f->base.tensors = alloy_xcalloc(count, sizeof *f->base.tensors);
-    f->names = alloy_xcalloc(count, sizeof *f->names);
     c.begins = alloy_xcalloc(count * 2, sizeof *c.begins);
     c.sorted = alloy_xcalloc(count, sizeof *c.sorted);
-    if (!f->base.tensors || !f->names || !c.begins || !c.sorted)
+    if (!f->base.tensors || !c.begins || !c.sorted || alloy_strmap_reserve(&f->base.index, count) != 0)
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu tensors", label, count);
     if (!rc) rc = json_members(hdr, 0, (size_t)n, header_member, &c, &count, &what, &at);
     if (rc < 0) rc = scan_error(&c, what, at);
@@ -320,6 +432,15 @@ static int parse_header(struct alloy_st_file *f, struct alloy_err *err)
 
 static const struct alloy_tensor_file_ops st_ops;
 
+/* After parsing nothing points into the header (names and metadata are copies): its mapped pages leave
+ * the process (the page cache keeps them), so a header costs memory only while it is parsed. */
+static void release_header(const struct alloy_st_file *f)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t end = ((uintptr_t)f->data) & ~(page - 1);
+    if (f->m.owns_map && end > (uintptr_t)f->m.map) madvise((void *)f->m.map, end - (uintptr_t)f->m.map, MADV_DONTNEED);
+}
+
 static int open_common(struct alloy_st_file *f, struct alloy_st_file **out, struct alloy_err *err)
 {
     int rc = parse_header(f, err);
@@ -327,6 +448,7 @@ static int open_common(struct alloy_st_file *f, struct alloy_st_file **out, stru
         alloy_st_close(f);
         return rc;
     }
+    release_header(f);
     *out = f;
     return ALLOY_OK;
 }
@@ -365,10 +487,9 @@ void alloy_st_close(struct alloy_st_file *f)
 {
     if (!f) return;
     alloy_mapped_close(&f->m);
-    for (size_t i = 0; i < f->base.count; i++) free(f->names[i]);
     for (size_t i = 0; i < 2 * f->nmeta; i++) free(f->meta[i]);
     free(f->meta);
-    free(f->names);
+    alloy_arena_free(&f->names);
     free(f->base.tensors);
     alloy_strmap_free(&f->base.index);
     free(f->base.path);

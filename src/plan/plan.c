@@ -617,7 +617,7 @@ static int unique_names(struct builder *b)
 {
     const struct alloy_plan *p = b->p;
     struct alloy_strmap seen = {0};
-    int rc = ALLOY_OK;
+    int rc = alloy_strmap_reserve(&seen, p->ntensors) ? alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory") : 0;
     for (size_t i = 0; i < p->ntensors && !rc; i++) {
         int dup = 0;
         if (alloy_strmap_put(&seen, p->tensors[i].name, i, &dup) != 0)
