@@ -86,8 +86,11 @@ TEST(formats_dtype_blocks)
     CHECK(alloy_dtype_nbytes(ALLOY_DTYPE_F64, UINT64_MAX / 4, &n) == -1); /* overflow */
     for (int t = 0; t < ALLOY_DTYPE_COUNT; t++) {
         const struct alloy_dtype_traits *tr = alloy_dtype_traits((enum alloy_dtype)t);
-        CHECK_INT(tr->bits * tr->block, tr->block_bytes * 8);
-        CHECK_INT(tr->mergeable, tr->to_f32 != NULL && tr->from_f32 != NULL);
+        uint64_t one;
+        CHECK(alloy_dtype_nbytes((enum alloy_dtype)t, tr->block, &one) == 0 && one == tr->block_bytes);
+        CHECK_INT(tr->bits, tr->block_bytes * 8 / tr->block);
+        CHECK_INT(tr->mergeable, tr->to_f32 != NULL);
+        CHECK_INT(tr->from_f32 != NULL, tr->mergeable && t < ALLOY_DTYPE_FIRST_QUANT); /* quantizers: later */
     }
     /* the table's reference rows agree with the dispatching conversions */
     const struct alloy_dtype_traits *bf = alloy_dtype_traits(ALLOY_DTYPE_BF16);

@@ -21,6 +21,7 @@
  */
 #include "eval/eval.h"
 #include "core/internal.h"
+#include "formats/tensor_file.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -296,11 +297,12 @@ static int load_tensor(const struct alloy_model *mod, const char *dir, const cha
                              ws, fs);
     }
     if (!alloy_dtype_traits(t->dtype)->mergeable)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected a float dtype (F32, F16, BF16, F64), found %s",
-                             file, name, alloy_dtype_traits(t->dtype)->name);
-    if (dst) {
-        alloy_to_f32(t->dtype, t->data, dst, (size_t)t->numel);
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected a float or GGUF quantized dtype (F32, F16, "
+                             "BF16, F64, Q8_0, Q4_K, ...), found %s", file, name, alloy_dtype_traits(t->dtype)->name);
+    if (dst) { /* through the tensor file: blocks dequantized, GGUF's permuted rows in order */
+        int rc = alloy_tensor_read_f32(t, 0, (size_t)t->numel, dst, err);
         alloy_tensor_release(t);
+        return rc;
     }
     return ALLOY_OK;
 }

@@ -30,4 +30,8 @@ uint8_t *alloy_st_header(const struct alloy_tensor_desc *t, size_t n, size_t *le
 int alloy_model_from_image(const char *ref, const char *dir, uint8_t *image, size_t len, char *config_text,
                            struct alloy_model **out, struct alloy_err *err);
 
+/* For a GGUF model, its tokenizer.json rebuilt from the metadata (*text malloc'd) or the error saying why
+ * it cannot be; for any other model *text = NULL and ALLOY_OK (its folder's tokenizer.json is the one). */
+int alloy_model_gguf_tokenizer(const struct alloy_model *m, char **text, struct alloy_err *err);
+
 #endif

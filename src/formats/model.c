@@ -20,10 +20,16 @@
  *   tokenizer.model is refused, never read or copied. Shards may link
  *   anywhere (shared weight stores do): they are parsed as safetensors,
  *   anything else is refused, and their bytes are never copied verbatim.
+ *   A reference that is a GGUF file (recognised by its magic; the first
+ *   shard of a split model) is a model too: its tensors come with Hugging
+ *   Face names and shapes (gguf.c), config.json and tokenizer.json are
+ *   rebuilt from its metadata (gguf_meta.c), and its "folder" is the file
+ *   itself, so no file beside it is ever read or copied as its own.
  */
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "formats/formats.h"
+#include "formats/gguf.h"
 #include "formats/json_members.h"
 
 #include <jansson.h>
@@ -354,6 +360,26 @@ static int open_index(struct alloy_model *m, const char *index_path, struct allo
     return rc;
 }
 
+static int is_gguf_file(const char *path)
+{
+    char magic[4];
+    FILE *f = alloy_is_file(path) ? fopen(path, "rb") : NULL;
+    int yes = f && fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0;
+    if (f) fclose(f);
+    return yes;
+}
+
+/* A GGUF file as a model: one tensor file (all shards), config.json and tokenizer.json from the metadata. */
+static int open_gguf(struct alloy_model *m, struct alloy_err *err)
+{
+    struct alloy_tensor_file *f;
+    if (!(m->dir = alloy_xstrdup(m->ref))) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    int rc = add_file(m, m->ref, &f, err);
+    if (!rc) rc = add_file_tensors(m, f, NULL, 0, err);
+    if (!rc) rc = alloy_gguf_config_json(alloy_gguf_of(f), &m->config_text, err);
+    return rc; /* the tokenizer is rebuilt when asked for: a model without a usable one can still be merged */
+}
+
 int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err *err)
 {
     struct alloy_model *m = alloy_xcalloc(1, sizeof *m);
@@ -361,9 +387,14 @@ int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err
         free(m);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     }
-    int rc = resolve_ref(ref, &m->dir, err);
     char *index = NULL, *single = NULL, *config = NULL;
-    if (rc) goto fail;
+    int rc;
+    if (is_gguf_file(ref)) {
+        if ((rc = open_gguf(m, err))) goto fail;
+        *out = m;
+        return ALLOY_OK;
+    }
+    if ((rc = resolve_ref(ref, &m->dir, err))) goto fail;
     if ((rc = alloy_folder_file(m->dir, "model.safetensors.index.json", &index, err)) ||
         (rc = alloy_folder_file(m->dir, "config.json", &config, err)))
         goto fail;
@@ -447,6 +478,13 @@ const char *alloy_model_ref(const struct alloy_model *m) { return m->ref; }
 const char *alloy_model_dir(const struct alloy_model *m) { return m->dir; }
 size_t alloy_model_count(const struct alloy_model *m) { return m->count; }
 const char *alloy_model_config_text(const struct alloy_model *m) { return m->config_text; }
+
+int alloy_model_gguf_tokenizer(const struct alloy_model *m, char **text, struct alloy_err *err)
+{
+    struct alloy_gguf *g = m->nfiles == 1 && !m->image ? alloy_gguf_of(m->files[0]) : NULL;
+    *text = NULL;
+    return g ? alloy_gguf_tokenizer_json(g, text, err) : ALLOY_OK;
+}
 
 const struct alloy_tensor *alloy_model_tensor(const struct alloy_model *m, size_t i)
 {
