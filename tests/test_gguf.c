@@ -213,6 +213,11 @@ TEST(gguf_linear_merge_of_quantized_inputs)
     if (!a || !b || !m) goto done;
     CHECK_INT(alloy_model_count(m), 21);
     CHECK_STR_CONTAINS(alloy_model_config_text(m), "\"num_hidden_layers\": 2");
+    char tj[700];
+    snprintf(tj, sizeof tj, "%s/tokenizer.json", out); /* rebuilt from the donor's metadata */
+    char *text = test_read_file(tj, NULL);
+    CHECK_STR_CONTAINS(text, "\"ByteLevel\"");
+    free(text);
     for (size_t i = 0; i < alloy_model_count(m); i++) {
         const struct alloy_tensor *t = alloy_model_tensor(m, i);
         float *x = logical(a, t->name, 4, 2), *y = logical(b, t->name, 4, 2);
