@@ -336,11 +336,15 @@ static int add_tensor(struct hdr *h, const char *name, uint32_t nd, const int64_
     struct gguf_tensor *ti = &g->info[i];
     int dup = 0;
     *ti = (struct gguf_tensor){.shard = h->shard, .gguf_name = alloy_xstrdup(name)};
-    if (!ti->gguf_name || alloy_strmap_put(&g->gguf_names, ti->gguf_name, i, &dup) != 0)
-        return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
-    if (dup)
-        return alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name%s", c->label, name,
-                             h->shard ? " (also in an earlier shard)" : "");
+    int rc = !ti->gguf_name || alloy_strmap_put(&g->gguf_names, ti->gguf_name, i, &dup) != 0
+                 ? alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label)
+             : dup ? alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name%s", c->label, name,
+                                   h->shard ? " (also in an earlier shard)" : "")
+                   : ALLOY_OK;
+    if (rc) {
+        free(ti->gguf_name);
+        return rc;
+    }
     g->base.count++; /* from here on gguf_name is freed with the file */
     *t = (struct alloy_tensor){.dtype = (enum alloy_dtype)dtype, .ndim = (int)nd, .numel = numel,
                                .data = h->sh->map + data_off, .nbytes = nbytes, .file = &g->base};
