@@ -441,109 +441,20 @@ static int parse_shard(struct hdr *h)
 
 /* ------------------------------------------------------------ names, heads, metadata */
 
-static int find_kv(const struct alloy_gguf *g, const char *key, const struct gguf_kv **kv)
+int alloy_gguf_kv(const struct alloy_gguf *g, const char *key, uint32_t *type, uint32_t *elem, uint64_t *n,
+                  const uint8_t **value)
 {
     size_t i;
     if (!alloy_strmap_get(&g->kv_index, key, &i)) return 0;
-    *kv = &g->kv[i];
-    return 1;
-}
-
-static int type_err(const struct alloy_gguf *g, const char *key, const char *want, uint32_t found, struct alloy_err *err)
-{
-    alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected %s, found %s", g->base.path, key, want, g_vname[found]);
-    return -1;
-}
-
-static int64_t int_at(uint32_t type, const uint8_t *p)
-{
-    switch (type) {
-    case GGUF_U8: return p[0];
-    case GGUF_I8: return (int8_t)p[0];
-    case GGUF_U16: { uint16_t v; memcpy(&v, p, 2); return v; }
-    case GGUF_I16: { int16_t v; memcpy(&v, p, 2); return v; }
-    case GGUF_U32: { uint32_t v; memcpy(&v, p, 4); return v; }
-    case GGUF_I32: { int32_t v; memcpy(&v, p, 4); return v; }
-    case GGUF_U64: { uint64_t v; memcpy(&v, p, 8); return v > INT64_MAX ? -1 : (int64_t)v; }
-    default: { int64_t v; memcpy(&v, p, 8); return v; }
-    }
-}
-
-static int is_int_type(uint32_t t) { return t <= GGUF_I32 || t == GGUF_U64 || t == GGUF_I64; }
-
-int alloy_gguf_int(const struct alloy_gguf *g, const char *key, int64_t *v, struct alloy_err *err)
-{
-    const struct gguf_kv *kv;
-    if (!find_kv(g, key, &kv)) return 0;
-    if (!is_int_type(kv->type)) return type_err(g, key, "an integer", kv->type, err);
-    *v = int_at(kv->type, g->shards[0].map + kv->off);
-    return 1;
-}
-
-int alloy_gguf_float(const struct alloy_gguf *g, const char *key, double *v, struct alloy_err *err)
-{
-    const struct gguf_kv *kv;
-    if (!find_kv(g, key, &kv)) return 0;
-    const uint8_t *p = g->shards[0].map + kv->off;
-    if (kv->type == GGUF_F32) { float f; memcpy(&f, p, 4); *v = f; }
-    else if (kv->type == GGUF_F64) memcpy(v, p, 8);
-    else return type_err(g, key, "FLOAT32 or FLOAT64", kv->type, err);
-    return 1;
-}
-
-int alloy_gguf_bool(const struct alloy_gguf *g, const char *key, int *v, struct alloy_err *err)
-{
-    const struct gguf_kv *kv;
-    if (!find_kv(g, key, &kv)) return 0;
-    if (kv->type != GGUF_BOOL) return type_err(g, key, "BOOL", kv->type, err);
-    *v = g->shards[0].map[kv->off];
-    return 1;
-}
-
-int alloy_gguf_str(const struct alloy_gguf *g, const char *key, const char **s, uint64_t *len, struct alloy_err *err)
-{
-    const struct gguf_kv *kv;
-    if (!find_kv(g, key, &kv)) return 0;
-    if (kv->type != GGUF_STRING) return type_err(g, key, "STRING", kv->type, err);
-    memcpy(len, g->shards[0].map + kv->off, 8); /* off: the value, here its length field */
-    *s = (const char *)g->shards[0].map + kv->off + 8;
-    return 1;
-}
-
-int alloy_gguf_array(const struct alloy_gguf *g, const char *key, enum gguf_vtype elem, uint64_t *n,
-                     struct alloy_err *err)
-{
-    const struct gguf_kv *kv;
-    if (!find_kv(g, key, &kv)) return 0;
-    if (kv->type != GGUF_ARRAY) return type_err(g, key, "an ARRAY", kv->type, err);
-    if (kv->elem != elem && !(is_int_type(elem) && is_int_type(kv->elem)))
-        return type_err(g, key, g_vname[elem], kv->elem, err) ;
+    const struct gguf_kv *kv = &g->kv[i];
+    *type = kv->type;
+    *elem = kv->elem;
     *n = kv->n;
+    *value = g->shards[0].map + kv->off;
     return 1;
 }
 
-int alloy_gguf_array_strings(const struct alloy_gguf *g, const char *key,
-                             int (*fn)(void *ctx, uint64_t i, const char *s, uint64_t len), void *ctx)
-{
-    const struct gguf_kv *kv;
-    if (!find_kv(g, key, &kv) || kv->type != GGUF_ARRAY || kv->elem != GGUF_STRING) return 0;
-    const uint8_t *p = g->shards[0].map + kv->off; /* validated when the file was opened */
-    for (uint64_t i = 0; i < kv->n; i++) {
-        uint64_t len;
-        memcpy(&len, p, 8);
-        int rc = fn(ctx, i, (const char *)p + 8, len);
-        if (rc) return rc;
-        p += 8 + len;
-    }
-    return 0;
-}
-
-int64_t alloy_gguf_array_int(const struct alloy_gguf *g, const char *key, uint64_t i)
-{
-    const struct gguf_kv *kv;
-    if (!find_kv(g, key, &kv)) return -1;
-    return int_at(kv->elem, g->shards[0].map + kv->off + i * g_vsize[kv->elem]);
-}
+const char *alloy_gguf_vtype_name(uint32_t t) { return t < GGUF_VTYPE_COUNT ? g_vname[t] : "?"; }
 
 const char *alloy_gguf_arch(const struct alloy_gguf *g) { return g->arch; }
 

@@ -30,7 +30,13 @@ struct alloy_gguf *alloy_gguf_of(struct alloy_tensor_file *f);
 /* general.architecture ("llama"), borrowed. */
 const char *alloy_gguf_arch(const struct alloy_gguf *g);
 
-/* Typed metadata lookups: 1 when key is present with a value of that kind (any integer type in range,
+/* The raw pair: 1 and its type, an array's element type and count, and the value's bytes in the mapping
+ * (a STRING: its u64 length then the bytes; an ARRAY: its first element), or 0 when absent. */
+int alloy_gguf_kv(const struct alloy_gguf *g, const char *key, uint32_t *type, uint32_t *elem, uint64_t *n,
+                  const uint8_t **value);
+const char *alloy_gguf_vtype_name(uint32_t t);
+
+/* Typed metadata lookups (gguf_meta.c): 1 when key is present with a value of that kind (any integer type in range,
  * F32/F64, STRING, BOOL), 0 when absent; -1 when present with another type (err says so). */
 int alloy_gguf_int(const struct alloy_gguf *g, const char *key, int64_t *v, struct alloy_err *err);
 int alloy_gguf_float(const struct alloy_gguf *g, const char *key, double *v, struct alloy_err *err);

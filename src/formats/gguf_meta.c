@@ -18,7 +18,8 @@
  *   special tokens — what the evaluator's tokenizer reads. Other forms (SPM
  *   "llama", "bert", ...) are refused with the form named.
  *   Both are assembled with jansson, so every string is escaped properly;
- *   tokens that are not UTF-8 are refused by name.
+ *   tokens that are not UTF-8 are refused by name. The typed lookups
+ *   (alloy_gguf_int, ...) read the values gguf.c validated, in place.
  */
 #include "core/internal.h"
 #include "formats/gguf.h"
@@ -32,6 +33,118 @@ static int nomem(const struct alloy_gguf *g, struct alloy_err *err)
 }
 
 static const char *path_of(const struct alloy_gguf *g) { return alloy_gguf_base((struct alloy_gguf *)g)->path; }
+
+/* ------------------------------------------------------------ typed lookups */
+
+static int type_err(const struct alloy_gguf *g, const char *key, const char *want, uint32_t found, struct alloy_err *err)
+{
+    alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected %s, found %s", path_of(g), key, want,
+                  alloy_gguf_vtype_name(found));
+    return -1;
+}
+
+static int64_t int_at(uint32_t type, const uint8_t *p)
+{
+    switch (type) {
+    case GGUF_U8: return p[0];
+    case GGUF_I8: return (int8_t)p[0];
+    case GGUF_U16: { uint16_t v; memcpy(&v, p, 2); return v; }
+    case GGUF_I16: { int16_t v; memcpy(&v, p, 2); return v; }
+    case GGUF_U32: { uint32_t v; memcpy(&v, p, 4); return v; }
+    case GGUF_I32: { int32_t v; memcpy(&v, p, 4); return v; }
+    case GGUF_U64: { uint64_t v; memcpy(&v, p, 8); return v > INT64_MAX ? -1 : (int64_t)v; }
+    default: { int64_t v; memcpy(&v, p, 8); return v; }
+    }
+}
+
+static unsigned int_size(uint32_t t) { return t <= GGUF_I8 ? 1 : t <= GGUF_I16 ? 2 : t <= GGUF_I32 ? 4 : 8; }
+static int is_int_type(uint32_t t) { return t <= GGUF_I32 || t == GGUF_U64 || t == GGUF_I64; }
+
+int alloy_gguf_int(const struct alloy_gguf *g, const char *key, int64_t *v, struct alloy_err *err)
+{
+    uint32_t t, e;
+    uint64_t n;
+    const uint8_t *p;
+    if (!alloy_gguf_kv(g, key, &t, &e, &n, &p)) return 0;
+    if (!is_int_type(t)) return type_err(g, key, "an integer", t, err);
+    *v = int_at(t, p);
+    return 1;
+}
+
+int alloy_gguf_float(const struct alloy_gguf *g, const char *key, double *v, struct alloy_err *err)
+{
+    uint32_t t, e;
+    uint64_t n;
+    const uint8_t *p;
+    if (!alloy_gguf_kv(g, key, &t, &e, &n, &p)) return 0;
+    if (t == GGUF_F32) { float f; memcpy(&f, p, 4); *v = f; }
+    else if (t == GGUF_F64) memcpy(v, p, 8);
+    else return type_err(g, key, "FLOAT32 or FLOAT64", t, err);
+    return 1;
+}
+
+int alloy_gguf_bool(const struct alloy_gguf *g, const char *key, int *v, struct alloy_err *err)
+{
+    uint32_t t, e;
+    uint64_t n;
+    const uint8_t *p;
+    if (!alloy_gguf_kv(g, key, &t, &e, &n, &p)) return 0;
+    if (t != GGUF_BOOL) return type_err(g, key, "BOOL", t, err);
+    *v = p[0];
+    return 1;
+}
+
+int alloy_gguf_str(const struct alloy_gguf *g, const char *key, const char **s, uint64_t *len, struct alloy_err *err)
+{
+    uint32_t t, e;
+    uint64_t n;
+    const uint8_t *p;
+    if (!alloy_gguf_kv(g, key, &t, &e, &n, &p)) return 0;
+    if (t != GGUF_STRING) return type_err(g, key, "STRING", t, err);
+    memcpy(len, p, 8);
+    *s = (const char *)p + 8;
+    return 1;
+}
+
+int alloy_gguf_array(const struct alloy_gguf *g, const char *key, enum gguf_vtype elem, uint64_t *n,
+                     struct alloy_err *err)
+{
+    uint32_t t, e;
+    const uint8_t *p;
+    if (!alloy_gguf_kv(g, key, &t, &e, n, &p)) return 0;
+    if (t != GGUF_ARRAY) return type_err(g, key, "an ARRAY", t, err);
+    if (e != (uint32_t)elem && !(is_int_type(elem) && is_int_type(e)))
+        return type_err(g, key, alloy_gguf_vtype_name(elem), e, err);
+    return 1;
+}
+
+int alloy_gguf_array_strings(const struct alloy_gguf *g, const char *key,
+                             int (*fn)(void *ctx, uint64_t i, const char *s, uint64_t len), void *ctx)
+{
+    uint32_t t, e;
+    uint64_t n;
+    const uint8_t *p;
+    if (!alloy_gguf_kv(g, key, &t, &e, &n, &p) || t != GGUF_ARRAY || e != GGUF_STRING) return 0;
+    for (uint64_t i = 0; i < n; i++) { /* lengths were validated when the file was opened */
+        uint64_t len;
+        memcpy(&len, p, 8);
+        int rc = fn(ctx, i, (const char *)p + 8, len);
+        if (rc) return rc;
+        p += 8 + len;
+    }
+    return 0;
+}
+
+int64_t alloy_gguf_array_int(const struct alloy_gguf *g, const char *key, uint64_t i)
+{
+    uint32_t t, e;
+    uint64_t n;
+    const uint8_t *p;
+    if (!alloy_gguf_kv(g, key, &t, &e, &n, &p) || t != GGUF_ARRAY || !is_int_type(e) || i >= n) return -1;
+    return int_at(e, p + i * int_size(e));
+}
+
+/* ------------------------------------------------------------ config.json */
 
 /* {arch}.<suffix> as an integer into the JSON object under name; required: absent is an error. */
 static int put_int(const struct alloy_gguf *g, json_t *o, const char *suffix, const char *name, int required,
