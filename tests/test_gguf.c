@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define GG(rel) "tests/data/gguf/" rel
 
@@ -485,4 +486,63 @@ TEST(gguf_refusals_name_what)
     snprintf(cmd, sizeof cmd, "%s/m-00001-of-00003.gguf", dir);
     CHECK_INT(alloy_tensor_file_open(cmd, &tf, &err), ALLOY_ERR_FORMAT);
     CHECK_STR_CONTAINS(err.msg, "m-00002-of-00003.gguf: split.no: 1 expected, found 2");
+}
+
+/* Parsing is linear in the header: 200,000 tensors and 200,000 keys open in well under the time any
+ * quadratic step would take (4e10 name comparisons), and every tensor is indexed. */
+TEST(gguf_large_header_linear)
+{
+    enum { N = 200000 };
+    char path[600];
+    snprintf(path, sizeof path, "%s/big.gguf", test_tmpdir());
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (!f) return;
+    uint32_t v3 = 3, u32 = 4, f32 = 0, one = 1, str = 8;
+    uint64_t nt = N, nk = N + 1, len, dim = 1;
+    fwrite("GGUF", 1, 4, f);
+    fwrite(&v3, 4, 1, f);
+    fwrite(&nt, 8, 1, f);
+    fwrite(&nk, 8, 1, f);
+    len = 20;
+    fwrite(&len, 8, 1, f);
+    fwrite("general.architecture", 1, 20, f);
+    fwrite(&str, 4, 1, f);
+    len = 5;
+    fwrite(&len, 8, 1, f);
+    fwrite("llama", 1, 5, f);
+    char name[64];
+    for (int i = 0; i < N; i++) {
+        len = (uint64_t)snprintf(name, sizeof name, "x.key%d", i);
+        fwrite(&len, 8, 1, f);
+        fwrite(name, 1, len, f);
+        fwrite(&u32, 4, 1, f);
+        fwrite(&one, 4, 1, f);
+    }
+    for (uint64_t i = 0; i < N; i++) {
+        uint64_t off = 32 * i;
+        len = (uint64_t)snprintf(name, sizeof name, "blk.%llu.attn_norm.weight", (unsigned long long)i);
+        fwrite(&len, 8, 1, f);
+        fwrite(name, 1, len, f);
+        fwrite(&one, 4, 1, f);
+        fwrite(&dim, 8, 1, f);
+        fwrite(&f32, 4, 1, f);
+        fwrite(&off, 8, 1, f);
+    }
+    long pos = ftell(f);
+    CHECK(fseek(f, (pos + 31) / 32 * 32 + 32L * N - 1, SEEK_SET) == 0 && fputc(0, f) == 0);
+    fclose(f);
+    struct alloy_tensor_file *tf = NULL;
+    struct alloy_err err = {0};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_MSG(alloy_tensor_file_open(path, &tf, &err) == ALLOY_OK, "%s", err.msg);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    CHECK_MSG(s < 10.0, "opening took %.1f s", s);
+    if (tf) {
+        CHECK_INT(alloy_tensor_file_count(tf), N);
+        CHECK(alloy_tensor_file_find(tf, "model.layers.199999.input_layernorm.weight") != NULL);
+        alloy_tensor_file_close(tf);
+    }
 }
