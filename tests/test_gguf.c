@@ -470,6 +470,8 @@ TEST(gguf_refusals_name_what)
     gb_build(&g, NULL, 0, 0);
     memcpy(g.buf + g.at_name1 + 8, "blk.0.attn_z.weight", 19);
     BAD(&g, g.n, ALLOY_ERR_UNSUPPORTED, "tensor 'blk.0.attn_z.weight': no Hugging Face name known");
+    memcpy(g.buf + g.at_name1 + 8, "blk.+.attn_q.weight", 19);
+    BAD(&g, g.n, ALLOY_ERR_UNSUPPORTED, "tensor 'blk.+.attn_q.weight': no Hugging Face name known");
     gb_build(&g, NULL, 0, 0);
     patch_u64(&g, g.at_ne1 + 8, 6); /* 6 rows, 2 heads: 3 rows per head cannot be un-permuted */
     BAD(&g, g.n + 64, ALLOY_ERR_SHAPE, "rows a multiple of 2 x 2 heads"); /* 6 x 34 bytes padded: 224 */

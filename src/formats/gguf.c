@@ -295,8 +295,10 @@ static int parse_kv(struct hdr *h, uint64_t n_kv)
     return rc;
 }
 
-/* Tensor name -> Hugging Face name for the supported architectures (gguf.md §1.2); NULL when unknown. */
-static char *hf_name(const char *name, int qwen3, int *kind)
+/* Tensor name -> Hugging Face name for the supported architectures (gguf.md §1.2) into *out (malloc'd);
+ * 0, 1 when the name is unknown, -1 when out of memory. The layer is plain decimal ("blk.01" is not
+ * "blk.1"), so distinct GGUF names give distinct HF names. */
+static int hf_name(const char *name, int qwen3, int *kind, char **out)
 {
     static const struct { const char *gguf, *hf; int kind; } top[] = {
         {"token_embd.weight", "model.embed_tokens.weight", 0}, {"output_norm.weight", "model.norm.weight", 0},
@@ -310,20 +312,23 @@ static char *hf_name(const char *name, int qwen3, int *kind)
     };
     *kind = 0;
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(top); i++)
-        if (strcmp(name, top[i].gguf) == 0) return alloy_xstrdup(top[i].hf);
-    unsigned layer;
-    int used = 0;
-    if (sscanf(name, "blk.%u.%n", &layer, &used) != 1 || !used || name[4] == '+' || name[4] == '-') return NULL;
-    const char *rest = name + used, *dot = strrchr(rest, '.');
-    if (!dot || (strcmp(dot, ".weight") != 0 && strcmp(dot, ".bias") != 0)) return NULL;
+        if (strcmp(name, top[i].gguf) == 0) return (*out = alloy_xstrdup(top[i].hf)) ? 0 : -1;
+    if (strncmp(name, "blk.", 4) != 0) return 1;
+    const char *digits = name + 4, *rest = digits;
+    while (*rest >= '0' && *rest <= '9') rest++;
+    size_t nd = (size_t)(rest - digits);
+    if (!nd || nd > 9 || (digits[0] == '0' && nd > 1) || *rest++ != '.') return 1;
+    const char *dot = strrchr(rest, '.');
+    if (!dot || (strcmp(dot, ".weight") != 0 && strcmp(dot, ".bias") != 0)) return 1;
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(blk); i++) {
         if (strlen(blk[i].gguf) != (size_t)(dot - rest) || memcmp(rest, blk[i].gguf, (size_t)(dot - rest)) != 0)
             continue;
-        if (blk[i].kind == 3 && !qwen3) return NULL;
+        if (blk[i].kind == 3 && !qwen3) return 1;
         *kind = blk[i].kind;
-        return alloy_xasprintf("model.layers.%u.%s%s", layer, blk[i].hf, dot);
+        *out = alloy_xasprintf("model.layers.%.*s.%s%s", (int)nd, digits, blk[i].hf, dot);
+        return *out ? 0 : -1;
     }
-    return NULL;
+    return 1;
 }
 
 static int add_tensor(struct hdr *h, const char *name, uint32_t nd, const int64_t *ne, int dtype, uint64_t nbytes,
@@ -502,8 +507,10 @@ static int map_names(struct alloy_gguf *g, struct alloy_err *err)
             return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': rope scaling tensors are not "
                                  "supported yet (config.json's rope_scaling is not rebuilt from GGUF)", g->base.path, gn);
         int kind;
-        char *hf = hf_name(gn, qwen3, &kind);
-        if (!hf)
+        char *hf = NULL;
+        int known = hf_name(gn, qwen3, &kind, &hf);
+        if (known < 0) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", g->base.path);
+        if (known > 0)
             return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': no Hugging Face name known for it "
                                  "in architecture %s", g->base.path, gn, arch);
         g->names[i] = hf;
@@ -512,9 +519,12 @@ static int map_names(struct alloy_gguf *g, struct alloy_err *err)
             int rc = perm_heads_for(g, t, kind, &g->info[i].heads, err);
             if (rc) return rc;
         }
-        int dup = 0; /* distinct GGUF names have distinct HF names */
+        int dup = 0; /* distinct GGUF names have distinct HF names (hf_name), checked all the same */
         if (alloy_strmap_put(&g->base.index, hf, i, &dup) != 0)
             return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", g->base.path);
+        if (dup)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': maps to '%s' like an earlier tensor",
+                                 g->base.path, gn, hf);
     }
     return ALLOY_OK;
 }
@@ -581,6 +591,9 @@ static int open_splits(struct alloy_gguf *g, const struct hdr *first, struct all
         if (!rc && h.split_no != i)
             rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: split.no: %lld expected, found %lld", p, (long long)i,
                                (long long)h.split_no);
+        if (!rc && h.split_count != count)
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: split.count: %lld expected (as in the first shard), found "
+                               "%lld", p, (long long)count, (long long)h.split_count);
         free(p);
         if (rc) return rc;
     }

@@ -237,11 +237,9 @@ static int config_fields(const struct alloy_gguf *g, json_t *o, struct alloy_err
         (rc = put_float(g, o, "rope.freq_base", "rope_theta", 10000.0, err)) ||
         (rc = check_rope_scaling(g, err)))
         return rc;
-    if (!json_object_get(o, "num_key_value_heads") &&
-        (rc = put_int(g, o, "attention.head_count_kv", "num_key_value_heads", 0, NULL, err)))
-        return rc;
+    if ((rc = put_int(g, o, "attention.head_count_kv", "num_key_value_heads", 0, NULL, err))) return rc;
     if (!json_object_get(o, "num_key_value_heads") && json_object_set_new(o, "num_key_value_heads", json_integer(heads)))
-        return nomem(g, err);
+        return nomem(g, err); /* llama.cpp's default: as many as the query heads */
     if ((rc = put_int(g, o, "attention.key_length", "head_dim", 0, NULL, err))) return rc;
     if (!json_object_get(o, "head_dim") && heads > 0 && json_object_set_new(o, "head_dim", json_integer(embd / heads)))
         return nomem(g, err);
