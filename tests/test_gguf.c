@@ -263,7 +263,7 @@ struct gb {
     uint8_t buf[4096];
     size_t n;
     size_t at_version, at_ntensors, at_nkv, at_key0, at_type0, at_name1, at_ndims1, at_ne1, at_type1, at_off1,
-        at_arch_val;
+        at_arch_val, at_heads;
 };
 
 static void put(struct gb *g, const void *p, size_t n) { if (n) memcpy(g->buf + g->n, p, n); g->n += n; }
@@ -290,6 +290,7 @@ static void gb_build(struct gb *g, const uint8_t *extra, size_t extra_len, uint3
     put_u32(g, 8);
     g->at_arch_val = g->n;
     put_str(g, "llama");
+    g->at_heads = g->n + 8 + strlen("llama.attention.head_count") + 4;
     kv_u32(g, "llama.attention.head_count", 2);
     kv_u32(g, "llama.block_count", 1);
     put(g, extra, extra_len);
@@ -545,6 +546,37 @@ TEST(gguf_large_header_linear)
     if (tf) {
         CHECK_INT(alloy_tensor_file_count(tf), N);
         CHECK(alloy_tensor_file_find(tf, "model.layers.199999.input_layernorm.weight") != NULL);
+        alloy_tensor_file_close(tf);
+    }
+}
+
+/* Rows come back in HF order for llama only: with one head of 4 rows, logical row 1 (first half, i = 1)
+ * is stored row 2 (2i + 0) and logical row 2 (second half, i = 0) stored row 1; qwen2 keeps file order. */
+TEST(gguf_permutation_llama_only)
+{
+    for (int qwen = 0; qwen < 2; qwen++) {
+        struct gb g;
+        gb_build(&g, NULL, 0, 0);
+        patch_u32(&g, g.at_heads, 1);
+        if (qwen) {
+            memcpy(g.buf + g.at_arch_val + 8, "qwen2", 5);
+            memcpy(g.buf + g.at_heads - 4 - 26, "qwen2", 5); /* the key's "llama." prefix */
+        }
+        char path[600];
+        snprintf(path, sizeof path, "%s/p%d.gguf", test_tmpdir(), qwen);
+        FILE *f = fopen(path, "wb");
+        CHECK(f && fwrite(g.buf, 1, g.n, f) == g.n);
+        if (f) fclose(f);
+        struct alloy_tensor_file *tf = NULL;
+        struct alloy_err err = {0};
+        CHECK_MSG(alloy_tensor_file_open(path, &tf, &err) == ALLOY_OK, "%s", err.msg);
+        if (!tf) continue;
+        const struct alloy_tensor *t = alloy_tensor_file_find(tf, "model.layers.0.self_attn.k_proj.weight");
+        float row[4][32];
+        CHECK(t && alloy_tensor_read_f32(t, 0, 128, &row[0][0], &err) == ALLOY_OK);
+        static const int stored[2][4] = {{0, 2, 1, 3}, {0, 1, 2, 3}}; /* llama, qwen2 */
+        for (int r = 0; r < 4; r++) CHECK_MSG(row[r][0] == (float)(32 * stored[qwen][r]), "%s: row %d", qwen ? "qwen2" : "llama", r);
+        CHECK_INT(alloy_tensor_permuted(t), !qwen);
         alloy_tensor_file_close(tf);
     }
 }
