@@ -24,7 +24,7 @@
 
 static inline float half_at(const uint8_t *p) { return alloy_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
 
-void alloy_dequant_q8_0(const void *src, float *y, size_t n)
+void alloy_dequant_q8_0(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
     for (size_t i = 0; i < n / ALLOY_QK; i++, b += 34, y += ALLOY_QK) {
@@ -33,7 +33,7 @@ void alloy_dequant_q8_0(const void *src, float *y, size_t n)
     }
 }
 
-void alloy_dequant_q4_0(const void *src, float *y, size_t n)
+void alloy_dequant_q4_0(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
     for (size_t i = 0; i < n / ALLOY_QK; i++, b += 18, y += ALLOY_QK) {
@@ -46,7 +46,7 @@ void alloy_dequant_q4_0(const void *src, float *y, size_t n)
     }
 }
 
-void alloy_dequant_q4_1(const void *src, float *y, size_t n)
+void alloy_dequant_q4_1(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
     for (size_t i = 0; i < n / ALLOY_QK; i++, b += 20, y += ALLOY_QK) {
@@ -59,45 +59,45 @@ void alloy_dequant_q4_1(const void *src, float *y, size_t n)
     }
 }
 
-/* The 5th bits of Q5_0/Q5_1: element j's is bit j of the little-endian u32 qh. */
-static inline uint32_t qh_u32(const uint8_t *p)
+/* The 5th bits of Q5_0/Q5_1, as 0 or 16 per element: element j's is bit j of the little-endian u32 qh
+ * (spread into bytes first, so the element loops have no variable shifts and vectorize). */
+static inline void q5_high(const uint8_t *p, uint8_t hb[32])
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    for (int k = 0; k < 4; k++)
+        for (int bit = 0; bit < 8; bit++) hb[8 * k + bit] = (uint8_t)(((p[k] >> bit) & 1) << 4);
 }
 
-void alloy_dequant_q5_0(const void *src, float *y, size_t n)
+void alloy_dequant_q5_0(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
+    uint8_t hb[32];
     for (size_t i = 0; i < n / ALLOY_QK; i++, b += 22, y += ALLOY_QK) {
         const float d = half_at(b);
-        const uint32_t qh = qh_u32(b + 2);
         const uint8_t *qs = b + 6;
+        q5_high(b + 2, hb);
         for (int j = 0; j < 16; j++) {
-            int x0 = (int)((qs[j] & 0x0f) | (((qh >> j) << 4) & 0x10)) - 16; /* signed: Q5_0's trap */
-            int x1 = (int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
-            y[j] = (float)x0 * d;
-            y[j + 16] = (float)x1 * d;
+            y[j] = (float)((int)((qs[j] & 0x0f) | hb[j]) - 16) * d; /* signed: Q5_0's trap */
+            y[j + 16] = (float)((int)((qs[j] >> 4) | hb[j + 16]) - 16) * d;
         }
     }
 }
 
-void alloy_dequant_q5_1(const void *src, float *y, size_t n)
+void alloy_dequant_q5_1(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
+    uint8_t hb[32];
     for (size_t i = 0; i < n / ALLOY_QK; i++, b += 24, y += ALLOY_QK) {
         const float d = half_at(b), m = half_at(b + 2);
-        const uint32_t qh = qh_u32(b + 4);
         const uint8_t *qs = b + 8;
+        q5_high(b + 4, hb);
         for (int j = 0; j < 16; j++) {
-            int x0 = (int)((qs[j] & 0x0f) | (((qh >> j) << 4) & 0x10));
-            int x1 = (int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10));
-            y[j] = (float)x0 * d + m;
-            y[j + 16] = (float)x1 * d + m;
+            y[j] = (float)((qs[j] & 0x0f) | hb[j]) * d + m;
+            y[j + 16] = (float)((qs[j] >> 4) | hb[j + 16]) * d + m;
         }
     }
 }
 
-void alloy_dequant_q2_k(const void *src, float *y, size_t n)
+void alloy_dequant_q2_k(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
     for (size_t i = 0; i < n / ALLOY_QK_K; i++, b += 84) {
@@ -126,7 +126,7 @@ static void q3k_scales(const uint8_t *p, int8_t *out)
     }
 }
 
-void alloy_dequant_q3_k(const void *src, float *y, size_t n)
+void alloy_dequant_q3_k(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
     for (size_t i = 0; i < n / ALLOY_QK_K; i++, b += 110) {
@@ -163,7 +163,7 @@ static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m
     }
 }
 
-void alloy_dequant_q4_k(const void *src, float *y, size_t n)
+void alloy_dequant_q4_k(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
     for (size_t i = 0; i < n / ALLOY_QK_K; i++, b += 144) {
@@ -181,7 +181,7 @@ void alloy_dequant_q4_k(const void *src, float *y, size_t n)
     }
 }
 
-void alloy_dequant_q5_k(const void *src, float *y, size_t n)
+void alloy_dequant_q5_k(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
     for (size_t i = 0; i < n / ALLOY_QK_K; i++, b += 176) {
@@ -200,7 +200,7 @@ void alloy_dequant_q5_k(const void *src, float *y, size_t n)
     }
 }
 
-void alloy_dequant_q6_k(const void *src, float *y, size_t n)
+void alloy_dequant_q6_k(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
     for (size_t i = 0; i < n / ALLOY_QK_K; i++, b += 210) {
@@ -208,16 +208,18 @@ void alloy_dequant_q6_k(const void *src, float *y, size_t n)
         const uint8_t *ql = b, *qh = b + 128;
         const int8_t *sc = (const int8_t *)(b + 192);
         for (int h = 0; h < 2; h++, y += 128, ql += 64, qh += 32, sc += 8) {
-            for (int l = 0; l < 32; l++) {
-                int is = l / 16;
-                int q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) - 32;
-                int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                y[l] = d * (float)sc[is] * (float)q1;
-                y[l + 32] = d * (float)sc[is + 2] * (float)q2;
-                y[l + 64] = d * (float)sc[is + 4] * (float)q3;
-                y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+            /* quarter k (elements 32k..32k+31): low nibble of ql[l] (k 0) or ql[l+32] (k 1), high nibble
+             * (k 2, 3); top bits 2k..2k+1 of qh[l]; sub-block of 16 = 2k + l/16. (d * sc) * q as ggml. */
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *lo = ql + 32 * (k & 1);
+                const int nshift = 4 * (k >> 1), hshift = 2 * k;
+                for (int s16 = 0; s16 < 2; s16++) {
+                    const float ds = d * (float)sc[2 * k + s16];
+                    for (int l = 16 * s16; l < 16 * s16 + 16; l++) {
+                        int q = (((lo[l] >> nshift) & 0x0f) | (((qh[l] >> hshift) & 3) << 4)) - 32;
+                        y[32 * k + l] = ds * (float)q;
+                    }
+                }
             }
         }
     }
