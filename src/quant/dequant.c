@@ -59,25 +59,24 @@ void alloy_dequant_q4_1(const void *restrict src, float *restrict y, size_t n)
     }
 }
 
-/* The 5th bits of Q5_0/Q5_1, as 0 or 16 per element: element j's is bit j of the little-endian u32 qh
- * (spread into bytes first, so the element loops have no variable shifts and vectorize). */
-static inline void q5_high(const uint8_t *p, uint8_t hb[32])
+/* The 5th bits of Q5_0/Q5_1: element j's is bit j of the little-endian u32 qh. */
+static inline uint32_t qh_u32(const uint8_t *p)
 {
-    for (int k = 0; k < 4; k++)
-        for (int bit = 0; bit < 8; bit++) hb[8 * k + bit] = (uint8_t)(((p[k] >> bit) & 1) << 4);
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 void alloy_dequant_q5_0(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
-    uint8_t hb[32];
     for (size_t i = 0; i < n / ALLOY_QK; i++, b += 22, y += ALLOY_QK) {
         const float d = half_at(b);
+        const uint32_t qh = qh_u32(b + 2);
         const uint8_t *qs = b + 6;
-        q5_high(b + 2, hb);
         for (int j = 0; j < 16; j++) {
-            y[j] = (float)((int)((qs[j] & 0x0f) | hb[j]) - 16) * d; /* signed: Q5_0's trap */
-            y[j + 16] = (float)((int)((qs[j] >> 4) | hb[j + 16]) - 16) * d;
+            int x0 = (int)((qs[j] & 0x0f) | (((qh >> j) << 4) & 0x10)) - 16; /* signed: Q5_0's trap */
+            int x1 = (int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
+            y[j] = (float)x0 * d;
+            y[j + 16] = (float)x1 * d;
         }
     }
 }
@@ -85,14 +84,15 @@ void alloy_dequant_q5_0(const void *restrict src, float *restrict y, size_t n)
 void alloy_dequant_q5_1(const void *restrict src, float *restrict y, size_t n)
 {
     const uint8_t *b = src;
-    uint8_t hb[32];
     for (size_t i = 0; i < n / ALLOY_QK; i++, b += 24, y += ALLOY_QK) {
         const float d = half_at(b), m = half_at(b + 2);
+        const uint32_t qh = qh_u32(b + 4);
         const uint8_t *qs = b + 8;
-        q5_high(b + 4, hb);
         for (int j = 0; j < 16; j++) {
-            y[j] = (float)((qs[j] & 0x0f) | hb[j]) * d + m;
-            y[j + 16] = (float)((qs[j] >> 4) | hb[j + 16]) * d + m;
+            int x0 = (int)((qs[j] & 0x0f) | (((qh >> j) << 4) & 0x10));
+            int x1 = (int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10));
+            y[j] = (float)x0 * d + m;
+            y[j + 16] = (float)x1 * d + m;
         }
     }
 }
