@@ -580,3 +580,36 @@ TEST(gguf_permutation_llama_only)
         alloy_tensor_file_close(tf);
     }
 }
+
+/* A merge held in memory whose tokenizer donor is a GGUF file evaluates text with that file's tokenizer. */
+TEST(gguf_merge_in_memory_evaluates_text)
+{
+    char yaml[1200];
+    snprintf(yaml, sizeof yaml, "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: 1}\n"
+             "  - model: %s\n    parameters: {weight: 1}\ndtype: float32\n", GG("tiny/tiny-base-Q4_K_M.gguf"),
+             "tests/data/tiny-llama/base");
+    struct alloy_merge_options o;
+    struct alloy_model *m = NULL;
+    struct alloy_evaluator *ev = NULL;
+    struct alloy_err err = {0};
+    alloy_merge_options_init(&o);
+    o.config_text = yaml;
+    o.out_model = &m;
+    o.threads = 2;
+    CHECK_MSG(alloy_merge(&o, &err) == ALLOY_OK, "%s", err.msg);
+    if (m) CHECK_MSG(alloy_evaluator_new(m, &ev, &err) == ALLOY_OK, "%s", err.msg);
+    alloy_model_close(m);
+    if (!ev) return;
+    struct alloy_eval_options eo;
+    struct alloy_eval_result r = {0};
+    alloy_eval_options_init(&eo);
+    eo.ctx = 128;
+    eo.max_windows = 4;
+    const char text[] = "def f(x):\n    return x + 1\n# the quick brown fox jumps over the lazy dog, again and "
+                        "again, until the text is long enough for four windows of one hundred and twenty-eight "
+                        "bytes each; a few more words here and there, and then some more, to be safe about it, "
+                        "since every window needs its own full length of text. That should now be plenty.";
+    CHECK_MSG(alloy_evaluate_text(ev, text, sizeof text - 1, "t", &eo, &r, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK(r.tokens > 0 && r.nll > 0.5 && r.nll < 3.0);
+    alloy_evaluator_free(ev);
+}

@@ -483,7 +483,14 @@ int alloy_model_gguf_tokenizer(const struct alloy_model *m, char **text, struct 
 {
     struct alloy_gguf *g = m->nfiles == 1 && !m->image ? alloy_gguf_of(m->files[0]) : NULL;
     *text = NULL;
-    return g ? alloy_gguf_tokenizer_json(g, text, err) : ALLOY_OK;
+    if (g) return alloy_gguf_tokenizer_json(g, text, err);
+    if (!m->image || !is_gguf_file(m->dir)) return ALLOY_OK;
+    /* a model merged in memory whose tokenizer donor is a GGUF file: its "folder" is that file */
+    int rc = alloy_gguf_open(m->dir, &g, err);
+    if (rc) return rc;
+    rc = alloy_gguf_tokenizer_json(g, text, err);
+    alloy_tensor_file_close(alloy_gguf_base(g));
+    return rc;
 }
 
 const struct alloy_tensor *alloy_model_tensor(const struct alloy_model *m, size_t i)
