@@ -160,8 +160,9 @@ struct alloy_tensor {
 /* ---------------------------------------------------------------- tensor files */
 
 /*
- * A tensor file is any file of named tensors alloy reads — safetensors now,
- * GGUF next. Every format implements the same operations, so models and
+ * A tensor file is any file of named tensors alloy reads — safetensors or
+ * GGUF (tensors under Hugging Face names and shapes, see alloy_model_open).
+ * Every format implements the same operations, so models and
  * merges work on any of them. alloy_tensor_file_open recognises the format
  * from the file's content.
  */
@@ -170,7 +171,7 @@ struct alloy_tensor_file;
 int  alloy_tensor_file_open(const char *path, struct alloy_tensor_file **out, struct alloy_err *err);
 void alloy_tensor_file_close(struct alloy_tensor_file *f);
 const char                *alloy_tensor_file_path(const struct alloy_tensor_file *f);
-const char                *alloy_tensor_file_format(const struct alloy_tensor_file *f); /* "safetensors" */
+const char                *alloy_tensor_file_format(const struct alloy_tensor_file *f); /* "safetensors", "gguf" */
 size_t                     alloy_tensor_file_count(const struct alloy_tensor_file *f);
 const struct alloy_tensor *alloy_tensor_file_tensor(const struct alloy_tensor_file *f, size_t i);
 const struct alloy_tensor *alloy_tensor_file_find(const struct alloy_tensor_file *f, const char *name);

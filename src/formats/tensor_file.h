@@ -2,7 +2,7 @@
  * tensor_file.h — the interface every tensor file format implements.
  *
  * DESIGN
- *   A tensor file is a file of named tensors: safetensors today, GGUF next.
+ *   A tensor file is a file of named tensors: safetensors or GGUF.
  *   Models (model.c), the planner and the stored source (src/sources/) use
  *   only this interface, so a new format is one more implementation of these
  *   operations, not a special case anywhere else:
