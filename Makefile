@@ -78,6 +78,8 @@ $(BUILD)/pic/%.o: %.c $(DEPS_STAMP)
 # if-convert float selects (results are bit-identical; no -ffast-math, so sums keep their order).
 KERNEL_DIRS = src/methods src/engine src/plan src/core src/kernels src/sources src/sinks
 $(foreach d,$(KERNEL_DIRS),$(BUILD)/$(d)/%.o $(BUILD)/pic/$(d)/%.o): OPT = -O3 -fno-trapping-math
+# The (de)quantizers must match ggml bit for bit: no a*b+c contracted into an FMA (docs/gguf.md §0).
+$(BUILD)/src/quant/%.o $(BUILD)/pic/src/quant/%.o: OPT = -O3 -ffp-contract=off
 
 $(BUILD)/liballoy.a: $(LIB_OBJ)
 	@rm -f $@

@@ -232,16 +232,13 @@ static int check_models(char **models, size_t nm, long long *ctx)
 
 /* Gives every --text input its ids under the tokenizer of the model in dir,
  * re-encoding only when that tokenizer differs from the previous one. */
-static int tokenize_inputs(struct run *r, const char *dir, struct alloy_err *err)
+static int tokenize_inputs(struct run *r, const struct alloy_model *mod, struct alloy_err *err)
 {
     int has_text = 0;
     for (size_t i = 0; i < r->nin; i++) has_text |= !r->in[i].is_tokens;
     if (!has_text) return ALLOY_OK;
-    char *path = NULL;
     struct alloy_tokenizer *tok = NULL;
-    int rc = alloy_folder_file(dir, "tokenizer.json", &path, err); /* must resolve inside the model folder */
-    if (!rc) rc = alloy_tokenizer_load(path, &tok, err);
-    free(path);
+    int rc = alloy_model_tokenizer(mod, &tok, err); /* tokenizer.json inside the folder, or a GGUF's own */
     if (rc) return rc;
     if (alloy_tokenizer_same(tok, r->tok)) {
         alloy_tokenizer_free(tok);
@@ -283,7 +280,7 @@ static int eval_model(struct run *r, size_t m, struct alloy_err *err)
     if (!rc && r->ctx > alloy_evaluator_info(ev)->max_positions && !cli_quiet)
         fprintf(stderr, "alloy: warning: %s: --ctx %lld is longer than max_position_embeddings (%d)\n", r->models[m],
                 r->ctx, alloy_evaluator_info(ev)->max_positions);
-    if (!rc) rc = tokenize_inputs(r, alloy_model_dir(mod), err);
+    if (!rc) rc = tokenize_inputs(r, mod, err);
     alloy_model_close(mod);
     for (size_t i = 0; i < r->nin && !rc; i++) {
         struct alloy_eval_options o;

@@ -87,8 +87,20 @@ enum alloy_dtype {
     ALLOY_DTYPE_F6_E3M2,
     ALLOY_DTYPE_F4,
     ALLOY_DTYPE_C64,
+    /* ggml's block-quantized types (GGUF files): read as float32, not written yet (from_f32 NULL) */
+    ALLOY_DTYPE_Q8_0,
+    ALLOY_DTYPE_Q4_0,
+    ALLOY_DTYPE_Q4_1,
+    ALLOY_DTYPE_Q5_0,
+    ALLOY_DTYPE_Q5_1,
+    ALLOY_DTYPE_Q2_K,
+    ALLOY_DTYPE_Q3_K,
+    ALLOY_DTYPE_Q4_K,
+    ALLOY_DTYPE_Q5_K,
+    ALLOY_DTYPE_Q6_K,
     ALLOY_DTYPE_COUNT
 };
+#define ALLOY_DTYPE_FIRST_QUANT ALLOY_DTYPE_Q8_0
 
 /* One row per dtype, in the style of ggml's type_traits: values are stored in
  * blocks of `block` elements taking `block_bytes` bytes each (1 element for
@@ -97,10 +109,12 @@ enum alloy_dtype {
  * conversions (n a multiple of `block`); faster versions for the CPU are
  * chosen by alloy_to_f32 / alloy_from_f32. */
 struct alloy_dtype_traits {
-    const char *name;     /* safetensors spelling: "BF16" */
+    const char *name;     /* safetensors spelling: "BF16"; ggml's, upper-cased, for block types: "Q4_K" */
     const char *torch;    /* torch spelling: "bfloat16" (NULL if none) */
-    unsigned bits;        /* bits per element (block_bytes * 8 / block) */
-    int mergeable;        /* 1: alloy converts it to and from float32 (to_f32 and from_f32 are set) */
+    unsigned bits;        /* bits per element (block_bytes * 8 / block, rounded down: 8 for Q8_0's 8.5;
+                             sizes of block types come from alloy_dtype_nbytes) */
+    int mergeable;        /* 1: alloy reads it as float32 and merges it (to_f32 is set); from_f32 is set
+                             too except for the quantized types, which are inputs only so far */
     unsigned block;       /* elements per block */
     unsigned block_bytes; /* bytes per block */
     void   (*to_f32)(const void *src, float *dst, size_t n);
@@ -111,7 +125,8 @@ const struct alloy_dtype_traits *alloy_dtype_traits(enum alloy_dtype dtype);
 /* Bytes of n elements of dtype into *out; -1 when n is not a whole number of blocks or the size
  * overflows 64 bits. */
 int alloy_dtype_nbytes(enum alloy_dtype dtype, uint64_t n, uint64_t *out);
-/* Parses "BF16" (safetensors) or, with torch_names, "bfloat16"/"torch.bfloat16". */
+/* Parses "BF16" (safetensors; the quantized types are GGUF-only and never match) or, with torch_names,
+ * "bfloat16"/"torch.bfloat16". */
 int alloy_dtype_parse(const char *s, int torch_names, enum alloy_dtype *out);
 
 /* Row conversions for mergeable dtypes. float32 -> narrower rounds to nearest
@@ -145,8 +160,9 @@ struct alloy_tensor {
 /* ---------------------------------------------------------------- tensor files */
 
 /*
- * A tensor file is any file of named tensors alloy reads — safetensors now,
- * GGUF next. Every format implements the same operations, so models and
+ * A tensor file is any file of named tensors alloy reads — safetensors or
+ * GGUF (tensors under Hugging Face names and shapes, see alloy_model_open).
+ * Every format implements the same operations, so models and
  * merges work on any of them. alloy_tensor_file_open recognises the format
  * from the file's content.
  */
@@ -155,7 +171,7 @@ struct alloy_tensor_file;
 int  alloy_tensor_file_open(const char *path, struct alloy_tensor_file **out, struct alloy_err *err);
 void alloy_tensor_file_close(struct alloy_tensor_file *f);
 const char                *alloy_tensor_file_path(const struct alloy_tensor_file *f);
-const char                *alloy_tensor_file_format(const struct alloy_tensor_file *f); /* "safetensors" */
+const char                *alloy_tensor_file_format(const struct alloy_tensor_file *f); /* "safetensors", "gguf" */
 size_t                     alloy_tensor_file_count(const struct alloy_tensor_file *f);
 const struct alloy_tensor *alloy_tensor_file_tensor(const struct alloy_tensor_file *f, size_t i);
 const struct alloy_tensor *alloy_tensor_file_find(const struct alloy_tensor_file *f, const char *name);
@@ -215,6 +231,12 @@ struct alloy_tensor_file  *alloy_st_file_base(struct alloy_st_file *f);
  * configs (alloy_merge; a passthrough of MODEL+ADAPTER is `alloy lora apply`)
  * and evaluation (alloy_evaluator_new). alloy_model_tensor()/alloy_model_find()
  * describe the stored tensors (the base weights, not the applied values).
+ *
+ * A GGUF file (or the first shard of a split one, <prefix>-00001-of-0000N.gguf)
+ * is a model as well: architectures llama (incl. Mistral), qwen2 and qwen3;
+ * its tensors are presented with Hugging Face names and shapes, dequantized
+ * to float32 on reading, llama's Q/K rows un-permuted; alloy_model_dir() is
+ * the file's path.
  */
 struct alloy_model;
 
@@ -226,7 +248,8 @@ const char                *alloy_model_dir(const struct alloy_model *m);  /* res
 size_t                     alloy_model_count(const struct alloy_model *m);
 const struct alloy_tensor *alloy_model_tensor(const struct alloy_model *m, size_t i); /* file order */
 const struct alloy_tensor *alloy_model_find(const struct alloy_model *m, const char *name);
-/* config.json as text (NUL-terminated), or NULL when the folder has none. */
+/* config.json as text (NUL-terminated), or NULL when the folder has none; for a GGUF model, rebuilt
+ * from its metadata. */
 const char                *alloy_model_config_text(const struct alloy_model *m);
 /* The trust rule for files of a model folder: *path = "<dir>/<name>" (malloc'd; free it), and ALLOY_OK
  * when that file is absent or resolves (realpath) inside the model root: dir itself, or for a Hugging
@@ -450,6 +473,9 @@ int  alloy_tokenizer_load(const char *path, struct alloy_tokenizer **out, struct
 void alloy_tokenizer_free(struct alloy_tokenizer *t);
 /* 1 when both were read from byte-identical tokenizer.json texts (same length and 64-bit hash). */
 int  alloy_tokenizer_same(const struct alloy_tokenizer *a, const struct alloy_tokenizer *b);
+/* The tokenizer of model m: its folder's tokenizer.json, or for a GGUF model the one rebuilt from its
+ * metadata (byte-level BPE, tokenizer.ggml.model "gpt2"; other forms are an error naming them). */
+int  alloy_model_tokenizer(const struct alloy_model *m, struct alloy_tokenizer **out, struct alloy_err *err);
 /* Encodes text without special tokens; *ids is malloc'd (free()). label names the text in errors. */
 int  alloy_tokenizer_encode(const struct alloy_tokenizer *t, const char *text, size_t len, const char *label,
                             int32_t **ids, size_t *n, struct alloy_err *err);

@@ -6,17 +6,22 @@
  *   An evaluator is the float32 Llama model built from the alloy_model's
  *   config.json text and tensors (llama.c), the model's folder (where its
  *   tokenizer.json lives, also for a model merged in memory) and, once text
- *   is scored, the tokenizer. Scoring is eval.c's windowed driver. Nothing
- *   here prints or exits.
+ *   is scored, the tokenizer. A GGUF model has no tokenizer.json: the one
+ *   rebuilt from its metadata (or why it cannot be) is kept instead. Scoring
+ *   is eval.c's windowed driver. Nothing here prints or exits.
  */
 #include "eval/eval.h"
 #include "core/internal.h"
+#include "formats/formats.h"
 
 struct alloy_evaluator {
     struct alloy_llama *llama;
     struct alloy_eval_info info;
     char *dir;
     struct alloy_tokenizer *tok; /* loaded by the first alloy_evaluate_text */
+    char *tok_text;              /* a GGUF model's rebuilt tokenizer.json */
+    int tok_failed;              /* a GGUF model whose tokenizer cannot be rebuilt: tok_err says why */
+    struct alloy_err tok_err;
 };
 
 static void fill_info(const struct alloy_llama_config *c, struct alloy_eval_info *info)
@@ -44,7 +49,9 @@ int alloy_evaluator_new(const struct alloy_model *m, struct alloy_evaluator **ou
         free(ev);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     }
-    int rc = alloy_llama_new(m, &ev->llama, err);
+    int rc = alloy_model_gguf_tokenizer(m, &ev->tok_text, &ev->tok_err); /* kept: m may be closed before use */
+    if (rc) ev->tok_failed = 1;
+    rc = alloy_llama_new(m, &ev->llama, err);
     if (rc) {
         alloy_evaluator_free(ev);
         return rc;
@@ -59,6 +66,7 @@ void alloy_evaluator_free(struct alloy_evaluator *ev)
     if (!ev) return;
     alloy_llama_close(ev->llama);
     alloy_tokenizer_free(ev->tok);
+    free(ev->tok_text);
     free(ev->dir);
     free(ev);
 }
@@ -81,10 +89,19 @@ int alloy_evaluate_text(struct alloy_evaluator *ev, const char *text, size_t len
 {
     if (!label) label = "<text>";
     if (!ev->tok) {
-        char *path = NULL;
-        int rc = alloy_folder_file(ev->dir, "tokenizer.json", &path, err); /* the model-folder trust rule */
-        if (!rc) rc = alloy_tokenizer_load(path, &ev->tok, err);
-        free(path);
+        int rc;
+        if (ev->tok_failed) {
+            *err = ev->tok_err;
+            return err->status;
+        }
+        if (ev->tok_text) {
+            rc = alloy_tokenizer_parse(ev->tok_text, ev->dir, &ev->tok, err);
+        } else {
+            char *path = NULL;
+            rc = alloy_folder_file(ev->dir, "tokenizer.json", &path, err); /* the model-folder trust rule */
+            if (!rc) rc = alloy_tokenizer_load(path, &ev->tok, err);
+            free(path);
+        }
         if (rc) return rc;
     }
     int32_t *ids = NULL;
@@ -114,4 +131,16 @@ void alloy_blas_idle(void)
 #ifdef ALLOY_HAVE_OPENBLAS
     if (blas_thread_shutdown_) blas_thread_shutdown_();
 #endif
+}
+
+int alloy_model_tokenizer(const struct alloy_model *m, struct alloy_tokenizer **out, struct alloy_err *err)
+{
+    char *text = NULL, *path = NULL;
+    int rc = alloy_model_gguf_tokenizer(m, &text, err);
+    if (!rc && text) rc = alloy_tokenizer_parse(text, alloy_model_dir(m), out, err);
+    else if (!rc && !(rc = alloy_folder_file(alloy_model_dir(m), "tokenizer.json", &path, err))) /* the trust rule */
+        rc = alloy_tokenizer_load(path, out, err);
+    free(text);
+    free(path);
+    return rc;
 }

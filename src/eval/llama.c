@@ -21,6 +21,7 @@
  */
 #include "eval/eval.h"
 #include "core/internal.h"
+#include "formats/tensor_file.h"
 
 #include <cblas.h>
 #include "sources/source.h"
@@ -297,10 +298,11 @@ static int load_tensor(const struct alloy_model *mod, const char *dir, const cha
                              ws, fs);
     }
     if (!alloy_dtype_traits(t->dtype)->mergeable)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected a float dtype (F32, F16, BF16, F64), found %s",
-                             file, name, alloy_dtype_traits(t->dtype)->name);
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected a float or GGUF quantized dtype (F32, F16, "
+                             "BF16, F64, Q8_0, Q4_K, ...), found %s", file, name, alloy_dtype_traits(t->dtype)->name);
     if (!dst) return ALLOY_OK;
-    int rc = alloy_model_read_f32(mod, t, dst, err); /* a `model+adapter` tensor with its LoRA applied */
+    /* through the model's source: a `model+adapter` tensor with its LoRA applied, GGUF blocks dequantized */
+    int rc = alloy_model_read_f32(mod, t, dst, err);
     alloy_tensor_release(t);
     return rc;
 }

@@ -54,4 +54,8 @@ int alloy_pt_open(const char *path, struct alloy_tensor_file **out, struct alloy
 int alloy_pt_open_memory(const uint8_t *buf, size_t len, const char *label, struct alloy_tensor_file **out,
                          struct alloy_err *err);
 
+/* For a GGUF model, its tokenizer.json rebuilt from the metadata (*text malloc'd) or the error saying why
+ * it cannot be; for any other model *text = NULL and ALLOY_OK (its folder's tokenizer.json is the one). */
+int alloy_model_gguf_tokenizer(const struct alloy_model *m, char **text, struct alloy_err *err);
+
 #endif

@@ -22,11 +22,17 @@
  *   links into): a link to ~/.ssh/id_ed25519 named config.json or
  *   tokenizer.model is refused, never read or copied. Shards follow the
  *   same rule: a model.safetensors linking to a file elsewhere is refused.
+ *   A reference that is a GGUF file (recognised by its magic; the first
+ *   shard of a split model) is a model too: its tensors come with Hugging
+ *   Face names and shapes (gguf.c), config.json and tokenizer.json are
+ *   rebuilt from its metadata (gguf_meta.c), and its "folder" is the file
+ *   itself, so no file beside it is ever read or copied as its own.
  */
 #include "core/arena.h"
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "formats/formats.h"
+#include "formats/gguf.h"
 #include "formats/json_members.h"
 #include "lora/adapter.h"
 
@@ -461,6 +467,26 @@ static int open_weights(struct alloy_model *m, const char *st_index, struct allo
     return rc;
 }
 
+static int is_gguf_file(const char *path)
+{
+    char magic[4];
+    FILE *f = alloy_is_file(path) ? fopen(path, "rb") : NULL;
+    int yes = f && fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0;
+    if (f) fclose(f);
+    return yes;
+}
+
+/* A GGUF file as a model: one tensor file (all shards), config.json and tokenizer.json from the metadata. */
+static int open_gguf(struct alloy_model *m, struct alloy_err *err)
+{
+    struct alloy_tensor_file *f;
+    if (!(m->dir = alloy_xstrdup(m->ref))) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    int rc = add_file(m, m->ref, &f, err);
+    if (!rc) rc = add_file_tensors(m, f, NULL, 0, err);
+    if (!rc) rc = alloy_gguf_config_json(alloy_gguf_of(f), &m->config_text, err);
+    return rc; /* the tokenizer is rebuilt when asked for: a model without a usable one can still be merged */
+}
+
 int alloy_model_open(const char *ref, struct alloy_model **out, struct alloy_err *err)
 {
     const char *plus = strchr(ref, '+');
@@ -479,9 +505,14 @@ static int open_folder(const char *ref, struct alloy_model **out, struct alloy_e
         free(m);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     }
-    int rc = alloy_resolve_ref(ref, &m->dir, err);
     char *index = NULL, *config = NULL;
-    if (rc) goto fail;
+    int rc;
+    if (is_gguf_file(ref)) {
+        if ((rc = open_gguf(m, err))) goto fail;
+        *out = m;
+        return ALLOY_OK;
+    }
+    if ((rc = alloy_resolve_ref(ref, &m->dir, err))) goto fail;
     if ((rc = alloy_folder_file(m->dir, "model.safetensors.index.json", &index, err)) ||
         (rc = alloy_folder_file(m->dir, "config.json", &config, err)) || (rc = open_weights(m, index, err)))
         goto fail;
@@ -557,6 +588,20 @@ const char *alloy_model_ref(const struct alloy_model *m) { return m->ref; }
 const char *alloy_model_dir(const struct alloy_model *m) { return m->dir; }
 size_t alloy_model_count(const struct alloy_model *m) { return m->count; }
 const char *alloy_model_config_text(const struct alloy_model *m) { return m->config_text; }
+
+int alloy_model_gguf_tokenizer(const struct alloy_model *m, char **text, struct alloy_err *err)
+{
+    struct alloy_gguf *g = m->nfiles == 1 && !m->image ? alloy_gguf_of(m->files[0]) : NULL;
+    *text = NULL;
+    if (g) return alloy_gguf_tokenizer_json(g, text, err);
+    if (!m->image || !is_gguf_file(m->dir)) return ALLOY_OK;
+    /* a model merged in memory whose tokenizer donor is a GGUF file: its "folder" is that file */
+    int rc = alloy_gguf_open(m->dir, &g, err);
+    if (rc) return rc;
+    rc = alloy_gguf_tokenizer_json(g, text, err);
+    alloy_tensor_file_close(alloy_gguf_base(g));
+    return rc;
+}
 
 const struct alloy_tensor *alloy_model_tensor(const struct alloy_model *m, size_t i)
 {

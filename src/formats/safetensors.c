@@ -530,6 +530,6 @@ static int st_pread(const struct alloy_tensor_file *tf, const struct alloy_tenso
 
 static void st_close(struct alloy_tensor_file *tf) { alloy_st_close((struct alloy_st_file *)tf); }
 
-static const struct alloy_tensor_file_ops st_ops = {"safetensors", st_close, st_pread, st_release_range};
+static const struct alloy_tensor_file_ops st_ops = {"safetensors", st_close, st_pread, st_release_range, NULL};
 
 struct alloy_tensor_file *alloy_st_file_base(struct alloy_st_file *f) { return &f->base; }

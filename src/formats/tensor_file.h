@@ -2,7 +2,7 @@
  * tensor_file.h — the interface every tensor file format implements.
  *
  * DESIGN
- *   A tensor file is a file of named tensors: safetensors today, GGUF next.
+ *   A tensor file is a file of named tensors: safetensors or GGUF.
  *   Models (model.c), the planner and the stored source (src/sources/) use
  *   only this interface, so a new format is one more implementation of these
  *   operations, not a special case anywhere else:
@@ -31,6 +31,9 @@ struct alloy_tensor_file_ops {
                   size_t len, struct alloy_err *err);
     void (*release_range)(const struct alloy_tensor_file *f, const struct alloy_tensor *t, uint64_t off,
                           uint64_t len);
+    /* NULL, or the number of heads whose rows t stores in GGUF's llama order (0: stored in order):
+     * logical row h*d + a*d/2 + b is stored row h*d + 2b + a, d = rows / heads (gguf.md §1.3). */
+    uint64_t (*perm_heads)(const struct alloy_tensor_file *f, const struct alloy_tensor *t);
 };
 
 struct alloy_tensor_file {
@@ -40,5 +43,12 @@ struct alloy_tensor_file {
     struct alloy_tensor *tensors; /* file order */
     struct alloy_strmap index;    /* name -> position in tensors */
 };
+
+/* Elements [e0, e0 + n) of t in its presented (logical) order as float32: whole blocks are read and
+ * converted, partial blocks at either end through a small buffer, rows mapped when the file stores
+ * them permuted. t's dtype must have a to_f32 row. Safe from several threads. */
+int alloy_tensor_read_f32(const struct alloy_tensor *t, uint64_t e0, size_t n, float *dst, struct alloy_err *err);
+/* 1 when t's stored rows are not in logical order (its bytes cannot be used as they are). */
+int alloy_tensor_permuted(const struct alloy_tensor *t);
 
 #endif

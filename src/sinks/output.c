@@ -239,6 +239,25 @@ static int write_built_tokenizer(const struct alloy_plan *p, const char *templat
     return rc;
 }
 
+/* A GGUF donor has no tokenizer files: its tokenizer.json is rebuilt from the metadata, or a warning says
+ * why none is written. */
+static int write_gguf_tokenizer(const struct alloy_model *donor, const struct alloy_merge_options *o, const char *dir,
+                                struct alloy_err *err)
+{
+    char *text = NULL, *path = NULL;
+    struct alloy_err why = {0};
+    if (alloy_model_gguf_tokenizer(donor, &text, &why) != ALLOY_OK) {
+        if (o->log) o->log(o->log_user, 0, why.msg);
+        return ALLOY_OK;
+    }
+    int rc = ALLOY_OK;
+    if (text && !(path = alloy_xasprintf("%s/tokenizer.json", dir))) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    else if (text) rc = alloy_write_file(path, text, strlen(text), err);
+    free(path);
+    free(text);
+    return rc;
+}
+
 static int copy_tokenizer(const struct alloy_plan *p, const struct alloy_merge_options *o, const char *dir,
                           struct alloy_err *err)
 {
@@ -256,6 +275,7 @@ static int copy_tokenizer(const struct alloy_plan *p, const struct alloy_merge_o
         free(template_text);
         return ALLOY_OK;
     }
+    rc = write_gguf_tokenizer(p->models[p->tokenizer_donor], o, dir, err);
     const char *src = alloy_model_dir(p->models[p->tokenizer_donor]);
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(g_tokenizer_files) && !rc; i++) {
         char *from = NULL, *to = NULL;

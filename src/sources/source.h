@@ -10,7 +10,9 @@
  *
  *   Kinds:
  *     stored   the elements of a stored tensor of the same size, read with
- *              pread and widened to float32 in place; it can also hand over
+ *              pread and widened to float32 in place (a GGUF block type is
+ *              dequantized, llama's permuted Q/K rows read in HF order, by
+ *              alloy_tensor_read_f32); it can also hand over
  *              the stored bits as they are (ALLOY_INPUT_BF16_RAW) for a method
  *              that takes bfloat16 inputs raw;
  *     window   the top-left rows x cols block of a larger stored 2-D tensor
@@ -20,7 +22,7 @@
  *     tied     either of the two for a model that ties its embeddings and has
  *              no lm_head: its embedding matrix stands in (mergekit's
  *              tied_names) — the same reading, named differently in plans.
- *   Computed sources (dequantized blocks, W + s·B·A for LoRA, permuted rows
+ *   Computed sources (W + s·B·A for LoRA, permuted rows
  *   for vocabulary unions) implement the same two operations with their own
  *   state in ctx.
  */

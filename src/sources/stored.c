@@ -8,37 +8,19 @@
  *   not a SIGBUS. A stored source of a plain type up to 4 bytes preads the
  *   stored bytes into the top of the caller's float32 buffer and widens them
  *   forward in place: each write lands at or below a read that is still to
- *   come, so one buffer serves both. Wider types (F64) and block types are
- *   read in 16 KiB pieces and converted. A window reads each output row's
+ *   come, so one buffer serves both. Wider types (F64), block types and rows
+ *   stored permuted (GGUF's llama Q/K) go through alloy_tensor_read_f32
+ *   (tensor_file.h): 16 KiB pieces of whole blocks, any partial block at
+ *   either end of the range through a buffer. A window reads each output row's
  *   first `cols` elements from the wider stored row the same way.
  */
 #include "core/internal.h"
+#include "formats/tensor_file.h"
 #include "sources/source.h"
 
-/* Elements [e, e + n) of stored tensor t (a plain type or whole blocks) as float32 into dst, read with
- * the checked pread in pieces of at most PIECE bytes: a file that shrinks while open is an error, never a
- * SIGBUS from a mapping. */
-#define PIECE 16384
 static int read_convert(const struct alloy_tensor *t, uint64_t e, size_t n, float *dst, struct alloy_err *err)
 {
-    const struct alloy_dtype_traits *tr = alloy_dtype_traits(t->dtype);
-    uint8_t buf[PIECE] __attribute__((aligned(64)));
-    size_t per = PIECE / tr->block_bytes * tr->block; /* elements per piece, whole blocks */
-    while (n) {
-        size_t k = n < per ? n : per;
-        uint64_t off, len;
-        if (alloy_dtype_nbytes(t->dtype, e, &off) || alloy_dtype_nbytes(t->dtype, k, &len))
-            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': elements [%llu, %llu) do not start and "
-                                 "end on %s blocks", alloy_tensor_file_path(t->file), t->name, (unsigned long long)e,
-                                 (unsigned long long)(e + k), tr->name);
-        int rc = alloy_tensor_pread(t, off, buf, (size_t)len, err);
-        if (rc) return rc;
-        alloy_to_f32(t->dtype, buf, dst, k);
-        dst += k;
-        e += k;
-        n -= k;
-    }
-    return ALLOY_OK;
+    return alloy_tensor_read_f32(t, e, n, dst, err);
 }
 
 static int read_stored(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_input_mode mode,
@@ -48,14 +30,14 @@ static int read_stored(const struct alloy_input *s, uint64_t e0, uint64_t e1, vo
     const struct alloy_dtype_traits *tr = alloy_dtype_traits(t->dtype);
     size_t n = (size_t)(e1 - e0);
     if (mode == ALLOY_INPUT_BF16_RAW) return alloy_tensor_pread(t, e0 * 2, dst, n * 2, err);
-    if (tr->block == 1 && tr->block_bytes <= 4) { /* in place: stored bytes at the top of dst, widened forward */
+    if (tr->block == 1 && tr->block_bytes <= 4 && !alloy_tensor_permuted(t)) { /* in place: stored bytes at the top of dst, widened forward */
         uint8_t *stored = (uint8_t *)dst + n * (4 - tr->block_bytes);
         int rc = alloy_tensor_pread(t, e0 * tr->block_bytes, stored, n * tr->block_bytes, err);
         if (rc) return rc;
         if (t->dtype != ALLOY_DTYPE_F32) alloy_to_f32(t->dtype, stored, dst, n);
         return ALLOY_OK;
     }
-    return read_convert(t, e0, n, dst, err); /* wider than float32, or blocks */
+    return read_convert(t, e0, n, dst, err); /* wider than float32, blocks, or permuted rows */
 }
 
 static int read_window(const struct alloy_input *s, uint64_t e0, uint64_t e1, void *dst, enum alloy_input_mode mode,
@@ -92,7 +74,8 @@ void alloy_input_stored(struct alloy_input *s, int model, const struct alloy_ten
 
 int alloy_input_raw_bf16(const struct alloy_input *s)
 {
-    return (s->ops == &g_stored || s->ops == &g_tied) && s->t->dtype == ALLOY_DTYPE_BF16;
+    return (s->ops == &g_stored || s->ops == &g_tied) && s->t->dtype == ALLOY_DTYPE_BF16 &&
+           !alloy_tensor_permuted(s->t);
 }
 
 int alloy_input_is_tied(const struct alloy_input *s) { return s->ops == &g_tied || s->ops == &g_tied_window; }
