@@ -46,4 +46,20 @@ void alloy_quantize_q4_k(const float *x, void *dst, int64_t n, const float *w);
 void alloy_quantize_q5_k(const float *x, void *dst, int64_t n, const float *w);
 void alloy_quantize_q6_k(const float *x, void *dst, int64_t n, const float *w);
 
+/* The dtype table's from_f32 rows of the block types: the reference path on n elements (a
+ * multiple of the block); they return how many inputs were NaN or Inf (the bytes are then
+ * meaningless; alloy_quantize_rows turns that into an error). */
+#define ALLOY_QUANT_FROM_F32(t) size_t alloy_from_f32_##t(const float *src, void *dst, size_t n);
+ALLOY_QUANT_FROM_F32(q8_0)
+ALLOY_QUANT_FROM_F32(q4_0)
+ALLOY_QUANT_FROM_F32(q4_1)
+ALLOY_QUANT_FROM_F32(q5_0)
+ALLOY_QUANT_FROM_F32(q5_1)
+ALLOY_QUANT_FROM_F32(q2_k)
+ALLOY_QUANT_FROM_F32(q3_k)
+ALLOY_QUANT_FROM_F32(q4_k)
+ALLOY_QUANT_FROM_F32(q5_k)
+ALLOY_QUANT_FROM_F32(q6_k)
+#undef ALLOY_QUANT_FROM_F32
+
 #endif
