@@ -117,3 +117,158 @@ out:
     alloy_tensor_file_close(base);
     json_decref(exp);
 }
+
+/* ------------------------------------------------------------ edge cases and round trips */
+
+static const enum alloy_dtype k_types[] = {ALLOY_DTYPE_Q8_0, ALLOY_DTYPE_Q4_0, ALLOY_DTYPE_Q4_1, ALLOY_DTYPE_Q5_0,
+                                           ALLOY_DTYPE_Q5_1, ALLOY_DTYPE_Q2_K, ALLOY_DTYPE_Q3_K, ALLOY_DTYPE_Q4_K,
+                                           ALLOY_DTYPE_Q5_K, ALLOY_DTYPE_Q6_K};
+
+/* Uniform in [-1, 1) from a xorshift state. */
+static float urand(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (float)((*s >> 40) * 0x1p-24 * 2.0 - 1.0);
+}
+
+/* Quantize then dequantize n values of type t; y receives the round trip. */
+static void round_trip(enum alloy_dtype t, const float *x, float *y, int64_t n, const float *w)
+{
+    uint64_t nb = 0;
+    CHECK(alloy_dtype_nbytes(t, (uint64_t)n, &nb) == 0);
+    uint8_t *q = malloc(nb);
+    CHECK(q != NULL);
+    if (!q) return;
+    CHECK((uint64_t)alloy_quantize_row(t, x, q, n, w) == nb);
+    alloy_to_f32(t, q, y, (size_t)n);
+    free(q);
+}
+
+/* On uniform data in [-1, 1), a b-bit code has step ~2/(2^b - 1), so the RMS error of a
+ * round-to-nearest quantizer is about step/sqrt(12); the bound allows twice that (the
+ * K-quants' searches may clip, and their scales are quantized too). */
+TEST(quantize_round_trip_error_bounded)
+{
+    static const int bits[] = {8, 4, 4, 5, 5, 2, 3, 4, 5, 6};
+    enum { N = 4096 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y), *w = malloc(N * sizeof *w);
+    CHECK(x && y && w);
+    if (!x || !y || !w) goto out;
+    uint64_t s = 0x9e3779b97f4a7c15u;
+    for (int i = 0; i < N; i++) {
+        x[i] = urand(&s);
+        w[i] = 0.5f + 0.5f * (urand(&s) + 1.0f);
+    }
+    for (size_t k = 0; k < sizeof k_types / sizeof *k_types; k++) {
+        for (int imat = 0; imat < 2; imat++) {
+            round_trip(k_types[k], x, y, N, imat ? w : NULL);
+            double se = 0;
+            for (int i = 0; i < N; i++) se += (double)(x[i] - y[i]) * (x[i] - y[i]);
+            double rms = sqrt(se / N), bound = 2.0 * (2.0 / ((1 << bits[k]) - 1)) / sqrt(12.0);
+            CHECK_MSG(rms < bound, "%s%s: RMS error %g, bound %g", alloy_dtype_traits(k_types[k])->name,
+                      imat ? " (imatrix)" : "", rms, bound);
+        }
+    }
+out:
+    free(x);
+    free(y);
+    free(w);
+}
+
+/* All-zero blocks read back as exact zeros; a constant block reads back within its fp16 scale's
+ * rounding (2^-11 relative), for both signs. */
+TEST(quantize_zero_and_constant_blocks)
+{
+    enum { N = 512 };
+    float x[N], y[N];
+    for (size_t k = 0; k < sizeof k_types / sizeof *k_types; k++) {
+        const char *name = alloy_dtype_traits(k_types[k])->name;
+        memset(x, 0, sizeof x);
+        round_trip(k_types[k], x, y, N, NULL);
+        for (int i = 0; i < N; i++) CHECK_MSG(y[i] == 0.0f, "%s: zero block element %d reads %g", name, i, y[i]);
+        for (int sign = -1; sign <= 1; sign += 2) {
+            const float c = 0.3125f * (float)sign;
+            for (int i = 0; i < N; i++) x[i] = c;
+            round_trip(k_types[k], x, y, N, NULL);
+            for (int i = 0; i < N; i++)
+                CHECK_MSG(fabsf(y[i] - c) <= fabsf(c) * 0x1p-10f, "%s: constant %g reads %g at %d", name, c, y[i], i);
+        }
+    }
+}
+
+TEST(quantize_rejects_nonfinite_and_bad_lengths)
+{
+    float x[512] = {0};
+    uint8_t q[512 * 2];
+    struct alloy_err err = {0};
+    x[300] = NAN;
+    CHECK(alloy_quantize_rows(ALLOY_DTYPE_Q4_K, x, q, 2, 256, NULL, "m.gguf", "blk.0.attn_q.weight", &err) ==
+          ALLOY_ERR_FORMAT);
+    CHECK_STR_CONTAINS(err.msg, "m.gguf: blk.0.attn_q.weight: finite values to quantize to Q4_K, NaN at row 1 column 44");
+    x[300] = -INFINITY;
+    CHECK(alloy_quantize_rows(ALLOY_DTYPE_Q8_0, x, q, 16, 32, NULL, "m.gguf", "t", &err) == ALLOY_ERR_FORMAT);
+    CHECK_STR_CONTAINS(err.msg, "Inf at row 9 column 12");
+    x[300] = 0;
+    CHECK(alloy_quantize_rows(ALLOY_DTYPE_Q6_K, x, q, 4, 128, NULL, "m.gguf", "t", &err) == ALLOY_ERR_SHAPE);
+    CHECK_STR_CONTAINS(err.msg, "m.gguf: t: a row length that is a multiple of Q6_K's block of 256, 128");
+    CHECK(alloy_quantize_rows(ALLOY_DTYPE_F16, x, q, 1, 32, NULL, "m.gguf", "t", &err) == ALLOY_ERR_UNSUPPORTED);
+    CHECK(alloy_quantize_row(ALLOY_DTYPE_Q4_0, x, q, 48, NULL) == 0);
+    CHECK(alloy_quantize_row(ALLOY_DTYPE_Q2_K, x, q, 0, NULL) == 0);
+    CHECK(alloy_quantize_row(ALLOY_DTYPE_Q4_0, x, q, 64, NULL) == 36);
+    /* the table's from_f32 row counts the non-finite inputs */
+    x[5] = NAN;
+    x[6] = INFINITY;
+    CHECK_INT(alloy_dtype_traits(ALLOY_DTYPE_Q5_1)->from_f32(x, q, 64), 2);
+}
+
+/* ------------------------------------------------------------ fp16 against a naive reference */
+
+/* Value of an fp16 code from its fields, in double. */
+static double naive_f16(uint16_t h)
+{
+    int e = (h >> 10) & 31, m = h & 1023;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+/* The fp16 value nearest to finite f, ties to an even code, in double (infinite past 65520). */
+static double naive_round_f16(float f)
+{
+    double a = fabs((double)f);
+    int e;
+    frexp(a, &e); /* a = frac * 2^e, frac in [0.5, 1) */
+    int exp = e - 1 < -14 ? -14 : e - 1;
+    double ulp = ldexp(1, exp - 10), q = a / ulp, r = floor(q);
+    if (q - r > 0.5 || (q - r == 0.5 && fmod(r, 2) != 0)) r += 1;
+    double v = r * ulp;
+    if (v >= 65536.0) v = INFINITY;
+    return f < 0 || (f == 0 && signbit(f)) ? -v : v;
+}
+
+TEST(quantize_fp16_matches_naive_reference)
+{
+    for (uint32_t h = 0; h < 65536; h++) {
+        double want = naive_f16((uint16_t)h);
+        float got = alloy_f16_to_f32((uint16_t)h);
+        if (isnan(want)) CHECK_MSG(isnan(got), "f16 %04x", h);
+        else CHECK_MSG((double)got == want && !signbit(got) == !signbit(want), "f16 %04x: %a, want %a", h, got, want);
+    }
+    uint64_t s = 12345;
+    int bad = 0;
+    for (int i = 0; i < 2000000 && bad < 10; i++) {
+        uint32_t u;
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        u = (uint32_t)s;
+        if (i % 2) u = (u & 0x8fffffffu) | 0x30000000u; /* half of them near fp16's range */
+        float f;
+        memcpy(&f, &u, 4);
+        if (!isfinite(f)) continue;
+        double want = naive_round_f16(f), got = alloy_f16_to_f32(alloy_f32_to_f16(f));
+        if (got != want || !signbit(got) != !signbit(want)) {
+            bad++;
+            CHECK_MSG(0, "f32 %a -> f16 reads %a, want %a", f, got, want);
+        }
+    }
+}
