@@ -272,3 +272,111 @@ TEST(quantize_fp16_matches_naive_reference)
         }
     }
 }
+
+/* ------------------------------------------------------------ imatrix files */
+
+/* A byte image of an imatrix file, built field by field. */
+struct img {
+    uint8_t b[512];
+    size_t n;
+};
+
+static void put_i32(struct img *m, int32_t v)
+{
+    memcpy(m->b + m->n, &v, 4);
+    m->n += 4;
+}
+
+static void put_str(struct img *m, const char *s)
+{
+    put_i32(m, (int32_t)strlen(s));
+    memcpy(m->b + m->n, s, strlen(s));
+    m->n += strlen(s);
+}
+
+static void put_f32(struct img *m, float f)
+{
+    memcpy(m->b + m->n, &f, 4);
+    m->n += 4;
+}
+
+/* Two entries: "blk.0.a" (ncall 4, sums 1 2 3) and "blk.0.b" (ncall 3, sum 1), 7 chunks, "data.txt". */
+static struct img valid_image(void)
+{
+    struct img m = {{0}, 0};
+    put_i32(&m, 2);
+    put_str(&m, "blk.0.a");
+    put_i32(&m, 4);
+    put_i32(&m, 3);
+    put_f32(&m, 1);
+    put_f32(&m, 2);
+    put_f32(&m, 3);
+    put_str(&m, "blk.0.b");
+    put_i32(&m, 3);
+    put_i32(&m, 1);
+    put_f32(&m, 1);
+    put_i32(&m, 7);
+    put_str(&m, "data.txt");
+    return m;
+}
+
+static void expect_reject(const struct img *m, const char *what)
+{
+    struct alloy_imatrix *im = (struct alloy_imatrix *)1;
+    struct alloy_err err = {0};
+    CHECK(alloy_imatrix_parse(m->b, m->n, "x.imatrix", &im, &err) == ALLOY_ERR_FORMAT);
+    CHECK(im == NULL);
+    CHECK_STR_CONTAINS(err.msg, what);
+}
+
+TEST(quantize_imatrix_reads_and_divides_by_ncall)
+{
+    struct img m = valid_image();
+    struct alloy_imatrix *im = NULL;
+    struct alloy_err err = {0};
+    CHECK_MSG(alloy_imatrix_parse(m.b, m.n, "x.imatrix", &im, &err) == ALLOY_OK, "%s", err.msg);
+    if (!im) return;
+    size_t n = 0;
+    const float *v = alloy_imatrix_lookup(im, "blk.0.a", &n);
+    CHECK(v && n == 3 && v[0] == 0.25f && v[1] == 0.5f && v[2] == 0.75f);
+    v = alloy_imatrix_lookup(im, "blk.0.b", &n);
+    CHECK(v && n == 1 && v[0] == 1.0f / 3.0f);
+    CHECK(alloy_imatrix_lookup(im, "blk.0.c", &n) == NULL);
+    CHECK_INT(alloy_imatrix_entries(im), 2);
+    CHECK_INT(alloy_imatrix_chunks(im), 7);
+    CHECK(strcmp(alloy_imatrix_dataset(im), "data.txt") == 0);
+    alloy_imatrix_close(im);
+    /* the fixture: 14 entries, 256 chunks, as llama-quantize's metadata records */
+    CHECK_MSG(alloy_imatrix_open(test_data("gguf/base.imatrix"), &im, &err) == ALLOY_OK, "%s", err.msg);
+    if (!im) return;
+    CHECK_INT(alloy_imatrix_entries(im), 14);
+    CHECK_INT(alloy_imatrix_chunks(im), 256);
+    CHECK(alloy_imatrix_lookup(im, "blk.1.ffn_down.weight", &n) && n == 768);
+    alloy_imatrix_close(im);
+}
+
+TEST(quantize_imatrix_corrupt_files)
+{
+    struct img m = valid_image(), c;
+    for (size_t cut = 0; cut < m.n; cut++) { /* every truncation */
+        struct alloy_imatrix *im = NULL;
+        struct alloy_err err = {0};
+        CHECK_MSG(alloy_imatrix_parse(m.b, cut, "x.imatrix", &im, &err) != ALLOY_OK && im == NULL, "cut at %zu", cut);
+    }
+    c = m; memcpy(c.b, &(int32_t){-1}, 4); expect_reject(&c, "x.imatrix: entry count: 0..");
+    c = m; memcpy(c.b, &(int32_t){1000000}, 4); expect_reject(&c, "x.imatrix: entry count: 0..");
+    c = m; memcpy(c.b + 4, &(int32_t){0}, 4); expect_reject(&c, "x.imatrix: entry 0 name: a length of 1..");
+    c = m; memcpy(c.b + 4, &(int32_t){0x7fffffff}, 4); expect_reject(&c, "x.imatrix: entry 0 name: a length of 1..");
+    c = m; c.b[9] = 0; expect_reject(&c, "x.imatrix: entry 0 name: a name without NUL bytes");
+    c = m; memcpy(c.b + 15, &(int32_t){0}, 4); expect_reject(&c, "x.imatrix: blk.0.a: a call count > 0, 0");
+    c = m; memcpy(c.b + 19, &(int32_t){1 << 30}, 4); expect_reject(&c, "x.imatrix: blk.0.a: 1..");
+    c = m; memcpy(c.b + 19, &(int32_t){0}, 4); expect_reject(&c, "x.imatrix: blk.0.a: 1..");
+    c = m; memcpy(c.b + 23, &(float){NAN}, 4); expect_reject(&c, "x.imatrix: blk.0.a: finite non-negative sums, nan at value 0");
+    c = m; memcpy(c.b + 27, &(float){-1}, 4); expect_reject(&c, "x.imatrix: blk.0.a: finite non-negative sums, -1 at value 1");
+    c = m; c.b[45] = 'a'; expect_reject(&c, "x.imatrix: blk.0.a: one entry per name, two");
+    c = m; memcpy(c.b + 58, &(int32_t){-2}, 4); expect_reject(&c, "x.imatrix: chunk count: >= 0, -2");
+    c = m; c.b[c.n++] = 0; expect_reject(&c, "x.imatrix: end of file: nothing after the dataset name, 1 bytes");
+    struct alloy_imatrix *im = NULL;
+    struct alloy_err err = {0};
+    CHECK(alloy_imatrix_open(test_data("gguf/no-such.imatrix"), &im, &err) == ALLOY_ERR_IO && im == NULL);
+}

@@ -167,6 +167,13 @@ const float *alloy_imatrix_lookup(const struct alloy_imatrix *m, const char *nam
     return m->e[i].values;
 }
 
+const char *alloy_imatrix_entry(const struct alloy_imatrix *m, size_t i, const float **values, size_t *n)
+{
+    *values = m->e[i].values;
+    *n = m->e[i].n;
+    return m->e[i].name;
+}
+
 size_t alloy_imatrix_entries(const struct alloy_imatrix *m) { return m->count; }
 int32_t alloy_imatrix_chunks(const struct alloy_imatrix *m) { return m->chunks; }
 const char *alloy_imatrix_dataset(const struct alloy_imatrix *m) { return m->dataset; }

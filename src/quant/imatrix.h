@@ -28,6 +28,8 @@ int alloy_imatrix_parse(const void *buf, size_t len, const char *path, struct al
 /* The per-column importance of GGUF tensor name (values already divided by ncall), *n set to
  * their count; NULL when the file has no such entry. */
 const float *alloy_imatrix_lookup(const struct alloy_imatrix *m, const char *name, size_t *n);
+/* Entry i (i < alloy_imatrix_entries) in file order: its name, values and count. */
+const char *alloy_imatrix_entry(const struct alloy_imatrix *m, size_t i, const float **values, size_t *n);
 /* For the quantize.imatrix.* keys: entry count, chunk count, dataset name. */
 size_t alloy_imatrix_entries(const struct alloy_imatrix *m);
 int32_t alloy_imatrix_chunks(const struct alloy_imatrix *m);
