@@ -26,6 +26,14 @@
 #include <float.h>
 #include <math.h>
 
+/* roundf (half away from zero) for |v| < 2^31: the truncation's remainder v - trunc(v) is exact. */
+static inline int round_away(float v)
+{
+    int t = (int)v;
+    float r = v - (float)t;
+    return t + (r >= 0.5f) - (r <= -0.5f);
+}
+
 void alloy_quantize_q8_0(const float *x, void *dst, int64_t n)
 {
     uint8_t *b = dst;
@@ -35,7 +43,7 @@ void alloy_quantize_q8_0(const float *x, void *dst, int64_t n)
         const float d = amax / ((1 << 7) - 1);
         const float id = d ? 1.0f / d : 0.0f;
         alloy_put_half(b, d);
-        for (int j = 0; j < ALLOY_QK; j++) b[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        for (int j = 0; j < ALLOY_QK; j++) b[2 + j] = (uint8_t)(int8_t)round_away(x[j] * id); /* |x*id| <= 127 */
     }
 }
 
