@@ -29,7 +29,7 @@
 static int ggml_type(const char *s, enum alloy_dtype *out)
 {
     static const struct { const char *name; enum alloy_dtype t; } map[] = {
-        {"f32", ALLOY_DTYPE_F32},   {"q8_0", ALLOY_DTYPE_Q8_0}, {"q4_0", ALLOY_DTYPE_Q4_0}, {"q4_1", ALLOY_DTYPE_Q4_1},
+        {"f32", ALLOY_DTYPE_F32},   {"f16", ALLOY_DTYPE_F16},   {"q8_0", ALLOY_DTYPE_Q8_0}, {"q4_0", ALLOY_DTYPE_Q4_0}, {"q4_1", ALLOY_DTYPE_Q4_1},
         {"q5_0", ALLOY_DTYPE_Q5_0}, {"q5_1", ALLOY_DTYPE_Q5_1}, {"q2_K", ALLOY_DTYPE_Q2_K}, {"q3_K", ALLOY_DTYPE_Q3_K},
         {"q4_K", ALLOY_DTYPE_Q4_K}, {"q5_K", ALLOY_DTYPE_Q5_K}, {"q6_K", ALLOY_DTYPE_Q6_K},
     };
@@ -62,7 +62,7 @@ static void check_golden(const char *file, const struct alloy_tensor *src, json_
         CHECK_INT((int64_t)nim, n_per_row);
         (*with_imatrix)++;
     }
-    if (t == ALLOY_DTYPE_F32) memcpy(q, x, nbytes);
+    if (t < ALLOY_DTYPE_FIRST_QUANT) alloy_from_f32(t, x, q, src->numel);
     else CHECK_MSG(alloy_quantize_rows(t, x, q, nrows, n_per_row, w, file, gname, &err) == ALLOY_OK, "%s", err.msg);
     char hex[65];
     sha256_of(q, nbytes, hex);
@@ -74,23 +74,18 @@ out:
     free(q);
 }
 
-TEST(quantize_every_type_matches_llama_quantize)
+/* Every tensor of the files expected.json lists under prefix, re-made from base (with im for the
+ * files whose name says imatrix); counts what was compared. */
+static int golden_files(json_t *exp, const char *prefix, const struct alloy_tensor_file *base,
+                        const struct alloy_imatrix *im, int *ntensors, int *with_imatrix, int *seen)
 {
-    json_error_t jerr;
-    json_t *exp = json_load_file(test_data("gguf/expected.json"), 0, &jerr);
-    struct alloy_tensor_file *base = NULL;
-    struct alloy_imatrix *im = NULL;
-    struct alloy_err err = {0};
-    CHECK_MSG(exp, "expected.json: %s", jerr.text);
-    CHECK_MSG(alloy_tensor_file_open(test_data("gguf/base-f32.gguf"), &base, &err) == ALLOY_OK, "%s", err.msg);
-    CHECK_MSG(alloy_imatrix_open(test_data("gguf/base.imatrix"), &im, &err) == ALLOY_OK, "%s", err.msg);
-    if (!exp || !base || !im) goto out;
     const char *name;
     json_t *spec;
-    int nfiles = 0, ntensors = 0, with_imatrix = 0, seen[ALLOY_DTYPE_COUNT] = {0};
+    int nfiles = 0;
     json_object_foreach(json_object_get(exp, "files"), name, spec) {
-        if (strncmp(name, "quant/", 6) != 0) continue;
+        if (strncmp(name, prefix, strlen(prefix)) != 0 || strstr(name, "-f32.gguf")) continue;
         char path[512];
+        struct alloy_err err = {0};
         snprintf(path, sizeof path, "gguf/%s", name);
         struct alloy_tensor_file *f = NULL; /* its HF names, in the order of expected.json's GGUF names */
         CHECK_MSG(alloy_tensor_file_open(test_data(path), &f, &err) == ALLOY_OK, "%s", err.msg);
@@ -98,22 +93,43 @@ TEST(quantize_every_type_matches_llama_quantize)
         json_t *tensors = json_object_get(spec, "tensors");
         CHECK_INT(alloy_tensor_file_count(f), json_array_size(tensors));
         for (size_t i = 0; i < alloy_tensor_file_count(f) && i < json_array_size(tensors); i++) {
-            const struct alloy_tensor *src = alloy_tensor_file_find(base, alloy_tensor_file_tensor(f, i)->name);
-            CHECK_MSG(src && src->dtype == ALLOY_DTYPE_F32, "%s: %s in base-f32.gguf", name, alloy_tensor_file_tensor(f, i)->name);
+            const char *hf = alloy_tensor_file_tensor(f, i)->name;
+            const struct alloy_tensor *src = alloy_tensor_file_find(base, hf);
+            CHECK_MSG(src && src->dtype == ALLOY_DTYPE_F32, "%s: %s in the F32 base", name, hf);
             if (!src || src->dtype != ALLOY_DTYPE_F32) continue;
-            check_golden(name, src, json_array_get(tensors, i), strstr(name, "imatrix") ? im : NULL, seen, &with_imatrix);
-            ntensors++;
+            check_golden(name, src, json_array_get(tensors, i), strstr(name, "imatrix") ? im : NULL, seen, with_imatrix);
+            (*ntensors)++;
         }
         alloy_tensor_file_close(f);
         nfiles++;
     }
-    CHECK_INT(nfiles, 13);
+    return nfiles;
+}
+
+TEST(quantize_every_type_matches_llama_quantize)
+{
+    json_error_t jerr;
+    json_t *exp = json_load_file(test_data("gguf/expected.json"), 0, &jerr);
+    struct alloy_tensor_file *base = NULL, *tiny = NULL;
+    struct alloy_imatrix *im = NULL;
+    struct alloy_err err = {0};
+    CHECK_MSG(exp, "expected.json: %s", jerr.text);
+    CHECK_MSG(alloy_tensor_file_open(test_data("gguf/base-f32.gguf"), &base, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK_MSG(alloy_tensor_file_open(test_data("gguf/tiny/tiny-base-f32.gguf"), &tiny, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK_MSG(alloy_imatrix_open(test_data("gguf/base.imatrix"), &im, &err) == ALLOY_OK, "%s", err.msg);
+    if (!exp || !base || !tiny || !im) goto out;
+    int ntensors = 0, with_imatrix = 0, seen[ALLOY_DTYPE_COUNT] = {0};
+    CHECK_INT(golden_files(exp, "quant/", base, im, &ntensors, &with_imatrix, seen), 13);
     CHECK_INT(ntensors, 13 * 21);
     CHECK_INT(with_imatrix, 14); /* the blk.* matmuls; token_embd and output have no entry */
+    /* tiny: rows of 128 and 344, so llama-quantize's fallbacks (Q5_0, Q8_0, F16) */
+    CHECK_INT(golden_files(exp, "tiny/", tiny, NULL, &ntensors, &with_imatrix, seen), 1);
+    CHECK(seen[ALLOY_DTYPE_F16]);
     for (int t = ALLOY_DTYPE_FIRST_QUANT; t < ALLOY_DTYPE_COUNT; t++)
         CHECK_MSG(seen[t], "no golden tensor of type %s", alloy_dtype_traits((enum alloy_dtype)t)->name);
 out:
     alloy_imatrix_close(im);
+    alloy_tensor_file_close(tiny);
     alloy_tensor_file_close(base);
     json_decref(exp);
 }
