@@ -14,10 +14,11 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 enum {
     OPT_HELP = 1, OPT_THREADS, OPT_SHARD, OPT_SEED, OPT_DRY, OPT_QUIET, OPT_TOK, OPT_NO_TOK, OPT_CARD, OPT_NO_CARD,
-    OPT_CRIMES, OPT_OVERWRITE, OPT_NO_SAFE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG
+    OPT_CRIMES, OPT_OVERWRITE, OPT_FORMAT, OPT_OUTTYPE, OPT_NO_SAFE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG
 };
 
 static const struct cli_opt k_opts[] = {
@@ -33,6 +34,8 @@ static const struct cli_opt k_opts[] = {
     {"--no-write-model-card", OPT_NO_CARD, 0},
     {"--allow-crimes", OPT_CRIMES, 0},
     {"--overwrite", OPT_OVERWRITE, 0},
+    {"--format", OPT_FORMAT, 1},
+    {"--outtype", OPT_OUTTYPE, 1},
     {"--no-safe-serialization", OPT_NO_SAFE, 0},
     {"--lazy-unpickle|--no-lazy-unpickle|--cuda|--no-cuda|--low-cpu-memory|--no-low-cpu-memory|--read-to-gpu|"
      "--no-read-to-gpu|--multi-gpu|--no-multi-gpu|--gpu-rich|--async-write|--no-async-write|--clone-tensors|"
@@ -77,6 +80,9 @@ static void merge_usage(FILE *f)
             "  --write-model-card / --no-write-model-card  README.md + mergekit_config.yml (default: write)\n"
             "  --allow-crimes           accepted (alloy matches tensors by name and shape for any architecture)\n"
             "  --overwrite              replace an existing OUT_DIR even when it holds other files (they are deleted)\n"
+            "  --format folder|gguf     the output's form (default: gguf when OUT ends in .gguf, else folder)\n"
+            "  --outtype f32|f16|bf16   GGUF output: type of the weight matrices (default: the merge's dtype;\n"
+            "                           norms and 1-D tensors are F32)\n"
             "  -q, --quiet              no progress bar and no notes\n"
             "  -h, --help               this help\n"
             "Accepted for mergekit compatibility, no effect here: --lazy-unpickle, --cuda, --no-cuda, --device X,\n"
@@ -130,6 +136,12 @@ static int apply_option(struct cli_args *a, int id, const char *val, struct allo
     case OPT_NO_CARD: o->write_model_card = 0; return 0;
     case OPT_CRIMES: o->allow_crimes = 1; return 0;
     case OPT_OVERWRITE: o->overwrite = 1; return 0;
+    case OPT_FORMAT:
+        if (strcmp(val, "folder") != 0 && strcmp(val, "gguf") != 0)
+            return cli_usage_error("merge", "--format: expected folder or gguf, got '%s'", val);
+        o->out_format = val;
+        return 0;
+    case OPT_OUTTYPE: o->outtype = val; return 0;
     case OPT_NO_SAFE:
         cli_error("--no-safe-serialization: alloy writes safetensors only (PyTorch pickles can execute code when loaded)");
         return 2;

@@ -336,6 +336,10 @@ struct alloy_merge_options {
     void             *progress_user;
     volatile int     *interrupt;   /* when non-NULL and set, the merge stops cleanly */
     int         overwrite;     /* replace an existing out_dir even when it holds files a merge does not write */
+    /* GGUF output: out_dir is then the file written. */
+    const char *out_format;    /* "folder" or "gguf"; NULL: "gguf" when out_dir ends in ".gguf" */
+    const char *outtype;       /* GGUF tensor type of the weights: "f32", "f16", "bf16"; NULL: the merge's
+                                  output dtype (norms and 1-D tensors are always F32) */
 };
 
 /* The merge methods, in the order of docs/methods.md (`alloy merge --help` lists them). */

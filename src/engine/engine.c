@@ -176,6 +176,8 @@ int alloy_merge(const struct alloy_merge_options *opts, struct alloy_err *err)
         return alloy_err_set(err, ALLOY_ERR_CONFIG, "a merge needs a config (a file, YAML text or a parsed config)");
     if (!opts->out_dir && !opts->out_model && !opts->dry_run)
         return alloy_err_set(err, ALLOY_ERR_CONFIG, "a merge needs an output folder (or an in-memory model)");
+    if (opts->out_format && strcmp(opts->out_format, "folder") != 0 && strcmp(opts->out_format, "gguf") != 0)
+        return alloy_err_set(err, ALLOY_ERR_CONFIG, "output format: folder or gguf, found \"%s\"", opts->out_format);
     struct alloy_merge_options oo = *opts;
     const struct alloy_merge_options *o = &oo;
     char *out_dir = alloy_xstrdup(opts->out_dir ? opts->out_dir : ".");
@@ -194,7 +196,10 @@ int alloy_merge(const struct alloy_merge_options *opts, struct alloy_err *err)
         alloy_plan_print(plan, o->plan_out ? o->plan_out : stdout);
         goto out;
     }
-    if (!rc) sink = o->out_model ? alloy_sink_memory_new(o->out_model, err) : alloy_sink_folder_new(o, err);
+    if (!rc)
+        sink = o->out_model            ? alloy_sink_memory_new(o->out_model, err)
+               : alloy_sink_wants_gguf(o) ? alloy_sink_gguf_new(o, err)
+                                          : alloy_sink_folder_new(o, err);
     if (!rc && !sink) rc = err ? (int)err->status : ALLOY_ERR_NOMEM;
     if (!rc && !(pool = alloy_pool_new(o->threads)))
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "cannot start %d threads", o->threads);

@@ -48,6 +48,10 @@ struct alloy_sink {
 
 /* A model folder at o->out_dir (shards, index, config.json, tokenizer, card), published on commit. */
 struct alloy_sink *alloy_sink_folder_new(const struct alloy_merge_options *o, struct alloy_err *err);
+/* A GGUF file at o->out_dir (gguf.c), renamed into place on commit. */
+struct alloy_sink *alloy_sink_gguf_new(const struct alloy_merge_options *o, struct alloy_err *err);
+/* 1 when the options ask for a GGUF file: out_format "gguf", or none and out_dir ending in ".gguf". */
+int alloy_sink_wants_gguf(const struct alloy_merge_options *o);
 /* A model in memory, stored into *out on commit (alloy_model_close frees it). */
 struct alloy_sink *alloy_sink_memory_new(struct alloy_model **out, struct alloy_err *err);
 
