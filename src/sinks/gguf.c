@@ -198,8 +198,36 @@ static json_t *load_json_text(const char *text, const char *path, struct alloy_e
     return j;
 }
 
+/* What a GGUF tokenizer donor's rebuilt tokenizer.json does not say: its tokenizer.ggml.pre (*pre malloc'd,
+ * NULL when it has none) and add_bos/add_eos flags (into *tcfg, as tokenizer_config.json would hold them). */
+static int donor_keys(const char *file, char **pre, json_t **tcfg, struct alloy_err *err)
+{
+    struct alloy_gguf *g = NULL;
+    const char *s = NULL;
+    uint64_t len = 0;
+    int rc = alloy_gguf_open(file, &g, err);
+    if (!rc && alloy_gguf_str(g, "tokenizer.ggml.pre", &s, &len, err) > 0 && !(*pre = alloy_xmalloc(len + 1)))
+        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    else if (!rc && *pre) {
+        memcpy(*pre, s, len);
+        (*pre)[len] = '\0';
+    }
+    if (!rc && !(*tcfg = json_object())) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    static const char *const flags[][2] = {{"tokenizer.ggml.add_bos_token", "add_bos_token"},
+                                           {"tokenizer.ggml.add_eos_token", "add_eos_token"}};
+    for (size_t i = 0; !rc && i < ALLOY_ARRAY_LEN(flags); i++) {
+        int v = 0, have = alloy_gguf_bool(g, flags[i][0], &v, err);
+        if (have < 0) rc = (int)err->status;
+        else if (have && json_object_set_new(*tcfg, flags[i][1], json_boolean(v)))
+            rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    }
+    if (g) alloy_gguf_base(g)->ops->close(alloy_gguf_base(g));
+    return rc;
+}
+
 /* The tokenizer source's tokenizer.json and tokenizer_config.json (absent: *tcfg NULL). */
-static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcfg, char **path, struct alloy_err *err)
+static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcfg, char **path, char **pre,
+                          struct alloy_err *err)
 {
     const struct alloy_model *m = p->models[p->tokenizer_donor >= 0 ? p->tokenizer_donor : p->donor];
     char *text = NULL, *cpath = NULL;
@@ -219,6 +247,8 @@ static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcf
         }
     } else if (!rc && !(*path = alloy_xasprintf("%s (tokenizer)", alloy_model_dir(m)))) {
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    } else if (!rc) {
+        rc = donor_keys(alloy_model_dir(m), pre, tcfg, err);
     }
     if (!rc && !(*tok = load_json_text(text, *path, err))) rc = (int)err->status;
     free(text);
@@ -250,7 +280,7 @@ static uint32_t file_type(const struct gguf_sink *g)
 /* Metadata (model and tokenizer keys) and tensor infos: the whole header, padded, in *out. */
 static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_err *err)
 {
-    char *ctext = NULL, *tpath = NULL, *name = model_name(g->o->out_dir);
+    char *ctext = NULL, *tpath = NULL, *pre = NULL, *name = model_name(g->o->out_dir);
     json_t *config = NULL, *tok = NULL, *tcfg = NULL;
     struct gguf_buf kv = {0}, ti = {0};
     struct gguf_model_info mi;
@@ -264,10 +294,10 @@ static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_
         if (g->t[i].name) mi.n_params += g->p->tensors[i].numel;
     }
     if (!rc) rc = gguf_model_keys(&kv, config, cpath, &mi, name, file_type(g), err);
-    if (!rc) rc = tokenizer_json(g->p, &tok, &tcfg, &tpath, err);
+    if (!rc) rc = tokenizer_json(g->p, &tok, &tcfg, &tpath, &pre, err);
     for (size_t i = 0; !rc && i < g->p->ntensors; i++) /* the token list has one entry per embedding row */
         if (g->t[i].name && strcmp(g->t[i].name, "token_embd.weight") == 0) mi.n_vocab = g->p->tensors[i].shape[0];
-    if (!rc) rc = gguf_tokenizer_keys(&kv, tok, tcfg, config, tpath, mi.n_vocab, err);
+    if (!rc) rc = gguf_tokenizer_keys(&kv, tok, tcfg, config, tpath, pre, mi.n_vocab, err);
     if (!rc) gguf_kv_u32(&kv, "general.quantization_version", 2);
     if (!rc) rc = tensor_infos(g, &ti, &ntensors, err);
     if (!rc) {
@@ -288,6 +318,7 @@ static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_
     json_decref(tcfg);
     free(ctext);
     free(tpath);
+    free(pre);
     free(name);
     return rc;
 }

@@ -52,8 +52,9 @@ int gguf_model_info(json_t *config, const char *path, struct gguf_model_info *mi
 int gguf_model_keys(struct gguf_buf *b, json_t *config, const char *path, const struct gguf_model_info *mi,
                     const char *name, uint32_t file_type, struct alloy_err *err);
 /* tokenizer.* keys from tokenizer.json (tok) and tokenizer_config.json (tcfg, may be NULL); config.json
- * supplies special ids tokenizer_config.json lacks; n_vocab rows (shorter lists are padded). */
+ * supplies special ids tokenizer_config.json lacks; n_vocab rows (shorter lists are padded). pre: the
+ * tokenizer.ggml.pre to write (a GGUF donor's), NULL: named from the pre-tokenizer. */
 int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *config, const char *path,
-                        int64_t n_vocab, struct alloy_err *err);
+                        const char *pre, int64_t n_vocab, struct alloy_err *err);
 
 #endif

@@ -16,7 +16,7 @@
  *   Unigram) are refused with the shape named. Added tokens keep their ids:
  *   special ones are CONTROL, others USER_DEFINED; ids no token has up to
  *   the embedding's rows are "[PADn]" UNUSED, as the converter pads.
- *   tokenizer.ggml.pre comes from the pre-tokenizer: none -> "default", a
+ *   tokenizer.ggml.pre is a GGUF donor's own, else named from the pre-tokenizer: none -> "default", a
  *   bare ByteLevel -> "gpt-2", the Llama 3 and Qwen2 split patterns ->
  *   "llama-bpe" and "qwen2"; any other is refused (llama.cpp would
  *   tokenize with another regex).
@@ -148,12 +148,14 @@ static int vocab_form(json_t *tok, json_t *model, const char *path, struct alloy
                                  "byte-fallback BPE (SentencePiece vocabularies are not written), found \"%s\"", path, k), -1;
         return 1;
     }
-    char *dec = json_dumps(json_object_get(tok, "decoder"), JSON_COMPACT);
-    int bl = dec && strstr(dec, "\"ByteLevel\"");
+    char *dec = json_dumps(json_object_get(tok, "decoder"), JSON_COMPACT | JSON_ENCODE_ANY);
+    char *pre = json_dumps(json_object_get(tok, "pre_tokenizer"), JSON_COMPACT | JSON_ENCODE_ANY);
+    int bl = (dec && strstr(dec, "\"ByteLevel\"")) || (pre && strstr(pre, "\"ByteLevel\""));
     free(dec);
+    free(pre);
     if (!bl)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: decoder: ByteLevel (a byte-level BPE), found another",
-                             path), -1;
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: decoder or pre_tokenizer: ByteLevel (a byte-level BPE), "
+                             "found neither", path), -1;
     return 0;
 }
 
@@ -213,12 +215,12 @@ static void special_keys(struct gguf_buf *b, const struct vocab *v, json_t *tcfg
 }
 
 static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *tcfg, json_t *config,
-                      const char *path, struct alloy_err *err)
+                      const char *path, const char *pre, struct alloy_err *err)
 {
     json_t *model = json_object_get(tok, "model");
     int form = vocab_form(tok, model, path, err);
     if (form < 0) return (int)err->status;
-    const char *pre = pre_name(json_object_get(tok, "pre_tokenizer"));
+    if (!pre) pre = pre_name(json_object_get(tok, "pre_tokenizer"));
     if (!pre)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: pre_tokenizer: none, ByteLevel, or the Llama 3 or Qwen2 "
                              "split (a name llama.cpp knows), found another", path);
@@ -242,10 +244,10 @@ static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *
 }
 
 int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *config, const char *path,
-                        int64_t n_vocab, struct alloy_err *err)
+                        const char *pre, int64_t n_vocab, struct alloy_err *err)
 {
     struct vocab v = {alloy_xcalloc((size_t)n_vocab, sizeof(char *)), alloy_xcalloc((size_t)n_vocab, 4), n_vocab};
-    int rc = v.tok && v.type ? vocab_keys(b, &v, tok, tcfg, config, path, err)
+    int rc = v.tok && v.type ? vocab_keys(b, &v, tok, tcfg, config, path, pre, err)
                              : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; v.tok && i < n_vocab; i++) free(v.tok[i]);
     free(v.tok);
