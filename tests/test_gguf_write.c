@@ -1,0 +1,283 @@
+/*
+ * test_gguf_write.c — GGUF outputs: alloy's files against llama.cpp's
+ * converter, read back, evaluated, and refused or abandoned cleanly.
+ *
+ * DESIGN
+ *   Golden data: tests/data/gguf/expected.json (per tensor of every fixture
+ *   file: name, ggml type, ne and the sha256 of the stored bytes) and
+ *   expected-kv.json (the converter's metadata keys, types and values for
+ *   tiny/tiny-base-f32.gguf). tiny/tiny-base-f32.gguf was converted by
+ *   convert_hf_to_gguf.py from tests/data/tiny-llama/base, so alloy's
+ *   HF -> GGUF output of that folder must hold the same tensors byte for
+ *   byte, in the same order and at the same offsets. The test walks the
+ *   written file with its own small parser (not alloy's reader), so layout
+ *   errors the reader would forgive are caught; alloy's reader is then used
+ *   for the keys' values and to read the tensors back.
+ */
+#include "test.h"
+
+#include "alloy.h"
+#include "formats/gguf.h"
+#include "formats/tensor_file.h"
+#include "sha256.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define GG(rel) "tests/data/gguf/" rel
+
+/* ------------------------------------------------------------ an independent header walk */
+
+struct walk {
+    const uint8_t *b;
+    size_t n, at;
+    int bad;
+};
+
+static uint64_t take(struct walk *w, size_t k)
+{
+    uint64_t v = 0;
+    if (w->at + k > w->n) {
+        w->bad = 1;
+        return 0;
+    }
+    for (size_t i = 0; i < k; i++) v |= (uint64_t)w->b[w->at + i] << (8 * i);
+    w->at += k;
+    return v;
+}
+
+static void skip_value(struct walk *w, uint32_t t)
+{
+    static const uint8_t size[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    if (t == GGUF_STRING) w->at += take(w, 8);
+    else if (t == GGUF_ARRAY) {
+        uint32_t et = (uint32_t)take(w, 4);
+        uint64_t n = take(w, 8);
+        for (uint64_t i = 0; i < n && !w->bad; i++) skip_value(w, et);
+    } else if (t < sizeof size && size[t]) w->at += size[t];
+    else w->bad = 1;
+}
+
+/* Every tensor of the file at path against expected.json's entry `golden`: names, types, ne, offsets (running
+ * sums padded to 32, in file order) and the sha256 of the stored bytes. Returns the key count. */
+static uint64_t check_tensors(const char *path, const char *golden)
+{
+    size_t len = 0;
+    char *file = test_read_file(path, &len);
+    json_error_t je;
+    json_t *exp = json_load_file(GG("expected.json"), 0, &je);
+    json_t *tensors = json_object_get(json_object_get(json_object_get(exp, "files"), golden), "tensors");
+    CHECK_MSG(file && json_array_size(tensors) > 0, "%s or %s missing", path, golden);
+    uint64_t nkv = 0;
+    if (!file || !tensors) goto out;
+    struct walk w = {(const uint8_t *)file, len, 8, 0};
+    CHECK(memcmp(file, "GGUF\3\0\0\0", 8) == 0);
+    uint64_t nt = take(&w, 8);
+    nkv = take(&w, 8);
+    CHECK_INT(nt, json_array_size(tensors));
+    for (uint64_t i = 0; i < nkv && !w.bad; i++) {
+        w.at += take(&w, 8);
+        skip_value(&w, (uint32_t)take(&w, 4));
+    }
+    struct { uint64_t off, nbytes; } where[64];
+    uint64_t expect_off = 0;
+    for (size_t i = 0; i < nt && i < 64 && !w.bad; i++) {
+        json_t *t = json_array_get(tensors, i);
+        uint64_t nl = take(&w, 8);
+        const char *name = json_string_value(json_object_get(t, "name"));
+        CHECK_MSG(name && nl == strlen(name) && memcmp(file + w.at, name, nl) == 0, "tensor %zu: %s, found %.*s", i,
+                  name, (int)nl, file + w.at);
+        w.at += nl;
+        uint32_t nd = (uint32_t)take(&w, 4);
+        CHECK_INT(nd, json_array_size(json_object_get(t, "ne")));
+        uint64_t numel = 1;
+        for (uint32_t d = 0; d < nd; d++) {
+            uint64_t ne = take(&w, 8);
+            CHECK_INT(ne, json_integer_value(json_array_get(json_object_get(t, "ne"), d)));
+            numel *= ne;
+        }
+        uint32_t type = (uint32_t)take(&w, 4);
+        const char *tn = json_string_value(json_object_get(t, "type"));
+        CHECK_MSG(type == (strcmp(tn, "f32") == 0 ? 0u : strcmp(tn, "f16") == 0 ? 1u : 30u), "%s: type %u, want %s",
+                  name, type, tn);
+        where[i].off = take(&w, 8);
+        where[i].nbytes = numel * (type == 0 ? 4 : 2);
+        CHECK_INT(where[i].off, expect_off);
+        expect_off += (where[i].nbytes + 31) / 32 * 32;
+    }
+    CHECK(!w.bad);
+    size_t data = (w.at + 31) / 32 * 32;
+    CHECK_INT(len, data + expect_off);
+    for (size_t i = 0; i < nt && i < 64 && !w.bad && data + where[i].off + where[i].nbytes <= len; i++) {
+        char hex[65];
+        sha256_of(file + data + where[i].off, (size_t)where[i].nbytes, hex);
+        json_t *t = json_array_get(tensors, i);
+        CHECK_MSG(strcmp(hex, json_string_value(json_object_get(t, "sha256"))) == 0, "%s: bytes differ from llama.cpp's",
+                  json_string_value(json_object_get(t, "name")));
+    }
+out:
+    json_decref(exp);
+    free(file);
+    return nkv;
+}
+
+/* ------------------------------------------------------------ merges into .gguf */
+
+static int merge_to(const char *model, const char *out, const char *outtype, volatile int *interrupt,
+                    struct alloy_err *err)
+{
+    char cfg[1100];
+    snprintf(cfg, sizeof cfg, "models:\n  - model: %s\nmerge_method: passthrough\n", model);
+    struct alloy_merge_options o;
+    alloy_merge_options_init(&o);
+    o.config_text = cfg;
+    o.out_dir = out;
+    o.outtype = outtype;
+    o.threads = 2;
+    o.interrupt = interrupt;
+    return alloy_merge(&o, err);
+}
+
+/* Every key of expected-kv.json's entry for golden, with its type and value, except general.name (the output
+ * file's name here) and the token lists' contents (alloy writes the byte-level "gpt2" form, as they are). */
+static void check_keys(const char *path, const char *golden, uint64_t nkv)
+{
+    json_error_t je;
+    json_t *exp = json_load_file(GG("expected-kv.json"), 0, &je);
+    json_t *f = json_object_get(json_object_get(exp, "files"), golden);
+    json_t *kv = json_object_get(f, "kv"), *types = json_object_get(f, "kv_types");
+    struct alloy_gguf *g = NULL;
+    struct alloy_err err = {0};
+    CHECK_MSG(alloy_gguf_open(path, &g, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK_INT(nkv, json_object_size(kv));
+    const char *k;
+    json_t *want;
+    json_object_foreach(kv, k, want) {
+        const char *type = json_string_value(json_object_get(types, k));
+        uint32_t t = 0, elem = 0;
+        uint64_t n = 0;
+        const uint8_t *v;
+        if (!g || !alloy_gguf_kv(g, k, &t, &elem, &n, &v)) {
+            CHECK_MSG(0, "%s: key %s missing", path, k);
+            continue;
+        }
+        CHECK_MSG(strcmp(alloy_gguf_vtype_name(t), strcmp(type, "u32") == 0 ? "UINT32" : strcmp(type, "f32") == 0
+                   ? "FLOAT32" : strcmp(type, "bool") == 0 ? "BOOL" : strcmp(type, "string") == 0 ? "STRING" : "ARRAY")
+                  == 0, "%s: type %s, want %s", k, alloy_gguf_vtype_name(t), type);
+        if (json_is_object(want)) CHECK_MSG(n == (uint64_t)json_integer_value(json_object_get(want, "count")), "%s: %llu", k,
+                                            (unsigned long long)n);
+        else if (json_is_string(want) && strcmp(k, "general.name") != 0) {
+            const char *s = NULL;
+            uint64_t sl = 0;
+            alloy_gguf_str(g, k, &s, &sl, &err);
+            CHECK_MSG(s && sl == strlen(json_string_value(want)) && memcmp(s, json_string_value(want), sl) == 0, "%s", k);
+        }
+        else if (json_is_boolean(want)) CHECK_MSG(v[0] == json_is_true(want), "%s", k);
+        else if (json_is_integer(want)) {
+            int64_t x = -1;
+            alloy_gguf_int(g, k, &x, &err);
+            CHECK_MSG(x == json_integer_value(want), "%s: %lld", k, (long long)x);
+        } else if (json_is_real(want)) {
+            double x = 0;
+            alloy_gguf_float(g, k, &x, &err);
+            CHECK_MSG(x == json_real_value(want), "%s: %.17g", k, x);
+        }
+    }
+    if (g) alloy_gguf_base(g)->ops->close(alloy_gguf_base(g));
+    json_decref(exp);
+}
+
+TEST(gguf_write_hf_folder_equals_converter)
+{
+    char out[512];
+    struct alloy_err err = {0};
+    snprintf(out, sizeof out, "%s/base.gguf", test_tmpdir());
+    CHECK_MSG(merge_to("tests/data/tiny-llama/base", out, "f32", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    uint64_t nkv = check_tensors(out, "tiny/tiny-base-f32.gguf");
+    check_keys(out, "tiny/tiny-base-f32.gguf", nkv);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
+}
+
+TEST(gguf_write_requantize_float_types_bit_exact)
+{
+    char out[512];
+    struct alloy_err err = {0};
+    snprintf(out, sizeof out, "%s/f16.gguf", test_tmpdir());
+    CHECK_MSG(merge_to(GG("base-f16.gguf"), out, "f16", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    check_tensors(out, "base-f16.gguf");
+    snprintf(out, sizeof out, "%s/bf16.gguf", test_tmpdir());
+    CHECK_MSG(merge_to(GG("base-bf16.gguf"), out, "bf16", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    check_tensors(out, "base-bf16.gguf");
+}
+
+/* Read back by alloy's reader: every tensor under its HF name with the folder's values (BF16 -> F32 is exact). */
+TEST(gguf_write_reads_back_to_the_same_floats)
+{
+    char out[512];
+    struct alloy_err err = {0};
+    struct alloy_model *a = NULL, *b = NULL;
+    snprintf(out, sizeof out, "%s/rt.gguf", test_tmpdir());
+    CHECK_MSG(merge_to("tests/data/tiny-llama/base", out, "bf16", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK_MSG(alloy_model_open("tests/data/tiny-llama/base", &a, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK_MSG(alloy_model_open(out, &b, &err) == ALLOY_OK, "%s", err.msg);
+    if (!a || !b) goto out;
+    CHECK_INT(alloy_model_count(b), alloy_model_count(a));
+    for (size_t i = 0; i < alloy_model_count(a); i++) {
+        const struct alloy_tensor *x = alloy_model_tensor(a, i), *y = alloy_model_find(b, x->name);
+        CHECK_MSG(y && y->numel == x->numel, "%s", x->name);
+        if (!y || y->numel != x->numel) continue;
+        float *fx = malloc(x->numel * 4), *fy = malloc(x->numel * 4);
+        CHECK(fx && fy && alloy_tensor_read_f32(x, 0, x->numel, fx, &err) == ALLOY_OK &&
+              alloy_tensor_read_f32(y, 0, y->numel, fy, &err) == ALLOY_OK);
+        CHECK_MSG(fx && fy && memcmp(fx, fy, x->numel * 4) == 0, "%s: values differ after the round trip", x->name);
+        free(fx);
+        free(fy);
+    }
+out:
+    alloy_model_close(a);
+    alloy_model_close(b);
+}
+
+TEST(gguf_write_evaluates_to_fixture_nll)
+{
+    char out[512];
+    struct alloy_err err = {0};
+    snprintf(out, sizeof out, "%s/e.gguf", test_tmpdir());
+    CHECK_MSG(merge_to("tests/data/tiny-llama/base", out, "f32", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    char cmd[1024], *log = NULL;
+    snprintf(cmd, sizeof cmd, "%s eval %s --ctx 128 --threads 2 --text tests/data/eval_prose.txt --json", test_alloy_bin(),
+             out);
+    CHECK_INT(test_run(cmd, &log), 0);
+    const char *at = log ? strstr(log, "\"nll\"") : NULL;
+    double nll = at ? strtod(strchr(at, ':') + 1, NULL) : 0;
+    CHECK_MSG(fabs(nll - 1.5398416939) <= 1e-9, "nll %.10f, llama.cpp fixture (F32) 1.5398416939", nll);
+    free(log);
+}
+
+/* An architecture the writer does not map, an output that is a folder, and an interrupt: an error naming what
+ * was wrong, and nothing left behind (no output, no temporary file). */
+TEST(gguf_write_refusals_leave_nothing)
+{
+    char dir[512], out[600], cfg[600];
+    struct alloy_err err = {0};
+    snprintf(dir, sizeof dir, "%s/neox", test_tmpdir());
+    static const float w[4] = {1, 2, 3, 4};
+    struct test_tensor t = {"gpt_neox.embed_in.weight", "F32", 2, {2, 2}, w};
+    CHECK_INT(test_write_model(dir, &t, 1, "{\"architectures\": [\"GPTNeoXForCausalLM\"]}"), 0);
+    snprintf(out, sizeof out, "%s/x.gguf", test_tmpdir());
+    CHECK_INT(merge_to(dir, out, "f16", NULL, &err), ALLOY_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "found \"GPTNeoXForCausalLM\""), "%s", err.msg);
+    CHECK(access(out, F_OK) != 0);
+    CHECK_INT(merge_to("tests/data/tiny-llama/base", out, "q4_k_m", NULL, &err), ALLOY_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "--outtype") && strstr(err.msg, "q4_k_m"), "%s", err.msg);
+    snprintf(cfg, sizeof cfg, "%s/folder.gguf", test_tmpdir());
+    CHECK_INT(mkdir(cfg, 0755), 0);
+    CHECK_INT(merge_to("tests/data/tiny-llama/base", cfg, "f16", NULL, &err), ALLOY_ERR_CONFIG);
+    CHECK_MSG(strstr(err.msg, "found a folder"), "%s", err.msg);
+    volatile int stop = 1;
+    CHECK_INT(merge_to("tests/data/tiny-llama/base", out, "f16", &stop, &err), ALLOY_ERR_INTERRUPTED);
+    CHECK(access(out, F_OK) != 0);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
+}
