@@ -20,9 +20,12 @@
 #include "formats/gguf.h"
 #include "formats/tensor_file.h"
 #include "sha256.h"
+#include "sinks/gguf_mix.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -280,4 +283,77 @@ TEST(gguf_write_refusals_leave_nothing)
     CHECK_INT(merge_to("tests/data/tiny-llama/base", out, "f16", &stop, &err), ALLOY_ERR_INTERRUPTED);
     CHECK(access(out, F_OK) != 0);
     CHECK_INT(test_leftovers(test_tmpdir()), 0);
+}
+
+/* ------------------------------------------------------------ llama-quantize's mixtures */
+
+/* The types gguf_mix picks for the tensors of fixture file `src` (names and ne from expected.json, taken in
+ * llama-quantize's order), checked against `want` (name -> ggml type name, or a string: llama-quantize's failure,
+ * where gguf_mix must fail too). */
+static void check_mixture(json_t *files, const char *src, const char *outtype, int imatrix, json_t *want,
+                          const char *label)
+{
+    json_t *tensors = json_object_get(json_object_get(files, src), "tensors");
+    size_t n = json_array_size(tensors);
+    const char *names[64];
+    CHECK(n > 0 && n <= 64);
+    for (size_t i = 0; i < n && i < 64; i++) names[i] = json_string_value(json_object_get(json_array_get(tensors, i), "name"));
+    for (size_t i = 1; i < n && i < 64; i++) /* insertion sort into llama-quantize's order */
+        for (size_t k = i; k > 0 && gguf_mix_order(names[k - 1], names[k]) > 0; k--) {
+            const char *t = names[k];
+            names[k] = names[k - 1];
+            names[k - 1] = t;
+        }
+    struct gguf_mix m;
+    struct alloy_err err = {0};
+    int layers = 0;
+    for (size_t i = 0; i < n && i < 64; i++) layers += strstr(names[i], "attn_norm.weight") != NULL;
+    CHECK_INT(gguf_mix_init(&m, outtype, layers, 2, imatrix, names, n < 64 ? n : 64, &err), 0);
+    int failed = 0;
+    for (size_t i = 0; i < n && i < 64 && !failed; i++) {
+        json_t *t = NULL;
+        for (size_t k = 0; k < n; k++)
+            if (strcmp(json_string_value(json_object_get(json_array_get(tensors, k), "name")), names[i]) == 0)
+                t = json_array_get(tensors, k);
+        json_t *ne = json_object_get(t, "ne");
+        enum alloy_dtype d;
+        failed = gguf_mix_type(&m, names[i], (int)json_array_size(ne), json_integer_value(json_array_get(ne, 0)),
+                               ALLOY_DTYPE_F32, &d, src, &err) != ALLOY_OK;
+        if (json_is_string(want) || failed) continue;
+        const char *w = json_string_value(json_object_get(want, names[i]));
+        CHECK_MSG(w && strcasecmp(alloy_dtype_traits(d)->name, w) == 0, "%s %s: %s, llama-quantize chose %s", label,
+                  names[i], alloy_dtype_traits(d)->name, w ? w : "?");
+    }
+    if (json_is_string(want)) CHECK_MSG(failed, "%s: llama-quantize fails (%s), gguf_mix did not", label,
+                                        json_string_value(want));
+    else if (failed) { /* only where llama-quantize took IQ4_NL, which alloy does not write */
+        char *text = json_dumps(want, 0);
+        CHECK_MSG(text && strstr(text, "iq4_nl") && strstr(err.msg, "IQ4_NL"), "%s: %s", label, err.msg);
+        free(text);
+    }
+}
+
+TEST(gguf_write_mixtures_match_llama_quantize)
+{
+    json_error_t je;
+    json_t *exp = json_load_file(GG("expected.json"), 0, &je), *kv = json_load_file(GG("expected-kv.json"), 0, &je);
+    json_t *files = json_object_get(exp, "files");
+    static const char *const types[] = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M",
+                                        "Q5_K_S", "Q5_K_M", "Q6_K"};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        char src[64], lower[16];
+        snprintf(src, sizeof src, "quant/base-%s.gguf", types[i]);
+        for (size_t k = 0; k <= strlen(types[i]); k++) lower[k] = (char)tolower((unsigned char)types[i][k]);
+        json_t *want = json_object(), *t;
+        size_t k;
+        json_array_foreach(json_object_get(json_object_get(files, src), "tensors"), k, t)
+            json_object_set(want, json_string_value(json_object_get(t, "name")), json_object_get(t, "type"));
+        check_mixture(files, "base-f16.gguf", lower, 0, want, src);
+        if (!strcmp(types[i], "Q4_K_M")) check_mixture(files, "base-f16.gguf", lower, 1, want, "imatrix Q4_K_M");
+        json_decref(want);
+        check_mixture(files, "tiny/tiny-base-f32.gguf", lower, 0,
+                      json_object_get(json_object_get(kv, "tiny_fallback_types"), types[i]), types[i]);
+    }
+    json_decref(exp);
+    json_decref(kv);
 }
