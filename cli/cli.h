@@ -76,5 +76,6 @@ void cli_catch_signals(void);
 
 int cmd_merge(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 #endif

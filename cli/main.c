@@ -184,6 +184,7 @@ static void main_usage(FILE *f)
             "\n"
             "usage: alloy merge CONFIG.yml OUT_DIR [options]   merge models as a mergekit YAML config says\n"
             "       alloy eval MODEL... --text FILE [options]  measure loss/perplexity of models on texts\n"
+            "       alloy convert IN OUT [--outtype T]          HF folder <-> GGUF file, GGUF -> GGUF\n"
             "       alloy --version\n"
             "\n"
             "Example:\n"
@@ -230,6 +231,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "merge")) return finish(cmd_merge(argc - 1, argv + 1));
     if (!strcmp(cmd, "eval")) return finish(cmd_eval(argc - 1, argv + 1));
+    if (!strcmp(cmd, "convert")) return finish(cmd_convert(argc - 1, argv + 1));
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         main_usage(stdout);
         return finish(0);

@@ -357,3 +357,21 @@ TEST(gguf_write_mixtures_match_llama_quantize)
     json_decref(exp);
     json_decref(kv);
 }
+
+/* alloy convert: GGUF -> HF folder (names and row order undone) -> GGUF gives llama.cpp's bytes back. */
+TEST(gguf_write_convert_round_trip)
+{
+    char cmd[2048], dir[512], out[512];
+    snprintf(dir, sizeof dir, "%s/hf", test_tmpdir());
+    snprintf(out, sizeof out, "%s/back.gguf", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype bf16 -q -j 2", test_alloy_bin(), GG("base-bf16.gguf"), dir);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype bf16 -q -j 2", test_alloy_bin(), dir, out);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    check_tensors(out, "base-bf16.gguf");
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype q9 -q 2>&1", test_alloy_bin(), dir, out);
+    char *log = NULL;
+    CHECK_INT(test_run(cmd, &log), 1);
+    CHECK_MSG(log && strstr(log, "alloy: error: ") && strstr(log, "\"q9\""), "%s", log ? log : "");
+    free(log);
+}
