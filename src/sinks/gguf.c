@@ -151,11 +151,10 @@ static int map_tensor(struct gguf_sink *g, size_t i, const struct gguf_model_inf
 
 /* ------------------------------------------------------------ header */
 
-static const struct alloy_plan *g_sort_plan; /* qsort has no context argument; begin() runs on one thread */
-
-static int by_hf_name(const void *a, const void *b)
+static int by_hf_name(const void *a, const void *b, void *plan)
 {
-    return strcmp(g_sort_plan->tensors[*(const size_t *)a].name, g_sort_plan->tensors[*(const size_t *)b].name);
+    const struct alloy_plan *p = plan;
+    return strcmp(p->tensors[*(const size_t *)a].name, p->tensors[*(const size_t *)b].name);
 }
 
 /* Tensor infos in the converter's order, with the data offsets. */
@@ -165,8 +164,7 @@ static int tensor_infos(struct gguf_sink *g, struct gguf_buf *b, uint64_t *count
     size_t *order = alloy_xcalloc(p->ntensors ? p->ntensors : 1, sizeof *order);
     if (!order) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < p->ntensors; i++) order[i] = i;
-    g_sort_plan = p;
-    qsort(order, p->ntensors, sizeof *order, by_hf_name);
+    qsort_r(order, p->ntensors, sizeof *order, by_hf_name, (void *)p);
     uint64_t off = 0;
     *count = 0;
     for (size_t k = 0; k < p->ntensors; k++) {
