@@ -63,6 +63,20 @@ static void skip_value(struct walk *w, uint32_t t)
     else w->bad = 1;
 }
 
+/* ggml's types: name, id, values per block, bytes per block (ggml.h / ggml.c type traits). */
+static const struct ggml_type { const char *name; uint32_t id, block, bytes; } g_ggml_types[] = {
+    {"f32", 0, 1, 4},     {"f16", 1, 1, 2},      {"q4_0", 2, 32, 18},   {"q4_1", 3, 32, 20},   {"q5_0", 6, 32, 22},
+    {"q5_1", 7, 32, 24},  {"q8_0", 8, 32, 34},   {"q2_K", 10, 256, 84}, {"q3_K", 11, 256, 110}, {"q4_K", 12, 256, 144},
+    {"q5_K", 13, 256, 176}, {"q6_K", 14, 256, 210}, {"bf16", 30, 1, 2},
+};
+
+static const struct ggml_type *ggml_type_named(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof g_ggml_types / sizeof *g_ggml_types; i++)
+        if (strcmp(g_ggml_types[i].name, name) == 0) return &g_ggml_types[i];
+    return NULL;
+}
+
 /* Every tensor of the file at path against expected.json's entry `golden`: names, types, ne, offsets (running
  * sums padded to 32, in file order) and the sha256 of the stored bytes. Returns the key count. */
 static uint64_t check_tensors(const char *path, const char *golden)
@@ -102,11 +116,10 @@ static uint64_t check_tensors(const char *path, const char *golden)
             numel *= ne;
         }
         uint32_t type = (uint32_t)take(&w, 4);
-        const char *tn = json_string_value(json_object_get(t, "type"));
-        CHECK_MSG(type == (strcmp(tn, "f32") == 0 ? 0u : strcmp(tn, "f16") == 0 ? 1u : 30u), "%s: type %u, want %s",
-                  name, type, tn);
+        const struct ggml_type *gt = ggml_type_named(json_string_value(json_object_get(t, "type")));
+        CHECK_MSG(gt && type == gt->id, "%s: type %u, want %s", name, type, gt ? gt->name : "?");
         where[i].off = take(&w, 8);
-        where[i].nbytes = numel * (type == 0 ? 4 : 2);
+        where[i].nbytes = gt ? numel / gt->block * gt->bytes : 0;
         CHECK_INT(where[i].off, expect_off);
         expect_off += (where[i].nbytes + 31) / 32 * 32;
     }
@@ -274,7 +287,9 @@ TEST(gguf_write_refusals_leave_nothing)
     CHECK_MSG(strstr(err.msg, "found \"GPTNeoXForCausalLM\""), "%s", err.msg);
     CHECK(access(out, F_OK) != 0);
     CHECK_INT(merge_to("tests/data/tiny-llama/base", out, "q4_k_m", NULL, &err), ALLOY_ERR_UNSUPPORTED);
-    CHECK_MSG(strstr(err.msg, "--outtype") && strstr(err.msg, "q4_k_m"), "%s", err.msg);
+    CHECK_MSG(strstr(err.msg, "'lm_head.weight'") && strstr(err.msg, "quantizers"), "%s", err.msg);
+    CHECK_INT(merge_to("tests/data/tiny-llama/base", out, "q4_k_x", NULL, &err), ALLOY_ERR_CONFIG);
+    CHECK_MSG(strstr(err.msg, "--outtype") && strstr(err.msg, "\"q4_k_x\""), "%s", err.msg);
     snprintf(cfg, sizeof cfg, "%s/folder.gguf", test_tmpdir());
     CHECK_INT(mkdir(cfg, 0755), 0);
     CHECK_INT(merge_to("tests/data/tiny-llama/base", cfg, "f16", NULL, &err), ALLOY_ERR_CONFIG);
@@ -374,4 +389,23 @@ TEST(gguf_write_convert_round_trip)
     CHECK_INT(test_run(cmd, &log), 1);
     CHECK_MSG(log && strstr(log, "alloy: error: ") && strstr(log, "\"q9\""), "%s", log ? log : "");
     free(log);
+}
+
+/* Quantized passthrough: a GGUF of the outtype's own mixture is copied block for block (llama-quantize's order and
+ * types, so its bytes), fallbacks included (tiny: Q5_0, Q8_0 copied, F16 re-encoded exactly); an outtype whose
+ * mixture would need quantizing is refused naming the tensor. */
+TEST(gguf_write_quantized_passthrough_copies_blocks)
+{
+    char out[512];
+    struct alloy_err err = {0};
+    snprintf(out, sizeof out, "%s/q.gguf", test_tmpdir());
+    CHECK_MSG(merge_to(GG("quant/base-Q4_K_M.gguf"), out, "q4_k_m", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    check_tensors(out, "quant/base-Q4_K_M.gguf");
+    CHECK_MSG(merge_to(GG("quant/base-Q8_0.gguf"), out, "q8_0", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    check_tensors(out, "quant/base-Q8_0.gguf");
+    CHECK_MSG(merge_to(GG("tiny/tiny-base-Q4_K_M.gguf"), out, "Q4_K_M", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    check_tensors(out, "tiny/tiny-base-Q4_K_M.gguf");
+    CHECK_INT(merge_to(GG("quant/base-Q4_K_M.gguf"), out, "q5_k_m", NULL, &err), ALLOY_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "Q5_K") && strstr(err.msg, "quantizers"), "%s", err.msg);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
 }

@@ -132,7 +132,8 @@ static int run_plan(const struct alloy_plan *p, struct alloy_sink *sink, struct 
         }
         struct tensor_io io = {.t = t, .index = i, .sink = sink, .round_to = round_to, .interrupt = o->interrupt};
         rc = sink->ops->tensor_begin(sink, i, err);
-        if (!rc) rc = t->copy ? copy_tensor(&io, err) : merge_tensor(p, &io, pool, o, err);
+        int copy = t->copy || (sink->ops->copies && sink->ops->copies(sink, i));
+        if (!rc) rc = copy ? copy_tensor(&io, err) : merge_tensor(p, &io, pool, o, err);
         if (!rc && sink->ops->tensor_end) rc = sink->ops->tensor_end(sink, i, err);
         for (int k = 0; k < t->n; k++) alloy_input_release(&t->inputs[k]);
         pr.tensors_done++;

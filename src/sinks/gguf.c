@@ -27,7 +27,9 @@
  */
 #include "core/internal.h"
 #include "formats/formats.h"
+#include "sinks/gguf_mix.h"
 #include "sinks/gguf_out.h"
+#include "sources/source.h"
 #include "sinks/output.h"
 #include "sinks/publish.h"
 #include "sinks/sink.h"
@@ -37,6 +39,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,6 +51,8 @@ struct out_tensor {
     uint32_t ggml_type;
     uint64_t perm_heads;   /* rows reordered within this many heads, 0: none */
     uint64_t offset;       /* in the data section */
+    uint64_t nbytes;
+    int copy_blocks;       /* the input's stored blocks are copied unchanged (quantized passthrough) */
 };
 
 struct gguf_sink {
@@ -55,6 +60,8 @@ struct gguf_sink {
     const struct alloy_merge_options *o;
     const struct alloy_plan *p;
     struct out_tensor *t;  /* [p->ntensors] */
+    struct gguf_mix mix;   /* the outtype's per-tensor types (quantized outtypes) */
+    int quantized;         /* a quantized outtype: llama-quantize's types and tensor order */
     char *tmp;             /* the temporary file, NULL until created */
     int fd;
     struct alloy_writer *w;
@@ -107,17 +114,16 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-static uint32_t ggml_type_of(enum alloy_dtype d) { return d == ALLOY_DTYPE_F16 ? 1 : d == ALLOY_DTYPE_BF16 ? 30 : 0; }
-
-/* The outtype as a dtype (F32, F16, BF16); -1 (err set) for any other. */
-static int outtype_dtype(const char *outtype, const char *out, enum alloy_dtype *d, struct alloy_err *err)
+static uint32_t ggml_type_of(enum alloy_dtype d)
 {
-    static const struct { const char *name; enum alloy_dtype d; } types[] = {
-        {"f32", ALLOY_DTYPE_F32}, {"f16", ALLOY_DTYPE_F16}, {"bf16", ALLOY_DTYPE_BF16}};
-    for (size_t i = 0; i < ALLOY_ARRAY_LEN(types); i++)
-        if (strcasecmp(outtype, types[i].name) == 0) return *d = types[i].d, 0;
-    return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: --outtype: f32, f16 or bf16 (the quantized types need "
-                         "the quantizers, not in this build), found \"%s\"", out, outtype), -1;
+    static const struct { enum alloy_dtype d; uint32_t id; } ids[] = {
+        {ALLOY_DTYPE_F16, 1}, {ALLOY_DTYPE_BF16, 30}, {ALLOY_DTYPE_Q4_0, 2}, {ALLOY_DTYPE_Q4_1, 3},
+        {ALLOY_DTYPE_Q5_0, 6}, {ALLOY_DTYPE_Q5_1, 7}, {ALLOY_DTYPE_Q8_0, 8}, {ALLOY_DTYPE_Q2_K, 10},
+        {ALLOY_DTYPE_Q3_K, 11}, {ALLOY_DTYPE_Q4_K, 12}, {ALLOY_DTYPE_Q5_K, 13}, {ALLOY_DTYPE_Q6_K, 14},
+    };
+    for (size_t i = 0; i < ALLOY_ARRAY_LEN(ids); i++)
+        if (ids[i].d == d) return ids[i].id;
+    return 0; /* F32 */
 }
 
 static int map_tensor(struct gguf_sink *g, size_t i, const struct gguf_model_info *mi, struct alloy_err *err)
@@ -133,8 +139,7 @@ static int map_tensor(struct gguf_sink *g, size_t i, const struct gguf_model_inf
     if (pt->copy)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': a float tensor (GGUF output), found %s",
                              g->o->out_dir, pt->name, alloy_dtype_traits(pt->dtype)->name);
-    enum alloy_dtype d = pt->dtype;
-    if (g->o->outtype && outtype_dtype(g->o->outtype, g->o->out_dir, &d, err)) return (int)err->status;
+    enum alloy_dtype d = g->o->outtype && g->mix.float_only ? g->mix.deftype : pt->dtype;
     if (pt->ndim <= 1 || ends_with(t->name, "_norm.weight") || !ends_with(t->name, ".weight")) d = ALLOY_DTYPE_F32;
     if (d != ALLOY_DTYPE_F16 && d != ALLOY_DTYPE_BF16) d = ALLOY_DTYPE_F32;
     t->dtype = d;
@@ -147,6 +152,67 @@ static int map_tensor(struct gguf_sink *g, size_t i, const struct gguf_model_inf
                                  (unsigned long long)pt->rows);
     }
     return ALLOY_OK;
+}
+
+/* 1 when tensor i can be the stored blocks of its one input: a passthrough (scale 1) of a GGUF tensor of
+ * type d, whole, with the output's row order. */
+static int copyable(const struct gguf_sink *g, size_t i, enum alloy_dtype d)
+{
+    const struct alloy_plan_tensor *pt = &g->p->tensors[i];
+    const struct alloy_tensor *src = pt->n == 1 ? pt->inputs[0].t : NULL;
+    double scale = pt->tp ? pt->tp[0] : NAN;
+    if (!src || strcmp(g->p->method->name, "passthrough") != 0 || !(isnan(scale) || scale == 1)) return 0;
+    return src->dtype == d && src->numel == pt->numel && alloy_gguf_of(src->file) &&
+           strcmp(pt->inputs[0].ops->kind, "stored") == 0 && src->file->ops->perm_heads(src->file, src) == g->t[i].perm_heads;
+}
+
+static int by_quant_order(const void *a, const void *b, void *sink)
+{
+    const struct gguf_sink *g = sink;
+    return gguf_mix_order(g->t[*(const size_t *)a].name, g->t[*(const size_t *)b].name);
+}
+
+/* The indices of the written tensors in llama-quantize's order (*n of them), malloc'd. */
+static size_t *quant_order(const struct gguf_sink *g, size_t *n)
+{
+    size_t *order = alloy_xcalloc(g->p->ntensors ? g->p->ntensors : 1, sizeof *order);
+    *n = 0;
+    for (size_t i = 0; order && i < g->p->ntensors; i++)
+        if (g->t[i].name) order[(*n)++] = i;
+    if (order) qsort_r(order, *n, sizeof *order, by_quant_order, (void *)g);
+    return order;
+}
+
+/* A quantized outtype: each tensor's type as llama-quantize picks it; a quantized one must be copied from
+ * an input of that type (the quantizers are not in this build). */
+static int quant_types(struct gguf_sink *g, const struct gguf_model_info *mi, int n_layer, struct alloy_err *err)
+{
+    size_t n = 0, *order = quant_order(g, &n);
+    const char **names = alloy_xcalloc(n ? n : 1, sizeof *names);
+    int rc = order && names ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    for (size_t k = 0; !rc && k < n; k++) names[k] = g->t[order[k]].name;
+    int gqa = mi->n_head_kv ? (int)(mi->n_head / mi->n_head_kv) : 1;
+    if (!rc && gguf_mix_init(&g->mix, g->o->outtype, n_layer, gqa, 0, names, n, err)) rc = (int)err->status;
+    for (size_t k = 0; !rc && k < n; k++) {
+        const struct alloy_plan_tensor *pt = &g->p->tensors[order[k]];
+        struct out_tensor *t = &g->t[order[k]];
+        enum alloy_dtype d;
+        rc = gguf_mix_type(&g->mix, t->name, pt->ndim, pt->shape[pt->ndim - 1], t->dtype, &d, g->o->out_dir, err);
+        if (rc || d == ALLOY_DTYPE_F32 || d == ALLOY_DTYPE_F16) {
+            if (!rc) t->dtype = d;
+        } else if (copyable(g, order[k], d)) {
+            t->dtype = d;
+            t->copy_blocks = 1;
+        } else {
+            rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': quantized to %s, which needs the quantizers "
+                               "(not in this build; only blocks of that type copied from a GGUF input are written)",
+                               g->o->out_dir, pt->name, alloy_dtype_traits(d)->name);
+        }
+        t->ggml_type = ggml_type_of(t->dtype);
+    }
+    free(order);
+    free(names);
+    return rc;
 }
 
 /* ------------------------------------------------------------ header */
@@ -164,7 +230,8 @@ static int tensor_infos(struct gguf_sink *g, struct gguf_buf *b, uint64_t *count
     size_t *order = alloy_xcalloc(p->ntensors ? p->ntensors : 1, sizeof *order);
     if (!order) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < p->ntensors; i++) order[i] = i;
-    qsort_r(order, p->ntensors, sizeof *order, by_hf_name, (void *)p);
+    if (g->quantized) qsort_r(order, p->ntensors, sizeof *order, by_quant_order, (void *)g);
+    else qsort_r(order, p->ntensors, sizeof *order, by_hf_name, (void *)p);
     uint64_t off = 0;
     *count = 0;
     for (size_t k = 0; k < p->ntensors; k++) {
@@ -177,7 +244,12 @@ static int tensor_infos(struct gguf_sink *g, struct gguf_buf *b, uint64_t *count
         gguf_buf_u32(b, t->ggml_type);
         gguf_buf_u64(b, off);
         t->offset = off;
-        off += (pt->numel * alloy_dtype_traits(t->dtype)->block_bytes + GGUF_ALIGN - 1) / GGUF_ALIGN * GGUF_ALIGN;
+        if (alloy_dtype_nbytes(t->dtype, pt->numel, &t->nbytes) != 0) {
+            free(order);
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': whole %s blocks, found %llu values", g->o->out_dir,
+                                 pt->name, alloy_dtype_traits(t->dtype)->name, (unsigned long long)pt->numel);
+        }
+        off += (t->nbytes + GGUF_ALIGN - 1) / GGUF_ALIGN * GGUF_ALIGN;
         ++*count;
     }
     free(order);
@@ -269,6 +341,7 @@ static char *model_name(const char *out)
 
 static uint32_t file_type(const struct gguf_sink *g)
 {
+    if (g->quantized) return (uint32_t)g->mix.ftype;
     for (size_t i = 0; i < g->p->ntensors; i++) /* the type of the first 2-D weight */
         if (g->t[i].name && g->p->tensors[i].ndim == 2) return g->t[i].dtype == ALLOY_DTYPE_F16 ? 1
                                                                : g->t[i].dtype == ALLOY_DTYPE_BF16 ? 32 : 0;
@@ -291,6 +364,8 @@ static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_
         rc = map_tensor(g, i, &mi, err);
         if (g->t[i].name) mi.n_params += g->p->tensors[i].numel;
     }
+    int64_t layers = json_integer_value(json_object_get(config, "num_hidden_layers"));
+    if (!rc && g->quantized) rc = quant_types(g, &mi, (int)layers, err);
     if (!rc) rc = gguf_model_keys(&kv, config, cpath, &mi, name, file_type(g), err);
     if (!rc) rc = tokenizer_json(g->p, &tok, &tcfg, &tpath, &pre, err);
     for (size_t i = 0; !rc && i < g->p->ntensors; i++) /* the token list has one entry per embedding row */
@@ -369,13 +444,15 @@ static int gguf_begin(struct alloy_sink *s, const struct alloy_plan *p, struct a
     g->p = p;
     struct gguf_buf hdr = {0};
     int rc = check_out_file(p, g->o->out_dir, err);
+    if (!rc && g->o->outtype && gguf_mix_init(&g->mix, g->o->outtype, 0, 1, 0, NULL, 0, err)) rc = (int)err->status;
+    g->quantized = g->o->outtype && !g->mix.float_only;
     if (!rc && !(g->t = alloy_xcalloc(p->ntensors ? p->ntensors : 1, sizeof *g->t)))
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     if (!rc) rc = build_header(g, &hdr, err);
     uint64_t end = 0;
     for (size_t i = 0; !rc && i < p->ntensors; i++)
         if (g->t[i].name) {
-            uint64_t e = g->t[i].offset + p->tensors[i].numel * alloy_dtype_traits(g->t[i].dtype)->block_bytes;
+            uint64_t e = g->t[i].offset + g->t[i].nbytes;
             end = e > end ? e : end;
         }
     g->data_start = hdr.len;
@@ -414,13 +491,16 @@ static int gguf_write(struct alloy_sink *s, size_t i, uint64_t e0, uint64_t e1, 
     return rc;
 }
 
+static int gguf_copies(struct alloy_sink *s, size_t i)
+{
+    return ((struct gguf_sink *)s)->t[i].copy_blocks;
+}
+
 static int gguf_write_bytes(struct alloy_sink *s, size_t i, uint64_t off, const void *buf, size_t len,
                             struct alloy_err *err)
 {
-    (void)off, (void)buf, (void)len;
-    struct gguf_sink *g = (struct gguf_sink *)s; /* map_tensor refuses copied tensors before any data */
-    return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': a float tensor, found stored bytes",
-                         g->o->out_dir, g->p->tensors[i].name);
+    struct gguf_sink *g = (struct gguf_sink *)s; /* copied blocks (gguf_copies) */
+    return alloy_writer_submit(g->w, buf, len, g->data_start + g->t[i].offset + off, err);
 }
 
 static void close_file(struct gguf_sink *g)
@@ -474,6 +554,7 @@ static void gguf_free(struct alloy_sink *s)
 
 static const struct alloy_sink_ops g_gguf = {
     "gguf", gguf_begin, gguf_tensor_begin, gguf_write, gguf_write_bytes, NULL, gguf_commit, gguf_abort, gguf_free,
+    gguf_copies,
 };
 
 int alloy_sink_wants_gguf(const struct alloy_merge_options *o)

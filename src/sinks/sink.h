@@ -40,6 +40,8 @@ struct alloy_sink_ops {
     int  (*commit)(struct alloy_sink *s, struct alloy_err *err);
     void (*abort)(struct alloy_sink *s);
     void (*free)(struct alloy_sink *s);
+    /* Optional: 1 when tensor i is its one input's stored bytes, copied (write_bytes) instead of merged. */
+    int  (*copies)(struct alloy_sink *s, size_t i);
 };
 
 struct alloy_sink {
