@@ -409,3 +409,16 @@ TEST(gguf_write_quantized_passthrough_copies_blocks)
     CHECK_MSG(strstr(err.msg, "Q5_K") && strstr(err.msg, "quantizers"), "%s", err.msg);
     CHECK_INT(test_leftovers(test_tmpdir()), 0);
 }
+
+/* A temporary file left by a run that is gone (SIGKILL) is removed by the next run into the same output. */
+TEST(gguf_write_removes_stale_temporary_files)
+{
+    char out[512], stale[600];
+    struct alloy_err err = {0};
+    snprintf(out, sizeof out, "%s/s.gguf", test_tmpdir());
+    snprintf(stale, sizeof stale, "%s.alloy-tmp-999999999-abcdef", out); /* no such process */
+    CHECK_INT(test_write_text(stale, "partial"), 0);
+    CHECK_MSG(merge_to("tests/data/tiny-llama/base", out, "f16", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK(access(stale, F_OK) != 0);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
+}

@@ -421,6 +421,7 @@ static int check_out_file(const struct alloy_plan *p, const char *out, struct al
 
 static int create_file(struct gguf_sink *g, uint64_t total, struct alloy_err *err)
 {
+    alloy_remove_stale(g->o->out_dir);
     if (!(g->tmp = alloy_xasprintf("%s.alloy-tmp-%ld-XXXXXX", g->o->out_dir, (long)getpid())))
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     g->fd = mkstemp(g->tmp);

@@ -10,6 +10,9 @@
  * folder), holds a file an input reads, exists and is not a folder, or (unless overwrite) is a folder
  * holding anything a model output does not. */
 int  alloy_check_out_dir(const struct alloy_plan *p, const char *out, int overwrite, struct alloy_err *err);
+/* Removes the temporary folders or files "<out>.alloy-tmp-<pid>-*" (and set-aside "<out>.alloy-old-<pid>") of
+ * runs into out whose process is gone. */
+void alloy_remove_stale(const char *out);
 /* Removes the temporary folders of runs into out that are gone, then creates *tmp,
  * "<out>.alloy-tmp-<pid>-XXXXXX" (mode 0700). */
 int  alloy_make_tmp_dir(const char *out, char **tmp, struct alloy_err *err);
