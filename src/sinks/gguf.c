@@ -197,7 +197,8 @@ static int quant_types(struct gguf_sink *g, const struct gguf_model_info *mi, in
         const struct alloy_plan_tensor *pt = &g->p->tensors[order[k]];
         struct out_tensor *t = &g->t[order[k]];
         enum alloy_dtype d;
-        rc = gguf_mix_type(&g->mix, t->name, pt->ndim, pt->shape[pt->ndim - 1], t->dtype, &d, g->o->out_dir, err);
+        int64_t ne0 = pt->ndim ? pt->shape[pt->ndim - 1] : 1;
+        rc = gguf_mix_type(&g->mix, t->name, pt->ndim, ne0, t->dtype, &d, g->o->out_dir, err);
         if (rc || d == ALLOY_DTYPE_F32 || d == ALLOY_DTYPE_F16) {
             if (!rc) t->dtype = d;
         } else if (copyable(g, order[k], d)) {
