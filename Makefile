@@ -146,7 +146,11 @@ FUZZ_SECONDS ?= 30
 fuzz:
 	sh fuzz/run.sh $(FUZZ_SECONDS)
 
-bench: all
+$(BUILD)/bench_quant: bench/quant.c $(BUILD)/liballoy.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ bench/quant.c $(BUILD)/liballoy.a $(LIBS)
+
+bench: all $(BUILD)/bench_quant
+	$(BUILD)/bench_quant
 	sh bench/run.sh $(BUILD)/alloy
 
 install: $(BUILD)/alloy $(LIBS_OUT)

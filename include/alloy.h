@@ -87,7 +87,7 @@ enum alloy_dtype {
     ALLOY_DTYPE_F6_E3M2,
     ALLOY_DTYPE_F4,
     ALLOY_DTYPE_C64,
-    /* ggml's block-quantized types (GGUF files): read as float32, not written yet (from_f32 NULL) */
+    /* ggml's block-quantized types (GGUF files): read as float32; from_f32 is ggml's reference quantizer */
     ALLOY_DTYPE_Q8_0,
     ALLOY_DTYPE_Q4_0,
     ALLOY_DTYPE_Q4_1,
@@ -114,7 +114,7 @@ struct alloy_dtype_traits {
     unsigned bits;        /* bits per element (block_bytes * 8 / block, rounded down: 8 for Q8_0's 8.5;
                              sizes of block types come from alloy_dtype_nbytes) */
     int mergeable;        /* 1: alloy reads it as float32 and merges it (to_f32 is set); from_f32 is set
-                             too except for the quantized types, which are inputs only so far */
+                             too: for the quantized types ggml's reference quantizer (src/quant) */
     unsigned block;       /* elements per block */
     unsigned block_bytes; /* bytes per block */
     void   (*to_f32)(const void *src, float *dst, size_t n);

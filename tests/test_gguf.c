@@ -20,10 +20,16 @@
 #include "formats/tensor_file.h"
 
 #include <jansson.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <time.h>
 
 #define GG(rel) "tests/data/gguf/" rel
+
+/* Hands freed heap back to the system at the end of a test that allocated much: later tests measure the
+ * peak RSS of commands forked from this process (test_run_rss), and a forked child starts with the
+ * runner's resident pages. */
+static void trim_heap(void) { malloc_trim(0); }
 
 /* Whole tensor t in file layout (stored rows, dequantized), malloc'd. */
 static float *file_layout(const struct alloy_tensor *t)
@@ -88,6 +94,7 @@ TEST(gguf_f32_file_is_its_hf_folder)
 out:
     alloy_model_close(g);
     alloy_model_close(hf);
+    trim_heap();
 }
 
 TEST(gguf_quantized_rows_unpermuted_any_range)
@@ -117,6 +124,7 @@ TEST(gguf_quantized_rows_unpermuted_any_range)
         free(want);
     }
     alloy_model_close(g);
+    trim_heap();
 }
 
 TEST(gguf_config_and_tokenizer_rebuilt)
@@ -154,35 +162,26 @@ TEST(gguf_config_and_tokenizer_rebuilt)
     alloy_model_close(g);
 }
 
-/* alloy eval's NLL of a GGUF file on one text against llama.cpp's fixture value nll_dequant_f32: the exact
- * float32 evaluation of the ggml-dequantized weights (alloy eval of them as an HF folder). The weights here
- * are bit-identical to those (quant_every_file_dequantizes_as_llamacpp) and the evaluator is the same, so
- * the only difference is config.json's rms_norm_eps, stored as float32 in GGUF (1e-5 -> 9.99999975e-6,
- * the same float the evaluator uses): the values agree to the fixture's 10 printed decimals, 1e-9. */
+/* `alloy eval FILE.gguf` (the CLI, in its own process) on one text against llama.cpp's fixture value
+ * nll_dequant_f32: the exact float32 evaluation of the ggml-dequantized weights (alloy eval of them as an
+ * HF folder). The weights here are bit-identical to those (quant_every_file_dequantizes_as_llamacpp) and
+ * the evaluator is the same, so the only difference is config.json's rms_norm_eps, stored as float32 in
+ * GGUF (1e-5 -> 9.99999975e-6, the same float the evaluator uses): the values agree to the fixture's 10
+ * printed decimals, 1e-9. */
 static void eval_file(const char *rel, const char *text, double want)
 {
-    struct alloy_model *m = NULL;
-    struct alloy_evaluator *ev = NULL;
-    struct alloy_err err = {0};
-    char *buf = NULL;
-    size_t len = 0;
-    struct alloy_pool *pool = alloy_pool_new(2);
-    int rc = alloy_model_open(rel, &m, &err);
-    if (!rc) rc = alloy_evaluator_new(m, &ev, &err);
-    alloy_model_close(m);
-    if (!rc) rc = alloy_eval_read_text(text, &buf, &len, &err);
-    struct alloy_eval_options o;
-    struct alloy_eval_result r = {0};
-    alloy_eval_options_init(&o);
-    o.ctx = 128;
-    o.pool = pool;
-    if (!rc) rc = alloy_evaluate_text(ev, buf, len, text, &o, &r, &err);
-    CHECK_MSG(rc == ALLOY_OK, "%s", err.msg);
-    CHECK_MSG(fabs(r.nll - want) <= 1e-9, "%s on %s: nll %.10f, llama.cpp fixture %.10f", rel, text, r.nll, want);
-    CHECK_INT(r.tokens, 65536);
-    free(buf);
-    alloy_evaluator_free(ev);
-    alloy_pool_free(pool);
+    char cmd[1200], *out = NULL;
+    snprintf(cmd, sizeof cmd, "{ %s eval %s --text %s --ctx 128 --json --threads 2 2>/dev/null; }", test_alloy_bin(),
+             rel, text);
+    CHECK_INT(test_run(cmd, &out), 0);
+    json_t *j = out ? json_loads(out, 0, NULL) : NULL;
+    json_t *row = json_array_get(j, 0);
+    double nll = json_real_value(json_object_get(row, "nll"));
+    CHECK_MSG(row && fabs(nll - want) <= 1e-9, "%s on %s: nll %.10f, llama.cpp fixture %.10f (%s)", rel, text, nll,
+              want, out ? out : "");
+    CHECK_INT(json_integer_value(json_object_get(row, "tokens")), 65536);
+    json_decref(j);
+    free(out);
 }
 
 TEST(gguf_eval_matches_fixture_nll)
@@ -243,6 +242,7 @@ done:
     alloy_model_close(a);
     alloy_model_close(b);
     alloy_model_close(m);
+    trim_heap();
 }
 
 TEST(gguf_linear_merge_of_quantized_inputs)
@@ -548,6 +548,7 @@ TEST(gguf_large_header_linear)
         CHECK(alloy_tensor_file_find(tf, "model.layers.199999.input_layernorm.weight") != NULL);
         alloy_tensor_file_close(tf);
     }
+    trim_heap();
 }
 
 /* Rows come back in HF order for llama only: with one head of 4 rows, logical row 1 (first half, i = 1)
@@ -612,4 +613,5 @@ TEST(gguf_merge_in_memory_evaluates_text)
     CHECK_MSG(alloy_evaluate_text(ev, text, sizeof text - 1, "t", &eo, &r, &err) == ALLOY_OK, "%s", err.msg);
     CHECK(r.tokens > 0 && r.nll > 0.5 && r.nll < 3.0);
     alloy_evaluator_free(ev);
+    trim_heap();
 }

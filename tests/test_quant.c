@@ -20,6 +20,7 @@
 #include "alloy.h"
 
 #include <jansson.h>
+#include <malloc.h>
 #include <stdlib.h>
 
 TEST(quant_sha256_fips_vectors)
@@ -148,4 +149,5 @@ TEST(quant_every_file_dequantizes_as_llamacpp)
         CHECK_MSG(types_seen[t], "no tensor of type %s in the golden files", alloy_dtype_traits((enum alloy_dtype)t)->name);
     CHECK(types_seen[ALLOY_DTYPE_F16] && types_seen[ALLOY_DTYPE_BF16] && types_seen[ALLOY_DTYPE_F32]);
     json_decref(exp);
+    malloc_trim(0); /* later tests fork commands whose peak RSS they bound (test_run_rss) */
 }

@@ -15,6 +15,7 @@
 #include "core/internal.h"
 #include "kernels/kernels.h"
 #include "quant/blocks.h"
+#include "quant/quantize.h"
 
 #include <string.h>
 
@@ -33,8 +34,8 @@ REF_ROWS(F64)
 
 #define FLOAT(T, torch, bytes) {#T, torch, 8 * (bytes), 1, 1, bytes, T##_to_f32, T##_from_f32}
 #define PLAIN(name, torch, bytes) {name, torch, 8 * (bytes), 0, 1, bytes, NULL, NULL}
-/* A ggml block type: read through its dequantizer; its quantizer (from_f32) is still to come. */
-#define QUANT(name, elems, bytes, deq) {name, NULL, 8 * (bytes) / (elems), 1, elems, bytes, deq, NULL}
+/* A ggml block type: read through its dequantizer, written through its reference quantizer. */
+#define QUANT(name, elems, bytes, deq, q) {name, NULL, 8 * (bytes) / (elems), 1, elems, bytes, deq, q}
 
 static const struct alloy_dtype_traits g_dtypes[ALLOY_DTYPE_COUNT] = {
     [ALLOY_DTYPE_F32]         = FLOAT(F32, "float32", 4),
@@ -59,16 +60,16 @@ static const struct alloy_dtype_traits g_dtypes[ALLOY_DTYPE_COUNT] = {
     [ALLOY_DTYPE_F6_E3M2]     = {"F6_E3M2", NULL, 6, 0, 4, 3, NULL, NULL},
     [ALLOY_DTYPE_F4]          = {"F4", NULL, 4, 0, 2, 1, NULL, NULL},
     [ALLOY_DTYPE_C64]         = PLAIN("C64", "complex64", 8),
-    [ALLOY_DTYPE_Q8_0]        = QUANT("Q8_0", ALLOY_QK, 34, alloy_dequant_q8_0),
-    [ALLOY_DTYPE_Q4_0]        = QUANT("Q4_0", ALLOY_QK, 18, alloy_dequant_q4_0),
-    [ALLOY_DTYPE_Q4_1]        = QUANT("Q4_1", ALLOY_QK, 20, alloy_dequant_q4_1),
-    [ALLOY_DTYPE_Q5_0]        = QUANT("Q5_0", ALLOY_QK, 22, alloy_dequant_q5_0),
-    [ALLOY_DTYPE_Q5_1]        = QUANT("Q5_1", ALLOY_QK, 24, alloy_dequant_q5_1),
-    [ALLOY_DTYPE_Q2_K]        = QUANT("Q2_K", ALLOY_QK_K, 84, alloy_dequant_q2_k),
-    [ALLOY_DTYPE_Q3_K]        = QUANT("Q3_K", ALLOY_QK_K, 110, alloy_dequant_q3_k),
-    [ALLOY_DTYPE_Q4_K]        = QUANT("Q4_K", ALLOY_QK_K, 144, alloy_dequant_q4_k),
-    [ALLOY_DTYPE_Q5_K]        = QUANT("Q5_K", ALLOY_QK_K, 176, alloy_dequant_q5_k),
-    [ALLOY_DTYPE_Q6_K]        = QUANT("Q6_K", ALLOY_QK_K, 210, alloy_dequant_q6_k),
+    [ALLOY_DTYPE_Q8_0]        = QUANT("Q8_0", ALLOY_QK, 34, alloy_dequant_q8_0, alloy_from_f32_q8_0),
+    [ALLOY_DTYPE_Q4_0]        = QUANT("Q4_0", ALLOY_QK, 18, alloy_dequant_q4_0, alloy_from_f32_q4_0),
+    [ALLOY_DTYPE_Q4_1]        = QUANT("Q4_1", ALLOY_QK, 20, alloy_dequant_q4_1, alloy_from_f32_q4_1),
+    [ALLOY_DTYPE_Q5_0]        = QUANT("Q5_0", ALLOY_QK, 22, alloy_dequant_q5_0, alloy_from_f32_q5_0),
+    [ALLOY_DTYPE_Q5_1]        = QUANT("Q5_1", ALLOY_QK, 24, alloy_dequant_q5_1, alloy_from_f32_q5_1),
+    [ALLOY_DTYPE_Q2_K]        = QUANT("Q2_K", ALLOY_QK_K, 84, alloy_dequant_q2_k, alloy_from_f32_q2_k),
+    [ALLOY_DTYPE_Q3_K]        = QUANT("Q3_K", ALLOY_QK_K, 110, alloy_dequant_q3_k, alloy_from_f32_q3_k),
+    [ALLOY_DTYPE_Q4_K]        = QUANT("Q4_K", ALLOY_QK_K, 144, alloy_dequant_q4_k, alloy_from_f32_q4_k),
+    [ALLOY_DTYPE_Q5_K]        = QUANT("Q5_K", ALLOY_QK_K, 176, alloy_dequant_q5_k, alloy_from_f32_q5_k),
+    [ALLOY_DTYPE_Q6_K]        = QUANT("Q6_K", ALLOY_QK_K, 210, alloy_dequant_q6_k, alloy_from_f32_q6_k),
 };
 #undef FLOAT
 #undef PLAIN

@@ -348,8 +348,8 @@ static enum alloy_dtype decide_dtype(const struct builder *b, const struct alloy
     if (b->p->method->flags & ALLOY_METHOD_F32_OUTPUT) return ALLOY_DTYPE_F32;
     if (cfg->has_dtype) return cfg->dtype;
     enum alloy_dtype d = t->inputs[t->base >= 0 ? t->base : 0].t->dtype;
-    /* F64 and the quantized GGUF types are not written: float32 holds their values exactly */
-    return d == ALLOY_DTYPE_F64 || !alloy_dtype_traits(d)->from_f32 ? ALLOY_DTYPE_F32 : d;
+    /* F64 and the quantized GGUF types are not written by default: float32 holds their values exactly */
+    return d == ALLOY_DTYPE_F64 || d >= ALLOY_DTYPE_FIRST_QUANT || !alloy_dtype_traits(d)->from_f32 ? ALLOY_DTYPE_F32 : d;
 }
 
 /* Adds an output tensor `out_name` merged from `srcs` (input names per source). */

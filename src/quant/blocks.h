@@ -1,6 +1,6 @@
 /*
  * blocks.h — byte layouts of ggml's quantized block types, and the
- * dequantizers and (later) quantizers that work on them.
+ * dequantizers that work on them (quantizers: quantize.h).
  *
  * DESIGN
  *   Each type stores a row as whole blocks: 32 elements for the legacy
@@ -11,7 +11,7 @@
  *   dequantizers (dequant.c) are the dtype table's to_f32 rows and match
  *   ggml's dequantize_row_* bit for bit: same operation order, no FMA
  *   contraction (the file is compiled with -ffp-contract=off). Quantizers
- *   will be the table's from_f32 rows of the same types.
+ *   (quantize.h) are the table's from_f32 rows of the same types.
  */
 #ifndef ALLOY_QUANT_BLOCKS_H
 #define ALLOY_QUANT_BLOCKS_H

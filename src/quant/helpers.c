@@ -1,0 +1,276 @@
+/*
+ * helpers.c — ggml's scale searches (make_qx_quants, make_q3_quants,
+ * make_qkx2/qkx3_quants, make_qp_quants), bit-exact.
+ *
+ * DESIGN
+ *   Each function searches a scale (and for the asymmetric one a min) that
+ *   minimises a weighted error over a small group of values, trying a fixed
+ *   ladder of candidate inverse scales and, for q3/qp, a few sweeps of
+ *   coordinate descent on the integer codes. Everything is float32, summed
+ *   sequentially from element 0 with the products written in ggml's order;
+ *   the file is compiled with -ffp-contract=off (Makefile) so no a*b+c
+ *   becomes an FMA. gguf.md §3.2 describes each step.
+ */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+#include "quant/helpers.h"
+
+#include <math.h>
+
+static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+static inline float qx_weight(const float *w, const float *x, int i, int rmse_type)
+{
+    if (w) return w[i];
+    switch (rmse_type) {
+    case 1: return x[i] * x[i];
+    case 2: return 1;
+    case 3: return fabsf(x[i]);
+    default: return sqrtf(fabsf(x[i]));
+    }
+}
+
+/* The signed value of largest magnitude (first wins); *amax its magnitude. */
+static float signed_max(int n, const float *x, float *amax)
+{
+    float max = 0, a = 0;
+    for (int i = 0; i < n; ++i) {
+        float ax = fabsf(x[i]);
+        if (ax > a) {
+            a = ax;
+            max = x[i];
+        }
+    }
+    *amax = a;
+    return max;
+}
+
+float alloy_make_qx_quants(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *w)
+{
+    float amax, max = signed_max(n, x, &amax);
+    if (amax < ALLOY_GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    if (rmse_type == 0) {
+        for (int i = 0; i < n; ++i) L[i] = (int8_t)(nmax + clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1));
+        return 1 / iscale;
+    }
+    int return_early = rmse_type < 0;
+    if (return_early) rmse_type = -rmse_type;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)(l + nmax);
+        float wi = qx_weight(w, x, i, rmse_type);
+        sumlx += wi * x[i] * l;
+        suml2 += wi * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    if (return_early) return suml2 > 0 ? 0.5f * (scale + 1 / iscale) : 1 / iscale;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1);
+            float wi = qx_weight(w, x, i, rmse_type);
+            sumlx += wi * x[i] * l;
+            suml2 += wi * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; ++i)
+                L[i] = (int8_t)(nmax + clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1));
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+float alloy_make_q3_quants(int n, int nmax, const float *x, int8_t *L)
+{
+    float amax, max = signed_max(n, x, &amax);
+    if (amax < ALLOY_GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)l;
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; ++i) {
+            float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * L[i];
+            if (slx > 0) {
+                float sl2 = suml2 - w * L[i] * L[i];
+                int new_l = clampi(alloy_nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1);
+                if (new_l != L[i]) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (int8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    for (int i = 0; i < n; ++i) L[i] = (int8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* Weighted error of scale*L + min against x: |.| (use_mad) or squared. */
+static float qkx_error(int n, const float *x, const float *w, const uint8_t *L, float scale, float min, int use_mad)
+{
+    float err = 0;
+    for (int i = 0; i < n; ++i) {
+        float diff = scale * L[i] + min - x[i];
+        diff = use_mad ? fabsf(diff) : diff * diff;
+        float wi = w ? w[i] : x[i] * x[i];
+        err += wi * diff;
+    }
+    return err;
+}
+
+float alloy_make_qkx_quants(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min,
+                            uint8_t *Laux, float rmin, float rdelta, int nstep, int use_mad, int x3)
+{
+    float min = x[0], max = x[0];
+    float sum_w = w ? w[0] : x[0] * x[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        float wi = w ? w[i] : x[i] * x[i];
+        sum_w += wi;
+        sum_x += wi * x[i];
+    }
+    if (min > 0) min = 0;
+    if (x3 ? max <= min : max == min) {
+        memset(L, 0, (size_t)n);
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    for (int i = 0; i < n; ++i) L[i] = (uint8_t)clampi(alloy_nearest_int(iscale * (x[i] - min)), 0, nmax);
+    float best_mad = qkx_error(n, x, w, L, scale, min, use_mad);
+    if (nstep < 1) {
+        *the_min = -min;
+        return scale;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = clampi(alloy_nearest_int(iscale * (x[i] - min)), 0, nmax);
+            Laux[i] = (uint8_t)l;
+            float wi = w ? w[i] : x[i] * x[i];
+            sum_l += wi * l;
+            sum_l2 += wi * l * l;
+            sum_xl += wi * l * x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float mad = qkx_error(n, x, w, Laux, this_scale, this_min, use_mad);
+            if (mad < best_mad) {
+                memcpy(L, Laux, (size_t)n);
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/* Sum of w*(x - scale*l)^2 over the codes min(nmax, nearest_int(iscale*x)). */
+static float qp_error(int n, int nmax, const float *x, const float *w, float iscale)
+{
+    float scale = 1 / iscale, mse = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = alloy_nearest_int(iscale * x[i]);
+        if (l > nmax) l = nmax;
+        float diff = x[i] - scale * l;
+        mse += w[i] * diff * diff;
+    }
+    return mse;
+}
+
+float alloy_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *w)
+{
+    float max = 0;
+    for (int i = 0; i < n; ++i) max = max > x[i] ? max : x[i];
+    if (max < ALLOY_GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = nmax / max;
+    float scale = 1 / iscale, best_mse = 0;
+    for (int i = 0; i < n; ++i) { /* the first pass is not clamped to nmax */
+        float diff = x[i] - scale * alloy_nearest_int(iscale * x[i]);
+        best_mse += w[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; ++is) {
+        if (is == 0) continue;
+        float iscale_is = (0.1f * is + nmax) / max;
+        float mse = qp_error(n, nmax, x, w, iscale_is);
+        if (mse < best_mse) {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = alloy_nearest_int(iscale * x[i]);
+        if (l > nmax) l = nmax;
+        L[i] = (uint8_t)l;
+        sumlx += w[i] * x[i] * l;
+        suml2 += w[i] * l * l;
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; ++i) {
+            float slx = sumlx - w[i] * x[i] * L[i];
+            float sl2 = suml2 - w[i] * L[i] * L[i];
+            if (slx > 0 && sl2 > 0) {
+                int new_l = alloy_nearest_int(x[i] * sl2 / slx);
+                if (new_l > nmax) new_l = nmax;
+                if (new_l != L[i]) {
+                    slx += w[i] * x[i] * new_l;
+                    sl2 += w[i] * new_l * new_l;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0 ? sumlx / suml2 : 0.f;
+}
