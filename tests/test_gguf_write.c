@@ -286,8 +286,8 @@ TEST(gguf_write_refusals_leave_nothing)
     CHECK_INT(merge_to(dir, out, "f16", NULL, &err), ALLOY_ERR_UNSUPPORTED);
     CHECK_MSG(strstr(err.msg, "found \"GPTNeoXForCausalLM\""), "%s", err.msg);
     CHECK(access(out, F_OK) != 0);
-    CHECK_INT(merge_to("tests/data/tiny-llama/base", out, "q4_k_m", NULL, &err), ALLOY_ERR_UNSUPPORTED);
-    CHECK_MSG(strstr(err.msg, "'lm_head.weight'") && strstr(err.msg, "quantizers"), "%s", err.msg);
+    CHECK_INT(merge_to("tests/data/tiny-llama/base", out, "q8_0", NULL, &err), ALLOY_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "ffn_down.weight'") && strstr(err.msg, "Unsupported tensor size"), "%s", err.msg);
     CHECK_INT(merge_to("tests/data/tiny-llama/base", out, "q4_k_x", NULL, &err), ALLOY_ERR_CONFIG);
     CHECK_MSG(strstr(err.msg, "--outtype") && strstr(err.msg, "\"q4_k_x\""), "%s", err.msg);
     snprintf(cfg, sizeof cfg, "%s/folder.gguf", test_tmpdir());
@@ -392,8 +392,7 @@ TEST(gguf_write_convert_round_trip)
 }
 
 /* Quantized passthrough: a GGUF of the outtype's own mixture is copied block for block (llama-quantize's order and
- * types, so its bytes), fallbacks included (tiny: Q5_0, Q8_0 copied, F16 re-encoded exactly); an outtype whose
- * mixture would need quantizing is refused naming the tensor. */
+ * types, so its bytes), fallbacks included (tiny: Q5_0, Q8_0 copied, F16 re-encoded exactly). */
 TEST(gguf_write_quantized_passthrough_copies_blocks)
 {
     char out[512];
@@ -405,9 +404,19 @@ TEST(gguf_write_quantized_passthrough_copies_blocks)
     check_tensors(out, "quant/base-Q8_0.gguf");
     CHECK_MSG(merge_to(GG("tiny/tiny-base-Q4_K_M.gguf"), out, "Q4_K_M", NULL, &err) == ALLOY_OK, "%s", err.msg);
     check_tensors(out, "tiny/tiny-base-Q4_K_M.gguf");
-    CHECK_INT(merge_to(GG("quant/base-Q4_K_M.gguf"), out, "q5_k_m", NULL, &err), ALLOY_ERR_UNSUPPORTED);
-    CHECK_MSG(strstr(err.msg, "Q5_K") && strstr(err.msg, "quantizers"), "%s", err.msg);
     CHECK_INT(test_leftovers(test_tmpdir()), 0);
+}
+
+/* Quantizing from the merged floats: tiny-llama/base (the HF folder tiny-base-f32.gguf was converted from) to
+ * q4_k_m is llama-quantize's tiny-base-Q4_K_M.gguf byte for byte (its Q5_0/Q8_0 fallbacks, F16 ffn_down, Q/K rows
+ * permuted before quantizing), in llama-quantize's tensor order. */
+TEST(gguf_write_quantizes_like_llama_quantize)
+{
+    char out[512];
+    struct alloy_err err = {0};
+    snprintf(out, sizeof out, "%s/tq.gguf", test_tmpdir());
+    CHECK_MSG(merge_to("tests/data/tiny-llama/base", out, "q4_k_m", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    check_tensors(out, "tiny/tiny-base-Q4_K_M.gguf");
 }
 
 /* A temporary file left by a run that is gone (SIGKILL) is removed by the next run into the same output. */

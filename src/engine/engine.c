@@ -91,6 +91,7 @@ static int merge_tensor(const struct alloy_plan *p, struct tensor_io *io, struct
     const char *names[t->n > 0 ? t->n : 1]; /* every input named, however many the config lists */
     for (int k = 0; k < t->n; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
     alloy_plan_job(p, io->index, o->has_seed ? o->seed : 0, names, &job);
+    job.whole_rows = io->sink->ops->whole_rows && io->sink->ops->whole_rows(io->sink, io->index);
     job.inputs_bf16 = io->round_to < 0 || io->round_to == ALLOY_DTYPE_BF16;
     for (int k = 0; k < t->n; k++) job.inputs_bf16 &= alloy_input_raw_bf16(&t->inputs[k]);
     int rc = p->method->kind == ALLOY_METHOD_MATRIX

@@ -29,6 +29,7 @@
 #include "formats/formats.h"
 #include "sinks/gguf_mix.h"
 #include "sinks/gguf_out.h"
+#include "quant/quantize.h"
 #include "sources/source.h"
 #include "sinks/output.h"
 #include "sinks/publish.h"
@@ -53,6 +54,7 @@ struct out_tensor {
     uint64_t offset;       /* in the data section */
     uint64_t nbytes;
     int copy_blocks;       /* the input's stored blocks are copied unchanged (quantized passthrough) */
+    int quantize;          /* quantized row by row from the merged floats */
 };
 
 struct gguf_sink {
@@ -183,8 +185,8 @@ static size_t *quant_order(const struct gguf_sink *g, size_t *n)
     return order;
 }
 
-/* A quantized outtype: each tensor's type as llama-quantize picks it; a quantized one must be copied from
- * an input of that type (the quantizers are not in this build). */
+/* A quantized outtype: each tensor's type as llama-quantize picks it; a quantized one is copied from an input
+ * of that type when it can be, else quantized from the merged floats. */
 static int quant_types(struct gguf_sink *g, const struct gguf_model_info *mi, int n_layer, struct alloy_err *err)
 {
     size_t n = 0, *order = quant_order(g, &n);
@@ -201,13 +203,10 @@ static int quant_types(struct gguf_sink *g, const struct gguf_model_info *mi, in
         rc = gguf_mix_type(&g->mix, t->name, pt->ndim, ne0, t->dtype, &d, g->o->out_dir, err);
         if (rc || d == ALLOY_DTYPE_F32 || d == ALLOY_DTYPE_F16) {
             if (!rc) t->dtype = d;
-        } else if (copyable(g, order[k], d)) {
-            t->dtype = d;
-            t->copy_blocks = 1;
         } else {
-            rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': quantized to %s, which needs the quantizers "
-                               "(not in this build; only blocks of that type copied from a GGUF input are written)",
-                               g->o->out_dir, pt->name, alloy_dtype_traits(d)->name);
+            t->dtype = d;
+            t->copy_blocks = copyable(g, order[k], d);
+            t->quantize = !t->copy_blocks;
         }
         t->ggml_type = ggml_type_of(t->dtype);
     }
@@ -470,6 +469,38 @@ static int gguf_tensor_begin(struct alloy_sink *s, size_t i, struct alloy_err *e
     return ALLOY_OK;
 }
 
+/* The output row of HF row r (llama's Q/K rows permuted within each head). */
+static uint64_t out_row(const struct out_tensor *t, uint64_t rows, uint64_t r)
+{
+    if (!t->perm_heads) return r;
+    uint64_t d = rows / t->perm_heads, half = d / 2;
+    return r / d * d + 2 * (r % half) + (r % d) / half;
+}
+
+/* Whole rows [e0, e1) quantized one at a time (the reference quantizers, bit-exact with llama-quantize's). */
+static int write_quantized(struct gguf_sink *g, size_t i, uint64_t e0, uint64_t e1, const float *src,
+                           struct alloy_err *err)
+{
+    const struct alloy_plan_tensor *pt = &g->p->tensors[i];
+    const struct out_tensor *t = &g->t[i];
+    uint64_t cols = pt->numel / pt->rows, row_bytes = t->nbytes / pt->rows;
+    if (e0 % cols || e1 % cols)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': whole rows to quantize, found elements "
+                             "%llu..%llu (this merge method hands over partial rows)", g->o->out_dir, pt->name,
+                             (unsigned long long)e0, (unsigned long long)e1);
+    uint8_t *buf = alloy_xmalloc(row_bytes ? row_bytes : 1);
+    int rc = buf ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory quantizing '%s'", pt->name);
+    for (uint64_t r = e0 / cols; !rc && r < e1 / cols; r++) {
+        rc = alloy_quantize_rows(t->dtype, src + (r * cols - e0), buf, 1, (int64_t)cols, NULL, g->o->out_dir,
+                                 pt->name, err);
+        if (!rc)
+            rc = alloy_writer_submit(g->w, buf, row_bytes, g->data_start + t->offset + out_row(t, pt->rows, r) * row_bytes,
+                                     err);
+    }
+    free(buf);
+    return rc;
+}
+
 static int gguf_write(struct alloy_sink *s, size_t i, uint64_t e0, uint64_t e1, float *src, uint64_t *nonfinite,
                       struct alloy_err *err)
 {
@@ -479,6 +510,7 @@ static int gguf_write(struct alloy_sink *s, size_t i, uint64_t e0, uint64_t e1, 
     if (!t->name) return ALLOY_OK; /* dropped */
     size_t es = alloy_dtype_traits(t->dtype)->block_bytes;
     uint64_t base = g->data_start + t->offset;
+    if (t->quantize) return write_quantized(g, i, e0, e1, src, err);
     if (!t->perm_heads) return alloy_writer_submit_f32(g->w, base + e0 * es, src, (size_t)(e1 - e0), t->dtype, nonfinite, err);
     const struct alloy_plan_tensor *pt = &g->p->tensors[i];
     uint64_t cols = pt->numel / pt->rows, d = pt->rows / t->perm_heads, half = d / 2;
@@ -491,6 +523,11 @@ static int gguf_write(struct alloy_sink *s, size_t i, uint64_t e0, uint64_t e1, 
         e = end;
     }
     return rc;
+}
+
+static int gguf_whole_rows(struct alloy_sink *s, size_t i)
+{
+    return ((struct gguf_sink *)s)->t[i].quantize;
 }
 
 static int gguf_copies(struct alloy_sink *s, size_t i)
@@ -556,7 +593,7 @@ static void gguf_free(struct alloy_sink *s)
 
 static const struct alloy_sink_ops g_gguf = {
     "gguf", gguf_begin, gguf_tensor_begin, gguf_write, gguf_write_bytes, NULL, gguf_commit, gguf_abort, gguf_free,
-    gguf_copies,
+    gguf_copies, gguf_whole_rows,
 };
 
 int alloy_sink_wants_gguf(const struct alloy_merge_options *o)

@@ -42,6 +42,8 @@ struct alloy_sink_ops {
     void (*free)(struct alloy_sink *s);
     /* Optional: 1 when tensor i is its one input's stored bytes, copied (write_bytes) instead of merged. */
     int  (*copies)(struct alloy_sink *s, size_t i);
+    /* Optional: 1 when write() needs tensor i in chunks of whole rows (a row is quantized at once). */
+    int  (*whole_rows)(struct alloy_sink *s, size_t i);
 };
 
 struct alloy_sink {
