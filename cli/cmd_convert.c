@@ -17,10 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { OPT_HELP = 1, OPT_OUTTYPE, OPT_FORMAT, OPT_THREADS, OPT_QUIET, OPT_OVERWRITE };
+enum { OPT_HELP = 1, OPT_OUTTYPE, OPT_IMATRIX, OPT_FORMAT, OPT_THREADS, OPT_QUIET, OPT_OVERWRITE };
 
 static const struct cli_opt k_opts[] = {
-    {"-h|--help", OPT_HELP, 0},     {"--outtype", OPT_OUTTYPE, 1}, {"--format", OPT_FORMAT, 1},
+    {"-h|--help", OPT_HELP, 0},     {"--outtype", OPT_OUTTYPE, 1}, {"--imatrix", OPT_IMATRIX, 1}, {"--format", OPT_FORMAT, 1},
     {"-j|--threads", OPT_THREADS, 1}, {"-q|--quiet", OPT_QUIET, 0},  {"--overwrite", OPT_OVERWRITE, 0},
     {NULL, 0, 0},
 };
@@ -39,6 +39,7 @@ static void convert_usage(FILE *f)
                "  --outtype T              f32, f16, bf16 (a folder: its dtype; GGUF: the weights, norms stay F32;\n"
                "                           default f16), or for GGUF q8_0, q4_k_m, ... when the blocks can be copied\n"
                "                           (default for a folder: f32)\n"
+               "  --imatrix FILE           importance matrix (llama-imatrix) for a quantized --outtype\n"
                "  --format folder|gguf     the output's form (default: gguf when OUT ends in .gguf)\n"
                "  -j, --threads N          worker threads (default: all cores)\n"
                "  --overwrite              replace an existing OUT folder even when it holds other files\n"
@@ -97,6 +98,7 @@ int cmd_convert(int argc, char **argv)
             break;
         case OPT_HELP: convert_usage(stdout); return 0;
         case OPT_OUTTYPE: o.outtype = val; break;
+        case OPT_IMATRIX: o.imatrix = val; break;
         case OPT_FORMAT:
             if (strcmp(val, "folder") != 0 && strcmp(val, "gguf") != 0)
                 return cli_usage_error("convert", "--format: expected folder or gguf, got '%s'", val);

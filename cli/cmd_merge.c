@@ -18,7 +18,7 @@
 
 enum {
     OPT_HELP = 1, OPT_THREADS, OPT_SHARD, OPT_SEED, OPT_DRY, OPT_QUIET, OPT_TOK, OPT_NO_TOK, OPT_CARD, OPT_NO_CARD,
-    OPT_CRIMES, OPT_OVERWRITE, OPT_FORMAT, OPT_OUTTYPE, OPT_NO_SAFE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG
+    OPT_CRIMES, OPT_OVERWRITE, OPT_FORMAT, OPT_OUTTYPE, OPT_IMATRIX, OPT_NO_SAFE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG
 };
 
 static const struct cli_opt k_opts[] = {
@@ -35,7 +35,7 @@ static const struct cli_opt k_opts[] = {
     {"--allow-crimes", OPT_CRIMES, 0},
     {"--overwrite", OPT_OVERWRITE, 0},
     {"--format", OPT_FORMAT, 1},
-    {"--outtype", OPT_OUTTYPE, 1},
+    {"--outtype", OPT_OUTTYPE, 1}, {"--imatrix", OPT_IMATRIX, 1},
     {"--no-safe-serialization", OPT_NO_SAFE, 0},
     {"--lazy-unpickle|--no-lazy-unpickle|--cuda|--no-cuda|--low-cpu-memory|--no-low-cpu-memory|--read-to-gpu|"
      "--no-read-to-gpu|--multi-gpu|--no-multi-gpu|--gpu-rich|--async-write|--no-async-write|--clone-tensors|"
@@ -81,8 +81,10 @@ static void merge_usage(FILE *f)
             "  --allow-crimes           accepted (alloy matches tensors by name and shape for any architecture)\n"
             "  --overwrite              replace an existing OUT_DIR even when it holds other files (they are deleted)\n"
             "  --format folder|gguf     the output's form (default: gguf when OUT ends in .gguf, else folder)\n"
-            "  --outtype f32|f16|bf16   GGUF output: type of the weight matrices (default: the merge's dtype;\n"
-            "                           norms and 1-D tensors are F32)\n"
+            "  --outtype T              GGUF output: f32, f16, bf16, or a llama-quantize type (q8_0, q4_0, q4_1,\n"
+            "                           q5_0, q5_1, q2_k, q3_k_m, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k); default: the\n"
+            "                           merge's dtype; norms and 1-D tensors stay F32\n"
+            "  --imatrix FILE           importance matrix (llama-imatrix) for a quantized --outtype\n"
             "  -q, --quiet              no progress bar and no notes\n"
             "  -h, --help               this help\n"
             "Accepted for mergekit compatibility, no effect here: --lazy-unpickle, --cuda, --no-cuda, --device X,\n"
@@ -142,6 +144,7 @@ static int apply_option(struct cli_args *a, int id, const char *val, struct allo
         o->out_format = val;
         return 0;
     case OPT_OUTTYPE: o->outtype = val; return 0;
+    case OPT_IMATRIX: o->imatrix = val; return 0;
     case OPT_NO_SAFE:
         cli_error("--no-safe-serialization: alloy writes safetensors only (PyTorch pickles can execute code when loaded)");
         return 2;

@@ -431,3 +431,34 @@ TEST(gguf_write_removes_stale_temporary_files)
     CHECK(access(stale, F_OK) != 0);
     CHECK_INT(test_leftovers(test_tmpdir()), 0);
 }
+
+/* --imatrix: base-f32.gguf re-quantized to q4_k_m with the fixture's imatrix is llama-quantize's imatrix file, tensor
+ * for tensor, with its quantize.imatrix.* keys; without a quantized outtype the option is refused. */
+TEST(gguf_write_imatrix_like_llama_quantize)
+{
+    char out[512];
+    struct alloy_err err = {0};
+    struct alloy_merge_options o;
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "models:\n  - model: %s\nmerge_method: passthrough\n", GG("base-f32.gguf"));
+    snprintf(out, sizeof out, "%s/im.gguf", test_tmpdir());
+    alloy_merge_options_init(&o);
+    o.config_text = cfg;
+    o.out_dir = out;
+    o.outtype = "q4_k_m";
+    o.imatrix = GG("base.imatrix");
+    o.threads = 2;
+    CHECK_MSG(alloy_merge(&o, &err) == ALLOY_OK, "%s", err.msg);
+    check_tensors(out, "quant/base-Q4_K_M-imatrix.gguf");
+    struct alloy_gguf *g = NULL;
+    int64_t entries = 0, chunks = 0;
+    CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK(g && alloy_gguf_int(g, "quantize.imatrix.entries_count", &entries, &err) == 1 &&
+          alloy_gguf_int(g, "quantize.imatrix.chunks_count", &chunks, &err) == 1);
+    CHECK_INT(entries, 14);
+    CHECK_INT(chunks, 256);
+    if (g) alloy_gguf_base(g)->ops->close(alloy_gguf_base(g));
+    o.outtype = "f16";
+    CHECK_INT(alloy_merge(&o, &err), ALLOY_ERR_CONFIG);
+    CHECK_MSG(strstr(err.msg, "--imatrix"), "%s", err.msg);
+}

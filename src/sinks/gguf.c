@@ -29,6 +29,7 @@
 #include "formats/formats.h"
 #include "sinks/gguf_mix.h"
 #include "sinks/gguf_out.h"
+#include "quant/imatrix.h"
 #include "quant/quantize.h"
 #include "sources/source.h"
 #include "sinks/output.h"
@@ -64,6 +65,7 @@ struct gguf_sink {
     struct out_tensor *t;  /* [p->ntensors] */
     struct gguf_mix mix;   /* the outtype's per-tensor types (quantized outtypes) */
     int quantized;         /* a quantized outtype: llama-quantize's types and tensor order */
+    struct alloy_imatrix *imatrix; /* --imatrix, NULL: the reference quantizers */
     char *tmp;             /* the temporary file, NULL until created */
     int fd;
     struct alloy_writer *w;
@@ -194,7 +196,8 @@ static int quant_types(struct gguf_sink *g, const struct gguf_model_info *mi, in
     int rc = order && names ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     for (size_t k = 0; !rc && k < n; k++) names[k] = g->t[order[k]].name;
     int gqa = mi->n_head_kv ? (int)(mi->n_head / mi->n_head_kv) : 1;
-    if (!rc && gguf_mix_init(&g->mix, g->o->outtype, n_layer, gqa, 0, names, n, err)) rc = (int)err->status;
+    if (!rc && gguf_mix_init(&g->mix, g->o->outtype, n_layer, gqa, g->imatrix != NULL, names, n, err))
+        rc = (int)err->status;
     for (size_t k = 0; !rc && k < n; k++) {
         const struct alloy_plan_tensor *pt = &g->p->tensors[order[k]];
         struct out_tensor *t = &g->t[order[k]];
@@ -372,6 +375,12 @@ static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_
         if (g->t[i].name && strcmp(g->t[i].name, "token_embd.weight") == 0) mi.n_vocab = g->p->tensors[i].shape[0];
     if (!rc) rc = gguf_tokenizer_keys(&kv, tok, tcfg, config, tpath, pre, mi.n_vocab, err);
     if (!rc) gguf_kv_u32(&kv, "general.quantization_version", 2);
+    if (!rc && g->imatrix) { /* what llama-quantize adds */
+        gguf_kv_str(&kv, "quantize.imatrix.file", g->o->imatrix);
+        gguf_kv_str(&kv, "quantize.imatrix.dataset", alloy_imatrix_dataset(g->imatrix));
+        gguf_kv_i32(&kv, "quantize.imatrix.entries_count", (int32_t)alloy_imatrix_entries(g->imatrix));
+        gguf_kv_i32(&kv, "quantize.imatrix.chunks_count", alloy_imatrix_chunks(g->imatrix));
+    }
     if (!rc) rc = tensor_infos(g, &ti, &ntensors, err);
     if (!rc) {
         gguf_buf_bytes(out, "GGUF", 4);
@@ -447,6 +456,10 @@ static int gguf_begin(struct alloy_sink *s, const struct alloy_plan *p, struct a
     int rc = check_out_file(p, g->o->out_dir, err);
     if (!rc && g->o->outtype && gguf_mix_init(&g->mix, g->o->outtype, 0, 1, 0, NULL, 0, err)) rc = (int)err->status;
     g->quantized = g->o->outtype && !g->mix.float_only;
+    if (!rc && g->o->imatrix && !g->quantized)
+        rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: --imatrix: a quantized --outtype, found %s", g->o->out_dir,
+                           g->o->outtype ? g->o->outtype : "none");
+    if (!rc && g->o->imatrix) rc = alloy_imatrix_open(g->o->imatrix, &g->imatrix, err);
     if (!rc && !(g->t = alloy_xcalloc(p->ntensors ? p->ntensors : 1, sizeof *g->t)))
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     if (!rc) rc = build_header(g, &hdr, err);
@@ -488,10 +501,15 @@ static int write_quantized(struct gguf_sink *g, size_t i, uint64_t e0, uint64_t 
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': whole rows to quantize, found elements "
                              "%llu..%llu (this merge method hands over partial rows)", g->o->out_dir, pt->name,
                              (unsigned long long)e0, (unsigned long long)e1);
+    size_t nw = 0;
+    const float *w = g->imatrix ? alloy_imatrix_lookup(g->imatrix, t->name, &nw) : NULL;
+    if (w && nw != cols)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: %llu importance values (the row length), found %zu",
+                             g->o->imatrix, t->name, (unsigned long long)cols, nw);
     uint8_t *buf = alloy_xmalloc(row_bytes ? row_bytes : 1);
     int rc = buf ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory quantizing '%s'", pt->name);
     for (uint64_t r = e0 / cols; !rc && r < e1 / cols; r++) {
-        rc = alloy_quantize_rows(t->dtype, src + (r * cols - e0), buf, 1, (int64_t)cols, NULL, g->o->out_dir,
+        rc = alloy_quantize_rows(t->dtype, src + (r * cols - e0), buf, 1, (int64_t)cols, w, g->o->out_dir,
                                  pt->name, err);
         if (!rc)
             rc = alloy_writer_submit(g->w, buf, row_bytes, g->data_start + t->offset + out_row(t, pt->rows, r) * row_bytes,
@@ -588,6 +606,7 @@ static void gguf_free(struct alloy_sink *s)
     gguf_abort(s);
     for (size_t i = 0; g->t && i < g->p->ntensors; i++) free(g->t[i].name);
     free(g->t);
+    alloy_imatrix_close(g->imatrix);
     free(g);
 }
 

@@ -73,6 +73,12 @@ void gguf_kv_u32(struct gguf_buf *b, const char *k, uint32_t v)
     gguf_buf_u32(b, v);
 }
 
+void gguf_kv_i32(struct gguf_buf *b, const char *k, int32_t v)
+{
+    key(b, k, GGUF_I32);
+    gguf_buf_u32(b, (uint32_t)v);
+}
+
 void gguf_kv_f32(struct gguf_buf *b, const char *k, float v)
 {
     uint32_t u;

@@ -33,6 +33,7 @@ void gguf_buf_str(struct gguf_buf *b, const char *s, size_t len);
 /* One pair each (the key counted in nkv). */
 void gguf_kv_str(struct gguf_buf *b, const char *key, const char *s);
 void gguf_kv_u32(struct gguf_buf *b, const char *key, uint32_t v);
+void gguf_kv_i32(struct gguf_buf *b, const char *key, int32_t v);
 void gguf_kv_f32(struct gguf_buf *b, const char *key, float v);
 void gguf_kv_bool(struct gguf_buf *b, const char *key, int v);
 /* An array's key, element type and count; the caller appends the n elements. */
