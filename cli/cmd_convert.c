@@ -37,7 +37,7 @@ static void convert_usage(FILE *f)
                "\n"
                "Options:\n"
                "  --outtype T              f32, f16, bf16 (a folder: its dtype; GGUF: the weights, norms stay F32;\n"
-               "                           default f16), or for GGUF q8_0, q4_k_m, ... when the blocks can be copied\n"
+               "                           default f16), or for GGUF a llama-quantize type: q8_0, q4_k_m, q6_k, ...\n"
                "                           (default for a folder: f32)\n"
                "  --imatrix FILE           importance matrix (llama-imatrix) for a quantized --outtype\n"
                "  --format folder|gguf     the output's form (default: gguf when OUT ends in .gguf)\n"
