@@ -83,5 +83,6 @@ int cmd_lora(int argc, char **argv);
 int cli_lora_merge(int argc, char **argv); /* `alloy lora merge` (argv[0] = "merge") */
 /* `alloy lora extract` / `mergekit-extract-lora` (cmd_lora_extract.c); argv[0] is the command name. */
 int cli_lora_extract(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 #endif

@@ -15,11 +15,12 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 enum {
     OPT_HELP = 1, OPT_THREADS, OPT_SHARD, OPT_SEED, OPT_DRY, OPT_QUIET, OPT_TOK, OPT_NO_TOK, OPT_CARD, OPT_NO_CARD,
-    OPT_CRIMES, OPT_OVERWRITE, OPT_NO_SAFE, OPT_LORA_DTYPE, OPT_NO_EFFECT, OPT_NO_EFFECT_ARG, OPT_INTER, OPT_LAZY,
-    OPT_NO_LAZY, OPT_BUDGET, OPT_OUT_PATH
+    OPT_CRIMES, OPT_OVERWRITE, OPT_FORMAT, OPT_OUTTYPE, OPT_IMATRIX, OPT_NO_SAFE, OPT_LORA_DTYPE, OPT_NO_EFFECT,
+    OPT_NO_EFFECT_ARG, OPT_INTER, OPT_LAZY, OPT_NO_LAZY, OPT_BUDGET, OPT_OUT_PATH
 };
 
 static const struct cli_opt k_opts[] = {
@@ -35,6 +36,8 @@ static const struct cli_opt k_opts[] = {
     {"--no-write-model-card", OPT_NO_CARD, 0},
     {"--allow-crimes", OPT_CRIMES, 0},
     {"--overwrite", OPT_OVERWRITE, 0},
+    {"--format", OPT_FORMAT, 1},
+    {"--outtype", OPT_OUTTYPE, 1}, {"--imatrix", OPT_IMATRIX, 1},
     {"--no-safe-serialization", OPT_NO_SAFE, 0},
     {"-I|--intermediate-dir", OPT_INTER, 1},
     {"--lazy", OPT_LAZY, 0},
@@ -98,6 +101,11 @@ static void merge_usage(FILE *f)
             "  --memory-budget SIZE     multi-stage: most bytes of intermediates held in memory at once\n"
             "                           (default: half the physical memory)\n"
             "  --out-path OUT_DIR       mergekit-multi: where the final (unnamed) merge goes\n"
+            "  --format folder|gguf     the output's form (default: gguf when OUT ends in .gguf, else folder)\n"
+            "  --outtype T              GGUF output: f32, f16, bf16, or a llama-quantize type (q8_0, q4_0, q4_1,\n"
+            "                           q5_0, q5_1, q2_k, q3_k_m, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k); default: the\n"
+            "                           merge's dtype; norms and 1-D tensors stay F32\n"
+            "  --imatrix FILE           importance matrix (llama-imatrix) for a quantized --outtype\n"
             "  -q, --quiet              no progress bar and no notes\n"
             "  -h, --help               this help\n"
             "Accepted for mergekit compatibility, no effect here: --lazy-unpickle, --cuda, --no-cuda, --device X,\n"
@@ -161,6 +169,13 @@ static int apply_option(struct cli_args *a, int id, const char *val, struct allo
             return cli_usage_error("merge", "--memory-budget: expected a size like 4G or 500M, got '%s'", val);
         return 0;
     case OPT_OUT_PATH: o->out_dir = val; return 0;
+    case OPT_FORMAT:
+        if (strcmp(val, "folder") != 0 && strcmp(val, "gguf") != 0)
+            return cli_usage_error("merge", "--format: expected folder or gguf, got '%s'", val);
+        o->out_format = val;
+        return 0;
+    case OPT_OUTTYPE: o->outtype = val; return 0;
+    case OPT_IMATRIX: o->imatrix = val; return 0;
     case OPT_NO_SAFE:
         cli_error("--no-safe-serialization: alloy writes safetensors only (PyTorch pickles can execute code when loaded)");
         return 2;

@@ -189,6 +189,7 @@ static void main_usage(FILE *f)
             "       alloy lora merge CONFIG.yml OUT_DIR         combine LoRA adapters into one adapter\n"
             "       alloy lora extract --model FT --base-model BASE --out-path OUT   a LoRA adapter from a fine-tune\n"
             "       (a MODEL may be MODEL+ADAPTER anywhere: the adapter applied while streaming)\n"
+            "       alloy convert IN OUT [--outtype T]          HF folder <-> GGUF file, GGUF -> GGUF\n"
             "       alloy --version\n"
             "\n"
             "Example:\n"
@@ -238,6 +239,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "merge")) return finish(cmd_merge(argc - 1, argv + 1, 0));
     if (!strcmp(cmd, "eval")) return finish(cmd_eval(argc - 1, argv + 1));
     if (!strcmp(cmd, "lora")) return finish(cmd_lora(argc - 1, argv + 1));
+    if (!strcmp(cmd, "convert")) return finish(cmd_convert(argc - 1, argv + 1));
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         main_usage(stdout);
         return finish(0);

@@ -361,6 +361,12 @@ struct alloy_merge_options {
                                   document's text, unless something it uses was merged again in this run */
     uint64_t    memory_budget; /* most tensor bytes of intermediates held in memory at once; 0: half the
                                   physical memory. An intermediate that does not fit is an error */
+    /* GGUF output: out_dir is then the file written. */
+    const char *out_format;    /* "folder" or "gguf"; NULL: "gguf" when out_dir ends in ".gguf" */
+    const char *outtype;       /* GGUF tensor type of the weights: "f32", "f16", "bf16", or a llama-quantize
+                                  mixture ("q8_0", "q4_k_m", ...); NULL: the merge's output dtype (norms and
+                                  1-D tensors are always F32) */
+    const char *imatrix;       /* quantized GGUF output: an importance matrix file (llama-imatrix's format) */
 };
 
 /* The merge methods, in the order of docs/methods.md (`alloy merge --help` lists them). */

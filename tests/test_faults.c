@@ -346,3 +346,29 @@ TEST(faults_sigint_sigterm_mid_merge)
     }
     CHECK_MSG(test_hash_dir(m[0]) == h0 && test_hash_dir(m[1]) == h1, "an input changed");
 }
+
+/* A GGUF output meets a full disk in its header, inside a tensor and at its last bytes: one error line naming
+ * the temporary file, the existing file unchanged, nothing left behind. */
+TEST(faults_enospc_gguf_output)
+{
+    char root[512], cfg[1024], out[1024], *log = NULL;
+    scratch(root, sizeof root);
+    snprintf(cfg, sizeof cfg, "%s/c.yml", root);
+    CHECK_INT(test_write_text(cfg, "merge_method: passthrough\nmodels:\n  - model: tests/data/tiny-llama/base\n"), 0);
+    snprintf(out, sizeof out, "%s/out.gguf", root);
+    CHECK_INT(test_write_text(out, "old result"), 0);
+    static const unsigned long long limits[] = {0, 100, 20000, 700000, 1580000};
+    for (size_t i = 0; i < sizeof limits / sizeof *limits; i++) {
+        char faults[64];
+        snprintf(faults, sizeof faults, "ALLOY_FI_ENOSPC_AFTER=%llu", limits[i]);
+        int rc = faulty_merge(root, faults, cfg, out, "--outtype f16", &log);
+        CHECK_MSG(rc == 1, "%s: exit %d: %s", faults, rc, log);
+        CHECK_MSG(test_count_lines(log, "alloy: error: ") == 1 && log && strstr(log, "No space left on device") &&
+                  strstr(log, "/out.gguf.alloy-tmp-"), "%s: %s", faults, log);
+        char *old = test_read_file(out, NULL);
+        CHECK_MSG(old && strcmp(old, "old result") == 0, "%s: the existing output changed", faults);
+        free(old);
+        CHECK_MSG(test_leftovers(root) == 0, "%s: temporary file left behind", faults);
+        free(log);
+    }
+}

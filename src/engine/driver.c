@@ -132,7 +132,7 @@ int alloy_method_execute(const struct alloy_method *m, const struct alloy_merge_
         chunk_elems = ALLOY_CHUNK_ELEMS;
         if (job->numel / chunk_elems >= ALLOY_MAX_CHUNKS) chunk_elems = job->numel / ALLOY_MAX_CHUNKS + 1;
     }
-    if (m->flags & ALLOY_METHOD_WHOLE_ROWS) {
+    if ((m->flags & ALLOY_METHOD_WHOLE_ROWS) || job->whole_rows) {
         uint64_t rows = chunk_elems / (job->cols ? job->cols : 1);
         chunk_elems = (rows ? rows : 1) * (job->cols ? job->cols : 1);
     }

@@ -100,6 +100,7 @@ static int merge_tensor(const struct alloy_plan *p, struct tensor_io *io, struct
     const char *names[t->n > 0 ? t->n : 1]; /* every input named, however many the config lists */
     for (int k = 0; k < t->n; k++) names[k] = alloy_model_ref(p->models[t->inputs[k].model]);
     alloy_plan_job(p, io->index, o->has_seed ? o->seed : 0, names, &job);
+    job.whole_rows = io->sink->ops->whole_rows && io->sink->ops->whole_rows(io->sink, io->index);
     job.inputs_bf16 = io->round_to < 0 || io->round_to == ALLOY_DTYPE_BF16;
     for (int k = 0; k < t->n; k++) job.inputs_bf16 &= alloy_input_raw_bf16(&t->inputs[k]);
     int rc = p->method->kind == ALLOY_METHOD_MATRIX
@@ -141,7 +142,8 @@ static int run_plan(const struct alloy_plan *p, struct alloy_sink *sink, struct 
         }
         struct tensor_io io = {.t = t, .index = i, .sink = sink, .round_to = round_to, .interrupt = o->interrupt};
         rc = sink->ops->tensor_begin(sink, i, err);
-        if (!rc) rc = t->copy ? copy_tensor(&io, err) : merge_tensor(p, &io, pool, o, err);
+        int copy = t->copy || (sink->ops->copies && sink->ops->copies(sink, i));
+        if (!rc) rc = copy ? copy_tensor(&io, err) : merge_tensor(p, &io, pool, o, err);
         if (!rc && sink->ops->tensor_end) rc = sink->ops->tensor_end(sink, i, err);
         for (int k = 0; k < t->n; k++) alloy_input_release(&t->inputs[k]);
         pr.tensors_done++;
@@ -207,6 +209,8 @@ int alloy_merge_stage(const struct alloy_merge_options *opts, const struct alloy
 {
     static const struct alloy_stage_io none;
     if (!io) io = &none;
+    if (opts->out_format && strcmp(opts->out_format, "folder") != 0 && strcmp(opts->out_format, "gguf") != 0)
+        return alloy_err_set(err, ALLOY_ERR_CONFIG, "output format: folder or gguf, found \"%s\"", opts->out_format);
     struct alloy_merge_options oo = *opts;
     const struct alloy_merge_options *o = &oo;
     char *out_dir = alloy_xstrdup(opts->out_dir ? opts->out_dir : ".");
@@ -225,7 +229,10 @@ int alloy_merge_stage(const struct alloy_merge_options *opts, const struct alloy
         if (io->shape_only && o->out_model) rc = shape_only(plan, o, io->label, err);
         goto out;
     }
-    if (!rc) sink = o->out_model ? alloy_sink_memory_new(o->out_model, io->label, err) : alloy_sink_folder_new(o, err);
+    if (!rc)
+        sink = o->out_model              ? alloy_sink_memory_new(o->out_model, io->label, err)
+               : alloy_sink_wants_gguf(o) ? alloy_sink_gguf_new(o, err)
+                                          : alloy_sink_folder_new(o, err);
     if (!rc && !sink) rc = err ? (int)err->status : ALLOY_ERR_NOMEM;
     if (!rc && !(pool = alloy_pool_new(o->threads)))
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "cannot start %d threads", o->threads);

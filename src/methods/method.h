@@ -108,6 +108,7 @@ struct alloy_merge_job {
     uint64_t seed;               /* --random-seed (0 when unset) */
     const struct alloy_kernels *kernels; /* the loops' instruction set (kernels/kernels.h); NULL: the CPU's best.
                                             Tests name each table the CPU has; the results do not change */
+    int whole_rows;              /* the output needs chunks of whole rows (a quantizing sink), as WHOLE_ROWS */
     int inputs_bf16;             /* every input is stored as bfloat16 and used unrounded: the driver may choose
                                     ALLOY_INPUT_BF16_RAW */
 };

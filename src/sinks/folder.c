@@ -113,50 +113,15 @@ static int folder_tensor_begin(struct alloy_sink *s, size_t i, struct alloy_err 
     return rc ? rc : open_shard(f, si, err);
 }
 
-/* A chunk's output bytes, converted from float32 as the writer asks for them (writer.h): through a
- * buffer that stays in L1, then streamed into the staging segment; an element a piece boundary cuts
- * is converted whole and only its bytes in the piece copied. */
-struct out_fill {
-    const float *src;
-    enum alloy_dtype dtype;
-    size_t esize;
-    uint64_t nonfinite;     /* NaN/Inf values converted, each element counted once */
-};
-
-static void fill_out(void *ctx, uint8_t *dst, size_t from, size_t n)
-{
-    struct out_fill *f = ctx;
-    uint8_t tmp[16384] __attribute__((aligned(64)));
-    size_t e = from / f->esize, skip = from % f->esize;
-    while (n) {
-        size_t k = (skip + n + f->esize - 1) / f->esize; /* elements touching the rest */
-        if (k > sizeof tmp / f->esize) k = sizeof tmp / f->esize;
-        f->nonfinite += alloy_from_f32_count(f->dtype, f->src + e, tmp, k);
-        if (skip) { /* counted with the piece before, which holds its first byte */
-            uint32_t u;
-            memcpy(&u, f->src + e, 4);
-            f->nonfinite -= (u & 0x7f800000u) == 0x7f800000u;
-        }
-        size_t take = k * f->esize - skip < n ? k * f->esize - skip : n;
-        alloy_copy_stream(dst, tmp + skip, take);
-        dst += take;
-        n -= take;
-        e += k;
-        skip = 0;
-    }
-}
-
 static int folder_write(struct alloy_sink *s, size_t i, uint64_t e0, uint64_t e1, float *src, uint64_t *nonfinite,
                         struct alloy_err *err)
 {
     struct folder_sink *f = (struct folder_sink *)s;
     const struct alloy_plan_tensor *t = &f->p->tensors[i];
     size_t esize = alloy_dtype_traits(t->dtype)->block_bytes; /* merged outputs are plain float types */
-    struct out_fill fo = {src, t->dtype, esize, 0};
-    int rc = alloy_writer_submit_fill(f->w, f->data_start + t->offset + e0 * esize, (size_t)(e1 - e0) * esize,
-                                      fill_out, &fo, err);
-    *nonfinite = fo.nonfinite;
-    return rc;
+    *nonfinite = 0;
+    return alloy_writer_submit_f32(f->w, f->data_start + t->offset + e0 * esize, src, (size_t)(e1 - e0), t->dtype,
+                                   nonfinite, err);
 }
 
 static int folder_write_bytes(struct alloy_sink *s, size_t i, uint64_t off, const void *buf, size_t len,

@@ -234,7 +234,7 @@ int alloy_check_out_dir_models(const struct alloy_model *const *models, size_t n
 
 /* Removes "<out>.alloy-tmp-<pid>-*" folders whose owner process is gone, and "<out>.alloy-old-<pid>" ones
  * (a previous result a killed run had moved aside) when out exists again. */
-static void remove_stale(const char *out)
+void alloy_remove_stale(const char *out)
 {
     char *parent = parent_dir(out);
     const char *base = strrchr(out, '/');
@@ -261,7 +261,7 @@ static void remove_stale(const char *out)
 
 int alloy_make_tmp_dir(const char *out, char **tmp, struct alloy_err *err)
 {
-    remove_stale(out);
+    alloy_remove_stale(out);
     if (!(*tmp = alloy_xasprintf("%s.alloy-tmp-%ld-XXXXXX", out, (long)getpid())))
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     if (mkdtemp(*tmp)) return ALLOY_OK;

@@ -16,6 +16,9 @@ int  alloy_check_out_dir(const struct alloy_plan *p, const char *out, int overwr
 /* The same rule against a list of input models (an adapter output: the models it was extracted from). */
 int  alloy_check_out_dir_models(const struct alloy_model *const *models, size_t nmodels, const char *out,
                                 int overwrite, struct alloy_err *err);
+/* Removes the temporary folders or files "<out>.alloy-tmp-<pid>-*" (and set-aside "<out>.alloy-old-<pid>") of
+ * runs into out whose process is gone. */
+void alloy_remove_stale(const char *out);
 /* Removes the temporary folders of runs into out that are gone, then creates *tmp,
  * "<out>.alloy-tmp-<pid>-XXXXXX" (mode 0700). */
 int  alloy_make_tmp_dir(const char *out, char **tmp, struct alloy_err *err);

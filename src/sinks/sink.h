@@ -40,6 +40,10 @@ struct alloy_sink_ops {
     int  (*commit)(struct alloy_sink *s, struct alloy_err *err);
     void (*abort)(struct alloy_sink *s);
     void (*free)(struct alloy_sink *s);
+    /* Optional: 1 when tensor i is its one input's stored bytes, copied (write_bytes) instead of merged. */
+    int  (*copies)(struct alloy_sink *s, size_t i);
+    /* Optional: 1 when write() needs tensor i in chunks of whole rows (a row is quantized at once). */
+    int  (*whole_rows)(struct alloy_sink *s, size_t i);
 };
 
 struct alloy_sink {
@@ -51,5 +55,9 @@ struct alloy_sink *alloy_sink_folder_new(const struct alloy_merge_options *o, st
 /* A model in memory, stored into *out on commit (alloy_model_close frees it); label (borrowed until
  * commit, NULL: "<merged in memory>") is its alloy_model_ref. */
 struct alloy_sink *alloy_sink_memory_new(struct alloy_model **out, const char *label, struct alloy_err *err);
+/* A GGUF file at o->out_dir (gguf.c), renamed into place on commit. */
+struct alloy_sink *alloy_sink_gguf_new(const struct alloy_merge_options *o, struct alloy_err *err);
+/* 1 when the options ask for a GGUF file: out_format "gguf", or none and out_dir ending in ".gguf". */
+int alloy_sink_wants_gguf(const struct alloy_merge_options *o);
 
 #endif

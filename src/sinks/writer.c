@@ -309,3 +309,45 @@ void alloy_writer_free(struct alloy_writer *w)
     pthread_cond_destroy(&w->cv);
     free(w);
 }
+
+/* A chunk's output bytes, converted from float32 as the writer asks for them (writer.h): through a
+ * buffer that stays in L1, then streamed into the staging segment; an element a piece boundary cuts
+ * is converted whole and only its bytes in the piece copied. */
+struct out_fill {
+    const float *src;
+    enum alloy_dtype dtype;
+    size_t esize;
+    uint64_t nonfinite;     /* NaN/Inf values converted, each element counted once */
+};
+
+static void fill_out(void *ctx, uint8_t *dst, size_t from, size_t n)
+{
+    struct out_fill *f = ctx;
+    uint8_t tmp[16384] __attribute__((aligned(64)));
+    size_t e = from / f->esize, skip = from % f->esize;
+    while (n) {
+        size_t k = (skip + n + f->esize - 1) / f->esize; /* elements touching the rest */
+        if (k > sizeof tmp / f->esize) k = sizeof tmp / f->esize;
+        f->nonfinite += alloy_from_f32_count(f->dtype, f->src + e, tmp, k);
+        if (skip) { /* counted with the piece before, which holds its first byte */
+            uint32_t u;
+            memcpy(&u, f->src + e, 4);
+            f->nonfinite -= (u & 0x7f800000u) == 0x7f800000u;
+        }
+        size_t take = k * f->esize - skip < n ? k * f->esize - skip : n;
+        alloy_copy_stream(dst, tmp + skip, take);
+        dst += take;
+        n -= take;
+        e += k;
+        skip = 0;
+    }
+}
+
+int alloy_writer_submit_f32(struct alloy_writer *w, uint64_t off, const float *src, size_t n, enum alloy_dtype dtype,
+                            uint64_t *nonfinite, struct alloy_err *err)
+{
+    struct out_fill fo = {src, dtype, alloy_dtype_traits(dtype)->block_bytes, 0};
+    int rc = alloy_writer_submit_fill(w, off, n * fo.esize, fill_out, &fo, err);
+    *nonfinite += fo.nonfinite;
+    return rc;
+}

@@ -69,6 +69,10 @@ int  alloy_writer_submit(struct alloy_writer *w, const void *buf, size_t len, ui
 typedef void (*alloy_writer_fill_fn)(void *ctx, uint8_t *dst, size_t from, size_t n);
 int  alloy_writer_submit_fill(struct alloy_writer *w, uint64_t off, size_t len, alloy_writer_fill_fn fill, void *ctx,
                               struct alloy_err *err);
+/* n float32 values converted to dtype (a plain float type: F32, F16, BF16) at off, rounding once; adds the
+ * NaN/Inf values converted to *nonfinite. */
+int  alloy_writer_submit_f32(struct alloy_writer *w, uint64_t off, const float *src, size_t n, enum alloy_dtype dtype,
+                             uint64_t *nonfinite, struct alloy_err *err);
 /* After the last submit: writes what is still staged and waits until every byte is written; the first
  * write error, if any. */
 int  alloy_writer_flush(struct alloy_writer *w, struct alloy_err *err);

@@ -1,0 +1,256 @@
+/*
+ * gguf_tok_write.c — tokenizer.* keys of a GGUF output from tokenizer.json
+ * and tokenizer_config.json.
+ *
+ * DESIGN
+ *   One vocabulary form is written: llama.cpp's "gpt2" byte-level BPE
+ *   (gguf.md §1.8), which is also the only form alloy's own reader turns
+ *   back into a tokenizer. Two tokenizer.json shapes map onto it exactly:
+ *   - a ByteLevel BPE (GPT-2, Llama 3, Qwen): tokens and merges as they
+ *     are (a merge given as a pair is joined with a space);
+ *   - a byte-fallback BPE whose learned tokens are all "<0xNN>" byte
+ *     tokens (the fixtures' byte-level model): each "<0xNN>" is spelled as
+ *     GPT-2's byte-to-unicode character of NN, so llama.cpp's byte-level
+ *     tokenizer maps bytes to the same ids.
+ *   Other shapes (SentencePiece vocabularies with "▁" pieces, WordPiece,
+ *   Unigram) are refused with the shape named. Added tokens keep their ids:
+ *   special ones are CONTROL, others USER_DEFINED; ids no token has up to
+ *   the embedding's rows are "[PADn]" UNUSED, as the converter pads.
+ *   tokenizer.ggml.pre is a GGUF donor's own, else named from the pre-tokenizer: none -> "default", a
+ *   bare ByteLevel -> "gpt-2", the Llama 3 and Qwen2 split patterns ->
+ *   "llama-bpe" and "qwen2"; any other is refused (llama.cpp would
+ *   tokenize with another regex).
+ */
+#include "sinks/gguf_out.h"
+
+enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5 };
+
+struct vocab {
+    char **tok;     /* [n], NULL: no token */
+    int32_t *type;  /* [n] */
+    int64_t n;
+};
+
+/* GPT-2's byte-to-unicode character of byte c as UTF-8 (printable Latin-1 bytes are themselves, the
+ * rest are U+0100 upwards in byte order). */
+static size_t byte_char(unsigned c, char out[3])
+{
+    unsigned cp, k = 0;
+    int printable = (c >= 0x21 && c <= 0x7e) || (c >= 0xa1 && c <= 0xac) || (c >= 0xae);
+    if (printable) cp = c;
+    else {
+        for (unsigned b = 0; b < c; b++)
+            k += !((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae));
+        cp = 0x100 + k;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    out[0] = (char)(0xc0 | (cp >> 6));
+    out[1] = (char)(0x80 | (cp & 0x3f));
+    return 2;
+}
+
+static int is_byte_token(const char *s, unsigned *byte)
+{
+    unsigned v;
+    char tail;
+    return strlen(s) == 6 && sscanf(s, "<0x%2X%c", &v, &tail) == 2 && tail == '>' && (*byte = v, 1);
+}
+
+static const char *pre_name(json_t *pre)
+{
+    if (!pre || json_is_null(pre)) return "default";
+    const char *t = json_string_value(json_object_get(pre, "type"));
+    if (t && strcmp(t, "ByteLevel") == 0) return "gpt-2";
+    json_t *seq = json_object_get(pre, "pretokenizers");
+    json_t *split = json_array_get(seq, 0);
+    const char *re = json_string_value(json_object_get(json_object_get(split, "pattern"), "Regex"));
+    static const char llama3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}"
+                                 "\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    static const char qwen2[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}"
+                                "\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    if (re && json_array_size(seq) == 2 && strcmp(re, llama3) == 0) return "llama-bpe";
+    if (re && json_array_size(seq) == 2 && strcmp(re, qwen2) == 0) return "qwen2";
+    return NULL;
+}
+
+static int set_token(struct vocab *v, int64_t id, const char *s, size_t len, int32_t type)
+{
+    if (id < 0 || id >= v->n) return 1;
+    free(v->tok[id]);
+    if (!(v->tok[id] = alloy_xmalloc(len + 1))) return -1;
+    memcpy(v->tok[id], s, len);
+    v->tok[id][len] = '\0';
+    v->type[id] = type;
+    return 0;
+}
+
+/* The model's vocabulary, then the added tokens over it. */
+static int fill_vocab(struct vocab *v, json_t *model, json_t *added, int byte_form, const char *path,
+                      struct alloy_err *err)
+{
+    const char *k;
+    json_t *x;
+    json_object_foreach(json_object_get(model, "vocab"), k, x) {
+        char buf[3];
+        unsigned byte = 0;
+        int rc = byte_form && is_byte_token(k, &byte) ? set_token(v, json_integer_value(x), buf, byte_char(byte, buf),
+                                                                  TT_NORMAL)
+                                                      : set_token(v, json_integer_value(x), k, strlen(k), TT_NORMAL);
+        if (rc < 0) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        if (rc > 0 || !json_is_integer(x))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model.vocab: \"%s\": an id below the embedding's %lld "
+                                 "rows, found another value", path, k, (long long)v->n);
+    }
+    size_t i;
+    json_array_foreach(added, i, x) {
+        const char *s = json_string_value(json_object_get(x, "content"));
+        json_t *id = json_object_get(x, "id");
+        if (!s || !json_is_integer(id))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: added_tokens[%zu]: an id and a content, found another "
+                                 "value", path, i);
+        int rc = set_token(v, json_integer_value(id), s, strlen(s),
+                           json_is_true(json_object_get(x, "special")) ? TT_CONTROL : TT_USER);
+        if (rc < 0) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        if (rc > 0)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: added_tokens[%zu]: an id below the embedding's %lld rows, "
+                                 "found %lld", path, i, (long long)v->n, (long long)json_integer_value(id));
+    }
+    return ALLOY_OK;
+}
+
+static int is_added(json_t *tok, const char *s)
+{
+    size_t i;
+    json_t *x;
+    json_array_foreach(json_object_get(tok, "added_tokens"), i, x) {
+        const char *c = json_string_value(json_object_get(x, "content"));
+        if (c && strcmp(c, s) == 0) return 1;
+    }
+    return 0;
+}
+
+/* The tokenizer's shape: 1 byte-fallback of <0xNN> tokens, 0 ByteLevel, -1 neither (err set). */
+static int vocab_form(json_t *tok, json_t *model, const char *path, struct alloy_err *err)
+{
+    const char *type = json_string_value(json_object_get(model, "type"));
+    if (!type || strcmp(type, "BPE") != 0)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model.type: \"BPE\" (the GGUF writer's byte-level form), "
+                             "found \"%s\"", path, type ? type : "none"), -1;
+    if (json_is_true(json_object_get(model, "byte_fallback"))) {
+        const char *k;
+        json_t *x;
+        unsigned byte;
+        json_object_foreach(json_object_get(model, "vocab"), k, x) if (!is_byte_token(k, &byte) && !is_added(tok, k))
+            return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model.vocab: \"<0xNN>\" byte tokens only in a "
+                                 "byte-fallback BPE (SentencePiece vocabularies are not written), found \"%s\"", path, k), -1;
+        return 1;
+    }
+    char *dec = json_dumps(json_object_get(tok, "decoder"), JSON_COMPACT | JSON_ENCODE_ANY);
+    char *pre = json_dumps(json_object_get(tok, "pre_tokenizer"), JSON_COMPACT | JSON_ENCODE_ANY);
+    int bl = (dec && strstr(dec, "\"ByteLevel\"")) || (pre && strstr(pre, "\"ByteLevel\""));
+    free(dec);
+    free(pre);
+    if (!bl)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: decoder or pre_tokenizer: ByteLevel (a byte-level BPE), "
+                             "found neither", path), -1;
+    return 0;
+}
+
+static int write_merges(struct gguf_buf *b, json_t *merges, const char *path, struct alloy_err *err)
+{
+    size_t i;
+    json_t *m;
+    gguf_kv_array(b, "tokenizer.ggml.merges", GGUF_STRING, json_array_size(merges));
+    json_array_foreach(merges, i, m) {
+        if (json_is_string(m)) {
+            gguf_buf_str(b, json_string_value(m), json_string_length(m));
+            continue;
+        }
+        const char *l = json_string_value(json_array_get(m, 0)), *r = json_string_value(json_array_get(m, 1));
+        if (!l || !r || json_array_size(m) != 2)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model.merges[%zu]: a string or a pair of strings, found "
+                                 "another value", path, i);
+        size_t ll = strlen(l), rl = strlen(r);
+        gguf_buf_u64(b, ll + 1 + rl);
+        gguf_buf_bytes(b, l, ll);
+        gguf_buf_bytes(b, " ", 1);
+        gguf_buf_bytes(b, r, rl);
+    }
+    return ALLOY_OK;
+}
+
+/* The id of a special token named in tokenizer_config.json (a string or {"content": ...}), or config.json's
+ * <which>_token_id; -1 when neither names one. */
+static int64_t special_id(const struct vocab *v, json_t *tcfg, json_t *config, const char *which)
+{
+    char k[32];
+    snprintf(k, sizeof k, "%s_token", which);
+    json_t *t = json_object_get(tcfg, k);
+    const char *s = json_is_object(t) ? json_string_value(json_object_get(t, "content")) : json_string_value(t);
+    for (int64_t i = 0; s && i < v->n; i++)
+        if (v->tok[i] && v->type[i] != TT_NORMAL && strcmp(v->tok[i], s) == 0) return i;
+    snprintf(k, sizeof k, "%s_token_id", which);
+    json_t *id = json_object_get(config, k);
+    return json_is_integer(id) && json_integer_value(id) >= 0 && json_integer_value(id) < v->n ? json_integer_value(id)
+                                                                                               : -1;
+}
+
+static void special_keys(struct gguf_buf *b, const struct vocab *v, json_t *tcfg, json_t *config)
+{
+    static const char *const which[] = {"bos", "eos", "unk", "pad"};
+    for (size_t i = 0; i < ALLOY_ARRAY_LEN(which); i++) {
+        int64_t id = special_id(v, tcfg, config, which[i]);
+        char k[64];
+        snprintf(k, sizeof k, "tokenizer.ggml.%s_token_id", which[i]);
+        if (id >= 0) gguf_kv_u32(b, k, (uint32_t)id);
+    }
+    json_t *ab = json_object_get(tcfg, "add_bos_token"), *ae = json_object_get(tcfg, "add_eos_token");
+    if (json_is_boolean(ab)) gguf_kv_bool(b, "tokenizer.ggml.add_bos_token", json_is_true(ab));
+    if (json_is_boolean(ae)) gguf_kv_bool(b, "tokenizer.ggml.add_eos_token", json_is_true(ae));
+    json_t *ct = json_object_get(tcfg, "chat_template");
+    if (json_is_string(ct)) gguf_kv_str(b, "tokenizer.chat_template", json_string_value(ct));
+}
+
+static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *tcfg, json_t *config,
+                      const char *path, const char *pre, struct alloy_err *err)
+{
+    json_t *model = json_object_get(tok, "model");
+    int form = vocab_form(tok, model, path, err);
+    if (form < 0) return (int)err->status;
+    if (!pre) pre = pre_name(json_object_get(tok, "pre_tokenizer"));
+    if (!pre)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: pre_tokenizer: none, ByteLevel, or the Llama 3 or Qwen2 "
+                             "split (a name llama.cpp knows), found another", path);
+    int rc = fill_vocab(v, model, json_object_get(tok, "added_tokens"), form, path, err);
+    for (int64_t i = 0; !rc && i < v->n; i++) {
+        char pad[32];
+        int n = snprintf(pad, sizeof pad, "[PAD%lld]", (long long)i);
+        if (!v->tok[i] && set_token(v, i, pad, (size_t)n, TT_UNUSED) < 0)
+            rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    }
+    if (rc) return rc;
+    gguf_kv_str(b, "tokenizer.ggml.model", "gpt2");
+    gguf_kv_str(b, "tokenizer.ggml.pre", pre);
+    gguf_kv_array(b, "tokenizer.ggml.tokens", GGUF_STRING, (uint64_t)v->n);
+    for (int64_t i = 0; i < v->n; i++) gguf_buf_str(b, v->tok[i], strlen(v->tok[i]));
+    gguf_kv_array(b, "tokenizer.ggml.token_type", GGUF_I32, (uint64_t)v->n);
+    for (int64_t i = 0; i < v->n; i++) gguf_buf_u32(b, (uint32_t)v->type[i]);
+    rc = write_merges(b, json_object_get(model, "merges"), path, err);
+    if (!rc) special_keys(b, v, tcfg, config);
+    return rc;
+}
+
+int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *config, const char *path,
+                        const char *pre, int64_t n_vocab, struct alloy_err *err)
+{
+    struct vocab v = {alloy_xcalloc((size_t)n_vocab, sizeof(char *)), alloy_xcalloc((size_t)n_vocab, 4), n_vocab};
+    int rc = v.tok && v.type ? vocab_keys(b, &v, tok, tcfg, config, path, pre, err)
+                             : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; v.tok && i < n_vocab; i++) free(v.tok[i]);
+    free(v.tok);
+    free(v.type);
+    return rc;
+}
