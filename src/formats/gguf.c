@@ -33,6 +33,7 @@
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "formats/gguf.h"
+#include "formats/mapped.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -652,14 +653,7 @@ static int gguf_pread(const struct alloy_tensor_file *tf, const struct alloy_ten
 static void gguf_release(const struct alloy_tensor_file *tf, const struct alloy_tensor *t, uint64_t off, uint64_t len)
 {
     (void)tf;
-    if (!len || off >= t->nbytes) return;
-    if (len > t->nbytes - off) len = t->nbytes - off;
-    static _Atomic uintptr_t page_size; /* set once; racing threads store the same value */
-    uintptr_t page = atomic_load_explicit(&page_size, memory_order_relaxed);
-    if (!page) atomic_store_explicit(&page_size, page = (uintptr_t)sysconf(_SC_PAGESIZE), memory_order_relaxed);
-    uintptr_t lo = ((uintptr_t)(t->data + off) + page - 1) & ~(page - 1);
-    uintptr_t hi = ((uintptr_t)(t->data + off + len)) & ~(page - 1);
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    alloy_release_tensor_pages(t, off, len);
 }
 
 static uint64_t gguf_perm_heads(const struct alloy_tensor_file *tf, const struct alloy_tensor *t)

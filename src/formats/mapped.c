@@ -80,9 +80,9 @@ int alloy_mapped_pread(const struct alloy_mapped *m, const char *path, const str
     return ALLOY_OK;
 }
 
-void alloy_mapped_release(const struct alloy_mapped *m, const struct alloy_tensor *t, uint64_t off, uint64_t len)
+void alloy_release_tensor_pages(const struct alloy_tensor *t, uint64_t off, uint64_t len)
 {
-    if (!m->owns_map || !len || off >= t->nbytes) return;
+    if (!len || off >= t->nbytes) return;
     if (len > t->nbytes - off) len = t->nbytes - off;
     static _Atomic uintptr_t page_size; /* set once; racing threads store the same value */
     uintptr_t page = atomic_load_explicit(&page_size, memory_order_relaxed);
@@ -90,4 +90,9 @@ void alloy_mapped_release(const struct alloy_mapped *m, const struct alloy_tenso
     uintptr_t lo = ((uintptr_t)(t->data + off) + page - 1) & ~(page - 1);
     uintptr_t hi = ((uintptr_t)(t->data + off + len)) & ~(page - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+void alloy_mapped_release(const struct alloy_mapped *m, const struct alloy_tensor *t, uint64_t off, uint64_t len)
+{
+    if (m->owns_map) alloy_release_tensor_pages(t, off, len);
 }

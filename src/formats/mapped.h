@@ -28,6 +28,8 @@ void alloy_mapped_close(struct alloy_mapped *m);
 /* Bytes [off, off + len) of tensor t, whose data points into m. */
 int  alloy_mapped_pread(const struct alloy_mapped *m, const char *path, const struct alloy_tensor *t, uint64_t off,
                         void *dst, size_t len, struct alloy_err *err);
+/* Drops the whole pages inside bytes [off, off + len) of a mapped tensor from the process (madvise). */
+void alloy_release_tensor_pages(const struct alloy_tensor *t, uint64_t off, uint64_t len);
 void alloy_mapped_release(const struct alloy_mapped *m, const struct alloy_tensor *t, uint64_t off, uint64_t len);
 
 #endif
