@@ -1,0 +1,399 @@
+/*
+ * test_moe.c — `alloy moe` (mergekit-moe): the config reader and its
+ * validation rules, and a 2-expert Mixtral assembled from the bundled
+ * tiny-llama base/code/prose, checked against what the test computes from
+ * the inputs itself: expert tensors bit for bit, non-MLP tensors from the
+ * base, cheap_embed router rows (token embeddings summed and normalised
+ * here in double), random routers' distribution and reproducibility,
+ * residual_scale, config.json fields, errors that leave nothing behind.
+ */
+#include "test.h"
+#include "config/moe_config.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BASE  "tiny-llama/base"
+#define CODE  "tiny-llama/code"
+#define PROSE "tiny-llama/prose"
+
+TEST(moe_config_reads_every_key)
+{
+    static const char y[] =
+        "base_model: b\ngate_mode: cheap_embed\ndtype: float16\nexperts_per_token: 1\narchitecture: Mixtral\n"
+        "experts:\n"
+        "  - source_model: x\n    positive_prompts: [\"a\", \"b\"]\n    negative_prompts: [\"c\"]\n"
+        "    noise_scale: 0.5\n    residual_scale: 0.25\n"
+        "  - source_model: y\n    positive_prompts: [\"d\"]\n";
+    struct alloy_moe_config *c = NULL;
+    struct alloy_err err = {0};
+    CHECK_INT(alloy_moe_config_parse(y, strlen(y), "t.yml", 0, &c, &err), 0);
+    if (!c) return;
+    CHECK(!strcmp(c->base_model, "b"));
+    CHECK_INT(c->gate, ALLOY_GATE_CHEAP_EMBED);
+    CHECK_INT(c->dtype, ALLOY_DTYPE_F16);
+    CHECK_INT(c->experts_per_token, 1);
+    CHECK(!strcmp(c->architecture, "Mixtral"));
+    CHECK_INT(c->nexperts, 2);
+    CHECK_INT(c->experts[0].npositive, 2);
+    CHECK(!strcmp(c->experts[0].positive[1], "b"));
+    CHECK(!strcmp(c->experts[0].negative[0], "c"));
+    CHECK_NEAR(c->experts[0].noise_scale, 0.5, 0);
+    CHECK_NEAR(c->experts[0].residual_scale, 0.25, 0);
+    CHECK_NEAR(c->experts[1].residual_scale, 1, 0);
+    alloy_moe_config_free(c);
+    /* defaults: hidden, 2 per token */
+    static const char d[] = "base_model: b\nexperts:\n- {source_model: x, positive_prompts: [a]}\n"
+                            "- {source_model: y, positive_prompts: [b]}\n";
+    CHECK_INT(alloy_moe_config_parse(d, strlen(d), "t.yml", 0, &c, &err), 0);
+    if (c) CHECK_INT(c->gate, ALLOY_GATE_HIDDEN);
+    if (c) CHECK_INT(c->experts_per_token, 2);
+    alloy_moe_config_free(c);
+}
+
+TEST(moe_config_errors_follow_mergekits_rules)
+{
+    static const struct { const char *yaml; int crimes; const char *msg; } k[] = {
+        {"experts: []\n", 0, "t.yml:1:1: base_model: expected a model, found nothing"},
+        {"base_model: b\nexperts: []\n", 0, "experts: expected a list of 1 to 256"},
+        {"base_model: b\nexperts_per_token: 3\ngate_mode: random\nexperts: [{source_model: x}, {source_model: y}]\n", 0,
+         "experts_per_token: expected at most the 2 experts, found 3"},
+        {"base_model: b\nexperts_per_token: 0\nexperts: [{source_model: x}]\n", 0,
+         "experts_per_token: expected a whole number >= 1, found 0"},
+        {"base_model: b\ngate_mode: cheap_embed\nexperts: [{source_model: x, positive_prompts: [a]}, {source_model: y}]\n", 0,
+         "positive_prompts: expected prompts for experts[1] with gate_mode cheap_embed"},
+        {"base_model: b\nexperts: [{source_model: x, positive_prompts: [a]}, {source_model: y, positive_prompts: [a]}]\n",
+         0, "found the same for all"},
+        {"base_model: b\nexperts: [{source_model: x, positive_prompts: [a]}, {source_model: x, positive_prompts: [b]}]\n",
+         0, "expected different expert models"},
+        {"base_model: b\ngate_mode: smart\nexperts: [{source_model: x}]\n", 0,
+         "gate_mode: expected one of: hidden, hidden_avg, hidden_last, cheap_embed, random, uniform_random, found 'smart'"},
+        {"base_model: b\ndtype: int8\ngate_mode: random\nexperts: [{source_model: x}]\n", 0, "dtype: expected float32"},
+        {"base_model: b\ngate_mode: random\nexperts: [{source_model: x, noise_scale: -1}]\n", 0,
+         "experts[0].noise_scale: expected a finite number >= 0, found -1"},
+        {"base_model: b\ngate_mode: random\nexperts: [{source_model: x, prompts: [a]}]\n", 0, "prompts"},
+        {"base_model: b\ngate_mode: random\nexpert: []\n", 0, "expert"},
+        {"base_model: b\ngate_mode: random\nexperts: [{source_model: x, positive_prompts: [[a]]}]\n", 0,
+         "experts[0].positive_prompts: expected a string"},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
+        struct alloy_moe_config *c = NULL;
+        struct alloy_err err = {0};
+        int rc = alloy_moe_config_parse(k[i].yaml, strlen(k[i].yaml), "t.yml", k[i].crimes, &c, &err);
+        CHECK_MSG(rc != 0 && !c, "case %zu accepted", i);
+        CHECK_MSG(strstr(err.msg, k[i].msg) && !strchr(err.msg, '\n'), "case %zu: '%s' lacks '%s'", i, err.msg, k[i].msg);
+    }
+    /* the same model twice is allowed with the "not useful without training" flag */
+    static const char same[] = "base_model: b\nexperts: [{source_model: x, positive_prompts: [a]}, "
+                               "{source_model: x, positive_prompts: [b]}]\n";
+    struct alloy_moe_config *c = NULL;
+    struct alloy_err err = {0};
+    CHECK_INT(alloy_moe_config_parse(same, strlen(same), "t.yml", 1, &c, &err), 0);
+    alloy_moe_config_free(c);
+}
+
+/* ------------------------------------------------------------ assembly */
+
+static int assemble(const char *yaml, const char *out, uint64_t seed, struct alloy_err *err)
+{
+    struct alloy_moe_options o;
+    alloy_moe_options_init(&o);
+    o.config_text = yaml;
+    o.config_path = "moe.yml";
+    o.out_dir = out;
+    o.has_seed = 1;
+    o.seed = seed;
+    o.overwrite = 1;
+    return alloy_moe(&o, err);
+}
+
+/* Tensor `name` of model dir as float32 (malloc'd, *n values); NULL if absent. */
+static float *read_f32(const char *dir, const char *name, size_t *n)
+{
+    struct alloy_model *m = NULL;
+    struct alloy_err err = {0};
+    if (alloy_model_open(dir, &m, &err)) return NULL;
+    const struct alloy_tensor *t = alloy_model_find(m, name);
+    float *f = NULL;
+    if (t) {
+        size_t es = t->dtype == ALLOY_DTYPE_F32 ? 4 : 2;
+        *n = (size_t)(t->nbytes / es);
+        uint8_t *raw = malloc(t->nbytes);
+        f = malloc(*n * sizeof *f);
+        if (raw && f && !alloy_tensor_pread(t, 0, raw, t->nbytes, &err)) {
+            for (size_t i = 0; i < *n; i++) { /* bf16: the high half of a float32 */
+                uint32_t u = 0;
+                if (t->dtype == ALLOY_DTYPE_F32) memcpy(&u, raw + 4 * i, 4);
+                else u = (uint32_t)(raw[2 * i] | raw[2 * i + 1] << 8) << 16;
+                memcpy(&f[i], &u, 4);
+            }
+        }
+        free(raw);
+    }
+    alloy_model_close(m);
+    return f;
+}
+
+/* 1 when tensor a of model da and tensor b of model db hold the same bytes. */
+static int same_tensor(const char *da, const char *a, const char *db, const char *b)
+{
+    struct alloy_model *ma = NULL, *mb = NULL;
+    struct alloy_err err = {0};
+    int same = 0;
+    if (!alloy_model_open(da, &ma, &err) && !alloy_model_open(db, &mb, &err)) {
+        const struct alloy_tensor *ta = alloy_model_find(ma, a), *tb = alloy_model_find(mb, b);
+        if (ta && tb && ta->nbytes == tb->nbytes && ta->dtype == tb->dtype) {
+            uint8_t *x = malloc(ta->nbytes), *y = malloc(tb->nbytes);
+            same = x && y && !alloy_tensor_pread(ta, 0, x, ta->nbytes, &err) &&
+                   !alloy_tensor_pread(tb, 0, y, tb->nbytes, &err) && !memcmp(x, y, ta->nbytes);
+            free(x);
+            free(y);
+        }
+    }
+    alloy_model_close(ma);
+    alloy_model_close(mb);
+    return same;
+}
+
+/* mergekit's cheap_embed row computed here: Σ embedding rows of "<s>" + prompt tokens, normalised. */
+static void cheap_row(const char *const *pos, int npos, const char *const *neg, int nneg, double *out)
+{
+    size_t n = 0;
+    float *emb = read_f32(test_data(BASE), "model.embed_tokens.weight", &n);
+    char path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", test_data(BASE));
+    struct alloy_tokenizer *tok = NULL;
+    struct alloy_err err = {0};
+    CHECK(emb && alloy_tokenizer_load(path, &tok, &err) == 0);
+    double acc[2][128] = {{0}};
+    for (int s = 0; s < 2 && emb && tok; s++) {
+        for (int p = 0; p < (s ? nneg : npos); p++) {
+            char text[256];
+            snprintf(text, sizeof text, "<s>%s", s ? neg[p] : pos[p]);
+            int32_t *ids = NULL;
+            size_t nid = 0;
+            CHECK(alloy_tokenizer_encode(tok, text, strlen(text), "p", &ids, &nid, &err) == 0);
+            CHECK(nid > 1 && ids[0] == 256); /* the BOS text is the BOS token */
+            for (size_t k = 0; k < nid; k++)
+                for (int j = 0; j < 128; j++) acc[s][j] += emb[(size_t)ids[k] * 128 + j];
+            free(ids);
+        }
+        double norm = 0;
+        for (int j = 0; j < 128; j++) norm += acc[s][j] * acc[s][j];
+        for (int j = 0; j < 128 && norm > 0; j++) acc[s][j] /= sqrt(norm);
+    }
+    double norm = 0;
+    for (int j = 0; j < 128; j++) out[j] = acc[0][j] - acc[1][j];
+    for (int j = 0; j < 128; j++) norm += out[j] * out[j];
+    for (int j = 0; j < 128; j++) out[j] /= sqrt(norm);
+    alloy_tokenizer_free(tok);
+    free(emb);
+}
+
+static const char *const k_code[] = {"def f(x):", "import os"}, *const k_prose[] = {"Once upon a time"},
+                  *const k_neg[] = {"int main"};
+
+TEST(moe_mixtral_from_tiny_llama_cheap_embed)
+{
+    char yaml[2000], out[600];
+    snprintf(yaml, sizeof yaml,
+             "base_model: %s\ngate_mode: cheap_embed\nexperts:\n"
+             "  - source_model: %s\n    positive_prompts: [\"%s\", \"%s\"]\n"
+             "  - source_model: %s\n    positive_prompts: [\"%s\"]\n    negative_prompts: [\"%s\"]\n",
+             test_data(BASE), test_data(CODE), k_code[0], k_code[1], test_data(PROSE), k_prose[0], k_neg[0]);
+    snprintf(out, sizeof out, "%s/moe", test_tmpdir());
+    struct alloy_err err = {0};
+    CHECK_MSG(assemble(yaml, out, 0, &err) == 0, "%s", err.msg);
+    static const char *const w[3] = {"gate_proj", "down_proj", "up_proj"};
+    char src[2][512]; /* test_data's buffers are reused */
+    snprintf(src[0], sizeof src[0], "%s", test_data(CODE));
+    snprintf(src[1], sizeof src[1], "%s", test_data(PROSE));
+    for (int l = 0; l < 4; l++) {
+        char a[200], b[200];
+        for (int e = 0; e < 2; e++)
+            for (int k = 0; k < 3; k++) {
+                snprintf(a, sizeof a, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weight", l, e, k + 1);
+                snprintf(b, sizeof b, "model.layers.%d.mlp.%s.weight", l, w[k]);
+                CHECK_MSG(same_tensor(out, a, src[e], b), "%s differs from %s", a, b);
+            }
+        snprintf(a, sizeof a, "model.layers.%d.self_attn.q_proj.weight", l);
+        CHECK(same_tensor(out, a, test_data(BASE), a));
+        CHECK(!same_tensor(out, a, test_data(CODE), a)); /* the fine-tunes' attention differs: not theirs */
+        snprintf(a, sizeof a, "model.layers.%d.post_attention_layernorm.weight", l);
+        CHECK(same_tensor(out, a, test_data(BASE), a));
+        snprintf(a, sizeof a, "model.layers.%d.mlp.gate_proj.weight", l);
+        size_t n = 0;
+        float *gone = read_f32(out, a, &n);
+        CHECK(!gone); /* dense MLP weights are not in the output */
+        free(gone);
+    }
+    CHECK(same_tensor(out, "lm_head.weight", test_data(BASE), "lm_head.weight"));
+    double r0[128], r1[128];
+    cheap_row(k_code, 2, NULL, 0, r0);
+    cheap_row(k_prose, 1, k_neg, 1, r1);
+    for (int l = 0; l < 4; l++) {
+        char name[100];
+        size_t n = 0;
+        snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
+        float *g = read_f32(out, name, &n);
+        CHECK(g && n == 256);
+        for (int j = 0; g && j < 128; j++) {
+            CHECK_NEAR(g[j], r0[j], fabs(r0[j]) / 128 + 1e-6); /* bf16: 8 significant bits */
+            CHECK_NEAR(g[128 + j], r1[j], fabs(r1[j]) / 128 + 1e-6);
+        }
+        free(g);
+    }
+    char path[700];
+    snprintf(path, sizeof path, "%s/config.json", out);
+    char *cfg = test_read_file(path, NULL);
+    CHECK_STR_CONTAINS(cfg, "\"architectures\": [\n    \"MixtralForCausalLM\"\n  ]");
+    CHECK_STR_CONTAINS(cfg, "\"model_type\": \"mixtral\"");
+    CHECK_STR_CONTAINS(cfg, "\"num_local_experts\": 2");
+    CHECK_STR_CONTAINS(cfg, "\"num_experts_per_tok\": 2");
+    CHECK_STR_CONTAINS(cfg, "\"sliding_window\": null");
+    CHECK_STR_CONTAINS(cfg, "\"intermediate_size\": 344");
+    free(cfg);
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd, "cmp -s %s/tokenizer.json %s/tokenizer.json", out, test_data(BASE));
+    CHECK_INT(test_run(cmd, NULL), 0);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
+}
+
+/* The routers of a random-gate assembly, seed s, as floats [4 layers][2][128]. */
+static float *random_gates(const char *mode, uint64_t seed, const char *out)
+{
+    char yaml[1200];
+    snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: %s\ndtype: float32\nexperts:\n  - source_model: %s\n"
+             "    positive_prompts: [a]\n  - source_model: %s\n    positive_prompts: [b]\n    residual_scale: 0.5\n",
+             test_data(BASE), mode, test_data(CODE), test_data(PROSE));
+    struct alloy_err err = {0};
+    CHECK_MSG(assemble(yaml, out, seed, &err) == 0, "%s", err.msg);
+    float *all = malloc(4 * 256 * sizeof *all);
+    for (int l = 0; all && l < 4; l++) {
+        char name[100];
+        size_t n = 0;
+        snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
+        float *g = read_f32(out, name, &n);
+        CHECK(g && n == 256);
+        if (g) memcpy(all + l * 256, g, 256 * sizeof *g);
+        else memset(all + l * 256, 0, 256 * sizeof *all);
+        free(g);
+    }
+    return all;
+}
+
+TEST(moe_random_gates_follow_their_distribution_per_seed)
+{
+    char o1[600], o2[600];
+    snprintf(o1, sizeof o1, "%s/r1", test_tmpdir());
+    snprintf(o2, sizeof o2, "%s/r2", test_tmpdir());
+    float *a = random_gates("random", 7, o1), *b = random_gates("random", 7, o2), *c = random_gates("random", 8, o2);
+    double mean = 0, var = 0;
+    for (int i = 0; i < 1024; i++) mean += a[i] / 1024.0;
+    for (int i = 0; i < 1024; i++) var += (a[i] - mean) * (a[i] - mean) / 1023.0;
+    CHECK(!memcmp(a, b, 1024 * sizeof *a));
+    CHECK(memcmp(a, c, 1024 * sizeof *a) != 0);
+    CHECK(memcmp(a, a + 256, 256 * sizeof *a) != 0); /* each layer its own draw */
+    CHECK_NEAR(mean, 0, 0.1);                         /* N(0, 1): sd of the mean 1/32 */
+    CHECK_NEAR(var, 1, 0.15);
+    /* residual_scale 0.5 halves w2 exactly (float32 output) */
+    size_t n1 = 0, n2 = 0;
+    float *w2 = read_f32(o1, "model.layers.1.block_sparse_moe.experts.1.w2.weight", &n1);
+    float *d = read_f32(test_data(PROSE), "model.layers.1.mlp.down_proj.weight", &n2);
+    CHECK(w2 && d && n1 == n2);
+    for (size_t i = 0; w2 && d && i < n1; i++)
+        if (w2[i] != d[i] * 0.5f) {
+            CHECK_MSG(0, "w2[%zu] = %g, expected %g", i, w2[i], d[i] * 0.5f);
+            break;
+        }
+    free(w2);
+    free(d);
+    float *u = random_gates("uniform_random", 7, o1);
+    double bound = 1 / sqrt(128.0), uvar = 0;
+    for (int i = 0; i < 1024; i++) {
+        CHECK(fabs(u[i]) <= bound);
+        uvar += u[i] * (double)u[i] / 1024.0;
+    }
+    CHECK_NEAR(uvar, bound * bound / 3, bound * bound / 3 * 0.15);
+    free(a);
+    free(b);
+    free(c);
+    free(u);
+}
+
+TEST(moe_errors_leave_nothing_behind)
+{
+    char dir[600], bad[700], out[700], yaml[2000];
+    snprintf(dir, sizeof dir, "%s/moe_err", test_tmpdir());
+    snprintf(bad, sizeof bad, "%s/badexpert", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    float v[4] = {1, 2, 3, 4};
+    struct test_tensor t = {"model.layers.0.mlp.gate_proj.weight", "F32", 2, {2, 2}, v};
+    CHECK(mkdir(dir, 0755) == 0);
+    char *cfg = test_read_file(test_data(BASE "/config.json"), NULL);
+    CHECK(cfg && test_write_model(bad, &t, 1, cfg) == 0);
+    free(cfg);
+    static const struct { const char *fmt; const char *msg; } k[] = {
+        {"base_model: %s\ngate_mode: random\nexperts: [{source_model: %s}, {source_model: %s}]\n",
+         "badexpert: model.layers.0.mlp.gate_proj.weight: expected a float matrix of the base's shape [344, 128], "
+         "found another shape or dtype"},
+        {"base_model: %s\ngate_mode: random\narchitecture: qwen3\nexperts: [{source_model: %s}, {source_model: %s}]\n",
+         "architecture: expected mixtral (qwen3 moe output is not supported yet), found qwen3"},
+        {"base_model: %s\ngate_mode: random\narchitecture: gpt\nexperts: [{source_model: %s}, {source_model: %s}]\n",
+         "architecture: expected a prefix of mixtral"},
+        {"base_model: %s\ngate_mode: random\nshared_experts: [{source_model: %s}]\nexperts: [{source_model: %s}]\n"
+         "experts_per_token: 1\n", "shared_experts: expected none"},
+        {"base_model: %s\ngate_mode: hidden\nexperts: [{source_model: %s, positive_prompts: [a]}, "
+         "{source_model: %s, positive_prompts: [b]}]\n", "the hidden modes are not supported yet"},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
+        snprintf(yaml, sizeof yaml, k[i].fmt, test_data(BASE), i ? test_data(CODE) : bad, test_data(PROSE));
+        struct alloy_err err = {0};
+        CHECK_MSG(assemble(yaml, out, 0, &err) != 0, "case %zu accepted", i);
+        CHECK_MSG(strstr(err.msg, k[i].msg), "case %zu: '%s' lacks '%s'", i, err.msg, k[i].msg);
+        CHECK(access(out, F_OK) != 0);
+        CHECK_INT(test_leftovers(dir), 0);
+    }
+    /* a Qwen2 model cannot be a Mixtral expert */
+    char qcfg[200];
+    snprintf(qcfg, sizeof qcfg, "{\"model_type\": \"qwen2\", \"num_hidden_layers\": 1, \"hidden_size\": 2}");
+    snprintf(bad, sizeof bad, "%s/qwen", dir);
+    CHECK(test_write_model(bad, &t, 1, qcfg) == 0);
+    snprintf(yaml, sizeof yaml, k[0].fmt, test_data(BASE), bad, test_data(PROSE));
+    struct alloy_err err = {0};
+    CHECK(assemble(yaml, out, 0, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "model_type: expected llama or mistral for a Mixtral MoE");
+}
+
+TEST(moe_cli_and_mergekit_moe_alias)
+{
+    char d[600], cfg[700], bin[700], cmd[6000], yaml[1500];
+    snprintf(d, sizeof d, "%s/moe_cli", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", d);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: random\nexperts:\n  - source_model: %s\n"
+             "  - source_model: %s\n", test_data(BASE), test_data(CODE), test_data(PROSE));
+    snprintf(cfg, sizeof cfg, "%s/moe.yml", d);
+    CHECK(test_write_text(cfg, yaml) == 0);
+    char *abs = realpath(test_alloy_bin(), NULL);
+    snprintf(bin, sizeof bin, "%s/mergekit-moe", d);
+    CHECK(abs && symlink(abs, bin) == 0);
+    free(abs);
+    char *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s %s %s/a --random-seed 3 -q 2>&1 && %s moe %s %s/b --random-seed 3 -q 2>&1 && "
+             "cmp %s/a/model.safetensors %s/b/model.safetensors", bin, cfg, d, test_alloy_bin(), cfg, d, d, d);
+    CHECK_MSG(test_run(cmd, &out) == 0, "%s", out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s moe %s/missing.yml %s/c 2>&1", test_alloy_bin(), d, d);
+    CHECK_INT(test_run(cmd, &out), 1);
+    CHECK_STR_CONTAINS(out, "alloy: error: ");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s moe %s 2>&1", test_alloy_bin(), cfg);
+    CHECK_INT(test_run(cmd, &out), 2);
+    free(out);
+}
