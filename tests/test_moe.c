@@ -63,6 +63,8 @@ TEST(moe_config_errors_follow_mergekits_rules)
         {"base_model: b\nexperts: []\n", 0, "experts: expected a list of 1 to 256"},
         {"base_model: b\nexperts_per_token: 3\ngate_mode: random\nexperts: [{source_model: x}, {source_model: y}]\n", 0,
          "experts_per_token: expected at most the 2 experts, found 3"},
+        {"base_model: b\ngate_mode: random\nexperts: [{source_model: x}]\n", 0, /* the default 2 (fuzz find) */
+         "t.yml:1:1: experts_per_token: expected at most the 1 experts, found 2"},
         {"base_model: b\nexperts_per_token: 0\nexperts: [{source_model: x}]\n", 0,
          "experts_per_token: expected a whole number >= 1, found 0"},
         {"base_model: b\ngate_mode: cheap_embed\nexperts: [{source_model: x, positive_prompts: [a]}, {source_model: y}]\n", 0,

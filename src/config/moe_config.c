@@ -162,10 +162,10 @@ static int same_prompts(const struct alloy_moe_expert *a, const struct alloy_moe
 /* mergekit's is_bad_config: what makes a MoE that no router could tell apart. */
 static int validate(struct cfgp *P, const struct ynode *root, struct alloy_moe_config *c, int allow_crimes)
 {
+    const struct ynode *k = alloy_cfg_map_val(root, "experts_per_token"); /* absent: the default 2 */
     if ((size_t)c->experts_per_token > c->nexperts)
-        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, alloy_cfg_map_val(root, "experts_per_token")->pos,
-                             "experts_per_token", "expected at most the %zu experts, found %d", c->nexperts,
-                             c->experts_per_token);
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, k ? k->pos : root->pos, "experts_per_token", "expected at most "
+                             "the %zu experts, found %d", c->nexperts, c->experts_per_token);
     if (c->gate == ALLOY_GATE_RANDOM) return 0;
     for (size_t i = 0; i < c->nexperts; i++)
         if (!c->experts[i].npositive)
