@@ -9,6 +9,7 @@
  */
 #include "test.h"
 #include "config/moe_config.h"
+#include "eval/eval.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -350,8 +351,8 @@ TEST(moe_errors_leave_nothing_behind)
          "architecture: expected a prefix of mixtral"},
         {"base_model: %s\ngate_mode: random\nshared_experts: [{source_model: %s}]\nexperts: [{source_model: %s}]\n"
          "experts_per_token: 1\n", "shared_experts: expected none"},
-        {"base_model: %s\ngate_mode: hidden\nexperts: [{source_model: %s, positive_prompts: [a]}, "
-         "{source_model: %s, positive_prompts: [b]}]\n", "the hidden modes are not supported yet"},
+        {"base_model: %s\ngate_mode: hidden_avg\nexperts: [{source_model: %s, positive_prompts: [a]}, "
+         "{source_model: %s, positive_prompts: [b]}]\n", "hidden_avg is not supported yet"},
     };
     for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
         snprintf(yaml, sizeof yaml, k[i].fmt, test_data(BASE), i ? test_data(CODE) : bad, test_data(PROSE));
@@ -398,4 +399,124 @@ TEST(moe_cli_and_mergekit_moe_alias)
     snprintf(cmd, sizeof cmd, "%s moe %s 2>&1", test_alloy_bin(), cfg);
     CHECK_INT(test_run(cmd, &out), 2);
     free(out);
+}
+
+/* The residual stream API the hidden routers use: entering layer 0 it is the last token's embedding row;
+ * after the last layer, final-normed and projected (computed here in double), it is the evaluator's
+ * logits of the last position. */
+TEST(moe_llama_residuals_are_the_residual_stream)
+{
+    struct alloy_llama *lm = NULL;
+    struct alloy_err err = {0};
+    CHECK_INT(alloy_llama_open(test_data(BASE), &lm, &err), 0);
+    if (!lm) return;
+    const struct alloy_llama_config *c = alloy_llama_cfg(lm);
+    int L = c->num_layers, H = c->hidden_size, V = c->vocab_size;
+    const int32_t ids[5] = {256, 72, 105, 33, 10};
+    struct alloy_llama_ws *ws = alloy_llama_ws_new(lm, 5, 1);
+    float *taps = malloc((size_t)(L + 1) * H * sizeof *taps), *logits = malloc(5 * (size_t)V * sizeof *logits);
+    size_t ne = 0, nn = 0, nl = 0;
+    float *emb = read_f32(test_data(BASE), "model.embed_tokens.weight", &ne);
+    float *norm = read_f32(test_data(BASE), "model.norm.weight", &nn), *head = read_f32(test_data(BASE), "lm_head.weight", &nl);
+    CHECK(ws && taps && logits && emb && norm && head);
+    if (ws && taps && logits && emb && norm && head) {
+        alloy_llama_residuals(lm, ws, ids, 5, taps);
+        for (int j = 0; j < H; j++) CHECK_NEAR(taps[j], emb[10 * H + j], 0);
+        alloy_llama_logits(lm, ws, ids, 1, 5, logits);
+        const float *h = taps + (size_t)L * H;
+        double ms = 0;
+        for (int j = 0; j < H; j++) ms += (double)h[j] * h[j] / H;
+        for (int v = 0; v < V; v++) {
+            double z = 0;
+            for (int j = 0; j < H; j++) z += h[j] / sqrt(ms + c->rms_norm_eps) * norm[j] * head[(size_t)v * H + j];
+            CHECK_NEAR(logits[4 * (size_t)V + v], z, 1e-3 * (1 + fabs(z)));
+        }
+    }
+    alloy_llama_ws_free(ws);
+    alloy_llama_close(lm);
+    free(taps);
+    free(logits);
+    free(emb);
+    free(norm);
+    free(head);
+}
+
+/* hidden routers: per layer, normalise(mean over positive prompts - mean over negative ones) of the state
+ * entering the layer at the last token of "<s>" + prompt; layer 0 from the embeddings alone. */
+static void hidden_row(struct alloy_llama *lm, const struct alloy_tokenizer *tok, const char *const *pos, int npos,
+                       const char *const *neg, int nneg, int layer, double *out)
+{
+    int H = alloy_llama_cfg(lm)->hidden_size, L = alloy_llama_cfg(lm)->num_layers;
+    float *taps = malloc((size_t)(L + 1) * H * sizeof *taps);
+    memset(out, 0, (size_t)H * sizeof *out);
+    for (int s = 0; s < 2 && taps; s++)
+        for (int p = 0; p < (s ? nneg : npos); p++) {
+            char text[256];
+            snprintf(text, sizeof text, "<s>%s", s ? neg[p] : pos[p]);
+            int32_t *ids = NULL;
+            size_t nid = 0;
+            struct alloy_err err = {0};
+            CHECK(alloy_tokenizer_encode(tok, text, strlen(text), "p", &ids, &nid, &err) == 0);
+            struct alloy_llama_ws *ws = alloy_llama_ws_new(lm, (int)nid, 1);
+            CHECK(ws != NULL);
+            if (ws) alloy_llama_residuals(lm, ws, ids, (int)nid, taps);
+            for (int j = 0; ws && j < H; j++) out[j] += (s ? -1.0 : 1.0) * taps[(size_t)layer * H + j] / (s ? nneg : npos);
+            alloy_llama_ws_free(ws);
+            free(ids);
+        }
+    double n2 = 0;
+    for (int j = 0; j < H; j++) n2 += out[j] * out[j];
+    for (int j = 0; j < H; j++) out[j] /= sqrt(n2);
+    free(taps);
+}
+
+TEST(moe_hidden_gates_from_the_base_forward_pass)
+{
+    char yaml[2000], out[600], tokp[600];
+    snprintf(yaml, sizeof yaml,
+             "base_model: %s\ngate_mode: hidden\ndtype: float32\nexperts:\n"
+             "  - source_model: %s\n    positive_prompts: [\"%s\", \"%s\"]\n"
+             "  - source_model: %s\n    positive_prompts: [\"%s\"]\n    negative_prompts: [\"%s\"]\n",
+             test_data(BASE), test_data(CODE), k_code[0], k_code[1], test_data(PROSE), k_prose[0], k_neg[0]);
+    snprintf(out, sizeof out, "%s/hidden", test_tmpdir());
+    struct alloy_err err = {0};
+    CHECK_MSG(assemble(yaml, out, 0, &err) == 0, "%s", err.msg);
+    struct alloy_llama *lm = NULL;
+    struct alloy_tokenizer *tok = NULL;
+    snprintf(tokp, sizeof tokp, "%s/tokenizer.json", test_data(BASE));
+    CHECK(alloy_llama_open(test_data(BASE), &lm, &err) == 0 && alloy_tokenizer_load(tokp, &tok, &err) == 0);
+    size_t ne = 0;
+    float *emb = read_f32(test_data(BASE), "model.embed_tokens.weight", &ne);
+    for (int l = 0; lm && tok && emb && l < 4; l++) {
+        double r0[128], r1[128];
+        hidden_row(lm, tok, k_code, 2, NULL, 0, l, r0);
+        hidden_row(lm, tok, k_prose, 1, k_neg, 1, l, r1);
+        if (l == 0) { /* independent of the forward pass: the prompts' last tokens' embedding rows */
+            static const int last_code[2] = {':', 's'}, last_prose = 'e', last_neg = 'n';
+            double e0[128], e1[128], a = 0, b = 0;
+            for (int j = 0; j < 128; j++) {
+                e0[j] = (emb[last_code[0] * 128 + j] + emb[last_code[1] * 128 + j]) / 2;
+                e1[j] = emb[last_prose * 128 + j] - emb[last_neg * 128 + j];
+                a += e0[j] * e0[j];
+                b += e1[j] * e1[j];
+            }
+            for (int j = 0; j < 128; j++) {
+                CHECK_NEAR(r0[j], e0[j] / sqrt(a), 1e-6);
+                CHECK_NEAR(r1[j], e1[j] / sqrt(b), 1e-6);
+            }
+        }
+        char name[100];
+        size_t n = 0;
+        snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
+        float *g = read_f32(out, name, &n);
+        CHECK(g && n == 256);
+        for (int j = 0; g && j < 128; j++) {
+            CHECK_NEAR(g[j], r0[j], 1e-5);
+            CHECK_NEAR(g[128 + j], r1[j], 1e-5);
+        }
+        free(g);
+    }
+    free(emb);
+    alloy_tokenizer_free(tok);
+    alloy_llama_close(lm);
 }

@@ -9,7 +9,8 @@
 
 /* The routers of every layer, gates[(l * E + e) * hidden + j] (malloc'd, *gates), for cfg's gate_mode:
  * random N(0, 1), uniform_random U(-1/sqrt(h), 1/sqrt(h)) drawn from seed; cheap_embed from the base's
- * token embeddings `embed` ([vocab, hidden]) of the prompts tokenized with the base's tokenizer. */
+ * token embeddings of the prompts tokenized with the base's tokenizer; hidden / hidden_last from the
+ * base's forward pass on them (moe_gates.c). */
 int alloy_moe_gates(const struct alloy_moe_config *cfg, const struct alloy_model *base, int layers, int hidden,
                     uint64_t seed, float **gates, struct alloy_err *err);
 

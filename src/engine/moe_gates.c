@@ -12,16 +12,23 @@
  *                   normalised; the same for the negative prompts is
  *                   subtracted; the difference is L2-normalised again (norm
  *                   clamped at 1e-8). The same row serves every layer.
+ *   hidden,         per expert and layer: the base's residual stream entering
+ *   hidden_last     the layer at the last token (alloy's own float32 forward
+ *                   pass, eval/llama.c), averaged over the positive prompts,
+ *                   minus the same over the negative ones, L2-normalised.
+ *                   hidden_avg (mean over padded positions) is refused.
  *   Draws are counter-based (core/rng.c) keyed by the seed and the gate
  *   tensor's layer, so a seed gives the same routers on any machine.
- *   The hidden* modes need a forward pass of the base and are refused.
  */
 #include "core/internal.h"
 #include "engine/moe.h"
+#include "eval/eval.h"
 #include "formats/formats.h"
 
 #include <jansson.h>
 #include <math.h>
+
+#define ALLOY_MOE_MAX_PROMPT_TOKENS 4096
 
 double alloy_moe_normal(uint64_t key, uint64_t counter)
 {
@@ -55,6 +62,18 @@ static int bos_text(const char *dir, char **out, struct alloy_err *err)
     return *out ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
 }
 
+/* A prompt as mergekit's tokenize_prompts makes it: the BOS text, then the prompt, without special tokens. */
+static int encode(const struct alloy_tokenizer *tok, const char *bos, const char *prompt, int32_t **ids, size_t *n,
+                  struct alloy_err *err)
+{
+    char *text = alloy_xasprintf("%s%s", bos, prompt);
+    int rc = text ? alloy_tokenizer_encode(tok, text, strlen(text), "prompt", ids, n, err)
+                  : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    free(text);
+    if (!rc && !*n) rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "prompt: expected some text, found ''");
+    return rc;
+}
+
 /* acc += the embedding rows of every token of every prompt (BOS text prefixed). */
 static int sum_prompts(const struct alloy_tokenizer *tok, const char *bos, char *const *prompts, size_t n,
                        const struct alloy_tensor *embed, int hidden, double *acc, float *row, struct alloy_err *err)
@@ -64,11 +83,9 @@ static int sum_prompts(const struct alloy_tokenizer *tok, const char *bos, char 
     if (!raw) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     int rc = ALLOY_OK;
     for (size_t p = 0; p < n && !rc; p++) {
-        char *text = alloy_xasprintf("%s%s", bos, prompts[p]);
         int32_t *ids = NULL;
         size_t nids = 0;
-        rc = text ? alloy_tokenizer_encode(tok, text, strlen(text), "prompt", &ids, &nids, err)
-                  : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        rc = encode(tok, bos, prompts[p], &ids, &nids, err);
         for (size_t k = 0; k < nids && !rc; k++) {
             if (ids[k] < 0 || (uint64_t)ids[k] >= (uint64_t)embed->shape[0]) {
                 rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: token id below %lld, found %d in prompt '%.80s'",
@@ -82,7 +99,6 @@ static int sum_prompts(const struct alloy_tokenizer *tok, const char *bos, char 
             for (int j = 0; j < hidden; j++) acc[j] += row[j];
         }
         free(ids);
-        free(text);
     }
     free(raw);
     return rc;
@@ -120,6 +136,92 @@ static int expert_row(const struct alloy_moe_expert *x, const struct alloy_token
     return rc;
 }
 
+/* The base's tokenizer and BOS text. */
+struct prompts {
+    struct alloy_tokenizer *tok;
+    char *bos;
+};
+
+static int prompts_open(const struct alloy_model *base, struct prompts *p, struct alloy_err *err)
+{
+    char *path = alloy_xasprintf("%s/tokenizer.json", alloy_model_dir(base));
+    int rc = path ? alloy_tokenizer_load(path, &p->tok, err) : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!rc) rc = bos_text(alloy_model_dir(base), &p->bos, err);
+    free(path);
+    return rc;
+}
+
+static void prompts_close(struct prompts *p)
+{
+    alloy_tokenizer_free(p->tok);
+    free(p->bos);
+}
+
+/* acc[l * hidden + j] += the residual stream entering layer l at the prompt's last position, averaged
+ * over the n prompts (mergekit's get_hidden_states, average=False). One prompt at a time: with mergekit's
+ * left padding masked out, the last position's states are those of the unpadded prompt (RoPE scores
+ * depend only on relative positions). */
+static int hidden_mean(const struct alloy_llama *lm, const struct prompts *pc, char *const *prompts, size_t n,
+                       int layers, int hidden, double *acc, struct alloy_err *err)
+{
+    int vocab = alloy_llama_cfg(lm)->vocab_size;
+    float *taps = alloy_xmalloc(((size_t)layers + 1) * (size_t)hidden * sizeof *taps);
+    int rc = taps ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    for (size_t p = 0; p < n && !rc; p++) {
+        int32_t *ids = NULL;
+        size_t nids = 0;
+        rc = encode(pc->tok, pc->bos, prompts[p], &ids, &nids, err);
+        if (!rc && nids > ALLOY_MOE_MAX_PROMPT_TOKENS)
+            rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "prompt '%.60s...': expected at most %d tokens, found %zu",
+                               prompts[p], ALLOY_MOE_MAX_PROMPT_TOKENS, nids);
+        for (size_t k = 0; k < nids && !rc; k++)
+            if (ids[k] < 0 || ids[k] >= vocab)
+                rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "prompt '%.60s': token id below vocab_size %d, found %d",
+                                   prompts[p], vocab, ids[k]);
+        struct alloy_llama_ws *ws = rc ? NULL : alloy_llama_ws_new(lm, (int)nids, 1);
+        if (!rc && !ws) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory for a forward pass");
+        if (!rc) {
+            alloy_llama_residuals(lm, ws, ids, (int)nids, taps);
+            for (size_t i = 0; i < (size_t)layers * (size_t)hidden; i++) acc[i] += taps[i] / (double)n;
+        }
+        alloy_llama_ws_free(ws);
+        free(ids);
+    }
+    free(taps);
+    return rc;
+}
+
+/* hidden / hidden_last: per expert and layer, mean(positive) - mean(negative), L2-normalised. */
+static int hidden_gates(const struct alloy_moe_config *c, const struct alloy_model *base, int layers, int hidden,
+                        float *g, struct alloy_err *err)
+{
+    struct alloy_llama *lm = NULL;
+    struct prompts pc = {0};
+    size_t LH = (size_t)layers * (size_t)hidden;
+    double *pos = alloy_xmalloc(2 * LH * sizeof *pos), *neg = pos ? pos + LH : NULL;
+    int rc = pos ? alloy_llama_new(base, &lm, err) : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!rc && (alloy_llama_cfg(lm)->num_layers != layers || alloy_llama_cfg(lm)->hidden_size != hidden))
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s/config.json: num_hidden_layers, hidden_size: expected %d, %d, "
+                           "found others", alloy_model_dir(base), layers, hidden);
+    if (!rc) rc = prompts_open(base, &pc, err);
+    for (size_t e = 0; e < c->nexperts && !rc; e++) {
+        const struct alloy_moe_expert *x = &c->experts[e];
+        memset(pos, 0, 2 * LH * sizeof *pos);
+        rc = hidden_mean(lm, &pc, x->positive, x->npositive, layers, hidden, pos, err);
+        if (!rc) rc = hidden_mean(lm, &pc, x->negative, x->nnegative, layers, hidden, neg, err);
+        for (int l = 0; l < layers && !rc; l++) {
+            double *v = pos + (size_t)l * hidden;
+            for (int j = 0; j < hidden; j++) v[j] -= neg[(size_t)l * hidden + j];
+            normalize(v, hidden);
+            for (int j = 0; j < hidden; j++) g[((size_t)l * c->nexperts + e) * hidden + j] = (float)v[j];
+        }
+    }
+    prompts_close(&pc);
+    alloy_llama_close(lm);
+    free(pos);
+    return rc;
+}
+
 static int cheap_embed(const struct alloy_moe_config *c, const struct alloy_model *base, int layers, int hidden,
                        float *g, struct alloy_err *err)
 {
@@ -128,16 +230,12 @@ static int cheap_embed(const struct alloy_moe_config *c, const struct alloy_mode
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model.embed_tokens.weight: expected a float [vocab, %d] "
                              "matrix for gate_mode cheap_embed, found %s", alloy_model_dir(base), hidden,
                              embed ? "another shape or dtype" : "nothing");
-    char *path = alloy_xasprintf("%s/tokenizer.json", alloy_model_dir(base)), *bos = NULL;
-    struct alloy_tokenizer *tok = NULL;
-    int rc = path ? alloy_tokenizer_load(path, &tok, err) : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    if (!rc) rc = bos_text(alloy_model_dir(base), &bos, err);
+    struct prompts pc = {0};
+    int rc = prompts_open(base, &pc, err);
     for (size_t e = 0; e < c->nexperts && !rc; e++)
-        rc = expert_row(&c->experts[e], tok, bos, embed, hidden, g + e * (size_t)hidden, err);
+        rc = expert_row(&c->experts[e], pc.tok, pc.bos, embed, hidden, g + e * (size_t)hidden, err);
     for (int l = 1; l < layers && !rc; l++) memcpy(g + (size_t)l * c->nexperts * hidden, g, c->nexperts * (size_t)hidden * sizeof *g);
-    alloy_tokenizer_free(tok);
-    free(bos);
-    free(path);
+    prompts_close(&pc);
     return rc;
 }
 
@@ -145,14 +243,14 @@ int alloy_moe_gates(const struct alloy_moe_config *c, const struct alloy_model *
                     uint64_t seed, float **gates, struct alloy_err *err)
 {
     *gates = NULL;
-    if (c->gate == ALLOY_GATE_HIDDEN || c->gate == ALLOY_GATE_HIDDEN_AVG || c->gate == ALLOY_GATE_HIDDEN_LAST)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: gate_mode: expected cheap_embed, random or "
-                             "uniform_random (the hidden modes are not supported yet), found %s", c->path,
-                             alloy_moe_gate_name(c->gate));
+    if (c->gate == ALLOY_GATE_HIDDEN_AVG)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: gate_mode: expected hidden, hidden_last, cheap_embed, "
+                             "random or uniform_random (hidden_avg is not supported yet), found hidden_avg", c->path);
     float *g = alloy_xcalloc((size_t)layers * c->nexperts * (size_t)hidden, sizeof *g);
     if (!g) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory for the routers");
     int rc = ALLOY_OK;
     if (c->gate == ALLOY_GATE_CHEAP_EMBED) rc = cheap_embed(c, base, layers, hidden, g, err);
+    else if (c->gate == ALLOY_GATE_HIDDEN || c->gate == ALLOY_GATE_HIDDEN_LAST) rc = hidden_gates(c, base, layers, hidden, g, err);
     else random_gates(c, layers, hidden, seed, g);
     if (rc) free(g);
     else *gates = g;

@@ -72,6 +72,13 @@ void alloy_llama_ws_free(struct alloy_llama_ws *ws);
 void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
                         int len, float *logits);
 
+/* The residual stream of one sequence (ids[len]) at its last position: the hidden state entering each
+ * layer (the embedding row for layer 0), then after the last layer before the final norm, into
+ * out[(num_layers + 1) * hidden_size] — Hugging Face's output_hidden_states but for the last entry,
+ * which HF gives after the final norm. What MoE routers are initialised from (engine/moe_gates.c). */
+void alloy_llama_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
+                           float *out);
+
 /* Same forward pass, reduced to the negative log-likelihood: for sequence s
  * and each position t with targets[s*len+t] >= 0, adds
  * logsumexp(logits) - logits[target] (float64) into nll_sum[s]. Targets must

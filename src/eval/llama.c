@@ -692,9 +692,11 @@ VEC_CLONES static void rmsnorm(const float *x, const float *w, float *out, size_
     }
 }
 
-/* Runs the layers; leaves the final-normed hidden states [nseq*len][H] in ws->a. */
+/* Runs the layers; leaves the final-normed hidden states [nseq*len][H] in ws->a. taps (NULL: none)
+ * receives the residual stream of the last position of sequence 0 entering each layer and after the
+ * last one, [(num_layers + 1) * H]. */
 static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
-                           int len)
+                           int len, float *taps)
 {
     const struct alloy_llama_config *c = &m->cfg;
     size_t T = (size_t)nseq * (size_t)len, H = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
@@ -706,6 +708,7 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
     for (size_t t = 0; t < T; t++) memcpy(ws->h + t * H, m->embed + (size_t)ids[t] * H, H * sizeof(float));
     for (int l = 0; l < c->num_layers; l++) {
         const struct llama_layer *L = &m->layers[l];
+        if (taps) memcpy(taps + (size_t)l * H, ws->h + (n - 1) * H, H * sizeof(float));
         rmsnorm(ws->h, L->attn_norm, ws->a, T, H, eps);
         linear(ws->a, L->wqkv, L->bqkv, ws->qkv, T, QKV, H);
         for (size_t t = 0; t < T; t++) {
@@ -745,13 +748,20 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
         linear(ws->act, L->wdown, L->bdown, ws->a, T, H, F);
         add_inplace(ws->h, ws->a, T * H);
     }
+    if (taps) memcpy(taps + (size_t)c->num_layers * H, ws->h + (n - 1) * H, H * sizeof(float));
     rmsnorm(ws->h, m->norm, ws->a, T, H, eps);
+}
+
+void alloy_llama_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
+                           float *out)
+{
+    forward_hidden(m, ws, ids, 1, len, out);
 }
 
 void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
                         int len, float *logits)
 {
-    forward_hidden(m, ws, ids, nseq, len);
+    forward_hidden(m, ws, ids, nseq, len, NULL);
     linear(ws->a, m->lm_head, NULL, logits, (size_t)nseq * (size_t)len, (size_t)m->cfg.vocab_size,
            (size_t)m->cfg.hidden_size);
 }
@@ -760,7 +770,7 @@ void alloy_llama_nll(const struct alloy_llama *m, struct alloy_llama_ws *ws, con
                      const int32_t *targets, int nseq, int len, double *nll_sum)
 {
     size_t T = (size_t)nseq * (size_t)len, V = (size_t)m->cfg.vocab_size, H = (size_t)m->cfg.hidden_size;
-    forward_hidden(m, ws, ids, nseq, len);
+    forward_hidden(m, ws, ids, nseq, len, NULL);
     /* Only the rows that are scored go through the head: gather them in chunks. */
     for (size_t t0 = 0; t0 < T;) {
         size_t rows = 0, idx[LOGIT_ROWS];
