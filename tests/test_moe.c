@@ -520,3 +520,165 @@ TEST(moe_hidden_gates_from_the_base_forward_pass)
     alloy_tokenizer_free(tok);
     alloy_llama_close(lm);
 }
+
+/* ------------------------------------------------------------ eval of a Mixtral */
+
+/* Builds, from tiny-llama base (attention, norms, embeddings) and the code and prose MLPs:
+ *   moe:   a Mixtral with zero routers (every expert's probability 1/2), experts code and prose;
+ *   dense: the Llama that equals it: with k = 2 an MLP of intermediate size 2F whose gate/up rows are
+ *          code's then prose's and whose down columns are both halved; with k = 1 (the tie goes to the
+ *          lower index, expert 0) the code MLP alone. */
+static int write_pair(const char *moe, const char *dense, int k)
+{
+    static const char *const w[3] = {"gate_proj", "up_proj", "down_proj"};
+    const int H = 128, F = 344, L = 4;
+    struct test_tensor mt[80], dt[80];
+    float *bufs[200];
+    int nm = 0, nd = 0, nb = 0;
+    char names[200][96];
+    const char *keep[] = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+    char code[512], prose[512], base[512];
+    snprintf(code, sizeof code, "%s", test_data(CODE));
+    snprintf(prose, sizeof prose, "%s", test_data(PROSE));
+    snprintf(base, sizeof base, "%s", test_data(BASE));
+    size_t n = 0;
+#define ADD(arr, cnt, nm_, nd_, d0, d1, data) \
+    arr[cnt++] = (struct test_tensor){nm_, "F32", nd_, {d0, d1}, data}
+    for (int i = 0; i < 3; i++) {
+        float *f = bufs[nb++] = read_f32(base, keep[i], &n);
+        if (!f) return -1;
+        long long d0 = i == 1 ? H : 260;
+        ADD(mt, nm, keep[i], i == 1 ? 1 : 2, d0, i == 1 ? 0 : H, f);
+        ADD(dt, nd, keep[i], i == 1 ? 1 : 2, d0, i == 1 ? 0 : H, f);
+    }
+    float *zero = bufs[nb++] = calloc(2 * (size_t)H, sizeof(float));
+    for (int l = 0; l < L; l++) {
+        static const char *const own[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                           "self_attn.o_proj", "input_layernorm", "post_attention_layernorm"};
+        static const long long sh[6][2] = {{128, 128}, {64, 128}, {64, 128}, {128, 128}, {128, 0}, {128, 0}};
+        for (int i = 0; i < 6; i++) {
+            char *nmb = names[nb];
+            snprintf(nmb, 96, "model.layers.%d.%s.weight", l, own[i]);
+            float *f = bufs[nb++] = read_f32(base, nmb, &n);
+            if (!f) return -1;
+            ADD(mt, nm, nmb, sh[i][1] ? 2 : 1, sh[i][0], sh[i][1], f);
+            ADD(dt, nd, nmb, sh[i][1] ? 2 : 1, sh[i][0], sh[i][1], f);
+        }
+        snprintf(names[nb], 96, "model.layers.%d.block_sparse_moe.gate.weight", l);
+        ADD(mt, nm, names[nb], 2, 2, H, zero);
+        nb++;
+        float *src[2][3];
+        for (int e = 0; e < 2; e++)
+            for (int j = 0; j < 3; j++) {
+                char nmx[96];
+                snprintf(nmx, sizeof nmx, "model.layers.%d.mlp.%s.weight", l, w[j]);
+                src[e][j] = bufs[nb] = read_f32(e ? prose : code, nmx, &n);
+                if (!src[e][j]) return -1;
+                snprintf(names[nb], 96, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weight", l, e,
+                         j == 0 ? 1 : j == 1 ? 3 : 2);
+                ADD(mt, nm, names[nb], 2, j == 2 ? H : F, j == 2 ? F : H, src[e][j]);
+                nb++;
+            }
+        int Fd = k == 2 ? 2 * F : F;
+        float *gate = bufs[nb++] = malloc((size_t)Fd * H * sizeof(float)), *up = bufs[nb++] = malloc((size_t)Fd * H * sizeof(float));
+        float *down = bufs[nb++] = malloc((size_t)Fd * H * sizeof(float));
+        for (int e = 0; e < k; e++) {
+            memcpy(gate + (size_t)e * F * H, src[e][0], (size_t)F * H * sizeof(float));
+            memcpy(up + (size_t)e * F * H, src[e][1], (size_t)F * H * sizeof(float));
+            for (int r = 0; r < H; r++)
+                for (int q = 0; q < F; q++) down[(size_t)r * Fd + e * F + q] = src[e][2][(size_t)r * F + q] / (float)k;
+        }
+        const float *dw[3] = {gate, up, down};
+        for (int j = 0; j < 3; j++) {
+            snprintf(names[nb], 96, "model.layers.%d.mlp.%s.weight", l, w[j]);
+            ADD(dt, nd, names[nb], 2, j == 2 ? H : Fd, j == 2 ? Fd : H, dw[j]);
+            bufs[nb++] = NULL;
+        }
+    }
+#undef ADD
+    char *cfg = test_read_file(test_data(BASE "/config.json"), NULL), mcfg[2000], dcfg[2000];
+    char *at = cfg ? strstr(cfg, "\"intermediate_size\": 344") : NULL;
+    if (!at) return -1;
+    snprintf(dcfg, sizeof dcfg, "%.*s\"intermediate_size\": %d%s", (int)(at - cfg), cfg, k == 2 ? 2 * F : F,
+             at + strlen("\"intermediate_size\": 344"));
+    at = strstr(cfg, "\"model_type\": \"llama\"");
+    snprintf(mcfg, sizeof mcfg, "%.*s\"model_type\": \"mixtral\", \"num_local_experts\": 2, \"num_experts_per_tok\": %d%s",
+             (int)(at - cfg), cfg, k, at + strlen("\"model_type\": \"llama\""));
+    int rc = test_write_model(moe, mt, nm, mcfg) || test_write_model(dense, dt, nd, dcfg);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    free(cfg);
+    return rc;
+}
+
+TEST(moe_eval_mixtral_equals_its_dense_equivalent)
+{
+    static const int32_t ids[32] = {256, 100, 101, 102, 32, 102, 40, 120, 41, 58, 10, 32, 32, 114, 101, 116,
+                                    117, 114, 110, 32, 120, 10, 73, 110, 32, 97, 32, 116, 105, 109, 101, 46};
+    for (int k = 1; k <= 2; k++) {
+        char moe[600], dense[600];
+        snprintf(moe, sizeof moe, "%s/mixtral_k%d", test_tmpdir(), k);
+        snprintf(dense, sizeof dense, "%s/dense_k%d", test_tmpdir(), k);
+        CHECK_INT(write_pair(moe, dense, k), 0);
+        struct alloy_llama *a = NULL, *b = NULL;
+        struct alloy_err err = {0};
+        CHECK_MSG(alloy_llama_open(moe, &a, &err) == 0, "%s", err.msg);
+        CHECK_MSG(alloy_llama_open(dense, &b, &err) == 0, "%s", err.msg);
+        if (!a || !b) {
+            alloy_llama_close(a);
+            alloy_llama_close(b);
+            return;
+        }
+        CHECK_INT(alloy_llama_cfg(a)->n_experts, 2);
+        CHECK_INT(alloy_llama_cfg(a)->experts_per_tok, k);
+        struct alloy_llama_ws *wa = alloy_llama_ws_new(a, 16, 2), *wb = alloy_llama_ws_new(b, 16, 2);
+        float *la = malloc(32 * 260 * sizeof *la), *lb = malloc(32 * 260 * sizeof *lb);
+        CHECK(wa && wb && la && lb);
+        if (wa && wb && la && lb) {
+            alloy_llama_logits(a, wa, ids, 2, 16, la);
+            alloy_llama_logits(b, wb, ids, 2, 16, lb);
+            double worst = 0;
+            for (int i = 0; i < 32 * 260; i++) worst = fmax(worst, fabs(la[i] - lb[i]));
+            CHECK_MSG(worst < 2e-4, "k=%d: logits differ by %g", k, worst);
+        }
+        alloy_llama_ws_free(wa);
+        alloy_llama_ws_free(wb);
+        free(la);
+        free(lb);
+        alloy_llama_close(a);
+        alloy_llama_close(b);
+    }
+}
+
+/* An assembled MoE whose experts are all the base scores the base's loss, whatever its routers. */
+TEST(moe_eval_identical_experts_score_the_dense_loss)
+{
+    char yaml[1200], out[600];
+    snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: random\nexperts:\n  - source_model: %s\n"
+             "  - source_model: %s\n  - source_model: %s\n", test_data(BASE), test_data(BASE), test_data(BASE),
+             test_data(BASE));
+    snprintf(out, sizeof out, "%s/same3", test_tmpdir());
+    struct alloy_moe_options o;
+    alloy_moe_options_init(&o);
+    o.config_text = yaml;
+    o.out_dir = out;
+    o.allow_crimes = 1;
+    struct alloy_err err = {0};
+    CHECK_MSG(alloy_moe(&o, &err) == 0, "%s", err.msg);
+    static const int32_t ids[24] = {256, 79, 110, 99, 101, 32, 117, 112, 111, 110, 32, 97,
+                                    32, 116, 105, 109, 101, 44, 32, 100, 101, 102, 32, 102};
+    int32_t tg[24];
+    for (int i = 0; i < 24; i++) tg[i] = i + 1 < 24 ? ids[i + 1] : -1;
+    double nll[2] = {0, 0};
+    const char *dirs[2] = {out, test_data(BASE)};
+    for (int m = 0; m < 2; m++) {
+        struct alloy_llama *lm = NULL;
+        CHECK_MSG(alloy_llama_open(dirs[m], &lm, &err) == 0, "%s", err.msg);
+        struct alloy_llama_ws *ws = lm ? alloy_llama_ws_new(lm, 24, 1) : NULL;
+        if (ws) alloy_llama_nll(lm, ws, ids, tg, 1, 24, &nll[m]);
+        if (lm) CHECK_INT(alloy_llama_cfg(lm)->n_experts, m ? 0 : 3);
+        alloy_llama_ws_free(ws);
+        alloy_llama_close(lm);
+    }
+    CHECK(nll[1] > 1);
+    CHECK_NEAR(nll[0], nll[1], 1e-4 * nll[1]);
+}
