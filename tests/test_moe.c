@@ -533,7 +533,7 @@ static int write_pair(const char *moe, const char *dense, int k)
     static const char *const w[3] = {"gate_proj", "up_proj", "down_proj"};
     const int H = 128, F = 344, L = 4;
     struct test_tensor mt[80], dt[80];
-    float *bufs[200];
+    float *bufs[200] = {0}; /* names[i] and bufs[i] share an index; bufs[i] may stay NULL */
     int nm = 0, nd = 0, nb = 0;
     char names[200][96];
     const char *keep[] = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
