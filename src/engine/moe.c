@@ -60,6 +60,12 @@ struct moe {
     float *gates;
 };
 
+/* The status of the error just set (err may be NULL: the caller wants no message). */
+static int failed(const struct alloy_err *err, int status)
+{
+    return err && err->status ? (int)err->status : status;
+}
+
 static void warn(const struct moe *m, const char *msg)
 {
     if (m->o->log) m->o->log(m->o->log_user, 0, msg);
@@ -82,7 +88,7 @@ static json_t *config_json(const struct alloy_model *mod, struct alloy_err *err)
 static int check_type(const struct alloy_model *mod, struct alloy_err *err)
 {
     json_t *j = config_json(mod, err);
-    if (!j) return err->status;
+    if (!j) return failed(err, ALLOY_ERR_FORMAT);
     const char *t = json_string_value(json_object_get(j, "model_type"));
     int ok = t && (strcmp(t, "llama") == 0 || strcmp(t, "mistral") == 0);
     int rc = ok ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s/config.json: model_type: expected llama or "
@@ -122,7 +128,7 @@ static int open_models(struct moe *m, struct alloy_err *err)
         rc = alloy_model_open(m->c->experts[e].source_model, &m->experts[e], err);
         if (!rc) rc = check_type(m->experts[e], err);
     }
-    if (!rc && !(m->config = config_json(m->base, err))) rc = err->status;
+    if (!rc && !(m->config = config_json(m->base, err))) rc = failed(err, ALLOY_ERR_NOMEM);
     if (rc) return rc;
     json_int_t L = json_integer_value(json_object_get(m->config, "num_hidden_layers"));
     json_int_t H = json_integer_value(json_object_get(m->config, "hidden_size"));
@@ -167,7 +173,7 @@ static int add_layer(struct moe *m, const char *prefix, size_t plen, long long l
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected a layer below num_hidden_layers %d",
                              alloy_model_dir(m->base), bgate->name, m->layers);
     struct out_t *r = add(m, alloy_xasprintf("%.*s.%lld.block_sparse_moe.gate.weight", (int)plen, prefix, l), err);
-    if (!r) return err->status;
+    if (!r) return failed(err, ALLOY_ERR_NOMEM);
     *r = (struct out_t){r->name, out_dtype(m, bgate->dtype), 2, {(int64_t)m->c->nexperts, m->hidden}, NULL, (int)l,
                         1, 0, 0, 0};
     for (size_t e = 0; e < m->c->nexperts; e++) {
@@ -183,7 +189,7 @@ static int add_layer(struct moe *m, const char *prefix, size_t plen, long long l
                                      x ? "another shape or dtype" : "no such tensor");
             struct out_t *t = add(m, alloy_xasprintf("%.*s.%lld.block_sparse_moe.experts.%zu.w%d.weight", (int)plen,
                                                      prefix, l, e, w + 1), err);
-            if (!t) return err->status;
+            if (!t) return failed(err, ALLOY_ERR_NOMEM);
             t->dtype = out_dtype(m, x->dtype);
             t->ndim = 2;
             t->shape[0] = x->shape[0];
@@ -221,7 +227,7 @@ static int plan(struct moe *m, struct alloy_err *err)
             break;
         }
         struct out_t *t = add(m, alloy_xstrdup(s->name), err);
-        if (!t) rc = err->status;
+        if (!t) rc = failed(err, ALLOY_ERR_NOMEM);
         else {
             t->dtype = out_dtype(m, s->dtype);
             t->ndim = s->ndim;
@@ -229,6 +235,11 @@ static int plan(struct moe *m, struct alloy_err *err)
             t->src = s;
         }
     }
+    for (int l = 0; l < m->layers && !rc; l++)
+        if (!done[l])
+            rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model.layers.%d.mlp.gate_proj.weight: expected an MLP in "
+                               "each of the num_hidden_layers %d layers, found none in this one",
+                               alloy_model_dir(m->base), l, m->layers);
     free(done);
     uint64_t off = 0;
     for (size_t i = 0; i < m->n && !rc; i++) {
