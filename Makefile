@@ -8,7 +8,7 @@
 #   make tsan       run the test suite under ThreadSanitizer
 #   make fuzz       build the libFuzzer targets (clang) and run each for FUZZ_SECONDS
 #   make bench      run the throughput / memory benchmark (bench/README.md)
-#   make install    install alloy, the mergekit-yaml, mergekit-multi and mergekit-extract-lora aliases, liballoy.{a,so}, alloy.h and alloy.pc under $(PREFIX)
+#   make install    install alloy, the mergekit-yaml, mergekit-multi, mergekit-moe and mergekit-extract-lora aliases, liballoy.{a,so}, alloy.h and alloy.pc under $(PREFIX)
 #
 # The shared library is linked from its own position-independent objects ($(BUILD)/pic/), so the
 # CLI and liballoy.a keep the non-PIC merge kernels. `make check` installs into $(BUILD)/inst and
@@ -108,6 +108,7 @@ define install_to
 	ln -sf alloy $(1)/bin/mergekit-yaml
 	ln -sf alloy $(1)/bin/mergekit-extract-lora
 	ln -sf alloy $(1)/bin/mergekit-multi
+	ln -sf alloy $(1)/bin/mergekit-moe
 	install -m 644 $(BUILD)/liballoy.a $(1)/lib/liballoy.a
 	install -m 755 $(BUILD)/$(SO_FILE) $(1)/lib/$(SO_FILE)
 	ln -sf $(SO_FILE) $(1)/lib/liballoy.so.$(SOMAJOR)

@@ -80,6 +80,7 @@ void cli_catch_signals(void);
 int cmd_merge(int argc, char **argv, int multi);
 int cmd_eval(int argc, char **argv);
 int cmd_lora(int argc, char **argv);
+int cmd_moe(int argc, char **argv);  /* `alloy moe` / `mergekit-moe` (cmd_moe.c) */
 int cli_lora_merge(int argc, char **argv); /* `alloy lora merge` (argv[0] = "merge") */
 /* `alloy lora extract` / `mergekit-extract-lora` (cmd_lora_extract.c); argv[0] is the command name. */
 int cli_lora_extract(int argc, char **argv);

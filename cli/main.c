@@ -1,6 +1,6 @@
 /*
  * main.c — the alloy command line: dispatch (`alloy merge`, `alloy eval`,
- * the `mergekit-yaml` and `mergekit-multi` aliases, --help, --version) and
+ * the `mergekit-yaml`, `mergekit-multi` and `mergekit-moe` aliases, --help, --version) and
  * what every command shares (cli.h): the option parser, error and log
  * lines, the progress bar, the signal policy.
  *
@@ -185,6 +185,7 @@ static void main_usage(FILE *f)
             "usage: alloy merge CONFIG.yml OUT_DIR [options]   merge models as a mergekit YAML config says\n"
             "                                                  (several documents: a multi-stage merge)\n"
             "       alloy eval MODEL... --text FILE [options]  measure loss/perplexity of models on texts\n"
+            "       alloy moe CONFIG.yml OUT_DIR               a Mixtral MoE from dense experts (mergekit-moe)\n"
             "       alloy lora apply MODEL ADAPTER OUT_DIR      merge a PEFT LoRA adapter into its model\n"
             "       alloy lora merge CONFIG.yml OUT_DIR         combine LoRA adapters into one adapter\n"
             "       alloy lora extract --model FT --base-model BASE --out-path OUT   a LoRA adapter from a fine-tune\n"
@@ -231,6 +232,7 @@ int main(int argc, char **argv)
     if (!strcmp(prog, "mergekit-yaml")) return finish(cmd_merge(argc, argv, 0));
     if (!strcmp(prog, "mergekit-multi")) return finish(cmd_merge(argc, argv, 1));
     if (!strcmp(prog, "mergekit-extract-lora")) return finish(cli_lora_extract(argc, argv));
+    if (!strcmp(prog, "mergekit-moe")) return finish(cmd_moe(argc, argv));
     if (argc < 2) {
         main_usage(stderr);
         return 2;
@@ -240,6 +242,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "eval")) return finish(cmd_eval(argc - 1, argv + 1));
     if (!strcmp(cmd, "lora")) return finish(cmd_lora(argc - 1, argv + 1));
     if (!strcmp(cmd, "convert")) return finish(cmd_convert(argc - 1, argv + 1));
+    if (!strcmp(cmd, "moe")) return finish(cmd_moe(argc - 1, argv + 1));
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         main_usage(stdout);
         return finish(0);

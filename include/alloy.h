@@ -536,6 +536,33 @@ struct alloy_lora_extract_options {
 void alloy_lora_extract_options_init(struct alloy_lora_extract_options *o);
 int  alloy_lora_extract(const struct alloy_lora_extract_options *o, struct alloy_err *err);
 
+/* ---------------------------------------------------------------- MoE assembly */
+
+/*
+ * `alloy moe CONFIG OUT` (mergekit-moe, docs/moe.md): a Mixtral-style
+ * mixture of experts from a dense base and dense experts of its shape.
+ * Attention, norms and embeddings come from the base; each expert's MLP
+ * becomes block_sparse_moe.experts.E.{w1,w3,w2}; the routers
+ * (block_sparse_moe.gate.weight, [experts, hidden]) come from gate_mode.
+ * Tensors are copied as they are read (bounded memory); the folder is
+ * published whole or not at all.
+ */
+struct alloy_moe_options {
+    const char *config_path;   /* mergekit-moe YAML file */
+    const char *config_text;   /* or its text (config_path, if set, labels messages) */
+    const char *out_dir;
+    int         allow_crimes;  /* --i-understand-this-is-not-useful-without-training */
+    int         has_seed;      /* random gates and noise_scale: the seed (default 0) */
+    uint64_t    seed;
+    int         copy_tokenizer;/* default 1 */
+    int         overwrite;
+    alloy_log_fn log;
+    void       *log_user;
+};
+
+void alloy_moe_options_init(struct alloy_moe_options *o);
+int  alloy_moe(const struct alloy_moe_options *o, struct alloy_err *err);
+
 /* ---------------------------------------------------------------- sizes */
 
 /* Parses a byte count: "4096", "500M", "1G", "5B", "2.5G", "512MiB".

@@ -1,5 +1,5 @@
 #!/bin/sh
-# demo.sh — merge the bundled tiny models, apply a LoRA adapter, and evaluate the results.
+# demo.sh — merge the bundled tiny models, apply a LoRA adapter, assemble a MoE, and evaluate the results.
 # Usage: scripts/demo.sh [path/to/alloy]
 set -e
 ALLOY=${1:-build/alloy}
@@ -51,4 +51,14 @@ if "$ALLOY" eval --help >/dev/null 2>&1; then
   head -c 3000 tests/data/eval_prose.txt | awk '{ printf "<|im_start|>user\n%s<|im_end|>\n", $0 }' > "$OUT/chat.txt"
   echo "== alloy eval: the union merge next to its parents on a chat-formatted text"
   "$ALLOY" eval tests/data/tiny-llama/prose "$CHAT" "$OUT/union" --text "$OUT/chat.txt"
+fi
+
+# A mixture of experts (mergekit-moe): the code and prose MLPs as two experts behind the base's attention,
+# routers from the base's hidden states on each expert's prompts, evaluated next to its parents.
+echo "== alloy moe examples/moe/tiny_mixtral.yml $OUT/moe (a 2-expert Mixtral)"
+"$ALLOY" moe examples/moe/tiny_mixtral.yml "$OUT/moe" --overwrite
+if "$ALLOY" eval --help >/dev/null 2>&1; then
+  echo "== alloy eval: the MoE next to its base and experts"
+  "$ALLOY" eval tests/data/tiny-llama/base tests/data/tiny-llama/code tests/data/tiny-llama/prose "$OUT/moe" \
+    --text tests/data/eval_code.txt --text tests/data/eval_prose.txt
 fi

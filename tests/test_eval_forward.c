@@ -445,7 +445,8 @@ TEST(eval_model_errors)
                       ALLOY_ERR_SHAPE);
 
     write_text(dir, "config.json", "{\"model_type\": \"gpt2\"}");
-    snprintf(buf, sizeof buf, "%s/config.json: model_type: \"gpt2\" is not supported (llama, mistral, qwen2 are)", dir);
+    snprintf(buf, sizeof buf, "%s/config.json: model_type: \"gpt2\" is not supported (llama, mistral, "
+             "mixtral, qwen2 are)", dir);
     expect_open_error(dir, buf, ALLOY_ERR_UNSUPPORTED);
 
     write_text(dir, "config.json", "{\"model_type\": \"llama\", oops}");

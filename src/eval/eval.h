@@ -27,7 +27,7 @@
 enum alloy_rope_kind { ALLOY_ROPE_DEFAULT = 0, ALLOY_ROPE_LINEAR, ALLOY_ROPE_LLAMA3 };
 
 struct alloy_llama_config {
-    char   model_type[16];          /* "llama", "mistral", "qwen2" */
+    char   model_type[16];          /* "llama", "mistral", "mixtral", "qwen2" */
     int    vocab_size, hidden_size, intermediate_size;
     int    num_layers, num_heads, num_kv_heads, head_dim;
     int    max_position_embeddings;
@@ -40,6 +40,7 @@ struct alloy_llama_config {
     int    tie_word_embeddings;
     int    sliding_window;          /* 0: full causal attention */
     int    bos_token_id;            /* -1: none */
+    int    n_experts, experts_per_tok; /* mixtral: experts per layer and per token; 0: dense MLPs */
 };
 
 /* Parses config.json text; `label` (the file path) prefixes every error. */
@@ -71,6 +72,13 @@ void alloy_llama_ws_free(struct alloy_llama_ws *ws);
  * [nseq*len][vocab_size] into `logits`. Ids must be in [0, vocab_size). */
 void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
                         int len, float *logits);
+
+/* The residual stream of one sequence (ids[len]) at its last position: the hidden state entering each
+ * layer (the embedding row for layer 0), then after the last layer before the final norm, into
+ * out[(num_layers + 1) * hidden_size] — Hugging Face's output_hidden_states but for the last entry,
+ * which HF gives after the final norm. What MoE routers are initialised from (engine/moe_gates.c). */
+void alloy_llama_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
+                           float *out);
 
 /* Same forward pass, reduced to the negative log-likelihood: for sequence s
  * and each position t with targets[s*len+t] >= 0, adds

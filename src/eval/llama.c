@@ -1,6 +1,7 @@
 /*
  * llama.c — config.json parsing, weight loading and the float32 forward pass
- * of Llama-family causal language models (Llama, Mistral, Qwen2).
+ * of Llama-family causal language models (Llama, Mistral, Qwen2, and
+ * Mixtral, whose sparse MoE block is llama_moe.c).
  *
  * DESIGN
  *   The forward pass is HF `LlamaForCausalLM` with eager attention, in
@@ -20,6 +21,7 @@
  *     and attention never crosses a sequence boundary.
  */
 #include "eval/eval.h"
+#include "eval/llama_impl.h"
 #include "core/internal.h"
 #include "formats/tensor_file.h"
 
@@ -28,30 +30,6 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
-
-struct llama_layer {
-    const float *attn_norm, *ffn_norm;
-    const float *wqkv, *bqkv; /* [(nh + 2 nkv) hd][H], bias or NULL */
-    const float *wo, *bo;     /* [H][nh hd] */
-    const float *wgu, *bgu;   /* [2 F][H]: gate rows, then up rows */
-    const float *wdown, *bdown; /* [H][F] */
-};
-
-struct alloy_llama {
-    struct alloy_llama_config cfg;
-    char *dir;
-    float *arena;
-    uint64_t n_params;
-    const float *embed, *norm, *lm_head;
-    struct llama_layer *layers;
-    float *inv_freq; /* [head_dim / 2] */
-};
-
-struct alloy_llama_ws {
-    int max_len, max_seqs;
-    float *h, *a, *qkv, *att, *gu, *act, *scores, *logits, *sel;
-    float *cos, *sin; /* [max_len][head_dim / 2] */
-};
 
 #define LOGIT_ROWS 64 /* rows of logits materialised at a time by alloy_llama_nll */
 #define ATT_BLOCK 32  /* query rows per causal attention block */
@@ -198,11 +176,11 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
         goto done;
     }
     const char *type = json_string_value(mt);
-    int is_llama = strcmp(type, "llama") == 0, is_mistral = strcmp(type, "mistral") == 0,
-        is_qwen2 = strcmp(type, "qwen2") == 0;
+    int is_llama = strcmp(type, "llama") == 0, is_mixtral = strcmp(type, "mixtral") == 0,
+        is_mistral = is_mixtral || strcmp(type, "mistral") == 0, is_qwen2 = strcmp(type, "qwen2") == 0;
     if (!is_llama && !is_mistral && !is_qwen2) {
-        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, qwen2 are)",
-                           label, type);
+        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, "
+                           "mixtral, qwen2 are)", label, type);
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", type);
@@ -260,6 +238,9 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
     } else {
         if ((rc = cfg_int(root, label, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, err))) goto done;
     }
+    if (is_mixtral && ((rc = cfg_int(root, label, "num_local_experts", -1, 1, 1024, &c->n_experts, err)) ||
+                       (rc = cfg_int(root, label, "num_experts_per_tok", 2, 1, c->n_experts, &c->experts_per_tok, err))))
+        goto done;
     const json_t *bos = json_object_get(root, "bos_token_id");
     c->bos_token_id = -1;
     if (json_is_integer(bos) && json_integer_value(bos) >= 0 && json_integer_value(bos) < c->vocab_size)
@@ -376,6 +357,21 @@ static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, co
         }
         PTR(L->wo); LLOAD("self_attn.o_proj.weight", H, Q);
         if (c->o_bias) { PTR(L->bo); LLOAD("self_attn.o_proj.bias", H, -1); }
+        if (c->n_experts) { /* Mixtral: router, every expert's w1 and w3, then every w2 */
+            char sub[96];
+            PTR(L->router); LLOAD("block_sparse_moe.gate.weight", c->n_experts, H);
+            PTR(L->wgu);
+            for (int e = 0; e < 2 * c->n_experts; e++) {
+                snprintf(sub, sizeof sub, "block_sparse_moe.experts.%d.w%d.weight", e / 2, e % 2 ? 3 : 1);
+                LLOAD(sub, F, H);
+            }
+            PTR(L->wdown);
+            for (int e = 0; e < c->n_experts; e++) {
+                snprintf(sub, sizeof sub, "block_sparse_moe.experts.%d.w2.weight", e);
+                LLOAD(sub, H, F);
+            }
+            continue;
+        }
         PTR(L->wgu);
         LLOAD("mlp.gate_proj.weight", F, H);
         LLOAD("mlp.up_proj.weight", F, H);
@@ -503,7 +499,7 @@ struct alloy_llama_ws *alloy_llama_ws_new(const struct alloy_llama *m, int max_l
     ws->cos = alloy_xmalloc((size_t)max_len * half * sizeof(float));
     ws->sin = alloy_xmalloc((size_t)max_len * half * sizeof(float));
     if (!ws->h || !ws->a || !ws->qkv || !ws->att || !ws->gu || !ws->act || !ws->scores || !ws->logits || !ws->sel || !ws->cos ||
-        !ws->sin) {
+        !ws->sin || (c->n_experts && alloy_llama_moe_ws(m, ws, T))) {
         alloy_llama_ws_free(ws);
         return NULL;
     }
@@ -531,6 +527,9 @@ void alloy_llama_ws_free(struct alloy_llama_ws *ws)
     free(ws->sel);
     free(ws->cos);
     free(ws->sin);
+    free(ws->route);
+    free(ws->mx);
+    free(ws->my);
     free(ws);
 }
 
@@ -694,12 +693,23 @@ VEC_CLONES static void rmsnorm(const float *x, const float *w, float *out, size_
     }
 }
 
-/* Runs the layers; leaves the final-normed hidden states [nseq*len][H] in ws->a. */
+static void ffn(const struct alloy_llama *m, const float *wgu, const float *bgu, const float *wdown, const float *bdown,
+                const float *x, float *gu, float *act, float *y, size_t T)
+{
+    size_t H = (size_t)m->cfg.hidden_size, F = (size_t)m->cfg.intermediate_size;
+    linear(x, wgu, bgu, gu, T, 2 * F, H);
+    for (size_t t = 0; t < T; t++) silu_mul(gu + t * 2 * F, gu + t * 2 * F + F, act + t * F, F);
+    linear(act, wdown, bdown, y, T, H, F);
+}
+
+/* Runs the layers; leaves the final-normed hidden states [nseq*len][H] in ws->a. taps (NULL: none)
+ * receives the residual stream of the last position of sequence 0 entering each layer and after the
+ * last one, [(num_layers + 1) * H]. */
 static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
-                           int len)
+                           int len, float *taps)
 {
     const struct alloy_llama_config *c = &m->cfg;
-    size_t T = (size_t)nseq * (size_t)len, H = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
+    size_t T = (size_t)nseq * (size_t)len, H = (size_t)c->hidden_size;
     size_t hd = (size_t)c->head_dim, half = hd / 2, nh = (size_t)c->num_heads, nkv = (size_t)c->num_kv_heads;
     size_t Q = nh * hd, QKV = Q + 2 * nkv * hd, group = nh / nkv;
     float eps = (float)c->rms_norm_eps, scale = (float)(1.0 / sqrt((double)hd));
@@ -708,6 +718,7 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
     for (size_t t = 0; t < T; t++) memcpy(ws->h + t * H, m->embed + (size_t)ids[t] * H, H * sizeof(float));
     for (int l = 0; l < c->num_layers; l++) {
         const struct llama_layer *L = &m->layers[l];
+        if (taps) memcpy(taps + (size_t)l * H, ws->h + (n - 1) * H, H * sizeof(float));
         rmsnorm(ws->h, L->attn_norm, ws->a, T, H, eps);
         linear(ws->a, L->wqkv, L->bqkv, ws->qkv, T, QKV, H);
         for (size_t t = 0; t < T; t++) {
@@ -742,18 +753,24 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
         linear(ws->att, L->wo, L->bo, ws->a, T, H, Q);
         add_inplace(ws->h, ws->a, T * H);
         rmsnorm(ws->h, L->ffn_norm, ws->a, T, H, eps);
-        linear(ws->a, L->wgu, L->bgu, ws->gu, T, 2 * F, H);
-        for (size_t t = 0; t < T; t++) silu_mul(ws->gu + t * 2 * F, ws->gu + t * 2 * F + F, ws->act + t * F, F);
-        linear(ws->act, L->wdown, L->bdown, ws->a, T, H, F);
+        if (c->n_experts) alloy_llama_moe_block(m, L, ws, T, ffn);
+        else ffn(m, L->wgu, L->bgu, L->wdown, L->bdown, ws->a, ws->gu, ws->act, ws->a, T);
         add_inplace(ws->h, ws->a, T * H);
     }
+    if (taps) memcpy(taps + (size_t)c->num_layers * H, ws->h + (n - 1) * H, H * sizeof(float));
     rmsnorm(ws->h, m->norm, ws->a, T, H, eps);
+}
+
+void alloy_llama_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
+                           float *out)
+{
+    forward_hidden(m, ws, ids, 1, len, out);
 }
 
 void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
                         int len, float *logits)
 {
-    forward_hidden(m, ws, ids, nseq, len);
+    forward_hidden(m, ws, ids, nseq, len, NULL);
     linear(ws->a, m->lm_head, NULL, logits, (size_t)nseq * (size_t)len, (size_t)m->cfg.vocab_size,
            (size_t)m->cfg.hidden_size);
 }
@@ -762,7 +779,7 @@ void alloy_llama_nll(const struct alloy_llama *m, struct alloy_llama_ws *ws, con
                      const int32_t *targets, int nseq, int len, double *nll_sum)
 {
     size_t T = (size_t)nseq * (size_t)len, V = (size_t)m->cfg.vocab_size, H = (size_t)m->cfg.hidden_size;
-    forward_hidden(m, ws, ids, nseq, len);
+    forward_hidden(m, ws, ids, nseq, len, NULL);
     /* Only the rows that are scored go through the head: gather them in chunks. */
     for (size_t t0 = 0; t0 < T;) {
         size_t rows = 0, idx[LOGIT_ROWS];

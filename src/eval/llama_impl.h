@@ -1,0 +1,51 @@
+/*
+ * llama_impl.h — the Llama model and workspace layout shared by llama.c
+ * (dense forward pass) and llama_moe.c (Mixtral's sparse MoE block).
+ * Private to src/eval/.
+ */
+#ifndef ALLOY_LLAMA_IMPL_H
+#define ALLOY_LLAMA_IMPL_H
+
+#include "eval/eval.h"
+
+#include <stddef.h>
+
+struct llama_layer {
+    const float *attn_norm, *ffn_norm;
+    const float *wqkv, *bqkv; /* [(nh + 2 nkv) hd][H], bias or NULL */
+    const float *wo, *bo;     /* [H][nh hd] */
+    const float *wgu, *bgu;   /* [2 F][H]: gate rows, then up rows; Mixtral: [E][2 F][H], w1 rows then w3 rows */
+    const float *wdown, *bdown; /* [H][F]; Mixtral: [E][H][F] (w2) */
+    const float *router;      /* Mixtral: [E][H] (block_sparse_moe.gate), else NULL */
+};
+
+struct alloy_llama {
+    struct alloy_llama_config cfg;
+    char *dir;
+    float *arena;
+    uint64_t n_params;
+    const float *embed, *norm, *lm_head;
+    struct llama_layer *layers;
+    float *inv_freq; /* [head_dim / 2] */
+};
+
+struct alloy_llama_ws {
+    int max_len, max_seqs;
+    float *h, *a, *qkv, *att, *gu, *act, *scores, *logits, *sel;
+    float *cos, *sin; /* [max_len][head_dim / 2] */
+    float *route, *mx, *my; /* Mixtral: router weights [T][E], gathered rows and the block's output [T][H] */
+};
+
+/* The SiLU-gated MLP y[T][H] = down(silu(gate x) * up x) with weights wgu [2F][H] and wdown [H][F]
+ * (biases may be NULL), scratch gu [T][2F] and act [T][F]; y may be x. */
+typedef void (*llama_ffn_fn)(const struct alloy_llama *m, const float *wgu, const float *bgu, const float *wdown,
+                             const float *bdown, const float *x, float *gu, float *act, float *y, size_t T);
+
+/* Mixtral's sparse MoE block (llama_moe.c) over ws->a [T][H] (the post-attention-normed states), its
+ * output left in ws->a. */
+void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer *L, struct alloy_llama_ws *ws,
+                           size_t T, llama_ffn_fn ffn);
+/* Allocates the workspace's MoE buffers for T tokens; 0, or -1 when out of memory. */
+int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T);
+
+#endif

@@ -1,0 +1,73 @@
+/*
+ * llama_moe.c — Mixtral's sparse MoE block for the evaluator (HF
+ * MixtralSparseMoeBlock, float32).
+ *
+ * DESIGN
+ *   For each token: router logits = W_gate x ([E]); softmax in float32;
+ *   the experts_per_token largest probabilities (ties: the lower expert
+ *   index) renormalised to sum 1; output = Σ weight_e · expert_e(x), each
+ *   expert the same SiLU-gated MLP as a dense layer. Tokens are grouped per
+ *   expert: the rows routed to expert e are gathered, run through its MLP as
+ *   one batch (llama.c's sgemm path), and added back weighted, so the cost is
+ *   experts_per_token dense MLPs per token.
+ */
+#include "eval/llama_impl.h"
+#include "core/internal.h"
+
+#include <cblas.h>
+#include <math.h>
+
+int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T)
+{
+    size_t E = (size_t)m->cfg.n_experts, H = (size_t)m->cfg.hidden_size;
+    ws->route = alloy_xmalloc(T * E * sizeof(float));
+    ws->mx = alloy_xmalloc(T * H * sizeof(float));
+    ws->my = alloy_xmalloc(T * H * sizeof(float));
+    return ws->route && ws->mx && ws->my ? 0 : -1;
+}
+
+/* Row r[E] of router logits to routing weights in place: top k of the softmax, renormalised; others 0. */
+static void route_row(float *r, int E, int k)
+{
+    float mx = r[0];
+    for (int e = 1; e < E; e++) mx = r[e] > mx ? r[e] : mx;
+    double sum = 0;
+    for (int e = 0; e < E; e++) sum += (r[e] = expf(r[e] - mx));
+    for (int e = 0; e < E; e++) r[e] = (float)(r[e] / sum);
+    unsigned char keep[1024] = {0};
+    double kept = 0;
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (!keep[e] && (best < 0 || r[e] > r[best])) best = e;
+        keep[best] = 1;
+        kept += r[best];
+    }
+    for (int e = 0; e < E; e++) r[e] = keep[e] ? (float)(r[e] / kept) : 0.0f;
+}
+
+void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer *L, struct alloy_llama_ws *ws,
+                           size_t T, llama_ffn_fn ffn)
+{
+    const struct alloy_llama_config *c = &m->cfg;
+    size_t E = (size_t)c->n_experts, H = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)E, (int)H, 1.0f, ws->a, (int)H, L->router,
+                (int)H, 0.0f, ws->route, (int)E);
+    for (size_t t = 0; t < T; t++) route_row(ws->route + t * E, (int)E, c->experts_per_tok);
+    memset(ws->my, 0, T * H * sizeof(float));
+    for (size_t e = 0; e < E; e++) {
+        size_t n = 0;
+        for (size_t t = 0; t < T; t++)
+            if (ws->route[t * E + e] > 0) memcpy(ws->mx + n++ * H, ws->a + t * H, H * sizeof(float));
+        if (!n) continue;
+        ffn(m, L->wgu + e * 2 * F * H, NULL, L->wdown + e * H * F, NULL, ws->mx, ws->gu, ws->act, ws->mx, n);
+        n = 0;
+        for (size_t t = 0; t < T; t++) {
+            float w = ws->route[t * E + e];
+            if (w <= 0) continue;
+            const float *y = ws->mx + n++ * H;
+            for (size_t j = 0; j < H; j++) ws->my[t * H + j] += w * y[j];
+        }
+    }
+    memcpy(ws->a, ws->my, T * H * sizeof(float));
+}
