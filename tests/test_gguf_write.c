@@ -407,6 +407,71 @@ TEST(gguf_write_quantized_passthrough_copies_blocks)
     CHECK_INT(test_leftovers(test_tmpdir()), 0);
 }
 
+/* The plan of a merge into model's GGUF (--dry-run), NULL on error; nothing is written. */
+static char *dry_run_plan(const char *model, const char *out, const char *outtype)
+{
+    char cfg[1100], *plan = NULL;
+    size_t len = 0;
+    snprintf(cfg, sizeof cfg, "models:\n  - model: %s\nmerge_method: passthrough\n", model);
+    struct alloy_merge_options o;
+    alloy_merge_options_init(&o);
+    o.config_text = cfg;
+    o.out_dir = out;
+    o.outtype = outtype;
+    o.dry_run = 1;
+    FILE *f = open_memstream(&plan, &len);
+    if (!f) return NULL;
+    o.plan_out = f;
+    struct alloy_err err = {0};
+    int rc = alloy_merge(&o, &err);
+    fclose(f);
+    CHECK_MSG(rc == ALLOY_OK, "%s", err.msg);
+    if (rc) free(plan);
+    return rc ? NULL : plan;
+}
+
+/* Each tensor of expected.json's entry golden is in the plan as " => NAME TYPE<how>\n", how being `quant` for a
+ * quantized type and nothing for a float one (re-encoded). */
+static void check_plan_notes(const char *plan, const char *golden, const char *quant)
+{
+    json_error_t je;
+    json_t *exp = json_load_file(GG("expected.json"), 0, &je);
+    json_t *tensors = json_object_get(json_object_get(json_object_get(exp, "files"), golden), "tensors");
+    CHECK_MSG(plan && json_array_size(tensors) > 0, "no plan or no %s", golden);
+    for (size_t i = 0; plan && i < json_array_size(tensors); i++) {
+        json_t *t = json_array_get(tensors, i);
+        const char *type = json_string_value(json_object_get(t, "type"));
+        char want[256], upper[16] = {0};
+        for (size_t k = 0; type && type[k] && k < sizeof upper - 1; k++) upper[k] = (char)toupper((unsigned char)type[k]);
+        int is_float = upper[0] == 'F' || upper[0] == 'B';
+        snprintf(want, sizeof want, " => %s %s%s\n", json_string_value(json_object_get(t, "name")), upper,
+                 is_float ? "" : quant);
+        CHECK_MSG(strstr(plan, want), "missing \"%s\"", want);
+    }
+    json_decref(exp);
+}
+
+/* --dry-run into a .gguf says, per tensor, its GGUF name and type and whether the input's blocks are copied
+ * (quantized passthrough) or the merged floats quantized; it writes nothing. */
+TEST(gguf_write_dry_run_says_which_blocks_are_copied)
+{
+    char out[512];
+    snprintf(out, sizeof out, "%s/dry.gguf", test_tmpdir());
+    char *plan = dry_run_plan(GG("quant/base-Q4_K_M.gguf"), out, "q4_k_m");
+    check_plan_notes(plan, "quant/base-Q4_K_M.gguf", ", blocks copied unchanged");
+    CHECK(plan && !strstr(plan, ", quantized\n"));
+    free(plan);
+    plan = dry_run_plan("tests/data/tiny-llama/base", out, "q4_k_m");
+    check_plan_notes(plan, "tiny/tiny-base-Q4_K_M.gguf", ", quantized");
+    CHECK(plan && !strstr(plan, "copied"));
+    free(plan);
+    plan = dry_run_plan(GG("quant/base-Q4_K_M.gguf"), out, "q8_0"); /* another type: quantized again */
+    CHECK(plan && strstr(plan, " => blk.0.attn_q.weight Q8_0, quantized\n") && !strstr(plan, "copied"));
+    free(plan);
+    CHECK(access(out, F_OK) != 0);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
+}
+
 /* Quantizing from the merged floats: tiny-llama/base (the HF folder tiny-base-f32.gguf was converted from) to
  * q4_k_m is llama-quantize's tiny-base-Q4_K_M.gguf byte for byte (its Q5_0/Q8_0 fallbacks, F16 ffn_down, Q/K rows
  * permuted before quantizing), in llama-quantize's tensor order. */
