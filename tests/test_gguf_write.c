@@ -530,12 +530,11 @@ TEST(gguf_write_imatrix_like_llama_quantize)
 
 /* ------------------------------------------------------------ SentencePiece ("llama") tokenizer keys */
 
-/* tiny-llama/base with tokenizer.json tok (stolen) and a Llama-2 style tokenizer_config.json, merged into a
- * GGUF at out; the opened output, NULL on error. */
-static struct alloy_gguf *spm_gguf(const char *name, json_t *tok, const char *out)
+/* dir[n] = <tmp>/name: tiny-llama/base with tokenizer.json tok (stolen) and a Llama-2 style tokenizer_config.json. */
+static void spm_dir(const char *name, json_t *tok, char *dir, size_t n)
 {
-    char dir[512], cmd[2048], path[600];
-    snprintf(dir, sizeof dir, "%s/%s", test_tmpdir(), name);
+    char cmd[2048], path[600];
+    snprintf(dir, n, "%s/%s", test_tmpdir(), name);
     snprintf(cmd, sizeof cmd, "mkdir -p %s && cp tests/data/tiny-llama/base/config.json "
              "tests/data/tiny-llama/base/model.safetensors %s/", dir, dir);
     CHECK_INT(test_run(cmd, NULL), 0);
@@ -545,8 +544,15 @@ static struct alloy_gguf *spm_gguf(const char *name, json_t *tok, const char *ou
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     CHECK_INT(test_write_text(path, "{\"add_bos_token\": true, \"add_eos_token\": false, \"bos_token\": \"<s>\", "
                                     "\"eos_token\": \"</s>\", \"unk_token\": \"<unk>\"}"), 0);
+}
+
+/* spm_dir's folder merged into a GGUF at out; the opened output, NULL on error. */
+static struct alloy_gguf *spm_gguf(const char *name, json_t *tok, const char *out)
+{
+    char dir[512];
     struct alloy_err err = {0};
     struct alloy_gguf *g = NULL;
+    spm_dir(name, tok, dir, sizeof dir);
     CHECK_MSG(merge_to(dir, out, "f32", NULL, &err) == ALLOY_OK, "%s", err.msg);
     CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
     return g;
@@ -650,4 +656,24 @@ TEST(gguf_write_spm_tokenizer_from_unigram)
         {4, "t", -3.25f, 1}, {5, "\u2581t", -1.5f, 1}, {6, "<0x41>", 0, 6}, {7, "[PAD7]", -1000, 5},
     };
     if (g) check_spm_keys(g, w, ALLOY_ARRAY_LEN(w), 7, 0);
+}
+
+/* Vocabularies the writer has no form for, and a malformed merge of a "llama"-form BPE, are refused by name and
+ * leave no file. */
+TEST(gguf_write_spm_tokenizer_refusals)
+{
+    char dir[512], out[512];
+    struct alloy_err err = {0};
+    snprintf(out, sizeof out, "%s/bad.gguf", test_tmpdir());
+    spm_dir("wp", json_pack("{s:{s:s, s:{s:i}}}", "model", "type", "WordPiece", "vocab", "a", 0), dir, sizeof dir);
+    CHECK(merge_to(dir, out, "f32", NULL, &err) == ALLOY_ERR_UNSUPPORTED);
+    CHECK_STR_CONTAINS(err.msg, "tokenizer.json: model.type: \"BPE\" or \"Unigram\" (the forms the GGUF writer knows), "
+                                "found \"WordPiece\"");
+    spm_dir("badmerge", json_pack("{s:{s:s, s:b, s:{s:i, s:i, s:i}, s:[s, i]}}", "model", "type", "BPE",
+                                  "byte_fallback", 1, "vocab", "\u2581", 0, "t", 1, "\u2581t", 2, "merges", "\u2581 t", 7),
+            dir, sizeof dir);
+    CHECK(merge_to(dir, out, "f32", NULL, &err) == ALLOY_ERR_FORMAT);
+    CHECK_STR_CONTAINS(err.msg, "tokenizer.json: model.merges[1]: \"left right\" or a pair of strings, found another value");
+    CHECK(access(out, F_OK) != 0);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
 }
