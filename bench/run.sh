@@ -22,6 +22,13 @@
 #      planning: `alloy merge --dry-run` of two sharded models of 10^6
 #      one-element tensors each (10^5 with --quick): seconds, and peak RSS
 #      per byte of safetensors header and index read.
+#   5b. GGUF output (linear, 2 models, the same configs): `alloy merge CFG
+#      out.gguf --outtype q4_k_m` in one pass against the two-step path,
+#      `alloy merge CFG out/` then `alloy convert out/ out.gguf --outtype
+#      q4_k_m`; the two-step row's verdict is its time over the one-pass
+#      time. The bench models have no vocabulary: a tokenizer.json without
+#      tokens (a byte-level BPE; every id becomes an unused [PADn] token) is
+#      written into the base folder for it.
 #   6. Prints the table and writes bench/results/<date>.json.
 #   7. The SVD of `alloy lora extract` against mergekit's full SVD per module
 #      (bench/lora_svd.c, linked against the liballoy.a next to the binary;
@@ -45,7 +52,7 @@ usage: sh bench/run.sh [ALLOY_BINARY] [options]
                      than 10x its limit runs once: noise cannot change its verdict)
   --methods "A B"    only these configs (names in bench/configs/)
   --threads "1 2"    thread counts for the scaling runs (default 1..nproc)
-  --no-scaling --no-cold --no-big --no-progress --no-plan   skip those parts
+  --no-scaling --no-cold --no-big --no-progress --no-plan --no-gguf   skip those parts
   --big              run the big-tensor memory run even with --quick
   --keep             keep the merged output folders (bench/cache/work/)
   --no-nice          do not raise the benchmark's priority (default when root: nice -10 and
@@ -66,7 +73,7 @@ ARGS="$*"
 ALLOY=build/alloy
 case "${1:-}" in -*|"") ;; *) ALLOY=$1; shift ;; esac
 QUICK=0 SIZE=470M REPEAT=3 METHODS="" THREADS="" SCALING=1 COLD=1 BIG=1 PROGRESS=1 KEEP=0 JSON="" BIG_FORCE=0 NICE=1
-PLAN=1 LORA=1
+PLAN=1 LORA=1 GGUF=1
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1 ;;
@@ -81,6 +88,7 @@ while [ $# -gt 0 ]; do
     --big) BIG_FORCE=1 ;;
     --no-progress) PROGRESS=0 ;;
     --no-plan) PLAN=0 ;;
+    --no-gguf) GGUF=0 ;;
     --keep) KEEP=1 ;;
     --no-nice) NICE=0 ;;
     --json) JSON=$2; shift ;;
@@ -411,6 +419,51 @@ if [ "$PLAN" = 1 ]; then
     done
 fi
 
+# GGUF output: one pass (merge straight to q4_k_m) against a folder then `alloy convert`; rows gguf (one pass)
+# and gguf2 (both steps: seconds and cpu summed, the larger peak RSS).
+# gguf_step ARGS...: alloy ARGS through bench_rss; sets w cpu rss, returns non-zero on failure.
+gguf_step() {
+    line=$("$BIN/bench_rss" -- "$WORK/alloy" "$@" -q --threads "$NPROC" 2>"$WORK/stderr.txt" | tail -n 1)
+    [ "$(kv "$line" status)" = 0 ] || return 1
+    w=$(kv "$line" wall_s) rss=$(kv "$line" maxrss_kib)
+    cpu=$(awk "BEGIN{print $(kv "$line" user_s) + $(kv "$line" sys_s)}")
+}
+gguf_fail() { # kind
+    note=$(grep -m1 'error' "$WORK/stderr.txt" | cut -c1-160 || true)
+    row "$1" linear 2 "$NPROC" hot "$IN2" 0 0 0 fail "${note:-failed}" hot2 0 "$(loadavg1)"
+    echo "  $1: failed: $note" >&2
+}
+if [ "$GGUF" = 1 ]; then
+    echo "bench: GGUF output (linear, 2 models, q4_k_m: one pass vs folder then convert)" >&2
+    [ -f "$MD/base/tokenizer.json" ] || printf '%s\n' '{"added_tokens": [], "pre_tokenizer": {"type": "ByteLevel"},
+ "decoder": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": {}, "merges": []}}' > "$MD/base/tokenizer.json"
+    cfg=$(make_config linear 2 bfloat16 "$MD/base" "$MD/ft1" "")
+    for round in $ROUNDS; do
+        rm -rf "$WORK/out" "$WORK/out.gguf" "$WORK/out2.gguf"
+        # shellcheck disable=SC2086
+        warm $B2
+        load=$(loadavg1)
+        if gguf_step merge "$cfg" "$WORK/out.gguf" --outtype q4_k_m; then
+            row gguf linear 2 "$NPROC" hot "$IN2" "$(wc -c < "$WORK/out.gguf")" "$w" "$rss" ok "one pass" hot2 "$cpu" "$load"
+            echo "  one pass: ${w}s (cpu ${cpu}s)  $((rss / 1024)) MiB" >&2
+        else gguf_fail gguf; fi
+        # shellcheck disable=SC2086
+        warm $B2
+        load=$(loadavg1)
+        if gguf_step merge "$cfg" "$WORK/out"; then
+            w1=$w cpu1=$cpu rss1=$rss
+            if gguf_step convert "$WORK/out" "$WORK/out2.gguf" --outtype q4_k_m; then
+                w=$(awk "BEGIN{print $w1 + $w}") cpu=$(awk "BEGIN{print $cpu1 + $cpu}")
+                [ "$rss1" -gt "$rss" ] && rss=$rss1
+                row gguf2 linear 2 "$NPROC" hot "$IN2" "$(wc -c < "$WORK/out2.gguf")" "$w" "$rss" ok \
+                    "folder (${w1}s) then convert" hot2 "$cpu" "$load"
+                echo "  folder then convert: ${w}s (merge ${w1}s; cpu ${cpu}s)  $((rss / 1024)) MiB" >&2
+            else gguf_fail gguf2; fi
+        else gguf_fail gguf2; fi
+    done
+    rm -rf "$WORK/out" "$WORK/out.gguf" "$WORK/out2.gguf"
+fi
+
 # The limit again at the end: the disk and the page cache of a shared machine vary over minutes.
 echo "bench: limits again" >&2
 # shellcheck disable=SC2086
@@ -460,6 +513,8 @@ END {
             if (th == 1) one[method] = s
             verdict = (method in one) ? sprintf("speedup x%.2f", one[method] / s) : ""
         } else if (kind == "progress") verdict = note
+        else if (kind == "gguf") { onepass = s; verdict = note }
+        else if (kind == "gguf2") verdict = onepass > 0 ? sprintf("%s: x%.2f the one-pass time", note, s / onepass) : note
         if (kind == "big") verdict = sprintf("peak RSS <= 256 MiB: %s", rss[g] <= rss_limit ? "met" : "MISSED")
         else if (kind == "plan") verdict = sprintf("%s; peak RSS %.2f bytes per header+index byte", note,
                                                    rss[g] * 1024 / f[6])

@@ -407,6 +407,71 @@ TEST(gguf_write_quantized_passthrough_copies_blocks)
     CHECK_INT(test_leftovers(test_tmpdir()), 0);
 }
 
+/* The plan of a merge into model's GGUF (--dry-run), NULL on error; nothing is written. */
+static char *dry_run_plan(const char *model, const char *out, const char *outtype)
+{
+    char cfg[1100], *plan = NULL;
+    size_t len = 0;
+    snprintf(cfg, sizeof cfg, "models:\n  - model: %s\nmerge_method: passthrough\n", model);
+    struct alloy_merge_options o;
+    alloy_merge_options_init(&o);
+    o.config_text = cfg;
+    o.out_dir = out;
+    o.outtype = outtype;
+    o.dry_run = 1;
+    FILE *f = open_memstream(&plan, &len);
+    if (!f) return NULL;
+    o.plan_out = f;
+    struct alloy_err err = {0};
+    int rc = alloy_merge(&o, &err);
+    fclose(f);
+    CHECK_MSG(rc == ALLOY_OK, "%s", err.msg);
+    if (rc) free(plan);
+    return rc ? NULL : plan;
+}
+
+/* Each tensor of expected.json's entry golden is in the plan as " => NAME TYPE<how>\n", how being `quant` for a
+ * quantized type and nothing for a float one (re-encoded). */
+static void check_plan_notes(const char *plan, const char *golden, const char *quant)
+{
+    json_error_t je;
+    json_t *exp = json_load_file(GG("expected.json"), 0, &je);
+    json_t *tensors = json_object_get(json_object_get(json_object_get(exp, "files"), golden), "tensors");
+    CHECK_MSG(plan && json_array_size(tensors) > 0, "no plan or no %s", golden);
+    for (size_t i = 0; plan && i < json_array_size(tensors); i++) {
+        json_t *t = json_array_get(tensors, i);
+        const char *type = json_string_value(json_object_get(t, "type"));
+        char want[256], upper[16] = {0};
+        for (size_t k = 0; type && type[k] && k < sizeof upper - 1; k++) upper[k] = (char)toupper((unsigned char)type[k]);
+        int is_float = upper[0] == 'F' || upper[0] == 'B';
+        snprintf(want, sizeof want, " => %s %s%s\n", json_string_value(json_object_get(t, "name")), upper,
+                 is_float ? "" : quant);
+        CHECK_MSG(strstr(plan, want), "missing \"%s\"", want);
+    }
+    json_decref(exp);
+}
+
+/* --dry-run into a .gguf says, per tensor, its GGUF name and type and whether the input's blocks are copied
+ * (quantized passthrough) or the merged floats quantized; it writes nothing. */
+TEST(gguf_write_dry_run_says_which_blocks_are_copied)
+{
+    char out[512];
+    snprintf(out, sizeof out, "%s/dry.gguf", test_tmpdir());
+    char *plan = dry_run_plan(GG("quant/base-Q4_K_M.gguf"), out, "q4_k_m");
+    check_plan_notes(plan, "quant/base-Q4_K_M.gguf", ", blocks copied unchanged");
+    CHECK(plan && !strstr(plan, ", quantized\n"));
+    free(plan);
+    plan = dry_run_plan("tests/data/tiny-llama/base", out, "q4_k_m");
+    check_plan_notes(plan, "tiny/tiny-base-Q4_K_M.gguf", ", quantized");
+    CHECK(plan && !strstr(plan, "copied"));
+    free(plan);
+    plan = dry_run_plan(GG("quant/base-Q4_K_M.gguf"), out, "q8_0"); /* another type: quantized again */
+    CHECK(plan && strstr(plan, " => blk.0.attn_q.weight Q8_0, quantized\n") && !strstr(plan, "copied"));
+    free(plan);
+    CHECK(access(out, F_OK) != 0);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
+}
+
 /* Quantizing from the merged floats: tiny-llama/base (the HF folder tiny-base-f32.gguf was converted from) to
  * q4_k_m is llama-quantize's tiny-base-Q4_K_M.gguf byte for byte (its Q5_0/Q8_0 fallbacks, F16 ffn_down, Q/K rows
  * permuted before quantizing), in llama-quantize's tensor order. */
@@ -461,4 +526,154 @@ TEST(gguf_write_imatrix_like_llama_quantize)
     o.outtype = "f16";
     CHECK_INT(alloy_merge(&o, &err), ALLOY_ERR_CONFIG);
     CHECK_MSG(strstr(err.msg, "--imatrix"), "%s", err.msg);
+}
+
+/* ------------------------------------------------------------ SentencePiece ("llama") tokenizer keys */
+
+/* dir[n] = <tmp>/name: tiny-llama/base with tokenizer.json tok (stolen) and a Llama-2 style tokenizer_config.json. */
+static void spm_dir(const char *name, json_t *tok, char *dir, size_t n)
+{
+    char cmd[2048], path[600];
+    snprintf(dir, n, "%s/%s", test_tmpdir(), name);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp tests/data/tiny-llama/base/config.json "
+             "tests/data/tiny-llama/base/model.safetensors %s/", dir, dir);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    CHECK_INT(json_dump_file(tok, path, 0), 0);
+    json_decref(tok);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    CHECK_INT(test_write_text(path, "{\"add_bos_token\": true, \"add_eos_token\": false, \"bos_token\": \"<s>\", "
+                                    "\"eos_token\": \"</s>\", \"unk_token\": \"<unk>\"}"), 0);
+}
+
+/* spm_dir's folder merged into a GGUF at out; the opened output, NULL on error. */
+static struct alloy_gguf *spm_gguf(const char *name, json_t *tok, const char *out)
+{
+    char dir[512];
+    struct alloy_err err = {0};
+    struct alloy_gguf *g = NULL;
+    spm_dir(name, tok, dir, sizeof dir);
+    CHECK_MSG(merge_to(dir, out, "f32", NULL, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
+    return g;
+}
+
+static json_t *added_token(int id, const char *s, int special)
+{
+    return json_pack("{s:i, s:s, s:b}", "id", id, "content", s, "special", special);
+}
+
+struct want_tok { int id; const char *piece; float score; int type; };
+
+/* The "llama" form's keys of g: model, pre, each listed token's piece, score and type, pads from first_pad on,
+ * the special ids and add_bos/add_eos, and no merges. */
+static void check_spm_keys(struct alloy_gguf *g, const struct want_tok *w, size_t nw, int first_pad, int unk_id)
+{
+    struct alloy_err err = {0};
+    const char *s = NULL;
+    uint64_t sl = 0, n = 0;
+    CHECK(alloy_gguf_str(g, "tokenizer.ggml.model", &s, &sl, &err) == 1 && sl == 5 && memcmp(s, "llama", 5) == 0);
+    CHECK(alloy_gguf_str(g, "tokenizer.ggml.pre", &s, &sl, &err) == 1 && sl == 7 && memcmp(s, "default", 7) == 0);
+    CHECK(alloy_gguf_array(g, "tokenizer.ggml.scores", GGUF_F32, &n, &err) == 1 && n == 260);
+    uint32_t t, elem;
+    const uint8_t *scores = NULL, *tok = NULL;
+    CHECK(alloy_gguf_kv(g, "tokenizer.ggml.scores", &t, &elem, &n, &scores));
+    CHECK(alloy_gguf_kv(g, "tokenizer.ggml.tokens", &t, &elem, &n, &tok) && n == 260);
+    CHECK(!alloy_gguf_kv(g, "tokenizer.ggml.merges", &t, &elem, &n, &tok));
+    for (size_t i = 0; scores && i < nw; i++) {
+        float sc;
+        memcpy(&sc, scores + 4 * (size_t)w[i].id, 4);
+        CHECK_MSG(sc == w[i].score, "token %d: score %g, want %g", w[i].id, sc, w[i].score);
+        CHECK_INT(alloy_gguf_array_int(g, "tokenizer.ggml.token_type", (uint64_t)w[i].id), w[i].type);
+    }
+    for (int i = first_pad; i < 260; i++) CHECK_INT(alloy_gguf_array_int(g, "tokenizer.ggml.token_type", (uint64_t)i), 5);
+    /* the pieces, walked from the start of the string array */
+    const uint8_t *p = tok;
+    for (int i = 0, k = 0; p && i < 260; i++) {
+        uint64_t len;
+        memcpy(&len, p, 8);
+        if (k < (int)nw && w[k].id == i) {
+            CHECK_MSG(len == strlen(w[k].piece) && memcmp(p + 8, w[k].piece, len) == 0, "token %d", i);
+            k++;
+        }
+        p += 8 + len;
+    }
+    int64_t id = -1;
+    int b = -1;
+    CHECK(alloy_gguf_int(g, "tokenizer.ggml.bos_token_id", &id, &err) == 1 && id == 1);
+    CHECK(alloy_gguf_int(g, "tokenizer.ggml.eos_token_id", &id, &err) == 1 && id == 2);
+    CHECK(alloy_gguf_int(g, "tokenizer.ggml.unk_token_id", &id, &err) == 1 && id == unk_id);
+    CHECK(alloy_gguf_bool(g, "tokenizer.ggml.add_bos_token", &b, &err) == 1 && b == 1);
+    CHECK(alloy_gguf_bool(g, "tokenizer.ggml.add_eos_token", &b, &err) == 1 && b == 0);
+    alloy_gguf_base(g)->ops->close(alloy_gguf_base(g));
+}
+
+/* A Llama 2 / Mistral style byte-fallback BPE (pieces with "▁", "<0xNN>" byte tokens) is written in
+ * SentencePiece's "llama" form: pieces as they are, the piece of merge r scoring -(r+1), bytes typed 6, unk 2,
+ * added tokens 3 (special) or 4 scoring -1000, pads 5. */
+TEST(gguf_write_spm_tokenizer_from_byte_fallback_bpe)
+{
+    json_t *vocab = json_object(), *added = json_array();
+    const char *const pieces[] = {"<unk>", "<s>", "</s>"}, *const normal[] = {"\u2581", "t", "h", "e", "\u2581t", "he",
+                                                                                "\u2581the"};
+    for (int i = 0; i < 3; i++) json_object_set_new(vocab, pieces[i], json_integer(i));
+    for (int i = 0; i < 16; i++) {
+        char b[8];
+        snprintf(b, sizeof b, "<0x%02X>", i);
+        json_object_set_new(vocab, b, json_integer(3 + i));
+    }
+    for (int i = 0; i < 7; i++) json_object_set_new(vocab, normal[i], json_integer(19 + i));
+    for (int i = 0; i < 3; i++) json_array_append_new(added, added_token(i, pieces[i], 1));
+    json_array_append_new(added, added_token(26, "<tool>", 0));
+    json_t *tok = json_pack("{s:o, s:{s:s, s:b, s:s, s:o, s:[s, s, [s, s]]}, s:{s:s}}", "added_tokens", added,
+                            "model", "type", "BPE", "byte_fallback", 1, "unk_token", "<unk>", "vocab", vocab, "merges",
+                            "\u2581 t", "h e", "\u2581t", "he", "decoder", "type", "Sequence");
+    CHECK(tok != NULL);
+    char out[512];
+    snprintf(out, sizeof out, "%s/spm.gguf", test_tmpdir());
+    struct alloy_gguf *g = tok ? spm_gguf("spm", tok, out) : NULL;
+    static const struct want_tok w[] = {
+        {0, "<unk>", -1000, 2}, {1, "<s>", -1000, 3}, {2, "</s>", -1000, 3}, {3, "<0x00>", 0, 6},
+        {18, "<0x0F>", 0, 6}, {19, "\u2581", 0, 1}, {22, "e", 0, 1}, {23, "\u2581t", -1, 1}, {24, "he", -2, 1},
+        {25, "\u2581the", -3, 1}, {26, "<tool>", -1000, 4}, {27, "[PAD27]", -1000, 5},
+    };
+    if (g) check_spm_keys(g, w, ALLOY_ARRAY_LEN(w), 27, 0);
+}
+
+/* A Unigram tokenizer.json: the same form, with the Unigram's own scores (unk by unk_id). */
+TEST(gguf_write_spm_tokenizer_from_unigram)
+{
+    json_t *tok = json_pack("{s:[o, o], s:{s:s, s:i, s:[[s, f], [s, f], [s, f], [s, f], [s, f], [s, f], [s, f]]}}",
+                            "added_tokens", added_token(1, "<s>", 1), added_token(2, "</s>", 1), "model", "type",
+                            "Unigram", "unk_id", 0, "vocab", "<unk>", 0.0, "<s>", 0.0, "</s>", 0.0, "\u2581", -2.5, "t",
+                            -3.25, "\u2581t", -1.5, "<0x41>", 0.0);
+    CHECK(tok != NULL);
+    char out[512];
+    snprintf(out, sizeof out, "%s/uni.gguf", test_tmpdir());
+    struct alloy_gguf *g = tok ? spm_gguf("uni", tok, out) : NULL;
+    static const struct want_tok w[] = {
+        {0, "<unk>", 0, 2}, {1, "<s>", -1000, 3}, {2, "</s>", -1000, 3}, {3, "\u2581", -2.5f, 1},
+        {4, "t", -3.25f, 1}, {5, "\u2581t", -1.5f, 1}, {6, "<0x41>", 0, 6}, {7, "[PAD7]", -1000, 5},
+    };
+    if (g) check_spm_keys(g, w, ALLOY_ARRAY_LEN(w), 7, 0);
+}
+
+/* Vocabularies the writer has no form for, and a malformed merge of a "llama"-form BPE, are refused by name and
+ * leave no file. */
+TEST(gguf_write_spm_tokenizer_refusals)
+{
+    char dir[512], out[512];
+    struct alloy_err err = {0};
+    snprintf(out, sizeof out, "%s/bad.gguf", test_tmpdir());
+    spm_dir("wp", json_pack("{s:{s:s, s:{s:i}}}", "model", "type", "WordPiece", "vocab", "a", 0), dir, sizeof dir);
+    CHECK(merge_to(dir, out, "f32", NULL, &err) == ALLOY_ERR_UNSUPPORTED);
+    CHECK_STR_CONTAINS(err.msg, "tokenizer.json: model.type: \"BPE\" or \"Unigram\" (the forms the GGUF writer knows), "
+                                "found \"WordPiece\"");
+    spm_dir("badmerge", json_pack("{s:{s:s, s:b, s:{s:i, s:i, s:i}, s:[s, i]}}", "model", "type", "BPE",
+                                  "byte_fallback", 1, "vocab", "\u2581", 0, "t", 1, "\u2581t", 2, "merges", "\u2581 t", 7),
+            dir, sizeof dir);
+    CHECK(merge_to(dir, out, "f32", NULL, &err) == ALLOY_ERR_FORMAT);
+    CHECK_STR_CONTAINS(err.msg, "tokenizer.json: model.merges[1]: \"left right\" or a pair of strings, found another value");
+    CHECK(access(out, F_OK) != 0);
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
 }

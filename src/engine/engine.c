@@ -204,6 +204,22 @@ static int check_budget(const struct alloy_plan *plan, const struct alloy_stage_
                          (unsigned long long)io->mem_limit, (unsigned long long)plan->total_bytes);
 }
 
+/* --dry-run's plan; a GGUF output adds each tensor's stored name and type, and which are copied as blocks. */
+static int print_plan(const struct alloy_plan *plan, const struct alloy_merge_options *o, struct alloy_err *err)
+{
+    FILE *f = o->plan_out ? o->plan_out : stdout;
+    if (o->out_model || !alloy_sink_wants_gguf(o)) {
+        alloy_plan_print(plan, f);
+        return ALLOY_OK;
+    }
+    struct alloy_sink *sink = alloy_sink_gguf_new(o, err);
+    if (!sink) return err ? (int)err->status : ALLOY_ERR_NOMEM;
+    int rc = alloy_sink_gguf_layout(sink, plan, err);
+    if (!rc) alloy_plan_print_noted(plan, f, alloy_sink_gguf_note, sink);
+    sink->ops->free(sink);
+    return rc;
+}
+
 int alloy_merge_stage(const struct alloy_merge_options *opts, const struct alloy_config *cfg,
                       const struct alloy_stage_io *io, struct alloy_err *err)
 {
@@ -225,8 +241,8 @@ int alloy_merge_stage(const struct alloy_merge_options *opts, const struct alloy
     if (!rc && o->out_model) rc = check_budget(plan, io, err);
     if (!rc && io->out_bytes) *io->out_bytes = plan->total_bytes;
     if (!rc && o->dry_run) {
-        alloy_plan_print(plan, o->plan_out ? o->plan_out : stdout);
-        if (io->shape_only && o->out_model) rc = shape_only(plan, o, io->label, err);
+        rc = print_plan(plan, o, err);
+        if (!rc && io->shape_only && o->out_model) rc = shape_only(plan, o, io->label, err);
         goto out;
     }
     if (!rc)

@@ -15,8 +15,15 @@
  *   tokenizer.json is built for the byte-level BPE form (tokenizer.ggml.model
  *   "gpt2"): the token list as the BPE vocabulary, the merges, a ByteLevel
  *   pre-tokenizer (GPT-2's split) and CONTROL / USER_DEFINED tokens as added
- *   special tokens — what the evaluator's tokenizer reads. Other forms (SPM
- *   "llama", "bert", ...) are refused with the form named.
+ *   special tokens — what the evaluator's tokenizer reads. The SentencePiece
+ *   form ("llama") becomes a byte-fallback BPE as Hugging Face's Llama
+ *   tokenizers are: a Prepend("▁") (unless add_space_prefix is false) +
+ *   Replace(" ", "▁") normalizer, no pre-tokenizer, the unk token, and
+ *   merges derived from the scores as Hugging Face's SentencePiece
+ *   extractor does: every split of a NORMAL piece into two pieces of the
+ *   vocabulary is a merge, ranked by the piece's score (highest first),
+ *   then its id, then the left part's length. Other forms ("bert", ...)
+ *   are refused with the form named.
  *   Both are assembled with jansson, so every string is escaped properly;
  *   tokens that are not UTF-8 are refused by name. The typed lookups
  *   (alloy_gguf_int, ...) read the values gguf.c validated, in place.
@@ -285,6 +292,8 @@ struct tok_walk {
     const struct alloy_gguf *g;
     json_t *vocab, *added, *merges;
     int64_t ntypes;
+    int spm;          /* the "llama" form */
+    const char *unk;  /* its UNKNOWN token (borrowed from vocab's keys), NULL: none */
     struct alloy_err *err;
 };
 
@@ -307,7 +316,8 @@ static int add_token(void *ctx, uint64_t i, const char *s, uint64_t len)
             rc = nomem(w->g, w->err);
     }
     int64_t type = (int64_t)i < w->ntypes ? alloy_gguf_array_int(w->g, "tokenizer.ggml.token_type", i) : 1;
-    if (!rc && (type == 3 || type == 4)) { /* CONTROL, USER_DEFINED: matched whole, never split */
+    if (!rc && w->spm && type == 2) w->unk = json_object_iter_key(json_object_iter_at(w->vocab, key));
+    if (!rc && (type == 3 || type == 4 || (w->spm && type == 2))) { /* CONTROL, USER_DEFINED: matched whole */
         json_t *a = json_pack("{s:I, s:O, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i, "content", str,
                               "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1);
         if (!a || json_array_append_new(w->added, a)) rc = nomem(w->g, w->err);
@@ -327,6 +337,7 @@ static int add_merge(void *ctx, uint64_t i, const char *s, uint64_t len)
     return json_array_append_new(w->merges, str) ? nomem(w->g, w->err) : ALLOY_OK;
 }
 
+/* 0 for "gpt2", 1 for "llama", else an error. */
 static int tokenizer_model(const struct alloy_gguf *g, struct alloy_err *err)
 {
     const char *s;
@@ -336,10 +347,82 @@ static int tokenizer_model(const struct alloy_gguf *g, struct alloy_err *err)
     if (!has)
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tokenizer.ggml.model: expected a tokenizer, found none",
                              path_of(g));
+    if (len == 5 && memcmp(s, "llama", 5) == 0) return 1;
     if (len != 4 || memcmp(s, "gpt2", 4) != 0)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model: \"gpt2\" (byte-level BPE, the "
-                             "form alloy rebuilds so far), found \"%.*s\"", path_of(g), (int)(len < 40 ? len : 40), s);
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model: \"gpt2\" or \"llama\" (the forms "
+                             "alloy rebuilds so far), found \"%.*s\"", path_of(g), (int)(len < 40 ? len : 40), s), -1;
+    return 0;
+}
+
+struct spm_merge { float score; int64_t id; size_t left; char *text; };
+
+static int by_rank(const void *a, const void *b)
+{
+    const struct spm_merge *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    if (x->id != y->id) return x->id < y->id ? -1 : 1;
+    return (x->left > y->left) - (x->left < y->left);
+}
+
+/* The merges of piece k (id, score): every split at a character boundary into two pieces of the vocabulary. */
+static int piece_merges(struct tok_walk *w, const char *k, int64_t id, float score, struct spm_merge **m, size_t *n,
+                        size_t *cap)
+{
+    size_t len = strlen(k);
+    for (size_t p = 1; p < len; p++) {
+        if (((unsigned char)k[p] & 0xc0) == 0x80 || !json_object_get(w->vocab, k + p)) continue;
+        char *t = alloy_xasprintf("%.*s %s", (int)p, k, k + p);
+        if (!t) return nomem(w->g, w->err);
+        t[p] = '\0';
+        int known = json_object_get(w->vocab, t) != NULL;
+        t[p] = ' ';
+        if (!known) {
+            free(t);
+            continue;
+        }
+        if (*n == *cap) {
+            struct spm_merge *bigger = realloc(*m, (*cap = *cap ? 2 * *cap : 256) * sizeof **m);
+            if (!bigger) {
+                free(t);
+                return nomem(w->g, w->err);
+            }
+            *m = bigger;
+        }
+        (*m)[(*n)++] = (struct spm_merge){score, id, p, t};
+    }
     return ALLOY_OK;
+}
+
+/* The "llama" form's merges, from its scores (tokenizer.ggml.scores, one per token). */
+static int spm_merges(struct tok_walk *w, uint64_t ntok)
+{
+    uint64_t nsc = 0;
+    uint32_t t, elem;
+    const uint8_t *sc = NULL;
+    int has = alloy_gguf_array(w->g, "tokenizer.ggml.scores", GGUF_F32, &nsc, w->err);
+    if (has < 0) return ALLOY_ERR_FORMAT;
+    if (!has || nsc != ntok || !alloy_gguf_kv(w->g, "tokenizer.ggml.scores", &t, &elem, &nsc, &sc))
+        return alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: tokenizer.ggml.scores: one score per token (%llu), found "
+                             "%llu", path_of(w->g), (unsigned long long)ntok, (unsigned long long)(has ? nsc : 0));
+    struct spm_merge *m = NULL;
+    size_t n = 0, cap = 0;
+    const char *k;
+    json_t *x;
+    int rc = ALLOY_OK;
+    json_object_foreach(w->vocab, k, x) {
+        int64_t id = json_integer_value(x);
+        float score;
+        memcpy(&score, sc + 4 * (size_t)id, sizeof score);
+        if (id < w->ntypes && alloy_gguf_array_int(w->g, "tokenizer.ggml.token_type", (uint64_t)id) != 1) continue;
+        if ((rc = piece_merges(w, k, id, score, &m, &n, &cap))) break;
+    }
+    if (!rc) qsort(m, n, sizeof *m, by_rank);
+    for (size_t i = 0; i < n; i++) {
+        if (!rc && json_array_append_new(w->merges, json_string(m[i].text))) rc = nomem(w->g, w->err);
+        free(m[i].text);
+    }
+    free(m);
+    return rc;
 }
 
 static int tokenizer_lists(struct tok_walk *w, struct alloy_err *err)
@@ -355,6 +438,10 @@ static int tokenizer_lists(struct tok_walk *w, struct alloy_err *err)
                              path_of(g), (unsigned long long)ntok);
     if ((has = alloy_gguf_array(g, "tokenizer.ggml.token_type", GGUF_I32, &ntype, err)) < 0) return ALLOY_ERR_FORMAT;
     w->ntypes = has ? (int64_t)ntype : 0;
+    if (w->spm) {
+        int rc = alloy_gguf_array_strings(g, "tokenizer.ggml.tokens", add_token, w);
+        return rc ? rc : spm_merges(w, ntok);
+    }
     if ((has = alloy_gguf_array(g, "tokenizer.ggml.merges", GGUF_STRING, &nmerge, err)) < 0) return ALLOY_ERR_FORMAT;
     if (!has) return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tokenizer.ggml.merges: expected a list (required for "
                                    "gpt2), found none", path_of(g));
@@ -363,20 +450,49 @@ static int tokenizer_lists(struct tok_walk *w, struct alloy_err *err)
     return rc;
 }
 
+/* The "llama" form's normalizer (the space prefix unless add_space_prefix is false), BPE options and decoder,
+ * set on root and model; non-zero when out of memory. */
+static int spm_parts(const struct tok_walk *w, json_t *root, json_t *model)
+{
+    int prefix = 1;
+    struct alloy_err ignore = {0};
+    if (alloy_gguf_bool(w->g, "tokenizer.ggml.add_space_prefix", &prefix, &ignore) < 0) prefix = 1;
+    json_t *steps = json_pack("[{s:s, s:{s:s}, s:s}]", "type", "Replace", "pattern", "String", " ", "content", "\u2581");
+    if (steps && prefix && json_array_insert_new(steps, 0, json_pack("{s:s, s:s}", "type", "Prepend", "prepend", "\u2581"))) {
+        json_decref(steps);
+        return -1;
+    }
+    json_t *dec = json_pack("{s:s, s:[{s:s, s:{s:s}, s:s}, {s:s}, {s:s}, {s:s, s:s, s:i, s:i}]}", "type", "Sequence",
+                            "decoders", "type", "Replace", "pattern", "String", "\u2581", "content", " ", "type",
+                            "ByteFallback", "type", "Fuse", "type", "Strip", "content", " ", "start", prefix, "stop", 0);
+    if (!steps || !dec) {
+        json_decref(steps);
+        json_decref(dec);
+        return -1;
+    }
+    return json_object_set_new(root, "normalizer", json_pack("{s:s, s:o}", "type", "Sequence",
+                                                                              "normalizers", steps)) ||
+           json_object_set_new(root, "decoder", dec) || json_object_set_new(model, "byte_fallback", json_true()) ||
+           json_object_set_new(model, "fuse_unk", json_true()) ||
+           json_object_set_new(model, "unk_token", w->unk ? json_string(w->unk) : json_null());
+}
+
 int alloy_gguf_tokenizer_json(const struct alloy_gguf *g, char **out, struct alloy_err *err)
 {
-    int rc = tokenizer_model(g, err);
-    if (rc) return rc;
-    struct tok_walk w = {.g = g, .vocab = json_object(), .added = json_array(), .merges = json_array(), .err = err};
+    int spm = tokenizer_model(g, err);
+    if (spm < 0) return (int)err->status;
+    struct tok_walk w = {.g = g, .vocab = json_object(), .added = json_array(), .merges = json_array(), .spm = spm,
+                         .err = err};
     json_t *root = json_object(), *model = json_object();
-    json_t *pre = json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1,
-                            "use_regex", 1);
-    if (!w.vocab || !w.added || !w.merges || !root || !model || !pre) rc = nomem(g, err);
+    json_t *pre = spm ? json_null() : json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0,
+                                                "trim_offsets", 1, "use_regex", 1);
+    int rc = !w.vocab || !w.added || !w.merges || !root || !model || !pre ? nomem(g, err) : ALLOY_OK;
     if (!rc) rc = tokenizer_lists(&w, err);
     if (!rc && (json_object_set_new(model, "type", json_string("BPE")) || json_object_set(model, "vocab", w.vocab) ||
                 json_object_set(model, "merges", w.merges) || json_object_set_new(root, "version", json_string("1.0")) ||
                 json_object_set(root, "added_tokens", w.added) || json_object_set_new(root, "normalizer", json_null()) ||
-                json_object_set(root, "pre_tokenizer", pre) || json_object_set(root, "model", model)))
+                json_object_set(root, "pre_tokenizer", pre) || (spm && spm_parts(&w, root, model)) ||
+                json_object_set(root, "model", model)))
         rc = nomem(g, err);
     json_decref(w.vocab);
     json_decref(w.added);

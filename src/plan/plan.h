@@ -88,6 +88,11 @@ int  alloy_plan_build_given(const struct alloy_config *cfg, const struct alloy_m
 void alloy_plan_free(struct alloy_plan *p);
 /* Human-readable plan (--dry-run). */
 void alloy_plan_print(const struct alloy_plan *p, FILE *f);
+/* A note on tensor i for the printed plan (the output's view of it: what a GGUF file stores), written into
+ * buf[n]; NULL or "" for none. */
+typedef const char *alloy_plan_note_fn(void *ctx, size_t i, char *buf, size_t n);
+/* alloy_plan_print with note(ctx, i, ...) appended to each tensor's line. */
+void alloy_plan_print_noted(const struct alloy_plan *p, FILE *f, alloy_plan_note_fn *note, void *ctx);
 /* The job a method sees for tensor i. `shape` storage comes from the tensor. */
 void alloy_plan_job(const struct alloy_plan *p, size_t i, uint64_t seed, const char **model_names,
                     struct alloy_merge_job *job);

@@ -1,7 +1,9 @@
 /*
  * print.c — the plan as text (`alloy merge --dry-run`): every output tensor
  * with its shape, dtype, method, layer position and parameters, then each
- * input with its model, stored name and kind of source.
+ * input with its model, stored name and kind of source. An output can add
+ * a note to each tensor line (the GGUF sink: the stored name and type, and
+ * whether the input's blocks are copied unchanged).
  *
  * DESIGN
  *   Tensor names and model references come from untrusted files, so each is
@@ -83,7 +85,7 @@ static void print_inputs(FILE *f, const struct alloy_plan *p, const struct alloy
     }
 }
 
-void alloy_plan_print(const struct alloy_plan *p, FILE *f)
+void alloy_plan_print_noted(const struct alloy_plan *p, FILE *f, alloy_plan_note_fn *note, void *ctx)
 {
     const struct alloy_method *m = p->method;
     struct num_cache c = {0};
@@ -108,8 +110,19 @@ void alloy_plan_print(const struct alloy_plan *p, FILE *f)
         if (!t->copy && t->layer >= 0) put_param(f, &c, "t", t->t, 4);
         for (int k = 0; k < m->nparams && !t->copy; k++)
             if (m->params[k].scope == ALLOY_PARAM_GLOBAL && !isnan(t->gp[k])) put_param(f, &c, m->params[k].name, t->gp[k], 6);
+        char buf[256];
+        const char *s = note ? note(ctx, i, buf, sizeof buf) : NULL;
+        if (s && *s) {
+            fputs_unlocked(" => ", f);
+            put_name(f, s);
+        }
         fputc_unlocked('\n', f);
         print_inputs(f, p, t, &c);
     }
     funlockfile(f);
+}
+
+void alloy_plan_print(const struct alloy_plan *p, FILE *f)
+{
+    alloy_plan_print_noted(p, f, NULL, NULL);
 }

@@ -448,11 +448,10 @@ static int create_file(struct gguf_sink *g, uint64_t total, struct alloy_err *er
     return ALLOY_OK;
 }
 
-static int gguf_begin(struct alloy_sink *s, const struct alloy_plan *p, struct alloy_err *err)
+/* Everything begin() fixes before the file exists: the names, types, order and offsets, the header in *hdr. */
+static int layout(struct gguf_sink *g, const struct alloy_plan *p, struct gguf_buf *hdr, struct alloy_err *err)
 {
-    struct gguf_sink *g = (struct gguf_sink *)s;
     g->p = p;
-    struct gguf_buf hdr = {0};
     int rc = check_out_file(p, g->o->out_dir, err);
     if (!rc && g->o->outtype && gguf_mix_init(&g->mix, g->o->outtype, 0, 1, 0, NULL, 0, err)) rc = (int)err->status;
     g->quantized = g->o->outtype && !g->mix.float_only;
@@ -462,7 +461,14 @@ static int gguf_begin(struct alloy_sink *s, const struct alloy_plan *p, struct a
     if (!rc && g->o->imatrix) rc = alloy_imatrix_open(g->o->imatrix, &g->imatrix, err);
     if (!rc && !(g->t = alloy_xcalloc(p->ntensors ? p->ntensors : 1, sizeof *g->t)))
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    if (!rc) rc = build_header(g, &hdr, err);
+    return rc ? rc : build_header(g, hdr, err);
+}
+
+static int gguf_begin(struct alloy_sink *s, const struct alloy_plan *p, struct alloy_err *err)
+{
+    struct gguf_sink *g = (struct gguf_sink *)s;
+    struct gguf_buf hdr = {0};
+    int rc = layout(g, p, &hdr, err);
     uint64_t end = 0;
     for (size_t i = 0; !rc && i < p->ntensors; i++)
         if (g->t[i].name) {
@@ -558,6 +564,23 @@ static int gguf_write_bytes(struct alloy_sink *s, size_t i, uint64_t off, const 
 {
     struct gguf_sink *g = (struct gguf_sink *)s; /* copied blocks (gguf_copies) */
     return alloy_writer_submit(g->w, buf, len, g->data_start + g->t[i].offset + off, err);
+}
+
+int alloy_sink_gguf_layout(struct alloy_sink *s, const struct alloy_plan *p, struct alloy_err *err)
+{
+    struct gguf_buf hdr = {0};
+    int rc = layout((struct gguf_sink *)s, p, &hdr, err);
+    free(hdr.p);
+    return rc;
+}
+
+const char *alloy_sink_gguf_note(void *sink, size_t i, char *buf, size_t n)
+{
+    const struct out_tensor *t = &((struct gguf_sink *)sink)->t[i];
+    if (!t->name) return "dropped (not stored in GGUF)";
+    snprintf(buf, n, "%s %s%s", t->name, alloy_dtype_traits(t->dtype)->name,
+             t->copy_blocks ? ", blocks copied unchanged" : t->quantize ? ", quantized" : "");
+    return buf;
 }
 
 static void close_file(struct gguf_sink *g)

@@ -3,17 +3,25 @@
  * and tokenizer_config.json.
  *
  * DESIGN
- *   One vocabulary form is written: llama.cpp's "gpt2" byte-level BPE
- *   (gguf.md §1.8), which is also the only form alloy's own reader turns
- *   back into a tokenizer. Two tokenizer.json shapes map onto it exactly:
+ *   Two vocabulary forms are written (gguf.md §1.8). llama.cpp's "gpt2"
+ *   byte-level BPE, which is also the only form alloy's own reader turns
+ *   back into a tokenizer, from two tokenizer.json shapes that map onto it
+ *   exactly:
  *   - a ByteLevel BPE (GPT-2, Llama 3, Qwen): tokens and merges as they
  *     are (a merge given as a pair is joined with a space);
  *   - a byte-fallback BPE whose learned tokens are all "<0xNN>" byte
  *     tokens (the fixtures' byte-level model): each "<0xNN>" is spelled as
  *     GPT-2's byte-to-unicode character of NN, so llama.cpp's byte-level
  *     tokenizer maps bytes to the same ids.
- *   Other shapes (SentencePiece vocabularies with "▁" pieces, WordPiece,
- *   Unigram) are refused with the shape named. Added tokens keep their ids:
+ *   And SentencePiece's "llama" form (Llama 2, Mistral) from a byte-fallback
+ *   BPE with other pieces than "<0xNN>" or from a Unigram: pieces as they
+ *   are ("▁" kept), "<0xNN>" typed BYTE, the unk token UNKNOWN, no merges,
+ *   pre "default", and scores: a Unigram's own; for a BPE, the piece made
+ *   by merge r scores -(r+1) and other pieces 0, so llama.cpp's SPM
+ *   tokenizer (highest-scoring pair first) merges in the BPE's order (the
+ *   converter's tokenizer.json path writes -1000 for every piece, which
+ *   loses that order). Added tokens and pads score -1000. Other shapes
+ *   (WordPiece, ...) are refused with the shape named. Added tokens keep their ids:
  *   special ones are CONTROL, others USER_DEFINED; ids no token has up to
  *   the embedding's rows are "[PADn]" UNUSED, as the converter pads.
  *   tokenizer.ggml.pre is a GGUF donor's own, else named from the pre-tokenizer: none -> "default", a
@@ -23,11 +31,16 @@
  */
 #include "sinks/gguf_out.h"
 
-enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5 };
+enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
+
+/* tokenizer.json's shape: byte-level BPE, byte-fallback BPE of "<0xNN>" tokens only (both written as "gpt2"),
+ * SentencePiece (written as "llama"). */
+enum form { FORM_BYTELEVEL, FORM_BYTES, FORM_SPM };
 
 struct vocab {
     char **tok;     /* [n], NULL: no token */
     int32_t *type;  /* [n] */
+    float *score;   /* [n], the "llama" form's scores */
     int64_t n;
 };
 
@@ -87,23 +100,55 @@ static int set_token(struct vocab *v, int64_t id, const char *s, size_t len, int
     return 0;
 }
 
-/* The model's vocabulary, then the added tokens over it. */
-static int fill_vocab(struct vocab *v, json_t *model, json_t *added, int byte_form, const char *path,
-                      struct alloy_err *err)
+/* A Unigram's vocabulary: [piece, score] pairs, the id being the index. */
+static int fill_unigram(struct vocab *v, json_t *pieces, const char *path, struct alloy_err *err)
+{
+    size_t i;
+    json_t *x;
+    json_array_foreach(pieces, i, x) {
+        const char *k = json_string_value(json_array_get(x, 0));
+        json_t *sc = json_array_get(x, 1);
+        unsigned byte;
+        if (!k || !json_is_number(sc))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model.vocab[%zu]: a [piece, score] pair, found another "
+                                 "value", path, i);
+        int rc = set_token(v, (int64_t)i, k, strlen(k), is_byte_token(k, &byte) ? TT_BYTE : TT_NORMAL);
+        if (rc < 0) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        if (rc > 0)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model.vocab: at most the embedding's %lld rows, found "
+                                 "%zu", path, (long long)v->n, json_array_size(pieces));
+        v->score[i] = (float)json_number_value(sc);
+    }
+    return ALLOY_OK;
+}
+
+/* A BPE's vocabulary: "<0xNN>" as GPT-2's byte character (FORM_BYTES), or typed BYTE (FORM_SPM). */
+static int fill_bpe(struct vocab *v, json_t *vocab, enum form form, const char *path, struct alloy_err *err)
 {
     const char *k;
     json_t *x;
-    json_object_foreach(json_object_get(model, "vocab"), k, x) {
+    json_object_foreach(vocab, k, x) {
         char buf[3];
         unsigned byte = 0;
-        int rc = byte_form && is_byte_token(k, &byte) ? set_token(v, json_integer_value(x), buf, byte_char(byte, buf),
-                                                                  TT_NORMAL)
-                                                      : set_token(v, json_integer_value(x), k, strlen(k), TT_NORMAL);
+        int is_byte = form != FORM_BYTELEVEL && is_byte_token(k, &byte);
+        int rc = is_byte && form == FORM_BYTES ? set_token(v, json_integer_value(x), buf, byte_char(byte, buf), TT_NORMAL)
+                                               : set_token(v, json_integer_value(x), k, strlen(k),
+                                                           is_byte ? TT_BYTE : TT_NORMAL);
         if (rc < 0) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
         if (rc > 0 || !json_is_integer(x))
             return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model.vocab: \"%s\": an id below the embedding's %lld "
                                  "rows, found another value", path, k, (long long)v->n);
     }
+    return ALLOY_OK;
+}
+
+/* The model's vocabulary, then the added tokens over it (scoring -1000). */
+static int fill_vocab(struct vocab *v, json_t *model, json_t *added, enum form form, const char *path,
+                      struct alloy_err *err)
+{
+    json_t *vocab = json_object_get(model, "vocab"), *x;
+    int rc = json_is_array(vocab) ? fill_unigram(v, vocab, path, err) : fill_bpe(v, vocab, form, path, err);
+    if (rc) return rc;
     size_t i;
     json_array_foreach(added, i, x) {
         const char *s = json_string_value(json_object_get(x, "content"));
@@ -111,12 +156,13 @@ static int fill_vocab(struct vocab *v, json_t *model, json_t *added, int byte_fo
         if (!s || !json_is_integer(id))
             return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: added_tokens[%zu]: an id and a content, found another "
                                  "value", path, i);
-        int rc = set_token(v, json_integer_value(id), s, strlen(s),
-                           json_is_true(json_object_get(x, "special")) ? TT_CONTROL : TT_USER);
+        rc = set_token(v, json_integer_value(id), s, strlen(s),
+                       json_is_true(json_object_get(x, "special")) ? TT_CONTROL : TT_USER);
         if (rc < 0) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
         if (rc > 0)
             return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: added_tokens[%zu]: an id below the embedding's %lld rows, "
                                  "found %lld", path, i, (long long)v->n, (long long)json_integer_value(id));
+        v->score[json_integer_value(id)] = -1000.0f;
     }
     return ALLOY_OK;
 }
@@ -132,21 +178,21 @@ static int is_added(json_t *tok, const char *s)
     return 0;
 }
 
-/* The tokenizer's shape: 1 byte-fallback of <0xNN> tokens, 0 ByteLevel, -1 neither (err set). */
+/* The tokenizer's shape, -1 when none the writer knows (err set). */
 static int vocab_form(json_t *tok, json_t *model, const char *path, struct alloy_err *err)
 {
     const char *type = json_string_value(json_object_get(model, "type"));
+    if (type && strcmp(type, "Unigram") == 0 && json_is_array(json_object_get(model, "vocab"))) return FORM_SPM;
     if (!type || strcmp(type, "BPE") != 0)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model.type: \"BPE\" (the GGUF writer's byte-level form), "
-                             "found \"%s\"", path, type ? type : "none"), -1;
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model.type: \"BPE\" or \"Unigram\" (the forms the GGUF "
+                             "writer knows), found \"%s\"", path, type ? type : "none"), -1;
     if (json_is_true(json_object_get(model, "byte_fallback"))) {
         const char *k;
         json_t *x;
         unsigned byte;
         json_object_foreach(json_object_get(model, "vocab"), k, x) if (!is_byte_token(k, &byte) && !is_added(tok, k))
-            return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model.vocab: \"<0xNN>\" byte tokens only in a "
-                                 "byte-fallback BPE (SentencePiece vocabularies are not written), found \"%s\"", path, k), -1;
-        return 1;
+            return FORM_SPM;
+        return FORM_BYTES;
     }
     char *dec = json_dumps(json_object_get(tok, "decoder"), JSON_COMPACT | JSON_ENCODE_ANY);
     char *pre = json_dumps(json_object_get(tok, "pre_tokenizer"), JSON_COMPACT | JSON_ENCODE_ANY);
@@ -156,7 +202,40 @@ static int vocab_form(json_t *tok, json_t *model, const char *path, struct alloy
     if (!bl)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: decoder or pre_tokenizer: ByteLevel (a byte-level BPE), "
                              "found neither", path), -1;
-    return 0;
+    return FORM_BYTELEVEL;
+}
+
+/* A BPE's merge r (a "left right" string or a pair) scores the piece it makes -(r+1), if a NORMAL piece
+ * without a score yet. */
+static int merge_scores(struct vocab *v, json_t *model, const char *path, struct alloy_err *err)
+{
+    json_t *merges = json_object_get(model, "merges"), *vocab = json_object_get(model, "vocab"), *m;
+    size_t r;
+    json_array_foreach(merges, r, m) {
+        const char *l = json_string_value(json_array_get(m, 0)), *rt = json_string_value(json_array_get(m, 1));
+        const char *s = json_string_value(m), *sp = s ? strchr(s, ' ') : NULL;
+        if (!sp && !(l && rt))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: model.merges[%zu]: \"left right\" or a pair of strings, "
+                                 "found another value", path, r);
+        char *piece = sp ? alloy_xasprintf("%.*s%s", (int)(sp - s), s, sp + 1) : alloy_xasprintf("%s%s", l, rt);
+        if (!piece) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        json_t *id = json_object_get(vocab, piece);
+        free(piece);
+        int64_t i = json_is_integer(id) ? json_integer_value(id) : -1;
+        if (i >= 0 && i < v->n && v->type[i] == TT_NORMAL && v->score[i] == 0) v->score[i] = -(float)(r + 1);
+    }
+    return ALLOY_OK;
+}
+
+/* The "llama" form's unk piece (model.unk_token or a Unigram's unk_id) is typed UNKNOWN. */
+static void mark_unknown(struct vocab *v, json_t *model)
+{
+    const char *s = json_string_value(json_object_get(model, "unk_token"));
+    json_t *uid = json_object_get(model, "unk_id");
+    int64_t id = json_is_integer(uid) ? json_integer_value(uid) : -1;
+    for (int64_t i = 0; s && id < 0 && i < v->n; i++)
+        if (v->tok[i] && strcmp(v->tok[i], s) == 0) id = i;
+    if (id >= 0 && id < v->n && v->tok[id]) v->type[id] = TT_UNKNOWN;
 }
 
 static int write_merges(struct gguf_buf *b, json_t *merges, const char *path, struct alloy_err *err)
@@ -220,6 +299,7 @@ static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *
     json_t *model = json_object_get(tok, "model");
     int form = vocab_form(tok, model, path, err);
     if (form < 0) return (int)err->status;
+    if (form == FORM_SPM) pre = "default";
     if (!pre) pre = pre_name(json_object_get(tok, "pre_tokenizer"));
     if (!pre)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: pre_tokenizer: none, ByteLevel, or the Llama 3 or Qwen2 "
@@ -230,15 +310,27 @@ static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *
         int n = snprintf(pad, sizeof pad, "[PAD%lld]", (long long)i);
         if (!v->tok[i] && set_token(v, i, pad, (size_t)n, TT_UNUSED) < 0)
             rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        else if (v->type[i] == TT_UNUSED) v->score[i] = -1000.0f;
     }
     if (rc) return rc;
-    gguf_kv_str(b, "tokenizer.ggml.model", "gpt2");
+    if (form == FORM_SPM && !json_is_array(json_object_get(model, "vocab"))) rc = merge_scores(v, model, path, err);
+    if (rc) return rc;
+    if (form == FORM_SPM) mark_unknown(v, model);
+    gguf_kv_str(b, "tokenizer.ggml.model", form == FORM_SPM ? "llama" : "gpt2");
     gguf_kv_str(b, "tokenizer.ggml.pre", pre);
     gguf_kv_array(b, "tokenizer.ggml.tokens", GGUF_STRING, (uint64_t)v->n);
     for (int64_t i = 0; i < v->n; i++) gguf_buf_str(b, v->tok[i], strlen(v->tok[i]));
+    if (form == FORM_SPM) {
+        gguf_kv_array(b, "tokenizer.ggml.scores", GGUF_F32, (uint64_t)v->n);
+        for (int64_t i = 0; i < v->n; i++) {
+            uint32_t bits;
+            memcpy(&bits, &v->score[i], sizeof bits);
+            gguf_buf_u32(b, bits);
+        }
+    }
     gguf_kv_array(b, "tokenizer.ggml.token_type", GGUF_I32, (uint64_t)v->n);
     for (int64_t i = 0; i < v->n; i++) gguf_buf_u32(b, (uint32_t)v->type[i]);
-    rc = write_merges(b, json_object_get(model, "merges"), path, err);
+    if (form != FORM_SPM) rc = write_merges(b, json_object_get(model, "merges"), path, err);
     if (!rc) special_keys(b, v, tcfg, config);
     return rc;
 }
@@ -246,11 +338,13 @@ static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *
 int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *config, const char *path,
                         const char *pre, int64_t n_vocab, struct alloy_err *err)
 {
-    struct vocab v = {alloy_xcalloc((size_t)n_vocab, sizeof(char *)), alloy_xcalloc((size_t)n_vocab, 4), n_vocab};
-    int rc = v.tok && v.type ? vocab_keys(b, &v, tok, tcfg, config, path, pre, err)
+    struct vocab v = {alloy_xcalloc((size_t)n_vocab, sizeof(char *)), alloy_xcalloc((size_t)n_vocab, 4),
+                      alloy_xcalloc((size_t)n_vocab, sizeof(float)), n_vocab};
+    int rc = v.tok && v.type && v.score ? vocab_keys(b, &v, tok, tcfg, config, path, pre, err)
                              : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; v.tok && i < n_vocab; i++) free(v.tok[i]);
     free(v.tok);
     free(v.type);
+    free(v.score);
     return rc;
 }

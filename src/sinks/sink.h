@@ -57,6 +57,11 @@ struct alloy_sink *alloy_sink_folder_new(const struct alloy_merge_options *o, st
 struct alloy_sink *alloy_sink_memory_new(struct alloy_model **out, const char *label, struct alloy_err *err);
 /* A GGUF file at o->out_dir (gguf.c), renamed into place on commit. */
 struct alloy_sink *alloy_sink_gguf_new(const struct alloy_merge_options *o, struct alloy_err *err);
+/* A dry run: fixes s's layout for plan p (names, types, block copies) without creating anything. */
+int alloy_sink_gguf_layout(struct alloy_sink *s, const struct alloy_plan *p, struct alloy_err *err);
+/* After alloy_sink_gguf_layout or begin: tensor i as stored ("NAME TYPE[, blocks copied unchanged|, quantized]"
+ * or "dropped ..."), an alloy_plan_note_fn over the sink. */
+const char *alloy_sink_gguf_note(void *sink, size_t i, char *buf, size_t n);
 /* 1 when the options ask for a GGUF file: out_format "gguf", or none and out_dir ending in ".gguf". */
 int alloy_sink_wants_gguf(const struct alloy_merge_options *o);
 
