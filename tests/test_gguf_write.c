@@ -677,3 +677,29 @@ TEST(gguf_write_spm_tokenizer_refusals)
     CHECK(access(out, F_OK) != 0);
     CHECK_INT(test_leftovers(test_tmpdir()), 0);
 }
+
+/* Rebuilding a "llama"-form tokenizer.json splits every piece at every character: the work is bounded, so a
+ * vocabulary with a 40,000-byte piece is refused by name instead of taking minutes. */
+TEST(gguf_read_spm_merge_work_bounded)
+{
+    char *longp = malloc(40001);
+    CHECK(longp != NULL);
+    if (!longp) return;
+    memset(longp, 'a', 40000);
+    longp[40000] = '\0';
+    json_t *tok = json_pack("{s:[o], s:{s:s, s:i, s:[[s, f], [s, f], [s, f]]}}", "added_tokens",
+                            added_token(1, "<s>", 1), "model", "type", "Unigram", "unk_id", 0, "vocab", "<unk>", 0.0,
+                            "<s>", 0.0, longp, -2.0);
+    free(longp);
+    CHECK(tok != NULL);
+    char out[512];
+    snprintf(out, sizeof out, "%s/long.gguf", test_tmpdir());
+    struct alloy_gguf *g = tok ? spm_gguf("long", tok, out) : NULL;
+    char *text = NULL;
+    struct alloy_err err = {0};
+    CHECK(g && alloy_gguf_tokenizer_json(g, &text, &err) == ALLOY_ERR_FORMAT);
+    CHECK_STR_CONTAINS(err.msg, "tokenizer.ggml.tokens: deriving the merges");
+    CHECK_STR_CONTAINS(err.msg, "(40000 bytes)");
+    free(text);
+    if (g) alloy_tensor_file_close(alloy_gguf_base(g));
+}

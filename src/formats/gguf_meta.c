@@ -393,6 +393,9 @@ static int piece_merges(struct tok_walk *w, const char *k, int64_t id, float sco
     return ALLOY_OK;
 }
 
+/* Bound on the sum of squared piece lengths split into merges (real vocabularies: a few million). */
+#define SPM_MAX_WORK ((uint64_t)1 << 30)
+
 /* The "llama" form's merges, from its scores (tokenizer.ggml.scores, one per token). */
 static int spm_merges(struct tok_walk *w, uint64_t ntok)
 {
@@ -409,11 +412,20 @@ static int spm_merges(struct tok_walk *w, uint64_t ntok)
     const char *k;
     json_t *x;
     int rc = ALLOY_OK;
+    uint64_t work = 0; /* splitting a piece of len bytes costs about len^2: bounded over the whole vocabulary */
     json_object_foreach(w->vocab, k, x) {
         int64_t id = json_integer_value(x);
         float score;
         memcpy(&score, sc + 4 * (size_t)id, sizeof score);
         if (id < w->ntypes && alloy_gguf_array_int(w->g, "tokenizer.ggml.token_type", (uint64_t)id) != 1) continue;
+        uint64_t len = strlen(k);
+        if (len > SPM_MAX_WORK || (work += len * len) > SPM_MAX_WORK) {
+            rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: tokenizer.ggml.tokens: deriving the merges of the "
+                               "\"llama\" form costs the squares of the piece lengths, at most %llu in all; token %lld "
+                               "(%llu bytes) goes past it", path_of(w->g), (unsigned long long)SPM_MAX_WORK,
+                               (long long)id, (unsigned long long)len);
+            break;
+        }
         if ((rc = piece_merges(w, k, id, score, &m, &n, &cap))) break;
     }
     if (!rc) qsort(m, n, sizeof *m, by_rank);
