@@ -43,6 +43,8 @@ int cli_next(struct cli_args *a, const char **val);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Parses a decimal integer in [lo, hi]; 0 or -1. */
 int cli_int(const char *s, long long lo, long long hi, long long *out);
+/* Stores positional argument val in pos[*npos] (at most max); one more is a usage error (returns 2). */
+int cli_positional(const char *cmd, const char **pos, int *npos, int max, const char *val);
 
 /* ------------------------------------------------------------ messages */
 

@@ -69,8 +69,7 @@ int cmd_moe(int argc, char **argv)
         switch (id) {
         case CLI_USAGE: return 2;
         case CLI_ARG:
-            if (npos == 2) return cli_usage_error("moe", "unexpected argument '%s'", val);
-            pos[npos++] = val;
+            if (cli_positional(a.cmd, pos, &npos, 2, val)) return 2;
             break;
         case OPT_HELP: usage(stdout); return 0;
         case OPT_SEED:

@@ -66,6 +66,13 @@ int cli_next(struct cli_args *a, const char **val)
     return CLI_USAGE;
 }
 
+int cli_positional(const char *cmd, const char **pos, int *npos, int max, const char *val)
+{
+    if (*npos == max) return cli_usage_error(cmd, "unexpected argument '%s'", val);
+    pos[(*npos)++] = val;
+    return 0;
+}
+
 int cli_int(const char *s, long long lo, long long hi, long long *out)
 {
     char *end;

@@ -93,10 +93,8 @@ struct alloy_model *lt_apply(const char *ref, const char *out_dtype, struct allo
     return alloy_merge(&o, err) == ALLOY_OK ? m : NULL;
 }
 
-double *lt_read(const struct alloy_model *m, const char *name, size_t *n)
+double *lt_tensor_values(const struct alloy_tensor *t)
 {
-    const struct alloy_tensor *t = alloy_model_find(m, name);
-    if (!t) return NULL;
     double *v = malloc((size_t)t->numel * sizeof *v + 1);
     for (uint64_t i = 0; v && i < t->numel; i++) {
         uint32_t u = 0;
@@ -106,8 +104,15 @@ double *lt_read(const struct alloy_model *m, const char *name, size_t *n)
         memcpy(&f, &u, 4);
         v[i] = f;
     }
-    *n = (size_t)t->numel;
     return v;
+}
+
+double *lt_read(const struct alloy_model *m, const char *name, size_t *n)
+{
+    const struct alloy_tensor *t = alloy_model_find(m, name);
+    if (!t) return NULL;
+    *n = (size_t)t->numel;
+    return lt_tensor_values(t);
 }
 
 double lt_maxrel(const double *got, const double *want, size_t n, double floor)

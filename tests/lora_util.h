@@ -27,6 +27,8 @@ int  lt_write_adapter(const char *dir, const char *config, const struct lt_tenso
 /* The passthrough of `ref` merged in memory (NULL on failure, err filled); out_dtype may be NULL. */
 struct alloy_model *lt_apply(const char *ref, const char *out_dtype, struct alloy_err *err);
 /* The values of tensor `name` of m as doubles (malloc'd, *n set), or NULL when absent. */
+/* The values of a stored F32 or BF16 tensor, as doubles (malloc'd). */
+double *lt_tensor_values(const struct alloy_tensor *t);
 double *lt_read(const struct alloy_model *m, const char *name, size_t *n);
 /* Largest |got - want| / max(|want|, floor) over n values. */
 double lt_maxrel(const double *got, const double *want, size_t n, double floor);

@@ -24,20 +24,6 @@ static const struct {
     double s, code, prose;
 } k_fix[] = {{"code-r8", 16.0 / 8, 1.40087, 1.59313}, {"prose-r16", 16.0 / 4, 1.58782, 1.48699}};
 
-static double *tensor_values(const struct alloy_tensor *t)
-{
-    double *v = malloc((size_t)t->numel * sizeof *v + 1);
-    for (uint64_t i = 0; v && i < t->numel; i++) {
-        uint32_t u = 0;
-        float f;
-        if (t->dtype == ALLOY_DTYPE_BF16) u = (uint32_t)(t->data[2 * i] | t->data[2 * i + 1] << 8) << 16;
-        else memcpy(&u, t->data + 4 * i, 4);
-        memcpy(&f, &u, 4);
-        v[i] = f;
-    }
-    return v;
-}
-
 /* Every tensor of out against base: the 28 LoRA'd projections equal the formula within 1 BF16 ulp,
  * every other tensor is the base's, bit for bit. */
 static void check_fixture_weights(const struct alloy_model *out, int fi)
@@ -67,7 +53,7 @@ static void check_fixture_weights(const struct alloy_model *out, int fi)
         }
         CHECK(b != NULL && w->ndim == 2);
         if (!b) continue;
-        double *wv = tensor_values(w), *av = tensor_values(a), *bv = tensor_values(b), *ov = tensor_values(o);
+        double *wv = lt_tensor_values(w), *av = lt_tensor_values(a), *bv = lt_tensor_values(b), *ov = lt_tensor_values(o);
         double *ref = malloc((size_t)w->numel * sizeof *ref), *size = malloc((size_t)w->numel * sizeof *size);
         lt_formula(wv, av, bv, NULL, 0, w->shape[0], w->shape[1], a->shape[0], k_fix[fi].s, ref, size);
         over += lt_bf16_over_ulp(ov, ref, size, (size_t)w->numel);
