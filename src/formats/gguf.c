@@ -25,14 +25,19 @@
  *   across shards, and split.tensors.count is the total. Only shard 1 holds
  *   the model's keys. Tensors of all shards form one tensor file.
  *
- *   Names map back to Hugging Face (gguf.md §1.2) for the architectures whose
- *   mapping is known (llama incl. Mistral, qwen2, qwen3); shapes are `ne`
- *   reversed; llama's attn_q / attn_k rows are un-permuted on reading
- *   (perm_heads: the tensor-file op that alloy_tensor_read_f32 follows).
+ *   Names map back to Hugging Face (gguf.md §1.2, §4) for the architectures
+ *   of gguf_arch.h; shapes are `ne` reversed; llama's attn_q / attn_k rows
+ *   are un-permuted on reading and Gemma's norms read back with 1
+ *   subtracted (perm_heads, value_offset: the tensor-file ops that
+ *   alloy_tensor_read_f32 follows). Derived tensors (rope_freqs,
+ *   rope_factors_long/short) are not model weights: they are moved behind
+ *   the presented tensors (alloy_gguf_derived finds them) and only feed
+ *   config.json's rope_scaling (gguf_meta.c).
  */
 #include "core/internal.h"
 #include "core/strmap.h"
 #include "formats/gguf.h"
+#include "formats/gguf_arch.h"
 #include "formats/mapped.h"
 
 #include <errno.h>
@@ -67,6 +72,7 @@ struct gguf_shard {
 struct gguf_tensor {
     uint32_t shard;
     uint64_t heads;     /* rows stored in llama's rotary order: head count, else 0 */
+    float offset;       /* added to every value read (Gemma's norms: -1) */
     char *gguf_name;    /* owned */
 };
 
@@ -81,6 +87,8 @@ struct alloy_gguf {
     char **names;
     struct alloy_strmap gguf_names; /* GGUF name -> tensor: duplicates across shards */
     char *arch;
+    const struct gguf_arch *ga;
+    size_t nderived;               /* derived tensors, kept after base.tensors[base.count - 1] */
 };
 
 /* ------------------------------------------------------------ the cursor */
@@ -296,22 +304,16 @@ static int parse_kv(struct hdr *h, uint64_t n_kv)
     return rc;
 }
 
-/* Tensor name -> Hugging Face name for the supported architectures (gguf.md §1.2) into *out (malloc'd);
- * 0, 1 when the name is unknown, -1 when out of memory. The layer is plain decimal ("blk.01" is not
- * "blk.1"), so distinct GGUF names give distinct HF names. */
-static int hf_name(const char *name, int qwen3, int *kind, char **out)
+/* Tensor name -> Hugging Face name in architecture a (gguf.md §1.2) into *out (malloc'd), with the head count
+ * that permutes its rows (*perm, as gguf_arch_layer_hf); 0, 1 when the name is unknown, -1 when out of memory.
+ * The layer is plain decimal ("blk.01" is not "blk.1"), so distinct GGUF names give distinct HF names. */
+static int hf_name(const struct gguf_arch *a, const char *name, int *perm, char **out)
 {
-    static const struct { const char *gguf, *hf; int kind; } top[] = {
-        {"token_embd.weight", "model.embed_tokens.weight", 0}, {"output_norm.weight", "model.norm.weight", 0},
-        {"output.weight", "lm_head.weight", 0},
+    static const struct { const char *gguf, *hf; } top[] = {
+        {"token_embd.weight", "model.embed_tokens.weight"}, {"output_norm.weight", "model.norm.weight"},
+        {"output.weight", "lm_head.weight"},
     };
-    static const struct { const char *gguf, *hf; int kind; } blk[] = {
-        {"attn_norm", "input_layernorm", 0}, {"attn_q", "self_attn.q_proj", 1}, {"attn_k", "self_attn.k_proj", 2},
-        {"attn_v", "self_attn.v_proj", 0}, {"attn_output", "self_attn.o_proj", 0},
-        {"ffn_norm", "post_attention_layernorm", 0}, {"ffn_gate", "mlp.gate_proj", 0}, {"ffn_up", "mlp.up_proj", 0},
-        {"ffn_down", "mlp.down_proj", 0}, {"attn_q_norm", "self_attn.q_norm", 3}, {"attn_k_norm", "self_attn.k_norm", 3},
-    };
-    *kind = 0;
+    *perm = 0;
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(top); i++)
         if (strcmp(name, top[i].gguf) == 0) return (*out = alloy_xstrdup(top[i].hf)) ? 0 : -1;
     if (strncmp(name, "blk.", 4) != 0) return 1;
@@ -321,15 +323,10 @@ static int hf_name(const char *name, int qwen3, int *kind, char **out)
     if (!nd || nd > 9 || (digits[0] == '0' && nd > 1) || *rest++ != '.') return 1;
     const char *dot = strrchr(rest, '.');
     if (!dot || (strcmp(dot, ".weight") != 0 && strcmp(dot, ".bias") != 0)) return 1;
-    for (size_t i = 0; i < ALLOY_ARRAY_LEN(blk); i++) {
-        if (strlen(blk[i].gguf) != (size_t)(dot - rest) || memcmp(rest, blk[i].gguf, (size_t)(dot - rest)) != 0)
-            continue;
-        if (blk[i].kind == 3 && !qwen3) return 1;
-        *kind = blk[i].kind;
-        *out = alloy_xasprintf("model.layers.%.*s.%s%s", (int)nd, digits, blk[i].hf, dot);
-        return *out ? 0 : -1;
-    }
-    return 1;
+    const char *hf = gguf_arch_layer_hf(a, rest, (size_t)(dot - rest), perm);
+    if (!hf) return 1;
+    *out = alloy_xasprintf("model.layers.%.*s.%s%s", (int)nd, digits, hf, dot);
+    return *out ? 0 : -1;
 }
 
 static int add_tensor(struct hdr *h, const char *name, uint32_t nd, const int64_t *ne, int dtype, uint64_t nbytes,
@@ -490,36 +487,68 @@ static int perm_heads_for(struct alloy_gguf *g, struct alloy_tensor *t, int kind
     return ALLOY_OK;
 }
 
-/* Every tensor gets its HF name; rope scaling tensors (derived data) are refused for now. */
+static int is_derived(const char *gguf_name)
+{
+    return strcmp(gguf_name, "rope_freqs.weight") == 0 || strcmp(gguf_name, "rope_factors_long.weight") == 0 ||
+           strcmp(gguf_name, "rope_factors_short.weight") == 0;
+}
+
+/* Derived tensors moved behind the others (order kept), out of base.count. */
+static void set_derived_aside(struct alloy_gguf *g)
+{
+    size_t n = g->base.count, k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (is_derived(g->info[i].gguf_name)) continue;
+        struct alloy_tensor t = g->base.tensors[i];
+        struct gguf_tensor ti = g->info[i];
+        memmove(&g->base.tensors[k + 1], &g->base.tensors[k], (i - k) * sizeof t);
+        memmove(&g->info[k + 1], &g->info[k], (i - k) * sizeof ti);
+        g->base.tensors[k] = t;
+        g->info[k++] = ti;
+    }
+    g->base.count = k;
+    g->nderived = n - k;
+}
+
+const char *alloy_gguf_stored_name(const struct alloy_gguf *g, const struct alloy_tensor *t)
+{
+    return g->info[t - g->base.tensors].gguf_name;
+}
+
+const struct alloy_tensor *alloy_gguf_derived(const struct alloy_gguf *g, const char *gguf_name)
+{
+    for (size_t i = g->base.count; i < g->base.count + g->nderived; i++)
+        if (strcmp(g->info[i].gguf_name, gguf_name) == 0) return &g->base.tensors[i];
+    return NULL;
+}
+
+/* Every tensor but the derived ones gets its HF name, row order and value offset. */
 static int map_names(struct alloy_gguf *g, struct alloy_err *err)
 {
-    const char *arch = g->arch;
-    int llama = strcmp(arch, "llama") == 0, qwen3 = strcmp(arch, "qwen3") == 0;
-    if (!llama && !qwen3 && strcmp(arch, "qwen2") != 0)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: general.architecture: llama, qwen2 or qwen3 (the "
-                             "architectures whose names alloy maps back to Hugging Face), found \"%s\"",
-                             g->base.path, arch);
-    if (!(g->names = alloy_xcalloc(g->base.count + 1, sizeof *g->names)))
+    if (!(g->ga = gguf_arch_named(g->arch)))
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: general.architecture: %s (the architectures whose "
+                             "names alloy maps back to Hugging Face), found \"%s\"", g->base.path, gguf_arch_names(),
+                             g->arch);
+    set_derived_aside(g);
+    if (!(g->names = alloy_xcalloc(g->base.count + g->nderived + 1, sizeof *g->names)))
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", g->base.path);
     for (size_t i = 0; i < g->base.count; i++) {
         struct alloy_tensor *t = &g->base.tensors[i];
         const char *gn = g->info[i].gguf_name;
-        if (strcmp(gn, "rope_freqs.weight") == 0 || strncmp(gn, "rope_factors_", 13) == 0)
-            return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': rope scaling tensors are not "
-                                 "supported yet (config.json's rope_scaling is not rebuilt from GGUF)", g->base.path, gn);
-        int kind;
+        int perm;
         char *hf = NULL;
-        int known = hf_name(gn, qwen3, &kind, &hf);
+        int known = hf_name(g->ga, gn, &perm, &hf);
         if (known < 0) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", g->base.path);
         if (known > 0)
             return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': no Hugging Face name known for it "
-                                 "in architecture %s", g->base.path, gn, arch);
+                                 "in architecture %s", g->base.path, gn, g->arch);
         g->names[i] = hf;
         t->name = hf;
-        if (llama && (kind == 1 || kind == 2)) {
-            int rc = perm_heads_for(g, t, kind, &g->info[i].heads, err);
+        if (perm) {
+            int rc = perm_heads_for(g, t, perm, &g->info[i].heads, err);
             if (rc) return rc;
         }
+        if (gguf_arch_plus_one(g->ga, gn)) g->info[i].offset = -1.0f;
         int dup = 0; /* distinct GGUF names have distinct HF names (hf_name), checked all the same */
         if (alloy_strmap_put(&g->base.index, hf, i, &dup) != 0)
             return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", g->base.path);
@@ -612,7 +641,7 @@ static void gguf_close(struct alloy_tensor_file *tf)
         if (g->shards[i].fd >= 0) close(g->shards[i].fd);
         free(g->shards[i].path);
     }
-    for (size_t i = 0; i < g->base.count; i++) {
+    for (size_t i = 0; i < g->base.count + g->nderived; i++) {
         free(g->info[i].gguf_name);
         if (g->names) free(g->names[i]);
     }
@@ -662,7 +691,14 @@ static uint64_t gguf_perm_heads(const struct alloy_tensor_file *tf, const struct
     return g->info[t - g->base.tensors].heads;
 }
 
-static const struct alloy_tensor_file_ops gguf_ops = {"gguf", gguf_close, gguf_pread, gguf_release, gguf_perm_heads};
+static float gguf_value_offset(const struct alloy_tensor_file *tf, const struct alloy_tensor *t)
+{
+    const struct alloy_gguf *g = (const struct alloy_gguf *)tf;
+    return g->info[t - g->base.tensors].offset;
+}
+
+static const struct alloy_tensor_file_ops gguf_ops = {"gguf", gguf_close, gguf_pread, gguf_release, gguf_perm_heads,
+                                                      gguf_value_offset};
 
 static int read_arch(struct alloy_gguf *g, struct alloy_err *err)
 {

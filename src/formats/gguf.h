@@ -29,6 +29,11 @@ struct alloy_tensor_file *alloy_gguf_base(struct alloy_gguf *g);
 struct alloy_gguf *alloy_gguf_of(struct alloy_tensor_file *f);
 /* general.architecture ("llama"), borrowed. */
 const char *alloy_gguf_arch(const struct alloy_gguf *g);
+/* A derived tensor by its GGUF name (rope_freqs.weight, rope_factors_long/short.weight): not among the
+ * presented tensors; NULL when the file has none. */
+const struct alloy_tensor *alloy_gguf_derived(const struct alloy_gguf *g, const char *gguf_name);
+/* The GGUF name a presented (or derived) tensor of g is stored under. */
+const char *alloy_gguf_stored_name(const struct alloy_gguf *g, const struct alloy_tensor *t);
 
 /* The raw pair: 1 and its type, an array's element type and count, and the value's bytes in the mapping
  * (a STRING: its u64 length then the bytes; an ARRAY: its first element), or 0 when absent. */

@@ -9,8 +9,12 @@
  *   layer_norm_rms_epsilon, rope.freq_base, context_length, key_length ->
  *   head_dim; vocab_size from {arch}.vocab_size, else the token list, else
  *   token_embd's rows; tied when there is no output.weight; bos/eos from
- *   tokenizer.ggml.*. A required key that is missing is an error naming it;
- *   rope scaling other than none is refused (it would be silently lost).
+ *   tokenizer.ggml.*; the HF class, model_type and activation of the
+ *   architecture (gguf_arch.h), Gemma2/3's softcaps and sliding window,
+ *   Phi-3's original context, sliding window and partial rotary factor.
+ *   A required key that is missing is an error naming it; rope_scaling
+ *   comes from gguf_rope.c, which refuses what it cannot rebuild (it would
+ *   be silently lost).
  *
  *   tokenizer.json is built for the byte-level BPE form (tokenizer.ggml.model
  *   "gpt2"): the token list as the BPE vocabulary, the merges, a ByteLevel
@@ -30,6 +34,7 @@
  */
 #include "core/internal.h"
 #include "formats/gguf.h"
+#include "formats/gguf_arch.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -181,27 +186,13 @@ static int put_float(const struct alloy_gguf *g, json_t *o, const char *suffix, 
     snprintf(key, sizeof key, "%s.%s", alloy_gguf_arch(g), suffix);
     int has = alloy_gguf_float(g, key, &v, err);
     if (has < 0) return ALLOY_ERR_FORMAT;
+    if (!has && isinf(def)) return ALLOY_OK; /* optional */
     if (!has && isnan(def))
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected a float (config.json's %s), found none",
                              path_of(g), key, name);
     if (!isfinite(v))
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s: expected a finite value, found %g", path_of(g), key, v);
     return json_object_set_new(o, name, json_real(v)) ? nomem(g, err) : ALLOY_OK;
-}
-
-/* rope scaling: only none (or absent) is carried over. */
-static int check_rope_scaling(const struct alloy_gguf *g, struct alloy_err *err)
-{
-    char key[128];
-    const char *s;
-    uint64_t len;
-    snprintf(key, sizeof key, "%s.rope.scaling.type", alloy_gguf_arch(g));
-    int has = alloy_gguf_str(g, key, &s, &len, err);
-    if (has < 0) return ALLOY_ERR_FORMAT;
-    if (has && !(len == 4 && memcmp(s, "none", 4) == 0))
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: \"none\" (alloy does not rebuild rope_scaling from "
-                             "GGUF yet), found \"%.*s\"", path_of(g), key, (int)(len < 40 ? len : 40), s);
-    return ALLOY_OK;
 }
 
 static int put_token_id(const struct alloy_gguf *g, json_t *o, const char *which, struct alloy_err *err)
@@ -216,51 +207,100 @@ static int put_token_id(const struct alloy_gguf *g, json_t *o, const char *which
     return ALLOY_OK;
 }
 
-static const struct { const char *arch, *hf, *model_type; } g_archs[] = {
-    {"llama", "LlamaForCausalLM", "llama"}, {"qwen2", "Qwen2ForCausalLM", "qwen2"}, {"qwen3", "Qwen3ForCausalLM", "qwen3"},
-};
-
-static int config_fields(const struct alloy_gguf *g, json_t *o, struct alloy_err *err)
+static int set_int(const struct alloy_gguf *g, json_t *o, const char *name, int64_t v, struct alloy_err *err)
 {
-    const char *arch = alloy_gguf_arch(g);
-    size_t a = 0;
-    while (a < ALLOY_ARRAY_LEN(g_archs) && strcmp(g_archs[a].arch, arch) != 0) a++;
-    if (a == ALLOY_ARRAY_LEN(g_archs))
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: general.architecture: llama, qwen2 or qwen3, found \"%s\"",
-                             path_of(g), arch);
+    return json_object_set_new(o, name, json_integer(v)) ? nomem(g, err) : ALLOY_OK;
+}
+
+/* What HF's config classes of Gemma2/3 and Phi-3 hold beyond the common keys; *rot the rotary dimension. */
+static int arch_fields(const struct alloy_gguf *g, const struct gguf_arch *a, json_t *o, int64_t embd, int64_t heads,
+                       int64_t *rot, struct alloy_err *err)
+{
+    int64_t hd = json_integer_value(json_object_get(o, "head_dim")), v = 0;
+    int rc = ALLOY_OK;
+    if (a->flags & GA_NORM_PLUS1 && json_object_set_new(o, "hidden_activation", json_string(a->hidden_act)))
+        return nomem(g, err);
+    if (a->id == GA_GEMMA2 || a->id == GA_GEMMA3) {
+        /* llama.cpp scales queries by 1/sqrt(head_dim) for the sizes the converter writes (query_pre_attn_scalar
+         * is not stored); Gemma3's local layers use base 10000 and every sixth layer is global */
+        if ((rc = put_float(g, o, "attn_logit_softcapping", "attn_logit_softcapping", INFINITY, err)) ||
+            (rc = put_float(g, o, "final_logit_softcapping", "final_logit_softcapping", INFINITY, err)) ||
+            (rc = put_int(g, o, "attention.sliding_window", "sliding_window", 0, NULL, err)) ||
+            (rc = set_int(g, o, "query_pre_attn_scalar", hd, err)))
+            return rc;
+        if (a->id == GA_GEMMA3 && (json_object_set_new(o, "rope_local_base_freq", json_real(10000.0)) ||
+                                   json_object_set_new(o, "sliding_window_pattern", json_integer(6))))
+            return nomem(g, err);
+    }
+    if (a->id == GA_PHI3) {
+        if ((rc = put_int(g, o, "rope.scaling.original_context_length", "original_max_position_embeddings", 0, NULL,
+                          err)) ||
+            (rc = put_int(g, o, "attention.sliding_window", "sliding_window", 0, &v, err)) ||
+            (rc = put_int(g, o, "rope.dimension_count", "rope_dimension_count", 0, rot, err)))
+            return rc;
+        json_object_del(o, "rope_dimension_count");
+        if (v == 0 && json_object_set_new(o, "sliding_window", json_null())) return nomem(g, err); /* 0: none (Phi-4) */
+        if (heads > 0 && *rot * heads != embd &&
+            json_object_set_new(o, "partial_rotary_factor", json_real((double)(*rot * heads) / (double)embd)))
+            return nomem(g, err);
+    }
+    return ALLOY_OK;
+}
+
+static int config_head(const struct alloy_gguf *g, const struct gguf_arch *a, json_t *o, struct alloy_err *err)
+{
     json_t *archs = json_array();
-    if (!archs || json_array_append_new(archs, json_string(g_archs[a].hf)) || json_object_set_new(o, "architectures", archs) ||
-        json_object_set_new(o, "model_type", json_string(g_archs[a].model_type)) ||
-        json_object_set_new(o, "hidden_act", json_string("silu")))
+    if (!archs || json_array_append_new(archs, json_string(a->hf_class)) || json_object_set_new(o, "architectures", archs) ||
+        json_object_set_new(o, "model_type", json_string(a->model_type)) ||
+        json_object_set_new(o, "hidden_act", json_string(a->hidden_act)))
         return nomem(g, err);
-    int64_t heads = 0, embd = 0, vocab = -1;
-    int rc;
-    if ((rc = put_int(g, o, "embedding_length", "hidden_size", 1, &embd, err)) ||
-        (rc = put_int(g, o, "feed_forward_length", "intermediate_size", 1, NULL, err)) ||
-        (rc = put_int(g, o, "block_count", "num_hidden_layers", 1, NULL, err)) ||
-        (rc = put_int(g, o, "attention.head_count", "num_attention_heads", 1, &heads, err)) ||
-        (rc = put_int(g, o, "context_length", "max_position_embeddings", 1, NULL, err)) ||
-        (rc = put_float(g, o, "attention.layer_norm_rms_epsilon", "rms_norm_eps", NAN, err)) ||
-        (rc = put_float(g, o, "rope.freq_base", "rope_theta", 10000.0, err)) ||
-        (rc = check_rope_scaling(g, err)))
-        return rc;
-    if ((rc = put_int(g, o, "attention.head_count_kv", "num_key_value_heads", 0, NULL, err))) return rc;
-    if (!json_object_get(o, "num_key_value_heads") && json_object_set_new(o, "num_key_value_heads", json_integer(heads)))
-        return nomem(g, err); /* llama.cpp's default: as many as the query heads */
-    if ((rc = put_int(g, o, "attention.key_length", "head_dim", 0, NULL, err))) return rc;
-    if (!json_object_get(o, "head_dim") && heads > 0 && json_object_set_new(o, "head_dim", json_integer(embd / heads)))
-        return nomem(g, err);
-    if ((rc = put_int(g, o, "vocab_size", "vocab_size", 0, &vocab, err))) return rc;
+    return ALLOY_OK;
+}
+
+/* vocab_size: {arch}.vocab_size, else the token list's length, else token_embd's rows. */
+static int put_vocab(const struct alloy_gguf *g, json_t *o, struct alloy_err *err)
+{
+    int64_t vocab = -1;
+    int rc = put_int(g, o, "vocab_size", "vocab_size", 0, &vocab, err);
+    if (rc) return rc;
     const struct alloy_tensor_file *f = alloy_gguf_base((struct alloy_gguf *)g);
     const struct alloy_tensor *emb = alloy_tensor_file_find(f, "model.embed_tokens.weight");
     uint64_t ntok;
     if (vocab < 0 && alloy_gguf_array(g, "tokenizer.ggml.tokens", GGUF_STRING, &ntok, err) > 0) vocab = (int64_t)ntok;
     if (vocab < 0 && emb && emb->ndim == 2) vocab = emb->shape[0];
     if (vocab < 0) return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: %s.vocab_size: expected a vocabulary size (or a "
-                                        "token list or token_embd.weight), found none", path_of(g), arch);
-    int tied = !alloy_tensor_file_find(f, "lm_head.weight");
-    if (json_object_set_new(o, "vocab_size", json_integer(vocab)) ||
-        json_object_set_new(o, "tie_word_embeddings", json_boolean(tied)) ||
+                                        "token list or token_embd.weight), found none", path_of(g), alloy_gguf_arch(g));
+    return set_int(g, o, "vocab_size", vocab, err);
+}
+
+static int config_fields(const struct alloy_gguf *g, json_t *o, struct alloy_err *err)
+{
+    const struct gguf_arch *a = gguf_arch_named(alloy_gguf_arch(g));
+    if (!a)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: general.architecture: %s, found \"%s\"", path_of(g),
+                             gguf_arch_names(), alloy_gguf_arch(g));
+    int64_t heads = 0, embd = 0, rot = 0;
+    int rc;
+    if ((rc = config_head(g, a, o, err)) ||
+        (rc = put_int(g, o, "embedding_length", "hidden_size", 1, &embd, err)) ||
+        (rc = put_int(g, o, "feed_forward_length", "intermediate_size", 1, NULL, err)) ||
+        (rc = put_int(g, o, "block_count", "num_hidden_layers", 1, NULL, err)) ||
+        (rc = put_int(g, o, "attention.head_count", "num_attention_heads", 1, &heads, err)) ||
+        (rc = put_int(g, o, "context_length", "max_position_embeddings", 1, NULL, err)) ||
+        (rc = put_float(g, o, "attention.layer_norm_rms_epsilon", "rms_norm_eps", NAN, err)) ||
+        (rc = put_float(g, o, "rope.freq_base", "rope_theta", 10000.0, err)))
+        return rc;
+    if ((rc = put_int(g, o, "attention.head_count_kv", "num_key_value_heads", 0, NULL, err))) return rc;
+    if (!json_object_get(o, "num_key_value_heads") && (rc = set_int(g, o, "num_key_value_heads", heads, err)))
+        return rc; /* llama.cpp's default: as many as the query heads */
+    if ((rc = put_int(g, o, "attention.key_length", "head_dim", 0, NULL, err))) return rc;
+    if (!json_object_get(o, "head_dim") && heads > 0 && (rc = set_int(g, o, "head_dim", embd / heads, err))) return rc;
+    rot = json_integer_value(json_object_get(o, "head_dim"));
+    if ((rc = arch_fields(g, a, o, embd, heads, &rot, err)) || (rc = gguf_rope_config(g, o, rot, err)) ||
+        (rc = put_vocab(g, o, err)))
+        return rc;
+    int tied = !alloy_tensor_file_find(alloy_gguf_base((struct alloy_gguf *)g), "lm_head.weight");
+    if (json_object_set_new(o, "tie_word_embeddings", json_boolean(tied)) ||
         json_object_set_new(o, "torch_dtype", json_string("float32")))
         return nomem(g, err);
     if ((rc = put_token_id(g, o, "bos", err)) || (rc = put_token_id(g, o, "eos", err))) return rc;

@@ -10,7 +10,8 @@
  *   a range of elements: it reads whole blocks (a block type's range may
  *   start or end inside a block: those blocks go through a small buffer),
  *   in pieces of at most PIECE bytes, and follows a file's row permutation
- *   (GGUF's llama Q/K rows) one row at a time.
+ *   (GGUF's llama Q/K rows) one row at a time and its value offset (GGUF's
+ *   Gemma norms, stored + 1) in float32.
  */
 #include "core/internal.h"
 #include "formats/formats.h"
@@ -121,13 +122,16 @@ static uint64_t perm_heads(const struct alloy_tensor *t)
     return t->file && t->file->ops->perm_heads ? t->file->ops->perm_heads(t->file, t) : 0;
 }
 
-int alloy_tensor_permuted(const struct alloy_tensor *t) { return perm_heads(t) != 0; }
-
-int alloy_tensor_read_f32(const struct alloy_tensor *t, uint64_t e0, size_t n, float *dst, struct alloy_err *err)
+static float value_offset(const struct alloy_tensor *t)
 {
-    if (!alloy_dtype_traits(t->dtype)->to_f32)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': dtype %s cannot be read as float32",
-                             t->file ? t->file->path : "?", t->name, alloy_dtype_traits(t->dtype)->name);
+    return t->file && t->file->ops->value_offset ? t->file->ops->value_offset(t->file, t) : 0.0f;
+}
+
+int alloy_tensor_permuted(const struct alloy_tensor *t) { return perm_heads(t) != 0 || value_offset(t) != 0.0f; }
+
+/* Logical elements [e0, e0 + n) following the file's row permutation. */
+static int read_rows_f32(const struct alloy_tensor *t, uint64_t e0, size_t n, float *dst, struct alloy_err *err)
+{
     uint64_t heads = perm_heads(t);
     if (!heads) return read_stored_f32(t, e0, n, dst, err);
     /* one row at a time: logical row r = h*d + a*d/2 + b lives at stored row h*d + 2b + a */
@@ -142,4 +146,15 @@ int alloy_tensor_read_f32(const struct alloy_tensor *t, uint64_t e0, size_t n, f
         e += run;
     }
     return ALLOY_OK;
+}
+
+int alloy_tensor_read_f32(const struct alloy_tensor *t, uint64_t e0, size_t n, float *dst, struct alloy_err *err)
+{
+    if (!alloy_dtype_traits(t->dtype)->to_f32)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': dtype %s cannot be read as float32",
+                             t->file ? t->file->path : "?", t->name, alloy_dtype_traits(t->dtype)->name);
+    int rc = read_rows_f32(t, e0, n, dst, err);
+    float off = value_offset(t);
+    for (size_t i = 0; !rc && off != 0.0f && i < n; i++) dst[i] += off; /* in float32, as llama.cpp's reader would */
+    return rc;
 }

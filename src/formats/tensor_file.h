@@ -34,6 +34,8 @@ struct alloy_tensor_file_ops {
     /* NULL, or the number of heads whose rows t stores in GGUF's llama order (0: stored in order):
      * logical row h*d + a*d/2 + b is stored row h*d + 2b + a, d = rows / heads (gguf.md §1.3). */
     uint64_t (*perm_heads)(const struct alloy_tensor_file *f, const struct alloy_tensor *t);
+    /* NULL, or a value added to each of t's stored values when read (GGUF's Gemma norms: -1, gguf.md §4). */
+    float (*value_offset)(const struct alloy_tensor_file *f, const struct alloy_tensor *t);
 };
 
 struct alloy_tensor_file {
@@ -48,7 +50,8 @@ struct alloy_tensor_file {
  * converted, partial blocks at either end through a small buffer, rows mapped when the file stores
  * them permuted. t's dtype must have a to_f32 row. Safe from several threads. */
 int alloy_tensor_read_f32(const struct alloy_tensor *t, uint64_t e0, size_t n, float *dst, struct alloy_err *err);
-/* 1 when t's stored rows are not in logical order (its bytes cannot be used as they are). */
+/* 1 when t's stored bytes are not its logical values (rows out of order, or values offset): they cannot be
+ * used as they are. */
 int alloy_tensor_permuted(const struct alloy_tensor *t);
 
 #endif

@@ -5,11 +5,16 @@
  * DESIGN
  *   begin() fixes the whole file before any tensor arrives. The output
  *   config.json (the donor's, as a folder output would write it) gives the
- *   architecture and head counts; every plan tensor gets its GGUF name
- *   (gguf.md §1.2; a name the architecture does not have is an error, a
- *   rotary inv_freq buffer is dropped), its GGUF type (the outtype, or F32
- *   for 1-D tensors, norms and non-weights: §1.5) and its place in the
- *   converter's order (sorted Hugging Face names). Metadata and tensor
+ *   architecture (gguf_arch.h) and head counts; every plan tensor gets its
+ *   GGUF name (gguf.md §1.2; a name the architecture does not have is an
+ *   error, a rotary inv_freq buffer and Gemma/Gemma2's lm_head are
+ *   dropped), its GGUF type (the outtype, or F32 for 1-D tensors, norms and
+ *   non-weights: §1.5) and its place in the converter's order (generated
+ *   tensors first, then sorted Hugging Face names). Generated tensors
+ *   (Llama 3.1's rope_freqs, Phi-3's rope factors: gguf_extra_tensors) are
+ *   held whole, small, and written right after the header. Gemma3's
+ *   token_embd (and output) is cut to the tokenizer's token count: rows
+ *   past it are not written. Metadata and tensor
  *   infos are encoded in memory (gguf_out.h), so data offsets (running
  *   sums padded to 32) are known; the file is created at its final size
  *   with the header submitted first.
@@ -19,7 +24,10 @@
  *   llama's q_proj and k_proj rows are reordered within each head on the
  *   way out (§1.3: HF row h*d + a*d/2 + b goes to row h*d + 2b + a), so a
  *   chunk is split at row boundaries and each piece goes to its permuted
- *   row; nothing is held whole.
+ *   row; nothing is held whole. Gemma's norms get +1 on the way out, where
+ *   the converter adds it: after rounding to the tensor's own dtype, in
+ *   float32 for BF16 and F32 (BF16 is upcast first), and in float16 for an
+ *   F16 tensor (the sum rounded to f16, then stored as F32).
  *
  *   Atomicity: the file is written as a hidden temporary sibling
  *   "<out>.alloy-tmp-<pid>-XXXXXX", which commit fsyncs and renames over
@@ -49,6 +57,12 @@
 
 struct out_tensor {
     char *name;            /* GGUF name, NULL: dropped */
+    int ndim;
+    int64_t shape[ALLOY_MAX_DIMS]; /* as stored: Gemma3's token_embd cut to the token count */
+    uint64_t numel;
+    int plus_one;          /* Gemma norm: the HF value + 1 (gguf.md §1.4) */
+    enum alloy_dtype src_dtype; /* the plan's dtype, which the +1 rounds to first */
+    const float *values;   /* a generated tensor's values (gguf_extra), NULL for plan tensors */
     enum alloy_dtype dtype;
     uint32_t ggml_type;
     uint64_t perm_heads;   /* rows reordered within this many heads, 0: none */
@@ -62,7 +76,10 @@ struct gguf_sink {
     struct alloy_sink base;
     const struct alloy_merge_options *o;
     const struct alloy_plan *p;
-    struct out_tensor *t;  /* [p->ntensors] */
+    struct out_tensor *t;  /* [nt]: the plan's tensors, then the generated ones */
+    size_t nt;
+    struct gguf_extra extra[GGUF_MAX_EXTRA];
+    size_t nextra;
     struct gguf_mix mix;   /* the outtype's per-tensor types (quantized outtypes) */
     int quantized;         /* a quantized outtype: llama-quantize's types and tensor order */
     struct alloy_imatrix *imatrix; /* --imatrix, NULL: the reference quantizers */
@@ -74,42 +91,34 @@ struct gguf_sink {
 
 /* ------------------------------------------------------------ names and types */
 
-static const struct { const char *hf, *gguf; int perm; } g_layer_names[] = {
-    {"input_layernorm.weight", "attn_norm.weight", 0},
-    {"self_attn.q_proj.weight", "attn_q.weight", 1}, {"self_attn.q_proj.bias", "attn_q.bias", 1},
-    {"self_attn.k_proj.weight", "attn_k.weight", 2}, {"self_attn.k_proj.bias", "attn_k.bias", 2},
-    {"self_attn.v_proj.weight", "attn_v.weight", 0}, {"self_attn.v_proj.bias", "attn_v.bias", 0},
-    {"self_attn.o_proj.weight", "attn_output.weight", 0},
-    {"self_attn.q_norm.weight", "attn_q_norm.weight", 0}, {"self_attn.k_norm.weight", "attn_k_norm.weight", 0},
-    {"post_attention_layernorm.weight", "ffn_norm.weight", 0},
-    {"mlp.gate_proj.weight", "ffn_gate.weight", 0}, {"mlp.up_proj.weight", "ffn_up.weight", 0},
-    {"mlp.down_proj.weight", "ffn_down.weight", 0},
-};
-
-static const struct { const char *hf, *gguf; } g_top_names[] = {
-    {"model.embed_tokens.weight", "token_embd.weight"}, {"model.norm.weight", "output_norm.weight"},
-    {"lm_head.weight", "output.weight"},
-};
-
-/* The GGUF name of HF name hf (malloc'd into *out, NULL when dropped) and which head count permutes its rows
- * (0 none, 1 query heads, 2 key/value heads); -1 when the architecture has no such tensor. */
-static int gguf_name(const char *hf, char **out, int *perm)
+/* The GGUF name of HF name hf in architecture ga (malloc'd into *out, NULL when dropped) and which head count
+ * permutes its rows (0 none, 1 query heads, 2 key/value heads); -1 when the architecture has no such tensor,
+ * -2 when out of memory. */
+static int gguf_name(const struct gguf_arch *ga, const char *hf, char **out, int *perm)
 {
+    static const struct { const char *hf, *gguf; } top[] = {
+        {"model.embed_tokens.weight", "token_embd.weight"}, {"model.norm.weight", "output_norm.weight"},
+        {"lm_head.weight", "output.weight"},
+    };
     *out = NULL;
     *perm = 0;
-    for (size_t i = 0; i < ALLOY_ARRAY_LEN(g_top_names); i++)
-        if (strcmp(hf, g_top_names[i].hf) == 0) return (*out = alloy_xstrdup(g_top_names[i].gguf)) ? 0 : -2;
+    if (strcmp(hf, "lm_head.weight") == 0 && (ga->flags & GA_NO_OUTPUT)) return 0; /* Gemma ties it, always */
+    for (size_t i = 0; i < ALLOY_ARRAY_LEN(top); i++)
+        if (strcmp(hf, top[i].hf) == 0) return (*out = alloy_xstrdup(top[i].gguf)) ? 0 : -2;
     unsigned layer;
     int n = 0;
     if (sscanf(hf, "model.layers.%u.%n", &layer, &n) != 1 || !n || hf[13] < '0' || hf[13] > '9') return -1;
-    const char *rest = hf + n;
+    const char *rest = hf + n, *dot = strrchr(rest, '.');
     if (strcmp(rest, "self_attn.rotary_emb.inv_freq") == 0) return 0;
-    for (size_t i = 0; i < ALLOY_ARRAY_LEN(g_layer_names); i++)
-        if (strcmp(rest, g_layer_names[i].hf) == 0) {
-            *perm = g_layer_names[i].perm;
-            return (*out = alloy_xasprintf("blk.%u.%s", layer, g_layer_names[i].gguf)) ? 0 : -2;
-        }
-    return -1;
+    if (!dot || (strcmp(dot, ".weight") != 0 && strcmp(dot, ".bias") != 0)) return -1;
+    char stem[64];
+    if ((size_t)(dot - rest) >= sizeof stem) return -1;
+    memcpy(stem, rest, (size_t)(dot - rest));
+    stem[dot - rest] = '\0';
+    const char *gg = gguf_arch_layer_gguf(ga, stem, perm);
+    int bias_ok = strstr(stem, "self_attn.") && strstr(stem, "_proj") && strcmp(stem, "self_attn.o_proj") != 0;
+    if (!gg || (strcmp(dot, ".bias") == 0 && !bias_ok)) return -1; /* biases: q/k/v (and Phi-3's qkv) only */
+    return (*out = alloy_xasprintf("blk.%u.%s%s", layer, gg, dot)) ? 0 : -2;
 }
 
 static int ends_with(const char *s, const char *suffix)
@@ -134,12 +143,17 @@ static int map_tensor(struct gguf_sink *g, size_t i, const struct gguf_model_inf
 {
     const struct alloy_plan_tensor *pt = &g->p->tensors[i];
     struct out_tensor *t = &g->t[i];
-    int perm, rc = gguf_name(pt->name, &t->name, &perm);
+    int perm, rc = gguf_name(mi->ga, pt->name, &t->name, &perm);
     if (rc == -2) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     if (rc < 0)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': a %s tensor the GGUF writer maps, found an "
                              "unknown name", g->o->out_dir, pt->name, mi->arch);
     if (!t->name) return ALLOY_OK;
+    t->ndim = pt->ndim;
+    memcpy(t->shape, pt->shape, sizeof t->shape);
+    t->numel = pt->numel;
+    t->plus_one = gguf_arch_plus_one(mi->ga, pt->name);
+    t->src_dtype = pt->dtype;
     if (pt->copy)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': a float tensor (GGUF output), found %s",
                              g->o->out_dir, pt->name, alloy_dtype_traits(pt->dtype)->name);
@@ -166,7 +180,7 @@ static int copyable(const struct gguf_sink *g, size_t i, enum alloy_dtype d)
     const struct alloy_tensor *src = pt->n == 1 ? pt->inputs[0].t : NULL;
     double scale = pt->tp ? pt->tp[0] : NAN;
     if (!src || strcmp(g->p->method->name, "passthrough") != 0 || !(isnan(scale) || scale == 1)) return 0;
-    return src->dtype == d && src->numel == pt->numel && alloy_gguf_of(src->file) &&
+    return src->dtype == d && src->numel == pt->numel && g->t[i].numel == pt->numel && alloy_gguf_of(src->file) &&
            strcmp(pt->inputs[0].ops->kind, "stored") == 0 && src->file->ops->perm_heads(src->file, src) == g->t[i].perm_heads;
 }
 
@@ -179,9 +193,9 @@ static int by_quant_order(const void *a, const void *b, void *sink)
 /* The indices of the written tensors in llama-quantize's order (*n of them), malloc'd. */
 static size_t *quant_order(const struct gguf_sink *g, size_t *n)
 {
-    size_t *order = alloy_xcalloc(g->p->ntensors ? g->p->ntensors : 1, sizeof *order);
+    size_t *order = alloy_xcalloc(g->nt ? g->nt : 1, sizeof *order);
     *n = 0;
-    for (size_t i = 0; order && i < g->p->ntensors; i++)
+    for (size_t i = 0; order && i < g->nt; i++)
         if (g->t[i].name) order[(*n)++] = i;
     if (order) qsort_r(order, *n, sizeof *order, by_quant_order, (void *)g);
     return order;
@@ -199,11 +213,10 @@ static int quant_types(struct gguf_sink *g, const struct gguf_model_info *mi, in
     if (!rc && gguf_mix_init(&g->mix, g->o->outtype, n_layer, gqa, g->imatrix != NULL, names, n, err))
         rc = (int)err->status;
     for (size_t k = 0; !rc && k < n; k++) {
-        const struct alloy_plan_tensor *pt = &g->p->tensors[order[k]];
         struct out_tensor *t = &g->t[order[k]];
         enum alloy_dtype d;
-        int64_t ne0 = pt->ndim ? pt->shape[pt->ndim - 1] : 1;
-        rc = gguf_mix_type(&g->mix, t->name, pt->ndim, ne0, t->dtype, &d, g->o->out_dir, err);
+        int64_t ne0 = t->ndim ? t->shape[t->ndim - 1] : 1;
+        rc = gguf_mix_type(&g->mix, t->name, t->ndim, ne0, t->dtype, &d, g->o->out_dir, err);
         if (rc || d == ALLOY_DTYPE_F32 || d == ALLOY_DTYPE_F16) {
             if (!rc) t->dtype = d;
         } else {
@@ -220,37 +233,38 @@ static int quant_types(struct gguf_sink *g, const struct gguf_model_info *mi, in
 
 /* ------------------------------------------------------------ header */
 
+/* The converter's order: generated tensors first (in their order), then the plan's by HF name. */
 static int by_hf_name(const void *a, const void *b, void *plan)
 {
     const struct alloy_plan *p = plan;
-    return strcmp(p->tensors[*(const size_t *)a].name, p->tensors[*(const size_t *)b].name);
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    if (i >= p->ntensors || j >= p->ntensors) return (i > j) - (i < j);
+    return strcmp(p->tensors[i].name, p->tensors[j].name);
 }
 
 /* Tensor infos in the converter's order, with the data offsets. */
 static int tensor_infos(struct gguf_sink *g, struct gguf_buf *b, uint64_t *count, struct alloy_err *err)
 {
-    const struct alloy_plan *p = g->p;
-    size_t *order = alloy_xcalloc(p->ntensors ? p->ntensors : 1, sizeof *order);
+    size_t *order = alloy_xcalloc(g->nt ? g->nt : 1, sizeof *order);
     if (!order) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < p->ntensors; i++) order[i] = i;
-    if (g->quantized) qsort_r(order, p->ntensors, sizeof *order, by_quant_order, (void *)g);
-    else qsort_r(order, p->ntensors, sizeof *order, by_hf_name, (void *)p);
+    for (size_t i = 0; i < g->nt; i++) order[i] = i;
+    if (g->quantized) qsort_r(order, g->nt, sizeof *order, by_quant_order, (void *)g);
+    else qsort_r(order, g->nt, sizeof *order, by_hf_name, (void *)g->p);
     uint64_t off = 0;
     *count = 0;
-    for (size_t k = 0; k < p->ntensors; k++) {
-        const struct alloy_plan_tensor *pt = &p->tensors[order[k]];
+    for (size_t k = 0; k < g->nt; k++) {
         struct out_tensor *t = &g->t[order[k]];
         if (!t->name) continue;
         gguf_buf_str(b, t->name, strlen(t->name));
-        gguf_buf_u32(b, (uint32_t)pt->ndim);
-        for (int d = pt->ndim - 1; d >= 0; d--) gguf_buf_u64(b, (uint64_t)pt->shape[d]); /* ne: innermost first */
+        gguf_buf_u32(b, (uint32_t)t->ndim);
+        for (int d = t->ndim - 1; d >= 0; d--) gguf_buf_u64(b, (uint64_t)t->shape[d]); /* ne: innermost first */
         gguf_buf_u32(b, t->ggml_type);
         gguf_buf_u64(b, off);
         t->offset = off;
-        if (alloy_dtype_nbytes(t->dtype, pt->numel, &t->nbytes) != 0) {
+        if (alloy_dtype_nbytes(t->dtype, t->numel, &t->nbytes) != 0) {
             free(order);
             return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: tensor '%s': whole %s blocks, found %llu values", g->o->out_dir,
-                                 pt->name, alloy_dtype_traits(t->dtype)->name, (unsigned long long)pt->numel);
+                                 t->name, alloy_dtype_traits(t->dtype)->name, (unsigned long long)t->numel);
         }
         off += (t->nbytes + GGUF_ALIGN - 1) / GGUF_ALIGN * GGUF_ALIGN;
         ++*count;
@@ -351,6 +365,39 @@ static uint32_t file_type(const struct gguf_sink *g)
     return 0;
 }
 
+/* The generated tensors of config.json (gguf_extra_tensors) after the plan's, F32 and held whole. */
+static int add_extras(struct gguf_sink *g, json_t *config, const char *cpath, const struct gguf_model_info *mi,
+                      struct alloy_err *err)
+{
+    int rc = gguf_extra_tensors(config, cpath, mi, g->extra, &g->nextra, err);
+    for (size_t k = 0; !rc && k < g->nextra; k++) {
+        struct out_tensor *t = &g->t[g->nt++];
+        const struct gguf_extra *x = &g->extra[k];
+        *t = (struct out_tensor){.name = alloy_xstrdup(x->name), .ndim = 1, .shape = {x->n}, .numel = (uint64_t)x->n,
+                                 .values = x->v, .dtype = ALLOY_DTYPE_F32, .src_dtype = ALLOY_DTYPE_F32};
+        if (!t->name) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    }
+    return rc;
+}
+
+/* Gemma3: token_embd (and output) cut to the token count, as Gemma3Model counts it for tokenizer.json
+ * (vocabulary entries plus added tokens); *n_vocab the rows kept. */
+static void trim_vocab(struct gguf_sink *g, json_t *tok, int64_t *n_vocab)
+{
+    json_t *v = json_object_get(json_object_get(tok, "model"), "vocab");
+    int64_t n = (int64_t)(json_is_array(v) ? json_array_size(v) : json_object_size(v)) +
+                (int64_t)json_array_size(json_object_get(tok, "added_tokens"));
+    for (size_t i = 0; i < g->p->ntensors; i++) {
+        struct out_tensor *t = &g->t[i];
+        if (!t->name || t->ndim != 2 || t->shape[0] <= n ||
+            (strcmp(t->name, "token_embd.weight") != 0 && strcmp(t->name, "output.weight") != 0))
+            continue;
+        t->numel = (uint64_t)n * (uint64_t)t->shape[1];
+        t->shape[0] = n;
+        *n_vocab = n;
+    }
+}
+
 /* Metadata (model and tokenizer keys) and tensor infos: the whole header, padded, in *out. */
 static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_err *err)
 {
@@ -367,13 +414,17 @@ static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_
         rc = map_tensor(g, i, &mi, err);
         if (g->t[i].name) mi.n_params += g->p->tensors[i].numel;
     }
+    if (!rc) rc = add_extras(g, config, cpath, &mi, err);
     int64_t layers = json_integer_value(json_object_get(config, "num_hidden_layers"));
     if (!rc && g->quantized) rc = quant_types(g, &mi, (int)layers, err);
     if (!rc) rc = gguf_model_keys(&kv, config, cpath, &mi, name, file_type(g), err);
     if (!rc) rc = tokenizer_json(g->p, &tok, &tcfg, &tpath, &pre, err);
     for (size_t i = 0; !rc && i < g->p->ntensors; i++) /* the token list has one entry per embedding row */
-        if (g->t[i].name && strcmp(g->t[i].name, "token_embd.weight") == 0) mi.n_vocab = g->p->tensors[i].shape[0];
+        if (g->t[i].name && strcmp(g->t[i].name, "token_embd.weight") == 0) mi.n_vocab = g->t[i].shape[0];
+    if (!rc && (mi.ga->flags & GA_VOCAB_TRIM)) trim_vocab(g, tok, &mi.n_vocab);
     if (!rc) rc = gguf_tokenizer_keys(&kv, tok, tcfg, config, tpath, pre, mi.n_vocab, err);
+    if (!rc && (mi.ga->flags & GA_NORM_PLUS1) && gguf_tokenizer_is_spm(tok)) /* Gemma's SentencePiece: no "▁" prefix */
+        gguf_kv_bool(&kv, "tokenizer.ggml.add_space_prefix", 0);
     if (!rc) gguf_kv_u32(&kv, "general.quantization_version", 2);
     if (!rc && g->imatrix) { /* what llama-quantize adds */
         gguf_kv_str(&kv, "quantize.imatrix.file", g->o->imatrix);
@@ -459,7 +510,8 @@ static int layout(struct gguf_sink *g, const struct alloy_plan *p, struct gguf_b
         rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: --imatrix: a quantized --outtype, found %s", g->o->out_dir,
                            g->o->outtype ? g->o->outtype : "none");
     if (!rc && g->o->imatrix) rc = alloy_imatrix_open(g->o->imatrix, &g->imatrix, err);
-    if (!rc && !(g->t = alloy_xcalloc(p->ntensors ? p->ntensors : 1, sizeof *g->t)))
+    g->nt = p->ntensors;
+    if (!rc && !(g->t = alloy_xcalloc(p->ntensors + GGUF_MAX_EXTRA, sizeof *g->t)))
         rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     return rc ? rc : build_header(g, hdr, err);
 }
@@ -470,7 +522,7 @@ static int gguf_begin(struct alloy_sink *s, const struct alloy_plan *p, struct a
     struct gguf_buf hdr = {0};
     int rc = layout(g, p, &hdr, err);
     uint64_t end = 0;
-    for (size_t i = 0; !rc && i < p->ntensors; i++)
+    for (size_t i = 0; !rc && i < g->nt; i++)
         if (g->t[i].name) {
             uint64_t e = g->t[i].offset + g->t[i].nbytes;
             end = e > end ? e : end;
@@ -478,6 +530,8 @@ static int gguf_begin(struct alloy_sink *s, const struct alloy_plan *p, struct a
     g->data_start = hdr.len;
     if (!rc) rc = create_file(g, hdr.len + (end + GGUF_ALIGN - 1) / GGUF_ALIGN * GGUF_ALIGN, err);
     if (!rc) rc = alloy_writer_submit(g->w, hdr.p, hdr.len, 0, err);
+    for (size_t i = p->ntensors; !rc && i < g->nt; i++) /* generated: little-endian F32, as held */
+        rc = alloy_writer_submit(g->w, g->t[i].values, g->t[i].nbytes, g->data_start + g->t[i].offset, err);
     free(hdr.p);
     return rc;
 }
@@ -502,7 +556,7 @@ static int write_quantized(struct gguf_sink *g, size_t i, uint64_t e0, uint64_t 
 {
     const struct alloy_plan_tensor *pt = &g->p->tensors[i];
     const struct out_tensor *t = &g->t[i];
-    uint64_t cols = pt->numel / pt->rows, row_bytes = t->nbytes / pt->rows;
+    uint64_t cols = pt->numel / pt->rows, row_bytes = t->nbytes / (t->numel / cols);
     if (e0 % cols || e1 % cols)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': whole rows to quantize, found elements "
                              "%llu..%llu (this merge method hands over partial rows)", g->o->out_dir, pt->name,
@@ -525,16 +579,40 @@ static int write_quantized(struct gguf_sink *g, size_t i, uint64_t e0, uint64_t 
     return rc;
 }
 
+/* Gemma's norms: HF value + 1 where the converter adds it (see the top of the file), in pieces. */
+static int write_plus_one(struct gguf_sink *g, const struct out_tensor *t, uint64_t e0, uint64_t e1, const float *src,
+                          uint64_t *nonfinite, struct alloy_err *err)
+{
+    float tmp[1024];
+    size_t es = alloy_dtype_traits(t->dtype)->block_bytes;
+    int rc = ALLOY_OK;
+    for (uint64_t e = e0; e < e1 && !rc;) {
+        size_t k = e1 - e < ALLOY_ARRAY_LEN(tmp) ? (size_t)(e1 - e) : ALLOY_ARRAY_LEN(tmp);
+        for (size_t j = 0; j < k; j++) {
+            float x = src[e - e0 + j];
+            if (t->src_dtype == ALLOY_DTYPE_F16) x = alloy_f16_to_f32(alloy_f32_to_f16(x));
+            else if (t->src_dtype == ALLOY_DTYPE_BF16) x = alloy_bf16_to_f32(alloy_f32_to_bf16(x));
+            x += 1.0f;
+            tmp[j] = t->src_dtype == ALLOY_DTYPE_F16 ? alloy_f16_to_f32(alloy_f32_to_f16(x)) : x;
+        }
+        rc = alloy_writer_submit_f32(g->w, g->data_start + t->offset + e * es, tmp, k, t->dtype, nonfinite, err);
+        e += k;
+    }
+    return rc;
+}
+
 static int gguf_write(struct alloy_sink *s, size_t i, uint64_t e0, uint64_t e1, float *src, uint64_t *nonfinite,
                       struct alloy_err *err)
 {
     struct gguf_sink *g = (struct gguf_sink *)s;
     const struct out_tensor *t = &g->t[i];
     *nonfinite = 0;
-    if (!t->name) return ALLOY_OK; /* dropped */
+    if (!t->name || e0 >= t->numel) return ALLOY_OK; /* dropped, or rows past a cut vocabulary */
+    if (e1 > t->numel) e1 = t->numel;
     size_t es = alloy_dtype_traits(t->dtype)->block_bytes;
     uint64_t base = g->data_start + t->offset;
     if (t->quantize) return write_quantized(g, i, e0, e1, src, err);
+    if (t->plus_one) return write_plus_one(g, t, e0, e1, src, nonfinite, err);
     if (!t->perm_heads) return alloy_writer_submit_f32(g->w, base + e0 * es, src, (size_t)(e1 - e0), t->dtype, nonfinite, err);
     const struct alloy_plan_tensor *pt = &g->p->tensors[i];
     uint64_t cols = pt->numel / pt->rows, d = pt->rows / t->perm_heads, half = d / 2;
@@ -627,7 +705,8 @@ static void gguf_free(struct alloy_sink *s)
 {
     struct gguf_sink *g = (struct gguf_sink *)s;
     gguf_abort(s);
-    for (size_t i = 0; g->t && i < g->p->ntensors; i++) free(g->t[i].name);
+    for (size_t i = 0; g->t && i < g->nt; i++) free(g->t[i].name);
+    for (size_t i = 0; i < g->nextra; i++) free(g->extra[i].v);
     free(g->t);
     alloy_imatrix_close(g->imatrix);
     free(g);

@@ -16,6 +16,7 @@
 
 #include "core/internal.h"
 #include "formats/gguf.h"
+#include "formats/gguf_arch.h"
 
 #include <jansson.h>
 
@@ -41,7 +42,8 @@ void gguf_kv_array(struct gguf_buf *b, const char *key, enum gguf_vtype elem, ui
 
 /* What the tensors and keys need from config.json. */
 struct gguf_model_info {
-    const char *arch;          /* "llama", "qwen2", "qwen3" */
+    const struct gguf_arch *ga;
+    const char *arch;          /* general.architecture: "llama", "qwen2", ... */
     int permute_qk;            /* llama: Q/K rows reordered per head (gguf.md §1.3) */
     int64_t n_head, n_head_kv, n_embd, head_dim, n_vocab;
     uint64_t n_params;         /* values in the tensors written (general.size_label) */
@@ -52,6 +54,20 @@ int gguf_model_info(json_t *config, const char *path, struct gguf_model_info *mi
 /* general.* and {arch}.* keys from config.json; name is general.name, file_type general.file_type. */
 int gguf_model_keys(struct gguf_buf *b, json_t *config, const char *path, const struct gguf_model_info *mi,
                     const char *name, uint32_t file_type, struct alloy_err *err);
+/* A tensor the converter generates from config.json (gguf.md §1.2): Llama 3.1's rope_freqs, Phi-3's
+ * rope_factors_long/short; F32 [n], v malloc'd. */
+struct gguf_extra {
+    const char *name;
+    float *v;
+    int64_t n;
+};
+#define GGUF_MAX_EXTRA 2
+/* The generated tensors of config.json's rope_scaling into x (*n of them; free each x[i].v). */
+int gguf_extra_tensors(json_t *config, const char *path, const struct gguf_model_info *mi, struct gguf_extra *x,
+                       size_t *n, struct alloy_err *err);
+/* 1 when tokenizer.json is written in SentencePiece's "llama" form (gguf_tok_write.c). */
+int gguf_tokenizer_is_spm(json_t *tok);
+
 /* tokenizer.* keys from tokenizer.json (tok) and tokenizer_config.json (tcfg, may be NULL); config.json
  * supplies special ids tokenizer_config.json lacks; n_vocab rows (shorter lists are padded). pre: the
  * tokenizer.ggml.pre to write (a GGUF donor's), NULL: named from the pre-tokenizer. */

@@ -348,3 +348,8 @@ int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *c
     free(v.score);
     return rc;
 }
+
+int gguf_tokenizer_is_spm(json_t *tok)
+{
+    return vocab_form(tok, json_object_get(tok, "model"), "", NULL) == FORM_SPM;
+}

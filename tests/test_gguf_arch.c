@@ -1,0 +1,448 @@
+/*
+ * test_gguf_arch.c — GGUF architectures beyond llama/qwen: gemma, gemma2,
+ * gemma3, phi3 written and read back, and Llama 3.1's rope_freqs.
+ *
+ * DESIGN
+ *   Each case builds a tiny HF folder here (F32 weights of known values,
+ *   rows of 256 so every quantizer applies, the architecture's config.json
+ *   keys, the bundled tiny-llama tokenizer), converts it with the CLI and
+ *   checks the file against gguf.md §1 as this test restates it in its own
+ *   tables: every GGUF name, shape, type and stored value (Gemma's norms
+ *   + 1, computed here, in float16 for an F16 tensor; Gemma3's embedding
+ *   cut to the token count), no tensor more (llama.cpp refuses extras: no
+ *   output.weight for gemma/gemma2), and each metadata key's value. The
+ *   file is then converted back to an HF folder and compared with the
+ *   original (exact: the norm values are multiples of 2^-12, so + 1 - 1 is
+ *   exact in float32) and its config.json with the architecture's keys.
+ *   Llama 3.1: rope_freqs.weight against Meta's rule evaluated here in
+ *   double, the rebuilt rope_scaling, and alloy eval of the HF folder equal
+ *   to eval of its GGUF (and different without the scaling).
+ */
+#include "test.h"
+
+#include "alloy.h"
+#include "formats/gguf.h"
+#include "formats/tensor_file.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+
+enum { H = 256, NH = 4, NKV = 2, HD = 64, FF = 512, NL = 2, V = 260 };
+enum arch { A_GEMMA, A_GEMMA2, A_GEMMA3, A_PHI3 };
+
+static const struct arch_case {
+    const char *arch, *hf_class, *model_type, *config; /* config: keys beyond the common ones */
+    int rows;                                         /* embedding rows in the HF folder */
+} g_cases[] = {
+    {"gemma", "GemmaForCausalLM", "gemma", "\"head_dim\": 64, \"hidden_activation\": \"gelu_pytorch_tanh\"", V},
+    {"gemma2", "Gemma2ForCausalLM", "gemma2", "\"head_dim\": 64, \"attn_logit_softcapping\": 50.0, "
+     "\"final_logit_softcapping\": 30.0, \"sliding_window\": 4096, \"query_pre_attn_scalar\": 64", V},
+    {"gemma3", "Gemma3ForCausalLM", "gemma3_text", "\"head_dim\": 64, \"sliding_window\": 512, "
+     "\"final_logit_softcapping\": null, \"attn_logit_softcapping\": null", 300},
+    {"phi3", "Phi3ForCausalLM", "phi3", "\"original_max_position_embeddings\": 4096, \"sliding_window\": 2047, "
+     "\"partial_rotary_factor\": 0.75, \"rope_theta\": 10000.0, \"rope_scaling\": {\"type\": \"longrope\", "
+     "\"long_factor\": [LONG], \"short_factor\": [SHORT]}", V},
+};
+
+/* Long-rope factors: 24 values (phi3's rotary dimension 0.75 * 256 / 4 = 48, halved). */
+static double long_factor(int i) { return 1.0 + 0.25 * i; }
+static double short_factor(int i) { return 1.0 + 0.015625 * i; }
+
+/* ------------------------------------------------------------ the HF folder */
+
+struct hf_tensor {
+    char hf[96], gguf[64]; /* gguf "": not in the file */
+    int ndim;
+    long long shape[2];
+    int f16;               /* stored as F16 in the HF folder */
+    int norm;              /* a norm weight (Gemma: + 1 in GGUF) */
+    float *v;
+};
+
+struct model {
+    enum arch a;
+    struct hf_tensor t[64];
+    int n;
+};
+
+/* Weight values: multiples of 2^-12 in [-0.25, 0.25), deterministic per tensor. */
+static float value(int seed, long long i)
+{
+    uint32_t x = (uint32_t)seed * 2654435761u ^ (uint32_t)i * 2246822519u;
+    x ^= x >> 15;
+    x *= 2654435761u;
+    x ^= x >> 13;
+    return (float)((int)(x % 2048) - 1024) / 4096.0f;
+}
+
+static void add(struct model *m, const char *hf, const char *gguf, long long r, long long c, int norm)
+{
+    struct hf_tensor *t = &m->t[m->n];
+    snprintf(t->hf, sizeof t->hf, "%s", hf);
+    snprintf(t->gguf, sizeof t->gguf, "%s", gguf);
+    t->ndim = c ? 2 : 1;
+    t->shape[0] = r;
+    t->shape[1] = c;
+    t->norm = norm;
+    long long n = c ? r * c : r;
+    t->v = malloc((size_t)n * sizeof *t->v);
+    for (long long i = 0; t->v && i < n; i++) t->v[i] = value(m->n + 1, i);
+    m->n++;
+}
+
+static void layer(struct model *m, int l)
+{
+    char hf[96], gg[64];
+    const int sandwich = m->a == A_GEMMA2 || m->a == A_GEMMA3;
+#define L(hfs, ggs, r, c, norm)                                                \
+    do {                                                                       \
+        snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", l, hfs);          \
+        snprintf(gg, sizeof gg, "blk.%d.%s.weight", l, ggs);                   \
+        add(m, hf, gg, r, c, norm);                                            \
+    } while (0)
+    L("input_layernorm", "attn_norm", H, 0, 1);
+    if (m->a == A_PHI3) {
+        L("self_attn.qkv_proj", "attn_qkv", (NH + 2 * NKV) * HD, H, 0);
+        L("mlp.gate_up_proj", "ffn_up", 2 * FF, H, 0);
+    } else {
+        L("self_attn.q_proj", "attn_q", NH * HD, H, 0);
+        L("self_attn.k_proj", "attn_k", NKV * HD, H, 0);
+        L("self_attn.v_proj", "attn_v", NKV * HD, H, 0);
+        L("mlp.gate_proj", "ffn_gate", FF, H, 0);
+        L("mlp.up_proj", "ffn_up", FF, H, 0);
+    }
+    L("self_attn.o_proj", "attn_output", H, NH * HD, 0);
+    L("mlp.down_proj", "ffn_down", H, FF, 0);
+    L("post_attention_layernorm", sandwich ? "post_attention_norm" : "ffn_norm", H, 0, 1);
+    if (sandwich) {
+        L("pre_feedforward_layernorm", "ffn_norm", H, 0, 1);
+        L("post_feedforward_layernorm", "post_ffw_norm", H, 0, 1);
+    }
+    if (m->a == A_GEMMA3) {
+        L("self_attn.q_norm", "attn_q_norm", HD, 0, 1);
+        L("self_attn.k_norm", "attn_k_norm", HD, 0, 1);
+    }
+#undef L
+}
+
+/* The tensors of case a and what gguf.md §1.2 makes of them. */
+static void build(struct model *m, enum arch a)
+{
+    memset(m, 0, sizeof *m);
+    m->a = a;
+    add(m, "model.embed_tokens.weight", "token_embd.weight", g_cases[a].rows, H, 0);
+    add(m, "model.norm.weight", "output_norm.weight", H, 0, 1);
+    m->t[1].f16 = 1; /* Gemma adds 1 to an F16 tensor in float16 */
+    /* gemma and gemma2 drop lm_head (always tied there); phi3 keeps an untied one; gemma3 here is tied */
+    if (a != A_GEMMA3) add(m, "lm_head.weight", a == A_PHI3 ? "output.weight" : "", V, H, 0);
+    for (int l = 0; l < NL; l++) layer(m, l);
+}
+
+static void free_model(struct model *m)
+{
+    for (int i = 0; i < m->n; i++) free(m->t[i].v);
+}
+
+static char *config_text(enum arch a)
+{
+    char lf[1000] = "", sf[1000] = "", cfg[4096];
+    for (int i = 0; i < 24; i++) {
+        snprintf(lf + strlen(lf), sizeof lf - strlen(lf), "%s%.17g", i ? ", " : "", long_factor(i));
+        snprintf(sf + strlen(sf), sizeof sf - strlen(sf), "%s%.17g", i ? ", " : "", short_factor(i));
+    }
+    snprintf(cfg, sizeof cfg, "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"vocab_size\": %d, "
+             "\"hidden_size\": %d, \"intermediate_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": %d, "
+             "\"num_key_value_heads\": %d, \"max_position_embeddings\": %d, \"rms_norm_eps\": 1e-06, "
+             "\"bos_token_id\": 256, \"eos_token_id\": 257, \"torch_dtype\": \"float32\", %s}",
+             g_cases[a].hf_class, g_cases[a].model_type, g_cases[a].rows, H, FF, NL, NH, NKV,
+             a == A_PHI3 ? 131072 : 8192, g_cases[a].config);
+    char *text = strdup(cfg), *at;
+    if (text && (at = strstr(text, "[LONG]"))) { /* splice the factor lists in */
+        char *full = malloc(strlen(text) + 2 * sizeof lf);
+        *at = '\0';
+        char *rest = strstr(at + 1, "[SHORT]");
+        *rest = '\0';
+        sprintf(full, "%s[%s]%s[%s]%s", text, lf, at + 6, sf, rest + 7);
+        free(text);
+        text = full;
+    }
+    return text;
+}
+
+/* dir[n] = <tmp>/<arch>: the case's HF folder. */
+static void write_folder(const struct model *m, char *dir, size_t n)
+{
+    struct test_tensor tt[64];
+    uint16_t *half = NULL;
+    snprintf(dir, n, "%s/%s", test_tmpdir(), g_cases[m->a].arch);
+    for (int i = 0; i < m->n; i++) {
+        const struct hf_tensor *t = &m->t[i];
+        tt[i] = (struct test_tensor){t->hf, "F32", t->ndim, {t->shape[0], t->shape[1]}, t->v};
+        if (t->f16) {
+            half = malloc((size_t)t->shape[0] * sizeof *half);
+            for (long long k = 0; half && k < t->shape[0]; k++) half[k] = alloy_f32_to_f16(t->v[k]);
+            tt[i].dtype = "F16";
+            tt[i].data = half;
+        }
+    }
+    char *cfg = config_text(m->a), cmd[1400];
+    CHECK_INT(test_write_model(dir, tt, m->n, cfg), 0);
+    free(cfg);
+    free(half);
+    snprintf(cmd, sizeof cmd, "cp tests/data/tiny-llama/base/tokenizer.json tests/data/tiny-llama/base/tokenizer_config.json "
+             "%s/", dir);
+    CHECK_INT(test_run(cmd, NULL), 0);
+}
+
+/* ------------------------------------------------------------ checks of the GGUF */
+
+/* f16 rounding (nearest, ties to even) of y in [0.5, 2): the grid is 2^-11 below 1, 2^-10 above. */
+static double f16_round(double y)
+{
+    double q = y < 1 ? 2048 : 1024;
+    return nearbyint(y * q) / q;
+}
+
+/* What the converter stores for value x of tensor t: Gemma's norms + 1 (in float16 for an F16 tensor). */
+static float stored_value(const struct model *m, const struct hf_tensor *t, float x)
+{
+    if (!t->norm || m->a == A_PHI3) return x;
+    return t->f16 ? (float)f16_round(1.0 + x) : x + 1.0f;
+}
+
+static void check_tensor(const struct model *m, struct alloy_gguf *g, const struct hf_tensor *t, long long rows,
+                         const char *path)
+{
+    const struct alloy_tensor *f = alloy_tensor_file_find(alloy_gguf_base(g), t->hf);
+    CHECK_MSG(f != NULL, "%s: %s missing", path, t->gguf);
+    if (!f) return;
+    CHECK_MSG(strcmp(alloy_gguf_stored_name(g, f), t->gguf) == 0, "%s: %s stored as %s", path, t->hf,
+              alloy_gguf_stored_name(g, f));
+    CHECK_INT(f->ndim, t->ndim);
+    CHECK_INT(f->shape[0], rows);
+    if (t->ndim == 2) CHECK_INT(f->shape[1], t->shape[1]);
+    CHECK_INT(f->dtype, ALLOY_DTYPE_F32);
+    float *raw = malloc(f->nbytes);
+    struct alloy_err err = {0};
+    CHECK_MSG(raw && alloy_tensor_pread(f, 0, raw, f->nbytes, &err) == ALLOY_OK, "%s", err.msg);
+    long long bad = -1;
+    for (uint64_t i = 0; raw && i < f->numel && bad < 0; i++)
+        if (raw[i] != stored_value(m, t, t->v[i])) bad = (long long)i;
+    CHECK_MSG(bad < 0, "%s: %s[%lld]: stored %.9g, expected %.9g", path, t->gguf, bad, raw ? raw[bad] : 0.0,
+              stored_value(m, t, t->v[bad < 0 ? 0 : bad]));
+    free(raw);
+}
+
+static void check_u32(struct alloy_gguf *g, const char *arch, const char *suffix, int64_t want)
+{
+    char key[128];
+    int64_t v = -1;
+    struct alloy_err err = {0};
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    CHECK_MSG(alloy_gguf_int(g, key, &v, &err) == 1 && v == want, "%s: %lld, expected %lld", key, (long long)v,
+              (long long)want);
+}
+
+static void check_f32(struct alloy_gguf *g, const char *arch, const char *suffix, double want)
+{
+    char key[128];
+    double v = NAN;
+    struct alloy_err err = {0};
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    CHECK_MSG(alloy_gguf_float(g, key, &v, &err) == 1 && v == (double)(float)want, "%s: %g, expected %g", key, v, want);
+}
+
+static int has_key(struct alloy_gguf *g, const char *arch, const char *suffix)
+{
+    char key[128];
+    uint32_t t, e;
+    uint64_t n;
+    const uint8_t *p;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    return alloy_gguf_kv(g, key, &t, &e, &n, &p);
+}
+
+/* §1.7's keys of each case. */
+static void check_keys(struct alloy_gguf *g, enum arch a)
+{
+    const char *s, *arch = g_cases[a].arch;
+    uint64_t len = 0;
+    struct alloy_err err = {0};
+    CHECK(alloy_gguf_str(g, "general.architecture", &s, &len, &err) == 1 && len == strlen(arch) &&
+          memcmp(s, arch, len) == 0);
+    check_u32(g, arch, "block_count", NL);
+    check_u32(g, arch, "context_length", a == A_PHI3 ? 131072 : 8192);
+    check_u32(g, arch, "embedding_length", H);
+    check_u32(g, arch, "feed_forward_length", FF);
+    check_u32(g, arch, "attention.head_count", NH);
+    check_u32(g, arch, "attention.head_count_kv", NKV);
+    check_f32(g, arch, "attention.layer_norm_rms_epsilon", 1e-6);
+    if (a != A_PHI3) check_u32(g, arch, "attention.key_length", HD), check_u32(g, arch, "attention.value_length", HD);
+    if (a == A_GEMMA2) {
+        check_f32(g, arch, "attn_logit_softcapping", 50.0);
+        check_f32(g, arch, "final_logit_softcapping", 30.0);
+        check_u32(g, arch, "attention.sliding_window", 4096);
+    }
+    if (a == A_GEMMA3) {
+        check_f32(g, arch, "rope.freq_base", 1e6); /* Gemma3Model's default when config.json has none */
+        check_u32(g, arch, "attention.sliding_window", 512);
+        CHECK(!has_key(g, arch, "final_logit_softcapping") && !has_key(g, arch, "attn_logit_softcapping"));
+    }
+    if (a == A_PHI3) {
+        check_u32(g, arch, "rope.dimension_count", 48); /* int(0.75 * 256) / 4 */
+        check_u32(g, arch, "rope.scaling.original_context_length", 4096);
+        check_u32(g, arch, "attention.sliding_window", 2047);
+        check_f32(g, arch, "rope.scaling.attn_factor", sqrt(1 + log(131072.0 / 4096) / log(4096.0)));
+        check_f32(g, arch, "rope.freq_base", 10000.0);
+    }
+}
+
+/* Phi-3's generated factor tensors: F32 [24], config.json's lists. */
+static void check_rope_factors(struct alloy_gguf *g)
+{
+    static const char *const names[] = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    for (int k = 0; k < 2; k++) {
+        const struct alloy_tensor *t = alloy_gguf_derived(g, names[k]);
+        CHECK_MSG(t && t->ndim == 1 && t->shape[0] == 24 && t->dtype == ALLOY_DTYPE_F32, "%s", names[k]);
+        float v[24];
+        struct alloy_err err = {0};
+        CHECK(t && alloy_tensor_pread(t, 0, v, sizeof v, &err) == ALLOY_OK);
+        for (int i = 0; t && i < 24; i++) CHECK(v[i] == (float)(k ? short_factor(i) : long_factor(i)));
+    }
+}
+
+/* The tensor count of the file's header (everything llama.cpp will count, generated tensors included). */
+static uint64_t header_tensors(const char *path)
+{
+    uint8_t h[16] = {0};
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        if (fread(h, 1, sizeof h, f) != sizeof h) memset(h, 0, sizeof h);
+        fclose(f);
+    }
+    uint64_t n = 0;
+    memcpy(&n, h + 8, sizeof n);
+    return n;
+}
+
+static long long stored_rows(const struct model *m, const struct hf_tensor *t)
+{
+    /* Gemma3: the embedding cut to the tokenizer's 260 vocabulary entries + 4 added tokens */
+    return m->a == A_GEMMA3 && strcmp(t->gguf, "token_embd.weight") == 0 ? V + 4 : t->shape[0];
+}
+
+static void check_gguf(const struct model *m, const char *path)
+{
+    struct alloy_gguf *g = NULL;
+    struct alloy_err err = {0};
+    CHECK_MSG(alloy_gguf_open(path, &g, &err) == ALLOY_OK, "%s", err.msg);
+    if (!g) return;
+    uint64_t want = m->a == A_PHI3 ? 2 : 0; /* generated factor tensors */
+    for (int i = 0; i < m->n; i++)
+        if (m->t[i].gguf[0]) {
+            check_tensor(m, g, &m->t[i], stored_rows(m, &m->t[i]), path);
+            want++;
+        }
+    CHECK_INT(header_tensors(path), want);
+    CHECK_MSG(m->a != A_GEMMA && m->a != A_GEMMA2 ? 1 : !alloy_tensor_file_find(alloy_gguf_base(g), "lm_head.weight"),
+              "%s: output.weight written for %s", path, g_cases[m->a].arch);
+    check_keys(g, m->a);
+    if (m->a == A_PHI3) check_rope_factors(g);
+    alloy_tensor_file_close(alloy_gguf_base(g));
+}
+
+/* ------------------------------------------------------------ back to Hugging Face */
+
+static void check_config(enum arch a, const char *dir)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_error_t je;
+    json_t *c = json_load_file(path, 0, &je);
+    CHECK_MSG(c != NULL, "%s: %s", path, je.text);
+    if (!c) return;
+    const char *cls = json_string_value(json_array_get(json_object_get(c, "architectures"), 0));
+    CHECK_MSG(cls && strcmp(cls, g_cases[a].hf_class) == 0, "%s: architectures %s", path, cls ? cls : "none");
+    CHECK_STR_CONTAINS(json_string_value(json_object_get(c, "model_type")), g_cases[a].model_type);
+    CHECK_INT(json_integer_value(json_object_get(c, "hidden_size")), H);
+    CHECK_INT(json_integer_value(json_object_get(c, "num_key_value_heads")), NKV);
+    CHECK_INT(json_integer_value(json_object_get(c, "head_dim")), HD);
+    CHECK_INT(json_is_true(json_object_get(c, "tie_word_embeddings")), a != A_PHI3);
+    CHECK_INT(json_integer_value(json_object_get(c, "vocab_size")), a == A_GEMMA3 ? V + 4 : V);
+    if (a == A_GEMMA2) {
+        CHECK(json_number_value(json_object_get(c, "attn_logit_softcapping")) == 50.0);
+        CHECK(json_number_value(json_object_get(c, "final_logit_softcapping")) == 30.0);
+        CHECK_INT(json_integer_value(json_object_get(c, "sliding_window")), 4096);
+    }
+    if (a == A_GEMMA3) CHECK_INT(json_integer_value(json_object_get(c, "sliding_window")), 512);
+    if (a == A_PHI3) {
+        json_t *rs = json_object_get(c, "rope_scaling");
+        CHECK_STR_CONTAINS(json_string_value(json_object_get(rs, "type")), "longrope");
+        for (int i = 0; i < 24; i++) {
+            CHECK(json_number_value(json_array_get(json_object_get(rs, "long_factor"), (size_t)i)) == long_factor(i));
+            CHECK(json_number_value(json_array_get(json_object_get(rs, "short_factor"), (size_t)i)) == short_factor(i));
+        }
+        CHECK_INT(json_integer_value(json_object_get(c, "original_max_position_embeddings")), 4096);
+        CHECK_INT(json_integer_value(json_object_get(c, "sliding_window")), 2047);
+        CHECK(json_number_value(json_object_get(c, "partial_rotary_factor")) == 0.75);
+    }
+    json_decref(c);
+}
+
+/* The HF folder alloy writes from the GGUF holds the original tensors (Gemma's +1 taken off again). */
+static void check_back(const struct model *m, const char *dir)
+{
+    char path[700];
+    struct alloy_tensor_file *f = NULL;
+    struct alloy_err err = {0};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK_MSG(alloy_tensor_file_open(path, &f, &err) == ALLOY_OK, "%s", err.msg);
+    if (!f) return;
+    int want = 0;
+    for (int i = 0; i < m->n; i++) {
+        const struct hf_tensor *t = &m->t[i];
+        if (!t->gguf[0]) continue;
+        want++;
+        const struct alloy_tensor *x = alloy_tensor_file_find(f, t->hf);
+        CHECK_MSG(x && x->shape[0] == stored_rows(m, t), "%s: %s", path, t->hf);
+        if (!x) continue;
+        float *v = malloc(x->numel * sizeof *v);
+        CHECK(v && alloy_tensor_read_f32(x, 0, x->numel, v, &err) == ALLOY_OK);
+        long long bad = -1;
+        for (uint64_t k = 0; v && k < x->numel && bad < 0; k++) {
+            float s = stored_value(m, t, t->v[k]), orig = s == t->v[k] ? s : s - 1.0f;
+            if (v[k] != orig) bad = (long long)k;
+        }
+        CHECK_MSG(bad < 0, "%s: %s[%lld] differs from the original", path, t->hf, bad);
+        free(v);
+    }
+    CHECK_INT(alloy_tensor_file_count(f), (size_t)want);
+    alloy_tensor_file_close(f);
+}
+
+static void run_case(enum arch a)
+{
+    struct model m;
+    char dir[512], out[600], back[600], cmd[2048], *log = NULL;
+    build(&m, a);
+    write_folder(&m, dir, sizeof dir);
+    snprintf(out, sizeof out, "%s.gguf", dir);
+    snprintf(back, sizeof back, "%s-back", dir);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype f32 -q -j 2 2>&1", test_alloy_bin(), dir, out);
+    CHECK_MSG(test_run(cmd, &log) == 0, "%s", log ? log : "");
+    free(log);
+    check_gguf(&m, out);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s -q -j 2 2>&1", test_alloy_bin(), out, back);
+    log = NULL;
+    CHECK_MSG(test_run(cmd, &log) == 0, "%s", log ? log : "");
+    free(log);
+    check_config(a, back);
+    check_back(&m, back);
+    free_model(&m);
+}
+
+TEST(gguf_arch_gemma_round_trip) { run_case(A_GEMMA); }
+TEST(gguf_arch_gemma2_round_trip) { run_case(A_GEMMA2); }
+TEST(gguf_arch_gemma3_round_trip) { run_case(A_GEMMA3); }
+TEST(gguf_arch_phi3_round_trip) { run_case(A_PHI3); }
