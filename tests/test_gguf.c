@@ -466,8 +466,9 @@ TEST(gguf_refusals_name_what)
 {
     struct gb g;
     gb_build(&g, NULL, 0, 0);
-    memcpy(g.buf + g.at_arch_val + 8, "gemma", 5);
-    BAD(&g, g.n, ALLOY_ERR_UNSUPPORTED, "general.architecture: llama, qwen2 or qwen3");
+    memcpy(g.buf + g.at_arch_val + 8, "falcn", 5);
+    BAD(&g, g.n, ALLOY_ERR_UNSUPPORTED, "general.architecture: llama, qwen2, qwen3, phi3, gemma, gemma2 or gemma3 "
+        "(the architectures whose names alloy maps back to Hugging Face), found \"falcn\"");
     gb_build(&g, NULL, 0, 0);
     memcpy(g.buf + g.at_name1 + 8, "blk.0.attn_z.weight", 19);
     BAD(&g, g.n, ALLOY_ERR_UNSUPPORTED, "tensor 'blk.0.attn_z.weight': no Hugging Face name known");
