@@ -446,3 +446,183 @@ TEST(gguf_arch_gemma_round_trip) { run_case(A_GEMMA); }
 TEST(gguf_arch_gemma2_round_trip) { run_case(A_GEMMA2); }
 TEST(gguf_arch_gemma3_round_trip) { run_case(A_GEMMA3); }
 TEST(gguf_arch_phi3_round_trip) { run_case(A_PHI3); }
+
+/* ------------------------------------------------------------ quantized */
+
+/* The GGUF type of HF tensor hf in the file at path. */
+static enum alloy_dtype type_of(struct alloy_gguf *g, const char *hf)
+{
+    const struct alloy_tensor *t = alloy_tensor_file_find(alloy_gguf_base(g), hf);
+    return t ? t->dtype : ALLOY_DTYPE_COUNT;
+}
+
+/* llama-quantize's q4_k_m mixture (gguf.md §3.6-§3.7) on the new names: Phi-3's fused attn_qkv gets its own rule
+ * (Q5_K), the fused ffn_up the default; gemma has no output.weight, so token_embd takes the output rule (Q6_K);
+ * with 2 layers use_more_bits picks layer 1 of attn_v and ffn_down. */
+TEST(gguf_arch_quant_mixture_on_new_names)
+{
+    static const struct { enum arch a; const char *hf; enum alloy_dtype want; } rules[] = {
+        {A_PHI3, "model.layers.0.self_attn.qkv_proj.weight", ALLOY_DTYPE_Q5_K},
+        {A_PHI3, "model.layers.1.self_attn.qkv_proj.weight", ALLOY_DTYPE_Q5_K},
+        {A_PHI3, "model.layers.0.mlp.gate_up_proj.weight", ALLOY_DTYPE_Q4_K},
+        {A_PHI3, "model.layers.0.mlp.down_proj.weight", ALLOY_DTYPE_Q4_K},
+        {A_PHI3, "model.layers.1.mlp.down_proj.weight", ALLOY_DTYPE_Q6_K},
+        {A_PHI3, "lm_head.weight", ALLOY_DTYPE_Q6_K},
+        {A_PHI3, "model.embed_tokens.weight", ALLOY_DTYPE_Q4_K},
+        {A_PHI3, "model.norm.weight", ALLOY_DTYPE_F32},
+        {A_GEMMA, "model.embed_tokens.weight", ALLOY_DTYPE_Q6_K},
+        {A_GEMMA, "model.layers.0.self_attn.v_proj.weight", ALLOY_DTYPE_Q4_K},
+        {A_GEMMA, "model.layers.1.self_attn.v_proj.weight", ALLOY_DTYPE_Q6_K},
+        {A_GEMMA, "model.layers.1.self_attn.q_proj.weight", ALLOY_DTYPE_Q4_K},
+        {A_GEMMA, "model.layers.1.input_layernorm.weight", ALLOY_DTYPE_F32},
+    };
+    const enum arch archs[] = {A_PHI3, A_GEMMA};
+    for (size_t k = 0; k < 2; k++) {
+        struct model m;
+        char dir[512], out[600], cmd[2048], *log = NULL;
+        build(&m, archs[k]);
+        write_folder(&m, dir, sizeof dir);
+        snprintf(out, sizeof out, "%s-q4km.gguf", dir);
+        snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype q4_k_m -q -j 2 2>&1", test_alloy_bin(), dir, out);
+        CHECK_MSG(test_run(cmd, &log) == 0, "%s", log ? log : "");
+        free(log);
+        struct alloy_gguf *g = NULL;
+        struct alloy_err err = {0};
+        CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
+        for (size_t i = 0; g && i < sizeof rules / sizeof rules[0]; i++)
+            if (rules[i].a == archs[k])
+                CHECK_MSG(type_of(g, rules[i].hf) == rules[i].want, "%s: %s is %s, expected %s", out, rules[i].hf,
+                          alloy_dtype_traits(type_of(g, rules[i].hf))->name, alloy_dtype_traits(rules[i].want)->name);
+        if (g) alloy_tensor_file_close(alloy_gguf_base(g));
+        free_model(&m);
+    }
+}
+
+/* ------------------------------------------------------------ Llama 3.1 */
+
+/* dir[n] = <tmp>/name: tiny-llama/base-f32 with a llama3 rope_scaling of low_freq_factor lo. */
+static void llama31_folder(const char *name, double lo, char *dir, size_t n)
+{
+    char cmd[1400], path[600];
+    snprintf(dir, n, "%s/%s", test_tmpdir(), name);
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r tests/data/tiny-llama/base-f32 %s", dir, dir);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *c = json_load_file(path, 0, NULL);
+    CHECK(c != NULL);
+    json_object_set_new(c, "rope_scaling", json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor", 8.0,
+                                                     "low_freq_factor", lo, "high_freq_factor", 4.0,
+                                                     "original_max_position_embeddings", 8192));
+    CHECK_INT(json_dump_file(c, path, JSON_INDENT(2)), 0);
+    json_decref(c);
+}
+
+/* Meta's rule in double (gguf.md §1.2), for the tiny model: theta 10000, head_dim 32. */
+static double meta_factor(int i, double factor, double lo, double hi, double old)
+{
+    double f = pow(10000.0, -2.0 * i / 32.0), wavelen = 2 * M_PI / f;
+    if (wavelen < old / hi) return 1;
+    if (wavelen > old / lo) return factor;
+    double s = (old / wavelen - lo) / (hi - lo);
+    return 1 / ((1 - s) / factor + s);
+}
+
+static double eval_nll(const char *model, const char *text)
+{
+    char cmd[1400], *log = NULL;
+    snprintf(cmd, sizeof cmd, "%s eval %s --ctx 64 --threads 2 --text %s --json 2>/dev/null", test_alloy_bin(), model,
+             text);
+    CHECK_INT(test_run(cmd, &log), 0);
+    const char *at = log ? strstr(log, "\"nll\"") : NULL;
+    double nll = at ? strtod(strchr(at, ':') + 1, NULL) : NAN;
+    free(log);
+    return nll;
+}
+
+/* rope_freqs.weight: F32 [head_dim/2], Meta's factors (1 and 8 exactly, the band between within float32 rounding
+ * of the double values); no rope.scaling key (llama.cpp would scale twice); rope_scaling rebuilt on reading; the
+ * GGUF evaluates exactly as the HF folder, which differs from the unscaled model. */
+TEST(gguf_arch_llama31_rope_freqs)
+{
+    char dir[400], out[500], back[500], cmd[4096], text[600];
+    struct alloy_err err = {0};
+    llama31_folder("l31", 1.0, dir, sizeof dir);
+    snprintf(out, sizeof out, "%s.gguf", dir);
+    snprintf(back, sizeof back, "%s-back", dir);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype f32 -q -j 2 && %s convert %s %s -q -j 2", test_alloy_bin(),
+             dir, out, test_alloy_bin(), out, back);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    struct alloy_gguf *g = NULL;
+    CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
+    const struct alloy_tensor *t = g ? alloy_gguf_derived(g, "rope_freqs.weight") : NULL;
+    CHECK(t && t->ndim == 1 && t->shape[0] == 16 && t->dtype == ALLOY_DTYPE_F32);
+    float v[16] = {0};
+    CHECK(t && alloy_tensor_pread(t, 0, v, sizeof v, &err) == ALLOY_OK);
+    int band = 0;
+    for (int i = 0; i < 16; i++) {
+        double want = meta_factor(i, 8, 1, 4, 8192);
+        band += want != 1 && want != 8;
+        CHECK_MSG(want == 1 || want == 8 ? v[i] == want : fabs(v[i] - want) <= 1e-6 * want, "rope_freqs[%d] %.9g, "
+                  "Meta's rule %.9g", i, v[i], want);
+    }
+    CHECK_INT(band, 2); /* i = 11, 12 lie between the two wavelengths: the smooth part is tested */
+    CHECK(g && !has_key(g, "llama", "rope.scaling.type") && !has_key(g, "llama", "rope.scaling.factor"));
+    CHECK_INT(header_tensors(out), 4 * 9 + 3 + 1);
+    if (g) alloy_tensor_file_close(alloy_gguf_base(g));
+    snprintf(cmd, sizeof cmd, "%s/config.json", back);
+    json_t *c = json_load_file(cmd, 0, NULL), *rs = json_object_get(c, "rope_scaling");
+    CHECK_STR_CONTAINS(json_string_value(json_object_get(rs, "rope_type")), "llama3");
+    CHECK(json_number_value(json_object_get(rs, "factor")) == 8 && json_number_value(json_object_get(rs, "low_freq_factor")) == 1 &&
+          json_number_value(json_object_get(rs, "high_freq_factor")) == 4 &&
+          json_integer_value(json_object_get(rs, "original_max_position_embeddings")) == 8192);
+    json_decref(c);
+    snprintf(text, sizeof text, "%s/short.txt", test_tmpdir());
+    char *prose = test_read_file("tests/data/eval_prose.txt", NULL);
+    CHECK(prose && strlen(prose) > 3000);
+    if (prose) prose[3000] = '\0';
+    CHECK_INT(test_write_text(text, prose ? prose : ""), 0);
+    free(prose);
+    double hf = eval_nll(dir, text), gguf = eval_nll(out, text), plain = eval_nll("tests/data/tiny-llama/base-f32", text);
+    CHECK_MSG(hf == gguf && hf != plain, "nll: HF %.17g, GGUF %.17g, without rope_scaling %.17g", hf, gguf, plain);
+}
+
+/* Factors that Meta's published parameters do not give (low_freq_factor 2) are written, but reading them back
+ * is refused with the tensor named rather than rebuilt as another RoPE. */
+TEST(gguf_arch_llama31_unrecoverable_rope_freqs_refused)
+{
+    char dir[400], out[500], cmd[4096], *log = NULL;
+    llama31_folder("l31lo2", 2.0, dir, sizeof dir);
+    snprintf(out, sizeof out, "%s.gguf", dir);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype f32 -q -j 2 && %s convert %s %s-back -q 2>&1", test_alloy_bin(),
+             dir, out, test_alloy_bin(), out, dir);
+    CHECK_INT(test_run(cmd, &log), 1);
+    CHECK_MSG(log && strstr(log, "alloy: error: ") && strstr(log, "tensor 'rope_freqs.weight': the llama3 factors"),
+              "%s", log ? log : "");
+    free(log);
+}
+
+/* Unknown architectures are named, writing (an HF class) and reading (general.architecture). */
+TEST(gguf_arch_unknown_is_named)
+{
+    struct model m;
+    char dir[512], out[600], cmd[2048], *log = NULL;
+    build(&m, A_GEMMA2);
+    write_folder(&m, dir, sizeof dir);
+    free_model(&m);
+    snprintf(out, sizeof out, "%s-x.gguf", dir);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype f32 -q -j 2", test_alloy_bin(), dir, out);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    size_t len = 0;
+    char *bytes = test_read_file(out, &len);
+    for (size_t i = 0; bytes && i + 6 <= len; i++) /* every "gemma2" (the value and the key prefixes) */
+        if (memcmp(bytes + i, "gemma2", 6) == 0) memcpy(bytes + i, "falcn2", 6);
+    FILE *f = fopen(out, "wb");
+    CHECK(f && bytes && fwrite(bytes, 1, len, f) == len);
+    if (f) fclose(f);
+    free(bytes);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s-y -q 2>&1", test_alloy_bin(), out, dir);
+    CHECK_INT(test_run(cmd, &log), 1);
+    CHECK_MSG(log && strstr(log, "general.architecture: llama, qwen2, qwen3, phi3, gemma, gemma2 or gemma3") &&
+              strstr(log, "found \"falcn2\""), "%s", log ? log : "");
+    free(log);
+}

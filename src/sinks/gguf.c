@@ -187,7 +187,8 @@ static int copyable(const struct gguf_sink *g, size_t i, enum alloy_dtype d)
 static int by_quant_order(const void *a, const void *b, void *sink)
 {
     const struct gguf_sink *g = sink;
-    return gguf_mix_order(g->t[*(const size_t *)a].name, g->t[*(const size_t *)b].name);
+    const char *x = g->t[*(const size_t *)a].name, *y = g->t[*(const size_t *)b].name;
+    return !x || !y ? (!x) - (!y) : gguf_mix_order(x, y); /* dropped tensors last */
 }
 
 /* The indices of the written tensors in llama-quantize's order (*n of them), malloc'd. */
