@@ -13,6 +13,8 @@
  *   HF name can mean different GGUF tensors per architecture (Gemma2/3's
  *   post_attention_layernorm is post_attention_norm, everyone else's is
  *   ffn_norm) and Phi-3's fused qkv_proj / gate_up_proj stay fused.
+ *   The RoPE scaling both directions share (Llama 3.1's rope_freqs factors,
+ *   rebuilding rope_scaling from a GGUF) is gguf_rope.c.
  */
 #ifndef ALLOY_GGUF_ARCH_H
 #define ALLOY_GGUF_ARCH_H

@@ -342,7 +342,7 @@ int gguf_extra_tensors(json_t *c, const char *path, const struct gguf_model_info
     json_t *rs = json_object_get(c, "rope_scaling");
     const char *type = scaling_type(c);
     *n = 0;
-    if (mi->ga->id == GA_PHI3 && *type) {
+    if (mi->ga->id == GA_PHI3 && (!strcasecmp(type, "su") || !strcasecmp(type, "longrope") || !strcasecmp(type, "yarn"))) {
         double pct = num_or(c, "partial_rotary_factor", 1.0);
         int64_t half = (int64_t)(pct * (double)mi->n_embd) / mi->n_head / 2;
         int rc = factor_list(rs, "long_factor", "rope_factors_long.weight", path, half, &x[(*n)++], err);
