@@ -656,3 +656,37 @@ TEST(gguf_arch_gemma2_gguf_as_merge_input)
     check_back(&m, merged, 1); /* model.norm: the GGUF holds f16(x + 1), so the mean is not x there */
     free_model(&m);
 }
+
+/* Gemma's SentencePiece tokenizer (here a Unigram tokenizer.json) is written in the "llama" form with
+ * add_space_prefix false, as GemmaModel.set_vocab does; the byte-level form gets no such key. */
+TEST(gguf_arch_gemma_spm_has_no_space_prefix)
+{
+    struct model m;
+    char dir[400], path[500], out[500], cmd[2048];
+    build(&m, A_GEMMA);
+    write_folder(&m, dir, sizeof dir);
+    free_model(&m);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    CHECK_INT(test_write_text(path, "{\"version\": \"1.0\", \"added_tokens\": [], \"model\": {\"type\": \"Unigram\", "
+                                    "\"unk_id\": 1, \"vocab\": [[\"<pad>\", 0.0], [\"<unk>\", 0.0], [\"<bos>\", 0.0], "
+                                    "[\"<eos>\", 0.0], [\"\\u2581a\", -1.5], [\"b\", -2.5]]}}"), 0);
+    snprintf(out, sizeof out, "%s-spm.gguf", dir);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype f32 -q -j 2", test_alloy_bin(), dir, out);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    struct alloy_gguf *g = NULL;
+    struct alloy_err err = {0};
+    const char *s = NULL;
+    uint64_t len = 0;
+    int prefix = 1;
+    CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK(g && alloy_gguf_str(g, "tokenizer.ggml.model", &s, &len, &err) == 1 && len == 5 && !memcmp(s, "llama", 5));
+    CHECK(g && alloy_gguf_bool(g, "tokenizer.ggml.add_space_prefix", &prefix, &err) == 1 && prefix == 0);
+    if (g) alloy_tensor_file_close(alloy_gguf_base(g));
+    snprintf(out, sizeof out, "%s.gguf", dir); /* the byte-level tokenizer of gguf_arch_gemma_round_trip */
+    snprintf(cmd, sizeof cmd, "cp tests/data/tiny-llama/base/tokenizer.json %s/ && %s convert %s %s --outtype f32 -q -j 2",
+             dir, test_alloy_bin(), dir, out);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK(g && alloy_gguf_bool(g, "tokenizer.ggml.add_space_prefix", &prefix, &err) == 0);
+    if (g) alloy_tensor_file_close(alloy_gguf_base(g));
+}
