@@ -690,3 +690,64 @@ TEST(gguf_arch_gemma_spm_has_no_space_prefix)
     CHECK(g && alloy_gguf_bool(g, "tokenizer.ggml.add_space_prefix", &prefix, &err) == 0);
     if (g) alloy_tensor_file_close(alloy_gguf_base(g));
 }
+
+/* Where rope_freqs.weight's ne[0] and its 16 stored values sit in the file's bytes b (len): the name is found in
+ * the header, the values by their bytes as alloy's reader returns them. 0 on success. */
+static int find_rope_freqs(const char *path, const char *b, size_t len, size_t *ne_at, size_t *data_at)
+{
+    struct alloy_gguf *g = NULL;
+    struct alloy_err err = {0};
+    uint8_t v[64];
+    *ne_at = *data_at = 0;
+    for (size_t i = 8; i + 17 + 12 < len && !*ne_at; i++) {
+        uint64_t n;
+        memcpy(&n, b + i - 8, sizeof n);
+        if (n == 17 && memcmp(b + i, "rope_freqs.weight", 17) == 0) *ne_at = i + 17 + 4; /* after n_dims */
+    }
+    if (alloy_gguf_open(path, &g, &err) != ALLOY_OK) return -1;
+    const struct alloy_tensor *t = alloy_gguf_derived(g, "rope_freqs.weight");
+    int rc = t && alloy_tensor_pread(t, 0, v, sizeof v, &err) == ALLOY_OK ? 0 : -1;
+    alloy_tensor_file_close(alloy_gguf_base(g));
+    const char *at = rc ? NULL : memmem(b + *ne_at, len - *ne_at, v, sizeof v);
+    *data_at = at ? (size_t)(at - b) : 0;
+    return *ne_at && *data_at ? 0 : -1;
+}
+
+/* A corrupt rope_freqs.weight is refused naming it: a length other than head_dim/2 (15: the padding, and so every
+ * offset, stays valid) and a factor that is not positive. */
+TEST(gguf_arch_corrupt_rope_freqs_named)
+{
+    char dir[400], out[500], bad[500], cmd[2048], *log = NULL;
+    llama31_folder("l31bad", 1.0, dir, sizeof dir);
+    snprintf(out, sizeof out, "%s.gguf", dir);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype f32 -q -j 2", test_alloy_bin(), dir, out);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    size_t len = 0, ne_at, data_at;
+    char *b = test_read_file(out, &len);
+    CHECK(b && find_rope_freqs(out, b, len, &ne_at, &data_at) == 0);
+    static const char *const msgs[] = {
+        "tensor 'rope_freqs.weight': [16] (half the rotary dimension), found 1 dims of 15",
+        "tensor 'rope_freqs.weight': positive factors, found -1 at 3",
+    };
+    for (size_t k = 0; b && data_at && k < 2; k++) {
+        char *c = malloc(len);
+        CHECK(c != NULL);
+        if (!c) break;
+        memcpy(c, b, len);
+        const uint64_t ne = 15;
+        const float minus = -1.0f;
+        if (k == 0) memcpy(c + ne_at, &ne, sizeof ne);
+        else memcpy(c + data_at + 3 * sizeof minus, &minus, sizeof minus);
+        snprintf(bad, sizeof bad, "%s-bad%zu.gguf", dir, k);
+        FILE *f = fopen(bad, "wb");
+        CHECK(f && fwrite(c, 1, len, f) == len);
+        if (f) fclose(f);
+        free(c);
+        snprintf(cmd, sizeof cmd, "%s convert %s %s-bad%zu -q 2>&1", test_alloy_bin(), bad, dir, k);
+        CHECK_INT(test_run(cmd, &log), 1);
+        CHECK_MSG(log && strstr(log, msgs[k]), "%s", log ? log : "");
+        free(log);
+        log = NULL;
+    }
+    free(b);
+}
