@@ -56,8 +56,8 @@ const char *gguf_arch_hf_names(void);
 const char *gguf_arch_layer_gguf(const struct gguf_arch *a, const char *hf, int *perm);
 /* The reverse: the HF stem of GGUF stem gg (n bytes, "attn_q"); NULL when a has none. */
 const char *gguf_arch_layer_hf(const struct gguf_arch *a, const char *gg, size_t n, int *perm);
-/* 1 when HF name hf is one of a's norm weights that carry Gemma's +1. */
-int gguf_arch_plus_one(const struct gguf_arch *a, const char *hf);
+/* 1 when name (HF or GGUF: both end in "norm.weight") is one of a's norm weights that carry Gemma's +1. */
+int gguf_arch_plus_one(const struct gguf_arch *a, const char *name);
 
 /* RoPE scaling (gguf_rope.c). Meta's llama3 factors of a rotary dimension dim (dim/2 values into out), as
  * convert_hf_to_gguf.py computes rope_freqs.weight. */
