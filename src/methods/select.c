@@ -99,6 +99,8 @@ static void window_free(struct alloy_select *s)
     for (size_t c = 0; c < w->nrec && w->mem; c++) free(alloy_sel_bucket(w, c)->keys);
     if (w->all) free(w->all->keys);
     free(w->all);
+    free(w->all_end);
+    free(w->all_zero);
     free(w->mem);
     free(w);
     s->window = NULL;
@@ -463,29 +465,33 @@ static const struct sel_bucket *window_rec(const struct alloy_sel_window *w, siz
     return w->all ? w->all : alloy_sel_bucket(w, r);
 }
 
-/* Split ties from a window of one record per chunk: tie_before from the collected keys equal to
- * kth (and, when its low 16 bits are zero, the counted ones). */
-static int window_ties(struct alloy_select *s, const struct alloy_sel_window *w, uint32_t kth, struct alloy_err *err)
+/* Split ties from the window's per-chunk collections: tie_before from the collected keys equal to
+ * kth and, when its low 16 bits are zero, the counted ones (a narrow window; a wide one collected
+ * them). One record per chunk, or the combined record with its chunk boundaries. */
+static int window_ties(struct alloy_select *s, const struct alloy_sel_window *w, uint32_t kth, size_t nchunks,
+                       struct alloy_err *err)
 {
-    s->tie_before = alloy_xmalloc((w->nrec ? w->nrec : 1) * sizeof *s->tie_before);
+    if (!w->all) nchunks = w->nrec;
+    s->tie_before = alloy_xmalloc((nchunks ? nchunks : 1) * sizeof *s->tie_before);
     if (!s->tie_before)
-        return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for %zu chunk tie counts", w->nrec);
-    s->nchunks = w->nrec;
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for %zu chunk tie counts", nchunks);
+    s->nchunks = nchunks;
     uint64_t run = 0;
-    const unsigned hi16 = kth >> 16, blo = w->lo >> 16;
-    for (size_t c = 0; c < w->nrec; c++) {
+    const unsigned z = (kth >> 16) - (w->lo >> 16), nb = w->nb;
+    for (size_t c = 0; c < nchunks; c++) {
         s->tie_before[c] = run;
-        const struct sel_bucket *bk = alloy_sel_bucket(w, c);
-        if ((kth & 0xffffu) == 0) run += bk->zero[hi16 - blo]; /* counted, or (wide) collected: */
-        for (size_t e = 0; e < bk->n; e++) run += bk->keys[e] == kth;
+        const struct sel_bucket *bk = w->all ? NULL : alloy_sel_bucket(w, c);
+        if ((kth & 0xffffu) == 0) run += bk ? bk->zero[z] : w->all_zero ? w->all_zero[c * nb + z] : 0;
+        const uint32_t *k = bk ? bk->keys : w->all->keys + (c ? w->all_end[c - 1] : 0);
+        size_t n = bk ? bk->n : (size_t)(w->all_end[c] - (c ? w->all_end[c - 1] : 0));
+        for (size_t e = 0; e < n; e++) run += k[e] == kth;
     }
     return ALLOY_OK;
 }
 
 /* Ends a window pass: the exact k-th key from the window's keys in memory (two 16-bit levels over
  * the collected keys and the per-bin counts of the others), or back to a full level 0 when the
- * window failed or does not hold the k-th key. Split ties come from the records when they are the
- * tensor's chunks, else from a tie pass. */
+ * window failed or does not hold the k-th key. Split ties come from the per-chunk collections. */
 static int reduce_window(struct alloy_select *s, size_t nchunks, struct alloy_err *err)
 {
     struct alloy_sel_window *w = s->window;
@@ -533,8 +539,7 @@ static int reduce_window(struct alloy_select *s, size_t nchunks, struct alloy_er
     uint32_t kth = ((uint32_t)hi16 << 16) | (uint32_t)lo16;
     int split = finish_exact(s, kth, h[lo16]), rc = ALLOY_OK;
     free(h);
-    if (split && !w->all) rc = window_ties(s, w, kth, err);
-    else if (split && !s->want_value) rc = ties_stage(s, nchunks, err);
+    if (split) rc = window_ties(s, w, kth, nchunks, err);
     window_free(s);
     return rc;
 }
@@ -602,26 +607,34 @@ int alloy_sel_reduce(struct alloy_select *s, const void *accs, size_t nchunks, s
 
 /* A window stage's fold when the tensor spans several driver windows: the records' counts and keys
  * move into the combined record (keys grown to the exact size: their total is bounded by
- * window_keys), and the records start afresh for the chunks from first + count. Out of memory fails
- * the window: the full level 0 follows, which needs none of this. */
-static void window_fold(struct alloy_select *s, size_t first, size_t count)
+ * window_keys), with each chunk's end among the keys and, for a narrow window, its per-bin counts
+ * (8 + 4 nb bytes per chunk of the tensor), so split ties need no further pass; the records start
+ * afresh for the chunks from first + count. Out of memory fails the window: the full level 0
+ * follows, which needs none of this. */
+static void window_fold(struct alloy_select *s, size_t first, size_t count, size_t nchunks)
 {
     struct alloy_sel_window *w = s->window;
-    if (!w->all && !(w->all = alloy_xcalloc(1, sizeof *w->all + w->nb * sizeof(uint32_t))))
-        atomic_store(&w->failed, 1);
+    if (!w->all) {
+        w->all = alloy_xcalloc(1, sizeof *w->all + w->nb * sizeof(uint32_t));
+        w->all_end = alloy_xcalloc(nchunks ? nchunks : 1, sizeof *w->all_end);
+        w->all_zero = w->nb <= 8 ? alloy_xcalloc((nchunks ? nchunks : 1) * w->nb, sizeof *w->all_zero) : NULL;
+        if (!w->all || !w->all_end || (w->nb <= 8 && !w->all_zero)) atomic_store(&w->failed, 1);
+    }
     for (size_t r = 0; r < count && r < w->nrec; r++) {
         struct sel_bucket *b = alloy_sel_bucket(w, r), *all = w->all;
-        if (!atomic_load(&w->failed)) {
+        if (!atomic_load(&w->failed) && first + r < nchunks) {
             all->above += b->above;
             for (unsigned z = 0; z < w->nb; z++) all->zero[z] += b->zero[z];
-            uint32_t *k = b->n ? realloc(all->keys, (all->n + b->n) * sizeof *k) : all->keys;
-            if (!k) {
+            if (w->all_zero) memcpy(w->all_zero + (first + r) * w->nb, b->zero, w->nb * sizeof *b->zero);
+            uint32_t *k = b->n ? realloc(all->keys, (all->n + b->n) * sizeof *k) : NULL;
+            if (b->n && !k) {
                 atomic_store(&w->failed, 1);
-            } else {
+            } else if (b->n) {
                 memcpy(k + all->n, b->keys, b->n * sizeof *k);
                 all->keys = k;
                 all->n += b->n;
             }
+            w->all_end[first + r] = all->n;
         }
         free(b->keys);
         memset(b, 0, sizeof *b + w->nb * sizeof(uint32_t));
@@ -642,7 +655,7 @@ int alloy_sel_fold(struct alloy_select *s, const void *accs, size_t first, size_
         return alloy_sel_reduce(s, accs, nchunks, acc_size, hist_offset, err);
     }
     if (alloy_sel_window_stage(s)) {
-        window_fold(s, first, count);
+        window_fold(s, first, count, nchunks);
         return ALLOY_OK;
     }
     if (!s->fold_hist && !(s->fold_hist = alloy_xcalloc(ALLOY_SEL_BINS + 1, sizeof *s->fold_hist)))

@@ -35,8 +35,10 @@
  *   its histograms window by window (alloy_sel_fold), so those per-chunk
  *   counts are gone when the threshold is known: a split then takes one
  *   more pass, the tie stage, which counts each chunk's keys equal to thr
- *   (8 bytes per chunk of the tensor: O(n / 2^18)). The kept set is the
- *   same either way. Two selections on the same keys (e.g. the top
+ *   (8 bytes per chunk of the tensor: O(n / 2^18)). A window stage keeps
+ *   its collected keys in chunk order with each chunk's end, and a narrow
+ *   window its per-chunk bin counts (8 + 4 x bins bytes per chunk), so it
+ *   needs no tie pass. The kept set is the same either way. Two selections on the same keys (e.g. the top
  *   k1 and the top k2 < k1) are nested sets under this order.
  *
  *   Wide layout (alloy_sel_init_wide), for large tensors: two passes

@@ -40,7 +40,11 @@ struct alloy_sel_window {
     unsigned nb;               /* bins in the window */
     size_t nrec;               /* records: chunks first .. first + nrec - 1 */
     size_t first;              /* the chunk of record 0 (the driver window's first chunk) */
-    struct sel_bucket *all;    /* the records of the windows folded so far (several windows only) */
+    struct sel_bucket *all;    /* the records of the windows folded so far (several windows only): keys in
+                                  chunk order, chunk c's ending at all_end[c]; a narrow window's per-bin
+                                  counts of chunk c at all_zero[c * nb] (the per-chunk tie counts) */
+    uint64_t *all_end;
+    uint32_t *all_zero;
     void *mem;                 /* the records, stride bytes each from the first 64-byte boundary */
     size_t stride;
     _Atomic uint64_t total;    /* keys collected over all chunks */
