@@ -53,7 +53,8 @@
  *   divisor). Adding +0 for a dropped or disagreeing entry leaves a sum's
  *   bits unchanged, as none of them is ever -0.
  *
- *   Memory: O(models) state plus select.h's O(nchunks) tie counts and,
+ *   Memory: O(models) state plus select.h's O(nchunks) tie counts (past
+ *   one driver window, also a window stage's chunk boundaries) and,
  *   during a wide level 0 or a sample pass, 1 MiB per selection and a
  *   512 KiB table per scan call; the window passes' collected keys, at most
  *   GTA_WINDOW_KEYS (32 MiB) for all selections together; keep bitmaps up to GTA_KEEP_BITS / 8 bytes per tensor; della

@@ -18,6 +18,14 @@
  *   is the wide one with two stages in front of level 0 (sample, window);
  *   leaving them, by success or by fallback, never touches rem/n_gt/prefix
  *   until the exact answer is known.
+ *
+ *   Driver windows (method.h fold): a tensor of one window is reduced at
+ *   its fold by alloy_sel_reduce, exactly as before windows existed. Past
+ *   one window, alloy_sel_fold sums each window's histograms into
+ *   fold_hist (a window stage: moves its records into one combined record
+ *   with per-chunk boundaries) and alloy_sel_end reduces; a split of ties
+ *   after a histogram level then takes the tie stage, one counting pass
+ *   into tie_before, turned into prefix counts at its end.
  */
 #include "methods/select.h"
 #include "methods/select_window.h"
