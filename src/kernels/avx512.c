@@ -33,9 +33,9 @@ __attribute__((target("avx512f"))) static void window_add_avx512(const struct al
                                                                  const uint32_t *keys, size_t n)
 {
     struct alloy_sel_window *w = s->window;
-    if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
+    struct sel_bucket *b = w ? alloy_sel_window_record(w, chunk) : NULL;
+    if (!b || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
     const uint32_t lo = w->lo, hi = w->hi, span = hi - lo;
-    struct sel_bucket *b = alloy_sel_bucket(w, chunk);
     const uint32_t zlow = count_zero_low(w, b, keys, n);
     const __m512i vlo = _mm512_set1_epi32((int)lo), vhi = _mm512_set1_epi32((int)hi);
     const __m512i vspan = _mm512_set1_epi32((int)span), vz = _mm512_set1_epi32((int)zlow);

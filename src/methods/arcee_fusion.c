@@ -133,15 +133,25 @@ static int fusion_scan(const struct alloy_merge_job *job, const void *state, int
     return ALLOY_OK;
 }
 
-static int fusion_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs,
-                           size_t nchunks, struct alloy_err *err)
+static int fusion_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                       size_t count, size_t nchunks, struct alloy_err *err)
+{
+    struct fusion_state *s = state;
+    for (int q = 0; q < NQ; q++) {
+        int rc = alloy_sel_fold(&s->sel[q], accs, first, count, nchunks, sizeof(struct fusion_acc),
+                                offsetof(struct fusion_acc, hist) + (size_t)q * sizeof(uint32_t) * ALLOY_SEL_BINS, err);
+        if (rc) return rc;
+    }
+    return ALLOY_OK;
+}
+
+static int fusion_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
+                           struct alloy_err *err)
 {
     struct fusion_state *s = state;
     int done = 1;
     for (int q = 0; q < NQ; q++) {
-        int rc = alloy_sel_reduce(&s->sel[q], accs, nchunks, sizeof(struct fusion_acc),
-                                  offsetof(struct fusion_acc, hist) + (size_t)q * sizeof(uint32_t) * ALLOY_SEL_BINS,
-                                  err);
+        int rc = alloy_sel_end(&s->sel[q], 0, nchunks, err);
         if (rc) return rc;
         if (alloy_sel_active(&s->sel[q])) done = 0;
     }
@@ -192,6 +202,7 @@ const struct alloy_method alloy_method_arcee_fusion = {
     .init = fusion_init,
     .want_pass = fusion_want_pass,
     .scan = fusion_scan,
+    .fold = fusion_fold,
     .end_pass = fusion_end_pass,
     .apply = fusion_apply,
     .fini = fusion_fini,

@@ -53,7 +53,8 @@
  *   divisor). Adding +0 for a dropped or disagreeing entry leaves a sum's
  *   bits unchanged, as none of them is ever -0.
  *
- *   Memory: O(models) state plus select.h's O(nchunks) tie counts and,
+ *   Memory: O(models) state plus select.h's O(nchunks) tie counts (past
+ *   one driver window, also a window stage's chunk boundaries) and,
  *   during a wide level 0 or a sample pass, 1 MiB per selection and a
  *   512 KiB table per scan call; the window passes' collected keys, at most
  *   GTA_WINDOW_KEYS (32 MiB) for all selections together; keep bitmaps up to GTA_KEEP_BITS / 8 bytes per tensor; della
@@ -307,30 +308,40 @@ int gta_scan(const struct alloy_merge_job *job, const void *state, int pass, con
     return ALLOY_OK;
 }
 
-int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
-                 struct alloy_err *err)
+int gta_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first, size_t count,
+             size_t nchunks, struct alloy_err *err)
 {
     struct gta_state *s = state;
     size_t acc_size = GTA_ACC_SIZE_FOR(s->kind->sparsify);
     for (int h = 0; h < s->n_hist; h++) {
         struct gta_model *m = &s->m[s->hist_model[h]];
         size_t off = sizeof(struct gta_acc_head) + (size_t)h * ALLOY_SEL_BINS * sizeof(uint32_t);
-        struct alloy_select *sel = &m->sel[s->hist_sel[h]];
-        int rc = alloy_sel_sample_stage(sel)
-                     ? alloy_sel_reduce_sample(sel, s->pass_k && s->pass_k < nchunks, nchunks, err)
-                     : alloy_sel_reduce(sel, accs, nchunks, acc_size, off, err);
+        int rc = alloy_sel_fold(&m->sel[s->hist_sel[h]], accs, first, count, nchunks, acc_size, off, err);
+        if (rc) return rc;
+    }
+    for (int l = 0; l < s->n_l1; l++) { /* running sums in chunk order: the same bits for any window */
+        struct gta_model *m = &s->m[s->l1_model[l]];
+        if (first == 0) m->before = m->after = 0;
+        for (size_t c = 0; c < count; c++) {
+            const struct gta_acc_head *head = (const void *)((const uint8_t *)accs + c * acc_size);
+            m->before += head->l1[l][0];
+            m->after += head->l1[l][1];
+        }
+    }
+    return ALLOY_OK;
+}
+
+int gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks, struct alloy_err *err)
+{
+    struct gta_state *s = state;
+    for (int h = 0; h < s->n_hist; h++) {
+        struct gta_model *m = &s->m[s->hist_model[h]];
+        int rc = alloy_sel_end(&m->sel[s->hist_sel[h]], s->pass_k && s->pass_k < nchunks, nchunks, err);
         if (rc) return rc;
     }
     for (int l = 0; l < s->n_l1; l++) {
         struct gta_model *m = &s->m[s->l1_model[l]];
-        double before = 0, after = 0;
-        for (size_t c = 0; c < nchunks; c++) {
-            const struct gta_acc_head *head = (const void *)((const uint8_t *)accs + c * acc_size);
-            before += head->l1[l][0];
-            after += head->l1[l][1];
-        }
-        m->before = before;
-        m->after = after;
+        double before = m->before, after = m->after;
         m->l1_done = 1;
         /* mergekit's rescaled_masked_tensor: no rescale when either norm is below 1e-7 */
         m->rescale = (before < 1e-7 || after < 1e-7) ? 1.0f : (float)(before / after);

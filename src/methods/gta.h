@@ -120,8 +120,9 @@ int  gta_want_pass(const struct alloy_merge_job *job, void *state, int pass);
 size_t gta_pass_sample(const struct alloy_merge_job *job, const void *state, int pass);
 int  gta_scan(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
               const float *const *x, void *acc, struct alloy_err *err);
-int  gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
-                  struct alloy_err *err);
+int  gta_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+              size_t count, size_t nchunks, struct alloy_err *err);
+int  gta_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks, struct alloy_err *err);
 int  gta_apply(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
                const float *const *x, float *out, struct alloy_err *err);
 void gta_fini(const struct alloy_merge_job *job, void *state);
@@ -161,6 +162,7 @@ int gta_takes_bf16(const struct alloy_merge_job *job, const void *state);
         .init = ident##_init,                                                                                      \
         .want_pass = gta_want_pass,                                                                                \
         .scan = gta_scan,                                                                                          \
+        .fold = gta_fold,                                                                                          \
         .end_pass = gta_end_pass,                                                                                  \
         .apply = gta_apply,                                                                                        \
         .fini = gta_fini,                                                                                          \

@@ -48,6 +48,7 @@ static const struct alloy_param_spec params[] = {
 struct ka_state {
     int copy;
     double beta[ALLOY_VM_MAX]; /* R = Σ beta_j X_j */
+    double g[ALLOY_VM_GRAM];   /* the scan's Gram matrix, folded window by window */
 };
 
 struct ka_acc {
@@ -91,15 +92,23 @@ static int ka_scan(const struct alloy_merge_job *job, const void *state, int pas
     return ALLOY_OK;
 }
 
-static int ka_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
+static int ka_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                   size_t count, size_t nchunks, struct alloy_err *err)
+{
+    struct ka_state *s = state;
+    alloy_vm_fold(accs, first, count, sizeof(struct ka_acc), (size_t)(job->n * (job->n + 1) / 2), s->g);
+    return ALLOY_OK;
+}
+
+static int ka_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
                        struct alloy_err *err)
 {
     struct ka_state *s = state;
     const int n = job->n;
     const double tol = job->gp[P_TOL];
     const long max_iter = (long)job->gp[P_MAX_ITER];
-    double g[ALLOY_VM_GRAM], gu[ALLOY_VM_GRAM], nrm[ALLOY_VM_MAX], a[ALLOY_VM_MAX], u[ALLOY_VM_MAX];
-    alloy_vm_fold(accs, nchunks, sizeof(struct ka_acc), (size_t)(n * (n + 1) / 2), g);
+    const double *g = s->g;
+    double gu[ALLOY_VM_GRAM], nrm[ALLOY_VM_MAX], a[ALLOY_VM_MAX], u[ALLOY_VM_MAX];
 
     int nvalid = 0, first = -1;
     for (int i = 0; i < n; i++) {
@@ -181,6 +190,7 @@ const struct alloy_method alloy_method_karcher = {
     .init = ka_init,
     .want_pass = ka_want_pass,
     .scan = ka_scan,
+    .fold = ka_fold,
     .end_pass = ka_end_pass,
     .apply = ka_apply,
 };

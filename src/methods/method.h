@@ -13,12 +13,20 @@
  *
  *       init(job, state)
  *       for pass = 0, 1, ... while want_pass(job, state, pass):
- *           scan(job, state, pass, chunk, x, acc[chunk])   for every chunk, in parallel
- *           end_pass(job, state, pass, acc, nchunks)       reduce, in chunk order
+ *           for each window [first, first + count) of <= ALLOY_MAX_CHUNKS chunks, in order:
+ *               scan(job, state, pass, chunk, x, acc[chunk - first])   its chunks, in parallel
+ *               fold(job, state, pass, acc, first, count, nchunks)     into the state, in chunk order
+ *           end_pass(job, state, pass, nchunks)            finish the pass
  *       apply(job, state, chunk, x, out)                   for every chunk, in parallel
  *       fini(job, state)
  *
- *   scan() and apply() may fail like init() and end_pass() (an error code,
+ *   A tensor of at most ALLOY_MAX_CHUNKS chunks (2^28 elements) is one
+ *   window (first 0, count == nchunks); larger ones fold window after
+ *   window, so accumulators never take more than ALLOY_MAX_CHUNKS x
+ *   acc_size bytes. A fold that adds each chunk's partials into a running
+ *   total in chunk order gives the same bits for any window size.
+ *
+ *   scan() and apply() may fail like init(), fold() and end_pass() (an error code,
  *   err filled): the driver stops at the first error of any chunk. After
  *   init the driver chooses the input mode (enum alloy_input_mode: float32,
  *   or the stored bfloat16 values for methods that take them) and every
@@ -31,8 +39,8 @@
  *   to estimate where a quantile lies before an exact pass.
  *
  *   scan() may read `state` but writes only its own chunk's accumulator
- *   (acc_size bytes, zeroed before every pass); end_pass() folds the
- *   accumulators in chunk order. The one allowed exception: a scan may add
+ *   (acc_size bytes, zeroed before every window); fold() folds them in
+ *   chunk order. The one allowed exception: a scan may add
  *   into shared state under a lock when the arithmetic is exact and order
  *   independent (integer or fixed-point sums, e.g. nuslerp's per-column
  *   sums), which keeps the result independent of the thread count. Chunk boundaries depend only on the tensor
@@ -135,8 +143,12 @@ struct alloy_method {
      * the remaining chunks are skipped, as for load errors. */
     int  (*scan)(const struct alloy_merge_job *job, const void *state, int pass, const struct alloy_chunk *c,
                  const float *const *x, void *acc, struct alloy_err *err);
-    int  (*end_pass)(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
-                     struct alloy_err *err);
+    /* Folds the accumulators of chunks [first, first + count) (accs[0] is chunk first's) into the state;
+     * windows come in chunk order, the first with first == 0. Required with want_pass. */
+    int  (*fold)(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                 size_t count, size_t nchunks, struct alloy_err *err);
+    int  (*end_pass)(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
+                     struct alloy_err *err);                                                   /* may be NULL */
     int  (*apply)(const struct alloy_merge_job *job, const void *state, const struct alloy_chunk *c,
                   const float *const *x, float *out, struct alloy_err *err);
     void (*fini)(const struct alloy_merge_job *job, void *state);                             /* may be NULL */
@@ -198,15 +210,34 @@ typedef int (*alloy_load_fn)(void *ctx, int input, uint64_t e0, uint64_t e1, flo
  * convert to the output dtype in place). */
 typedef int (*alloy_store_fn)(void *ctx, uint64_t e0, uint64_t e1, float *src, struct alloy_err *err);
 
-/* Default chunk size in elements; chunks with whole rows hold at least one row. */
+/* Chunk size in elements, for every tensor size; chunks with whole rows hold at least one row. */
 #define ALLOY_CHUNK_ELEMS ((uint64_t)1 << 18)
-/* Tensors larger than ALLOY_CHUNK_ELEMS x ALLOY_MAX_CHUNKS get larger chunks instead of more. */
+/* Most chunks of a scan window: the accumulators folded at once. */
 #define ALLOY_MAX_CHUNKS 1024
 /* Most bytes of chunk scratch for one tensor, all threads together; past it, fewer threads (lanes)
- * run the chunks. Normally (inputs + 1) MiB per thread; a 2^31-element tensor has 8 MiB chunks. */
+ * run the chunks. Normally (inputs + 1) MiB per thread; more only for rows of over 2^18 elements. */
 #ifndef ALLOY_SCRATCH_BUDGET
 #define ALLOY_SCRATCH_BUDGET ((uint64_t)128 << 20)
 #endif
+
+/* How the driver runs a tensor, a function of its shape, the method and the thread count only. */
+struct alloy_chunk_plan {
+    uint64_t chunk_elems;        /* elements per chunk (the last may be shorter) */
+    size_t nchunks;
+    size_t window;               /* chunks per scan window (<= ALLOY_MAX_CHUNKS) */
+    int lanes;                   /* chunks run at once, each with its own scratch */
+    uint64_t lane_bytes;         /* scratch per lane: (inputs + 1) x chunk_elems x 4 */
+    uint64_t acc_bytes;          /* accumulators of one window: window x acc_size */
+};
+
+/* The plan for `threads` threads; chunk_elems 0 means ALLOY_CHUNK_ELEMS. */
+void alloy_chunk_plan(const struct alloy_method *m, const struct alloy_merge_job *job, int threads,
+                      uint64_t chunk_elems, struct alloy_chunk_plan *p);
+
+/* Tests only: scan windows of `chunks` chunks (1..ALLOY_MAX_CHUNKS; 0 restores ALLOY_MAX_CHUNKS) for
+ * every tensor run afterwards, to exercise multi-window folds on small tensors. Returns the previous
+ * setting. Not for concurrent merges. */
+size_t alloy_driver_set_window(size_t chunks);
 
 /* Runs a method over one tensor: passes, then apply, chunk by chunk on the
  * pool (NULL: this thread). chunk_elems 0 means ALLOY_CHUNK_ELEMS. */

@@ -51,6 +51,7 @@ struct ms_state {
     int k;                    /* N: models other than the base */
     int idx[ALLOY_VM_MAX];    /* their input indices */
     double t;                 /* whole-tensor ratio */
+    double g[ALLOY_VM_GRAM];  /* the scan's Gram matrix, folded window by window */
 };
 
 struct ms_acc {
@@ -120,13 +121,19 @@ static int ms_scan(const struct alloy_merge_job *job, const void *state, int pas
     return ALLOY_OK;
 }
 
-static int ms_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
+static int ms_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                   size_t count, size_t nchunks, struct alloy_err *err)
+{
+    struct ms_state *s = state;
+    alloy_vm_fold(accs, first, count, sizeof(struct ms_acc), (size_t)(s->k * (s->k + 1) / 2), s->g);
+    return ALLOY_OK;
+}
+
+static int ms_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
                        struct alloy_err *err)
 {
     struct ms_state *s = state;
-    double g[ALLOY_VM_GRAM];
-    alloy_vm_fold(accs, nchunks, sizeof(struct ms_acc), (size_t)(s->k * (s->k + 1) / 2), g);
-    s->t = ms_ratio(g, s->k);
+    s->t = ms_ratio(s->g, s->k);
     return ALLOY_OK;
 }
 
@@ -173,6 +180,7 @@ const struct alloy_method alloy_method_model_stock = {
     .init = ms_init,
     .want_pass = ms_want_pass,
     .scan = ms_scan,
+    .fold = ms_fold,
     .end_pass = ms_end_pass,
     .apply = ms_apply,
 };

@@ -46,6 +46,7 @@ struct msl_state {
     int k;
     int idx[ALLOY_VM_MAX];    /* non-base inputs */
     double beta[ALLOY_VM_MAX];/* R = B + Σ beta_j T_j */
+    double g[ALLOY_VM_GRAM];  /* the scan's Gram matrix, folded window by window */
 };
 
 struct msl_acc {
@@ -108,14 +109,22 @@ static int msl_scan(const struct alloy_merge_job *job, const void *state, int pa
     return ALLOY_OK;
 }
 
-static int msl_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs,
-                        size_t nchunks, struct alloy_err *err)
+static int msl_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                    size_t count, size_t nchunks, struct alloy_err *err)
+{
+    struct msl_state *s = state;
+    alloy_vm_fold(accs, first, count, sizeof(struct msl_acc), (size_t)(s->k * (s->k + 1) / 2), s->g);
+    return ALLOY_OK;
+}
+
+static int msl_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
+                        struct alloy_err *err)
 {
     struct msl_state *s = state;
     const int k = s->k;
     const double eps = job->gp[P_EPS];
-    double g[ALLOY_VM_GRAM], gu[ALLOY_VM_GRAM], w[ALLOY_VM_MAX], nrm[ALLOY_VM_MAX], d[ALLOY_VM_MAX];
-    alloy_vm_fold(accs, nchunks, sizeof(struct msl_acc), (size_t)(k * (k + 1) / 2), g);
+    const double *g = s->g;
+    double gu[ALLOY_VM_GRAM], w[ALLOY_VM_MAX], nrm[ALLOY_VM_MAX], d[ALLOY_VM_MAX];
 
     double wsum = 0;
     for (int i = 0; i < k; i++) wsum += w[i] = job->tp[(size_t)s->idx[i] * NPARAMS + P_WEIGHT];
@@ -190,6 +199,7 @@ const struct alloy_method alloy_method_multislerp = {
     .init = msl_init,
     .want_pass = msl_want_pass,
     .scan = msl_scan,
+    .fold = msl_fold,
     .end_pass = msl_end_pass,
     .apply = msl_apply,
 };

@@ -86,6 +86,7 @@ struct nu_state {
     uint64_t inner;     /* COLS: vectors */
     int scale;          /* COLS: fixed point = value * 2^scale */
     int nonfinite;      /* COLS: some input was NaN/Inf */
+    double g[3];        /* FLAT: the Gram matrix; COLS pass 0: g[0] max |x| (folded window by window) */
     struct nu_shared *sh;
 };
 
@@ -288,23 +289,32 @@ static int nu_scan(const struct alloy_merge_job *job, const void *state, int pas
     return ALLOY_OK;
 }
 
-static int nu_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
-                       struct alloy_err *err)
+static int nu_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                   size_t count, size_t nchunks, struct alloy_err *err)
 {
     struct nu_state *s = state;
     const struct nu_acc *acc = accs;
     if (s->mode == NU_FLAT) {
-        double g[3];
-        alloy_vm_fold(accs, nchunks, sizeof *acc, 3, g);
-        nu_coef(s->t, g[0], g[1], g[2], &s->ca, &s->cb);
+        alloy_vm_fold(accs, first, count, sizeof *acc, 3, s->g);
+    } else if (pass == 0) { /* a maximum: exact in any order (the state starts at 0) */
+        for (size_t i = 0; i < count; i++) {
+            s->g[0] = fmax(s->g[0], acc[i].v[0]);
+            if (acc[i].v[1] != 0) s->nonfinite = 1;
+        }
+    } /* COLS pass 1 sums into s->sh during the scan */
+    return ALLOY_OK;
+}
+
+static int nu_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
+                       struct alloy_err *err)
+{
+    struct nu_state *s = state;
+    if (s->mode == NU_FLAT) {
+        nu_coef(s->t, s->g[0], s->g[1], s->g[2], &s->ca, &s->cb);
         return ALLOY_OK;
     }
     if (pass == 0) {
-        double mx = 0;
-        for (size_t i = 0; i < nchunks; i++) {
-            mx = fmax(mx, acc[i].v[0]);
-            if (acc[i].v[1] != 0) s->nonfinite = 1;
-        }
+        double mx = s->g[0];
         int em = 0, lg = 0;
         frexp(mx, &em); /* mx < 2^em, so every product < 2^(2 em) */
         while (lg < 63 && ((uint64_t)1 << lg) <= (uint64_t)job->shape[0]) lg++;
@@ -375,6 +385,7 @@ const struct alloy_method alloy_method_nuslerp = {
     .init = nu_init,
     .want_pass = nu_want_pass,
     .scan = nu_scan,
+    .fold = nu_fold,
     .end_pass = nu_end_pass,
     .apply = nu_apply,
     .fini = nu_fini,

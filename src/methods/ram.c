@@ -21,7 +21,7 @@
  * DESIGN
  *   ram is elementwise. ramplus_tl needs the per-model counts sh_i/un_i
  *   over the whole tensor: one scan pass counts them per chunk (2n
- *   integers), end_pass sums them in chunk order and fixes lambda_i. State
+ *   integers), fold sums them window by window and end_pass fixes lambda_i. State
  *   is O(n). Deltas and the per-position sum are computed in double and
  *   rounded once; the same helper decides activity in scan and apply, so the
  *   counts match the positions apply treats as unique. A lambda_i whose
@@ -50,6 +50,7 @@ static const struct alloy_param_spec ramplus_params[] = {
 struct ram_state {
     double eps;
     double lambda[RAM_MAX_MODELS]; /* per input index; 1 for ram */
+    uint64_t sh[RAM_MAX_MODELS], un[RAM_MAX_MODELS]; /* ram_plus: the scan's counts, summed */
 };
 
 struct ram_acc {
@@ -137,18 +138,26 @@ static int ramplus_scan(const struct alloy_merge_job *job, const void *state, in
     return ALLOY_OK;
 }
 
-static int ramplus_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs,
-                            size_t nchunks, struct alloy_err *err)
+static int ramplus_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                        size_t count, size_t nchunks, struct alloy_err *err)
 {
     struct ram_state *s = state;
     const struct ram_acc *a = accs;
+    for (int i = 0; i < job->n; i++)
+        for (size_t ch = 0; ch < count; ch++) {
+            s->sh[i] += a[ch].sh[i];
+            s->un[i] += a[ch].un[i];
+        }
+    return ALLOY_OK;
+}
+
+static int ramplus_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
+                            struct alloy_err *err)
+{
+    struct ram_state *s = state;
     const double r = job->gp[PT_R], alpha = job->gp[PT_ALPHA];
     for (int i = 0; i < job->n; i++) {
-        uint64_t sh = 0, un = 0;
-        for (size_t ch = 0; ch < nchunks; ch++) {
-            sh += a[ch].sh[i];
-            un += a[ch].un[i];
-        }
+        uint64_t sh = s->sh[i], un = s->un[i];
         if (i == job->base || un == 0) {
             s->lambda[i] = 1; /* never multiplies anything */
             continue;
@@ -214,6 +223,7 @@ const struct alloy_method alloy_method_ramplus_tl = {
     .init = ramplus_init,
     .want_pass = ramplus_want_pass,
     .scan = ramplus_scan,
+    .fold = ramplus_fold,
     .end_pass = ramplus_end_pass,
     .apply = ram_apply,
 };

@@ -27,7 +27,8 @@
  *             (select.h) are fixed; up to two more histogram passes refine
  *             the exact k-th largest |v|. Ties at the threshold: the lowest
  *             element indices are kept, split across chunks by select.h's
- *             per-chunk tie counts — mergekit's torch.topk leaves ties
+ *             per-chunk tie counts (one more pass for a tensor of several
+ *             driver windows) — mergekit's torch.topk leaves ties
  *             unspecified.
  *     then    one pass sums T_i^2 (masked) per model, in double, folded in
  *             chunk order -> w_i.
@@ -66,6 +67,10 @@ struct sce_state {
     int idx[SCE_MAX_MODELS];   /* their input indices */
     double w[SCE_MAX_MODELS];  /* w_i, by non-base position */
     struct alloy_select sel;   /* top-k of |v| */
+    /* the scans' sums, folded window by window (method.h) */
+    uint64_t nonzero;                  /* pass 0: v != 0 */
+    uint64_t hist0[ALLOY_SEL_BINS];    /* pass 0: level 0 of the selection, before k is known */
+    double ss[SCE_MAX_MODELS];         /* mean-square pass */
 };
 
 struct sce_acc {
@@ -164,29 +169,50 @@ static int sce_scan(const struct alloy_merge_job *job, const void *state, int pa
     return ALLOY_OK;
 }
 
-static int sce_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t nchunks,
-                        struct alloy_err *err)
+static int sce_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                    size_t count, size_t nchunks, struct alloy_err *err)
 {
     struct sce_state *s = state;
     const struct sce_acc *a = accs;
-    if (!s->sel_done) {
-        if (pass == 0) {
-            uint64_t nz = 0;
-            for (size_t ch = 0; ch < nchunks; ch++) nz += a[ch].nonzero;
-            /* mergekit: k = int(select_topk * count_nonzero(v)) */
-            uint64_t k = (uint64_t)(job->gp[P_SELECT_TOPK] * (double)nz);
-            alloy_sel_init(&s->sel, job->numel, k, 0);
+    if (!s->sel_done && pass == 0) { /* k depends on the whole count: level 0 is summed here, reduced at the end */
+        for (size_t ch = 0; ch < count; ch++) {
+            s->nonzero += a[ch].nonzero;
+            for (size_t b = 0; b < ALLOY_SEL_BINS; b++) s->hist0[b] += a[ch].hist[b];
         }
-        int rc = alloy_sel_reduce(&s->sel, accs, nchunks, sizeof(struct sce_acc), offsetof(struct sce_acc, hist), err);
+        return ALLOY_OK;
+    }
+    if (!s->sel_done)
+        return alloy_sel_fold(&s->sel, accs, first, count, nchunks, sizeof(struct sce_acc),
+                              offsetof(struct sce_acc, hist), err);
+    for (int j = 0; j < s->nm; j++) { /* running sums in chunk order: the same bits for any window */
+        if (first == 0) s->ss[j] = 0;
+        for (size_t ch = 0; ch < count; ch++) s->ss[j] += a[ch].ss[j];
+    }
+    return ALLOY_OK;
+}
+
+static int sce_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
+                        struct alloy_err *err)
+{
+    struct sce_state *s = state;
+    if (!s->sel_done) {
+        int rc;
+        if (pass == 0) {
+            /* mergekit: k = int(select_topk * count_nonzero(v)); level 0 never splits ties, so the summed
+               histogram serves */
+            uint64_t k = (uint64_t)(job->gp[P_SELECT_TOPK] * (double)s->nonzero);
+            alloy_sel_init(&s->sel, job->numel, k, 0);
+            rc = alloy_sel_reduce_total(&s->sel, s->hist0, err);
+        } else {
+            rc = alloy_sel_end(&s->sel, 0, nchunks, err);
+        }
         if (rc) return rc;
         if (!alloy_sel_active(&s->sel)) s->sel_done = 1;
         return ALLOY_OK;
     }
     double ms[SCE_MAX_MODELS], sum = 0;
     for (int j = 0; j < s->nm; j++) {
-        double ss = 0;
-        for (size_t ch = 0; ch < nchunks; ch++) ss += a[ch].ss[j];
-        ms[j] = ss / (double)job->numel;
+        ms[j] = s->ss[j] / (double)job->numel;
         sum += ms[j];
     }
     for (int j = 0; j < s->nm; j++) s->w[j] = fabs(sum) < 1e-6 ? 1.0 / s->nm : ms[j] / sum;
@@ -248,6 +274,7 @@ const struct alloy_method alloy_method_sce = {
     .init = sce_init,
     .want_pass = sce_want_pass,
     .scan = sce_scan,
+    .fold = sce_fold,
     .end_pass = sce_end_pass,
     .apply = sce_apply,
     .fini = sce_fini,

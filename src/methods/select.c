@@ -18,11 +18,20 @@
  *   is the wide one with two stages in front of level 0 (sample, window);
  *   leaving them, by success or by fallback, never touches rem/n_gt/prefix
  *   until the exact answer is known.
+ *
+ *   Driver windows (method.h fold): a tensor of one window is reduced at
+ *   its fold by alloy_sel_reduce, exactly as before windows existed. Past
+ *   one window, alloy_sel_fold sums each window's histograms into
+ *   fold_hist (a window stage: moves its records into one combined record
+ *   with per-chunk boundaries) and alloy_sel_end reduces; a split of ties
+ *   after a histogram level then takes the tie stage, one counting pass
+ *   into tie_before, turned into prefix counts at its end.
  */
 #include "methods/select.h"
 #include "methods/select_window.h"
 
 #include "core/internal.h"
+#include "methods/method.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -95,7 +104,11 @@ static void window_free(struct alloy_select *s)
 {
     struct alloy_sel_window *w = s->window;
     if (!w) return;
-    for (size_t c = 0; c < w->nchunks && w->mem; c++) free(alloy_sel_bucket(w, c)->keys);
+    for (size_t c = 0; c < w->nrec && w->mem; c++) free(alloy_sel_bucket(w, c)->keys);
+    if (w->all) free(w->all->keys);
+    free(w->all);
+    free(w->all_end);
+    free(w->all_zero);
     free(w->mem);
     free(w);
     s->window = NULL;
@@ -167,6 +180,13 @@ void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, siz
     /* the level's shifts and prefix in locals: the hist[] stores may alias the selection, so the
        compiler would reload them for every key */
     int l = s->level;
+    if (s->stage == ALLOY_SEL_STAGE_TIES) {
+        const uint32_t t = (uint32_t)s->thr; /* a split: 0 <= thr <= UINT32_MAX */
+        uint32_t z = 0;
+        for (size_t e = 0; e < n; e++) z += keys[e] == t;
+        hist[0] += z;
+        return;
+    }
     if (l >= ALLOY_SEL_LEVELS) return;
     if (s->wide && l == 0) {
         struct alloy_sel_local direct = {NULL};
@@ -361,10 +381,12 @@ static int place_window(struct alloy_select *s, const uint64_t *h, const uint64_
     return 1;
 }
 
+/* A window with records for the first driver window's chunks (all of them when the tensor is one). */
 static struct alloy_sel_window *window_new(int blo, int bhi, size_t nchunks)
 {
     struct alloy_sel_window *w = alloy_xcalloc(1, sizeof *w);
     if (!w) return NULL;
+    if (nchunks > ALLOY_MAX_CHUNKS) nchunks = ALLOY_MAX_CHUNKS;
     size_t nc = nchunks ? nchunks : 1;
     w->nb = (unsigned)(bhi - blo + 1);
     w->stride = (sizeof(struct sel_bucket) + w->nb * sizeof(uint32_t) + 63) & ~(size_t)63;
@@ -375,7 +397,7 @@ static struct alloy_sel_window *window_new(int blo, int bhi, size_t nchunks)
     }
     w->lo = (uint32_t)blo << 16;
     w->hi = ((uint32_t)bhi << 16) | 0xffffu;
-    w->nchunks = nchunks;
+    w->nrec = nchunks;
     atomic_init(&w->total, 0);
     atomic_init(&w->failed, 0);
     return w;
@@ -432,18 +454,62 @@ static int choose16(struct alloy_select *s, const uint64_t *h)
     return -1;
 }
 
+/* Enters the tie stage (select.h): one more pass counts each chunk's keys equal to thr into
+ * tie_before[nchunks], which the pass's end turns into the counts of the chunks before each. */
+static int ties_stage(struct alloy_select *s, size_t nchunks, struct alloy_err *err)
+{
+    s->tie_before = alloy_xcalloc(nchunks ? nchunks : 1, sizeof *s->tie_before);
+    if (!s->tie_before)
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for %zu chunk tie counts", nchunks);
+    s->nchunks = nchunks;
+    s->stage = ALLOY_SEL_STAGE_TIES;
+    return ALLOY_OK;
+}
+
+/* The window's records: one per chunk of the tensor's single driver window, or the combined one. */
+static size_t window_nrec(const struct alloy_sel_window *w) { return w->all ? 1 : w->nrec; }
+static const struct sel_bucket *window_rec(const struct alloy_sel_window *w, size_t r)
+{
+    return w->all ? w->all : alloy_sel_bucket(w, r);
+}
+
+/* Split ties from the window's per-chunk collections: tie_before from the collected keys equal to
+ * kth and, when its low 16 bits are zero, the counted ones (a narrow window; a wide one collected
+ * them). One record per chunk, or the combined record with its chunk boundaries. */
+static int window_ties(struct alloy_select *s, const struct alloy_sel_window *w, uint32_t kth, size_t nchunks,
+                       struct alloy_err *err)
+{
+    if (!w->all) nchunks = w->nrec;
+    s->tie_before = alloy_xmalloc((nchunks ? nchunks : 1) * sizeof *s->tie_before);
+    if (!s->tie_before)
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for %zu chunk tie counts", nchunks);
+    s->nchunks = nchunks;
+    uint64_t run = 0;
+    const unsigned z = (kth >> 16) - (w->lo >> 16), nb = w->nb;
+    for (size_t c = 0; c < nchunks; c++) {
+        s->tie_before[c] = run;
+        const struct sel_bucket *bk = w->all ? NULL : alloy_sel_bucket(w, c);
+        if ((kth & 0xffffu) == 0) run += bk ? bk->zero[z] : w->all_zero ? w->all_zero[c * nb + z] : 0;
+        const uint32_t *k = bk ? bk->keys : w->all->keys + (c ? w->all_end[c - 1] : 0);
+        size_t n = bk ? bk->n : (size_t)(w->all_end[c] - (c ? w->all_end[c - 1] : 0));
+        for (size_t e = 0; e < n; e++) run += k[e] == kth;
+    }
+    return ALLOY_OK;
+}
+
 /* Ends a window pass: the exact k-th key from the window's keys in memory (two 16-bit levels over
  * the collected keys and the per-bin counts of the others), or back to a full level 0 when the
- * window failed or does not hold the k-th key. */
-static int reduce_window(struct alloy_select *s, struct alloy_err *err)
+ * window failed or does not hold the k-th key. Split ties come from the per-chunk collections. */
+static int reduce_window(struct alloy_select *s, size_t nchunks, struct alloy_err *err)
 {
     struct alloy_sel_window *w = s->window;
     s->stage = ALLOY_SEL_STAGE_LEVELS;
     const unsigned nb = w->nb, blo = w->lo >> 16;
+    const size_t nrec = window_nrec(w);
     uint64_t above = 0, in = atomic_load(&w->total);
-    for (size_t c = 0; c < w->nchunks; c++) {
-        above += alloy_sel_bucket(w, c)->above;
-        for (unsigned b = 0; b < nb; b++) in += alloy_sel_bucket(w, c)->zero[b];
+    for (size_t c = 0; c < nrec; c++) {
+        above += window_rec(w, c)->above;
+        for (unsigned b = 0; b < nb; b++) in += window_rec(w, c)->zero[b];
     }
     if (atomic_load(&w->failed) || above >= s->rem || above + in < s->rem) {
         window_free(s);
@@ -457,15 +523,15 @@ static int reduce_window(struct alloy_select *s, struct alloy_err *err)
     uint64_t rem = s->rem, n_gt = s->n_gt;
     s->rem -= above;
     s->n_gt += above;
-    for (size_t c = 0; c < w->nchunks; c++) {
-        const struct sel_bucket *bk = alloy_sel_bucket(w, c);
+    for (size_t c = 0; c < nrec; c++) {
+        const struct sel_bucket *bk = window_rec(w, c);
         for (size_t e = 0; e < bk->n; e++) h[bk->keys[e] >> 16]++;
         for (unsigned b = 0; b < nb; b++) h[blo + b] += bk->zero[b];
     }
     int hi16 = choose16(s, h);
     memset(h, 0, ALLOY_SEL_WIDE_BINS * sizeof *h);
-    for (size_t c = 0; c < w->nchunks && hi16 >= (int)blo && hi16 < (int)(blo + nb); c++) {
-        const struct sel_bucket *bk = alloy_sel_bucket(w, c);
+    for (size_t c = 0; c < nrec && hi16 >= (int)blo && hi16 < (int)(blo + nb); c++) {
+        const struct sel_bucket *bk = window_rec(w, c);
         for (size_t e = 0; e < bk->n; e++)
             if (bk->keys[e] >> 16 == (uint32_t)hi16) h[bk->keys[e] & 0xffffu]++;
         h[0] += bk->zero[(unsigned)hi16 - blo];
@@ -479,67 +545,163 @@ static int reduce_window(struct alloy_select *s, struct alloy_err *err)
         return short_hist(s, err);
     }
     uint32_t kth = ((uint32_t)hi16 << 16) | (uint32_t)lo16;
-    int split = finish_exact(s, kth, h[lo16]);
+    int split = finish_exact(s, kth, h[lo16]), rc = ALLOY_OK;
     free(h);
-    if (split) {
-        s->tie_before = alloy_xmalloc((w->nchunks ? w->nchunks : 1) * sizeof *s->tie_before);
-        if (!s->tie_before) {
-            window_free(s);
-            return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for %zu chunk tie counts",
-                                 w->nchunks);
-        }
-        s->nchunks = w->nchunks;
-        uint64_t run = 0;
-        for (size_t c = 0; c < w->nchunks; c++) {
-            s->tie_before[c] = run;
-            const struct sel_bucket *bk = alloy_sel_bucket(w, c);
-            if (lo16 == 0) run += bk->zero[(unsigned)hi16 - blo]; /* counted, or (wide) collected: */
-            for (size_t e = 0; e < bk->n; e++) run += bk->keys[e] == kth;
-        }
-    }
+    if (split) rc = window_ties(s, w, kth, nchunks, err);
     window_free(s);
-    return ALLOY_OK;
+    return rc;
+}
+
+/* Bins of the current level's histogram (a wide level 1's zero bin included). */
+static unsigned level_bins(const struct alloy_select *s)
+{
+    return (1u << layout_of(s)->bits[s->level]) + (s->wide && s->level == 1 ? 1 : 0);
+}
+
+/* The current level from its summed histogram: chooses the bin and finishes or moves on. Returns 1
+ * when ties at the threshold must be split (*tie_bin: the per-chunk bin that counts them), 0 when
+ * not, -1 when the histogram holds fewer keys than wanted. */
+static int reduce_hist(struct alloy_select *s, const uint64_t *hist, int *tie_bin)
+{
+    int zero_bin = s->wide && s->level == 1;
+    int b = choose_bin(s, hist);
+    if (b < 0) return -1;
+    *tie_bin = b;
+    if (zero_bin && b == 0 && s->rem > hist[0] - hist[WIDE_ZERO_BIN]) {
+        /* the k-th key is prefix << 6, all low bits zero: the keys of bin 0 above it are kept */
+        uint64_t above = hist[0] - hist[WIDE_ZERO_BIN];
+        s->rem -= above;
+        s->n_gt += above;
+        *tie_bin = WIDE_ZERO_BIN;
+        return finish_exact(s, s->prefix << 6, hist[WIDE_ZERO_BIN]);
+    }
+    return finish_level(s, hist[b]);
+}
+
+static const uint32_t *chunk_hist(const void *accs, size_t c, size_t acc_size, size_t hist_offset)
+{
+    return (const uint32_t *)(const void *)((const uint8_t *)accs + c * acc_size + hist_offset);
 }
 
 int alloy_sel_reduce(struct alloy_select *s, const void *accs, size_t nchunks, size_t acc_size, size_t hist_offset,
                      struct alloy_err *err)
 {
     if (!alloy_sel_active(s)) return ALLOY_OK;
-    if (alloy_sel_window_stage(s)) return reduce_window(s, err);
+    if (alloy_sel_window_stage(s)) return reduce_window(s, nchunks, err);
     if (alloy_sel_sample_stage(s)) return alloy_sel_reduce_sample(s, 0, nchunks, err);
     if (alloy_sel_wide_level0(s)) return reduce_wide0(s, err);
-    uint64_t hist[ALLOY_SEL_BINS] = {0};
-    int zero_bin = s->wide && s->level == 1;
-    unsigned nb = (1u << layout_of(s)->bits[s->level]) + (zero_bin ? 1 : 0);
-    const uint8_t *base = accs;
+    uint64_t hist[ALLOY_SEL_BINS + 1] = {0};
+    unsigned nb = level_bins(s);
     for (size_t c = 0; c < nchunks; c++) {
-        const uint32_t *h = (const uint32_t *)(const void *)(base + c * acc_size + hist_offset);
+        const uint32_t *h = chunk_hist(accs, c, acc_size, hist_offset);
         for (unsigned b = 0; b < nb; b++) hist[b] += h[b];
     }
-    int b = choose_bin(s, hist);
-    if (b < 0) return short_hist(s, err);
-    int tie_bin = b;
-    if (zero_bin && b == 0 && s->rem > hist[0] - hist[WIDE_ZERO_BIN]) {
-        /* the k-th key is prefix << 6, all low bits zero: the keys of bin 0 above it are kept */
-        uint64_t above = hist[0] - hist[WIDE_ZERO_BIN];
-        s->rem -= above;
-        s->n_gt += above;
-        tie_bin = WIDE_ZERO_BIN;
-        if (!finish_exact(s, s->prefix << 6, hist[WIDE_ZERO_BIN])) return ALLOY_OK;
-    } else if (!finish_level(s, hist[b])) {
-        return ALLOY_OK;
-    }
+    int tie_bin, split = reduce_hist(s, hist, &tie_bin);
+    if (split < 0) return short_hist(s, err);
+    if (!split) return ALLOY_OK;
     s->tie_before = alloy_xmalloc((nchunks ? nchunks : 1) * sizeof *s->tie_before);
     if (!s->tie_before)
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for %zu chunk tie counts", nchunks);
     s->nchunks = nchunks;
     uint64_t run = 0;
     for (size_t c = 0; c < nchunks; c++) {
-        const uint32_t *h = (const uint32_t *)(const void *)(base + c * acc_size + hist_offset);
         s->tie_before[c] = run;
-        run += h[tie_bin];
+        run += chunk_hist(accs, c, acc_size, hist_offset)[tie_bin];
     }
     return ALLOY_OK;
+}
+
+/* ---------------------------------------------------------------- windows of chunks (method.h fold) */
+
+/* A window stage's fold when the tensor spans several driver windows: the records' counts and keys
+ * move into the combined record (keys grown to the exact size: their total is bounded by
+ * window_keys), with each chunk's end among the keys and, for a narrow window, its per-bin counts
+ * (8 + 4 nb bytes per chunk of the tensor), so split ties need no further pass; the records start
+ * afresh for the chunks from first + count. Out of memory fails the window: the full level 0
+ * follows, which needs none of this. */
+static void window_fold(struct alloy_select *s, size_t first, size_t count, size_t nchunks)
+{
+    struct alloy_sel_window *w = s->window;
+    if (!w->all) {
+        w->all = alloy_xcalloc(1, sizeof *w->all + w->nb * sizeof(uint32_t));
+        w->all_end = alloy_xcalloc(nchunks ? nchunks : 1, sizeof *w->all_end);
+        w->all_zero = w->nb <= 8 ? alloy_xcalloc((nchunks ? nchunks : 1) * w->nb, sizeof *w->all_zero) : NULL;
+        if (!w->all || !w->all_end || (w->nb <= 8 && !w->all_zero)) atomic_store(&w->failed, 1);
+    }
+    for (size_t r = 0; r < count && r < w->nrec; r++) {
+        struct sel_bucket *b = alloy_sel_bucket(w, r), *all = w->all;
+        if (!atomic_load(&w->failed) && first + r < nchunks) {
+            all->above += b->above;
+            for (unsigned z = 0; z < w->nb; z++) all->zero[z] += b->zero[z];
+            if (w->all_zero) memcpy(w->all_zero + (first + r) * w->nb, b->zero, w->nb * sizeof *b->zero);
+            uint32_t *k = b->n ? realloc(all->keys, (all->n + b->n) * sizeof *k) : NULL;
+            if (b->n && !k) {
+                atomic_store(&w->failed, 1);
+            } else if (b->n) {
+                memcpy(k + all->n, b->keys, b->n * sizeof *k);
+                all->keys = k;
+                all->n += b->n;
+            }
+            w->all_end[first + r] = all->n;
+        }
+        free(b->keys);
+        memset(b, 0, sizeof *b + w->nb * sizeof(uint32_t));
+    }
+    w->first = first + count;
+}
+
+int alloy_sel_fold(struct alloy_select *s, const void *accs, size_t first, size_t count, size_t nchunks,
+                   size_t acc_size, size_t hist_offset, struct alloy_err *err)
+{
+    if (!alloy_sel_active(s) || alloy_sel_sample_stage(s) || alloy_sel_wide_level0(s)) return ALLOY_OK;
+    if (s->stage == ALLOY_SEL_STAGE_TIES) {
+        for (size_t c = 0; c < count; c++) s->tie_before[first + c] = chunk_hist(accs, c, acc_size, hist_offset)[0];
+        return ALLOY_OK;
+    }
+    if (first == 0 && count == nchunks) { /* the whole tensor in one window: the per-chunk tie counts too */
+        s->folded = 1;
+        return alloy_sel_reduce(s, accs, nchunks, acc_size, hist_offset, err);
+    }
+    if (alloy_sel_window_stage(s)) {
+        window_fold(s, first, count, nchunks);
+        return ALLOY_OK;
+    }
+    if (!s->fold_hist && !(s->fold_hist = alloy_xcalloc(ALLOY_SEL_BINS + 1, sizeof *s->fold_hist)))
+        return alloy_err_set(err, ALLOY_ERR_NOMEM, "select: out of memory for a histogram");
+    unsigned nb = level_bins(s);
+    for (size_t c = 0; c < count; c++) {
+        const uint32_t *h = chunk_hist(accs, c, acc_size, hist_offset);
+        for (unsigned b = 0; b < nb; b++) s->fold_hist[b] += h[b];
+    }
+    return ALLOY_OK;
+}
+
+int alloy_sel_end(struct alloy_select *s, int sampled, size_t nchunks, struct alloy_err *err)
+{
+    if (s->folded) { /* reduced at its one fold */
+        s->folded = 0;
+        return ALLOY_OK;
+    }
+    if (!alloy_sel_active(s)) return ALLOY_OK;
+    if (alloy_sel_sample_stage(s)) return alloy_sel_reduce_sample(s, sampled, nchunks, err);
+    if (alloy_sel_wide_level0(s)) return reduce_wide0(s, err);
+    if (alloy_sel_window_stage(s)) return reduce_window(s, nchunks, err);
+    if (s->stage == ALLOY_SEL_STAGE_TIES) { /* each chunk's count becomes the count before it */
+        uint64_t run = 0;
+        for (size_t c = 0; c < s->nchunks; c++) {
+            uint64_t t = s->tie_before[c];
+            s->tie_before[c] = run;
+            run += t;
+        }
+        s->stage = ALLOY_SEL_STAGE_LEVELS;
+        return ALLOY_OK;
+    }
+    uint64_t *hist = s->fold_hist;
+    s->fold_hist = NULL;
+    int tie_bin, split = hist ? reduce_hist(s, hist, &tie_bin) : -1;
+    free(hist);
+    if (split < 0) return short_hist(s, err);
+    return split && !s->want_value ? ties_stage(s, nchunks, err) : ALLOY_OK;
 }
 
 int alloy_sel_reduce_total(struct alloy_select *s, const uint64_t *hist, struct alloy_err *err)
@@ -553,6 +715,8 @@ int alloy_sel_reduce_total(struct alloy_select *s, const uint64_t *hist, struct 
 
 void alloy_sel_free(struct alloy_select *s)
 {
+    free(s->fold_hist);
+    s->fold_hist = NULL;
     free(s->tie_before);
     s->tie_before = NULL;
     s->nchunks = 0;

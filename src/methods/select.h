@@ -27,10 +27,18 @@
  *   a well-defined set: every element with key > thr, plus the first
  *   (lowest-index) `ties` elements with key == thr... split across chunks:
  *   chunk c keeps the first alloy_sel_chunk_ties(s, c) of its elements equal
- *   to thr, in element order. The per-chunk tie counts come for free from
- *   the level-2 histograms (at that level a bin is one exact key; in the
- *   wide layout, from the zero bin when it ends at level 1), so no extra
- *   pass is needed. Two selections on the same keys (e.g. the top
+ *   to thr, in element order. When the tensor is one driver window
+ *   (method.h: at most ALLOY_MAX_CHUNKS chunks) the per-chunk tie counts
+ *   come for free from the last level's per-chunk histograms (at level 2 a
+ *   bin is one exact key; in the wide layout, the zero bin when it ends at
+ *   level 1) or the window stage's per-chunk records. A larger tensor folds
+ *   its histograms window by window (alloy_sel_fold), so those per-chunk
+ *   counts are gone when the threshold is known: a split then takes one
+ *   more pass, the tie stage, which counts each chunk's keys equal to thr
+ *   (8 bytes per chunk of the tensor: O(n / 2^18)). A window stage keeps
+ *   its collected keys in chunk order with each chunk's end, and a narrow
+ *   window its per-chunk bin counts (8 + 4 x bins bytes per chunk), so it
+ *   needs no tie pass. The kept set is the same either way. Two selections on the same keys (e.g. the top
  *   k1 and the top k2 < k1) are nested sets under this order.
  *
  *   Wide layout (alloy_sel_init_wide), for large tensors: two passes
@@ -81,7 +89,8 @@
  *   init:      alloy_sel_init(&s, n, k, want_value);
  *   want_pass: return alloy_sel_active(&s);
  *   scan:      for each element: int b = alloy_sel_bin(&s, key); if (b >= 0) acc->hist[b]++;
- *   end_pass:  alloy_sel_reduce(&s, accs, nchunks, acc_size, offsetof(struct acc, hist), err);
+ *   fold:      alloy_sel_fold(&s, accs, first, count, nchunks, acc_size, offsetof(struct acc, hist), err);
+ *   end_pass:  alloy_sel_end(&s, 0, nchunks, err);
  *   apply:     uint64_t t = alloy_sel_chunk_ties(&s, c->index);
  *              for each element: keep = alloy_sel_keep(&s, key, &t);
  *   fini:      alloy_sel_free(&s);
@@ -123,8 +132,10 @@ struct alloy_select {
     uint64_t n_tie;      /* of those, how many are kept (n_tie < n_eq: split ties) */
     uint32_t kth;        /* the k-th largest key, when kth_known */
     int kth_known;
-    uint64_t *tie_before; /* split ties only: [nchunks] ties (== thr) in chunks before c */
+    uint64_t *tie_before; /* split ties only: [nchunks] ties (== thr) in chunks before c (tie stage: in c) */
     size_t nchunks;
+    uint64_t *fold_hist; /* a level's histogram summed over the driver windows folded so far */
+    int folded;          /* the pass was reduced at its one fold (the tensor is one window) */
     int wide;            /* the wide layout (alloy_sel_init_wide) */
     struct alloy_sel_shared *shared; /* wide: level 0's total counts and their locks */
     int stage;           /* ALLOY_SEL_STAGE_*: sampled layout before the radix levels */
@@ -136,6 +147,7 @@ enum {
     ALLOY_SEL_STAGE_LEVELS, /* radix levels (or done) */
     ALLOY_SEL_STAGE_SAMPLE, /* next pass: level-0 counts over a sample of chunks */
     ALLOY_SEL_STAGE_WINDOW, /* next pass: count above and collect inside the window */
+    ALLOY_SEL_STAGE_TIES,   /* next pass: count each chunk's keys equal to thr (thr and n_tie are known) */
 };
 
 /* Most keys one sampled selection collects (32 MiB; keys with zero low 16 bits are counted per
@@ -187,7 +199,9 @@ static inline float alloy_sel_unkey_abs(uint32_t key)
 
 /* Starts selecting the k largest of n keys (k is clamped to n). k == 0 and
  * k == n finish immediately (keep nothing / everything) unless want_value
- * asks for the exact k-th key (then 1 <= k <= n is required). */
+ * asks for the exact k-th key (then 1 <= k <= n is required). A want_value
+ * selection is for its k-th key: past one driver window it takes no tie
+ * pass, and alloy_sel_chunk_ties/keep do not split its ties. */
 void alloy_sel_init(struct alloy_select *s, uint64_t n, uint64_t k, int want_value);
 
 /* Same selection in the wide layout (see DESIGN; want_value is not
@@ -198,7 +212,10 @@ int alloy_sel_init_wide(struct alloy_select *s, uint64_t n, uint64_t k, struct a
 int alloy_sel_init_sampled(struct alloy_select *s, uint64_t n, uint64_t k, struct alloy_err *err);
 
 /* 1 while another pass is needed. */
-static inline int alloy_sel_active(const struct alloy_select *s) { return s->level < ALLOY_SEL_LEVELS; }
+static inline int alloy_sel_active(const struct alloy_select *s)
+{
+    return s->level < ALLOY_SEL_LEVELS || s->stage == ALLOY_SEL_STAGE_TIES;
+}
 
 /* 1 when the next pass is a wide selection's level 0 (alloy_sel_hist_wide), over a sample of the
  * chunks or all of them (the sample stage counts the same way). */
@@ -227,22 +244,24 @@ static inline int alloy_sel_window_stage(const struct alloy_select *s)
 int alloy_sel_reduce_sample(struct alloy_select *s, int sampled, size_t nchunks, struct alloy_err *err);
 
 /* Histogram bin of `key` at the current level, or -1 if the key is outside
- * the prefix being refined (or the selection is done). Narrow layout only:
- * wide selections count with alloy_sel_hist_keys(). */
+ * the prefix being refined (or the selection is done); in the tie stage,
+ * bin 0 for a key equal to thr. Narrow layout only: wide selections count
+ * with alloy_sel_hist_keys(). */
 static inline int alloy_sel_bin(const struct alloy_select *s, uint32_t key)
 {
     static const unsigned shift[ALLOY_SEL_LEVELS + 1] = {21, 10, 0, 0};
     static const unsigned pshift[ALLOY_SEL_LEVELS + 1] = {32, 21, 10, 0};
     static const uint32_t mask[ALLOY_SEL_LEVELS + 1] = {0x7ff, 0x7ff, 0x3ff, 0};
     int l = s->level;
-    if (l >= ALLOY_SEL_LEVELS || (uint32_t)((uint64_t)key >> pshift[l]) != s->prefix) return -1;
+    if (l >= ALLOY_SEL_LEVELS) return s->stage == ALLOY_SEL_STAGE_TIES && (int64_t)key == s->thr ? 0 : -1;
+    if ((uint32_t)((uint64_t)key >> pshift[l]) != s->prefix) return -1;
     return (int)((key >> shift[l]) & mask[l]);
 }
 
 /* Adds keys to the chunk's histogram at the current level: alloy_sel_bin()
  * for each, hist[bin]++ where >= 0 (wide levels 1 and 2 likewise, with bin
  * 1024 at level 1; a wide level 0 goes to the shared total, slowly: use
- * alloy_sel_hist_wide). */
+ * alloy_sel_hist_wide; the tie stage counts keys equal to thr in hist[0]). */
 void alloy_sel_hist_keys(const struct alloy_select *s, const uint32_t *keys, size_t n, uint32_t *hist);
 
 /* Wide level 0: a chunk-local table (h NULL if it cannot be allocated),
@@ -254,14 +273,24 @@ void alloy_sel_hist_wide(const struct alloy_select *s, const uint32_t *keys, siz
 void alloy_sel_merge_wide(const struct alloy_select *const *sel, int nsel, struct alloy_sel_local *l);
 void alloy_sel_local_free(struct alloy_sel_local *l);
 
-/* Folds the current level's per-chunk histograms (chunk c's histogram is at
+/* Folds the current level's per-chunk histograms of the whole tensor at once (chunk c's histogram is at
  * (const char *)accs + c * acc_size + hist_offset, in chunk order; a wide
- * level 0 reads its shared total instead, a window stage its collections) and moves to the next level or
+ * level 0 reads its shared total instead, a window stage its collections, which
+ * cover at most ALLOY_MAX_CHUNKS chunks) and moves to the next level or
  * finishes. Allocates tie_before when the threshold splits ties;
  * ALLOY_ERR_NOMEM if that fails (or a wide level 0's total could not be
  * allocated during the pass). */
 int alloy_sel_reduce(struct alloy_select *s, const void *accs, size_t nchunks, size_t acc_size, size_t hist_offset,
                      struct alloy_err *err);
+
+/* A scan pass's accumulators for the chunks [first, first + count) of nchunks (method.h fold), then
+ * the pass's end: a tensor that is one window (first 0, count nchunks) is reduced at the fold as
+ * alloy_sel_reduce() does; a larger one sums each window's histograms (a window stage: its
+ * collections) and reduces at the end, and a split of ties there starts the tie stage. `sampled`:
+ * as for alloy_sel_reduce_sample, in the sample stage. ALLOY_ERR_NOMEM as reduce. */
+int alloy_sel_fold(struct alloy_select *s, const void *accs, size_t first, size_t count, size_t nchunks,
+                   size_t acc_size, size_t hist_offset, struct alloy_err *err);
+int alloy_sel_end(struct alloy_select *s, int sampled, size_t nchunks, struct alloy_err *err);
 
 /* Same, from one already-summed histogram (narrow layout); only valid when the caller
  * knows no per-chunk tie split is needed (e.g. want_value quantiles, or a

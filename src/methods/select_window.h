@@ -10,7 +10,11 @@
  *   body below is compiled for the scalar and AVX2 tables (integer
  *   operations, the same result); the AVX-512 table has its own
  *   compress-based version (kernels/avx512.c). select.c owns the window's
- *   life cycle and reads the buckets in chunk order.
+ *   life cycle and reads the buckets in chunk order. The records cover one
+ *   driver window of chunks (method.h) at a time, from chunk `first`: when
+ *   a tensor spans several, select.c moves each window's records into one
+ *   combined record (`all`) at its fold, so they never number more than
+ *   ALLOY_MAX_CHUNKS.
  */
 #ifndef ALLOY_SELECT_WINDOW_H
 #define ALLOY_SELECT_WINDOW_H
@@ -34,7 +38,13 @@ struct sel_bucket {
 struct alloy_sel_window {
     uint32_t lo, hi;           /* whole level-0 bins: lo = blo << 16, hi = bhi << 16 | 0xffff */
     unsigned nb;               /* bins in the window */
-    size_t nchunks;
+    size_t nrec;               /* records: chunks first .. first + nrec - 1 */
+    size_t first;              /* the chunk of record 0 (the driver window's first chunk) */
+    struct sel_bucket *all;    /* the records of the windows folded so far (several windows only): keys in
+                                  chunk order, chunk c's ending at all_end[c]; a narrow window's per-bin
+                                  counts of chunk c at all_zero[c * nb] (the per-chunk tie counts) */
+    uint64_t *all_end;
+    uint32_t *all_zero;
     void *mem;                 /* the records, stride bytes each from the first 64-byte boundary */
     size_t stride;
     _Atomic uint64_t total;    /* keys collected over all chunks */
@@ -45,6 +55,13 @@ static inline struct sel_bucket *alloy_sel_bucket(const struct alloy_sel_window 
 {
     uintptr_t base = ((uintptr_t)w->mem + 63) & ~(uintptr_t)63;
     return (struct sel_bucket *)(void *)(base + c * w->stride);
+}
+
+/* The record of chunk `chunk`, or NULL if the chunk is outside the current driver window. */
+static inline struct sel_bucket *alloy_sel_window_record(const struct alloy_sel_window *w, size_t chunk)
+{
+    size_t r = chunk - w->first; /* a chunk before `first` wraps past nrec */
+    return r < w->nrec ? alloy_sel_bucket(w, r) : NULL;
 }
 
 /* Room for `need` keys in a chunk's bucket (doubling); 0, with the window failed, if out of memory. */
@@ -72,9 +89,9 @@ static ALLOY_INLINE void alloy_sel_window_add_body(const struct alloy_select *s,
                                                   size_t n)
 {
     struct alloy_sel_window *w = s->window;
-    if (!w || chunk >= w->nchunks || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
+    struct sel_bucket *b = w ? alloy_sel_window_record(w, chunk) : NULL;
+    if (!b || atomic_load_explicit(&w->failed, memory_order_relaxed)) return;
     const uint32_t lo = w->lo, hi = w->hi, span = hi - lo;
-    struct sel_bucket *b = alloy_sel_bucket(w, chunk);
     const uint32_t zlow = count_zero_low(w, b, keys, n);
     for (size_t e0 = 0; e0 < n; e0 += 256) {
         size_t m = n - e0 < 256 ? n - e0 : 256;

@@ -37,6 +37,7 @@ struct slerp_state {
     int copy;           /* one input: copy it */
     int i0, i1;         /* input index of the base (v0) and of the other model (v1) */
     double c0, c1;      /* R = c0 v0 + c1 v1 */
+    double g[3];        /* the scan's Gram matrix, folded window by window */
 };
 
 struct slerp_acc {
@@ -91,12 +92,19 @@ static int slerp_scan(const struct alloy_merge_job *job, const void *state, int 
     return ALLOY_OK;
 }
 
-static int slerp_end_pass(const struct alloy_merge_job *job, void *state, int pass, const void *accs,
-                          size_t nchunks, struct alloy_err *err)
+static int slerp_fold(const struct alloy_merge_job *job, void *state, int pass, const void *accs, size_t first,
+                      size_t count, size_t nchunks, struct alloy_err *err)
 {
     struct slerp_state *s = state;
-    double g[3];
-    alloy_vm_fold(accs, nchunks, sizeof(struct slerp_acc), 3, g);
+    alloy_vm_fold(accs, first, count, sizeof(struct slerp_acc), 3, s->g);
+    return ALLOY_OK;
+}
+
+static int slerp_end_pass(const struct alloy_merge_job *job, void *state, int pass, size_t nchunks,
+                          struct alloy_err *err)
+{
+    struct slerp_state *s = state;
+    const double *g = s->g;
     double t = job->gp[P_T];
     double n0 = sqrt(g[0]), n1 = sqrt(g[2]);
     double d = g[1] / (n0 > 1e-8 ? n0 : 1.0) / (n1 > 1e-8 ? n1 : 1.0);
@@ -138,6 +146,7 @@ const struct alloy_method alloy_method_slerp = {
     .init = slerp_init,
     .want_pass = slerp_want_pass,
     .scan = slerp_scan,
+    .fold = slerp_fold,
     .end_pass = slerp_end_pass,
     .apply = slerp_apply,
 };

@@ -43,9 +43,9 @@ void alloy_vm_gram_add(const float *const *x, int k, const float *base, size_t l
     }
 }
 
-void alloy_vm_fold(const void *accs, size_t nchunks, size_t acc_size, size_t count, double *out)
+void alloy_vm_fold(const void *accs, size_t first, size_t nchunks, size_t acc_size, size_t count, double *out)
 {
-    memset(out, 0, count * sizeof *out);
+    if (first == 0) memset(out, 0, count * sizeof *out);
     for (size_t c = 0; c < nchunks; c++) {
         const double *a = (const double *)((const char *)accs + c * acc_size);
         for (size_t i = 0; i < count; i++) out[i] += a[i];

@@ -33,9 +33,10 @@ static inline int alloy_vm_tri(int a, int b)
  * in blocks, in a fixed order, so equal inputs give equal bits. */
 void alloy_vm_gram_add(const float *const *x, int k, const float *base, size_t len, double *g);
 
-/* out[0..count) = sum over chunks (in chunk order) of the first `count`
- * doubles of each accumulator (acc_size bytes apart). */
-void alloy_vm_fold(const void *accs, size_t nchunks, size_t acc_size, size_t count, double *out);
+/* out[0..count) += the first `count` doubles of each of nchunks accumulators (acc_size bytes apart),
+ * in chunk order, starting from zero when `first` (the window's first chunk, method.h fold) is 0: a
+ * running sum, so the bits do not depend on how the chunks are cut into windows. */
+void alloy_vm_fold(const void *accs, size_t first, size_t nchunks, size_t acc_size, size_t count, double *out);
 
 /* x^T G y for coefficient vectors x, y of length k. */
 double alloy_vm_quad(const double *g, int k, const double *x, const double *y);
