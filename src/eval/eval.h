@@ -79,6 +79,13 @@ void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, 
  * which HF gives after the final norm. What MoE routers are initialised from (engine/moe_gates.c). */
 void alloy_llama_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
                            float *out);
+/* The same states summed over every position of the sequence (mergekit's hidden_avg averages them). */
+void alloy_llama_residual_sums(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
+                               float *out);
+/* The residual stream of token `id` at a position whose attention is fully masked out (a left-padding
+ * position under PyTorch's SDPA, whose output for such a row is 0): each layer adds only o_proj's bias and
+ * its MLP. Same layout as alloy_llama_residuals. */
+void alloy_llama_unattended_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, int32_t id, float *out);
 
 /* Same forward pass, reduced to the negative log-likelihood: for sequence s
  * and each position t with targets[s*len+t] >= 0, adds

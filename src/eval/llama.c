@@ -702,11 +702,25 @@ static void ffn(const struct alloy_llama *m, const float *wgu, const float *bgu,
     linear(act, wdown, bdown, y, T, H, F);
 }
 
+/* What forward_hidden's taps receive: the last position's states, or their sum over the positions; the
+ * sum with every position's attention masked out (each row attends to nothing, its attention output 0). */
+enum tap_mode { TAP_LAST, TAP_SUM, TAP_UNATTENDED };
+
+static void tap(float *dst, const float *h, size_t n, size_t H, enum tap_mode mode)
+{
+    if (mode == TAP_LAST) {
+        memcpy(dst, h + (n - 1) * H, H * sizeof(float));
+        return;
+    }
+    memset(dst, 0, H * sizeof(float));
+    for (size_t t = 0; t < n; t++) add_inplace(dst, h + t * H, H);
+}
+
 /* Runs the layers; leaves the final-normed hidden states [nseq*len][H] in ws->a. taps (NULL: none)
- * receives the residual stream of the last position of sequence 0 entering each layer and after the
- * last one, [(num_layers + 1) * H]. */
+ * receives the residual stream of sequence 0 (per `mode`) entering each layer and after the last one,
+ * [(num_layers + 1) * H]. */
 static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
-                           int len, float *taps)
+                           int len, float *taps, enum tap_mode mode)
 {
     const struct alloy_llama_config *c = &m->cfg;
     size_t T = (size_t)nseq * (size_t)len, H = (size_t)c->hidden_size;
@@ -718,7 +732,7 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
     for (size_t t = 0; t < T; t++) memcpy(ws->h + t * H, m->embed + (size_t)ids[t] * H, H * sizeof(float));
     for (int l = 0; l < c->num_layers; l++) {
         const struct llama_layer *L = &m->layers[l];
-        if (taps) memcpy(taps + (size_t)l * H, ws->h + (n - 1) * H, H * sizeof(float));
+        if (taps) tap(taps + (size_t)l * H, ws->h, n, H, mode);
         rmsnorm(ws->h, L->attn_norm, ws->a, T, H, eps);
         linear(ws->a, L->wqkv, L->bqkv, ws->qkv, T, QKV, H);
         for (size_t t = 0; t < T; t++) {
@@ -727,7 +741,8 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
             const float *cr = ws->cos + pos * half, *sr = ws->sin + pos * half;
             for (size_t j = 0; j < nh + nkv; j++) rope(row + j * hd, cr, sr, half); /* q heads, then k heads */
         }
-        for (size_t s = 0; s < (size_t)nseq; s++) {
+        if (mode == TAP_UNATTENDED) memset(ws->att, 0, T * Q * sizeof(float));
+        for (size_t s = 0; s < (size_t)nseq && mode != TAP_UNATTENDED; s++) {
             const float *base = ws->qkv + s * n * QKV;
             for (size_t j = 0; j < nh; j++) {
                 size_t kvh = j / group;
@@ -757,20 +772,31 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
         else ffn(m, L->wgu, L->bgu, L->wdown, L->bdown, ws->a, ws->gu, ws->act, ws->a, T);
         add_inplace(ws->h, ws->a, T * H);
     }
-    if (taps) memcpy(taps + (size_t)c->num_layers * H, ws->h + (n - 1) * H, H * sizeof(float));
+    if (taps) tap(taps + (size_t)c->num_layers * H, ws->h, n, H, mode);
     rmsnorm(ws->h, m->norm, ws->a, T, H, eps);
 }
 
 void alloy_llama_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
                            float *out)
 {
-    forward_hidden(m, ws, ids, 1, len, out);
+    forward_hidden(m, ws, ids, 1, len, out, TAP_LAST);
+}
+
+void alloy_llama_residual_sums(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
+                               float *out)
+{
+    forward_hidden(m, ws, ids, 1, len, out, TAP_SUM);
+}
+
+void alloy_llama_unattended_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, int32_t id, float *out)
+{
+    forward_hidden(m, ws, &id, 1, 1, out, TAP_UNATTENDED);
 }
 
 void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
                         int len, float *logits)
 {
-    forward_hidden(m, ws, ids, nseq, len, NULL);
+    forward_hidden(m, ws, ids, nseq, len, NULL, TAP_LAST);
     linear(ws->a, m->lm_head, NULL, logits, (size_t)nseq * (size_t)len, (size_t)m->cfg.vocab_size,
            (size_t)m->cfg.hidden_size);
 }
@@ -779,7 +805,7 @@ void alloy_llama_nll(const struct alloy_llama *m, struct alloy_llama_ws *ws, con
                      const int32_t *targets, int nseq, int len, double *nll_sum)
 {
     size_t T = (size_t)nseq * (size_t)len, V = (size_t)m->cfg.vocab_size, H = (size_t)m->cfg.hidden_size;
-    forward_hidden(m, ws, ids, nseq, len, NULL);
+    forward_hidden(m, ws, ids, nseq, len, NULL, TAP_LAST);
     /* Only the rows that are scored go through the head: gather them in chunks. */
     for (size_t t0 = 0; t0 < T;) {
         size_t rows = 0, idx[LOGIT_ROWS];

@@ -1,0 +1,17 @@
+/*
+ * test_moe.h — helpers shared by the MoE tests (defined in test_moe.c).
+ */
+#ifndef ALLOY_TEST_MOE_H
+#define ALLOY_TEST_MOE_H
+
+#include <stddef.h>
+
+/* Tensor `name` of model dir as float32 (malloc'd, *n values; F32 or BF16 stored); NULL if absent. */
+float *moe_read_f32(const char *dir, const char *name, size_t *n);
+/* 1 when tensor a of model da and tensor b of model db hold the same bytes. */
+int moe_same_tensor(const char *da, const char *a, const char *db, const char *b);
+/* mergekit's cheap_embed row of tiny-llama base, computed in the test: the embedding rows of "<s>" + each
+ * prompt summed, normalised, minus the same for the negative prompts, normalised (out[128]). */
+void moe_cheap_row(const char *const *pos, int npos, const char *const *neg, int nneg, double *out);
+
+#endif
