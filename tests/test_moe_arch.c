@@ -256,17 +256,15 @@ static int convert_model(const char *src, const char *dir, const char *type, flo
     return rc;
 }
 
+/* A fresh Qwen model folder of `type` made from tiny-llama model `which` (base, code, prose). */
 static const char *qwen_dir(const char *type, const char *which)
 {
     static char buf[6][700];
     static int k;
     char *p = buf[k++ % 6];
     snprintf(p, 700, "%s/%s-%s", test_tmpdir(), type, which);
-    struct stat st;
-    if (stat(p, &st) != 0) {
-        const char *src = !strcmp(which, "base") ? BASE : !strcmp(which, "code") ? CODE : PROSE;
-        CHECK_MSG(convert_model(src, p, type, !strcmp(type, "qwen2") ? 0.01f : 0) == 0, "cannot make %s", p);
-    }
+    const char *src = !strcmp(which, "base") ? BASE : !strcmp(which, "code") ? CODE : PROSE;
+    CHECK_MSG(convert_model(src, p, type, !strcmp(type, "qwen2") ? 0.01f : 0) == 0, "cannot make %s", p);
     return p;
 }
 
@@ -604,4 +602,28 @@ TEST(moe_sharded_output)
     json_decref(idx);
     alloy_model_close(a);
     alloy_model_close(b);
+    /* the CLI's options, and the tokenizer saved as mergekit saves it: padding left with the BOS token */
+    char td[600], cfg[800], cmd[3000], *log = NULL;
+    snprintf(td, sizeof td, "%s", test_tmpdir()); /* each call makes a new folder */
+    snprintf(cfg, sizeof cfg, "%s/moe-cli.yml", td);
+    CHECK(test_write_text(cfg, yaml) == 0);
+    snprintf(cmd, sizeof cmd, "%s moe %s %s/moe-cli --out-shard-size 600K --fused-experts -q 2>&1 && ls %s/moe-cli",
+             test_alloy_bin(), cfg, td, td);
+    CHECK_MSG(test_run(cmd, &log) == 0, "%s", log ? log : "");
+    CHECK(log && strstr(log, "model-00002-of-0000") && strstr(log, "model.safetensors.index.json"));
+    free(log);
+    snprintf(p, sizeof p, "%s/moe-cli", td);
+    CHECK(position(p, "model.layers.0.mlp.experts.down_proj") < 0); /* sharded: position() reads one file */
+    json_t *tc = NULL;
+    snprintf(p, sizeof p, "%s/moe-cli/tokenizer_config.json", td);
+    CHECK((tc = json_load_file(p, 0, NULL)) != NULL);
+    CHECK_STR(jstr(tc, "padding_side"), "left");
+    CHECK_STR(jstr(tc, "pad_token"), "<s>");
+    CHECK_STR(jstr(tc, "bos_token"), "<s>");
+    json_decref(tc);
+    snprintf(p, sizeof p, "%s/moe-cli/special_tokens_map.json", td);
+    CHECK((tc = json_load_file(p, 0, NULL)) != NULL);
+    CHECK_STR(jstr(tc, "pad_token"), "<s>");
+    CHECK(!json_object_get(tc, "padding_side"));
+    json_decref(tc);
 }

@@ -20,7 +20,8 @@
  *   for router keys the base lacks), DeepSeek MoE with json.dump (the base's
  *   key order, new keys appended, indent 4). Everything goes into a hidden
  *   temporary sibling folder published by rename (sinks/publish.c), so an
- *   error leaves no partial output.
+ *   error leaves no partial output. The base's tokenizer files are copied,
+ *   with mergekit's padding set (padding_side left, pad token BOS or EOS).
  */
 #include "core/internal.h"
 #include "engine/moe.h"
@@ -250,6 +251,31 @@ static int write_config(const struct alloy_moe_job *m, const char *dir, struct a
 
 /* ------------------------------------------------------------ the folder */
 
+/* mergekit saves the tokenizer it routed with: padding_side left, pad token = the BOS token (else EOS). */
+static int set_padding(const char *dir, const char *file, int side, struct alloy_err *err)
+{
+    char *path = alloy_xasprintf("%s/%s", dir, file);
+    if (!path) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    json_error_t jerr;
+    json_t *j = alloy_is_file(path) ? json_load_file(path, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+    int rc = ALLOY_OK;
+    if (alloy_is_file(path) && !json_is_object(j))
+        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: expected a JSON object, found something else (%s)", path, jerr.text);
+    json_t *pad = json_object_get(j, "bos_token");
+    if (json_is_null(pad) || !pad) pad = json_object_get(j, "eos_token");
+    if (!rc && j) {
+        if (json_is_object(pad)) pad = json_object_get(pad, "content");
+        if (json_is_string(pad)) json_object_set_new(j, "pad_token", json_string(json_string_value(pad)));
+        if (side) json_object_set_new(j, "padding_side", json_string("left"));
+        char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        rc = text ? alloy_write_file(path, text, strlen(text), err) : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        free(text);
+    }
+    json_decref(j);
+    free(path);
+    return rc;
+}
+
 static int write_files(const struct alloy_moe_job *m, const char *dir, struct alloy_err *err)
 {
     int rc = write_config(m, dir, err);
@@ -267,6 +293,8 @@ static int write_files(const struct alloy_moe_job *m, const char *dir, struct al
         free(from);
         free(to);
     }
+    if (!rc && m->o->copy_tokenizer) rc = set_padding(dir, "tokenizer_config.json", 1, err);
+    if (!rc && m->o->copy_tokenizer) rc = set_padding(dir, "special_tokens_map.json", 0, err);
     return rc;
 }
 
