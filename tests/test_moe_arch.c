@@ -54,10 +54,10 @@ static char *out_path(const char *name)
 
 /* ------------------------------------------------------------ hidden_avg */
 
-/* The residual stream entering layer `layer` at every position of "<s>" + prompt (each position's state
- * is the last-position state of the prefix ending there: attention is causal), summed into sum[H]; the
+/* The residual stream entering each layer at every position of "<s>" + prompt (each position's state is
+ * the last-position state of the prefix ending there: attention is causal), summed into sum[L * H]; the
  * prompt's length in *n. */
-static void token_state_sum(struct alloy_llama *lm, const struct alloy_tokenizer *tok, const char *prompt, int layer,
+static void token_state_sum(struct alloy_llama *lm, const struct alloy_tokenizer *tok, const char *prompt,
                             double *sum, size_t *n)
 {
     char text[256];
@@ -70,7 +70,7 @@ static void token_state_sum(struct alloy_llama *lm, const struct alloy_tokenizer
         struct alloy_llama_ws *ws = alloy_llama_ws_new(lm, (int)k, 1);
         CHECK(ws != NULL);
         if (ws) alloy_llama_residuals(lm, ws, ids, (int)k, taps);
-        for (int j = 0; ws && j < H; j++) sum[j] += taps[(size_t)layer * H + j];
+        for (int j = 0; ws && j < L * H; j++) sum[j] += taps[j];
         alloy_llama_ws_free(ws);
     }
     free(ids);
@@ -117,23 +117,24 @@ static void pad_naive(double *pad)
     free(emb);
 }
 
-/* mergekit's hidden_avg statistic of one prompt list for layer l, from the per-token states and pad: the
- * batch is left-padded to its longest prompt T; each prompt's positions (its own and T - n pads) are
- * summed and divided by T; the prompts are averaged. masked = 1 leaves the pads out (what mergekit does
- * not do), for the check that they matter. */
-static void avg_stat(struct alloy_llama *lm, const struct alloy_tokenizer *tok, const char *const *p, int np, int l,
+/* mergekit's hidden_avg statistic of one prompt list, every layer (out[L * H]), from the per-token states
+ * and pad: the batch is left-padded to its longest prompt T; each prompt's positions (its own and T - n
+ * pads) are summed and divided by T; the prompts are averaged. masked = 1 leaves the pads out (what
+ * mergekit does not do), for the check that they matter. */
+static void avg_stat(struct alloy_llama *lm, const struct alloy_tokenizer *tok, const char *const *p, int np,
                      const double *pad, int masked, double *out)
 {
-    double sums[4][H] = {{0}};
-    size_t n[4] = {0}, T = 0;
+    static double sums[2][L * H];
+    size_t n[2] = {0}, T = 0;
+    memset(sums, 0, sizeof sums);
     for (int i = 0; i < np; i++) {
-        token_state_sum(lm, tok, p[i], l, sums[i], &n[i]);
+        token_state_sum(lm, tok, p[i], sums[i], &n[i]);
         if (n[i] > T) T = n[i];
     }
-    memset(out, 0, H * sizeof *out);
+    memset(out, 0, L * H * sizeof *out);
     for (int i = 0; i < np; i++)
-        for (int j = 0; j < H; j++)
-            out[j] += (masked ? sums[i][j] / (double)n[i] : (sums[i][j] + (double)(T - n[i]) * pad[(size_t)l * H + j]) / (double)T) / np;
+        for (int j = 0; j < L * H; j++)
+            out[j] += (masked ? sums[i][j] / (double)n[i] : (sums[i][j] + (double)(T - n[i]) * pad[j]) / (double)T) / np;
 }
 
 static void normalise(double *v)
@@ -170,13 +171,20 @@ TEST(moe_hidden_avg_matches_a_naive_left_padded_batch)
         for (int i = 0; ws && i < (L + 1) * H; i++) CHECK_NEAR(taps[i], pad[i], 2e-4 * (1 + fabs(pad[i])));
         alloy_llama_ws_free(ws);
     }
+    static double s0[L * H], s1[L * H], sn[L * H], sm[L * H];
+    if (lm && tok) {
+        avg_stat(lm, tok, pos0, 2, pad, 0, s0);
+        avg_stat(lm, tok, pos1, 1, pad, 0, s1);
+        avg_stat(lm, tok, neg1, 2, pad, 0, sn);
+        avg_stat(lm, tok, pos0, 2, pad, 1, sm);
+    }
     for (int l = 0; lm && tok && l < L; l++) {
-        double r0[H], r1[H], n1[H], m0[H];
-        avg_stat(lm, tok, pos0, 2, l, pad, 0, r0);
-        avg_stat(lm, tok, pos1, 1, l, pad, 0, r1);
-        avg_stat(lm, tok, neg1, 2, l, pad, 0, n1);
-        avg_stat(lm, tok, pos0, 2, l, pad, 1, m0);
-        for (int j = 0; j < H; j++) r1[j] -= n1[j];
+        double r0[H], r1[H], m0[H];
+        for (int j = 0; j < H; j++) {
+            r0[j] = s0[l * H + j];
+            r1[j] = s1[l * H + j] - sn[l * H + j];
+            m0[j] = sm[l * H + j];
+        }
         normalise(r0);
         normalise(r1);
         normalise(m0);
