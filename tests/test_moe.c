@@ -84,6 +84,10 @@ TEST(moe_config_errors_follow_mergekits_rules)
         {"base_model: b\ngate_mode: random\nexpert: []\n", 0, "expert"},
         {"base_model: b\ngate_mode: random\nexperts: [{source_model: x, positive_prompts: [[a]]}]\n", 0,
          "experts[0].positive_prompts: expected a string"},
+        {"base_model: b\ngate_mode: random\nexperts_per_token: 1\nexperts: [{source_model: x}]\nshared_experts:\n"
+         "  - {source_model: y}\n  - {source_model: z, positive_prompts: [a]}\n", 0,
+         "t.yml:7:5: positive_prompts: expected prompts on every shared expert or on none, found them on "
+         "shared_experts[1] only"},
     };
     for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
         struct alloy_moe_config *c = NULL;
