@@ -540,7 +540,7 @@ TEST(moe_hidden_gates_from_the_base_forward_pass)
  *   dense: the Llama that equals it: with k = 2 an MLP of intermediate size 2F whose gate/up rows are
  *          code's then prose's and whose down columns are both halved; with k = 1 (the tie goes to the
  *          lower index, expert 0) the code MLP alone. */
-static int write_pair(const char *moe, const char *dense, int k)
+int moe_write_pair(const char *moe, const char *dense, int k)
 {
     static const char *const w[3] = {"gate_proj", "up_proj", "down_proj"};
     const int H = 128, F = 344, L = 4;
@@ -630,7 +630,7 @@ TEST(moe_eval_mixtral_equals_its_dense_equivalent)
         char moe[600], dense[600];
         snprintf(moe, sizeof moe, "%s/mixtral_k%d", test_tmpdir(), k);
         snprintf(dense, sizeof dense, "%s/dense_k%d", test_tmpdir(), k);
-        CHECK_INT(write_pair(moe, dense, k), 0);
+        CHECK_INT(moe_write_pair(moe, dense, k), 0);
         struct alloy_llama *a = NULL, *b = NULL;
         struct alloy_err err = {0};
         CHECK_MSG(alloy_llama_open(moe, &a, &err) == 0, "%s", err.msg);

@@ -13,5 +13,9 @@ int moe_same_tensor(const char *da, const char *a, const char *db, const char *b
 /* mergekit's cheap_embed row of tiny-llama base, computed in the test: the embedding rows of "<s>" + each
  * prompt summed, normalised, minus the same for the negative prompts, normalised (out[128]). */
 void moe_cheap_row(const char *const *pos, int npos, const char *const *neg, int nneg, double *out);
+/* From tiny-llama base (attention, norms, embeddings) and the code and prose MLPs: moe, a Mixtral with
+ * zero routers and experts code and prose, and dense, the Llama that computes the same function (k = 2:
+ * an MLP of both, each down_proj halved; k = 1: the code MLP). 0 on success. */
+int moe_write_pair(const char *moe, const char *dense, int k);
 
 #endif

@@ -386,10 +386,81 @@ TEST(moe_qwen2_moe_from_a_llama_base)
     CHECK(json_is_array(json_object_get(j, "mlp_only_layers")) && !json_array_size(json_object_get(j, "mlp_only_layers")));
     CHECK_INT(jint(j, "hidden_size"), H); /* the base's keys stay */
     json_decref(j);
-    /* alloy eval does not run it: a clear error */
-    struct alloy_llama *lm = NULL;
-    CHECK(alloy_llama_open(out, &lm, &err) != 0);
-    CHECK_STR_CONTAINS(err.msg, "qwen2_moe");
+    struct alloy_llama *lm = NULL; /* the evaluator runs it */
+    CHECK_MSG(alloy_llama_open(out, &lm, &err) == 0, "%s", err.msg);
+    if (lm) CHECK(alloy_llama_cfg(lm)->shared_expert && alloy_llama_cfg(lm)->n_experts == 2);
+    alloy_llama_close(lm);
+}
+
+/* Overwrites tensor `name` of the one-file model dir with zeros, in place. */
+static int zero_tensor(const char *dir, const char *name)
+{
+    struct alloy_model *m = NULL;
+    struct alloy_err err = {0};
+    if (alloy_model_open(dir, &m, &err)) return -1;
+    const struct alloy_tensor *t = alloy_model_find(m, name);
+    const uint8_t *start = NULL;
+    for (size_t i = 0; i < alloy_model_count(m); i++)
+        if (!start || alloy_model_tensor(m, i)->data < start) start = alloy_model_tensor(m, i)->data;
+    long long off = t ? (long long)(t->data - start) : -1;
+    uint64_t nbytes = t ? t->nbytes : 0;
+    alloy_model_close(m);
+    char path[800];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = off >= 0 ? fopen(path, "r+b") : NULL;
+    uint8_t hl[8];
+    int rc = f && fread(hl, 1, 8, f) == 8 ? 0 : -1;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | hl[i];
+    if (!rc) rc = fseek(f, (long)(8 + hlen + (uint64_t)off), SEEK_SET);
+    for (uint64_t i = 0; !rc && i < nbytes; i++) rc = fputc(0, f) == EOF;
+    if (f && fclose(f)) rc = -1;
+    return rc;
+}
+
+/* alloy eval runs Qwen2-MoE: with routed experts code, code (residual_scale 0.5 each: whatever the routing,
+ * 0.5 code(x)) and the shared expert prose behind a zero gate (sigmoid 0.5: 0.5 prose(x)), the MoE is the
+ * dense Llama of test_moe.c's pair whose MLP is 0.5 code(x) + 0.5 prose(x). */
+TEST(moe_eval_qwen2_moe_equals_its_dense_equivalent)
+{
+    char yaml[2000], moe[700], dense[700], mix[700];
+    snprintf(yaml, sizeof yaml,
+             "base_model: %s\ngate_mode: random\ndtype: float32\narchitecture: qwen\nexperts:\n"
+             "  - {source_model: %s, residual_scale: 0.5}\n  - {source_model: %s, residual_scale: 0.5}\n"
+             "shared_experts: [{source_model: %s}]\n",
+             test_data(BASE), test_data(CODE), test_data(CODE), test_data(PROSE));
+    snprintf(moe, sizeof moe, "%s", out_path("qwen2moe-eval"));
+    snprintf(dense, sizeof dense, "%s", out_path("qwen2moe-dense"));
+    snprintf(mix, sizeof mix, "%s", out_path("qwen2moe-mixtral"));
+    struct alloy_err err = {0};
+    CHECK_MSG(assemble_opt(yaml, moe, 0, 0, &err) == 0, "%s", err.msg);
+    for (int l = 0; l < L; l++) {
+        char name[100];
+        snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+        CHECK_INT(zero_tensor(moe, name), 0);
+    }
+    CHECK_INT(moe_write_pair(mix, dense, 2), 0);
+    static const int32_t ids[32] = {256, 100, 101, 102, 32, 102, 40, 120, 41, 58, 10, 32, 32, 114, 101, 116,
+                                    117, 114, 110, 32, 120, 10, 73, 110, 32, 97, 32, 116, 105, 109, 101, 46};
+    struct alloy_llama *a = NULL, *b = NULL;
+    CHECK_MSG(alloy_llama_open(moe, &a, &err) == 0, "%s", err.msg);
+    CHECK_MSG(alloy_llama_open(dense, &b, &err) == 0, "%s", err.msg);
+    struct alloy_llama_ws *wa = a ? alloy_llama_ws_new(a, 16, 2) : NULL, *wb = b ? alloy_llama_ws_new(b, 16, 2) : NULL;
+    float *la = malloc(32 * 260 * sizeof *la), *lb = malloc(32 * 260 * sizeof *lb);
+    CHECK(wa && wb && la && lb);
+    if (wa && wb && la && lb) {
+        alloy_llama_logits(a, wa, ids, 2, 16, la);
+        alloy_llama_logits(b, wb, ids, 2, 16, lb);
+        double worst = 0;
+        for (int i = 0; i < 32 * 260; i++) worst = fmax(worst, fabs(la[i] - lb[i]));
+        CHECK_MSG(worst < 2e-4, "logits differ by %g", worst);
+    }
+    alloy_llama_ws_free(wa);
+    alloy_llama_ws_free(wb);
+    free(la);
+    free(lb);
+    alloy_llama_close(a);
+    alloy_llama_close(b);
 }
 
 /* A Qwen2 base keeps its own biases; hidden_last routers come from its forward pass (the evaluator runs

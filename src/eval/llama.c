@@ -177,10 +177,11 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
     }
     const char *type = json_string_value(mt);
     int is_llama = strcmp(type, "llama") == 0, is_mixtral = strcmp(type, "mixtral") == 0,
-        is_mistral = is_mixtral || strcmp(type, "mistral") == 0, is_qwen2 = strcmp(type, "qwen2") == 0;
+        is_mistral = is_mixtral || strcmp(type, "mistral") == 0, is_qmoe = strcmp(type, "qwen2_moe") == 0,
+        is_qwen2 = is_qmoe || strcmp(type, "qwen2") == 0;
     if (!is_llama && !is_mistral && !is_qwen2) {
         rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, "
-                           "mixtral, qwen2 are)", label, type);
+                           "mixtral, qwen2, qwen2_moe are)", label, type);
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", type);
@@ -238,8 +239,14 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
     } else {
         if ((rc = cfg_int(root, label, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, err))) goto done;
     }
+    c->norm_topk_prob = 1;
     if (is_mixtral && ((rc = cfg_int(root, label, "num_local_experts", -1, 1, 1024, &c->n_experts, err)) ||
                        (rc = cfg_int(root, label, "num_experts_per_tok", 2, 1, c->n_experts, &c->experts_per_tok, err))))
+        goto done;
+    if (is_qmoe && ((rc = cfg_int(root, label, "num_experts", 60, 1, 1024, &c->n_experts, err)) ||
+                    (rc = cfg_int(root, label, "num_experts_per_tok", 4, 1, c->n_experts, &c->experts_per_tok, err)) ||
+                    (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+                    (rc = alloy_llama_qwen_moe_check(root, label, c, err))))
         goto done;
     const json_t *bos = json_object_get(root, "bos_token_id");
     c->bos_token_id = -1;
@@ -357,19 +364,30 @@ static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, co
         }
         PTR(L->wo); LLOAD("self_attn.o_proj.weight", H, Q);
         if (c->o_bias) { PTR(L->bo); LLOAD("self_attn.o_proj.bias", H, -1); }
-        if (c->n_experts) { /* Mixtral: router, every expert's w1 and w3, then every w2 */
+        if (c->n_experts) { /* router, every expert's gate (w1) and up (w3), then every down (w2) */
+            static const char *const mx[4] = {"block_sparse_moe.gate.weight", "block_sparse_moe.experts.%d.w1.weight",
+                                              "block_sparse_moe.experts.%d.w3.weight", "block_sparse_moe.experts.%d.w2.weight"};
+            static const char *const qw[4] = {"mlp.gate.weight", "mlp.experts.%d.gate_proj.weight",
+                                              "mlp.experts.%d.up_proj.weight", "mlp.experts.%d.down_proj.weight"};
+            const char *const *nm = c->shared_expert ? qw : mx;
             char sub[96];
-            PTR(L->router); LLOAD("block_sparse_moe.gate.weight", c->n_experts, H);
+            PTR(L->router); LLOAD(nm[0], c->n_experts, H);
             PTR(L->wgu);
             for (int e = 0; e < 2 * c->n_experts; e++) {
-                snprintf(sub, sizeof sub, "block_sparse_moe.experts.%d.w%d.weight", e / 2, e % 2 ? 3 : 1);
+                snprintf(sub, sizeof sub, nm[1 + e % 2], e / 2);
                 LLOAD(sub, F, H);
             }
             PTR(L->wdown);
             for (int e = 0; e < c->n_experts; e++) {
-                snprintf(sub, sizeof sub, "block_sparse_moe.experts.%d.w2.weight", e);
+                snprintf(sub, sizeof sub, nm[3], e);
                 LLOAD(sub, H, F);
             }
+            if (!c->shared_expert) continue;
+            PTR(L->swgu);
+            LLOAD("mlp.shared_expert.gate_proj.weight", F, H);
+            LLOAD("mlp.shared_expert.up_proj.weight", F, H);
+            PTR(L->swdown); LLOAD("mlp.shared_expert.down_proj.weight", H, F);
+            PTR(L->sgate); LLOAD("mlp.shared_expert_gate.weight", 1, H);
             continue;
         }
         PTR(L->wgu);

@@ -1,6 +1,6 @@
 /*
  * llama_impl.h — the Llama model and workspace layout shared by llama.c
- * (dense forward pass) and llama_moe.c (Mixtral's sparse MoE block).
+ * (dense forward pass) and llama_moe.c (Mixtral's and Qwen2-MoE's sparse MoE blocks).
  * Private to src/eval/.
  */
 #ifndef ALLOY_LLAMA_IMPL_H
@@ -16,7 +16,8 @@ struct llama_layer {
     const float *wo, *bo;     /* [H][nh hd] */
     const float *wgu, *bgu;   /* [2 F][H]: gate rows, then up rows; Mixtral: [E][2 F][H], w1 rows then w3 rows */
     const float *wdown, *bdown; /* [H][F]; Mixtral: [E][H][F] (w2) */
-    const float *router;      /* Mixtral: [E][H] (block_sparse_moe.gate), else NULL */
+    const float *router;      /* Mixtral / Qwen2-MoE: [E][H] (block_sparse_moe.gate, mlp.gate), else NULL */
+    const float *swgu, *swdown, *sgate; /* Qwen2-MoE's shared expert: [2 F][H], [H][F], its gate [H] */
 };
 
 struct alloy_llama {
@@ -45,6 +46,10 @@ typedef void (*llama_ffn_fn)(const struct alloy_llama *m, const float *wgu, cons
  * output left in ws->a. */
 void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer *L, struct alloy_llama_ws *ws,
                            size_t T, llama_ffn_fn ffn);
+/* Checks a qwen2_moe config.json (root) is one the evaluator runs: every layer sparse, experts and shared
+ * expert of intermediate_size (as mergekit-moe writes them); sets c->shared_expert. */
+int alloy_llama_qwen_moe_check(const void *root, const char *label, struct alloy_llama_config *c,
+                               struct alloy_err *err);
 /* Allocates the workspace's MoE buffers for T tokens; 0, or -1 when out of memory. */
 int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T);
 

@@ -1,21 +1,44 @@
 /*
- * llama_moe.c — Mixtral's sparse MoE block for the evaluator (HF
- * MixtralSparseMoeBlock, float32).
+ * llama_moe.c — the sparse MoE blocks of the evaluator, float32: Mixtral's
+ * (HF MixtralSparseMoeBlock) and Qwen2-MoE's (HF Qwen2MoeSparseMoeBlock).
  *
  * DESIGN
  *   For each token: router logits = W_gate x ([E]); softmax in float32;
  *   the experts_per_token largest probabilities (ties: the lower expert
- *   index) renormalised to sum 1; output = Σ weight_e · expert_e(x), each
- *   expert the same SiLU-gated MLP as a dense layer. Tokens are grouped per
- *   expert: the rows routed to expert e are gathered, run through its MLP as
- *   one batch (llama.c's sgemm path), and added back weighted, so the cost is
- *   experts_per_token dense MLPs per token.
+ *   index), renormalised to sum 1 when norm_topk_prob (always for Mixtral);
+ *   output = Σ weight_e · expert_e(x), each expert the same SiLU-gated MLP
+ *   as a dense layer. Tokens are grouped per expert: the rows routed to
+ *   expert e are gathered, run through its MLP as one batch (llama.c's sgemm
+ *   path), and added back weighted, so the cost is experts_per_token dense
+ *   MLPs per token. Qwen2-MoE adds its shared expert, run on every token and
+ *   weighted by sigmoid(shared_expert_gate · x).
  */
 #include "eval/llama_impl.h"
 #include "core/internal.h"
 
 #include <cblas.h>
+#include <jansson.h>
 #include <math.h>
+
+int alloy_llama_qwen_moe_check(const void *root_, const char *label, struct alloy_llama_config *c,
+                               struct alloy_err *err)
+{
+    const json_t *root = root_;
+    static const char *const sizes[2] = {"moe_intermediate_size", "shared_expert_intermediate_size"};
+    for (int i = 0; i < 2; i++) {
+        const json_t *v = json_object_get(root, sizes[i]);
+        if (!json_is_integer(v) || json_integer_value(v) != c->intermediate_size)
+            return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected intermediate_size (%d) as mergekit-moe "
+                                 "writes it (the evaluator runs only that), found %s", label, sizes[i],
+                                 c->intermediate_size, v ? "another value" : "nothing");
+    }
+    const json_t *step = json_object_get(root, "decoder_sparse_step"), *dense = json_object_get(root, "mlp_only_layers");
+    if ((step && !(json_is_integer(step) && json_integer_value(step) == 1)) || (dense && json_array_size(dense)))
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: decoder_sparse_step, mlp_only_layers: expected 1 and [] "
+                             "(every layer sparse), found others", label);
+    c->shared_expert = 1;
+    return ALLOY_OK;
+}
 
 int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T)
 {
@@ -26,8 +49,9 @@ int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, s
     return ws->route && ws->mx && ws->my ? 0 : -1;
 }
 
-/* Row r[E] of router logits to routing weights in place: top k of the softmax, renormalised; others 0. */
-static void route_row(float *r, int E, int k)
+/* Row r[E] of router logits to routing weights in place: top k of the softmax, renormalised when norm;
+ * others 0. */
+static void route_row(float *r, int E, int k, int norm)
 {
     float mx = r[0];
     for (int e = 1; e < E; e++) mx = r[e] > mx ? r[e] : mx;
@@ -43,7 +67,7 @@ static void route_row(float *r, int E, int k)
         keep[best] = 1;
         kept += r[best];
     }
-    for (int e = 0; e < E; e++) r[e] = keep[e] ? (float)(r[e] / kept) : 0.0f;
+    for (int e = 0; e < E; e++) r[e] = keep[e] ? (float)(norm ? r[e] / kept : r[e]) : 0.0f;
 }
 
 void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer *L, struct alloy_llama_ws *ws,
@@ -53,7 +77,7 @@ void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer
     size_t E = (size_t)c->n_experts, H = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)E, (int)H, 1.0f, ws->a, (int)H, L->router,
                 (int)H, 0.0f, ws->route, (int)E);
-    for (size_t t = 0; t < T; t++) route_row(ws->route + t * E, (int)E, c->experts_per_tok);
+    for (size_t t = 0; t < T; t++) route_row(ws->route + t * E, (int)E, c->experts_per_tok, c->norm_topk_prob);
     memset(ws->my, 0, T * H * sizeof(float));
     for (size_t e = 0; e < E; e++) {
         size_t n = 0;
@@ -67,6 +91,13 @@ void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer
             if (w <= 0) continue;
             const float *y = ws->mx + n++ * H;
             for (size_t j = 0; j < H; j++) ws->my[t * H + j] += w * y[j];
+        }
+    }
+    if (L->sgate) { /* every token through the shared expert, weighted by its sigmoid gate */
+        ffn(m, L->swgu, NULL, L->swdown, NULL, ws->a, ws->gu, ws->act, ws->mx, T);
+        for (size_t t = 0; t < T; t++) {
+            float g = 1.0f / (1.0f + expf(-cblas_sdot((int)H, L->sgate, 1, ws->a + t * H, 1)));
+            for (size_t j = 0; j < H; j++) ws->my[t * H + j] += g * ws->mx[t * H + j];
         }
     }
     memcpy(ws->a, ws->my, T * H * sizeof(float));
