@@ -269,8 +269,8 @@ static void shape_str(const int64_t *s, int nd, char *buf, size_t n)
 
 /* Checks tensor `name` (shape [d0], d1 < 0, or [d0, d1], a float dtype) and
  * converts it into dst; dst NULL only checks. */
-static int load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0, int64_t d1,
-                       float *dst, struct alloy_err *err)
+int alloy_llama_load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0,
+                            int64_t d1, float *dst, struct alloy_err *err)
 {
     int64_t want[2] = {d0, d1};
     int nd = d1 < 0 ? 1 : 2;
@@ -338,7 +338,7 @@ static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, co
 #define PTR(field) do { if (arena) (field) = arena + off; } while (0)
 #define LOAD(nm, d0, d1)                                                                                 \
     do {                                                                                                 \
-        if ((rc = load_tensor(mod, dir, nm, d0, d1, arena ? arena + off : NULL, err))) return rc;        \
+        if ((rc = alloy_llama_load_tensor(mod, dir, nm, d0, d1, arena ? arena + off : NULL, err))) return rc;        \
         off += (uint64_t)(d0) * ((d1) < 0 ? 1u : (uint64_t)(d1));                                        \
     } while (0)
 #define LLOAD(suffix, d0, d1)                                                                            \
@@ -364,30 +364,8 @@ static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, co
         }
         PTR(L->wo); LLOAD("self_attn.o_proj.weight", H, Q);
         if (c->o_bias) { PTR(L->bo); LLOAD("self_attn.o_proj.bias", H, -1); }
-        if (c->n_experts) { /* router, every expert's gate (w1) and up (w3), then every down (w2) */
-            static const char *const mx[4] = {"block_sparse_moe.gate.weight", "block_sparse_moe.experts.%d.w1.weight",
-                                              "block_sparse_moe.experts.%d.w3.weight", "block_sparse_moe.experts.%d.w2.weight"};
-            static const char *const qw[4] = {"mlp.gate.weight", "mlp.experts.%d.gate_proj.weight",
-                                              "mlp.experts.%d.up_proj.weight", "mlp.experts.%d.down_proj.weight"};
-            const char *const *nm = c->shared_expert ? qw : mx;
-            char sub[96];
-            PTR(L->router); LLOAD(nm[0], c->n_experts, H);
-            PTR(L->wgu);
-            for (int e = 0; e < 2 * c->n_experts; e++) {
-                snprintf(sub, sizeof sub, nm[1 + e % 2], e / 2);
-                LLOAD(sub, F, H);
-            }
-            PTR(L->wdown);
-            for (int e = 0; e < c->n_experts; e++) {
-                snprintf(sub, sizeof sub, nm[3], e);
-                LLOAD(sub, H, F);
-            }
-            if (!c->shared_expert) continue;
-            PTR(L->swgu);
-            LLOAD("mlp.shared_expert.gate_proj.weight", F, H);
-            LLOAD("mlp.shared_expert.up_proj.weight", F, H);
-            PTR(L->swdown); LLOAD("mlp.shared_expert.down_proj.weight", H, F);
-            PTR(L->sgate); LLOAD("mlp.shared_expert_gate.weight", 1, H);
+        if (c->n_experts) { /* router, experts (llama_moe.c) */
+            if ((rc = alloy_llama_moe_load(m, mod, dir, l, arena, &off, err))) return rc;
             continue;
         }
         PTR(L->wgu);

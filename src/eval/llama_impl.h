@@ -8,7 +8,9 @@
 
 #include "eval/eval.h"
 
+#include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct llama_layer {
     const float *attn_norm, *ffn_norm;
@@ -46,9 +48,17 @@ typedef void (*llama_ffn_fn)(const struct alloy_llama *m, const float *wgu, cons
  * output left in ws->a. */
 void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer *L, struct alloy_llama_ws *ws,
                            size_t T, llama_ffn_fn ffn);
+/* Checks tensor `name` of mod (shape [d0], d1 < 0, or [d0, d1], a float dtype) and converts it into dst;
+ * dst NULL only checks (llama.c). */
+int alloy_llama_load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0,
+                            int64_t d1, float *dst, struct alloy_err *err);
+/* Layer l's MoE weights into arena + *off, advancing *off (arena NULL: only checks): the router, every
+ * expert's gate and up rows, every expert's down, and Qwen2-MoE's shared expert and its gate (llama_moe.c). */
+int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, const char *dir, int l, float *arena,
+                         uint64_t *off, struct alloy_err *err);
 /* Checks a qwen2_moe config.json (root) is one the evaluator runs: every layer sparse, experts and shared
  * expert of intermediate_size (as mergekit-moe writes them); sets c->shared_expert. */
-int alloy_llama_qwen_moe_check(const void *root, const char *label, struct alloy_llama_config *c,
+int alloy_llama_qwen_moe_check(const json_t *root, const char *label, struct alloy_llama_config *c,
                                struct alloy_err *err);
 /* Allocates the workspace's MoE buffers for T tokens; 0, or -1 when out of memory. */
 int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T);

@@ -20,10 +20,9 @@
 #include <jansson.h>
 #include <math.h>
 
-int alloy_llama_qwen_moe_check(const void *root_, const char *label, struct alloy_llama_config *c,
+int alloy_llama_qwen_moe_check(const json_t *root, const char *label, struct alloy_llama_config *c,
                                struct alloy_err *err)
 {
-    const json_t *root = root_;
     static const char *const sizes[2] = {"moe_intermediate_size", "shared_expert_intermediate_size"};
     for (int i = 0; i < 2; i++) {
         const json_t *v = json_object_get(root, sizes[i]);
@@ -38,6 +37,47 @@ int alloy_llama_qwen_moe_check(const void *root_, const char *label, struct allo
                              "(every layer sparse), found others", label);
     c->shared_expert = 1;
     return ALLOY_OK;
+}
+
+/* Tensor model.layers.l.<sub> [d0, d1] into arena + *off (arena NULL: checked only), *start pointed at it. */
+static int moe_tensor(const struct alloy_model *mod, const char *dir, int l, const char *sub, int64_t d0, int64_t d1,
+                      float *arena, uint64_t *off, const float **start, struct alloy_err *err)
+{
+    char name[160];
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, sub);
+    if (start && arena) *start = arena + *off;
+    int rc = alloy_llama_load_tensor(mod, dir, name, d0, d1, arena ? arena + *off : NULL, err);
+    *off += (uint64_t)d0 * (uint64_t)d1;
+    return rc;
+}
+
+int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, const char *dir, int l, float *arena,
+                         uint64_t *off, struct alloy_err *err)
+{
+    static const char *const mx[4] = {"block_sparse_moe.gate.weight", "block_sparse_moe.experts.%d.w1.weight",
+                                      "block_sparse_moe.experts.%d.w3.weight", "block_sparse_moe.experts.%d.w2.weight"};
+    static const char *const qw[4] = {"mlp.gate.weight", "mlp.experts.%d.gate_proj.weight",
+                                      "mlp.experts.%d.up_proj.weight", "mlp.experts.%d.down_proj.weight"};
+    const struct alloy_llama_config *c = &m->cfg;
+    struct llama_layer *L = &m->layers[l];
+    const char *const *nm = c->shared_expert ? qw : mx;
+    int64_t H = c->hidden_size, F = c->intermediate_size;
+    char sub[96];
+    int rc = moe_tensor(mod, dir, l, nm[0], c->n_experts, H, arena, off, &L->router, err);
+    for (int e = 0; e < 2 * c->n_experts && !rc; e++) { /* [E][2F][H]: each expert's gate rows, then up rows */
+        snprintf(sub, sizeof sub, nm[1 + e % 2], e / 2);
+        rc = moe_tensor(mod, dir, l, sub, F, H, arena, off, e ? NULL : &L->wgu, err);
+    }
+    for (int e = 0; e < c->n_experts && !rc; e++) {
+        snprintf(sub, sizeof sub, nm[3], e);
+        rc = moe_tensor(mod, dir, l, sub, H, F, arena, off, e ? NULL : &L->wdown, err);
+    }
+    if (rc || !c->shared_expert) return rc;
+    rc = moe_tensor(mod, dir, l, "mlp.shared_expert.gate_proj.weight", F, H, arena, off, &L->swgu, err);
+    if (!rc) rc = moe_tensor(mod, dir, l, "mlp.shared_expert.up_proj.weight", F, H, arena, off, NULL, err);
+    if (!rc) rc = moe_tensor(mod, dir, l, "mlp.shared_expert.down_proj.weight", H, F, arena, off, &L->swdown, err);
+    if (!rc) rc = moe_tensor(mod, dir, l, "mlp.shared_expert_gate.weight", 1, H, arena, off, &L->sgate, err);
+    return rc;
 }
 
 int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T)
