@@ -305,6 +305,24 @@ static long long position(const char *dir, const char *name)
 static const char *const k_code[] = {"def f(x):", "import os"}, *const k_prose[] = {"Once upon a time"},
                   *const k_shared[] = {"Hello"};
 
+/* config.json of the Qwen MoE assembled from tiny-llama: Qwen2MoeConfig's keys as mergekit sets them. */
+static void check_qwen2_moe_config(const char *out)
+{
+    json_t *j = load_config(out);
+    CHECK_STR(jstr(j, "model_type"), "qwen2_moe");
+    CHECK_STR(json_string_value(json_array_get(json_object_get(j, "architectures"), 0)), "Qwen2MoeForCausalLM");
+    CHECK_INT(jint(j, "num_experts"), 2);
+    CHECK_INT(jint(j, "num_experts_per_tok"), 1);
+    CHECK_INT(jint(j, "decoder_sparse_step"), 1);
+    CHECK_INT(jint(j, "moe_intermediate_size"), F);
+    CHECK_INT(jint(j, "shared_expert_intermediate_size"), F);
+    CHECK(json_is_true(json_object_get(j, "norm_topk_prob")) && json_is_false(json_object_get(j, "use_sliding_window")));
+    CHECK(json_is_null(json_object_get(j, "sliding_window")));
+    CHECK(json_is_array(json_object_get(j, "mlp_only_layers")) && !json_array_size(json_object_get(j, "mlp_only_layers")));
+    CHECK_INT(jint(j, "hidden_size"), H); /* the base's keys stay */
+    json_decref(j);
+}
+
 /* Qwen MoE is what mergekit picks for one shared expert with prompts (DeepSeek takes none); from a Llama
  * base it gets zero q/k/v biases. */
 TEST(moe_qwen2_moe_from_a_llama_base)
@@ -373,19 +391,7 @@ TEST(moe_qwen2_moe_from_a_llama_base)
           position(out, "model.layers.1.input_layernorm.weight"));
     CHECK(position(out, "lm_head.weight") < position(out, "model.layers.0.mlp.gate.weight"));
     CHECK(position(out, "model.layers.0.mlp.gate.weight") < position(out, "model.layers.0.mlp.shared_expert_gate.weight"));
-    json_t *j = load_config(out);
-    CHECK_STR(jstr(j, "model_type"), "qwen2_moe");
-    CHECK_STR(json_string_value(json_array_get(json_object_get(j, "architectures"), 0)), "Qwen2MoeForCausalLM");
-    CHECK_INT(jint(j, "num_experts"), 2);
-    CHECK_INT(jint(j, "num_experts_per_tok"), 1);
-    CHECK_INT(jint(j, "decoder_sparse_step"), 1);
-    CHECK_INT(jint(j, "moe_intermediate_size"), F);
-    CHECK_INT(jint(j, "shared_expert_intermediate_size"), F);
-    CHECK(json_is_true(json_object_get(j, "norm_topk_prob")) && json_is_false(json_object_get(j, "use_sliding_window")));
-    CHECK(json_is_null(json_object_get(j, "sliding_window")));
-    CHECK(json_is_array(json_object_get(j, "mlp_only_layers")) && !json_array_size(json_object_get(j, "mlp_only_layers")));
-    CHECK_INT(jint(j, "hidden_size"), H); /* the base's keys stay */
-    json_decref(j);
+    check_qwen2_moe_config(out);
     struct alloy_llama *lm = NULL; /* the evaluator runs it */
     CHECK_MSG(alloy_llama_open(out, &lm, &err) == 0, "%s", err.msg);
     if (lm) CHECK(alloy_llama_cfg(lm)->shared_expert && alloy_llama_cfg(lm)->n_experts == 2);
