@@ -712,3 +712,21 @@ TEST(moe_sharded_output)
     CHECK(!json_object_get(tc, "padding_side"));
     json_decref(tc);
 }
+
+/* The configs under examples/moe assemble into the architecture their comments announce. */
+TEST(moe_examples_assemble)
+{
+    static const struct { const char *file, *type; } k[] = {
+        {"examples/moe/tiny_mixtral.yml", "mixtral"}, {"examples/moe/tiny_qwen_moe.yml", "qwen2_moe"}};
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
+        struct alloy_moe_options o;
+        alloy_moe_options_init(&o);
+        o.config_path = k[i].file;
+        o.out_dir = out_path("example");
+        struct alloy_err err = {0};
+        CHECK_MSG(alloy_moe(&o, &err) == 0, "%s: %s", k[i].file, err.msg);
+        json_t *j = load_config(o.out_dir);
+        CHECK_STR(jstr(j, "model_type"), k[i].type);
+        json_decref(j);
+    }
+}
