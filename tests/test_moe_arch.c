@@ -643,6 +643,31 @@ TEST(moe_mixtral_fused_layout)
     CHECK_STR(jstr(j, "model_type"), "mixtral");
     CHECK_INT(jint(j, "num_local_experts"), 2);
     json_decref(j);
+    /* the evaluator reads both layouts into the same weights: the same logits, bit for bit */
+    static const int32_t ids[16] = {256, 100, 101, 102, 32, 102, 40, 120, 41, 58, 10, 73, 110, 32, 97, 46};
+    float la[16 * 260], lb[16 * 260];
+    struct alloy_llama *a = NULL, *b = NULL;
+    CHECK_MSG(alloy_llama_open(cl, &a, &err) == 0 && alloy_llama_open(fu, &b, &err) == 0, "%s", err.msg);
+    struct alloy_llama_ws *wa = a ? alloy_llama_ws_new(a, 16, 1) : NULL, *wb = b ? alloy_llama_ws_new(b, 16, 1) : NULL;
+    CHECK(wa && wb);
+    if (wa && wb) {
+        alloy_llama_logits(a, wa, ids, 1, 16, la);
+        alloy_llama_logits(b, wb, ids, 1, 16, lb);
+        CHECK(!memcmp(la, lb, sizeof la));
+    }
+    alloy_llama_ws_free(wa);
+    alloy_llama_ws_free(wb);
+    alloy_llama_close(a);
+    alloy_llama_close(b);
+    /* a fused tensor that does not fit the config: one line naming it */
+    char cp[800];
+    snprintf(cp, sizeof cp, "%s/config.json", fu);
+    char *cfg = test_read_file(cp, NULL), *at = cfg ? strstr(cfg, "\"intermediate_size\": 344") : NULL;
+    if (at) memcpy(at + strlen("\"intermediate_size\": "), "300", 3);
+    CHECK(at && test_write_text(cp, cfg) == 0);
+    free(cfg);
+    CHECK(alloy_llama_open(fu, &a, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "model.layers.0.mlp.experts.gate_up_proj: expected a float tensor of shape [2, 600, 128]");
     /* DeepSeek and Qwen MoE have no fused layout */
     snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: random\narchitecture: deepseek\nexperts_per_token: 1\n"
              "experts: [{source_model: %s}]\nshared_experts: [{source_model: %s}]\n",

@@ -11,10 +11,14 @@
  *   expert e are gathered, run through its MLP as one batch (llama.c's sgemm
  *   path), and added back weighted, so the cost is experts_per_token dense
  *   MLPs per token. Qwen2-MoE adds its shared expert, run on every token and
- *   weighted by sigmoid(shared_expert_gate · x).
+ *   weighted by sigmoid(shared_expert_gate · x). Mixtral's experts are read
+ *   per expert (block_sparse_moe.experts.E.w1/w3/w2) or fused
+ *   (mlp.experts.gate_up_proj [E, 2F, H], down_proj [E, H, F]), which is the
+ *   same layout in memory.
  */
 #include "eval/llama_impl.h"
 #include "core/internal.h"
+#include "sources/source.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -51,6 +55,29 @@ static int moe_tensor(const struct alloy_model *mod, const char *dir, int l, con
     return rc;
 }
 
+/* Fused expert tensor model.layers.l.mlp.experts.<sub> [E, d1, d2] into arena + *off: read whole, it is already
+ * in the arena's order (expert after expert). */
+static int fused_tensor(const struct alloy_model *mod, const char *dir, int l, const char *sub, int64_t E, int64_t d1,
+                        int64_t d2, float *arena, uint64_t *off, const float **start, struct alloy_err *err)
+{
+    char name[160];
+    snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s", l, sub);
+    const struct alloy_tensor *t = alloy_model_find(mod, name);
+    if (!t || t->ndim != 3 || t->shape[0] != E || t->shape[1] != d1 || t->shape[2] != d2 ||
+        !alloy_dtype_traits(t->dtype)->mergeable)
+        return alloy_err_set(err, ALLOY_ERR_SHAPE, "%s: %s: expected a float tensor of shape [%lld, %lld, %lld] (from "
+                             "config.json), found %s", dir, name, (long long)E, (long long)d1, (long long)d2,
+                             t ? "another shape or dtype" : "nothing");
+    int rc = ALLOY_OK;
+    if (arena) {
+        if (start) *start = arena + *off;
+        rc = alloy_model_read_f32(mod, t, arena + *off, err);
+        alloy_tensor_release(t);
+    }
+    *off += (uint64_t)E * (uint64_t)d1 * (uint64_t)d2;
+    return rc;
+}
+
 int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, const char *dir, int l, float *arena,
                          uint64_t *off, struct alloy_err *err)
 {
@@ -63,6 +90,13 @@ int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, c
     const char *const *nm = c->shared_expert ? qw : mx;
     int64_t H = c->hidden_size, F = c->intermediate_size;
     char sub[96];
+    snprintf(sub, sizeof sub, "model.layers.%d.mlp.experts.gate_up_proj", l);
+    if (!c->shared_expert && alloy_model_find(mod, sub)) { /* Mixtral's fused layout (transformers 5) */
+        int rc = moe_tensor(mod, dir, l, "mlp.gate.weight", c->n_experts, H, arena, off, &L->router, err);
+        if (!rc) rc = fused_tensor(mod, dir, l, "gate_up_proj", c->n_experts, 2 * F, H, arena, off, &L->wgu, err);
+        if (!rc) rc = fused_tensor(mod, dir, l, "down_proj", c->n_experts, H, F, arena, off, &L->wdown, err);
+        return rc;
+    }
     int rc = moe_tensor(mod, dir, l, nm[0], c->n_experts, H, arena, off, &L->router, err);
     for (int e = 0; e < 2 * c->n_experts && !rc; e++) { /* [E][2F][H]: each expert's gate rows, then up rows */
         snprintf(sub, sizeof sub, nm[1 + e % 2], e / 2);
