@@ -424,42 +424,23 @@ static int zero_tensor(const char *dir, const char *name)
     return rc;
 }
 
-/* alloy eval runs Qwen2-MoE: with routed experts code, code (residual_scale 0.5 each: whatever the routing,
- * 0.5 code(x)) and the shared expert prose behind a zero gate (sigmoid 0.5: 0.5 prose(x)), the MoE is the
- * dense Llama of test_moe.c's pair whose MLP is 0.5 code(x) + 0.5 prose(x). */
-TEST(moe_eval_qwen2_moe_equals_its_dense_equivalent)
+/* The largest logit difference between models a and b on two 16-token sequences (INFINITY: not loaded). */
+static double logit_gap(const char *da, const char *db)
 {
-    char yaml[2000], moe[700], dense[700], mix[700];
-    snprintf(yaml, sizeof yaml,
-             "base_model: %s\ngate_mode: random\ndtype: float32\narchitecture: qwen\nexperts:\n"
-             "  - {source_model: %s, residual_scale: 0.5}\n  - {source_model: %s, residual_scale: 0.5}\n"
-             "shared_experts: [{source_model: %s}]\n",
-             test_data(BASE), test_data(CODE), test_data(CODE), test_data(PROSE));
-    snprintf(moe, sizeof moe, "%s", out_path("qwen2moe-eval"));
-    snprintf(dense, sizeof dense, "%s", out_path("qwen2moe-dense"));
-    snprintf(mix, sizeof mix, "%s", out_path("qwen2moe-mixtral"));
-    struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, moe, 0, 0, &err) == 0, "%s", err.msg);
-    for (int l = 0; l < L; l++) {
-        char name[100];
-        snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert_gate.weight", l);
-        CHECK_INT(zero_tensor(moe, name), 0);
-    }
-    CHECK_INT(moe_write_pair(mix, dense, 2), 0);
     static const int32_t ids[32] = {256, 100, 101, 102, 32, 102, 40, 120, 41, 58, 10, 32, 32, 114, 101, 116,
                                     117, 114, 110, 32, 120, 10, 73, 110, 32, 97, 32, 116, 105, 109, 101, 46};
     struct alloy_llama *a = NULL, *b = NULL;
-    CHECK_MSG(alloy_llama_open(moe, &a, &err) == 0, "%s", err.msg);
-    CHECK_MSG(alloy_llama_open(dense, &b, &err) == 0, "%s", err.msg);
+    struct alloy_err err = {0};
+    CHECK_MSG(alloy_llama_open(da, &a, &err) == 0, "%s", err.msg);
+    CHECK_MSG(alloy_llama_open(db, &b, &err) == 0, "%s", err.msg);
     struct alloy_llama_ws *wa = a ? alloy_llama_ws_new(a, 16, 2) : NULL, *wb = b ? alloy_llama_ws_new(b, 16, 2) : NULL;
     float *la = malloc(32 * 260 * sizeof *la), *lb = malloc(32 * 260 * sizeof *lb);
-    CHECK(wa && wb && la && lb);
+    double worst = INFINITY;
     if (wa && wb && la && lb) {
         alloy_llama_logits(a, wa, ids, 2, 16, la);
         alloy_llama_logits(b, wb, ids, 2, 16, lb);
-        double worst = 0;
+        worst = 0;
         for (int i = 0; i < 32 * 260; i++) worst = fmax(worst, fabs(la[i] - lb[i]));
-        CHECK_MSG(worst < 2e-4, "logits differ by %g", worst);
     }
     alloy_llama_ws_free(wa);
     alloy_llama_ws_free(wb);
@@ -467,6 +448,60 @@ TEST(moe_eval_qwen2_moe_equals_its_dense_equivalent)
     free(lb);
     alloy_llama_close(a);
     alloy_llama_close(b);
+    return worst;
+}
+
+/* A Qwen MoE assembled from `experts` (YAML list items) with shared expert prose, its shared expert gates
+ * zeroed (sigmoid 0.5: 0.5 prose(x)), and its routers too when zero_routers (softmax 1/2 each). */
+static void qwen_moe_for_eval(const char *out, const char *experts, int k, int zero_routers)
+{
+    char yaml[2000];
+    snprintf(yaml, sizeof yaml,
+             "base_model: %s\ngate_mode: random\ndtype: float32\narchitecture: qwen\nexperts_per_token: %d\n"
+             "experts:\n%sshared_experts: [{source_model: %s}]\n", test_data(BASE), k, experts, test_data(PROSE));
+    struct alloy_err err = {0};
+    CHECK_MSG(assemble_opt(yaml, out, 0, 0, &err) == 0, "%s", err.msg);
+    for (int l = 0; l < L; l++) {
+        char name[100];
+        snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+        CHECK_INT(zero_tensor(out, name), 0);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", l);
+        if (zero_routers) CHECK_INT(zero_tensor(out, name), 0);
+    }
+}
+
+/* alloy eval runs Qwen2-MoE, checked against the dense Llama of test_moe.c's pair whose MLP is
+ * 0.5 code(x) + 0.5 prose(x):
+ *   - routed experts code, code at residual_scale 0.5 (whatever the routing, 0.5 code(x)) and the shared
+ *     expert prose behind a zero gate (0.5 prose(x));
+ *   - norm_topk_prob false (transformers' default): routed experts code, prose, zero routers, 1 per token:
+ *     expert 0 with its unnormalised probability 1/2 (renormalised it would weigh 1, and differ). */
+TEST(moe_eval_qwen2_moe_equals_its_dense_equivalent)
+{
+    char experts[600], moe[700], moe2[700], dense[700], mix[700], cp[800];
+    snprintf(moe, sizeof moe, "%s", out_path("qwen2moe-eval"));
+    snprintf(moe2, sizeof moe2, "%s", out_path("qwen2moe-eval-topk"));
+    snprintf(dense, sizeof dense, "%s", out_path("qwen2moe-dense"));
+    snprintf(mix, sizeof mix, "%s", out_path("qwen2moe-mixtral"));
+    CHECK_INT(moe_write_pair(mix, dense, 2), 0);
+    snprintf(experts, sizeof experts, "  - {source_model: %s, residual_scale: 0.5}\n"
+             "  - {source_model: %s, residual_scale: 0.5}\n", test_data(CODE), test_data(CODE));
+    qwen_moe_for_eval(moe, experts, 2, 0);
+    double gap = logit_gap(moe, dense);
+    CHECK_MSG(gap < 2e-4, "logits differ by %g", gap);
+    snprintf(experts, sizeof experts, "  - {source_model: %s}\n  - {source_model: %s}\n", test_data(CODE),
+             test_data(PROSE));
+    qwen_moe_for_eval(moe2, experts, 1, 1);
+    CHECK_MSG(logit_gap(moe2, dense) > 1e-2, "norm_topk_prob true should differ");
+    snprintf(cp, sizeof cp, "%s/config.json", moe2);
+    char *cfg = test_read_file(cp, NULL), *at = cfg ? strstr(cfg, "\"norm_topk_prob\": true") : NULL;
+    char *edited = at ? malloc(strlen(cfg) + 2) : NULL;
+    if (edited) sprintf(edited, "%.*s\"norm_topk_prob\": false%s", (int)(at - cfg), cfg, at + 22);
+    CHECK(edited && test_write_text(cp, edited) == 0);
+    free(edited);
+    free(cfg);
+    gap = logit_gap(moe2, dense);
+    CHECK_MSG(gap < 2e-4, "norm_topk_prob false: logits differ by %g", gap);
 }
 
 /* A Qwen2 base keeps its own biases; hidden_last routers come from its forward pass (the evaluator runs
