@@ -451,20 +451,22 @@ static double logit_gap(const char *da, const char *db)
     return worst;
 }
 
-/* A Qwen MoE assembled from `experts` (YAML list items) with shared expert prose, its shared expert gates
- * zeroed (sigmoid 0.5: 0.5 prose(x)), and its routers too when zero_routers (softmax 1/2 each). */
-static void qwen_moe_for_eval(const char *out, const char *experts, int k, int zero_routers)
+/* A Qwen MoE (ds: DeepSeek MoE) assembled from `experts` (YAML list items) with shared expert prose, whose
+ * output is 0.5 prose(x): Qwen's shared expert gates zeroed (sigmoid 0.5), DeepSeek's ungated shared expert
+ * at residual_scale 0.5. Its routers zeroed too when zero_routers (softmax 1/2 each). */
+static void moe_for_eval(const char *out, int ds, const char *experts, int k, int zero_routers)
 {
     char yaml[2000];
     snprintf(yaml, sizeof yaml,
-             "base_model: %s\ngate_mode: random\ndtype: float32\narchitecture: qwen\nexperts_per_token: %d\n"
-             "experts:\n%sshared_experts: [{source_model: %s}]\n", test_data(BASE), k, experts, test_data(PROSE));
+             "base_model: %s\ngate_mode: random\ndtype: float32\narchitecture: %s\nexperts_per_token: %d\n"
+             "experts:\n%sshared_experts: [{source_model: %s%s}]\n", test_data(BASE), ds ? "deepseek" : "qwen", k,
+             experts, test_data(PROSE), ds ? ", residual_scale: 0.5" : "");
     struct alloy_err err = {0};
     CHECK_MSG(assemble_opt(yaml, out, 0, 0, &err) == 0, "%s", err.msg);
     for (int l = 0; l < L; l++) {
         char name[100];
         snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert_gate.weight", l);
-        CHECK_INT(zero_tensor(out, name), 0);
+        if (!ds) CHECK_INT(zero_tensor(out, name), 0);
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", l);
         if (zero_routers) CHECK_INT(zero_tensor(out, name), 0);
     }
@@ -486,12 +488,12 @@ TEST(moe_eval_qwen2_moe_equals_its_dense_equivalent)
     CHECK_INT(moe_write_pair(mix, dense, 2), 0);
     snprintf(experts, sizeof experts, "  - {source_model: %s, residual_scale: 0.5}\n"
              "  - {source_model: %s, residual_scale: 0.5}\n", test_data(CODE), test_data(CODE));
-    qwen_moe_for_eval(moe, experts, 2, 0);
+    moe_for_eval(moe, 0, experts, 2, 0);
     double gap = logit_gap(moe, dense);
     CHECK_MSG(gap < 2e-4, "logits differ by %g", gap);
     snprintf(experts, sizeof experts, "  - {source_model: %s}\n  - {source_model: %s}\n", test_data(CODE),
              test_data(PROSE));
-    qwen_moe_for_eval(moe2, experts, 1, 1);
+    moe_for_eval(moe2, 0, experts, 1, 1);
     CHECK_MSG(logit_gap(moe2, dense) > 1e-2, "norm_topk_prob true should differ");
     snprintf(cp, sizeof cp, "%s/config.json", moe2);
     char *cfg = test_read_file(cp, NULL), *at = cfg ? strstr(cfg, "\"norm_topk_prob\": true") : NULL;
@@ -789,4 +791,27 @@ TEST(moe_examples_assemble)
         CHECK_STR(jstr(j, "model_type"), k[i].type);
         json_decref(j);
     }
+}
+
+/* alloy eval runs DeepSeek MoE (its shared expert unweighted), against the same dense pair: routed experts
+ * code, code at residual_scale 0.5 with 2 per token (renormalised: 0.5 code(x)); then code, prose with zero
+ * routers and 1 per token, where DeepSeek's gate, unlike Mixtral's, does not renormalise (0.5 code(x)). */
+TEST(moe_eval_deepseek_equals_its_dense_equivalent)
+{
+    char experts[600], moe[700], dense[700], mix[700];
+    snprintf(dense, sizeof dense, "%s", out_path("deepseek-dense"));
+    snprintf(mix, sizeof mix, "%s", out_path("deepseek-mixtral"));
+    CHECK_INT(moe_write_pair(mix, dense, 2), 0);
+    snprintf(experts, sizeof experts, "  - {source_model: %s, residual_scale: 0.5}\n"
+             "  - {source_model: %s, residual_scale: 0.5}\n", test_data(CODE), test_data(CODE));
+    snprintf(moe, sizeof moe, "%s", out_path("deepseek-eval"));
+    moe_for_eval(moe, 1, experts, 2, 0);
+    double gap = logit_gap(moe, dense);
+    CHECK_MSG(gap < 2e-4, "k=2: logits differ by %g", gap);
+    snprintf(experts, sizeof experts, "  - {source_model: %s}\n  - {source_model: %s}\n", test_data(CODE),
+             test_data(PROSE));
+    snprintf(moe, sizeof moe, "%s", out_path("deepseek-eval-k1"));
+    moe_for_eval(moe, 1, experts, 1, 1);
+    gap = logit_gap(moe, dense);
+    CHECK_MSG(gap < 2e-4, "k=1: logits differ by %g", gap);
 }

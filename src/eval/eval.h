@@ -27,7 +27,7 @@
 enum alloy_rope_kind { ALLOY_ROPE_DEFAULT = 0, ALLOY_ROPE_LINEAR, ALLOY_ROPE_LLAMA3 };
 
 struct alloy_llama_config {
-    char   model_type[16];          /* "llama", "mistral", "mixtral", "qwen2", "qwen2_moe" */
+    char   model_type[16];          /* "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "deepseek" */
     int    vocab_size, hidden_size, intermediate_size;
     int    num_layers, num_heads, num_kv_heads, head_dim;
     int    max_position_embeddings;
@@ -40,9 +40,9 @@ struct alloy_llama_config {
     int    tie_word_embeddings;
     int    sliding_window;          /* 0: full causal attention */
     int    bos_token_id;            /* -1: none */
-    int    n_experts, experts_per_tok; /* mixtral, qwen2_moe: experts per layer and per token; 0: dense MLPs */
+    int    n_experts, experts_per_tok; /* mixtral, qwen2_moe, deepseek: experts per layer and per token; 0: dense */
     int    norm_topk_prob;          /* 1: the chosen experts' weights renormalised to sum 1 (Mixtral always) */
-    int    shared_expert;           /* qwen2_moe: 1 shared expert with a sigmoid gate */
+    int    shared_expert;           /* 1: a shared expert (qwen2_moe: behind a sigmoid gate; deepseek: ungated) */
 };
 
 /* Parses config.json text; `label` (the file path) prefixes every error. */

@@ -176,12 +176,13 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
         goto done;
     }
     const char *type = json_string_value(mt);
-    int is_llama = strcmp(type, "llama") == 0, is_mixtral = strcmp(type, "mixtral") == 0,
+    int is_deepseek = strcmp(type, "deepseek") == 0, is_llama = is_deepseek || strcmp(type, "llama") == 0,
+        is_mixtral = strcmp(type, "mixtral") == 0,
         is_mistral = is_mixtral || strcmp(type, "mistral") == 0, is_qmoe = strcmp(type, "qwen2_moe") == 0,
         is_qwen2 = is_qmoe || strcmp(type, "qwen2") == 0;
     if (!is_llama && !is_mistral && !is_qwen2) {
         rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, "
-                           "mixtral, qwen2, qwen2_moe are)", label, type);
+                           "mixtral, qwen2, qwen2_moe, deepseek are)", label, type);
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", type);
@@ -246,7 +247,12 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
     if (is_qmoe && ((rc = cfg_int(root, label, "num_experts", 60, 1, 1024, &c->n_experts, err)) ||
                     (rc = cfg_int(root, label, "num_experts_per_tok", 4, 1, c->n_experts, &c->experts_per_tok, err)) ||
                     (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
-                    (rc = alloy_llama_qwen_moe_check(root, label, c, err))))
+                    (rc = alloy_llama_moe_check(root, label, c, err))))
+        goto done;
+    if (is_deepseek && ((rc = cfg_int(root, label, "n_routed_experts", -1, 1, 1024, &c->n_experts, err)) ||
+                        (rc = cfg_int(root, label, "num_experts_per_tok", -1, 1, c->n_experts, &c->experts_per_tok, err)) ||
+                        (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+                        (rc = alloy_llama_moe_check(root, label, c, err))))
         goto done;
     const json_t *bos = json_object_get(root, "bos_token_id");
     c->bos_token_id = -1;

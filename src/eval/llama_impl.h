@@ -1,6 +1,6 @@
 /*
  * llama_impl.h — the Llama model and workspace layout shared by llama.c
- * (dense forward pass) and llama_moe.c (Mixtral's and Qwen2-MoE's sparse MoE blocks).
+ * (dense forward pass) and llama_moe.c (the sparse MoE blocks of Mixtral, Qwen2-MoE and DeepSeek-MoE).
  * Private to src/eval/.
  */
 #ifndef ALLOY_LLAMA_IMPL_H
@@ -19,7 +19,7 @@ struct llama_layer {
     const float *wgu, *bgu;   /* [2 F][H]: gate rows, then up rows; Mixtral: [E][2 F][H], w1 rows then w3 rows */
     const float *wdown, *bdown; /* [H][F]; Mixtral: [E][H][F] (w2) */
     const float *router;      /* Mixtral / Qwen2-MoE: [E][H] (block_sparse_moe.gate, mlp.gate), else NULL */
-    const float *swgu, *swdown, *sgate; /* Qwen2-MoE's shared expert: [2 F][H], [H][F], its gate [H] */
+    const float *swgu, *swdown, *sgate; /* the shared expert: [2 F][H], [H][F]; Qwen2-MoE's gate [H] (else NULL) */
 };
 
 struct alloy_llama {
@@ -56,10 +56,10 @@ int alloy_llama_load_tensor(const struct alloy_model *mod, const char *dir, cons
  * expert's gate and up rows, every expert's down, and Qwen2-MoE's shared expert and its gate (llama_moe.c). */
 int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, const char *dir, int l, float *arena,
                          uint64_t *off, struct alloy_err *err);
-/* Checks a qwen2_moe config.json (root) is one the evaluator runs: every layer sparse, experts and shared
- * expert of intermediate_size (as mergekit-moe writes them); sets c->shared_expert. */
-int alloy_llama_qwen_moe_check(const json_t *root, const char *label, struct alloy_llama_config *c,
-                               struct alloy_err *err);
+/* Checks a qwen2_moe or deepseek config.json (root) is one the evaluator runs: every layer sparse, experts
+ * and at most one shared expert of intermediate_size (as mergekit-moe writes them); sets c->shared_expert
+ * (and, for DeepSeek, which renormalises only when it keeps several experts, c->norm_topk_prob). */
+int alloy_llama_moe_check(const json_t *root, const char *label, struct alloy_llama_config *c, struct alloy_err *err);
 /* Allocates the workspace's MoE buffers for T tokens; 0, or -1 when out of memory. */
 int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T);
 

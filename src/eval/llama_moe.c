@@ -1,6 +1,7 @@
 /*
  * llama_moe.c — the sparse MoE blocks of the evaluator, float32: Mixtral's
- * (HF MixtralSparseMoeBlock) and Qwen2-MoE's (HF Qwen2MoeSparseMoeBlock).
+ * (HF MixtralSparseMoeBlock), Qwen2-MoE's (HF Qwen2MoeSparseMoeBlock) and
+ * DeepSeek-MoE's (deepseek-moe-16b's remote DeepseekMoE, softmax scoring).
  *
  * DESIGN
  *   For each token: router logits = W_gate x ([E]); softmax in float32;
@@ -11,7 +12,9 @@
  *   expert e are gathered, run through its MLP as one batch (llama.c's sgemm
  *   path), and added back weighted, so the cost is experts_per_token dense
  *   MLPs per token. Qwen2-MoE adds its shared expert, run on every token and
- *   weighted by sigmoid(shared_expert_gate · x). Mixtral's experts are read
+ *   weighted by sigmoid(shared_expert_gate · x); DeepSeek adds its shared
+ *   expert unweighted and renormalises only when it keeps several experts.
+ *   Mixtral's experts are read
  *   per expert (block_sparse_moe.experts.E.w1/w3/w2) or fused
  *   (mlp.experts.gate_up_proj [E, 2F, H], down_proj [E, H, F]), which is the
  *   same layout in memory.
@@ -24,24 +27,34 @@
 #include <jansson.h>
 #include <math.h>
 
-int alloy_llama_qwen_moe_check(const json_t *root, const char *label, struct alloy_llama_config *c,
-                               struct alloy_err *err)
+int alloy_llama_moe_check(const json_t *root, const char *label, struct alloy_llama_config *c, struct alloy_err *err)
 {
-    static const char *const sizes[2] = {"moe_intermediate_size", "shared_expert_intermediate_size"};
-    for (int i = 0; i < 2; i++) {
+    int ds = strcmp(c->model_type, "deepseek") == 0;
+    const char *const sizes[2] = {"moe_intermediate_size", ds ? NULL : "shared_expert_intermediate_size"};
+    for (int i = 0; i < 2 && sizes[i]; i++) {
         const json_t *v = json_object_get(root, sizes[i]);
         if (!json_is_integer(v) || json_integer_value(v) != c->intermediate_size)
             return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected intermediate_size (%d) as mergekit-moe "
                                  "writes it (the evaluator runs only that), found %s", label, sizes[i],
                                  c->intermediate_size, v ? "another value" : "nothing");
     }
-    const json_t *step = json_object_get(root, "decoder_sparse_step"), *dense = json_object_get(root, "mlp_only_layers");
-    if ((step && !(json_is_integer(step) && json_integer_value(step) == 1)) || (dense && json_array_size(dense)))
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: decoder_sparse_step, mlp_only_layers: expected 1 and [] "
-                             "(every layer sparse), found others", label);
-    c->shared_expert = 1;
+    const json_t *step = json_object_get(root, ds ? "moe_layer_freq" : "decoder_sparse_step");
+    const json_t *dense = json_object_get(root, ds ? "first_k_dense_replace" : "mlp_only_layers");
+    const json_t *shared = json_object_get(root, "n_shared_experts"), *scoring = json_object_get(root, "scoring_func");
+    if ((step && !(json_is_integer(step) && json_integer_value(step) == 1)) ||
+        (dense && (ds ? !json_is_integer(dense) || json_integer_value(dense) != 0 : json_array_size(dense) != 0)))
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: %s, %s: expected every layer sparse (1 and %s), found "
+                             "others", label, ds ? "moe_layer_freq" : "decoder_sparse_step",
+                             ds ? "first_k_dense_replace" : "mlp_only_layers", ds ? "0" : "[]");
+    if (ds && ((shared && !json_is_null(shared) && !(json_is_integer(shared) && json_integer_value(shared) <= 1)) ||
+               (scoring && !(json_is_string(scoring) && !strcmp(json_string_value(scoring), "softmax")))))
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: n_shared_experts, scoring_func: expected at most 1 and "
+                             "softmax, found others", label);
+    c->shared_expert = ds ? json_integer_value(shared) == 1 : 1;
+    if (ds) c->norm_topk_prob = c->norm_topk_prob && c->experts_per_tok > 1; /* DeepSeek's MoEGate */
     return ALLOY_OK;
 }
+
 
 /* Tensor model.layers.l.<sub> [d0, d1] into arena + *off (arena NULL: checked only), *start pointed at it. */
 static int moe_tensor(const struct alloy_model *mod, const char *dir, int l, const char *sub, int64_t d0, int64_t d1,
@@ -87,11 +100,12 @@ int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, c
                                       "mlp.experts.%d.up_proj.weight", "mlp.experts.%d.down_proj.weight"};
     const struct alloy_llama_config *c = &m->cfg;
     struct llama_layer *L = &m->layers[l];
-    const char *const *nm = c->shared_expert ? qw : mx;
+    int mixtral = strcmp(c->model_type, "mixtral") == 0, ds = strcmp(c->model_type, "deepseek") == 0;
+    const char *const *nm = mixtral ? mx : qw;
     int64_t H = c->hidden_size, F = c->intermediate_size;
     char sub[96];
     snprintf(sub, sizeof sub, "model.layers.%d.mlp.experts.gate_up_proj", l);
-    if (!c->shared_expert && alloy_model_find(mod, sub)) { /* Mixtral's fused layout (transformers 5) */
+    if (mixtral && alloy_model_find(mod, sub)) { /* Mixtral's fused layout (transformers 5) */
         int rc = moe_tensor(mod, dir, l, "mlp.gate.weight", c->n_experts, H, arena, off, &L->router, err);
         if (!rc) rc = fused_tensor(mod, dir, l, "gate_up_proj", c->n_experts, 2 * F, H, arena, off, &L->wgu, err);
         if (!rc) rc = fused_tensor(mod, dir, l, "down_proj", c->n_experts, H, F, arena, off, &L->wdown, err);
@@ -107,10 +121,14 @@ int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, c
         rc = moe_tensor(mod, dir, l, sub, H, F, arena, off, e ? NULL : &L->wdown, err);
     }
     if (rc || !c->shared_expert) return rc;
-    rc = moe_tensor(mod, dir, l, "mlp.shared_expert.gate_proj.weight", F, H, arena, off, &L->swgu, err);
-    if (!rc) rc = moe_tensor(mod, dir, l, "mlp.shared_expert.up_proj.weight", F, H, arena, off, NULL, err);
-    if (!rc) rc = moe_tensor(mod, dir, l, "mlp.shared_expert.down_proj.weight", H, F, arena, off, &L->swdown, err);
-    if (!rc) rc = moe_tensor(mod, dir, l, "mlp.shared_expert_gate.weight", 1, H, arena, off, &L->sgate, err);
+    const char *sh = ds ? "mlp.shared_experts" : "mlp.shared_expert";
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    const float **start[3] = {&L->swgu, NULL, &L->swdown};
+    for (int k = 0; k < 3 && !rc; k++) {
+        snprintf(sub, sizeof sub, "%s.%s.weight", sh, proj[k]);
+        rc = moe_tensor(mod, dir, l, sub, k == 2 ? H : F, k == 2 ? F : H, arena, off, start[k], err);
+    }
+    if (!rc && !ds) rc = moe_tensor(mod, dir, l, "mlp.shared_expert_gate.weight", 1, H, arena, off, &L->sgate, err);
     return rc;
 }
 
@@ -167,10 +185,10 @@ void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer
             for (size_t j = 0; j < H; j++) ws->my[t * H + j] += w * y[j];
         }
     }
-    if (L->sgate) { /* every token through the shared expert, weighted by its sigmoid gate */
+    if (L->swgu) { /* every token through the shared expert, weighted by its sigmoid gate (DeepSeek: none) */
         ffn(m, L->swgu, NULL, L->swdown, NULL, ws->a, ws->gu, ws->act, ws->mx, T);
         for (size_t t = 0; t < T; t++) {
-            float g = 1.0f / (1.0f + expf(-cblas_sdot((int)H, L->sgate, 1, ws->a + t * H, 1)));
+            float g = L->sgate ? 1.0f / (1.0f + expf(-cblas_sdot((int)H, L->sgate, 1, ws->a + t * H, 1))) : 1.0f;
             for (size_t j = 0; j < H; j++) ws->my[t * H + j] += g * ws->mx[t * H + j];
         }
     }
