@@ -29,29 +29,6 @@
 #define L 4
 #define CHECK_STR(a, b) CHECK_MSG((a) && !strcmp((a), (b)), "'%s' != '%s'", (a) ? (a) : "(null)", (b))
 
-static int assemble_opt(const char *yaml, const char *out, int fused, uint64_t shard, struct alloy_err *err)
-{
-    struct alloy_moe_options o;
-    alloy_moe_options_init(&o);
-    o.config_text = yaml;
-    o.config_path = "moe.yml";
-    o.out_dir = out;
-    o.has_seed = 1;
-    o.overwrite = 1;
-    o.fused_experts = fused;
-    o.shard_size = shard;
-    return alloy_moe(&o, err);
-}
-
-static char *out_path(const char *name)
-{
-    static char buf[4][700];
-    static int k;
-    char *p = buf[k++ & 3];
-    snprintf(p, 700, "%s/%s", test_tmpdir(), name);
-    return p;
-}
-
 /* ------------------------------------------------------------ hidden_avg */
 
 /* The residual stream entering each layer at every position of "<s>" + prompt (each position's state is
@@ -154,9 +131,9 @@ TEST(moe_hidden_avg_matches_a_naive_left_padded_batch)
              "  - source_model: %s\n    positive_prompts: [\"%s\", \"%s\"]\n"
              "  - source_model: %s\n    positive_prompts: [\"%s\"]\n    negative_prompts: [\"%s\", \"%s\"]\n",
              test_data(BASE), test_data(CODE), pos0[0], pos0[1], test_data(PROSE), pos1[0], neg1[0], neg1[1]);
-    const char *out = out_path("hidden_avg");
+    const char *out = moe_out_path("hidden_avg");
     struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, out, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, out, 0, 0, 0, &err) == 0, "%s", err.msg);
     struct alloy_llama *lm = NULL;
     struct alloy_tokenizer *tok = NULL;
     char tokp[600];
@@ -335,9 +312,9 @@ TEST(moe_qwen2_moe_from_a_llama_base)
              "shared_experts:\n  - source_model: %s\n    positive_prompts: [\"%s\"]\n",
              test_data(BASE), test_data(CODE), k_code[0], k_code[1], test_data(PROSE), k_prose[0], test_data(BASE),
              k_shared[0]);
-    const char *out = out_path("qwen2moe");
+    const char *out = moe_out_path("qwen2moe");
     struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, out, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, out, 0, 0, 0, &err) == 0, "%s", err.msg);
     static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
     double r0[H], r1[H], rs[H];
     moe_cheap_row(k_code, 2, NULL, 0, r0);
@@ -398,113 +375,6 @@ TEST(moe_qwen2_moe_from_a_llama_base)
     alloy_llama_close(lm);
 }
 
-/* Overwrites tensor `name` of the one-file model dir with zeros, in place. */
-static int zero_tensor(const char *dir, const char *name)
-{
-    struct alloy_model *m = NULL;
-    struct alloy_err err = {0};
-    if (alloy_model_open(dir, &m, &err)) return -1;
-    const struct alloy_tensor *t = alloy_model_find(m, name);
-    const uint8_t *start = NULL;
-    for (size_t i = 0; i < alloy_model_count(m); i++)
-        if (!start || alloy_model_tensor(m, i)->data < start) start = alloy_model_tensor(m, i)->data;
-    long long off = t ? (long long)(t->data - start) : -1;
-    uint64_t nbytes = t ? t->nbytes : 0;
-    alloy_model_close(m);
-    char path[800];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    FILE *f = off >= 0 ? fopen(path, "r+b") : NULL;
-    uint8_t hl[8];
-    int rc = f && fread(hl, 1, 8, f) == 8 ? 0 : -1;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | hl[i];
-    if (!rc) rc = fseek(f, (long)(8 + hlen + (uint64_t)off), SEEK_SET);
-    for (uint64_t i = 0; !rc && i < nbytes; i++) rc = fputc(0, f) == EOF;
-    if (f && fclose(f)) rc = -1;
-    return rc;
-}
-
-/* The largest logit difference between models a and b on two 16-token sequences (INFINITY: not loaded). */
-static double logit_gap(const char *da, const char *db)
-{
-    static const int32_t ids[32] = {256, 100, 101, 102, 32, 102, 40, 120, 41, 58, 10, 32, 32, 114, 101, 116,
-                                    117, 114, 110, 32, 120, 10, 73, 110, 32, 97, 32, 116, 105, 109, 101, 46};
-    struct alloy_llama *a = NULL, *b = NULL;
-    struct alloy_err err = {0};
-    CHECK_MSG(alloy_llama_open(da, &a, &err) == 0, "%s", err.msg);
-    CHECK_MSG(alloy_llama_open(db, &b, &err) == 0, "%s", err.msg);
-    struct alloy_llama_ws *wa = a ? alloy_llama_ws_new(a, 16, 2) : NULL, *wb = b ? alloy_llama_ws_new(b, 16, 2) : NULL;
-    float *la = malloc(32 * 260 * sizeof *la), *lb = malloc(32 * 260 * sizeof *lb);
-    double worst = INFINITY;
-    if (wa && wb && la && lb) {
-        alloy_llama_logits(a, wa, ids, 2, 16, la);
-        alloy_llama_logits(b, wb, ids, 2, 16, lb);
-        worst = 0;
-        for (int i = 0; i < 32 * 260; i++) worst = fmax(worst, fabs(la[i] - lb[i]));
-    }
-    alloy_llama_ws_free(wa);
-    alloy_llama_ws_free(wb);
-    free(la);
-    free(lb);
-    alloy_llama_close(a);
-    alloy_llama_close(b);
-    return worst;
-}
-
-/* A Qwen MoE (ds: DeepSeek MoE) assembled from `experts` (YAML list items) with shared expert prose, whose
- * output is 0.5 prose(x): Qwen's shared expert gates zeroed (sigmoid 0.5), DeepSeek's ungated shared expert
- * at residual_scale 0.5. Its routers zeroed too when zero_routers (softmax 1/2 each). */
-static void moe_for_eval(const char *out, int ds, const char *experts, int k, int zero_routers)
-{
-    char yaml[2000];
-    snprintf(yaml, sizeof yaml,
-             "base_model: %s\ngate_mode: random\ndtype: float32\narchitecture: %s\nexperts_per_token: %d\n"
-             "experts:\n%sshared_experts: [{source_model: %s%s}]\n", test_data(BASE), ds ? "deepseek" : "qwen", k,
-             experts, test_data(PROSE), ds ? ", residual_scale: 0.5" : "");
-    struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, out, 0, 0, &err) == 0, "%s", err.msg);
-    for (int l = 0; l < L; l++) {
-        char name[100];
-        snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert_gate.weight", l);
-        if (!ds) CHECK_INT(zero_tensor(out, name), 0);
-        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", l);
-        if (zero_routers) CHECK_INT(zero_tensor(out, name), 0);
-    }
-}
-
-/* alloy eval runs Qwen2-MoE, checked against the dense Llama of test_moe.c's pair whose MLP is
- * 0.5 code(x) + 0.5 prose(x):
- *   - routed experts code, code at residual_scale 0.5 (whatever the routing, 0.5 code(x)) and the shared
- *     expert prose behind a zero gate (0.5 prose(x));
- *   - norm_topk_prob false (transformers' default): routed experts code, prose, zero routers, 1 per token:
- *     expert 0 with its unnormalised probability 1/2 (renormalised it would weigh 1, and differ). */
-TEST(moe_eval_qwen2_moe_equals_its_dense_equivalent)
-{
-    char experts[600], moe[700], moe2[700], dense[700], mix[700], cp[800];
-    snprintf(moe, sizeof moe, "%s", out_path("qwen2moe-eval"));
-    snprintf(moe2, sizeof moe2, "%s", out_path("qwen2moe-eval-topk"));
-    snprintf(dense, sizeof dense, "%s", out_path("qwen2moe-dense"));
-    snprintf(mix, sizeof mix, "%s", out_path("qwen2moe-mixtral"));
-    CHECK_INT(moe_write_pair(mix, dense, 2), 0);
-    snprintf(experts, sizeof experts, "  - {source_model: %s, residual_scale: 0.5}\n"
-             "  - {source_model: %s, residual_scale: 0.5}\n", test_data(CODE), test_data(CODE));
-    moe_for_eval(moe, 0, experts, 2, 0);
-    double gap = logit_gap(moe, dense);
-    CHECK_MSG(gap < 2e-4, "logits differ by %g", gap);
-    snprintf(experts, sizeof experts, "  - {source_model: %s}\n  - {source_model: %s}\n", test_data(CODE),
-             test_data(PROSE));
-    moe_for_eval(moe2, 0, experts, 1, 1);
-    CHECK_MSG(logit_gap(moe2, dense) > 1e-2, "norm_topk_prob true should differ");
-    snprintf(cp, sizeof cp, "%s/config.json", moe2);
-    char *cfg = test_read_file(cp, NULL), *at = cfg ? strstr(cfg, "\"norm_topk_prob\": true") : NULL;
-    char *edited = at ? malloc(strlen(cfg) + 2) : NULL;
-    if (edited) sprintf(edited, "%.*s\"norm_topk_prob\": false%s", (int)(at - cfg), cfg, at + 22);
-    CHECK(edited && test_write_text(cp, edited) == 0);
-    free(edited);
-    free(cfg);
-    gap = logit_gap(moe2, dense);
-    CHECK_MSG(gap < 2e-4, "norm_topk_prob false: logits differ by %g", gap);
-}
 
 /* A Qwen2 base keeps its own biases; hidden_last routers come from its forward pass (the evaluator runs
  * Qwen2), and the shared expert gets its router row from its prompts. */
@@ -517,9 +387,9 @@ TEST(moe_qwen2_moe_from_qwen2_models)
              "  - {source_model: %s, positive_prompts: [\"%s\"]}\n  - {source_model: %s, positive_prompts: [\"%s\"]}\n"
              "shared_experts:\n  - {source_model: %s, positive_prompts: [\"%s\"]}\n",
              base, code, k_code[0], prose, k_prose[0], base, k_shared[0]);
-    const char *out = out_path("qwen2moe-q");
+    const char *out = moe_out_path("qwen2moe-q");
     struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, out, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, out, 0, 0, 0, &err) == 0, "%s", err.msg);
     CHECK(moe_same_tensor(out, "model.layers.2.self_attn.k_proj.bias", base, "model.layers.2.self_attn.k_proj.bias"));
     /* each router row: the normalised state entering layer 3 at the last token of "<s>" + its prompt */
     size_t n = 0, ns = 0;
@@ -563,9 +433,9 @@ TEST(moe_deepseek_with_a_shared_expert)
              "  - {source_model: %s, positive_prompts: [\"%s\"]}\n  - {source_model: %s, positive_prompts: [\"%s\"]}\n"
              "shared_experts:\n  - source_model: %s\n",
              test_data(BASE), test_data(CODE), k_code[0], test_data(PROSE), k_prose[0], test_data(BASE));
-    const char *out = out_path("deepseek");
+    const char *out = moe_out_path("deepseek");
     struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, out, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, out, 0, 0, 0, &err) == 0, "%s", err.msg);
     CHECK(moe_same_tensor(out, "model.layers.1.mlp.experts.1.down_proj.weight", test_data(PROSE),
                           "model.layers.1.mlp.down_proj.weight"));
     CHECK(moe_same_tensor(out, "model.layers.3.mlp.shared_experts.gate_proj.weight", test_data(BASE),
@@ -610,10 +480,10 @@ TEST(moe_qwen3_moe_per_expert_and_fused)
              "  - {source_model: %s, positive_prompts: [\"%s\"], noise_scale: 0.01}\n"
              "  - {source_model: %s, positive_prompts: [\"%s\"], residual_scale: 0.25}\n",
              base, code, k_code[0], prose, k_prose[0]);
-    const char *pe = out_path("qwen3moe"), *fu = out_path("qwen3moe-fused");
+    const char *pe = moe_out_path("qwen3moe"), *fu = moe_out_path("qwen3moe-fused");
     struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, pe, 0, 0, &err) == 0, "%s", err.msg);
-    CHECK_MSG(assemble_opt(yaml, fu, 1, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, pe, 0, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, fu, 0, 1, 0, &err) == 0, "%s", err.msg);
     CHECK(moe_same_tensor(pe, "model.layers.1.self_attn.q_norm.weight", base, "model.layers.1.self_attn.q_norm.weight"));
     CHECK(moe_same_tensor(pe, "model.layers.1.mlp.experts.1.gate_proj.weight", prose, "model.layers.1.mlp.gate_proj.weight"));
     CHECK(!moe_same_tensor(pe, "model.layers.1.mlp.experts.0.gate_proj.weight", code, "model.layers.1.mlp.gate_proj.weight"));
@@ -654,7 +524,7 @@ TEST(moe_qwen3_moe_per_expert_and_fused)
     /* the routers from the forward pass need the evaluator's Qwen3 support: a clear error */
     char *hy = strstr(yaml, "uniform_random");
     memcpy(hy, "hidden_last   ", 14);
-    CHECK(assemble_opt(yaml, out_path("qwen3moe-h"), 0, 0, &err) != 0);
+    CHECK(moe_assemble(yaml, moe_out_path("qwen3moe-h"), 0, 0, 0, &err) != 0);
     CHECK_STR_CONTAINS(err.msg, "qwen3");
 }
 
@@ -665,10 +535,10 @@ TEST(moe_mixtral_fused_layout)
     snprintf(yaml, sizeof yaml,
              "base_model: %s\ngate_mode: random\nexperts: [{source_model: %s}, {source_model: %s}]\n",
              test_data(BASE), test_data(CODE), test_data(PROSE));
-    const char *cl = out_path("mixtral-classic"), *fu = out_path("mixtral-fused");
+    const char *cl = moe_out_path("mixtral-classic"), *fu = moe_out_path("mixtral-fused");
     struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, cl, 0, 0, &err) == 0, "%s", err.msg);
-    CHECK_MSG(assemble_opt(yaml, fu, 1, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, cl, 0, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, fu, 0, 1, 0, &err) == 0, "%s", err.msg);
     CHECK(moe_same_tensor(cl, "model.layers.1.block_sparse_moe.gate.weight", fu, "model.layers.1.mlp.gate.weight"));
     size_t n = 0, n3 = 0;
     float *gu = moe_read_f32(fu, "model.layers.1.mlp.experts.gate_up_proj", &n);
@@ -709,7 +579,7 @@ TEST(moe_mixtral_fused_layout)
     snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: random\narchitecture: deepseek\nexperts_per_token: 1\n"
              "experts: [{source_model: %s}]\nshared_experts: [{source_model: %s}]\n",
              test_data(BASE), test_data(CODE), test_data(PROSE));
-    CHECK(assemble_opt(yaml, out_path("deepseek-fused"), 1, 0, &err) != 0);
+    CHECK(moe_assemble(yaml, moe_out_path("deepseek-fused"), 0, 1, 0, &err) != 0);
     CHECK_STR_CONTAINS(err.msg, "fused layout): DeepSeek MoE needs no fused expert layout");
 }
 
@@ -721,10 +591,10 @@ TEST(moe_sharded_output)
     snprintf(yaml, sizeof yaml,
              "base_model: %s\ngate_mode: random\nexperts: [{source_model: %s}, {source_model: %s}]\n",
              test_data(BASE), test_data(CODE), test_data(PROSE));
-    const char *one = out_path("moe-one"), *sh = out_path("moe-sharded");
+    const char *one = moe_out_path("moe-one"), *sh = moe_out_path("moe-sharded");
     struct alloy_err err = {0};
-    CHECK_MSG(assemble_opt(yaml, one, 0, 0, &err) == 0, "%s", err.msg);
-    CHECK_MSG(assemble_opt(yaml, sh, 0, 600000, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, one, 0, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, sh, 0, 0, 600000, &err) == 0, "%s", err.msg);
     char p[800];
     snprintf(p, sizeof p, "%s/model.safetensors.index.json", sh);
     json_t *idx = json_load_file(p, 0, NULL);
@@ -784,34 +654,11 @@ TEST(moe_examples_assemble)
         struct alloy_moe_options o;
         alloy_moe_options_init(&o);
         o.config_path = k[i].file;
-        o.out_dir = out_path("example");
+        o.out_dir = moe_out_path("example");
         struct alloy_err err = {0};
         CHECK_MSG(alloy_moe(&o, &err) == 0, "%s: %s", k[i].file, err.msg);
         json_t *j = load_config(o.out_dir);
         CHECK_STR(jstr(j, "model_type"), k[i].type);
         json_decref(j);
     }
-}
-
-/* alloy eval runs DeepSeek MoE (its shared expert unweighted), against the same dense pair: routed experts
- * code, code at residual_scale 0.5 with 2 per token (renormalised: 0.5 code(x)); then code, prose with zero
- * routers and 1 per token, where DeepSeek's gate, unlike Mixtral's, does not renormalise (0.5 code(x)). */
-TEST(moe_eval_deepseek_equals_its_dense_equivalent)
-{
-    char experts[600], moe[700], dense[700], mix[700];
-    snprintf(dense, sizeof dense, "%s", out_path("deepseek-dense"));
-    snprintf(mix, sizeof mix, "%s", out_path("deepseek-mixtral"));
-    CHECK_INT(moe_write_pair(mix, dense, 2), 0);
-    snprintf(experts, sizeof experts, "  - {source_model: %s, residual_scale: 0.5}\n"
-             "  - {source_model: %s, residual_scale: 0.5}\n", test_data(CODE), test_data(CODE));
-    snprintf(moe, sizeof moe, "%s", out_path("deepseek-eval"));
-    moe_for_eval(moe, 1, experts, 2, 0);
-    double gap = logit_gap(moe, dense);
-    CHECK_MSG(gap < 2e-4, "k=2: logits differ by %g", gap);
-    snprintf(experts, sizeof experts, "  - {source_model: %s}\n  - {source_model: %s}\n", test_data(CODE),
-             test_data(PROSE));
-    snprintf(moe, sizeof moe, "%s", out_path("deepseek-eval-k1"));
-    moe_for_eval(moe, 1, experts, 1, 1);
-    gap = logit_gap(moe, dense);
-    CHECK_MSG(gap < 2e-4, "k=1: logits differ by %g", gap);
 }
