@@ -116,6 +116,15 @@ TEST(moe_eval_deepseek_equals_its_dense_equivalent)
     moe_for_eval(moe, 1, experts, 2, 0);
     double gap = moe_logit_gap(moe, dense);
     CHECK_MSG(gap < 2e-4, "k=2: logits differ by %g", gap);
+    /* random gates draw a row for the shared expert too (mergekit's need_gates), after the routed ones: the
+     * routers are a Mixtral's of the same seed */
+    char yaml[1000], mixtral[700];
+    snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: random\ndtype: float32\nexperts:\n%s", test_data(BASE),
+             experts);
+    snprintf(mixtral, sizeof mixtral, "%s", moe_out_path("deepseek-vs-mixtral"));
+    struct alloy_err err = {0};
+    CHECK_MSG(moe_assemble(yaml, mixtral, 0, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK(moe_same_tensor(moe, "model.layers.3.mlp.gate.weight", mixtral, "model.layers.3.block_sparse_moe.gate.weight"));
     snprintf(experts, sizeof experts, "  - {source_model: %s}\n  - {source_model: %s}\n", test_data(CODE),
              test_data(PROSE));
     snprintf(moe, sizeof moe, "%s", moe_out_path("deepseek-eval-k1"));
