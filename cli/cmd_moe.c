@@ -1,6 +1,7 @@
 /*
  * cmd_moe.c — `alloy moe CONFIG.yml OUT_DIR [options]` (alias mergekit-moe):
- * a Mixtral mixture of experts assembled from dense models.
+ * a Mixtral, DeepSeek MoE, Qwen MoE or Qwen3 MoE mixture of experts
+ * assembled from dense models.
  *
  * DESIGN
  *   Options fill struct alloy_moe_options; alloy_moe does the rest. mergekit's
@@ -11,7 +12,7 @@
 
 #include <stdint.h>
 
-enum { OPT_HELP = 1, OPT_SEED, OPT_CRIMES, OPT_NO_TOKENIZER, OPT_OVERWRITE, OPT_QUIET };
+enum { OPT_HELP = 1, OPT_SEED, OPT_CRIMES, OPT_NO_TOKENIZER, OPT_OVERWRITE, OPT_QUIET, OPT_SHARD, OPT_FUSED };
 
 static const struct cli_opt k_opts[] = {
     {"-h|--help", OPT_HELP, 0},
@@ -20,6 +21,8 @@ static const struct cli_opt k_opts[] = {
     {"--no-copy-tokenizer", OPT_NO_TOKENIZER, 0},
     {"--overwrite", OPT_OVERWRITE, 0},
     {"-q|--quiet", OPT_QUIET, 0},
+    {"--out-shard-size", OPT_SHARD, 1},
+    {"--fused-experts", OPT_FUSED, 0},
     {NULL, 0, 0},
 };
 
@@ -28,11 +31,13 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: alloy moe CONFIG.yml OUT_DIR [options]      (also: mergekit-moe CONFIG.yml OUT_DIR)\n"
             "\n"
-            "Assembles a Mixtral mixture of experts from a dense Llama/Mistral base and dense experts.\n"
+            "Assembles a mixture of experts from a dense base and dense experts: Mixtral (Llama/Mistral inputs),\n"
+            "DeepSeek MoE or Qwen MoE (with a shared expert), Qwen3 MoE (Qwen3 inputs).\n"
             "\n"
             "CONFIG.yml (mergekit-moe's):\n"
             "  base_model: path/to/base       # attention, norms, embeddings\n"
-            "  gate_mode: cheap_embed         # cheap_embed | random | uniform_random\n"
+            "  gate_mode: hidden              # hidden | hidden_avg | hidden_last | cheap_embed | random | uniform_random\n"
+            "  architecture: mixtral          # optional: mixtral | deepseek | qwen | qwen3 (a prefix; default: mergekit's pick)\n"
             "  dtype: bfloat16                # optional: float32 | float16 | bfloat16\n"
             "  experts_per_token: 2\n"
             "  experts:\n"
@@ -43,12 +48,17 @@ static void usage(FILE *f)
             "      residual_scale: 1.0        # optional: multiplies its down_proj (w2)\n"
             "    - source_model: path/to/prose_model\n"
             "      positive_prompts: [\"Once upon a time\"]\n"
+            "  shared_experts:                # optional, at most one: DeepSeek MoE (no prompts), Qwen MoE (prompts)\n"
+            "    - source_model: path/to/base\n"
             "\n"
             "Options:\n"
             "  --random-seed N          seed of the random gates and noise_scale (default 0)\n"
             "  --i-understand-this-is-not-useful-without-training\n"
             "                           allow identical experts or identical prompts\n"
             "  --no-copy-tokenizer      do not copy the base's tokenizer files\n"
+            "  --out-shard-size SIZE    max bytes per output shard: 1G, 500M, 5B (default 5B)\n"
+            "  --fused-experts          Mixtral / Qwen3 MoE: one [experts, ...] tensor per projection\n"
+            "                           (mlp.experts.gate_up_proj, down_proj: transformers 5's layout)\n"
             "  --overwrite              replace an existing OUT_DIR even when it holds other files\n"
             "  -q, --quiet              no notes\n"
             "  -h, --help               this help\n"
@@ -81,6 +91,11 @@ int cmd_moe(int argc, char **argv)
         case OPT_CRIMES: o.allow_crimes = 1; break;
         case OPT_NO_TOKENIZER: o.copy_tokenizer = 0; break;
         case OPT_OVERWRITE: o.overwrite = 1; break;
+        case OPT_FUSED: o.fused_experts = 1; break;
+        case OPT_SHARD:
+            if (alloy_parse_size(val, &o.shard_size) || o.shard_size == 0)
+                return cli_usage_error("moe", "--out-shard-size: expected a size like 1G, 500M or 5B, got '%s'", val);
+            break;
         default: cli_quiet = 1; break; /* OPT_QUIET */
         }
     }

@@ -539,11 +539,12 @@ int  alloy_lora_extract(const struct alloy_lora_extract_options *o, struct alloy
 /* ---------------------------------------------------------------- MoE assembly */
 
 /*
- * `alloy moe CONFIG OUT` (mergekit-moe, docs/moe.md): a Mixtral-style
- * mixture of experts from a dense base and dense experts of its shape.
- * Attention, norms and embeddings come from the base; each expert's MLP
- * becomes block_sparse_moe.experts.E.{w1,w3,w2}; the routers
- * (block_sparse_moe.gate.weight, [experts, hidden]) come from gate_mode.
+ * `alloy moe CONFIG OUT` (mergekit-moe, docs/moe.md): a Mixtral, DeepSeek
+ * MoE, Qwen MoE (shared expert) or Qwen3 MoE mixture of experts from a dense
+ * base and dense experts of its shape. Attention, norms and embeddings come
+ * from the base; each expert's MLP becomes that expert's MLP in the output
+ * (block_sparse_moe.experts.E.{w1,w3,w2} for Mixtral); the routers
+ * ([experts, hidden] per layer) come from gate_mode.
  * Tensors are copied as they are read (bounded memory); the folder is
  * published whole or not at all.
  */
@@ -556,6 +557,8 @@ struct alloy_moe_options {
     uint64_t    seed;
     int         copy_tokenizer;/* default 1 */
     int         overwrite;
+    int         fused_experts; /* Mixtral / Qwen3 MoE: mlp.experts.gate_up_proj / down_proj [E, ...] (transformers 5) */
+    uint64_t    shard_size;    /* max bytes per output shard; 0: default 5e9 */
     alloy_log_fn log;
     void       *log_user;
 };

@@ -57,8 +57,10 @@ fi
 # routers from the base's hidden states on each expert's prompts, evaluated next to its parents.
 echo "== alloy moe examples/moe/tiny_mixtral.yml $OUT/moe (a 2-expert Mixtral)"
 "$ALLOY" moe examples/moe/tiny_mixtral.yml "$OUT/moe" --overwrite
+echo "== alloy moe examples/moe/tiny_qwen_moe.yml $OUT/qwen_moe (a Qwen MoE: 2 experts + a shared expert)"
+"$ALLOY" moe examples/moe/tiny_qwen_moe.yml "$OUT/qwen_moe" --overwrite
 if "$ALLOY" eval --help >/dev/null 2>&1; then
-  echo "== alloy eval: the MoE next to its base and experts"
+  echo "== alloy eval: the MoEs next to their base and experts"
   "$ALLOY" eval tests/data/tiny-llama/base tests/data/tiny-llama/code tests/data/tiny-llama/prose "$OUT/moe" \
-    --text tests/data/eval_code.txt --text tests/data/eval_prose.txt
+    "$OUT/qwen_moe" --text tests/data/eval_code.txt --text tests/data/eval_prose.txt
 fi

@@ -10,6 +10,7 @@
 #include "test.h"
 #include "config/moe_config.h"
 #include "eval/eval.h"
+#include "test_moe.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -83,6 +84,10 @@ TEST(moe_config_errors_follow_mergekits_rules)
         {"base_model: b\ngate_mode: random\nexpert: []\n", 0, "expert"},
         {"base_model: b\ngate_mode: random\nexperts: [{source_model: x, positive_prompts: [[a]]}]\n", 0,
          "experts[0].positive_prompts: expected a string"},
+        {"base_model: b\ngate_mode: random\nexperts_per_token: 1\nexperts: [{source_model: x}]\nshared_experts:\n"
+         "  - {source_model: y}\n  - {source_model: z, positive_prompts: [a]}\n", 0,
+         "t.yml:7:5: positive_prompts: expected prompts on every shared expert or on none, found them on "
+         "shared_experts[1] only"},
     };
     for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
         struct alloy_moe_config *c = NULL;
@@ -100,9 +105,9 @@ TEST(moe_config_errors_follow_mergekits_rules)
     alloy_moe_config_free(c);
 }
 
-/* ------------------------------------------------------------ assembly */
+/* ------------------------------------------------------------ helpers of test_moe_arch.c / test_moe_eval.c */
 
-static int assemble(const char *yaml, const char *out, uint64_t seed, struct alloy_err *err)
+int moe_assemble(const char *yaml, const char *out, uint64_t seed, int fused, uint64_t shard, struct alloy_err *err)
 {
     struct alloy_moe_options o;
     alloy_moe_options_init(&o);
@@ -112,11 +117,52 @@ static int assemble(const char *yaml, const char *out, uint64_t seed, struct all
     o.has_seed = 1;
     o.seed = seed;
     o.overwrite = 1;
+    o.fused_experts = fused;
+    o.shard_size = shard;
     return alloy_moe(&o, err);
 }
 
+char *moe_out_path(const char *name)
+{
+    static char buf[4][700];
+    static int k;
+    char *p = buf[k++ & 3];
+    snprintf(p, 700, "%s/%s", test_tmpdir(), name);
+    return p;
+}
+
+/* The largest logit difference between models a and b on two 16-token sequences (INFINITY: not loaded). */
+double moe_logit_gap(const char *da, const char *db)
+{
+    static const int32_t ids[32] = {256, 100, 101, 102, 32, 102, 40, 120, 41, 58, 10, 32, 32, 114, 101, 116,
+                                    117, 114, 110, 32, 120, 10, 73, 110, 32, 97, 32, 116, 105, 109, 101, 46};
+    struct alloy_llama *a = NULL, *b = NULL;
+    struct alloy_err err = {0};
+    CHECK_MSG(alloy_llama_open(da, &a, &err) == 0, "%s", err.msg);
+    CHECK_MSG(alloy_llama_open(db, &b, &err) == 0, "%s", err.msg);
+    struct alloy_llama_ws *wa = a ? alloy_llama_ws_new(a, 16, 2) : NULL, *wb = b ? alloy_llama_ws_new(b, 16, 2) : NULL;
+    float *la = malloc(32 * 260 * sizeof *la), *lb = malloc(32 * 260 * sizeof *lb);
+    double worst = INFINITY;
+    if (wa && wb && la && lb) {
+        alloy_llama_logits(a, wa, ids, 2, 16, la);
+        alloy_llama_logits(b, wb, ids, 2, 16, lb);
+        worst = 0;
+        for (int i = 0; i < 32 * 260; i++) worst = fmax(worst, fabs(la[i] - lb[i]));
+    }
+    alloy_llama_ws_free(wa);
+    alloy_llama_ws_free(wb);
+    free(la);
+    free(lb);
+    alloy_llama_close(a);
+    alloy_llama_close(b);
+    return worst;
+}
+
+/* ------------------------------------------------------------ assembly */
+
+
 /* Tensor `name` of model dir as float32 (malloc'd, *n values); NULL if absent. */
-static float *read_f32(const char *dir, const char *name, size_t *n)
+float *moe_read_f32(const char *dir, const char *name, size_t *n)
 {
     struct alloy_model *m = NULL;
     struct alloy_err err = {0};
@@ -143,7 +189,7 @@ static float *read_f32(const char *dir, const char *name, size_t *n)
 }
 
 /* 1 when tensor a of model da and tensor b of model db hold the same bytes. */
-static int same_tensor(const char *da, const char *a, const char *db, const char *b)
+int moe_same_tensor(const char *da, const char *a, const char *db, const char *b)
 {
     struct alloy_model *ma = NULL, *mb = NULL;
     struct alloy_err err = {0};
@@ -164,10 +210,10 @@ static int same_tensor(const char *da, const char *a, const char *db, const char
 }
 
 /* mergekit's cheap_embed row computed here: Σ embedding rows of "<s>" + prompt tokens, normalised. */
-static void cheap_row(const char *const *pos, int npos, const char *const *neg, int nneg, double *out)
+void moe_cheap_row(const char *const *pos, int npos, const char *const *neg, int nneg, double *out)
 {
     size_t n = 0;
-    float *emb = read_f32(test_data(BASE), "model.embed_tokens.weight", &n);
+    float *emb = moe_read_f32(test_data(BASE), "model.embed_tokens.weight", &n);
     char path[600];
     snprintf(path, sizeof path, "%s/tokenizer.json", test_data(BASE));
     struct alloy_tokenizer *tok = NULL;
@@ -211,7 +257,7 @@ TEST(moe_mixtral_from_tiny_llama_cheap_embed)
              test_data(BASE), test_data(CODE), k_code[0], k_code[1], test_data(PROSE), k_prose[0], k_neg[0]);
     snprintf(out, sizeof out, "%s/moe", test_tmpdir());
     struct alloy_err err = {0};
-    CHECK_MSG(assemble(yaml, out, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, out, 0, 0, 0, &err) == 0, "%s", err.msg);
     static const char *const w[3] = {"gate_proj", "down_proj", "up_proj"};
     char src[2][512]; /* test_data's buffers are reused */
     snprintf(src[0], sizeof src[0], "%s", test_data(CODE));
@@ -222,28 +268,28 @@ TEST(moe_mixtral_from_tiny_llama_cheap_embed)
             for (int k = 0; k < 3; k++) {
                 snprintf(a, sizeof a, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weight", l, e, k + 1);
                 snprintf(b, sizeof b, "model.layers.%d.mlp.%s.weight", l, w[k]);
-                CHECK_MSG(same_tensor(out, a, src[e], b), "%s differs from %s", a, b);
+                CHECK_MSG(moe_same_tensor(out, a, src[e], b), "%s differs from %s", a, b);
             }
         snprintf(a, sizeof a, "model.layers.%d.self_attn.q_proj.weight", l);
-        CHECK(same_tensor(out, a, test_data(BASE), a));
-        CHECK(!same_tensor(out, a, test_data(CODE), a)); /* the fine-tunes' attention differs: not theirs */
+        CHECK(moe_same_tensor(out, a, test_data(BASE), a));
+        CHECK(!moe_same_tensor(out, a, test_data(CODE), a)); /* the fine-tunes' attention differs: not theirs */
         snprintf(a, sizeof a, "model.layers.%d.post_attention_layernorm.weight", l);
-        CHECK(same_tensor(out, a, test_data(BASE), a));
+        CHECK(moe_same_tensor(out, a, test_data(BASE), a));
         snprintf(a, sizeof a, "model.layers.%d.mlp.gate_proj.weight", l);
         size_t n = 0;
-        float *gone = read_f32(out, a, &n);
+        float *gone = moe_read_f32(out, a, &n);
         CHECK(!gone); /* dense MLP weights are not in the output */
         free(gone);
     }
-    CHECK(same_tensor(out, "lm_head.weight", test_data(BASE), "lm_head.weight"));
+    CHECK(moe_same_tensor(out, "lm_head.weight", test_data(BASE), "lm_head.weight"));
     double r0[128], r1[128];
-    cheap_row(k_code, 2, NULL, 0, r0);
-    cheap_row(k_prose, 1, k_neg, 1, r1);
+    moe_cheap_row(k_code, 2, NULL, 0, r0);
+    moe_cheap_row(k_prose, 1, k_neg, 1, r1);
     for (int l = 0; l < 4; l++) {
         char name[100];
         size_t n = 0;
         snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
-        float *g = read_f32(out, name, &n);
+        float *g = moe_read_f32(out, name, &n);
         CHECK(g && n == 256);
         for (int j = 0; g && j < 128; j++) {
             CHECK_NEAR(g[j], r0[j], fabs(r0[j]) / 128 + 1e-6); /* bf16: 8 significant bits */
@@ -275,13 +321,13 @@ static float *random_gates(const char *mode, uint64_t seed, const char *out)
              "    positive_prompts: [a]\n  - source_model: %s\n    positive_prompts: [b]\n    residual_scale: 0.5\n",
              test_data(BASE), mode, test_data(CODE), test_data(PROSE));
     struct alloy_err err = {0};
-    CHECK_MSG(assemble(yaml, out, seed, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, out, seed, 0, 0, &err) == 0, "%s", err.msg);
     float *all = malloc(4 * 256 * sizeof *all);
     for (int l = 0; all && l < 4; l++) {
         char name[100];
         size_t n = 0;
         snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
-        float *g = read_f32(out, name, &n);
+        float *g = moe_read_f32(out, name, &n);
         CHECK(g && n == 256);
         if (g) memcpy(all + l * 256, g, 256 * sizeof *g);
         else memset(all + l * 256, 0, 256 * sizeof *all);
@@ -306,8 +352,8 @@ TEST(moe_random_gates_follow_their_distribution_per_seed)
     CHECK_NEAR(var, 1, 0.15);
     /* residual_scale 0.5 halves w2 exactly (float32 output) */
     size_t n1 = 0, n2 = 0;
-    float *w2 = read_f32(o1, "model.layers.1.block_sparse_moe.experts.1.w2.weight", &n1);
-    float *d = read_f32(test_data(PROSE), "model.layers.1.mlp.down_proj.weight", &n2);
+    float *w2 = moe_read_f32(o1, "model.layers.1.block_sparse_moe.experts.1.w2.weight", &n1);
+    float *d = moe_read_f32(test_data(PROSE), "model.layers.1.mlp.down_proj.weight", &n2);
     CHECK(w2 && d && n1 == n2);
     for (size_t i = 0; w2 && d && i < n1; i++)
         if (w2[i] != d[i] * 0.5f) {
@@ -346,18 +392,24 @@ TEST(moe_errors_leave_nothing_behind)
          "badexpert: model.layers.0.mlp.gate_proj.weight: expected a float matrix of the base's shape [344, 128], "
          "found another shape or dtype"},
         {"base_model: %s\ngate_mode: random\narchitecture: qwen3\nexperts: [{source_model: %s}, {source_model: %s}]\n",
-         "architecture: expected mixtral (qwen3 moe output is not supported yet), found qwen3"},
+         "found none for these models (model_type llama, 0 shared experts): Qwen3 MoE needs qwen3 models"},
         {"base_model: %s\ngate_mode: random\narchitecture: gpt\nexperts: [{source_model: %s}, {source_model: %s}]\n",
          "architecture: expected a prefix of mixtral"},
-        {"base_model: %s\ngate_mode: random\nshared_experts: [{source_model: %s}]\nexperts: [{source_model: %s}]\n"
-         "experts_per_token: 1\n", "shared_experts: expected none"},
-        {"base_model: %s\ngate_mode: hidden_avg\nexperts: [{source_model: %s, positive_prompts: [a]}, "
-         "{source_model: %s, positive_prompts: [b]}]\n", "hidden_avg is not supported yet"},
+        {"base_model: %s\ngate_mode: random\narchitecture: mix\nshared_experts: [{source_model: %s}]\n"
+         "experts: [{source_model: %s}]\nexperts_per_token: 1\n", "1 shared experts): Mixtral needs no shared experts"},
+        {"base_model: %s\ngate_mode: random\narchitecture: qwen\nexperts: [{source_model: %s}, {source_model: %s}]\n",
+         "Qwen MoE needs exactly one shared expert; Qwen3 MoE needs qwen3 models"},
+        {"base_model: %s\ngate_mode: cheap_embed\narchitecture: Qwen MoE\nshared_experts: [{source_model: %s}]\n"
+         "experts: [{source_model: %s, positive_prompts: [a]}]\nexperts_per_token: 1\n",
+         "Qwen MoE needs positive_prompts on the shared expert"},
+        {"base_model: %s\ngate_mode: random\narchitecture: deep\nshared_experts: [{source_model: %s, "
+         "positive_prompts: [a]}]\nexperts: [{source_model: %s}]\nexperts_per_token: 1\n",
+         "DeepSeek MoE needs a shared expert without prompts"},
     };
     for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
         snprintf(yaml, sizeof yaml, k[i].fmt, test_data(BASE), i ? test_data(CODE) : bad, test_data(PROSE));
         struct alloy_err err = {0};
-        CHECK_MSG(assemble(yaml, out, 0, &err) != 0, "case %zu accepted", i);
+        CHECK_MSG(moe_assemble(yaml, out, 0, 0, 0, &err) != 0, "case %zu accepted", i);
         CHECK_MSG(strstr(err.msg, k[i].msg), "case %zu: '%s' lacks '%s'", i, err.msg, k[i].msg);
         CHECK(access(out, F_OK) != 0);
         CHECK_INT(test_leftovers(dir), 0);
@@ -369,8 +421,9 @@ TEST(moe_errors_leave_nothing_behind)
     CHECK(test_write_model(bad, &t, 1, qcfg) == 0);
     snprintf(yaml, sizeof yaml, k[0].fmt, test_data(BASE), bad, test_data(PROSE));
     struct alloy_err err = {0};
-    CHECK(assemble(yaml, out, 0, &err) != 0);
-    CHECK_STR_CONTAINS(err.msg, "model_type: expected llama or mistral for a Mixtral MoE");
+    CHECK(moe_assemble(yaml, out, 0, 0, 0, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "(model_type differing, 0 shared experts): Mixtral needs llama or mistral models of "
+                                "one model_type; DeepSeek MoE needs llama or mistral models of one model_type;");
 }
 
 TEST(moe_cli_and_mergekit_moe_alias)
@@ -416,8 +469,8 @@ TEST(moe_llama_residuals_are_the_residual_stream)
     struct alloy_llama_ws *ws = alloy_llama_ws_new(lm, 5, 1);
     float *taps = malloc((size_t)(L + 1) * H * sizeof *taps), *logits = malloc(5 * (size_t)V * sizeof *logits);
     size_t ne = 0, nn = 0, nl = 0;
-    float *emb = read_f32(test_data(BASE), "model.embed_tokens.weight", &ne);
-    float *norm = read_f32(test_data(BASE), "model.norm.weight", &nn), *head = read_f32(test_data(BASE), "lm_head.weight", &nl);
+    float *emb = moe_read_f32(test_data(BASE), "model.embed_tokens.weight", &ne);
+    float *norm = moe_read_f32(test_data(BASE), "model.norm.weight", &nn), *head = moe_read_f32(test_data(BASE), "lm_head.weight", &nl);
     CHECK(ws && taps && logits && emb && norm && head);
     if (ws && taps && logits && emb && norm && head) {
         alloy_llama_residuals(lm, ws, ids, 5, taps);
@@ -480,13 +533,13 @@ TEST(moe_hidden_gates_from_the_base_forward_pass)
              test_data(BASE), test_data(CODE), k_code[0], k_code[1], test_data(PROSE), k_prose[0], k_neg[0]);
     snprintf(out, sizeof out, "%s/hidden", test_tmpdir());
     struct alloy_err err = {0};
-    CHECK_MSG(assemble(yaml, out, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_assemble(yaml, out, 0, 0, 0, &err) == 0, "%s", err.msg);
     struct alloy_llama *lm = NULL;
     struct alloy_tokenizer *tok = NULL;
     snprintf(tokp, sizeof tokp, "%s/tokenizer.json", test_data(BASE));
     CHECK(alloy_llama_open(test_data(BASE), &lm, &err) == 0 && alloy_tokenizer_load(tokp, &tok, &err) == 0);
     size_t ne = 0;
-    float *emb = read_f32(test_data(BASE), "model.embed_tokens.weight", &ne);
+    float *emb = moe_read_f32(test_data(BASE), "model.embed_tokens.weight", &ne);
     for (int l = 0; lm && tok && emb && l < 4; l++) {
         double r0[128], r1[128];
         hidden_row(lm, tok, k_code, 2, NULL, 0, l, r0);
@@ -508,7 +561,7 @@ TEST(moe_hidden_gates_from_the_base_forward_pass)
         char name[100];
         size_t n = 0;
         snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
-        float *g = read_f32(out, name, &n);
+        float *g = moe_read_f32(out, name, &n);
         CHECK(g && n == 256);
         for (int j = 0; g && j < 128; j++) {
             CHECK_NEAR(g[j], r0[j], 1e-5);
@@ -528,7 +581,7 @@ TEST(moe_hidden_gates_from_the_base_forward_pass)
  *   dense: the Llama that equals it: with k = 2 an MLP of intermediate size 2F whose gate/up rows are
  *          code's then prose's and whose down columns are both halved; with k = 1 (the tie goes to the
  *          lower index, expert 0) the code MLP alone. */
-static int write_pair(const char *moe, const char *dense, int k)
+int moe_write_pair(const char *moe, const char *dense, int k)
 {
     static const char *const w[3] = {"gate_proj", "up_proj", "down_proj"};
     const int H = 128, F = 344, L = 4;
@@ -545,7 +598,7 @@ static int write_pair(const char *moe, const char *dense, int k)
 #define ADD(arr, cnt, nm_, nd_, d0, d1, data) \
     arr[cnt++] = (struct test_tensor){nm_, "F32", nd_, {d0, d1}, data}
     for (int i = 0; i < 3; i++) {
-        float *f = bufs[nb++] = read_f32(base, keep[i], &n);
+        float *f = bufs[nb++] = moe_read_f32(base, keep[i], &n);
         if (!f) return -1;
         long long d0 = i == 1 ? H : 260;
         ADD(mt, nm, keep[i], i == 1 ? 1 : 2, d0, i == 1 ? 0 : H, f);
@@ -559,7 +612,7 @@ static int write_pair(const char *moe, const char *dense, int k)
         for (int i = 0; i < 6; i++) {
             char *nmb = names[nb];
             snprintf(nmb, 96, "model.layers.%d.%s.weight", l, own[i]);
-            float *f = bufs[nb++] = read_f32(base, nmb, &n);
+            float *f = bufs[nb++] = moe_read_f32(base, nmb, &n);
             if (!f) return -1;
             ADD(mt, nm, nmb, sh[i][1] ? 2 : 1, sh[i][0], sh[i][1], f);
             ADD(dt, nd, nmb, sh[i][1] ? 2 : 1, sh[i][0], sh[i][1], f);
@@ -572,7 +625,7 @@ static int write_pair(const char *moe, const char *dense, int k)
             for (int j = 0; j < 3; j++) {
                 char nmx[96];
                 snprintf(nmx, sizeof nmx, "model.layers.%d.mlp.%s.weight", l, w[j]);
-                src[e][j] = bufs[nb] = read_f32(e ? prose : code, nmx, &n);
+                src[e][j] = bufs[nb] = moe_read_f32(e ? prose : code, nmx, &n);
                 if (!src[e][j]) return -1;
                 snprintf(names[nb], 96, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weight", l, e,
                          j == 0 ? 1 : j == 1 ? 3 : 2);
@@ -612,40 +665,19 @@ static int write_pair(const char *moe, const char *dense, int k)
 
 TEST(moe_eval_mixtral_equals_its_dense_equivalent)
 {
-    static const int32_t ids[32] = {256, 100, 101, 102, 32, 102, 40, 120, 41, 58, 10, 32, 32, 114, 101, 116,
-                                    117, 114, 110, 32, 120, 10, 73, 110, 32, 97, 32, 116, 105, 109, 101, 46};
     for (int k = 1; k <= 2; k++) {
         char moe[600], dense[600];
         snprintf(moe, sizeof moe, "%s/mixtral_k%d", test_tmpdir(), k);
         snprintf(dense, sizeof dense, "%s/dense_k%d", test_tmpdir(), k);
-        CHECK_INT(write_pair(moe, dense, k), 0);
-        struct alloy_llama *a = NULL, *b = NULL;
+        CHECK_INT(moe_write_pair(moe, dense, k), 0);
+        struct alloy_llama *a = NULL;
         struct alloy_err err = {0};
         CHECK_MSG(alloy_llama_open(moe, &a, &err) == 0, "%s", err.msg);
-        CHECK_MSG(alloy_llama_open(dense, &b, &err) == 0, "%s", err.msg);
-        if (!a || !b) {
-            alloy_llama_close(a);
-            alloy_llama_close(b);
-            return;
-        }
-        CHECK_INT(alloy_llama_cfg(a)->n_experts, 2);
-        CHECK_INT(alloy_llama_cfg(a)->experts_per_tok, k);
-        struct alloy_llama_ws *wa = alloy_llama_ws_new(a, 16, 2), *wb = alloy_llama_ws_new(b, 16, 2);
-        float *la = malloc(32 * 260 * sizeof *la), *lb = malloc(32 * 260 * sizeof *lb);
-        CHECK(wa && wb && la && lb);
-        if (wa && wb && la && lb) {
-            alloy_llama_logits(a, wa, ids, 2, 16, la);
-            alloy_llama_logits(b, wb, ids, 2, 16, lb);
-            double worst = 0;
-            for (int i = 0; i < 32 * 260; i++) worst = fmax(worst, fabs(la[i] - lb[i]));
-            CHECK_MSG(worst < 2e-4, "k=%d: logits differ by %g", k, worst);
-        }
-        alloy_llama_ws_free(wa);
-        alloy_llama_ws_free(wb);
-        free(la);
-        free(lb);
+        if (a) CHECK_INT(alloy_llama_cfg(a)->n_experts, 2);
+        if (a) CHECK_INT(alloy_llama_cfg(a)->experts_per_tok, k);
         alloy_llama_close(a);
-        alloy_llama_close(b);
+        double worst = moe_logit_gap(moe, dense);
+        CHECK_MSG(worst < 2e-4, "k=%d: logits differ by %g", k, worst);
     }
 }
 

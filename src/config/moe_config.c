@@ -12,8 +12,9 @@
  *                                 negative_prompts, noise_scale, residual_scale}]
  *
  *   with config.c's typed access, then applies mergekit's checks that need
- *   no model (moe/config.py is_bad_config). The checks that need the models
- *   (same architecture, same shapes) are the assembler's (moe/assemble.c).
+ *   no model (moe/config.py is_bad_config; shared experts' prompts on all or
+ *   none, as scripts/moe.py asserts). The checks that need the models (the
+ *   output architecture, same shapes) are the assembler's (engine/moe.c).
  */
 #include "core/internal.h"
 #include "config/moe_config.h"
@@ -163,6 +164,11 @@ static int same_prompts(const struct alloy_moe_expert *a, const struct alloy_moe
 static int validate(struct cfgp *P, const struct ynode *root, struct alloy_moe_config *c, int allow_crimes)
 {
     const struct ynode *k = alloy_cfg_map_val(root, "experts_per_token"); /* absent: the default 2 */
+    for (size_t i = 1; i < c->nshared; i++) /* mergekit's build(): all or none */
+        if (!c->shared[i].npositive != !c->shared[0].npositive)
+            return alloy_cfg_err(P, ALLOY_ERR_CONFIG, c->shared[i].pos, "positive_prompts", "expected prompts on "
+                                 "every shared expert or on none, found them on shared_experts[%zu] only",
+                                 c->shared[0].npositive ? (size_t)0 : i);
     if ((size_t)c->experts_per_token > c->nexperts)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, k ? k->pos : root->pos, "experts_per_token", "expected at most "
                              "the %zu experts, found %d", c->nexperts, c->experts_per_token);

@@ -27,7 +27,7 @@
 enum alloy_rope_kind { ALLOY_ROPE_DEFAULT = 0, ALLOY_ROPE_LINEAR, ALLOY_ROPE_LLAMA3 };
 
 struct alloy_llama_config {
-    char   model_type[16];          /* "llama", "mistral", "mixtral", "qwen2" */
+    char   model_type[16];          /* "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "deepseek" */
     int    vocab_size, hidden_size, intermediate_size;
     int    num_layers, num_heads, num_kv_heads, head_dim;
     int    max_position_embeddings;
@@ -40,7 +40,9 @@ struct alloy_llama_config {
     int    tie_word_embeddings;
     int    sliding_window;          /* 0: full causal attention */
     int    bos_token_id;            /* -1: none */
-    int    n_experts, experts_per_tok; /* mixtral: experts per layer and per token; 0: dense MLPs */
+    int    n_experts, experts_per_tok; /* mixtral, qwen2_moe, deepseek: experts per layer and per token; 0: dense */
+    int    norm_topk_prob;          /* 1: the chosen experts' weights renormalised to sum 1 (Mixtral always) */
+    int    shared_expert;           /* 1: a shared expert (qwen2_moe: behind a sigmoid gate; deepseek: ungated) */
 };
 
 /* Parses config.json text; `label` (the file path) prefixes every error. */
@@ -79,6 +81,13 @@ void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, 
  * which HF gives after the final norm. What MoE routers are initialised from (engine/moe_gates.c). */
 void alloy_llama_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
                            float *out);
+/* The same states summed over every position of the sequence (mergekit's hidden_avg averages them). */
+void alloy_llama_residual_sums(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
+                               float *out);
+/* The residual stream of token `id` at a position whose attention is fully masked out (a left-padding
+ * position under PyTorch's SDPA, whose output for such a row is 0): each layer adds only o_proj's bias and
+ * its MLP. Same layout as alloy_llama_residuals. */
+void alloy_llama_unattended_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, int32_t id, float *out);
 
 /* Same forward pass, reduced to the negative log-likelihood: for sequence s
  * and each position t with targets[s*len+t] >= 0, adds

@@ -176,11 +176,13 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
         goto done;
     }
     const char *type = json_string_value(mt);
-    int is_llama = strcmp(type, "llama") == 0, is_mixtral = strcmp(type, "mixtral") == 0,
-        is_mistral = is_mixtral || strcmp(type, "mistral") == 0, is_qwen2 = strcmp(type, "qwen2") == 0;
+    int is_deepseek = strcmp(type, "deepseek") == 0, is_llama = is_deepseek || strcmp(type, "llama") == 0,
+        is_mixtral = strcmp(type, "mixtral") == 0,
+        is_mistral = is_mixtral || strcmp(type, "mistral") == 0, is_qmoe = strcmp(type, "qwen2_moe") == 0,
+        is_qwen2 = is_qmoe || strcmp(type, "qwen2") == 0;
     if (!is_llama && !is_mistral && !is_qwen2) {
         rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, "
-                           "mixtral, qwen2 are)", label, type);
+                           "mixtral, qwen2, qwen2_moe, deepseek are)", label, type);
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", type);
@@ -238,8 +240,19 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
     } else {
         if ((rc = cfg_int(root, label, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, err))) goto done;
     }
+    c->norm_topk_prob = 1;
     if (is_mixtral && ((rc = cfg_int(root, label, "num_local_experts", -1, 1, 1024, &c->n_experts, err)) ||
                        (rc = cfg_int(root, label, "num_experts_per_tok", 2, 1, c->n_experts, &c->experts_per_tok, err))))
+        goto done;
+    if (is_qmoe && ((rc = cfg_int(root, label, "num_experts", 60, 1, 1024, &c->n_experts, err)) ||
+                    (rc = cfg_int(root, label, "num_experts_per_tok", 4, 1, c->n_experts, &c->experts_per_tok, err)) ||
+                    (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+                    (rc = alloy_llama_moe_check(root, label, c, err))))
+        goto done;
+    if (is_deepseek && ((rc = cfg_int(root, label, "n_routed_experts", -1, 1, 1024, &c->n_experts, err)) ||
+                        (rc = cfg_int(root, label, "num_experts_per_tok", -1, 1, c->n_experts, &c->experts_per_tok, err)) ||
+                        (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+                        (rc = alloy_llama_moe_check(root, label, c, err))))
         goto done;
     const json_t *bos = json_object_get(root, "bos_token_id");
     c->bos_token_id = -1;
@@ -262,8 +275,8 @@ static void shape_str(const int64_t *s, int nd, char *buf, size_t n)
 
 /* Checks tensor `name` (shape [d0], d1 < 0, or [d0, d1], a float dtype) and
  * converts it into dst; dst NULL only checks. */
-static int load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0, int64_t d1,
-                       float *dst, struct alloy_err *err)
+int alloy_llama_load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0,
+                            int64_t d1, float *dst, struct alloy_err *err)
 {
     int64_t want[2] = {d0, d1};
     int nd = d1 < 0 ? 1 : 2;
@@ -331,7 +344,7 @@ static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, co
 #define PTR(field) do { if (arena) (field) = arena + off; } while (0)
 #define LOAD(nm, d0, d1)                                                                                 \
     do {                                                                                                 \
-        if ((rc = load_tensor(mod, dir, nm, d0, d1, arena ? arena + off : NULL, err))) return rc;        \
+        if ((rc = alloy_llama_load_tensor(mod, dir, nm, d0, d1, arena ? arena + off : NULL, err))) return rc;        \
         off += (uint64_t)(d0) * ((d1) < 0 ? 1u : (uint64_t)(d1));                                        \
     } while (0)
 #define LLOAD(suffix, d0, d1)                                                                            \
@@ -357,19 +370,8 @@ static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, co
         }
         PTR(L->wo); LLOAD("self_attn.o_proj.weight", H, Q);
         if (c->o_bias) { PTR(L->bo); LLOAD("self_attn.o_proj.bias", H, -1); }
-        if (c->n_experts) { /* Mixtral: router, every expert's w1 and w3, then every w2 */
-            char sub[96];
-            PTR(L->router); LLOAD("block_sparse_moe.gate.weight", c->n_experts, H);
-            PTR(L->wgu);
-            for (int e = 0; e < 2 * c->n_experts; e++) {
-                snprintf(sub, sizeof sub, "block_sparse_moe.experts.%d.w%d.weight", e / 2, e % 2 ? 3 : 1);
-                LLOAD(sub, F, H);
-            }
-            PTR(L->wdown);
-            for (int e = 0; e < c->n_experts; e++) {
-                snprintf(sub, sizeof sub, "block_sparse_moe.experts.%d.w2.weight", e);
-                LLOAD(sub, H, F);
-            }
+        if (c->n_experts) { /* router, experts (llama_moe.c) */
+            if ((rc = alloy_llama_moe_load(m, mod, dir, l, arena, &off, err))) return rc;
             continue;
         }
         PTR(L->wgu);
@@ -702,11 +704,25 @@ static void ffn(const struct alloy_llama *m, const float *wgu, const float *bgu,
     linear(act, wdown, bdown, y, T, H, F);
 }
 
+/* What forward_hidden's taps receive: the last position's states, or their sum over the positions; the
+ * sum with every position's attention masked out (each row attends to nothing, its attention output 0). */
+enum tap_mode { TAP_LAST, TAP_SUM, TAP_UNATTENDED };
+
+static void tap(float *dst, const float *h, size_t n, size_t H, enum tap_mode mode)
+{
+    if (mode == TAP_LAST) {
+        memcpy(dst, h + (n - 1) * H, H * sizeof(float));
+        return;
+    }
+    memset(dst, 0, H * sizeof(float));
+    for (size_t t = 0; t < n; t++) add_inplace(dst, h + t * H, H);
+}
+
 /* Runs the layers; leaves the final-normed hidden states [nseq*len][H] in ws->a. taps (NULL: none)
- * receives the residual stream of the last position of sequence 0 entering each layer and after the
- * last one, [(num_layers + 1) * H]. */
+ * receives the residual stream of sequence 0 (per `mode`) entering each layer and after the last one,
+ * [(num_layers + 1) * H]. */
 static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
-                           int len, float *taps)
+                           int len, float *taps, enum tap_mode mode)
 {
     const struct alloy_llama_config *c = &m->cfg;
     size_t T = (size_t)nseq * (size_t)len, H = (size_t)c->hidden_size;
@@ -718,7 +734,7 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
     for (size_t t = 0; t < T; t++) memcpy(ws->h + t * H, m->embed + (size_t)ids[t] * H, H * sizeof(float));
     for (int l = 0; l < c->num_layers; l++) {
         const struct llama_layer *L = &m->layers[l];
-        if (taps) memcpy(taps + (size_t)l * H, ws->h + (n - 1) * H, H * sizeof(float));
+        if (taps) tap(taps + (size_t)l * H, ws->h, n, H, mode);
         rmsnorm(ws->h, L->attn_norm, ws->a, T, H, eps);
         linear(ws->a, L->wqkv, L->bqkv, ws->qkv, T, QKV, H);
         for (size_t t = 0; t < T; t++) {
@@ -727,7 +743,8 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
             const float *cr = ws->cos + pos * half, *sr = ws->sin + pos * half;
             for (size_t j = 0; j < nh + nkv; j++) rope(row + j * hd, cr, sr, half); /* q heads, then k heads */
         }
-        for (size_t s = 0; s < (size_t)nseq; s++) {
+        if (mode == TAP_UNATTENDED) memset(ws->att, 0, T * Q * sizeof(float));
+        for (size_t s = 0; s < (size_t)nseq && mode != TAP_UNATTENDED; s++) {
             const float *base = ws->qkv + s * n * QKV;
             for (size_t j = 0; j < nh; j++) {
                 size_t kvh = j / group;
@@ -757,20 +774,31 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
         else ffn(m, L->wgu, L->bgu, L->wdown, L->bdown, ws->a, ws->gu, ws->act, ws->a, T);
         add_inplace(ws->h, ws->a, T * H);
     }
-    if (taps) memcpy(taps + (size_t)c->num_layers * H, ws->h + (n - 1) * H, H * sizeof(float));
+    if (taps) tap(taps + (size_t)c->num_layers * H, ws->h, n, H, mode);
     rmsnorm(ws->h, m->norm, ws->a, T, H, eps);
 }
 
 void alloy_llama_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
                            float *out)
 {
-    forward_hidden(m, ws, ids, 1, len, out);
+    forward_hidden(m, ws, ids, 1, len, out, TAP_LAST);
+}
+
+void alloy_llama_residual_sums(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int len,
+                               float *out)
+{
+    forward_hidden(m, ws, ids, 1, len, out, TAP_SUM);
+}
+
+void alloy_llama_unattended_residuals(const struct alloy_llama *m, struct alloy_llama_ws *ws, int32_t id, float *out)
+{
+    forward_hidden(m, ws, &id, 1, 1, out, TAP_UNATTENDED);
 }
 
 void alloy_llama_logits(const struct alloy_llama *m, struct alloy_llama_ws *ws, const int32_t *ids, int nseq,
                         int len, float *logits)
 {
-    forward_hidden(m, ws, ids, nseq, len, NULL);
+    forward_hidden(m, ws, ids, nseq, len, NULL, TAP_LAST);
     linear(ws->a, m->lm_head, NULL, logits, (size_t)nseq * (size_t)len, (size_t)m->cfg.vocab_size,
            (size_t)m->cfg.hidden_size);
 }
@@ -779,7 +807,7 @@ void alloy_llama_nll(const struct alloy_llama *m, struct alloy_llama_ws *ws, con
                      const int32_t *targets, int nseq, int len, double *nll_sum)
 {
     size_t T = (size_t)nseq * (size_t)len, V = (size_t)m->cfg.vocab_size, H = (size_t)m->cfg.hidden_size;
-    forward_hidden(m, ws, ids, nseq, len, NULL);
+    forward_hidden(m, ws, ids, nseq, len, NULL, TAP_LAST);
     /* Only the rows that are scored go through the head: gather them in chunks. */
     for (size_t t0 = 0; t0 < T;) {
         size_t rows = 0, idx[LOGIT_ROWS];

@@ -1,6 +1,6 @@
 /*
  * llama_impl.h — the Llama model and workspace layout shared by llama.c
- * (dense forward pass) and llama_moe.c (Mixtral's sparse MoE block).
+ * (dense forward pass) and llama_moe.c (the sparse MoE blocks of Mixtral, Qwen2-MoE and DeepSeek-MoE).
  * Private to src/eval/.
  */
 #ifndef ALLOY_LLAMA_IMPL_H
@@ -8,7 +8,9 @@
 
 #include "eval/eval.h"
 
+#include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct llama_layer {
     const float *attn_norm, *ffn_norm;
@@ -16,7 +18,8 @@ struct llama_layer {
     const float *wo, *bo;     /* [H][nh hd] */
     const float *wgu, *bgu;   /* [2 F][H]: gate rows, then up rows; Mixtral: [E][2 F][H], w1 rows then w3 rows */
     const float *wdown, *bdown; /* [H][F]; Mixtral: [E][H][F] (w2) */
-    const float *router;      /* Mixtral: [E][H] (block_sparse_moe.gate), else NULL */
+    const float *router;      /* Mixtral / Qwen2-MoE: [E][H] (block_sparse_moe.gate, mlp.gate), else NULL */
+    const float *swgu, *swdown, *sgate; /* the shared expert: [2 F][H], [H][F]; Qwen2-MoE's gate [H] (else NULL) */
 };
 
 struct alloy_llama {
@@ -45,6 +48,18 @@ typedef void (*llama_ffn_fn)(const struct alloy_llama *m, const float *wgu, cons
  * output left in ws->a. */
 void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer *L, struct alloy_llama_ws *ws,
                            size_t T, llama_ffn_fn ffn);
+/* Checks tensor `name` of mod (shape [d0], d1 < 0, or [d0, d1], a float dtype) and converts it into dst;
+ * dst NULL only checks (llama.c). */
+int alloy_llama_load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0,
+                            int64_t d1, float *dst, struct alloy_err *err);
+/* Layer l's MoE weights into arena + *off, advancing *off (arena NULL: only checks): the router, every
+ * expert's gate and up rows, every expert's down, and Qwen2-MoE's shared expert and its gate (llama_moe.c). */
+int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, const char *dir, int l, float *arena,
+                         uint64_t *off, struct alloy_err *err);
+/* Checks a qwen2_moe or deepseek config.json (root) is one the evaluator runs: every layer sparse, experts
+ * and at most one shared expert of intermediate_size (as mergekit-moe writes them); sets c->shared_expert
+ * (and, for DeepSeek, which renormalises only when it keeps several experts, c->norm_topk_prob). */
+int alloy_llama_moe_check(const json_t *root, const char *label, struct alloy_llama_config *c, struct alloy_err *err);
 /* Allocates the workspace's MoE buffers for T tokens; 0, or -1 when out of memory. */
 int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T);
 

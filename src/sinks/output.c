@@ -38,7 +38,7 @@ static int write_json(const char *dir, const char *name, json_t *root, struct al
     return rc;
 }
 
-static int write_index(const struct alloy_plan *p, const char *dir, struct alloy_err *err)
+int alloy_output_write_index(const struct alloy_plan *p, const char *dir, struct alloy_err *err)
 {
     json_t *root = json_object(), *meta = json_object(), *wm = json_object();
     json_object_set_new(meta, "total_size", json_integer((json_int_t)p->total_bytes));
@@ -375,7 +375,7 @@ int alloy_output_write_files(const struct alloy_plan *p, const struct alloy_merg
                              struct alloy_err *err)
 {
     int rc = ALLOY_OK;
-    if (p->nshards > 1) rc = write_index(p, dir, err);
+    if (p->nshards > 1) rc = alloy_output_write_index(p, dir, err);
     if (!rc) rc = write_config(p, dir, err);
     if (!rc) rc = copy_tokenizer(p, o, dir, err);
     if (!rc && o->write_model_card) {

@@ -11,6 +11,9 @@
 int alloy_output_write_files(const struct alloy_plan *p, const struct alloy_merge_options *o, const char *dir,
                              struct alloy_err *err);
 
+/* model.safetensors.index.json for p's shards (names, shard files, total size) into dir. */
+int alloy_output_write_index(const struct alloy_plan *p, const char *dir, struct alloy_err *err);
+
 /* The output's config.json text (the donor's, with dtype and layer count updated), malloc'd. */
 int alloy_output_config_text(const struct alloy_plan *p, char **out, struct alloy_err *err);
 
