@@ -26,138 +26,7 @@
 #include <stdio.h>
 #include <yaml.h>
 
-#define MAX_COPY_BYTES ((size_t)64 << 20) /* string bytes copied into the result */
 #define KEY_MAX 256 /* a key path in messages: slices[0].sources[1].parameters.weight */
-
-/* ---------------------------------------------------------------- typed access */
-
-/* Charges one visit (and copied bytes) to the stage-2 budgets. */
-static int charge(struct cfgp *P, const struct ynode *n, size_t bytes)
-{
-    if (++P->work > ALLOY_CONFIG_MAX_EXPAND || (P->bytes += bytes) > MAX_COPY_BYTES)
-        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, NULL, "the config expands (through aliases) to more than %zu values "
-                    "or %zu bytes", (size_t)ALLOY_CONFIG_MAX_EXPAND, MAX_COPY_BYTES);
-    return 0;
-}
-
-/* A short description of a value for "found ..." in messages. */
-static const char *describe(const struct ynode *n, char *buf, size_t size)
-{
-    double v;
-    if (n->kind == Y_SEQ) return n->n ? "a list" : "an empty list";
-    if (n->kind == Y_MAP) return "a mapping";
-    switch (alloy_yaml_scalar_type(n, &v)) {
-    case ALLOY_YAML_NULL: return "null (an empty value)";
-    case ALLOY_YAML_BOOL: snprintf(buf, size, "the boolean %s", n->text); break;
-    case ALLOY_YAML_INT:
-    case ALLOY_YAML_FLOAT: snprintf(buf, size, "the number %.60s", n->text); break;
-    default: snprintf(buf, size, "'%.40s%s'", n->text, n->len > 40 ? "..." : ""); break;
-    }
-    return buf;
-}
-
-/* A string value. Null gives *out = NULL (an absent optional key). */
-static int get_string(struct cfgp *P, const struct ynode *n, const char *key, char **out)
-{
-    char d[96];
-    *out = NULL;
-    if (n->kind != Y_SCALAR)
-        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a string, found %s", describe(n, d, sizeof d));
-    if (charge(P, n, n->len + 1)) return (int)P->err->status;
-    if (alloy_yaml_scalar_type(n, NULL) == ALLOY_YAML_NULL) return 0;
-    if (!(*out = alloy_xstrdup(n->text))) return alloy_cfg_nomem(P);
-    return 0;
-}
-
-/* The value mergekit would get for a float field: YAML numbers and booleans,
- * and strings pydantic can convert. -1 otherwise (no message). */
-static int to_number(const struct ynode *n, double *out)
-{
-    if (n->kind != Y_SCALAR) return -1;
-    int t = alloy_yaml_scalar_type(n, out);
-    if (t == ALLOY_YAML_BOOL || t == ALLOY_YAML_INT || t == ALLOY_YAML_FLOAT) return 0;
-    if (t == ALLOY_YAML_STR && alloy_yaml_coerce_number(n->text, n->len, out) == 0) return 0;
-    return -1;
-}
-
-static int get_number(struct cfgp *P, const struct ynode *n, const char *key, double *out)
-{
-    char d[96];
-    if (charge(P, n, 0)) return (int)P->err->status;
-    if (to_number(n, out) == 0) return 0;
-    return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a number, found %s", describe(n, d, sizeof d));
-}
-
-static int is_null(const struct ynode *n) { return n->kind == Y_SCALAR && alloy_yaml_scalar_type(n, NULL) == ALLOY_YAML_NULL; }
-
-/* Value of key `name` in mapping m, or NULL. */
-static struct ynode *map_get(const struct ynode *m, const char *name)
-{
-    for (size_t i = 0; i + 1 < m->n; i += 2)
-        if (strcmp(m->kids[i]->text, name) == 0) return m->kids[i + 1];
-    return NULL;
-}
-
-/* Like map_get, but a null value counts as absent. */
-static struct ynode *map_val(const struct ynode *m, const char *name)
-{
-    struct ynode *v = map_get(m, name);
-    return v && !is_null(v) ? v : NULL;
-}
-
-static size_t edit_distance(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b), row[40];
-    if (la >= 40 || lb >= 40) return 99;
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j];
-            size_t best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    return row[lb];
-}
-
-/* m must be a mapping whose keys are all in `allowed` (NULL-terminated). */
-static int check_map(struct cfgp *P, const struct ynode *m, const char *key, const char *where,
-                     const char *const *allowed)
-{
-    char d[96];
-    if (m->kind != Y_MAP)
-        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, m->pos, key, "expected a mapping, found %s", describe(m, d, sizeof d));
-    if (charge(P, m, 0)) return (int)P->err->status;
-    for (size_t i = 0; i < m->n; i += 2) {
-        const struct ynode *k = m->kids[i];
-        const char *const *a = allowed;
-        while (*a && strcmp(*a, k->text) != 0) a++;
-        if (*a) continue;
-        char list[256] = "", hint[96] = "";
-        size_t used = 0;
-        for (a = allowed; *a; a++) {
-            used += (size_t)snprintf(list + used, used < sizeof list ? sizeof list - used : 0, "%s%s",
-                                     a == allowed ? "" : ", ", *a);
-            if (used >= sizeof list) break;
-            if (!hint[0] && edit_distance(k->text, *a) <= 2) snprintf(hint, sizeof hint, "; did you mean '%s'?", *a);
-        }
-        char shown[64];
-        snprintf(shown, sizeof shown, "%.60s", k->text);
-        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, k->pos, NULL, "unknown key '%s' in %s (expected one of: %s)%s", shown, where,
-                    list, hint);
-    }
-    return 0;
-}
-
-static int missing(struct cfgp *P, const struct ynode *m, const char *where, const char *name)
-{
-    return alloy_cfg_err(P, ALLOY_ERR_CONFIG, m->pos, NULL, "%s: missing required key '%s'", where, name);
-}
 
 /* ---------------------------------------------------------------- model references */
 
@@ -198,10 +67,10 @@ static int model_path(struct cfgp *P, const struct ynode *n, const char *key, co
 /* {model: ..., lora: ADAPTER}: the reference becomes MODEL+ADAPTER (null: no adapter). */
 static int add_lora(struct cfgp *P, const struct ynode *v, const char *key, char **out)
 {
-    if (!v || is_null(v) || !*out) return 0;
+    if (!v || alloy_cfg_is_null(v) || !*out) return 0;
     if (v->kind != Y_SCALAR || !v->len || strchr(v->text, '+') || strchr(*out, '+'))
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, key, "expected the path of a LoRA adapter folder");
-    if (charge(P, v, v->len + 1)) return (int)P->err->status;
+    if (alloy_cfg_charge(P, v, v->len + 1)) return (int)P->err->status;
     char *both = alloy_xasprintf("%s+%s", *out, v->text);
     if (!both) return alloy_cfg_nomem(P);
     free(*out);
@@ -221,8 +90,8 @@ static int model_ref_body(struct cfgp *P, const struct ynode *n, const char *key
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a model reference (PATH[@REVISION] or "
                     "{model: {path, revision}}), found a list");
     if (n->kind == Y_SCALAR) {
-        if (charge(P, n, n->len + 1)) return (int)P->err->status;
-        if (is_null(n)) return 0;
+        if (alloy_cfg_charge(P, n, n->len + 1)) return (int)P->err->status;
+        if (alloy_cfg_is_null(n)) return 0;
         const char *plus = strchr(n->text, '+');
         if (plus && strchr(plus + 1, '+'))
             return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "can't parse model reference '%.200s': more than one '+' "
@@ -230,27 +99,27 @@ static int model_ref_body(struct cfgp *P, const struct ynode *n, const char *key
         return model_path(P, n, key, n->text, n->len, out);
     }
     snprintf(sub, sizeof sub, "%.180s", key);
-    if (check_map(P, n, key, sub, ref_keys)) return (int)P->err->status;
+    if (alloy_cfg_check_map(P, n, key, sub, ref_keys)) return (int)P->err->status;
     const struct ynode *v;
     snprintf(sub, sizeof sub, "%.180s.override_architecture", key);
-    if ((v = map_val(n, "override_architecture")))
+    if ((v = alloy_cfg_map_val(n, "override_architecture")))
         return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, sub, "override_architecture is not supported yet");
-    const struct ynode *m = map_val(n, "model");
+    const struct ynode *m = alloy_cfg_map_val(n, "model");
     snprintf(sub, sizeof sub, "%.180s.model", key);
-    if (!m) return missing(P, n, key, "model");
+    if (!m) return alloy_cfg_missing(P, n, key, "model");
     if (m->kind == Y_SCALAR) {
-        if (charge(P, m, m->len + 1)) return (int)P->err->status;
+        if (alloy_cfg_charge(P, m, m->len + 1)) return (int)P->err->status;
         return model_path(P, m, sub, m->text, m->len, out);
     }
-    if (check_map(P, m, sub, sub, path_keys)) return (int)P->err->status;
+    if (alloy_cfg_check_map(P, m, sub, sub, path_keys)) return (int)P->err->status;
     char *path = NULL, *rev = NULL;
-    const struct ynode *pn = map_val(m, "path"), *rn = map_val(m, "revision");
-    if (!pn) return missing(P, m, sub, "path");
+    const struct ynode *pn = alloy_cfg_map_val(m, "path"), *rn = alloy_cfg_map_val(m, "revision");
+    if (!pn) return alloy_cfg_missing(P, m, sub, "path");
     char pk[KEY_MAX], rk[KEY_MAX];
     snprintf(pk, sizeof pk, "%.180s.path", sub);
     snprintf(rk, sizeof rk, "%.180s.revision", sub);
-    if (get_string(P, pn, pk, &path)) return (int)P->err->status;
-    if (rn && get_string(P, rn, rk, &rev)) { free(path); return (int)P->err->status; }
+    if (alloy_cfg_get_string(P, pn, pk, &path)) return (int)P->err->status;
+    if (rn && alloy_cfg_get_string(P, rn, rk, &rev)) { free(path); return (int)P->err->status; }
     int rc = 0;
     if (strchr(path, '@'))
         rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, pn->pos, pk, "'%.200s' contains '@'; give the revision under revision:", path);
@@ -258,7 +127,7 @@ static int model_ref_body(struct cfgp *P, const struct ynode *n, const char *key
         rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, pn->pos, pk, "the model path is empty");
     else if (rev && (!rev[0] || strchr(rev, '@')))
         rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, rn->pos, rk, "expected a revision (branch, tag or commit), found %s",
-                  describe(rn, d, sizeof d));
+                  alloy_cfg_describe(rn, d, sizeof d));
     else if (rev && !(*out = alloy_xasprintf("%s@%s", path, rev)))
         rc = alloy_cfg_nomem(P);
     else if (!rev) { *out = path; path = NULL; }
@@ -273,7 +142,7 @@ static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, cha
     if (rc || n->kind == Y_SCALAR) return rc;
     char lkey[KEY_MAX];
     snprintf(lkey, sizeof lkey, "%.180s.lora", key);
-    rc = add_lora(P, map_val(n, "lora"), lkey, out);
+    rc = add_lora(P, alloy_cfg_map_val(n, "lora"), lkey, out);
     if (rc) {
         free(*out);
         *out = NULL;
@@ -284,8 +153,8 @@ static int model_ref(struct cfgp *P, const struct ynode *n, const char *key, cha
 /* A model reference that must be present and not null. */
 static int required_ref(struct cfgp *P, const struct ynode *m, const char *where, const char *key, char **out)
 {
-    const struct ynode *v = map_get(m, "model");
-    if (!v) return missing(P, m, where, "model");
+    const struct ynode *v = alloy_cfg_map_get(m, "model");
+    if (!v) return alloy_cfg_missing(P, m, where, "model");
     if (model_ref(P, v, key, out)) return (int)P->err->status;
     if (!*out)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, key, "expected a model reference (PATH[@REVISION]), found null");
@@ -301,11 +170,11 @@ static int scalar_or_gradient(struct cfgp *P, const struct ynode *n, const char 
     out->pos = n->pos;
     if (n->kind == Y_SCALAR) {
         out->kind = ALLOY_SETTING_SCALAR;
-        return get_number(P, n, key, &out->value);
+        return alloy_cfg_get_number(P, n, key, &out->value);
     }
     if (n->kind != Y_SEQ || n->n == 0)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a number or a list of numbers, found %s",
-                    describe(n, d, sizeof d));
+                    alloy_cfg_describe(n, d, sizeof d));
     out->kind = ALLOY_SETTING_GRADIENT;
     if (!(out->grad = alloy_xcalloc(n->n, sizeof *out->grad))) return alloy_cfg_nomem(P);
     out->ngrad = n->n;
@@ -313,8 +182,8 @@ static int scalar_or_gradient(struct cfgp *P, const struct ynode *n, const char 
         snprintf(ik, sizeof ik, "%.180s[%zu]", key, i);
         if (n->kids[i]->kind != Y_SCALAR)
             return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->kids[i]->pos, ik, "a gradient is a list of numbers, found %s",
-                        describe(n->kids[i], d, sizeof d));
-        if (get_number(P, n->kids[i], ik, &out->grad[i])) return (int)P->err->status;
+                        alloy_cfg_describe(n->kids[i], d, sizeof d));
+        if (alloy_cfg_get_number(P, n->kids[i], ik, &out->grad[i])) return (int)P->err->status;
     }
     return 0;
 }
@@ -345,12 +214,12 @@ static int setting(struct cfgp *P, const struct ynode *n, const char *key, struc
         if (e->kind != Y_MAP)
             return alloy_cfg_err(P, ALLOY_ERR_CONFIG, e->pos, ik, "a list holds either numbers (a gradient) or {filter, value} "
                         "entries, not both");
-        if (check_map(P, e, ik, ik, cond_keys)) return (int)P->err->status;
+        if (alloy_cfg_check_map(P, e, ik, ik, cond_keys)) return (int)P->err->status;
         struct alloy_cond *c = &out->conds[out->nconds++];
-        const struct ynode *f = map_val(e, "filter"), *v = map_get(e, "value");
-        if (!v) return missing(P, e, ik, "value");
+        const struct ynode *f = alloy_cfg_map_val(e, "filter"), *v = alloy_cfg_map_get(e, "value");
+        if (!v) return alloy_cfg_missing(P, e, ik, "value");
         snprintf(vk, sizeof vk, "%.180s.filter", ik);
-        if (f && get_string(P, f, vk, &c->filter)) return (int)P->err->status;
+        if (f && alloy_cfg_get_string(P, f, vk, &c->filter)) return (int)P->err->status;
         snprintf(vk, sizeof vk, "%.180s.value", ik);
         if (v->kind == Y_MAP || (v->kind == Y_SEQ && v->n && v->kids[0]->kind == Y_MAP))
             return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, vk, "expected a number or a list of numbers (conditional entries "
@@ -363,10 +232,10 @@ static int setting(struct cfgp *P, const struct ynode *n, const char *key, struc
 static int params(struct cfgp *P, const struct ynode *n, const char *key, struct alloy_params *out)
 {
     char d[96], pk[KEY_MAX];
-    if (!n || is_null(n)) return 0;
+    if (!n || alloy_cfg_is_null(n)) return 0;
     if (n->kind != Y_MAP)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a mapping of parameter names to values, found %s",
-                    describe(n, d, sizeof d));
+                    alloy_cfg_describe(n, d, sizeof d));
     size_t cnt = n->n / 2;
     if (!cnt) return 0;
     out->names = alloy_xcalloc(cnt, sizeof *out->names);
@@ -375,7 +244,7 @@ static int params(struct cfgp *P, const struct ynode *n, const char *key, struct
     if (!out->names || !out->values || !out->pos) return alloy_cfg_nomem(P);
     for (size_t i = 0; i < cnt; i++) {
         const struct ynode *k = n->kids[2 * i], *v = n->kids[2 * i + 1];
-        if (charge(P, k, k->len + 1)) return (int)P->err->status;
+        if (alloy_cfg_charge(P, k, k->len + 1)) return (int)P->err->status;
         if (!(out->names[i] = alloy_xstrdup(k->text))) return alloy_cfg_nomem(P);
         out->pos[i] = k->pos;
         out->n = i + 1;
@@ -403,7 +272,7 @@ static const struct ynode *expect_list(struct cfgp *P, const struct ynode *n, co
 {
     char d[96];
     if (n->kind != Y_SEQ) {
-        alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a list of %s, found %s", what, describe(n, d, sizeof d));
+        alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a list of %s, found %s", what, alloy_cfg_describe(n, d, sizeof d));
         return NULL;
     }
     if (n->n == 0) {
@@ -426,13 +295,13 @@ static int models_list(struct cfgp *P, const struct ynode *n, struct alloy_confi
     for (size_t i = 0; i < n->n; i++) {
         const struct ynode *e = n->kids[i];
         snprintf(ek, sizeof ek, "models[%zu]", i);
-        if (check_map(P, e, ek, ek, keys)) return (int)P->err->status;
+        if (alloy_cfg_check_map(P, e, ek, ek, keys)) return (int)P->err->status;
         struct alloy_source *src = &s->sources[s->nsources++];
         src->pos = e->pos;
         snprintf(sub, sizeof sub, "%.180s.model", ek);
         if (required_ref(P, e, ek, sub, &src->model)) return (int)P->err->status;
         snprintf(sub, sizeof sub, "%.180s.parameters", ek);
-        if (params(P, map_get(e, "parameters"), sub, &src->params)) return (int)P->err->status;
+        if (params(P, alloy_cfg_map_get(e, "parameters"), sub, &src->params)) return (int)P->err->status;
     }
     return 0;
 }
@@ -442,7 +311,7 @@ static int layer_range(struct cfgp *P, const struct ynode *n, const char *key, l
     char d[96], ik[KEY_MAX];
     if (n->kind != Y_SEQ)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected [start, end] (two layer indices, end exclusive), "
-                    "found %s", describe(n, d, sizeof d));
+                    "found %s", alloy_cfg_describe(n, d, sizeof d));
     if (n->n != 2)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected [start, end] (two layer indices, end exclusive), "
                     "found a list of %zu", n->n);
@@ -450,10 +319,10 @@ static int layer_range(struct cfgp *P, const struct ynode *n, const char *key, l
         const struct ynode *v = n->kids[i];
         double x = 0;
         snprintf(ik, sizeof ik, "%.180s[%d]", key, i);
-        if (charge(P, v, 0)) return (int)P->err->status;
-        if (to_number(v, &x) || x != floor(x) || fabs(x) > 2147483647.0)
+        if (alloy_cfg_charge(P, v, 0)) return (int)P->err->status;
+        if (alloy_cfg_to_number(v, &x) || x != floor(x) || fabs(x) > 2147483647.0)
             return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, ik, "expected a layer index (an integer), found %s",
-                        describe(v, d, sizeof d));
+                        alloy_cfg_describe(v, d, sizeof d));
         out[i] = (long long)x;
     }
     if (out[0] < 0 || out[0] >= out[1])
@@ -472,23 +341,23 @@ static int slices_list(struct cfgp *P, const struct ynode *n, struct alloy_confi
     for (size_t i = 0; i < n->n; i++) {
         const struct ynode *e = n->kids[i];
         snprintf(sk, sizeof sk, "slices[%zu]", i);
-        if (check_map(P, e, sk, sk, slice_keys)) return (int)P->err->status;
+        if (alloy_cfg_check_map(P, e, sk, sk, slice_keys)) return (int)P->err->status;
         struct alloy_slice *s = &c->slices[c->nslices++];
         s->pos = e->pos;
-        const struct ynode *srcs = map_val(e, "sources"), *v;
-        if (!srcs) return missing(P, e, sk, "sources");
+        const struct ynode *srcs = alloy_cfg_map_val(e, "sources"), *v;
+        if (!srcs) return alloy_cfg_missing(P, e, sk, "sources");
         snprintf(k2, sizeof k2, "%.180s.sources", sk);
         if (!expect_list(P, srcs, k2, "{model, layer_range} entries")) return (int)P->err->status;
         if (!(s->sources = alloy_xcalloc(srcs->n, sizeof *s->sources))) return alloy_cfg_nomem(P);
         for (size_t j = 0; j < srcs->n; j++) {
             const struct ynode *se = srcs->kids[j];
             snprintf(k2, sizeof k2, "%.180s.sources[%zu]", sk, j);
-            if (check_map(P, se, k2, k2, source_keys)) return (int)P->err->status;
+            if (alloy_cfg_check_map(P, se, k2, k2, source_keys)) return (int)P->err->status;
             struct alloy_source *src = &s->sources[s->nsources++];
             src->pos = se->pos;
             snprintf(k3, sizeof k3, "%.180s.model", k2);
             if (required_ref(P, se, k2, k3, &src->model)) return (int)P->err->status;
-            if (!(v = map_val(se, "layer_range"))) return missing(P, se, k2, "layer_range");
+            if (!(v = alloy_cfg_map_val(se, "layer_range"))) return alloy_cfg_missing(P, se, k2, "layer_range");
             snprintf(k3, sizeof k3, "%.180s.layer_range", k2);
             if (layer_range(P, v, k3, src->layer_range)) return (int)P->err->status;
             src->has_range = 1;
@@ -498,15 +367,15 @@ static int slices_list(struct cfgp *P, const struct ynode *n, struct alloy_confi
                 return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, k3, "spans %lld layers but sources[0] spans %lld (all inputs "
                             "to a slice must contain the same number of layers)", got, want);
             snprintf(k3, sizeof k3, "%.180s.parameters", k2);
-            if (params(P, map_get(se, "parameters"), k3, &src->params)) return (int)P->err->status;
+            if (params(P, alloy_cfg_map_get(se, "parameters"), k3, &src->params)) return (int)P->err->status;
         }
         snprintf(k2, sizeof k2, "%.180s.base_model", sk);
-        if ((v = map_get(e, "base_model")) && model_ref(P, v, k2, &s->base_model)) return (int)P->err->status;
+        if ((v = alloy_cfg_map_get(e, "base_model")) && model_ref(P, v, k2, &s->base_model)) return (int)P->err->status;
         snprintf(k2, sizeof k2, "%.180s.residual_weight", sk);
         double rw;
-        if ((v = map_val(e, "residual_weight")) && get_number(P, v, k2, &rw)) return (int)P->err->status;
+        if ((v = alloy_cfg_map_val(e, "residual_weight")) && alloy_cfg_get_number(P, v, k2, &rw)) return (int)P->err->status;
         snprintf(k2, sizeof k2, "%.180s.parameters", sk);
-        if (params(P, map_get(e, "parameters"), k2, &s->params)) return (int)P->err->status;
+        if (params(P, alloy_cfg_map_get(e, "parameters"), k2, &s->params)) return (int)P->err->status;
     }
     return 0;
 }
@@ -526,7 +395,7 @@ int alloy_config_dtype_name(const char *s, enum alloy_dtype *out)
 static int dtype_value(struct cfgp *P, const struct ynode *n, const char *key, int *has, enum alloy_dtype *out)
 {
     char *s = NULL, d[96];
-    if (get_string(P, n, key, &s)) return (int)P->err->status;
+    if (alloy_cfg_get_string(P, n, key, &s)) return (int)P->err->status;
     if (!s) return 0;
     int rc = 0, kind = alloy_config_dtype_name(s, out);
     if (kind == 0)
@@ -534,7 +403,7 @@ static int dtype_value(struct cfgp *P, const struct ynode *n, const char *key, i
     else if (kind == 1)
         rc = alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, n->pos, key, ALLOY_CONFIG_INT64_MSG);
     else
-        rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, ALLOY_CONFIG_DTYPE_MSG ", found %s", describe(n, d, sizeof d));
+        rc = alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, ALLOY_CONFIG_DTYPE_MSG ", found %s", alloy_cfg_describe(n, d, sizeof d));
     free(s);
     return rc;
 }
@@ -543,7 +412,7 @@ static int chat_template(struct cfgp *P, const struct ynode *n, struct alloy_con
 {
     static const char *const builtin[] = {"auto", "alpaca", "chatml", "llama3", "mistral", "exaone", NULL};
     char d[96];
-    if (get_string(P, n, "chat_template", &c->chat_template)) return (int)P->err->status;
+    if (alloy_cfg_get_string(P, n, "chat_template", &c->chat_template)) return (int)P->err->status;
     const char *t = c->chat_template;
     if (!t) return 0;
     for (const char *const *b = builtin; *b; b++)
@@ -551,7 +420,7 @@ static int chat_template(struct cfgp *P, const struct ynode *n, struct alloy_con
     if (strlen(t) < 20 || !strchr(t, '{'))
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, "chat_template", "invalid chat template %s: expected auto, alpaca, "
                     "chatml, llama3, mistral, exaone or a Jinja template (at least 20 characters, containing '{')",
-                    describe(n, d, sizeof d));
+                    alloy_cfg_describe(n, d, sizeof d));
     return 0;
 }
 
@@ -559,7 +428,7 @@ static int chat_template(struct cfgp *P, const struct ynode *n, struct alloy_con
 static int tokenizer_src(struct cfgp *P, const struct ynode *n, const char *key, struct alloy_config *c)
 {
     c->tokenizer_pos = n->pos;
-    if (n->kind == Y_SCALAR && !is_null(n)) {
+    if (n->kind == Y_SCALAR && !alloy_cfg_is_null(n)) {
         if (strcmp(n->text, "base") == 0 || strcmp(n->text, "union") == 0) {
             if (!(c->tokenizer_source = alloy_xstrdup(n->text))) return alloy_cfg_nomem(P);
             return 0;
@@ -580,11 +449,11 @@ static int get_count(struct cfgp *P, const struct ynode *n, const char *key, lon
 {
     char d[96];
     double v;
-    if (charge(P, n, 0)) return (int)P->err->status;
+    if (alloy_cfg_charge(P, n, 0)) return (int)P->err->status;
     int t = n->kind == Y_SCALAR ? alloy_yaml_scalar_type(n, &v) : -1;
     if (t != ALLOY_YAML_INT || v < (double)lo || v > 9e15)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "expected a whole number >= %lld, found %s", lo,
-                    describe(n, d, sizeof d));
+                    alloy_cfg_describe(n, d, sizeof d));
     *out = (long long)v;
     return 0;
 }
@@ -595,7 +464,7 @@ static int token_source(struct cfgp *P, const struct ynode *n, const char *key, 
     static const char *const mt_keys[] = {"kind", "model", "token_id", "token", NULL};
     static const char *const zero_keys[] = {"kind", NULL};
     char sub[KEY_MAX], d[96];
-    const struct ynode *kind = n->kind == Y_MAP ? map_val(n, "kind") : NULL;
+    const struct ynode *kind = n->kind == Y_MAP ? alloy_cfg_map_val(n, "kind") : NULL;
     t->token_id = -1;
     if (!kind) {
         t->kind = ALLOY_TOKEN_MODEL;
@@ -607,22 +476,22 @@ static int token_source(struct cfgp *P, const struct ynode *n, const char *key, 
     snprintf(sub, sizeof sub, "%.200s.kind", key);
     if (kind->kind == Y_SCALAR && strcmp(kind->text, "zero") == 0) {
         t->kind = ALLOY_TOKEN_ZERO;
-        return check_map(P, n, key, key, zero_keys);
+        return alloy_cfg_check_map(P, n, key, key, zero_keys);
     }
     if (kind->kind != Y_SCALAR || strcmp(kind->text, "model_token") != 0)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, kind->pos, sub, "expected model_token or zero, found %s",
-                    describe(kind, d, sizeof d));
+                    alloy_cfg_describe(kind, d, sizeof d));
     t->kind = ALLOY_TOKEN_MODEL_TOKEN;
-    if (check_map(P, n, key, key, mt_keys)) return (int)P->err->status;
+    if (alloy_cfg_check_map(P, n, key, key, mt_keys)) return (int)P->err->status;
     snprintf(sub, sizeof sub, "%.200s.model", key);
     if (required_ref(P, n, key, sub, &t->model)) return (int)P->err->status;
-    const struct ynode *id = map_val(n, "token_id"), *tok = map_val(n, "token");
+    const struct ynode *id = alloy_cfg_map_val(n, "token_id"), *tok = alloy_cfg_map_val(n, "token");
     if (!id == !tok)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, key, "give exactly one of token_id and token, found %s",
                     id ? "both" : "neither");
     snprintf(sub, sizeof sub, "%.200s.%s", key, id ? "token_id" : "token");
     if (id) return get_count(P, id, sub, 0, &t->token_id);
-    if (get_string(P, tok, sub, &t->src_token)) return (int)P->err->status;
+    if (alloy_cfg_get_string(P, tok, sub, &t->src_token)) return (int)P->err->status;
     return 0;
 }
 
@@ -633,26 +502,26 @@ static int token_list(struct cfgp *P, const struct ynode *n, struct alloy_config
     char d[96], key[KEY_MAX];
     if (n->kind != Y_MAP)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, n->pos, "tokenizer.tokens", "expected a mapping of tokens, found %s",
-                    describe(n, d, sizeof d));
+                    alloy_cfg_describe(n, d, sizeof d));
     if (!(c->tokens = alloy_xcalloc(n->n / 2 + 1, sizeof *c->tokens))) return alloy_cfg_nomem(P);
     for (size_t i = 0; i + 1 < n->n; i += 2) {
         const struct ynode *k = n->kids[i], *v = n->kids[i + 1], *s, *f;
         struct alloy_token_cfg *t = &c->tokens[c->ntokens++];
         t->pos = k->pos;
         snprintf(key, sizeof key, "tokenizer.tokens.%.200s", k->text);
-        if (charge(P, k, k->len + 1)) return (int)P->err->status;
+        if (alloy_cfg_charge(P, k, k->len + 1)) return (int)P->err->status;
         if (!(t->token = alloy_xstrdup(k->text))) return alloy_cfg_nomem(P);
-        if (check_map(P, v, key, key, keys)) return (int)P->err->status;
-        if (!(s = map_val(v, "source"))) return missing(P, v, key, "source");
+        if (alloy_cfg_check_map(P, v, key, key, keys)) return (int)P->err->status;
+        if (!(s = alloy_cfg_map_val(v, "source"))) return alloy_cfg_missing(P, v, key, "source");
         char sub[KEY_MAX + 8];
         snprintf(sub, sizeof sub, "%s.source", key);
         if (token_source(P, s, sub, t)) return (int)P->err->status;
-        if ((f = map_val(v, "force"))) {
+        if ((f = alloy_cfg_map_val(v, "force"))) {
             double b;
             snprintf(sub, sizeof sub, "%s.force", key);
             if (f->kind != Y_SCALAR || alloy_yaml_scalar_type(f, &b) != ALLOY_YAML_BOOL)
                 return alloy_cfg_err(P, ALLOY_ERR_CONFIG, f->pos, sub, "expected true or false, found %s",
-                            describe(f, d, sizeof d));
+                            alloy_cfg_describe(f, d, sizeof d));
             t->force = b != 0;
         }
     }
@@ -662,13 +531,13 @@ static int token_list(struct cfgp *P, const struct ynode *n, struct alloy_config
 static int tokenizer_block(struct cfgp *P, const struct ynode *n, struct alloy_config *c)
 {
     static const char *const keys[] = {"source", "tokens", "pad_to_multiple_of", NULL};
-    if (check_map(P, n, "tokenizer", "tokenizer", keys)) return (int)P->err->status;
+    if (alloy_cfg_check_map(P, n, "tokenizer", "tokenizer", keys)) return (int)P->err->status;
     const struct ynode *v;
-    if ((v = map_val(n, "tokens")) && token_list(P, v, c)) return (int)P->err->status;
-    if ((v = map_val(n, "pad_to_multiple_of")) &&
+    if ((v = alloy_cfg_map_val(n, "tokens")) && token_list(P, v, c)) return (int)P->err->status;
+    if ((v = alloy_cfg_map_val(n, "pad_to_multiple_of")) &&
         get_count(P, v, "tokenizer.pad_to_multiple_of", 0, &c->pad_to_multiple_of))
         return (int)P->err->status;
-    if ((v = map_val(n, "source"))) return tokenizer_src(P, v, "tokenizer.source", c);
+    if ((v = alloy_cfg_map_val(n, "source"))) return tokenizer_src(P, v, "tokenizer.source", c);
     c->tokenizer_pos = n->pos; /* mergekit's default source is union */
     if (!(c->tokenizer_source = alloy_xstrdup("union"))) return alloy_cfg_nomem(P);
     return 0;
@@ -676,7 +545,7 @@ static int tokenizer_block(struct cfgp *P, const struct ynode *n, struct alloy_c
 
 static int nonempty(const struct ynode *n)
 {
-    return n && !is_null(n) && !(n->kind != Y_SCALAR && n->n == 0);
+    return n && !alloy_cfg_is_null(n) && !(n->kind != Y_SCALAR && n->n == 0);
 }
 
 static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_config *c)
@@ -687,18 +556,18 @@ static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_conf
     char d[96];
     if (root->kind != Y_MAP)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, root->pos, NULL, "expected a mapping at the top level (merge_method:, "
-                    "models: or slices:, ...), found %s", describe(root, d, sizeof d));
-    if (check_map(P, root, NULL, "the top level", keys)) return (int)P->err->status;
+                    "models: or slices:, ...), found %s", alloy_cfg_describe(root, d, sizeof d));
+    if (alloy_cfg_check_map(P, root, NULL, "the top level", keys)) return (int)P->err->status;
     const struct ynode *v;
-    if (!(v = map_val(root, "merge_method"))) return missing(P, root, "top level", "merge_method");
+    if (!(v = alloy_cfg_map_val(root, "merge_method"))) return alloy_cfg_missing(P, root, "top level", "merge_method");
     if (v->kind != Y_SCALAR || !v->len)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, "merge_method", "expected a method name (linear, slerp, ties, ...), "
-                    "found %s", describe(v, d, sizeof d));
-    if (get_string(P, v, "merge_method", &c->merge_method)) return (int)P->err->status;
+                    "found %s", alloy_cfg_describe(v, d, sizeof d));
+    if (alloy_cfg_get_string(P, v, "merge_method", &c->merge_method)) return (int)P->err->status;
     c->merge_method_pos = v->pos;
 
-    const struct ynode *models = map_get(root, "models"), *slices = map_get(root, "slices");
-    if ((v = map_get(root, "modules")) && nonempty(v))
+    const struct ynode *models = alloy_cfg_map_get(root, "models"), *slices = alloy_cfg_map_get(root, "slices");
+    if ((v = alloy_cfg_map_get(root, "modules")) && nonempty(v))
         return alloy_cfg_err(P, ALLOY_ERR_UNSUPPORTED, v->pos, "modules", "multi-module configs are not supported yet; use "
                     "models: or slices:");
     if (nonempty(models) && nonempty(slices))
@@ -711,25 +580,25 @@ static int top_level(struct cfgp *P, const struct ynode *root, struct alloy_conf
         const struct ynode *at = models ? models : slices ? slices : root;
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, at->pos, NULL, "no models to merge: give a non-empty models: or slices: list");
     }
-    if ((v = map_get(root, "base_model"))) {
+    if ((v = alloy_cfg_map_get(root, "base_model"))) {
         c->base_model_pos = v->pos;
         if (model_ref(P, v, "base_model", &c->base_model)) return (int)P->err->status;
     }
-    if (params(P, map_get(root, "parameters"), "parameters", &c->params)) return (int)P->err->status;
-    if ((v = map_get(root, "dtype")) && dtype_value(P, v, "dtype", &c->has_dtype, &c->dtype))
+    if (params(P, alloy_cfg_map_get(root, "parameters"), "parameters", &c->params)) return (int)P->err->status;
+    if ((v = alloy_cfg_map_get(root, "dtype")) && dtype_value(P, v, "dtype", &c->has_dtype, &c->dtype))
         return (int)P->err->status;
-    if ((v = map_get(root, "out_dtype")) && dtype_value(P, v, "out_dtype", &c->has_out_dtype, &c->out_dtype))
+    if ((v = alloy_cfg_map_get(root, "out_dtype")) && dtype_value(P, v, "out_dtype", &c->has_out_dtype, &c->out_dtype))
         return (int)P->err->status;
-    const struct ynode *ts = map_val(root, "tokenizer_source"), *tb = map_val(root, "tokenizer");
+    const struct ynode *ts = alloy_cfg_map_val(root, "tokenizer_source"), *tb = alloy_cfg_map_val(root, "tokenizer");
     if (ts && tb)
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, tb->pos, "tokenizer", "tokenizer_source: and tokenizer: are both given; use "
                     "tokenizer: {source: ...} alone");
     if (ts && tokenizer_src(P, ts, "tokenizer_source", c)) return (int)P->err->status;
     if (tb && tokenizer_block(P, tb, c)) return (int)P->err->status;
-    if ((v = map_get(root, "chat_template")) && chat_template(P, v, c)) return (int)P->err->status;
-    if ((v = map_get(root, "name"))) { /* mergekit-multi's intermediate name (documents.c) */
+    if ((v = alloy_cfg_map_get(root, "chat_template")) && chat_template(P, v, c)) return (int)P->err->status;
+    if ((v = alloy_cfg_map_get(root, "name"))) { /* mergekit-multi's intermediate name (documents.c) */
         c->name_pos = v->pos;
-        if (get_string(P, v, "name", &c->name)) return (int)P->err->status;
+        if (alloy_cfg_get_string(P, v, "name", &c->name)) return (int)P->err->status;
     }
     return 0;
 }
@@ -783,7 +652,7 @@ int alloy_config_parse(const char *text, size_t len, const char *path, struct al
     c->text_len = len;
     struct ynode *root = NULL;
     int rc = alloy_yaml_tree_build(&P, &root);
-    if (!rc && (!root || is_null(root)))
+    if (!rc && (!root || alloy_cfg_is_null(root)))
         rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: empty config: expected a mapping with merge_method: and "
                            "models: or slices:", path);
     if (!rc) rc = top_level(&P, root, c);
@@ -807,21 +676,3 @@ int alloy_config_load(const char *path, struct alloy_config **out, struct alloy_
     free(text);
     return rc;
 }
-
-/* ---------------------------------------------------------------- shared with lora_merge_config.c */
-
-const char *alloy_cfg_describe(const struct ynode *n, char *buf, size_t size) { return describe(n, buf, size); }
-int alloy_cfg_get_string(struct cfgp *P, const struct ynode *n, const char *key, char **out)
-{
-    return get_string(P, n, key, out);
-}
-int alloy_cfg_get_number(struct cfgp *P, const struct ynode *n, const char *key, double *out)
-{
-    return get_number(P, n, key, out);
-}
-int alloy_cfg_check_map(struct cfgp *P, const struct ynode *m, const char *key, const char *where,
-                        const char *const *allowed)
-{
-    return check_map(P, m, key, where, allowed);
-}
-struct ynode *alloy_cfg_map_val(const struct ynode *m, const char *name) { return map_val(m, name); }

@@ -54,14 +54,21 @@ int  alloy_yaml_error(struct cfgp *P, const struct yaml_parser_s *yp);
  * that does not fit the text (`!!int abc`). */
 int  alloy_yaml_scalar_type(const struct ynode *n, double *num);
 
-/* config.c's typed access, shared with lora_merge_config.c: a value's description for "found ..."; a string
- * (null: *out = NULL); a number; a mapping whose keys are all in `allowed` (NULL-terminated; messages
- * name `where` and suggest a near key); the value of key `name` (a null value counts as absent). */
+/* Typed access (config_access.c), shared by the config readers. Each charges the visit (and copied bytes)
+ * to the budgets: alloy_cfg_charge alone does that. A value's description for "found ..."; a string (null:
+ * *out = NULL); the number mergekit would get (-1, no message, when it is none); a number; a mapping whose
+ * keys are all in `allowed` (NULL-terminated; messages name `where` and suggest a near key); the value of key
+ * `name` (map_get), the same with a null value counting as absent (map_val); a missing required key. */
+int           alloy_cfg_charge(struct cfgp *P, const struct ynode *n, size_t bytes);
 const char   *alloy_cfg_describe(const struct ynode *n, char *buf, size_t size);
 int           alloy_cfg_get_string(struct cfgp *P, const struct ynode *n, const char *key, char **out);
+int           alloy_cfg_to_number(const struct ynode *n, double *out);
 int           alloy_cfg_get_number(struct cfgp *P, const struct ynode *n, const char *key, double *out);
+int           alloy_cfg_is_null(const struct ynode *n);
 int           alloy_cfg_check_map(struct cfgp *P, const struct ynode *m, const char *key, const char *where,
                                   const char *const *allowed);
+struct ynode *alloy_cfg_map_get(const struct ynode *m, const char *name);
 struct ynode *alloy_cfg_map_val(const struct ynode *m, const char *name);
+int           alloy_cfg_missing(struct cfgp *P, const struct ynode *m, const char *where, const char *name);
 
 #endif
