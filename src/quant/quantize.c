@@ -194,6 +194,7 @@ FROM_F32(q3_k, alloy_quantize_q3_k(src, dst, (int64_t)n, NULL))
 FROM_F32(q4_k, alloy_quantize_q4_k(src, dst, (int64_t)n, NULL))
 FROM_F32(q5_k, alloy_quantize_q5_k(src, dst, (int64_t)n, NULL))
 FROM_F32(q6_k, alloy_quantize_q6_k(src, dst, (int64_t)n, NULL))
+FROM_F32(iq4_nl, alloy_quantize_iq4_nl(src, dst, (int64_t)n, NULL))
 #undef FROM_F32
 
 size_t alloy_quantize_row(enum alloy_dtype t, const float *x, void *dst, int64_t n, const float *imatrix)
@@ -211,6 +212,7 @@ size_t alloy_quantize_row(enum alloy_dtype t, const float *x, void *dst, int64_t
     case ALLOY_DTYPE_Q4_K: alloy_quantize_q4_k(x, dst, n, imatrix); break;
     case ALLOY_DTYPE_Q5_K: alloy_quantize_q5_k(x, dst, n, imatrix); break;
     case ALLOY_DTYPE_Q6_K: alloy_quantize_q6_k(x, dst, n, imatrix); break;
+    case ALLOY_DTYPE_IQ4_NL: alloy_quantize_iq4_nl(x, dst, n, imatrix); break;
     default: return 0;
     }
     return (size_t)(n / tr->block) * tr->block_bytes;

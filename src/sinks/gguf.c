@@ -124,6 +124,7 @@ static uint32_t ggml_type_of(enum alloy_dtype d)
         {ALLOY_DTYPE_F16, 1}, {ALLOY_DTYPE_BF16, 30}, {ALLOY_DTYPE_Q4_0, 2}, {ALLOY_DTYPE_Q4_1, 3},
         {ALLOY_DTYPE_Q5_0, 6}, {ALLOY_DTYPE_Q5_1, 7}, {ALLOY_DTYPE_Q8_0, 8}, {ALLOY_DTYPE_Q2_K, 10},
         {ALLOY_DTYPE_Q3_K, 11}, {ALLOY_DTYPE_Q4_K, 12}, {ALLOY_DTYPE_Q5_K, 13}, {ALLOY_DTYPE_Q6_K, 14},
+        {ALLOY_DTYPE_IQ4_NL, 20},
     };
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(ids); i++)
         if (ids[i].d == d) return ids[i].id;
