@@ -312,7 +312,7 @@ static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcf
         rc = alloy_folder_file(alloy_model_dir(m), "tokenizer.json", path, err);
         if (!rc && access(*path, R_OK) != 0)
             rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: the vocabulary a GGUF file needs, found none "
-                               "(tokenizer.model alone is not read)", *path);
+                               "(neither tokenizer.json nor tokenizer.model)", *path);
         if (!rc) rc = alloy_read_file(*path, (size_t)1 << 30, &text, &len, err);
         if (!rc) rc = alloy_folder_file(alloy_model_dir(m), "tokenizer_config.json", &cpath, err);
         if (!rc && cpath && access(cpath, R_OK) != 0) {
@@ -331,6 +331,44 @@ static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcf
     if (!rc && cpath && !(*tcfg = load_json_text(text, cpath, err))) rc = (int)err->status;
     free(text);
     free(cpath);
+    return rc;
+}
+
+/* A folder's name (absent: *out NULL) as a JSON object. */
+static int optional_json(const char *dir, const char *name, json_t **out, struct alloy_err *err)
+{
+    char *path = NULL, *text = NULL;
+    size_t len;
+    *out = NULL;
+    int rc = alloy_folder_file(dir, name, &path, err);
+    if (!rc && access(path, R_OK) == 0) {
+        rc = alloy_read_file(path, (size_t)1 << 30, &text, &len, err);
+        if (!rc && !(*out = load_json_text(text, path, err))) rc = (int)err->status;
+    }
+    free(text);
+    free(path);
+    return rc;
+}
+
+/* SentencePiece's tokenizer.model in the tokenizer source's folder, which llama.cpp's converter reads before
+ * tokenizer.json (gguf.md §1.1): the "llama" keys from it. *found 0 when the folder has none. */
+static int spm_tokenizer(const struct alloy_plan *p, json_t *config, int64_t n_vocab, struct gguf_buf *kv, int *found,
+                         struct alloy_err *err)
+{
+    const char *dir = alloy_model_dir(p->models[p->tokenizer_donor >= 0 ? p->tokenizer_donor : p->donor]);
+    char *path = NULL;
+    struct alloy_spm *s = NULL;
+    json_t *added = NULL, *tcfg = NULL;
+    int rc = alloy_folder_file(dir, "tokenizer.model", &path, err);
+    *found = !rc && access(path, R_OK) == 0;
+    if (*found) rc = alloy_spm_open(path, &s, err);
+    if (*found && !rc) rc = optional_json(dir, "added_tokens.json", &added, err);
+    if (*found && !rc) rc = optional_json(dir, "tokenizer_config.json", &tcfg, err);
+    if (*found && !rc) rc = gguf_tokenizer_keys_spm(kv, s, added, tcfg, config, path, n_vocab, err);
+    alloy_spm_free(s);
+    json_decref(added);
+    json_decref(tcfg);
+    free(path);
     return rc;
 }
 
@@ -371,10 +409,12 @@ static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_
     int64_t layers = json_integer_value(json_object_get(config, "num_hidden_layers"));
     if (!rc && g->quantized) rc = quant_types(g, &mi, (int)layers, err);
     if (!rc) rc = gguf_model_keys(&kv, config, cpath, &mi, name, file_type(g), err);
-    if (!rc) rc = tokenizer_json(g->p, &tok, &tcfg, &tpath, &pre, err);
     for (size_t i = 0; !rc && i < g->p->ntensors; i++) /* the token list has one entry per embedding row */
         if (g->t[i].name && strcmp(g->t[i].name, "token_embd.weight") == 0) mi.n_vocab = g->p->tensors[i].shape[0];
-    if (!rc) rc = gguf_tokenizer_keys(&kv, tok, tcfg, config, tpath, pre, mi.n_vocab, err);
+    int spm = 0;
+    if (!rc) rc = spm_tokenizer(g->p, config, mi.n_vocab, &kv, &spm, err);
+    if (!rc && !spm) rc = tokenizer_json(g->p, &tok, &tcfg, &tpath, &pre, err);
+    if (!rc && !spm) rc = gguf_tokenizer_keys(&kv, tok, tcfg, config, tpath, pre, mi.n_vocab, err);
     if (!rc) gguf_kv_u32(&kv, "general.quantization_version", 2);
     if (!rc && g->imatrix) { /* what llama-quantize adds */
         gguf_kv_str(&kv, "quantize.imatrix.file", g->o->imatrix);

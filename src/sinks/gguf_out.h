@@ -16,6 +16,7 @@
 
 #include "core/internal.h"
 #include "formats/gguf.h"
+#include "formats/spm.h"
 
 #include <jansson.h>
 
@@ -57,5 +58,10 @@ int gguf_model_keys(struct gguf_buf *b, json_t *config, const char *path, const 
  * tokenizer.ggml.pre to write (a GGUF donor's), NULL: named from the pre-tokenizer. */
 int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *config, const char *path,
                         const char *pre, int64_t n_vocab, struct alloy_err *err);
+/* The "llama" tokenizer.* keys from SentencePiece's tokenizer.model (s, read from path) as llama.cpp's
+ * converter writes them, with added_tokens.json (added, may be NULL) and tokenizer_config.json (tcfg, may be
+ * NULL) over it; config.json supplies special ids as above. */
+int gguf_tokenizer_keys_spm(struct gguf_buf *b, const struct alloy_spm *s, json_t *added, json_t *tcfg,
+                            json_t *config, const char *path, int64_t n_vocab, struct alloy_err *err);
 
 #endif
