@@ -340,6 +340,13 @@ TEST(spm_gguf_llama_vocab_from_tokenizer_model)
         snprintf(path, sizeof path, "%s/tokenizer.json", dir);
         unlink(path); /* the second pass: tokenizer.model alone */
     }
+    /* alloy eval does not run SentencePiece: the folder is refused with the way to evaluate it */
+    snprintf(cmd, sizeof cmd, "%s eval %s --text tests/data/eval_code.txt --ctx 32 2>&1", test_alloy_bin(), dir);
+    char *log = NULL;
+    CHECK_INT(test_run(cmd, &log), 1);
+    CHECK_MSG(log && strstr(log, "alloy: error: ") && strstr(log, "spm/tokenizer.json: the tokenizer.json alloy eval "
+              "runs, found only tokenizer.model") && test_count_lines(log, "") == 1, "%s", log ? log : "");
+    free(log);
 }
 
 /* A broken tokenizer.model stops the GGUF writer with its name, and leaves no file. */
