@@ -397,7 +397,7 @@ static int parse_tensor_info(struct hdr *h, uint64_t *expect, uint64_t *offs, si
                              "removed)", c->label, name, type);
     if (dtype == -2)
         return alloy_err_set(c->err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': type %s (%u) is not supported; alloy "
-                             "reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
+                             "reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL",
                              c->label, name, tname, type);
     const struct alloy_dtype_traits *tr = alloy_dtype_traits((enum alloy_dtype)dtype);
     if (ne[0] % tr->block)
