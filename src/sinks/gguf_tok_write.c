@@ -28,6 +28,11 @@
  *   bare ByteLevel -> "gpt-2", the Llama 3 and Qwen2 split patterns ->
  *   "llama-bpe" and "qwen2"; any other is refused (llama.cpp would
  *   tokenize with another regex).
+ *   When the tokenizer source has SentencePiece's tokenizer.model (read by
+ *   formats/spm.c), the sink takes the "llama" form from it instead, as
+ *   the converter's _create_vocab_sentencepiece: the file's pieces, scores
+ *   and types, then added_tokens.json and tokenizer_config.json's
+ *   added_tokens_decoder over them (gguf_tokenizer_keys_spm).
  */
 #include "sinks/gguf_out.h"
 
