@@ -47,6 +47,49 @@ static float signed_max(int n, const float *x, float *amax)
     return max;
 }
 
+/* Up to QX_MAXC candidate inverse scales, in groups of 4 lanes. */
+#define QX_MAXC 20
+typedef float v4sf __attribute__((vector_size(16)));
+typedef int32_t v4si __attribute__((vector_size(16)));
+
+/* For the nc candidate inverse scales is[c]: sumlx[c] = sum of wi*x_i*l and suml2[c] = sum of wi*l*l with
+ * l = clamp(nearest_int(is[c]*x_i), -nmax, nmax-1), each sum taken from i = 0 in float32 with the products in
+ * make_qx_quants's order. The lanes of a vector are different candidates, never different elements, so
+ * every candidate's sum is the scalar loop's, bit for bit; the candidates only run side by side. */
+static void qx_sums(int n, int nmax, const float *x, const float *wt, const float *is, int nc, float *sumlx,
+                    float *suml2)
+{
+    enum { G = QX_MAXC / 4 };
+    v4sf vis[G], slx[G], sl2[G];
+    const int ng = (nc + 3) / 4;
+    for (int g = 0; g < ng; g++) {
+        for (int k = 0; k < 4; k++) vis[g][k] = is[4 * g + k < nc ? 4 * g + k : 0];
+        slx[g] = sl2[g] = (v4sf){0, 0, 0, 0};
+    }
+    const v4si lo = {-nmax, -nmax, -nmax, -nmax}, hi = lo + (2 * nmax - 1);
+    for (int i = 0; i < n; ++i) {
+        const float wx = wt[i] * x[i], wi = wt[i];
+        for (int g = 0; g < ng; g++) {
+            v4sf t = vis[g] * x[i] + 12582912.f;
+            v4si l = ((v4si)t & 0x007fffff) - 0x00400000; /* alloy_nearest_int, per lane */
+            v4si below = l < lo, above = l > hi;
+            l = (l & ~below & ~above) | (lo & below) | (hi & above);
+            v4sf lf = __builtin_convertvector(l, v4sf);
+            slx[g] += wx * lf;
+            sl2[g] += wi * lf * lf;
+        }
+    }
+    for (int c = 0; c < nc; c++) {
+        sumlx[c] = slx[c / 4][c % 4];
+        suml2[c] = sl2[c / 4][c % 4];
+    }
+}
+
+static void qx_codes(int n, int nmax, const float *x, float iscale, int8_t *L)
+{
+    for (int i = 0; i < n; ++i) L[i] = (int8_t)(nmax + clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1));
+}
+
 float alloy_make_qx_quants(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *w)
 {
     float amax, max = signed_max(n, x, &amax);
@@ -55,40 +98,29 @@ float alloy_make_qx_quants(int n, int nmax, const float *x, int8_t *L, int rmse_
         return 0.f;
     }
     float iscale = -nmax / max;
-    if (rmse_type == 0) {
-        for (int i = 0; i < n; ++i) L[i] = (int8_t)(nmax + clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1));
-        return 1 / iscale;
-    }
+    qx_codes(n, nmax, x, iscale, L);
+    if (rmse_type == 0) return 1 / iscale;
     int return_early = rmse_type < 0;
     if (return_early) rmse_type = -rmse_type;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1);
-        L[i] = (int8_t)(l + nmax);
-        float wi = qx_weight(w, x, i, rmse_type);
-        sumlx += wi * x[i] * l;
-        suml2 += wi * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    if (return_early) return suml2 > 0 ? 0.5f * (scale + 1 / iscale) : 1 / iscale;
-    float best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1);
-            float wi = qx_weight(w, x, i, rmse_type);
-            sumlx += wi * x[i] * l;
-            suml2 += wi * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; ++i)
-                L[i] = (int8_t)(nmax + clampi(alloy_nearest_int(iscale * x[i]), -nmax, nmax - 1));
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+    float is[QX_MAXC], sumlx[QX_MAXC], suml2[QX_MAXC], wt[256];
+    int nc = 1;
+    is[0] = iscale;
+    for (int k = -9; k <= 9 && !return_early; ++k)
+        if (k) is[nc++] = -(nmax + 0.1f * k) / max;
+    for (int i = 0; i < n && i < 256; ++i) wt[i] = qx_weight(w, x, i, rmse_type);
+    qx_sums(n, nmax, x, wt, is, nc, sumlx, suml2);
+    float scale = suml2[0] ? sumlx[0] / suml2[0] : 0.0f;
+    if (return_early) return suml2[0] > 0 ? 0.5f * (scale + 1 / iscale) : 1 / iscale;
+    float best = scale * sumlx[0];
+    int win = 0;
+    for (int c = 1; c < nc; ++c) {
+        if (suml2[c] > 0 && sumlx[c] * sumlx[c] > best * suml2[c]) {
+            win = c;
+            scale = sumlx[c] / suml2[c];
+            best = scale * sumlx[c];
         }
     }
+    if (win) qx_codes(n, nmax, x, is[win], L);
     return scale;
 }
 
