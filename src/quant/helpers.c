@@ -10,6 +10,13 @@
  *   sequentially from element 0 with the products written in ggml's order;
  *   the file is compiled with -ffp-contract=off (Makefile) so no a*b+c
  *   becomes an FMA. gguf.md §3.2 describes each step.
+ *   Speed without changing a bit: the candidate scales of make_qx_quants
+ *   and make_qkx_quants are evaluated side by side, one candidate per SIMD
+ *   lane (GCC vector extensions, 4 lanes: SSE2 or NEON), each lane's sums
+ *   running over the elements in order exactly as the scalar loop's. The
+ *   choice among them is then made in candidate order. make_qkx's winner
+ *   changes the min the later candidates use, so its batch is evaluated
+ *   speculatively and the candidates after a winner are evaluated again.
  */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
@@ -179,18 +186,89 @@ static float qkx_error(int n, const float *x, const float *w, const uint8_t *L, 
     return err;
 }
 
-float alloy_make_qkx_quants(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min,
-                            uint8_t *Laux, float rmin, float rdelta, int nstep, int use_mad, int x3)
+/* QKX_LANES candidates of make_qkx_quants evaluated side by side, one per SIMD lane (never one element per
+ * lane: each lane's sums run from element 0 in float32 as the scalar loop's do, so they are bit-identical). */
+#define QKX_GROUPS 1
+#define QKX_LANES (4 * QKX_GROUPS)
+
+struct qkx_batch {
+    float is[QKX_LANES];                       /* inverse scales */
+    float sum_l[QKX_LANES], sum_l2[QKX_LANES], sum_xl[QKX_LANES];
+    float scale[QKX_LANES], min[QKX_LANES];    /* the fitted scale and min, where D > 0 */
+    float err[QKX_LANES];
+};
+
+/* codes clamp(nearest_int(is*(x - min)), 0, nmax) of one element for 4 lanes, as floats */
+#define QKX_CODES(vis, xm, nmax)                                                             \
+    __extension__({                                                                          \
+        v4si l_ = ((v4si)((vis) * (xm) + 12582912.f) & 0x007fffff) - 0x00400000;             \
+        v4si neg_ = l_ < 0, big_ = l_ > (nmax);                                              \
+        l_ = (l_ & ~neg_ & ~big_) | (big_ & (nmax));                                         \
+        __builtin_convertvector(l_, v4sf);                                                   \
+    })
+
+/* Pass 1: the sums of every lane's codes (wi*l, wi*l*l, wi*l*x in that product order). */
+static void qkx_batch_sums(int n, int nmax, const float *x, const float *wt, float min, struct qkx_batch *b)
 {
+    v4sf vis[QKX_GROUPS], sl[QKX_GROUPS], sl2[QKX_GROUPS], sxl[QKX_GROUPS];
+    for (int g = 0; g < QKX_GROUPS; g++) {
+        memcpy(&vis[g], b->is + 4 * g, sizeof vis[g]);
+        sl[g] = sl2[g] = sxl[g] = (v4sf){0, 0, 0, 0};
+    }
+    for (int i = 0; i < n; ++i) {
+        const float xm = x[i] - min;
+        for (int g = 0; g < QKX_GROUPS; g++) {
+            v4sf lf = QKX_CODES(vis[g], xm, nmax), wl = wt[i] * lf;
+            sl[g] += wl;
+            sl2[g] += wl * lf;
+            sxl[g] += wl * x[i];
+        }
+    }
+    for (int g = 0; g < QKX_GROUPS; g++) {
+        memcpy(b->sum_l + 4 * g, &sl[g], sizeof sl[g]);
+        memcpy(b->sum_l2 + 4 * g, &sl2[g], sizeof sl2[g]);
+        memcpy(b->sum_xl + 4 * g, &sxl[g], sizeof sxl[g]);
+    }
+}
+
+/* Pass 2: each lane's weighted error with its fitted scale and min (lanes with D <= 0 are computed and
+ * ignored). */
+static void qkx_batch_errors(int n, int nmax, const float *x, const float *wt, float min, int use_mad,
+                             struct qkx_batch *b)
+{
+    v4sf vis[QKX_GROUPS], sc[QKX_GROUPS], mn[QKX_GROUPS], er[QKX_GROUPS];
+    for (int g = 0; g < QKX_GROUPS; g++) {
+        memcpy(&vis[g], b->is + 4 * g, sizeof vis[g]);
+        memcpy(&sc[g], b->scale + 4 * g, sizeof sc[g]);
+        memcpy(&mn[g], b->min + 4 * g, sizeof mn[g]);
+        er[g] = (v4sf){0, 0, 0, 0};
+    }
+    for (int i = 0; i < n; ++i) {
+        const float xm = x[i] - min;
+        for (int g = 0; g < QKX_GROUPS; g++) {
+            v4sf diff = sc[g] * QKX_CODES(vis[g], xm, nmax) + mn[g] - x[i];
+            if (use_mad) diff = (v4sf)((v4si)diff & 0x7fffffff); /* fabsf */
+            else diff = diff * diff;
+            er[g] += wt[i] * diff;
+        }
+    }
+    for (int g = 0; g < QKX_GROUPS; g++) memcpy(b->err + 4 * g, &er[g], sizeof er[g]);
+}
+
+float alloy_make_qkx_quants(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min,
+                            float rmin, float rdelta, int nstep, int use_mad, int x3)
+{
+    float wt[256];
+    if (n < 1 || n > 256) return *the_min = 0, 0.f; /* callers pass 16 or 32 */
+    for (int i = 0; i < n; ++i) wt[i] = w ? w[i] : x[i] * x[i];
     float min = x[0], max = x[0];
-    float sum_w = w ? w[0] : x[0] * x[0];
+    float sum_w = wt[0];
     float sum_x = sum_w * x[0];
     for (int i = 1; i < n; ++i) {
         if (x[i] < min) min = x[i];
         if (x[i] > max) max = x[i];
-        float wi = w ? w[i] : x[i] * x[i];
-        sum_w += wi;
-        sum_x += wi * x[i];
+        sum_w += wt[i];
+        sum_x += wt[i] * x[i];
     }
     if (min > 0) min = 0;
     if (x3 ? max <= min : max == min) {
@@ -198,42 +276,50 @@ float alloy_make_qkx_quants(int n, int nmax, const float *x, const float *w, uin
         *the_min = -min;
         return 0.f;
     }
-    float iscale = nmax / (max - min);
+    float iscale = nmax / (max - min), code_min = min;
     float scale = 1 / iscale;
     for (int i = 0; i < n; ++i) L[i] = (uint8_t)clampi(alloy_nearest_int(iscale * (x[i] - min)), 0, nmax);
-    float best_mad = qkx_error(n, x, w, L, scale, min, use_mad);
+    float best_mad = qkx_error(n, x, wt, L, scale, min, use_mad);
     if (nstep < 1) {
         *the_min = -min;
         return scale;
     }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = clampi(alloy_nearest_int(iscale * (x[i] - min)), 0, nmax);
-            Laux[i] = (uint8_t)l;
-            float wi = w ? w[i] : x[i] * x[i];
-            sum_l += wi * l;
-            sum_l2 += wi * l * l;
-            sum_xl += wi * l * x[i];
-        }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
+    int won = 0;
+    /* Candidates is = 0..nstep in order; one that wins changes min, which the later ones use, so a batch is
+     * scanned in order and the candidates after a winner are evaluated again in the next batch. */
+    for (int is = 0; is <= nstep;) {
+        struct qkx_batch b;
+        int nb = nstep - is + 1 < QKX_LANES ? nstep - is + 1 : QKX_LANES, next = is + nb;
+        for (int c = 0; c < QKX_LANES; c++) b.is[c] = (rmin + rdelta * (is + (c < nb ? c : 0)) + nmax) / (max - min);
+        qkx_batch_sums(n, nmax, x, wt, min, &b);
+        for (int c = 0; c < QKX_LANES; c++) {
+            float D = sum_w * b.sum_l2[c] - b.sum_l[c] * b.sum_l[c];
+            b.scale[c] = D > 0 ? (sum_w * b.sum_xl[c] - sum_x * b.sum_l[c]) / D : 0;
+            b.min[c] = D > 0 ? (b.sum_l2[c] * sum_x - b.sum_l[c] * b.sum_xl[c]) / D : 0;
+            if (D > 0 && b.min[c] > 0) {
+                b.min[c] = 0;
+                b.scale[c] = b.sum_xl[c] / b.sum_l2[c];
             }
-            float mad = qkx_error(n, x, w, Laux, this_scale, this_min, use_mad);
-            if (mad < best_mad) {
-                memcpy(L, Laux, (size_t)n);
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
+            b.err[c] = D > 0 ? 0 : -1; /* -1: no candidate */
         }
+        float D_ok[QKX_LANES];
+        memcpy(D_ok, b.err, sizeof D_ok);
+        qkx_batch_errors(n, nmax, x, wt, min, use_mad, &b);
+        for (int c = 0; c < nb; c++) {
+            if (D_ok[c] < 0 || !(b.err[c] < best_mad)) continue;
+            best_mad = b.err[c];
+            scale = b.scale[c];
+            iscale = b.is[c];
+            code_min = min;
+            min = b.min[c];
+            won = 1;
+            next = is + c + 1;
+            break;
+        }
+        is = next;
     }
+    if (won) /* the last winner's codes, from the min it was evaluated with */
+        for (int i = 0; i < n; ++i) L[i] = (uint8_t)clampi(alloy_nearest_int(iscale * (x[i] - code_min)), 0, nmax);
     *the_min = -min;
     return scale;
 }

@@ -137,9 +137,8 @@ static void quantize_type1(const float *x, uint8_t *b, int64_t n, const float *q
         float d, m;
         if (qw) {
             float w[ALLOY_QK], mn;
-            uint8_t aux[ALLOY_QK];
             block_weights(x, qw + i * ALLOY_QK, sigma2, w);
-            d = alloy_make_qkx_quants(ALLOY_QK, nmax, x, w, L, &mn, aux, -0.9f, 0.05f, 36, 0, 1);
+            d = alloy_make_qkx_quants(ALLOY_QK, nmax, x, w, L, &mn, -0.9f, 0.05f, 36, 0, 1);
             m = -mn;
         } else {
             float max;
