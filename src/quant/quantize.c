@@ -39,7 +39,10 @@ void alloy_quantize_q8_0(const float *x, void *dst, int64_t n)
     uint8_t *b = dst;
     for (int64_t i = 0; i < n / ALLOY_QK; i++, x += ALLOY_QK, b += 34) {
         float amax = 0;
-        for (int j = 0; j < ALLOY_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < ALLOY_QK; j++) { /* ggml's MAX(amax, |x|): no libm fmaxf call (inputs are finite) */
+            const float a = fabsf(x[j]);
+            amax = amax > a ? amax : a;
+        }
         const float d = amax / ((1 << 7) - 1);
         const float id = d ? 1.0f / d : 0.0f;
         alloy_put_half(b, d);
@@ -227,7 +230,9 @@ int alloy_quantize_rows(enum alloy_dtype t, const float *x, void *dst, int64_t n
     if (n_per_row <= 0 || nrows < 0 || n_per_row % tr->block)
         return alloy_err_set(err, ALLOY_ERR_SHAPE, "%s: %s: a row length that is a multiple of %s's block of %u, %lld",
                              file, tensor, tr->name, (unsigned)tr->block, (long long)n_per_row);
-    for (int64_t r = 0; r < nrows; r++) {
+    int finite = 1; /* a branch-free pass the compiler vectorizes; the position only when one is not */
+    for (int64_t j = 0; j < nrows * n_per_row; j++) finite &= fabsf(x[j]) <= FLT_MAX;
+    for (int64_t r = 0; !finite && r < nrows; r++) {
         const float *row = x + r * n_per_row;
         for (int64_t j = 0; j < n_per_row; j++)
             if (!isfinite(row[j]))
