@@ -330,8 +330,11 @@ TEST(spm_gguf_llama_vocab_from_tokenizer_model)
         CHECK(gguf_tok_eq(g, 259, "[PAD259]"));
         int64_t id = -1;
         int flag = -1;
-        CHECK(alloy_gguf_int(g, "tokenizer.ggml.bos_token_id", &id, &err) == 1 && id == 1);
-        CHECK(alloy_gguf_int(g, "tokenizer.ggml.eos_token_id", &id, &err) == 1 && id == 2);
+        /* as gguf-py's SpecialVocab: "<s>" looked up in tokenizer.json's added_tokens (256 there), and without
+         * tokenizer.json config.json's bos_token_id (256 too); never the piece's own id 1 */
+        CHECK(alloy_gguf_int(g, "tokenizer.ggml.bos_token_id", &id, &err) == 1 && id == 256);
+        CHECK(alloy_gguf_int(g, "tokenizer.ggml.eos_token_id", &id, &err) == 1 && id == 257);
+        CHECK(alloy_gguf_int(g, "tokenizer.ggml.unk_token_id", &id, &err) == 0);
         CHECK(alloy_gguf_bool(g, "tokenizer.ggml.add_space_prefix", &flag, &err) == 1 && flag == 0);
         uint32_t t, elem;
         const uint8_t *p;

@@ -358,14 +358,16 @@ static int spm_tokenizer(const struct alloy_plan *p, json_t *config, int64_t n_v
     const char *dir = alloy_model_dir(p->models[p->tokenizer_donor >= 0 ? p->tokenizer_donor : p->donor]);
     char *path = NULL;
     struct alloy_spm *s = NULL;
-    json_t *added = NULL, *tcfg = NULL;
+    json_t *added = NULL, *tcfg = NULL, *tok = NULL;
     int rc = alloy_folder_file(dir, "tokenizer.model", &path, err);
     *found = !rc && access(path, R_OK) == 0;
     if (*found) rc = alloy_spm_open(path, &s, err);
     if (*found && !rc) rc = optional_json(dir, "added_tokens.json", &added, err);
     if (*found && !rc) rc = optional_json(dir, "tokenizer_config.json", &tcfg, err);
-    if (*found && !rc) rc = gguf_tokenizer_keys_spm(kv, s, added, tcfg, config, path, n_vocab, err);
+    if (*found && !rc) rc = optional_json(dir, "tokenizer.json", &tok, err);
+    if (*found && !rc) rc = gguf_tokenizer_keys_spm(kv, s, added, tcfg, tok, config, path, n_vocab, err);
     alloy_spm_free(s);
+    json_decref(tok);
     json_decref(added);
     json_decref(tcfg);
     free(path);

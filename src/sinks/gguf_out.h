@@ -60,8 +60,9 @@ int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *c
                         const char *pre, int64_t n_vocab, struct alloy_err *err);
 /* The "llama" tokenizer.* keys from SentencePiece's tokenizer.model (s, read from path) as llama.cpp's
  * converter writes them, with added_tokens.json (added, may be NULL) and tokenizer_config.json (tcfg, may be
- * NULL) over it; config.json supplies special ids as above. */
+ * NULL) over it; special ids as gguf-py's SpecialVocab: tokenizer_config.json's names looked up in
+ * tokenizer.json's added_tokens (tok, may be NULL), else config.json's ids. */
 int gguf_tokenizer_keys_spm(struct gguf_buf *b, const struct alloy_spm *s, json_t *added, json_t *tcfg,
-                            json_t *config, const char *path, int64_t n_vocab, struct alloy_err *err);
+                            json_t *tok, json_t *config, const char *path, int64_t n_vocab, struct alloy_err *err);
 
 #endif

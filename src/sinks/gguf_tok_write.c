@@ -267,14 +267,23 @@ static int write_merges(struct gguf_buf *b, json_t *merges, const char *path, st
 }
 
 /* The id of a special token named in tokenizer_config.json (a string or {"content": ...}), or config.json's
- * <which>_token_id; -1 when neither names one. */
-static int64_t special_id(const struct vocab *v, json_t *tcfg, json_t *config, const char *which)
+ * <which>_token_id; -1 when neither names one. The name is looked up among the vocabulary's non-NORMAL
+ * tokens, or, with spm_added (the tokenizer.model path), as gguf-py's SpecialVocab does: among
+ * tokenizer.json's added_tokens only (an empty array when there is no tokenizer.json). */
+static int64_t special_id(const struct vocab *v, json_t *tcfg, json_t *config, const char *which, json_t *spm_added)
 {
     char k[32];
     snprintf(k, sizeof k, "%s_token", which);
-    json_t *t = json_object_get(tcfg, k);
+    json_t *t = json_object_get(tcfg, k), *a;
     const char *s = json_is_object(t) ? json_string_value(json_object_get(t, "content")) : json_string_value(t);
-    for (int64_t i = 0; s && i < v->n; i++)
+    size_t j;
+    json_array_foreach(spm_added, j, a) {
+        const char *c = json_string_value(json_object_get(a, "content"));
+        json_t *id = json_object_get(a, "id");
+        if (s && c && !strcmp(c, s) && json_is_integer(id) && json_integer_value(id) >= 0 && json_integer_value(id) < v->n)
+            return json_integer_value(id);
+    }
+    for (int64_t i = 0; s && !spm_added && i < v->n; i++)
         if (v->tok[i] && v->type[i] != TT_NORMAL && strcmp(v->tok[i], s) == 0) return i;
     snprintf(k, sizeof k, "%s_token_id", which);
     json_t *id = json_object_get(config, k);
@@ -282,11 +291,11 @@ static int64_t special_id(const struct vocab *v, json_t *tcfg, json_t *config, c
                                                                                                : -1;
 }
 
-static void special_keys(struct gguf_buf *b, const struct vocab *v, json_t *tcfg, json_t *config)
+static void special_keys(struct gguf_buf *b, const struct vocab *v, json_t *tcfg, json_t *config, json_t *spm_added)
 {
     static const char *const which[] = {"bos", "eos", "unk", "pad"};
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(which); i++) {
-        int64_t id = special_id(v, tcfg, config, which[i]);
+        int64_t id = special_id(v, tcfg, config, which[i], spm_added);
         char k[64];
         snprintf(k, sizeof k, "tokenizer.ggml.%s_token_id", which[i]);
         if (id >= 0) gguf_kv_u32(b, k, (uint32_t)id);
@@ -342,7 +351,7 @@ static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *
     if (form == FORM_SPM) mark_unknown(v, model);
     write_vocab(b, v, form == FORM_SPM, pre);
     if (form != FORM_SPM) rc = write_merges(b, json_object_get(model, "merges"), path, err);
-    if (!rc) special_keys(b, v, tcfg, config);
+    if (!rc) special_keys(b, v, tcfg, config, NULL);
     return rc;
 }
 
@@ -439,8 +448,10 @@ static int spm_added_decoder(struct vocab *v, json_t *dec, const char *path, str
 }
 
 int gguf_tokenizer_keys_spm(struct gguf_buf *b, const struct alloy_spm *s, json_t *added, json_t *tcfg,
-                            json_t *config, const char *path, int64_t n_vocab, struct alloy_err *err)
+                            json_t *tok, json_t *config, const char *path, int64_t n_vocab, struct alloy_err *err)
 {
+    json_t *tok_added = json_object_get(tok, "added_tokens"), *none = json_array();
+    if (!none) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     struct vocab v;
     int rc = vocab_alloc(&v, n_vocab, err);
     if (!rc) rc = spm_pieces(&v, s, path, err);
@@ -448,10 +459,11 @@ int gguf_tokenizer_keys_spm(struct gguf_buf *b, const struct alloy_spm *s, json_
     if (!rc) rc = spm_added_decoder(&v, json_object_get(tcfg, "added_tokens_decoder"), "tokenizer_config.json", err);
     if (!rc) {
         write_vocab(b, &v, 1, "default");
-        special_keys(b, &v, tcfg, config);
+        special_keys(b, &v, tcfg, config, json_is_array(tok_added) ? tok_added : none);
         json_t *sp = json_object_get(tcfg, "add_prefix_space");
         if (json_is_boolean(sp)) gguf_kv_bool(b, "tokenizer.ggml.add_space_prefix", json_is_true(sp));
     }
     vocab_free(&v);
+    json_decref(none);
     return rc;
 }
