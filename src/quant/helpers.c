@@ -58,6 +58,16 @@ static float signed_max(int n, const float *x, float *amax)
 #define QX_MAXC 20
 typedef float v4sf __attribute__((vector_size(16)));
 typedef int32_t v4si __attribute__((vector_size(16)));
+/* lane-wise max and min of finite floats */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define VMAX(a, b) ((v4sf)_mm_max_ps((__m128)(a), (__m128)(b)))
+#define VMIN(a, b) ((v4sf)_mm_min_ps((__m128)(a), (__m128)(b)))
+#else
+#define VSEL(m, a, b) ((v4sf)(((v4si)(a) & (m)) | ((v4si)(b) & ~(m))))
+#define VMAX(a, b) __extension__({ v4sf a_ = (a), b_ = (b); VSEL(a_ > b_, a_, b_); })
+#define VMIN(a, b) __extension__({ v4sf a_ = (a), b_ = (b); VSEL(a_ < b_, a_, b_); })
+#endif
 
 /* For the nc candidate inverse scales is[c]: sumlx[c] = sum of wi*x_i*l and suml2[c] = sum of wi*l*l with
  * l = clamp(nearest_int(is[c]*x_i), -nmax, nmax-1), each sum taken from i = 0 in float32 with the products in
@@ -73,15 +83,14 @@ static void qx_sums(int n, int nmax, const float *x, const float *wt, const floa
         for (int k = 0; k < 4; k++) vis[g][k] = is[4 * g + k < nc ? 4 * g + k : 0];
         slx[g] = sl2[g] = (v4sf){0, 0, 0, 0};
     }
-    const v4si lo = {-nmax, -nmax, -nmax, -nmax}, hi = lo + (2 * nmax - 1);
+    /* |is*x| <= nmax + 0.9 here, so is*x + 1.5*2^23 is exactly 1.5*2^23 plus alloy_nearest_int(is*x):
+     * clamping that sum to 1.5*2^23 + [-nmax, nmax-1] and subtracting 1.5*2^23 gives the clamped code as a
+     * float, exactly (the int conversions of the scalar loop are not needed) */
+    const v4sf magic = {12582912.f, 12582912.f, 12582912.f, 12582912.f}, lo = magic - (float)nmax, hi = magic + (float)(nmax - 1);
     for (int i = 0; i < n; ++i) {
         const float wx = wt[i] * x[i], wi = wt[i];
         for (int g = 0; g < ng; g++) {
-            v4sf t = vis[g] * x[i] + 12582912.f;
-            v4si l = ((v4si)t & 0x007fffff) - 0x00400000; /* alloy_nearest_int, per lane */
-            v4si below = l < lo, above = l > hi;
-            l = (l & ~below & ~above) | (lo & below) | (hi & above);
-            v4sf lf = __builtin_convertvector(l, v4sf);
+            v4sf lf = VMIN(VMAX(vis[g] * x[i] + magic, lo), hi) - magic;
             slx[g] += wx * lf;
             sl2[g] += wi * lf * lf;
         }
