@@ -37,9 +37,8 @@ static int naive_nearest(float v)
     return best;
 }
 
-static float naive_fp16_round(float f) { return alloy_f16_to_f32(alloy_f32_to_f16(f)); }
-
-/* One 32-block: ntry 7 (quantize_iq4_nl) or -1 (the _ref); prev: the previous block's codes (ref only). */
+/* One 32-block: ntry 7 (quantize_iq4_nl) or -1 (the _ref); codes: in, the previous block's (kept by the _ref for
+ * an all-zero block), out, this one's. */
 static void naive_block(const float *x, const float *qw, int ntry, unsigned char *codes, unsigned char *out)
 {
     float w[32], ss = 0;
@@ -125,8 +124,7 @@ TEST(iq4_nl_bytes_match_naive_reference)
         }
     }
     CHECK_INT(mismatched, 0);
-    /* the fixed points: an all-zero block is d = 0 with every code 8 (level 1); a block of one value v has
-     * d = fp16(v / 127) ... after the search, and dequantizes to exactly fp16(d) * level */
+    /* an all-zero block: d = 0 and every code 8 (the level nearest 0 is 1, index 8) */
     float z[32] = {0};
     CHECK_INT(alloy_quantize_row(ALLOY_DTYPE_IQ4_NL, z, got, 32, NULL), 18);
     CHECK(got[0] == 0 && got[1] == 0 && got[2] == 0x88 && got[17] == 0x88);
@@ -157,7 +155,7 @@ TEST(iq4_nl_dequant_and_round_trip)
     alloy_to_f32(ALLOY_DTYPE_IQ4_NL, q, back, N);
     int far = 0;
     for (int blk = 0; blk < N / 32; blk++) {
-        float d = fabsf(naive_fp16_round(alloy_f16_to_f32((uint16_t)(q[18 * blk] | q[18 * blk + 1] << 8))));
+        float d = fabsf(alloy_f16_to_f32((uint16_t)(q[18 * blk] | q[18 * blk + 1] << 8)));
         for (int j = 32 * blk; j < 32 * blk + 32; j++) far += fabsf(x[j] - back[j]) > 12.5f * d + 1e-6f;
     }
     CHECK_INT(far, 0);
