@@ -33,12 +33,14 @@
 
 #include <math.h>
 
-const int8_t alloy_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+#define IQ4NL_LEVELS {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+const int8_t alloy_iq4nl_values[16] = IQ4NL_LEVELS;
+static const float k_levels[16] = IQ4NL_LEVELS; /* the same, as the floats the searches compare with */
 
 /* ggml's best_index_int8 over the 16 levels: bisection, ties to the upper level. */
 static inline int best_index(float x)
 {
-    const int8_t *v = alloy_iq4nl_values;
+    const float *v = k_levels;
     if (x <= v[0]) return 0;
     if (x >= v[15]) return 15;
     int lo = 0, hi = 15;
@@ -57,7 +59,7 @@ static void score(const float *x, const float *w, float id, uint8_t *L, float *s
     for (int j = 0; j < ALLOY_QK; j++) {
         int l = best_index(id * x[j]);
         if (L) L[j] = (uint8_t)l;
-        float q = alloy_iq4nl_values[l];
+        float q = k_levels[l];
         sx += w[j] * q * x[j];
         s2 += w[j] * q * q;
     }
@@ -80,14 +82,14 @@ static void iq4_block(const float *x, uint8_t *b, const float *qw, int ntry, uin
         }
     }
     if (amax >= ALLOY_GROUP_MAX_EPS) {
-        const float v0 = alloy_iq4nl_values[0];
+        const float v0 = k_levels[0];
         float sumqx, sumq2;
         d = ntry > 0 ? -max / v0 : max / v0;
         score(x, w, 1 / d, L, &sumqx, &sumq2);
         d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
         float best = d * sumqx;
         for (int itry = -ntry; itry <= ntry; itry++) {
-            score(x, w, (float)(itry + alloy_iq4nl_values[0]) / max, NULL, &sumqx, &sumq2);
+            score(x, w, (float)(itry - 127) / max, NULL, &sumqx, &sumq2); /* ggml: (itry + values[0])/max */
             if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
                 d = sumqx / sumq2;
                 best = d * sumqx;
