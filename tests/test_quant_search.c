@@ -7,8 +7,9 @@
  *   make_qkx_quants side by side in SIMD lanes (make_qkx speculatively: a
  *   winner changes the min the later candidates use). The golden files pin
  *   the bytes for one model; this test pins the searches themselves on many
- *   random groups (6 distributions: gaussian-like, heavy tails, zeros,
- *   constant, coarse steps, tiny values; with and without weights, all the
+ *   random groups (7 distributions: gaussian-like, heavy tails, zeros,
+ *   constant, coarse steps, all negative, tiny values; with and without
+ *   weights, all the
  *   (n, nmax, rmin, rdelta, nstep) the quantizers use): the result, the min
  *   and every code must equal the one-candidate-at-a-time loops below,
  *   which are the textbook algorithm with float32 sums from element 0.
@@ -134,6 +135,7 @@ static float sample(int kind, uint64_t *s)
     case 2: return u < 0.4f ? 0.f : g;
     case 3: return 0.37f;
     case 4: return (float)(int)(g * 8) / 8;
+    case 5: return -fabsf(g) - 2.f * u * u * u; /* all negative: the fitted min moves above the data's */
     default: return g * 1e-3f * (u < 0.5f ? 1 : -1);
     }
 }
@@ -145,7 +147,7 @@ TEST(quant_search_equals_sequential_reference)
     for (int it = 0; it < 30000; it++) {
         float x[32], w[32];
         for (int i = 0; i < 32; i++) {
-            x[i] = sample(it % 6, &s);
+            x[i] = sample(it % 7, &s);
             w[i] = it % 4 == 3 && i % 5 == 0 ? 0.f : 2 * urand(&s);
         }
         const float *wp = it & 1 ? w : NULL;

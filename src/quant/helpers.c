@@ -207,19 +207,28 @@ struct qkx_batch {
     float err[QKX_LANES];
 };
 
-/* codes clamp(nearest_int(is*(x - min)), 0, nmax) of one element for 4 lanes, as floats */
-#define QKX_CODES(vis, xm, nmax)                                                             \
-    __extension__({                                                                          \
-        v4si l_ = ((v4si)((vis) * (xm) + 12582912.f) & 0x007fffff) - 0x00400000;             \
-        v4si neg_ = l_ < 0, big_ = l_ > (nmax);                                              \
-        l_ = (l_ & ~neg_ & ~big_) | (big_ & (nmax));                                         \
-        __builtin_convertvector(l_, v4sf);                                                   \
+/* codes clamp(nearest_int(is*(x - min)), 0, nmax) of one element for 4 lanes, as floats. fast: every
+ * |is*(x - min)| of the batch is below 2^22, so the clamp can be taken on is*(x - min) + 1.5*2^23 as a float
+ * (exact, as in qx_sums); otherwise alloy_nearest_int's bit trick, whatever it gives out of range. */
+#define QKX_CODES(vis, xm, nmax, fast, vlo, vhi)                                                   \
+    __extension__({                                                                                \
+        v4sf t_ = (vis) * (xm) + 12582912.f, r_;                                                   \
+        if (fast) {                                                                                \
+            r_ = VMIN(VMAX(t_, (vlo)), (vhi)) - 12582912.f;                                        \
+        } else {                                                                                   \
+            v4si l_ = ((v4si)t_ & 0x007fffff) - 0x00400000;                                        \
+            v4si neg_ = l_ < 0, big_ = l_ > (nmax);                                                \
+            r_ = __builtin_convertvector((l_ & ~neg_ & ~big_) | (big_ & (nmax)), v4sf);            \
+        }                                                                                          \
+        r_;                                                                                        \
     })
 
 /* Pass 1: the sums of every lane's codes (wi*l, wi*l*l, wi*l*x in that product order). */
-static void qkx_batch_sums(int n, int nmax, const float *x, const float *wt, float min, struct qkx_batch *b)
+static void qkx_batch_sums(int n, int nmax, const float *x, const float *wt, float min, int fast,
+                           struct qkx_batch *b)
 {
     v4sf vis[QKX_GROUPS], sl[QKX_GROUPS], sl2[QKX_GROUPS], sxl[QKX_GROUPS];
+    const v4sf vlo = {12582912.f, 12582912.f, 12582912.f, 12582912.f}, vhi = vlo + (float)nmax;
     for (int g = 0; g < QKX_GROUPS; g++) {
         memcpy(&vis[g], b->is + 4 * g, sizeof vis[g]);
         sl[g] = sl2[g] = sxl[g] = (v4sf){0, 0, 0, 0};
@@ -227,7 +236,7 @@ static void qkx_batch_sums(int n, int nmax, const float *x, const float *wt, flo
     for (int i = 0; i < n; ++i) {
         const float xm = x[i] - min;
         for (int g = 0; g < QKX_GROUPS; g++) {
-            v4sf lf = QKX_CODES(vis[g], xm, nmax), wl = wt[i] * lf;
+            v4sf lf = QKX_CODES(vis[g], xm, nmax, fast, vlo, vhi), wl = wt[i] * lf;
             sl[g] += wl;
             sl2[g] += wl * lf;
             sxl[g] += wl * x[i];
@@ -242,10 +251,11 @@ static void qkx_batch_sums(int n, int nmax, const float *x, const float *wt, flo
 
 /* Pass 2: each lane's weighted error with its fitted scale and min (lanes with D <= 0 are computed and
  * ignored). */
-static void qkx_batch_errors(int n, int nmax, const float *x, const float *wt, float min, int use_mad,
+static void qkx_batch_errors(int n, int nmax, const float *x, const float *wt, float min, int use_mad, int fast,
                              struct qkx_batch *b)
 {
     v4sf vis[QKX_GROUPS], sc[QKX_GROUPS], mn[QKX_GROUPS], er[QKX_GROUPS];
+    const v4sf vlo = {12582912.f, 12582912.f, 12582912.f, 12582912.f}, vhi = vlo + (float)nmax;
     for (int g = 0; g < QKX_GROUPS; g++) {
         memcpy(&vis[g], b->is + 4 * g, sizeof vis[g]);
         memcpy(&sc[g], b->scale + 4 * g, sizeof sc[g]);
@@ -255,7 +265,7 @@ static void qkx_batch_errors(int n, int nmax, const float *x, const float *wt, f
     for (int i = 0; i < n; ++i) {
         const float xm = x[i] - min;
         for (int g = 0; g < QKX_GROUPS; g++) {
-            v4sf diff = sc[g] * QKX_CODES(vis[g], xm, nmax) + mn[g] - x[i];
+            v4sf diff = sc[g] * QKX_CODES(vis[g], xm, nmax, fast, vlo, vhi) + mn[g] - x[i];
             if (use_mad) diff = (v4sf)((v4si)diff & 0x7fffffff); /* fabsf */
             else diff = diff * diff;
             er[g] += wt[i] * diff;
@@ -300,7 +310,11 @@ float alloy_make_qkx_quants(int n, int nmax, const float *x, const float *w, uin
         struct qkx_batch b;
         int nb = nstep - is + 1 < QKX_LANES ? nstep - is + 1 : QKX_LANES, next = is + nb;
         for (int c = 0; c < QKX_LANES; c++) b.is[c] = (rmin + rdelta * (is + (c < nb ? c : 0)) + nmax) / (max - min);
-        qkx_batch_sums(n, nmax, x, wt, min, &b);
+        float span = 0, is_max = 0; /* the batch's largest |x - min| and |is| */
+        for (int i = 0; i < n; ++i) span = fabsf(x[i] - min) > span ? fabsf(x[i] - min) : span;
+        for (int c = 0; c < QKX_LANES; c++) is_max = fabsf(b.is[c]) > is_max ? fabsf(b.is[c]) : is_max;
+        const int fast = span * is_max < 4000000.f; /* false for inf and NaN too */
+        qkx_batch_sums(n, nmax, x, wt, min, fast, &b);
         for (int c = 0; c < QKX_LANES; c++) {
             float D = sum_w * b.sum_l2[c] - b.sum_l[c] * b.sum_l[c];
             b.scale[c] = D > 0 ? (sum_w * b.sum_xl[c] - sum_x * b.sum_l[c]) / D : 0;
@@ -313,7 +327,7 @@ float alloy_make_qkx_quants(int n, int nmax, const float *x, const float *w, uin
         }
         float D_ok[QKX_LANES];
         memcpy(D_ok, b.err, sizeof D_ok);
-        qkx_batch_errors(n, nmax, x, wt, min, use_mad, &b);
+        qkx_batch_errors(n, nmax, x, wt, min, use_mad, fast, &b);
         for (int c = 0; c < nb; c++) {
             if (D_ok[c] < 0 || !(b.err[c] < best_mad)) continue;
             best_mad = b.err[c];
