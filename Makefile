@@ -154,6 +154,7 @@ $(BUILD)/bench_quant: bench/quant.c $(BUILD)/liballoy.a
 
 bench: all $(BUILD)/bench_quant
 	$(BUILD)/bench_quant
+	sh bench/quant_vs_llama.sh $(BUILD)/alloy
 	sh bench/run.sh $(BUILD)/alloy
 
 install: $(BUILD)/alloy $(LIBS_OUT)

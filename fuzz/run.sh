@@ -5,7 +5,7 @@
 #   sh fuzz/run.sh replay TARGET FILE...     re-run inputs with the gcc + ASan build
 #
 # Targets are fuzz/fuzz_<name>.c (safetensors, index, tokenizer, gguf, imatrix, pickle, torch_zip,
-# llama_config, config, adapter_config, vocab, gguf_tokwrite). Each is built with clang -fsanitize=fuzzer,address,
+# llama_config, config, adapter_config, vocab, gguf_tokwrite, spm). Each is built with clang -fsanitize=fuzzer,address,
 # undefined against the library sources compiled the same way (through the
 # Makefile, in build-fuzz/), then run with the seed corpus fuzz/corpus/<name>/
 # (read only; config also reads examples/) and a working corpus in

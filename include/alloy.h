@@ -98,6 +98,7 @@ enum alloy_dtype {
     ALLOY_DTYPE_Q4_K,
     ALLOY_DTYPE_Q5_K,
     ALLOY_DTYPE_Q6_K,
+    ALLOY_DTYPE_IQ4_NL, /* 32-element blocks on a non-linear 16-level table: llama-quantize's Q2_K/Q3_K fallback */
     ALLOY_DTYPE_COUNT
 };
 #define ALLOY_DTYPE_FIRST_QUANT ALLOY_DTYPE_Q8_0

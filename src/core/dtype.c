@@ -70,6 +70,7 @@ static const struct alloy_dtype_traits g_dtypes[ALLOY_DTYPE_COUNT] = {
     [ALLOY_DTYPE_Q4_K]        = QUANT("Q4_K", ALLOY_QK_K, 144, alloy_dequant_q4_k, alloy_from_f32_q4_k),
     [ALLOY_DTYPE_Q5_K]        = QUANT("Q5_K", ALLOY_QK_K, 176, alloy_dequant_q5_k, alloy_from_f32_q5_k),
     [ALLOY_DTYPE_Q6_K]        = QUANT("Q6_K", ALLOY_QK_K, 210, alloy_dequant_q6_k, alloy_from_f32_q6_k),
+    [ALLOY_DTYPE_IQ4_NL]      = QUANT("IQ4_NL", ALLOY_QK, 18, alloy_dequant_iq4_nl, alloy_from_f32_iq4_nl),
 };
 #undef FLOAT
 #undef PLAIN

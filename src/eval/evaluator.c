@@ -14,6 +14,8 @@
 #include "core/internal.h"
 #include "formats/formats.h"
 
+#include <unistd.h>
+
 struct alloy_evaluator {
     struct alloy_llama *llama;
     struct alloy_eval_info info;
@@ -84,6 +86,23 @@ int alloy_evaluate_ids(const struct alloy_evaluator *ev, const int32_t *ids, siz
     return alloy_eval_ids(ev->llama, ids, n, label ? label : "<ids>", o, r, err);
 }
 
+/* A folder's tokenizer.json (the model-folder trust rule applies); a folder with only SentencePiece's
+ * tokenizer.model gets an error that says so and how to evaluate it. */
+static int folder_tokenizer(const char *dir, struct alloy_tokenizer **out, struct alloy_err *err)
+{
+    char *path = NULL, *spm = NULL;
+    int rc = alloy_folder_file(dir, "tokenizer.json", &path, err);
+    if (!rc && access(path, F_OK) != 0 && !(rc = alloy_folder_file(dir, "tokenizer.model", &spm, err)) &&
+        access(spm, R_OK) == 0)
+        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: the tokenizer.json alloy eval runs, found only "
+                           "tokenizer.model (SentencePiece; `alloy convert` the folder to a .gguf and evaluate that)",
+                           path);
+    else if (!rc) rc = alloy_tokenizer_load(path, out, err);
+    free(spm);
+    free(path);
+    return rc;
+}
+
 int alloy_evaluate_text(struct alloy_evaluator *ev, const char *text, size_t len, const char *label,
                         const struct alloy_eval_options *o, struct alloy_eval_result *r, struct alloy_err *err)
 {
@@ -97,10 +116,7 @@ int alloy_evaluate_text(struct alloy_evaluator *ev, const char *text, size_t len
         if (ev->tok_text) {
             rc = alloy_tokenizer_parse(ev->tok_text, ev->dir, &ev->tok, err);
         } else {
-            char *path = NULL;
-            rc = alloy_folder_file(ev->dir, "tokenizer.json", &path, err); /* the model-folder trust rule */
-            if (!rc) rc = alloy_tokenizer_load(path, &ev->tok, err);
-            free(path);
+            rc = folder_tokenizer(ev->dir, &ev->tok, err);
         }
         if (rc) return rc;
     }
@@ -135,12 +151,10 @@ void alloy_blas_idle(void)
 
 int alloy_model_tokenizer(const struct alloy_model *m, struct alloy_tokenizer **out, struct alloy_err *err)
 {
-    char *text = NULL, *path = NULL;
+    char *text = NULL;
     int rc = alloy_model_gguf_tokenizer(m, &text, err);
     if (!rc && text) rc = alloy_tokenizer_parse(text, alloy_model_dir(m), out, err);
-    else if (!rc && !(rc = alloy_folder_file(alloy_model_dir(m), "tokenizer.json", &path, err))) /* the trust rule */
-        rc = alloy_tokenizer_load(path, out, err);
+    else if (!rc) rc = folder_tokenizer(alloy_model_dir(m), out, err);
     free(text);
-    free(path);
     return rc;
 }

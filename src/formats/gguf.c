@@ -164,7 +164,7 @@ static int ggml_type(uint32_t id, const char **name)
         {-1, NULL}, {-1, NULL}, {ALLOY_DTYPE_Q5_0, "Q5_0"}, {ALLOY_DTYPE_Q5_1, "Q5_1"},
         {ALLOY_DTYPE_Q8_0, "Q8_0"}, {-2, "Q8_1"}, {ALLOY_DTYPE_Q2_K, "Q2_K"}, {ALLOY_DTYPE_Q3_K, "Q3_K"},
         {ALLOY_DTYPE_Q4_K, "Q4_K"}, {ALLOY_DTYPE_Q5_K, "Q5_K"}, {ALLOY_DTYPE_Q6_K, "Q6_K"}, {-2, "Q8_K"},
-        {-2, "IQ2_XXS"}, {-2, "IQ2_XS"}, {-2, "IQ3_XXS"}, {-2, "IQ1_S"}, {-2, "IQ4_NL"}, {-2, "IQ3_S"},
+        {-2, "IQ2_XXS"}, {-2, "IQ2_XS"}, {-2, "IQ3_XXS"}, {-2, "IQ1_S"}, {ALLOY_DTYPE_IQ4_NL, "IQ4_NL"}, {-2, "IQ3_S"},
         {-2, "IQ2_S"}, {-2, "IQ4_XS"}, {ALLOY_DTYPE_I8, "I8"}, {ALLOY_DTYPE_I16, "I16"}, {ALLOY_DTYPE_I32, "I32"},
         {ALLOY_DTYPE_I64, "I64"}, {ALLOY_DTYPE_F64, "F64"}, {-2, "IQ1_M"}, {ALLOY_DTYPE_BF16, "BF16"},
         {-1, NULL}, {-1, NULL}, {-1, NULL}, {-2, "TQ1_0"}, {-2, "TQ2_0"}, {-1, NULL}, {-1, NULL}, {-1, NULL},
@@ -394,7 +394,7 @@ static int parse_tensor_info(struct hdr *h, uint64_t *expect, uint64_t *offs, si
                              "removed)", c->label, name, type);
     if (dtype == -2)
         return alloy_err_set(c->err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': type %s (%u) is not supported; alloy "
-                             "reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
+                             "reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL",
                              c->label, name, tname, type);
     const struct alloy_dtype_traits *tr = alloy_dtype_traits((enum alloy_dtype)dtype);
     if (ne[0] % tr->block)

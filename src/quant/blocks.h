@@ -33,6 +33,7 @@ struct alloy_block_q3_k { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12];
 struct alloy_block_q4_k { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; };
 struct alloy_block_q5_k { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; };
 struct alloy_block_q6_k { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; };
+struct alloy_block_iq4_nl { uint16_t d; uint8_t qs[16]; }; /* indices into alloy_iq4nl_values, Q4_0 nibble order */
 
 _Static_assert(sizeof(struct alloy_block_q4_0) == 18, "Q4_0 block");
 _Static_assert(sizeof(struct alloy_block_q4_1) == 20, "Q4_1 block");
@@ -44,6 +45,10 @@ _Static_assert(sizeof(struct alloy_block_q3_k) == 110, "Q3_K block");
 _Static_assert(sizeof(struct alloy_block_q4_k) == 144, "Q4_K block");
 _Static_assert(sizeof(struct alloy_block_q5_k) == 176, "Q5_K block");
 _Static_assert(sizeof(struct alloy_block_q6_k) == 210, "Q6_K block");
+_Static_assert(sizeof(struct alloy_block_iq4_nl) == 18, "IQ4_NL block");
+
+/* IQ4_NL's 16 levels (ggml kvalues_iq4nl): a code c means d * alloy_iq4nl_values[c]. */
+extern const int8_t alloy_iq4nl_values[16];
 
 /* Dequantizers: n elements (a multiple of the block) from src to dst. */
 void alloy_dequant_q4_0(const void *src, float *dst, size_t n);
@@ -56,5 +61,6 @@ void alloy_dequant_q3_k(const void *src, float *dst, size_t n);
 void alloy_dequant_q4_k(const void *src, float *dst, size_t n);
 void alloy_dequant_q5_k(const void *src, float *dst, size_t n);
 void alloy_dequant_q6_k(const void *src, float *dst, size_t n);
+void alloy_dequant_iq4_nl(const void *src, float *dst, size_t n);
 
 #endif

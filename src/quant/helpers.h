@@ -40,9 +40,9 @@ static inline float alloy_get_half(const uint8_t *p) { return alloy_f16_to_f32((
 float alloy_make_qx_quants(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *w);
 /* Q3_K's symmetric search with coordinate descent (weights x^2), L in [0, 2*nmax-1]. */
 float alloy_make_q3_quants(int n, int nmax, const float *x, int8_t *L);
-/* Asymmetric scale and min (ggml make_qkx2_quants; x3 = 1: make_qkx3_quants, w NULL means x^2). */
+/* Asymmetric scale and min (ggml make_qkx2_quants; x3 = 1: make_qkx3_quants, w NULL means x^2); n <= 256. */
 float alloy_make_qkx_quants(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min,
-                            uint8_t *Laux, float rmin, float rdelta, int nstep, int use_mad, int x3);
+                            float rmin, float rdelta, int nstep, int use_mad, int x3);
 /* Scale of non-negative x (sub-scales), L in [0, nmax], weights w. */
 float alloy_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *w);
 

@@ -39,7 +39,10 @@ void alloy_quantize_q8_0(const float *x, void *dst, int64_t n)
     uint8_t *b = dst;
     for (int64_t i = 0; i < n / ALLOY_QK; i++, x += ALLOY_QK, b += 34) {
         float amax = 0;
-        for (int j = 0; j < ALLOY_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < ALLOY_QK; j++) { /* ggml's MAX(amax, |x|): no libm fmaxf call (inputs are finite) */
+            const float a = fabsf(x[j]);
+            amax = amax > a ? amax : a;
+        }
         const float d = amax / ((1 << 7) - 1);
         const float id = d ? 1.0f / d : 0.0f;
         alloy_put_half(b, d);
@@ -137,9 +140,8 @@ static void quantize_type1(const float *x, uint8_t *b, int64_t n, const float *q
         float d, m;
         if (qw) {
             float w[ALLOY_QK], mn;
-            uint8_t aux[ALLOY_QK];
             block_weights(x, qw + i * ALLOY_QK, sigma2, w);
-            d = alloy_make_qkx_quants(ALLOY_QK, nmax, x, w, L, &mn, aux, -0.9f, 0.05f, 36, 0, 1);
+            d = alloy_make_qkx_quants(ALLOY_QK, nmax, x, w, L, &mn, -0.9f, 0.05f, 36, 0, 1);
             m = -mn;
         } else {
             float max;
@@ -194,6 +196,7 @@ FROM_F32(q3_k, alloy_quantize_q3_k(src, dst, (int64_t)n, NULL))
 FROM_F32(q4_k, alloy_quantize_q4_k(src, dst, (int64_t)n, NULL))
 FROM_F32(q5_k, alloy_quantize_q5_k(src, dst, (int64_t)n, NULL))
 FROM_F32(q6_k, alloy_quantize_q6_k(src, dst, (int64_t)n, NULL))
+FROM_F32(iq4_nl, alloy_quantize_iq4_nl(src, dst, (int64_t)n, NULL))
 #undef FROM_F32
 
 size_t alloy_quantize_row(enum alloy_dtype t, const float *x, void *dst, int64_t n, const float *imatrix)
@@ -211,6 +214,7 @@ size_t alloy_quantize_row(enum alloy_dtype t, const float *x, void *dst, int64_t
     case ALLOY_DTYPE_Q4_K: alloy_quantize_q4_k(x, dst, n, imatrix); break;
     case ALLOY_DTYPE_Q5_K: alloy_quantize_q5_k(x, dst, n, imatrix); break;
     case ALLOY_DTYPE_Q6_K: alloy_quantize_q6_k(x, dst, n, imatrix); break;
+    case ALLOY_DTYPE_IQ4_NL: alloy_quantize_iq4_nl(x, dst, n, imatrix); break;
     default: return 0;
     }
     return (size_t)(n / tr->block) * tr->block_bytes;
@@ -226,7 +230,9 @@ int alloy_quantize_rows(enum alloy_dtype t, const float *x, void *dst, int64_t n
     if (n_per_row <= 0 || nrows < 0 || n_per_row % tr->block)
         return alloy_err_set(err, ALLOY_ERR_SHAPE, "%s: %s: a row length that is a multiple of %s's block of %u, %lld",
                              file, tensor, tr->name, (unsigned)tr->block, (long long)n_per_row);
-    for (int64_t r = 0; r < nrows; r++) {
+    int finite = 1; /* a branch-free pass the compiler vectorizes; the position only when one is not */
+    for (int64_t j = 0; j < nrows * n_per_row; j++) finite &= fabsf(x[j]) <= FLT_MAX;
+    for (int64_t r = 0; !finite && r < nrows; r++) {
         const float *row = x + r * n_per_row;
         for (int64_t j = 0; j < n_per_row; j++)
             if (!isfinite(row[j]))

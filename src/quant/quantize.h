@@ -45,6 +45,10 @@ void alloy_quantize_q3_k(const float *x, void *dst, int64_t n, const float *w);
 void alloy_quantize_q4_k(const float *x, void *dst, int64_t n, const float *w);
 void alloy_quantize_q5_k(const float *x, void *dst, int64_t n, const float *w);
 void alloy_quantize_q6_k(const float *x, void *dst, int64_t n, const float *w);
+/* IQ4_NL as llama-quantize writes it (ggml quantize_iq4_nl: the scale search, with or without
+ * w); the _ref variant is ggml's quantize_row_iq4_nl_ref (no search), used by nothing else. */
+void alloy_quantize_iq4_nl(const float *x, void *dst, int64_t n, const float *w);
+void alloy_quantize_iq4_nl_ref(const float *x, void *dst, int64_t n);
 
 /* The dtype table's from_f32 rows of the block types: the reference path on n elements (a
  * multiple of the block); they return how many inputs were NaN or Inf (the bytes are then
@@ -60,6 +64,7 @@ ALLOY_QUANT_FROM_F32(q3_k)
 ALLOY_QUANT_FROM_F32(q4_k)
 ALLOY_QUANT_FROM_F32(q5_k)
 ALLOY_QUANT_FROM_F32(q6_k)
+ALLOY_QUANT_FROM_F32(iq4_nl)
 #undef ALLOY_QUANT_FROM_F32
 
 #endif

@@ -53,11 +53,11 @@ static void q2_final(const float *x, uint8_t *b, uint8_t *L)
 
 static void q2_block_ref(const float *x, uint8_t *b)
 {
-    uint8_t L[QK_K], Laux[16];
+    uint8_t L[QK_K];
     float weights[16], mins[QK_K / 16], scales[QK_K / 16], max_scale = 0, max_min = 0;
     for (int j = 0; j < QK_K / 16; ++j) {
         for (int l = 0; l < 16; ++l) weights[l] = fabsf(x[16 * j + l]);
-        scales[j] = alloy_make_qkx_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1, 0);
+        scales[j] = alloy_make_qkx_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, 1, 0);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -81,7 +81,7 @@ static void q2_block_ref(const float *x, uint8_t *b)
 
 static void q2_block_imatrix(const float *x, uint8_t *b, const float *qw)
 {
-    uint8_t L[QK_K], Laux[16], Ls[QK_K / 16], Lm[QK_K / 16];
+    uint8_t L[QK_K], Ls[QK_K / 16], Lm[QK_K / 16];
     float mins[QK_K / 16], scales[QK_K / 16], sw[QK_K / 16], weight[16];
     float sumx2 = 0;
     for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
@@ -90,7 +90,7 @@ static void q2_block_imatrix(const float *x, uint8_t *b, const float *qw)
         for (int l = 0; l < 16; ++l) weight[l] = qw[16 * j + l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
         sw[j] = 0;
         for (int l = 0; l < 16; ++l) sw[j] += weight[l];
-        scales[j] = alloy_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0, 1);
+        scales[j] = alloy_make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], -0.9f, 0.05f, 36, 0, 1);
     }
     const float dm = alloy_make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
     const float mm = alloy_make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
@@ -225,7 +225,7 @@ static void k4_scale_min(int j, const uint8_t *q, int *d, int *m)
 /* Sub-block search and scale packing shared by Q4_K (nmax 15) and Q5_K (31); b starts at d. */
 static void k45_scales(const float *x, uint8_t *b, const float *qw, int nmax, uint8_t *L)
 {
-    uint8_t Laux[32], ls[QK_K / 32], lm[QK_K / 32];
+    uint8_t ls[QK_K / 32], lm[QK_K / 32];
     float weights[32], mins[QK_K / 32], scales[QK_K / 32], sw[QK_K / 32];
     float sigma2 = 0;
     if (qw) {
@@ -241,7 +241,7 @@ static void k45_scales(const float *x, uint8_t *b, const float *qw, int nmax, ui
             float sumw = 0;
             for (int l = 0; l < 32; ++l) sumw += weights[l];
             sw[j] = sumw;
-            scales[j] = alloy_make_qkx_quants(32, nmax, xs, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, 0, 1);
+            scales[j] = alloy_make_qkx_quants(32, nmax, xs, weights, L + 32 * j, &mins[j], -0.9f, 0.05f, 36, 0, 1);
             continue;
         }
         float sum_x2 = 0;
@@ -249,8 +249,8 @@ static void k45_scales(const float *x, uint8_t *b, const float *qw, int nmax, ui
         const float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(xs[l]);
         scales[j] = nmax == 15
-                        ? alloy_make_qkx_quants(32, 15, xs, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, 0, 0)
-                        : alloy_make_qkx_quants(32, 31, xs, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 0, 0);
+                        ? alloy_make_qkx_quants(32, 15, xs, weights, L + 32 * j, &mins[j], -1.f, 0.1f, 20, 0, 0)
+                        : alloy_make_qkx_quants(32, 31, xs, weights, L + 32 * j, &mins[j], -0.5f, 0.1f, 15, 0, 0);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }

@@ -133,6 +133,7 @@ static uint32_t ggml_type_of(enum alloy_dtype d)
         {ALLOY_DTYPE_F16, 1}, {ALLOY_DTYPE_BF16, 30}, {ALLOY_DTYPE_Q4_0, 2}, {ALLOY_DTYPE_Q4_1, 3},
         {ALLOY_DTYPE_Q5_0, 6}, {ALLOY_DTYPE_Q5_1, 7}, {ALLOY_DTYPE_Q8_0, 8}, {ALLOY_DTYPE_Q2_K, 10},
         {ALLOY_DTYPE_Q3_K, 11}, {ALLOY_DTYPE_Q4_K, 12}, {ALLOY_DTYPE_Q5_K, 13}, {ALLOY_DTYPE_Q6_K, 14},
+        {ALLOY_DTYPE_IQ4_NL, 20},
     };
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(ids); i++)
         if (ids[i].d == d) return ids[i].id;
@@ -326,7 +327,7 @@ static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcf
         rc = alloy_folder_file(alloy_model_dir(m), "tokenizer.json", path, err);
         if (!rc && access(*path, R_OK) != 0)
             rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: the vocabulary a GGUF file needs, found none "
-                               "(tokenizer.model alone is not read)", *path);
+                               "(neither tokenizer.json nor tokenizer.model)", *path);
         if (!rc) rc = alloy_read_file(*path, (size_t)1 << 30, &text, &len, err);
         if (!rc) rc = alloy_folder_file(alloy_model_dir(m), "tokenizer_config.json", &cpath, err);
         if (!rc && cpath && access(cpath, R_OK) != 0) {
@@ -345,6 +346,46 @@ static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcf
     if (!rc && cpath && !(*tcfg = load_json_text(text, cpath, err))) rc = (int)err->status;
     free(text);
     free(cpath);
+    return rc;
+}
+
+/* A folder's name (absent: *out NULL) as a JSON object. */
+static int optional_json(const char *dir, const char *name, json_t **out, struct alloy_err *err)
+{
+    char *path = NULL, *text = NULL;
+    size_t len;
+    *out = NULL;
+    int rc = alloy_folder_file(dir, name, &path, err);
+    if (!rc && access(path, R_OK) == 0) {
+        rc = alloy_read_file(path, (size_t)1 << 30, &text, &len, err);
+        if (!rc && !(*out = load_json_text(text, path, err))) rc = (int)err->status;
+    }
+    free(text);
+    free(path);
+    return rc;
+}
+
+/* SentencePiece's tokenizer.model in the tokenizer source's folder, which llama.cpp's converter reads before
+ * tokenizer.json (gguf.md §1.1): the "llama" keys from it. *found 0 when the folder has none. */
+static int spm_tokenizer(const struct alloy_plan *p, json_t *config, int64_t n_vocab, int space_prefix,
+                         struct gguf_buf *kv, int *found, struct alloy_err *err)
+{
+    const char *dir = alloy_model_dir(p->models[p->tokenizer_donor >= 0 ? p->tokenizer_donor : p->donor]);
+    char *path = NULL;
+    struct alloy_spm *s = NULL;
+    json_t *added = NULL, *tcfg = NULL, *tok = NULL;
+    int rc = alloy_folder_file(dir, "tokenizer.model", &path, err);
+    *found = !rc && access(path, R_OK) == 0;
+    if (*found) rc = alloy_spm_open(path, &s, err);
+    if (*found && !rc) rc = optional_json(dir, "added_tokens.json", &added, err);
+    if (*found && !rc) rc = optional_json(dir, "tokenizer_config.json", &tcfg, err);
+    if (*found && !rc) rc = optional_json(dir, "tokenizer.json", &tok, err);
+    if (*found && !rc) rc = gguf_tokenizer_keys_spm(kv, s, added, tcfg, tok, config, path, n_vocab, space_prefix, err);
+    alloy_spm_free(s);
+    json_decref(tok);
+    json_decref(added);
+    json_decref(tcfg);
+    free(path);
     return rc;
 }
 
@@ -419,13 +460,14 @@ static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_
     int64_t layers = json_integer_value(json_object_get(config, "num_hidden_layers"));
     if (!rc && g->quantized) rc = quant_types(g, &mi, (int)layers, err);
     if (!rc) rc = gguf_model_keys(&kv, config, cpath, &mi, name, file_type(g), err);
-    if (!rc) rc = tokenizer_json(g->p, &tok, &tcfg, &tpath, &pre, err);
     for (size_t i = 0; !rc && i < g->p->ntensors; i++) /* the token list has one entry per embedding row */
         if (g->t[i].name && strcmp(g->t[i].name, "token_embd.weight") == 0) mi.n_vocab = g->t[i].shape[0];
-    if (!rc && (mi.ga->flags & GA_VOCAB_TRIM)) trim_vocab(g, tok, &mi.n_vocab);
-    if (!rc) rc = gguf_tokenizer_keys(&kv, tok, tcfg, config, tpath, pre, mi.n_vocab, err);
-    if (!rc && (mi.ga->flags & GA_NORM_PLUS1) && gguf_tokenizer_is_spm(tok)) /* Gemma's SentencePiece: no "▁" prefix */
-        gguf_kv_bool(&kv, "tokenizer.ggml.add_space_prefix", 0);
+    int spm = 0, gemma = !rc && (mi.ga->flags & GA_NORM_PLUS1) != 0; /* Gemma's SentencePiece: no "▁" prefix */
+    if (!rc) rc = spm_tokenizer(g->p, config, mi.n_vocab, gemma ? 0 : -1, &kv, &spm, err);
+    if (!rc && !spm) rc = tokenizer_json(g->p, &tok, &tcfg, &tpath, &pre, err);
+    if (!rc && !spm && (mi.ga->flags & GA_VOCAB_TRIM)) trim_vocab(g, tok, &mi.n_vocab);
+    if (!rc && !spm) rc = gguf_tokenizer_keys(&kv, tok, tcfg, config, tpath, pre, mi.n_vocab, err);
+    if (!rc && !spm && gemma && gguf_tokenizer_is_spm(tok)) gguf_kv_bool(&kv, "tokenizer.ggml.add_space_prefix", 0);
     if (!rc) gguf_kv_u32(&kv, "general.quantization_version", 2);
     if (!rc && g->imatrix) { /* what llama-quantize adds */
         gguf_kv_str(&kv, "quantize.imatrix.file", g->o->imatrix);

@@ -15,7 +15,7 @@
  *     counter (n = the layer count);
  *   - the fallback last: a row length the chosen type's block does not
  *     divide turns Q4_K into Q5_0, Q5_K into Q5_1, Q6_K into Q8_0, Q2_K and
- *     Q3_K into IQ4_NL (not written by alloy: an error), then F16 when 32
+ *     Q3_K into IQ4_NL (as llama.cpp c392e50, gguf.md §3.7), then F16 when 32
  *     does not divide it either; the legacy types have no fallback and stop,
  *     as llama-quantize does.
  */
@@ -116,11 +116,8 @@ int gguf_mix_type(struct gguf_mix *m, const char *name, int ndim, int64_t ne0, e
     enum alloy_dtype t = rule_type(m, name, ne0);
     if (ne0 % alloy_dtype_traits(t)->block == 0) return *out = t, ALLOY_OK;
     enum alloy_dtype fb = t == ALLOY_DTYPE_Q4_K ? ALLOY_DTYPE_Q5_0 : t == ALLOY_DTYPE_Q5_K ? ALLOY_DTYPE_Q5_1
-                        : t == ALLOY_DTYPE_Q6_K ? ALLOY_DTYPE_Q8_0 : t;
-    if (t == ALLOY_DTYPE_Q2_K || t == ALLOY_DTYPE_Q3_K)
-        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': rows of a multiple of 256 for %s (llama-quantize "
-                             "falls back to IQ4_NL, which alloy does not write), found %lld", file, name,
-                             alloy_dtype_traits(t)->name, (long long)ne0);
+                        : t == ALLOY_DTYPE_Q6_K ? ALLOY_DTYPE_Q8_0
+                        : t == ALLOY_DTYPE_Q2_K || t == ALLOY_DTYPE_Q3_K ? ALLOY_DTYPE_IQ4_NL : t;
     if (fb == t)
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: tensor '%s': rows of a multiple of %u for %s (llama-quantize "
                              "stops: \"Unsupported tensor size encountered\"), found %lld", file, name,

@@ -17,6 +17,7 @@
 #include "core/internal.h"
 #include "formats/gguf.h"
 #include "formats/gguf_arch.h"
+#include "formats/spm.h"
 
 #include <jansson.h>
 
@@ -73,5 +74,13 @@ int gguf_tokenizer_is_spm(json_t *tok);
  * tokenizer.ggml.pre to write (a GGUF donor's), NULL: named from the pre-tokenizer. */
 int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *config, const char *path,
                         const char *pre, int64_t n_vocab, struct alloy_err *err);
+/* The "llama" tokenizer.* keys from SentencePiece's tokenizer.model (s, read from path) as llama.cpp's
+ * converter writes them, with added_tokens.json (added, may be NULL) and tokenizer_config.json (tcfg, may be
+ * NULL) over it; special ids as gguf-py's SpecialVocab: tokenizer_config.json's names looked up in
+ * tokenizer.json's added_tokens (tok, may be NULL), else config.json's ids. add_space_prefix: space_prefix
+ * when >= 0 (Gemma: 0), else tokenizer_config.json's add_prefix_space when it is a boolean (llama). */
+int gguf_tokenizer_keys_spm(struct gguf_buf *b, const struct alloy_spm *s, json_t *added, json_t *tcfg,
+                            json_t *tok, json_t *config, const char *path, int64_t n_vocab, int space_prefix,
+                            struct alloy_err *err);
 
 #endif

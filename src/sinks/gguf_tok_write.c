@@ -28,6 +28,11 @@
  *   bare ByteLevel -> "gpt-2", the Llama 3 and Qwen2 split patterns ->
  *   "llama-bpe" and "qwen2"; any other is refused (llama.cpp would
  *   tokenize with another regex).
+ *   When the tokenizer source has SentencePiece's tokenizer.model (read by
+ *   formats/spm.c), the sink takes the "llama" form from it instead, as
+ *   the converter's _create_vocab_sentencepiece: the file's pieces, scores
+ *   and types, then added_tokens.json and tokenizer_config.json's
+ *   added_tokens_decoder over them (gguf_tokenizer_keys_spm).
  */
 #include "sinks/gguf_out.h"
 
@@ -262,14 +267,23 @@ static int write_merges(struct gguf_buf *b, json_t *merges, const char *path, st
 }
 
 /* The id of a special token named in tokenizer_config.json (a string or {"content": ...}), or config.json's
- * <which>_token_id; -1 when neither names one. */
-static int64_t special_id(const struct vocab *v, json_t *tcfg, json_t *config, const char *which)
+ * <which>_token_id; -1 when neither names one. The name is looked up among the vocabulary's non-NORMAL
+ * tokens, or, with spm_added (the tokenizer.model path), as gguf-py's SpecialVocab does: among
+ * tokenizer.json's added_tokens only (an empty array when there is no tokenizer.json). */
+static int64_t special_id(const struct vocab *v, json_t *tcfg, json_t *config, const char *which, json_t *spm_added)
 {
     char k[32];
     snprintf(k, sizeof k, "%s_token", which);
-    json_t *t = json_object_get(tcfg, k);
+    json_t *t = json_object_get(tcfg, k), *a;
     const char *s = json_is_object(t) ? json_string_value(json_object_get(t, "content")) : json_string_value(t);
-    for (int64_t i = 0; s && i < v->n; i++)
+    size_t j;
+    json_array_foreach(spm_added, j, a) {
+        const char *c = json_string_value(json_object_get(a, "content"));
+        json_t *id = json_object_get(a, "id");
+        if (s && c && !strcmp(c, s) && json_is_integer(id) && json_integer_value(id) >= 0 && json_integer_value(id) < v->n)
+            return json_integer_value(id);
+    }
+    for (int64_t i = 0; s && !spm_added && i < v->n; i++)
         if (v->tok[i] && v->type[i] != TT_NORMAL && strcmp(v->tok[i], s) == 0) return i;
     snprintf(k, sizeof k, "%s_token_id", which);
     json_t *id = json_object_get(config, k);
@@ -277,11 +291,11 @@ static int64_t special_id(const struct vocab *v, json_t *tcfg, json_t *config, c
                                                                                                : -1;
 }
 
-static void special_keys(struct gguf_buf *b, const struct vocab *v, json_t *tcfg, json_t *config)
+static void special_keys(struct gguf_buf *b, const struct vocab *v, json_t *tcfg, json_t *config, json_t *spm_added)
 {
     static const char *const which[] = {"bos", "eos", "unk", "pad"};
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(which); i++) {
-        int64_t id = special_id(v, tcfg, config, which[i]);
+        int64_t id = special_id(v, tcfg, config, which[i], spm_added);
         char k[64];
         snprintf(k, sizeof k, "tokenizer.ggml.%s_token_id", which[i]);
         if (id >= 0) gguf_kv_u32(b, k, (uint32_t)id);
@@ -291,6 +305,25 @@ static void special_keys(struct gguf_buf *b, const struct vocab *v, json_t *tcfg
     if (json_is_boolean(ae)) gguf_kv_bool(b, "tokenizer.ggml.add_eos_token", json_is_true(ae));
     json_t *ct = json_object_get(tcfg, "chat_template");
     if (json_is_string(ct)) gguf_kv_str(b, "tokenizer.chat_template", json_string_value(ct));
+}
+
+/* tokenizer.ggml.model, pre, tokens, scores (the "llama" form only) and token_type. */
+static void write_vocab(struct gguf_buf *b, const struct vocab *v, int spm, const char *pre)
+{
+    gguf_kv_str(b, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
+    gguf_kv_str(b, "tokenizer.ggml.pre", pre);
+    gguf_kv_array(b, "tokenizer.ggml.tokens", GGUF_STRING, (uint64_t)v->n);
+    for (int64_t i = 0; i < v->n; i++) gguf_buf_str(b, v->tok[i], strlen(v->tok[i]));
+    if (spm) {
+        gguf_kv_array(b, "tokenizer.ggml.scores", GGUF_F32, (uint64_t)v->n);
+        for (int64_t i = 0; i < v->n; i++) {
+            uint32_t bits;
+            memcpy(&bits, &v->score[i], sizeof bits);
+            gguf_buf_u32(b, bits);
+        }
+    }
+    gguf_kv_array(b, "tokenizer.ggml.token_type", GGUF_I32, (uint64_t)v->n);
+    for (int64_t i = 0; i < v->n; i++) gguf_buf_u32(b, (uint32_t)v->type[i]);
 }
 
 static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *tcfg, json_t *config,
@@ -316,36 +349,124 @@ static int vocab_keys(struct gguf_buf *b, struct vocab *v, json_t *tok, json_t *
     if (form == FORM_SPM && !json_is_array(json_object_get(model, "vocab"))) rc = merge_scores(v, model, path, err);
     if (rc) return rc;
     if (form == FORM_SPM) mark_unknown(v, model);
-    gguf_kv_str(b, "tokenizer.ggml.model", form == FORM_SPM ? "llama" : "gpt2");
-    gguf_kv_str(b, "tokenizer.ggml.pre", pre);
-    gguf_kv_array(b, "tokenizer.ggml.tokens", GGUF_STRING, (uint64_t)v->n);
-    for (int64_t i = 0; i < v->n; i++) gguf_buf_str(b, v->tok[i], strlen(v->tok[i]));
-    if (form == FORM_SPM) {
-        gguf_kv_array(b, "tokenizer.ggml.scores", GGUF_F32, (uint64_t)v->n);
-        for (int64_t i = 0; i < v->n; i++) {
-            uint32_t bits;
-            memcpy(&bits, &v->score[i], sizeof bits);
-            gguf_buf_u32(b, bits);
-        }
-    }
-    gguf_kv_array(b, "tokenizer.ggml.token_type", GGUF_I32, (uint64_t)v->n);
-    for (int64_t i = 0; i < v->n; i++) gguf_buf_u32(b, (uint32_t)v->type[i]);
+    write_vocab(b, v, form == FORM_SPM, pre);
     if (form != FORM_SPM) rc = write_merges(b, json_object_get(model, "merges"), path, err);
-    if (!rc) special_keys(b, v, tcfg, config);
+    if (!rc) special_keys(b, v, tcfg, config, NULL);
     return rc;
+}
+
+static int vocab_alloc(struct vocab *v, int64_t n, struct alloy_err *err)
+{
+    *v = (struct vocab){alloy_xcalloc((size_t)n, sizeof(char *)), alloy_xcalloc((size_t)n, 4),
+                        alloy_xcalloc((size_t)n, sizeof(float)), n};
+    return v->tok && v->type && v->score ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+}
+
+static void vocab_free(struct vocab *v)
+{
+    for (int64_t i = 0; v->tok && i < v->n; i++) free(v->tok[i]);
+    free(v->tok);
+    free(v->type);
+    free(v->score);
 }
 
 int gguf_tokenizer_keys(struct gguf_buf *b, json_t *tok, json_t *tcfg, json_t *config, const char *path,
                         const char *pre, int64_t n_vocab, struct alloy_err *err)
 {
-    struct vocab v = {alloy_xcalloc((size_t)n_vocab, sizeof(char *)), alloy_xcalloc((size_t)n_vocab, 4),
-                      alloy_xcalloc((size_t)n_vocab, sizeof(float)), n_vocab};
-    int rc = v.tok && v.type && v.score ? vocab_keys(b, &v, tok, tcfg, config, path, pre, err)
-                             : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    for (int64_t i = 0; v.tok && i < n_vocab; i++) free(v.tok[i]);
-    free(v.tok);
-    free(v.type);
-    free(v.score);
+    struct vocab v;
+    int rc = vocab_alloc(&v, n_vocab, err);
+    if (!rc) rc = vocab_keys(b, &v, tok, tcfg, config, path, pre, err);
+    vocab_free(&v);
+    return rc;
+}
+
+/* ------------------------------------------------------------ SentencePiece's tokenizer.model */
+
+/* The pieces as the converter's _create_vocab_sentencepiece takes them: ids past the file "[PADn]" UNUSED
+ * scoring -10000; UNKNOWN, CONTROL, UNUSED and BYTE pieces keep their type, NORMAL and USER_DEFINED ones are
+ * NORMAL (sentencepiece's Is* queries know no USER_DEFINED); every piece keeps its score. */
+static int spm_pieces(struct vocab *v, const struct alloy_spm *s, const char *path, struct alloy_err *err)
+{
+    if ((int64_t)s->n > v->n)
+        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: pieces: at most the embedding's %lld rows, found %zu", path,
+                             (long long)v->n, s->n);
+    for (int64_t i = 0; i < v->n; i++) {
+        char pad[32];
+        int n = snprintf(pad, sizeof pad, "[PAD%lld]", (long long)i);
+        int known = i < (int64_t)s->n, t = known ? s->type[i] : TT_UNUSED;
+        if (set_token(v, i, known ? s->piece[i] : pad, known ? strlen(s->piece[i]) : (size_t)n,
+                      t == ALLOY_SPM_USER_DEFINED ? TT_NORMAL : t))
+            return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        v->score[i] = known ? s->score[i] : -10000.0f;
+    }
+    return ALLOY_OK;
+}
+
+/* added_tokens.json ({"content": id}): USER_DEFINED, -1000; ids past the vocabulary are ignored, as the
+ * converter does. */
+static int spm_added_file(struct vocab *v, json_t *added, const char *path, struct alloy_err *err)
+{
+    const char *k;
+    json_t *x;
+    json_object_foreach(added, k, x) {
+        if (!json_is_integer(x) || json_integer_value(x) < 0)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: \"%s\": a token id, found another value", path, k);
+        if (json_integer_value(x) >= v->n) continue;
+        if (set_token(v, json_integer_value(x), k, strlen(k), TT_USER) < 0)
+            return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        v->score[json_integer_value(x)] = -1000.0f;
+    }
+    return ALLOY_OK;
+}
+
+/* tokenizer_config.json's added_tokens_decoder ({"id": {"content", "special"}}): CONTROL when special or one
+ * of the names the converter deems special, else USER_DEFINED with U+2581 turned into spaces; -1000. */
+static int spm_added_decoder(struct vocab *v, json_t *dec, const char *path, struct alloy_err *err)
+{
+    static const char *const look_special[] = {"<pad>", "<mask>", "<2mass>", "[@BOS@]"};
+    const char *k;
+    json_t *x;
+    json_object_foreach(dec, k, x) {
+        char *end;
+        long long id = strtoll(k, &end, 10);
+        const char *c = json_string_value(json_object_get(x, "content"));
+        if (!c || end == k || *end || id < 0 || id >= v->n)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: added_tokens_decoder.\"%s\": an id below the embedding's "
+                                 "%lld rows with a content, found another value", path, k, (long long)v->n);
+        int special = json_is_true(json_object_get(x, "special"));
+        for (size_t i = 0; i < ALLOY_ARRAY_LEN(look_special); i++) special |= strcmp(c, look_special[i]) == 0;
+        char *t = alloy_xstrdup(c), *w = t;
+        for (const char *r = c; t && *r; r++) /* U+2581 (3 bytes) -> ' ' */
+            *w++ = !special && !strncmp(r, "\xe2\x96\x81", 3) ? (r += 2, ' ') : *r;
+        if (t) *w = '\0';
+        int rc = t ? set_token(v, id, t, strlen(t), special ? TT_CONTROL : TT_USER) : -1;
+        free(t);
+        if (rc < 0) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        v->score[id] = -1000.0f;
+    }
+    return ALLOY_OK;
+}
+
+int gguf_tokenizer_keys_spm(struct gguf_buf *b, const struct alloy_spm *s, json_t *added, json_t *tcfg,
+                            json_t *tok, json_t *config, const char *path, int64_t n_vocab, int space_prefix,
+                            struct alloy_err *err)
+{
+    json_t *tok_added = json_object_get(tok, "added_tokens"), *none = json_array();
+    if (!none) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    struct vocab v;
+    int rc = vocab_alloc(&v, n_vocab, err);
+    if (!rc) rc = spm_pieces(&v, s, path, err);
+    if (!rc && added) rc = spm_added_file(&v, added, "added_tokens.json", err);
+    if (!rc) rc = spm_added_decoder(&v, json_object_get(tcfg, "added_tokens_decoder"), "tokenizer_config.json", err);
+    if (!rc) {
+        write_vocab(b, &v, 1, "default");
+        special_keys(b, &v, tcfg, config, json_is_array(tok_added) ? tok_added : none);
+        json_t *sp = json_object_get(tcfg, "add_prefix_space");
+        if (space_prefix >= 0) gguf_kv_bool(b, "tokenizer.ggml.add_space_prefix", space_prefix);
+        else if (json_is_boolean(sp)) gguf_kv_bool(b, "tokenizer.ggml.add_space_prefix", json_is_true(sp));
+    }
+    vocab_free(&v);
+    json_decref(none);
     return rc;
 }
 
