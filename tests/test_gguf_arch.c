@@ -689,6 +689,25 @@ TEST(gguf_arch_gemma_spm_has_no_space_prefix)
     CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
     CHECK(g && alloy_gguf_bool(g, "tokenizer.ggml.add_space_prefix", &prefix, &err) == 0);
     if (g) alloy_tensor_file_close(alloy_gguf_base(g));
+    /* a tokenizer.model (pieces "<unk>" UNKNOWN 0.0, "\u2581a" NORMAL -1.5) comes first; Gemma's false replaces
+     * tokenizer_config.json's add_prefix_space, once (the reader refuses a duplicate key) */
+    static const unsigned char model[] = {0x0a, 0x0e, 0x0a, 0x05, '<', 'u', 'n', 'k', '>', 0x15, 0, 0, 0, 0, 0x18, 2,
+                                          0x0a, 0x0d, 0x0a, 0x04, 0xe2, 0x96, 0x81, 'a', 0x15, 0, 0, 0xc0, 0xbf, 0x18, 1};
+    snprintf(path, sizeof path, "%s/tokenizer.model", dir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(model, 1, sizeof model, f) == sizeof model && fclose(f) == 0);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    CHECK_INT(test_write_text(path, "{\"add_prefix_space\": true}"), 0);
+    snprintf(out, sizeof out, "%s-model.gguf", dir);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype f32 -q -j 2", test_alloy_bin(), dir, out);
+    CHECK_INT(test_run(cmd, NULL), 0);
+    prefix = 1;
+    CHECK_MSG(alloy_gguf_open(out, &g, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK(g && alloy_gguf_bool(g, "tokenizer.ggml.add_space_prefix", &prefix, &err) == 1 && prefix == 0);
+    uint64_t ntok = 0;
+    CHECK(g && alloy_gguf_array(g, "tokenizer.ggml.tokens", GGUF_STRING, &ntok, &err) == 1 && ntok >= 2);
+    CHECK(g && alloy_gguf_array_int(g, "tokenizer.ggml.token_type", 0) == 2); /* "<unk>": from tokenizer.model */
+    if (g) alloy_tensor_file_close(alloy_gguf_base(g));
 }
 
 /* Where rope_freqs.weight's ne[0] and its 16 stored values sit in the file's bytes b (len): the name is found in
