@@ -309,7 +309,7 @@ static int add_entry(struct hdr_ctx *c, const char *key, size_t klen, const char
     t->data = (const uint8_t *)(uintptr_t)c->begins[2 * i];
     t->nbytes = c->begins[2 * i + 1];
     c->sorted[i] = t;
-    if (alloy_strmap_put(&f->base.index, t->name, i, &dup) != 0)
+    if (alloy_strmap_putn(&f->base.index, t->name, klen, i, &dup) != 0)
         return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
     if (dup) return alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name", c->label, t->name);
     return ALLOY_OK;
