@@ -107,18 +107,18 @@ int alloy_strmap_put(struct alloy_strmap *m, const char *key, size_t val, int *e
     return alloy_strmap_putn(m, key, strlen(key), val, existing);
 }
 
-size_t *alloy_strmap_value(struct alloy_strmap *m, const char *key, size_t len)
+struct alloy_strmap_slot *alloy_strmap_find(struct alloy_strmap *m, const char *key, size_t len)
 {
     if (!m->cap || len > UINT32_MAX) return NULL;
     struct alloy_strmap_slot *s = &m->slots[probe(m, key, len, hash_mem(key, len))];
-    return s->key ? &s->val : NULL;
+    return s->key ? s : NULL;
 }
 
 int alloy_strmap_getn(const struct alloy_strmap *m, const char *key, size_t len, size_t *val)
 {
-    const size_t *v = alloy_strmap_value((struct alloy_strmap *)m, key, len); /* only read */
-    if (v && val) *val = *v;
-    return v != NULL;
+    const struct alloy_strmap_slot *s = alloy_strmap_find((struct alloy_strmap *)m, key, len); /* only read */
+    if (s && val) *val = s->val;
+    return s != NULL;
 }
 
 int alloy_strmap_get(const struct alloy_strmap *m, const char *key, size_t *val)

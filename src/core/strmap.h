@@ -33,8 +33,9 @@ int  alloy_strmap_putn(struct alloy_strmap *m, const char *key, size_t len, size
 /* Returns 1 and sets *val when found, else 0. */
 int  alloy_strmap_get(const struct alloy_strmap *m, const char *key, size_t *val);
 int  alloy_strmap_getn(const struct alloy_strmap *m, const char *key, size_t len, size_t *val);
-/* The value stored for key (writable in place), or NULL when absent. */
-size_t *alloy_strmap_value(struct alloy_strmap *m, const char *key, size_t len);
+/* The slot holding key, or NULL when absent. Its value may be changed in place, and its key pointer replaced
+ * by another copy of the same bytes (which must then outlive the map instead). */
+struct alloy_strmap_slot *alloy_strmap_find(struct alloy_strmap *m, const char *key, size_t len);
 /* Every value v becomes to[v] (each v must index to). */
 void alloy_strmap_remap(struct alloy_strmap *m, const size_t *to);
 /* Sizes the table for n keys at once (no regrowth while they are put); 0, or -1 on allocation failure. */

@@ -22,13 +22,22 @@
 
 struct scan {
     struct json_stream *js;
-    size_t i, to;   /* the position and the end of the scanned region (offsets in the text) */
+    const char *w;  /* the window's bytes: text[base + k] is w[k] */
+    size_t o, lim;  /* the position in the window; the window's bytes that belong to the region */
+    size_t to;      /* the end of the scanned region (an offset in the text) */
     size_t keep;    /* the first byte the window must keep when refilled */
-    int follow;     /* 1: keep follows i (members are not held) */
+    int follow;     /* 1: keep follows the position (members are not held) */
 };
 
-static int is_ws(int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-static int is_delim(int c) { return is_ws(c) || c == ',' || c == ':' || c == '{' || c == '}' || c == '[' || c == ']' || c == '"'; }
+enum { WS = 1, DELIM = 2 };
+static const unsigned char g_class[256] = {
+    [' '] = WS | DELIM, ['\t'] = WS | DELIM, ['\n'] = WS | DELIM, ['\r'] = WS | DELIM,
+    [','] = DELIM, [':'] = DELIM, ['{'] = DELIM, ['}'] = DELIM, ['['] = DELIM, [']'] = DELIM, ['"'] = DELIM,
+};
+
+static inline size_t pos(const struct scan *c) { return c->js->base + c->o; }
+
+static int is_ws(int c) { return c >= 0 && (g_class[c] & WS); }
 
 /* Makes text[keep, need] readable: drops the window's bytes before keep, grows it when needed, reads on. */
 static int js_fill(struct json_stream *js, size_t keep, size_t need)
@@ -60,37 +69,56 @@ static int js_fill(struct json_stream *js, size_t keep, size_t need)
     return 0;
 }
 
-/* The byte at c->i, or -1 at the end of the region (or when the window cannot be filled). */
+/* Points the scan at the window (after a fill, or to start). */
+static void sync_window(struct scan *c, size_t i)
+{
+    struct json_stream *js = c->js;
+    c->w = js->buf;
+    c->o = i - js->base;
+    c->lim = c->to - js->base < js->len ? c->to - js->base : js->len;
+}
+
+/* The byte at the position, or -1 at the end of the region (or when the window cannot be filled). */
 static int at_slow(struct scan *c)
 {
-    if (c->i >= c->to || js_fill(c->js, c->follow ? c->i : c->keep, c->i)) return -1;
-    return (unsigned char)c->js->buf[c->i - c->js->base];
+    size_t i = pos(c);
+    if (i >= c->to || js_fill(c->js, c->follow ? i : c->keep, i)) return -1;
+    sync_window(c, i);
+    return (unsigned char)c->w[c->o];
 }
 
 static inline int at(struct scan *c)
 {
-    size_t o = c->i - c->js->base;
-    if (c->i < c->to && o < c->js->len) return (unsigned char)c->js->buf[o];
-    return at_slow(c);
+    return c->o < c->lim ? (unsigned char)c->w[c->o] : at_slow(c);
 }
 
 static void skip_ws(struct scan *c)
 {
-    while (is_ws(at(c))) c->i++;
+    while (is_ws(at(c))) c->o++;
+}
+
+/* Eight bytes at a time: 1 when no byte of the word at p is '"' or '\\' (a zero byte of v ^ q is a q). */
+static inline int word_plain(const char *p)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t v, q, b;
+    memcpy(&v, p, 8);
+    q = v ^ (ones * '"');
+    b = v ^ (ones * '\\');
+    return !(((q - ones) & ~q) & highs) && !(((b - ones) & ~b) & highs);
 }
 
 /* At a '"': moves past the closing quote; each window's run of plain bytes is skipped in one tight loop. */
 static int skip_string(struct scan *c)
 {
-    c->i++;
+    c->o++;
     while (at(c) >= 0) {
-        const char *w = c->js->buf, *p = w + (c->i - c->js->base);
-        size_t lim = c->to - c->js->base < c->js->len ? c->to - c->js->base : c->js->len;
-        const char *e = w + lim;
+        const char *p = c->w + c->o, *e = c->w + c->lim;
+        while (e - p >= 8 && word_plain(p)) p += 8;
         while (p < e && *p != '"' && *p != '\\') p++;
-        c->i = c->js->base + (size_t)(p - w);
+        c->o = (size_t)(p - c->w);
         if (p == e) continue;
-        c->i += *p == '"' ? 1 : 2; /* a backslash escapes the next byte, whatever it is */
+        c->o += *p == '"' ? 1 : 2; /* a backslash escapes the next byte, whatever it is */
         if (*p == '"') return 0;
     }
     return -1;
@@ -108,16 +136,16 @@ static int skip_value(struct scan *c)
             if (skip_string(c)) return -1;
         } else if (ch == '{' || ch == '[') {
             depth++;
-            c->i++;
+            c->o++;
         } else if (ch == '}' || ch == ']') {
             if (!depth) return -1;
             depth--;
-            c->i++;
+            c->o++;
         } else if (ch == ',' || ch == ':') {
             if (!depth) return -1;
-            c->i++;
+            c->o++;
         } else {
-            do c->i++; while ((ch = at(c)) >= 0 && !is_delim(ch));
+            do c->o++; while ((ch = at(c)) >= 0 && !(g_class[ch] & DELIM));
         }
     } while (depth);
     return 0;
@@ -134,29 +162,30 @@ static int fail(const char **what, size_t *at_, const char *msg, size_t i)
 static int call_member(struct scan *c, json_member_fn fn, void *ctx, struct json_member m)
 {
     struct json_stream *js = c->js;
-    if (!c->follow || json_stream_window(js, m.ks, m.ke)) {
-        m.base = js->base;
-        m.ks -= m.base, m.ke -= m.base, m.vs -= m.base, m.ve -= m.base;
-        return fn(ctx, js->buf, &m);
-    }
-    return -2; /* the key could not be read again: js->err says why */
+    size_t i = pos(c);
+    if (c->follow && !json_stream_window(js, m.ks, m.ke)) return -2; /* js->err says why */
+    m.base = js->base;
+    m.ks -= m.base, m.ke -= m.base, m.vs -= m.base, m.ve -= m.base;
+    int rc = fn(ctx, js->buf, &m);
+    sync_window(c, i); /* fn may have read other bytes into the window */
+    return rc;
 }
 
-/* One member at c->i: its extent in *m; 0, or -1 with *what and *at. */
+/* One member at the position: its extent in *m; 0, or -1 with *what and *at. */
 static int scan_member(struct scan *c, struct json_member *m, const char **what, size_t *at_)
 {
-    c->keep = c->i;
-    if (at(c) != '"') return fail(what, at_, "expected a string key", c->i);
-    m->ks = c->i;
+    c->keep = pos(c);
+    if (at(c) != '"') return fail(what, at_, "expected a string key", pos(c));
+    m->ks = pos(c);
     if (skip_string(c)) return fail(what, at_, "unterminated string", m->ks);
-    m->ke = c->i;
+    m->ke = pos(c);
     skip_ws(c);
-    if (at(c) != ':') return fail(what, at_, "expected ':'", c->i);
-    c->i++;
+    if (at(c) != ':') return fail(what, at_, "expected ':'", pos(c));
+    c->o++;
     skip_ws(c);
-    m->vs = c->i;
+    m->vs = pos(c);
     if (skip_value(c)) return fail(what, at_, "unbalanced or truncated value", m->vs);
-    m->ve = c->i;
+    m->ve = pos(c);
     return 0;
 }
 
@@ -164,11 +193,11 @@ static int walk(struct scan *c, json_member_fn fn, void *ctx, size_t *count, con
 {
     *count = 0;
     skip_ws(c);
-    if (at(c) != '{') return fail(what, at_, "expected an object", c->i);
-    c->i++;
+    if (at(c) != '{') return fail(what, at_, "expected an object", pos(c));
+    c->o++;
     skip_ws(c);
     if (at(c) == '}') {
-        c->i++;
+        c->o++;
     } else {
         for (;;) {
             struct json_member m = {0};
@@ -179,13 +208,13 @@ static int walk(struct scan *c, json_member_fn fn, void *ctx, size_t *count, con
             if (rc) return rc;
             skip_ws(c);
             int ch = at(c);
-            if (ch == ',') { c->i++; continue; }
-            if (ch == '}') { c->i++; break; }
-            return fail(what, at_, "expected ',' or '}'", c->i);
+            if (ch == ',') { c->o++; continue; }
+            if (ch == '}') { c->o++; break; }
+            return fail(what, at_, "expected ',' or '}'", pos(c));
         }
     }
     skip_ws(c);
-    if (c->i != c->to) return fail(what, at_, "end of text expected after the object", c->i);
+    if (pos(c) != c->to) return fail(what, at_, "end of text expected after the object", pos(c));
     return 0;
 }
 
@@ -193,7 +222,8 @@ int json_members(const char *s, size_t from, size_t to, json_member_fn fn, void 
                  const char **what, size_t *at_)
 {
     struct json_stream js = {.fd = -1, .size = to, .buf = (char *)s, .len = to}; /* only read */
-    struct scan c = {&js, from, to, from, 0};
+    struct scan c = {.js = &js, .to = to, .keep = from};
+    sync_window(&c, from);
     return walk(&c, fn, ctx, count, what, at_);
 }
 
@@ -209,7 +239,8 @@ int json_stream_init(struct json_stream *js, int fd, size_t size, size_t cap)
 int json_stream_members(struct json_stream *js, size_t from, size_t to, int held, json_member_fn fn, void *ctx,
                         size_t *count, const char **what, size_t *at_)
 {
-    struct scan c = {js, from, to, from, !held};
+    struct scan c = {.js = js, .to = to, .keep = from, .follow = !held};
+    sync_window(&c, from);
     int rc = walk(&c, fn, ctx, count, what, at_);
     return js->err ? -2 : rc;
 }
@@ -253,7 +284,14 @@ json_t *json_part(const char *s, size_t a, size_t b, const char *label, const ch
 int json_plain_string(const char *s, size_t a, size_t b, const char **p, size_t *n)
 {
     if (b - a < 2 || s[a] != '"' || s[b - 1] != '"') return 0;
-    for (size_t i = a + 1; i < b - 1; i++)
+    size_t i = a + 1;
+    for (; i + 8 <= b - 1; i += 8) { /* eight printable ASCII bytes, none '"' or '\\' */
+        const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+        uint64_t v;
+        memcpy(&v, s + i, 8);
+        if (((v - ones * 0x20) | (v + ones * 0x01)) & highs || !word_plain(s + i)) break;
+    }
+    for (; i < b - 1; i++)
         if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e || s[i] == '\\' || s[i] == '"') return 0;
     *p = s + a + 1;
     *n = b - a - 2;

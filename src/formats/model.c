@@ -49,7 +49,6 @@ struct alloy_model {
     size_t count;
     const struct alloy_tensor **tensors;
     struct alloy_strmap index;
-    struct alloy_arena names;        /* the index's names (the index's map's keys), for a sharded model */
     struct alloy_adapter *adapter;   /* a `model+adapter` reference's overlay, else NULL */
     struct alloy_tensor *copies;     /* the adapter's full tensors under the model's names */
     char *warning;                   /* the overlay's base_model_name_or_path warning, or NULL */
@@ -208,8 +207,10 @@ static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, 
     const struct alloy_tensor **grown = alloy_xrealloc(m->tensors, (m->count + n) * sizeof *grown);
     if (!grown) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
     m->tensors = grown;
+    size_t run = 1; /* most files list their tensors in data order already */
     for (size_t i = 0; i < n; i++) m->tensors[first + i] = alloy_tensor_file_tensor(f, i);
-    if (strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's, kept */
+    while (run < n && cmp_tensor_offset(&m->tensors[first + run - 1], &m->tensors[first + run]) <= 0) run++;
+    if (run < n && strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's */
         qsort(m->tensors + first, n, sizeof *m->tensors, cmp_tensor_offset);
     if (alloy_strmap_reserve(&m->index, m->count + n) != 0)
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
@@ -245,7 +246,8 @@ static int index_shard(void *vctx, const char *key, const char *fname, size_t *s
 }
 
 /* The tensors of shard k that the index assigns to it, in data order; each one's entry is marked found
- * (INDEX_FOUND | its position in the model). One lookup per tensor: the index's map becomes the model's. */
+ * (INDEX_FOUND | its position in the model) and its key becomes the tensor's name. One lookup per tensor:
+ * the index's map becomes the model's. */
 #define INDEX_FOUND ((size_t)1 << (sizeof(size_t) * 8 - 1))
 struct placed { uint64_t key; const struct alloy_tensor *t; size_t entry; };
 
@@ -265,10 +267,14 @@ static int add_indexed(struct alloy_model *m, size_t k, struct alloy_index *ix, 
     if (!pl) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
     for (size_t i = 0; i < n; i++) {
         const struct alloy_tensor *t = alloy_tensor_file_tensor(f, i);
-        const size_t *e = alloy_strmap_value(&ix->names, t->name, strlen(t->name));
-        if (e && ix->shard[*e] == k) pl[added++] = (struct placed){(uint64_t)(uintptr_t)t->data, t, *e};
+        struct alloy_strmap_slot *e = alloy_strmap_find(&ix->names, t->name, strlen(t->name));
+        if (!e || ix->shard[e->val] != k) continue;
+        e->key = t->name; /* the same bytes, owned by the file: the index's copy can go */
+        pl[added++] = (struct placed){(uint64_t)(uintptr_t)t->data, t, e->val};
     }
-    if (strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's, kept */
+    size_t run = 1; /* most shards list their tensors in data order already */
+    while (run < added && pl[run - 1].key <= pl[run].key) run++;
+    if (run < added && strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin keeps its state dict's */
         qsort(pl, added, sizeof *pl, cmp_placed);
     for (size_t i = 0; i < added; i++) {
         ix->shard[pl[i].entry] = INDEX_FOUND | m->count;
@@ -279,7 +285,8 @@ static int add_indexed(struct alloy_model *m, size_t k, struct alloy_index *ix, 
 }
 
 /* Every indexed tensor must exist in its shard (the first missing one, in index order, is named); then the
- * index's map, from names to entries, becomes the model's, from names to positions. */
+ * index's map, from names to entries, becomes the model's, from names to positions (its keys are the
+ * tensors' own names by now, so the index's names are freed). */
 static int index_adopt(struct alloy_model *m, const char *path, struct alloy_index *ix, struct alloy_err *err)
 {
     for (size_t i = 0; i < ix->n; i++) {
@@ -290,9 +297,7 @@ static int index_adopt(struct alloy_model *m, const char *path, struct alloy_ind
     }
     alloy_strmap_remap(&ix->names, ix->shard);
     m->index = ix->names;
-    m->names = ix->arena;
     ix->names = (struct alloy_strmap){0};
-    ix->arena = (struct alloy_arena){0};
     return ALLOY_OK;
 }
 
@@ -470,7 +475,6 @@ void alloy_model_close(struct alloy_model *m)
     free(m->image);
     free(m->tensors);
     alloy_strmap_free(&m->index);
-    alloy_arena_free(&m->names);
     free(m->config_text);
     free(m->dir);
     free(m->ref);
