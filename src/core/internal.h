@@ -48,6 +48,9 @@ void *alloy_xaligned(size_t align, size_t n); /* align: a power of two, multiple
 char *alloy_xstrdup(const char *s);
 char *alloy_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* qsort, after one pass that finds most inputs (tensors in file order) already sorted and leaves them. */
+void alloy_qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *));
+
 /* Reads a whole file into a NUL-terminated buffer (max bytes; 0 = 1 GiB). */
 int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err);
 /* Opens a regular file of at most max bytes for reading (a FIFO is refused without blocking): *fd, *size. */

@@ -78,6 +78,14 @@ int alloy_is_file(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+void alloy_qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+    const char *p = base;
+    size_t run = 1;
+    while (run < n && cmp(p + (run - 1) * size, p + run * size) <= 0) run++;
+    if (run < n) qsort(base, n, size, cmp);
+}
+
 int alloy_open_bounded(const char *path, size_t max, int *fdp, size_t *size, struct alloy_err *err)
 {
     /* O_NONBLOCK: opening a FIFO without a writer must not hang; it is refused below */

@@ -94,7 +94,9 @@ static inline int at(struct scan *c)
 
 static void skip_ws(struct scan *c)
 {
-    while (is_ws(at(c))) c->o++;
+    do
+        while (c->o < c->lim && (g_class[(unsigned char)c->w[c->o]] & WS)) c->o++;
+    while (c->o >= c->lim && is_ws(at_slow(c)));
 }
 
 /* Eight bytes at a time: 1 when no byte of the word at p is '"' or '\\' (a zero byte of v ^ q is a q). */

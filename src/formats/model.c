@@ -207,11 +207,9 @@ static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, 
     const struct alloy_tensor **grown = alloy_xrealloc(m->tensors, (m->count + n) * sizeof *grown);
     if (!grown) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
     m->tensors = grown;
-    size_t run = 1; /* most files list their tensors in data order already */
     for (size_t i = 0; i < n; i++) m->tensors[first + i] = alloy_tensor_file_tensor(f, i);
-    while (run < n && cmp_tensor_offset(&m->tensors[first + run - 1], &m->tensors[first + run]) <= 0) run++;
-    if (run < n && strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's */
-        qsort(m->tensors + first, n, sizeof *m->tensors, cmp_tensor_offset);
+    if (strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's, kept */
+        alloy_qsort(m->tensors + first, n, sizeof *m->tensors, cmp_tensor_offset);
     if (alloy_strmap_reserve(&m->index, m->count + n) != 0)
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
     for (size_t i = 0; i < n; i++) {
@@ -272,10 +270,8 @@ static int add_indexed(struct alloy_model *m, size_t k, struct alloy_index *ix, 
         e->key = t->name; /* the same bytes, owned by the file: the index's copy can go */
         pl[added++] = (struct placed){(uint64_t)(uintptr_t)t->data, t, e->val};
     }
-    size_t run = 1; /* most shards list their tensors in data order already */
-    while (run < added && pl[run - 1].key <= pl[run].key) run++;
-    if (run < added && strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin keeps its state dict's */
-        qsort(pl, added, sizeof *pl, cmp_placed);
+    if (strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's, kept */
+        alloy_qsort(pl, added, sizeof *pl, cmp_placed);
     for (size_t i = 0; i < added; i++) {
         ix->shard[pl[i].entry] = INDEX_FOUND | m->count;
         m->tensors[m->count++] = pl[i].t;

@@ -81,11 +81,11 @@ static uint64_t read_u64le(const uint8_t *p)
     return v;
 }
 
-static int cmp_by_offset(const void *a, const void *b, void *ctx)
+static int cmp_by_offset(const void *a, const void *b)
 {
     const struct alloy_tensor *ta = *(const struct alloy_tensor *const *)a;
     const struct alloy_tensor *tb = *(const struct alloy_tensor *const *)b;
-    (void)ctx; /* before validation, data holds the begin offset and nbytes the end offset */
+    /* before validation, data holds the begin offset and nbytes the end offset */
     if (ta->data != tb->data) return ta->data < tb->data ? -1 : 1;
     if (ta->nbytes != tb->nbytes) return ta->nbytes < tb->nbytes ? -1 : 1;
     return 0;
@@ -339,9 +339,7 @@ static int header_member(void *vctx, const char *s, const struct json_member *m)
 static int check_layout(struct alloy_st_file *f, struct alloy_tensor **sorted, uint64_t n, struct alloy_err *err)
 {
     const char *label = f->base.path;
-    size_t run = 1; /* most writers list the tensors in data order: then there is nothing to sort */
-    while (run < f->base.count && cmp_by_offset(&sorted[run - 1], &sorted[run], NULL) <= 0) run++;
-    if (run < f->base.count) qsort_r(sorted, f->base.count, sizeof *sorted, cmp_by_offset, NULL);
+    alloy_qsort(sorted, f->base.count, sizeof *sorted, cmp_by_offset);
     uint64_t expect = 0;
     for (size_t i = 0; i < f->base.count; i++) {
         struct alloy_tensor *t = sorted[i];
