@@ -51,6 +51,10 @@ char *alloy_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))
 /* qsort, after one pass that finds most inputs (tensors in file order) already sorted and leaves them. */
 void alloy_qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *));
 
+/* The largest tokenizer.json read: it is parsed whole into a jansson tree (tens of bytes of memory per byte
+ * of JSON), so its size bounds that memory. */
+#define ALLOY_TOKENIZER_JSON_MAX ((size_t)64 << 20)
+
 /* Reads a whole file into a NUL-terminated buffer (max bytes; 0 = 1 GiB). */
 int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err);
 /* Opens a regular file of at most max bytes for reading (a FIFO is refused without blocking): *fd, *size. */

@@ -18,13 +18,11 @@
 #include "plan/vocab.h"
 #include "config/config.h"
 
-#define JSON_MAX_BYTES ((size_t)64 << 20)
-
 json_t *alloy_json_load_file(const char *path, struct alloy_err *err)
 {
     char *text;
     size_t len;
-    if (alloy_read_file(path, JSON_MAX_BYTES, &text, &len, err) != ALLOY_OK) return NULL;
+    if (alloy_read_file(path, ALLOY_TOKENIZER_JSON_MAX, &text, &len, err) != ALLOY_OK) return NULL;
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     free(text);
