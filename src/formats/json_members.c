@@ -191,31 +191,40 @@ static int scan_member(struct scan *c, struct json_member *m, const char **what,
     return 0;
 }
 
+/* Whitespace between members: nothing before it needs keeping (a held member keeps only its own bytes). */
+static void skip_gap(struct scan *c)
+{
+    int follow = c->follow;
+    c->follow = 1;
+    skip_ws(c);
+    c->follow = follow;
+}
+
 static int walk(struct scan *c, json_member_fn fn, void *ctx, size_t *count, const char **what, size_t *at_)
 {
     *count = 0;
-    skip_ws(c);
+    skip_gap(c);
     if (at(c) != '{') return fail(what, at_, "expected an object", pos(c));
     c->o++;
-    skip_ws(c);
+    skip_gap(c);
     if (at(c) == '}') {
         c->o++;
     } else {
         for (;;) {
             struct json_member m = {0};
-            skip_ws(c);
+            skip_gap(c);
             if (scan_member(c, &m, what, at_)) return -1;
             ++*count;
             int rc = fn ? call_member(c, fn, ctx, m) : 0;
             if (rc) return rc;
-            skip_ws(c);
+            skip_gap(c);
             int ch = at(c);
             if (ch == ',') { c->o++; continue; }
             if (ch == '}') { c->o++; break; }
             return fail(what, at_, "expected ',' or '}'", pos(c));
         }
     }
-    skip_ws(c);
+    skip_gap(c);
     if (pos(c) != c->to) return fail(what, at_, "end of text expected after the object", pos(c));
     return 0;
 }
