@@ -36,6 +36,8 @@ int  alloy_strmap_getn(const struct alloy_strmap *m, const char *key, size_t len
 /* The slot holding key, or NULL when absent. Its value may be changed in place, and its key pointer replaced
  * by another copy of the same bytes (which must then outlive the map instead). */
 struct alloy_strmap_slot *alloy_strmap_find(struct alloy_strmap *m, const char *key, size_t len);
+/* A hint that key will be looked up soon: its home slot is brought into the cache meanwhile. */
+void alloy_strmap_prefetch(const struct alloy_strmap *m, const char *key, size_t len);
 /* Every value v becomes to[v] (each v must index to). */
 void alloy_strmap_remap(struct alloy_strmap *m, const size_t *to);
 /* Sizes the table for n keys at once (no regrowth while they are put); 0, or -1 on allocation failure. */

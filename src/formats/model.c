@@ -264,7 +264,8 @@ static int add_indexed(struct alloy_model *m, size_t k, struct alloy_index *ix, 
     if (grown) m->tensors = grown;
     if (!pl) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
     for (size_t i = 0; i < n; i++) {
-        const struct alloy_tensor *t = alloy_tensor_file_tensor(f, i);
+        const struct alloy_tensor *t = alloy_tensor_file_tensor(f, i), *ahead = alloy_tensor_file_tensor(f, i + 8);
+        if (ahead) alloy_strmap_prefetch(&ix->names, ahead->name, strlen(ahead->name)); /* hide the miss */
         struct alloy_strmap_slot *e = alloy_strmap_find(&ix->names, t->name, strlen(t->name));
         if (!e || ix->shard[e->val] != k) continue;
         e->key = t->name; /* the same bytes, owned by the file: the index's copy can go */
