@@ -258,8 +258,9 @@ int json_stream_members(struct json_stream *js, size_t from, size_t to, int held
 
 const char *json_stream_window(struct json_stream *js, size_t a, size_t b)
 {
-    if ((a < js->base || b > js->base + js->len) && b > a && js_fill(js, a, b - 1)) return NULL;
-    return js->buf ? js->buf + (a - js->base) : "";
+    if (b <= a) return "";
+    if ((a < js->base || b > js->base + js->len) && js_fill(js, a, b - 1)) return NULL;
+    return js->buf + (a - js->base);
 }
 
 void json_stream_free(struct json_stream *js)
