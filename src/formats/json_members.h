@@ -10,9 +10,11 @@
  *   closed, brackets balanced, commas and colons in place): every key and
  *   value is still parsed, and so validated, by jansson, except the plain
  *   strings and integers that json_plain_string / json_plain_uint accept
- *   (their text is their value, valid by construction). It never recurses
- *   and allocates nothing; O(n) in the text. json_part bounds each tree: a
- *   member other than a string is parsed only up to JSON_PART_MAX bytes.
+ *   (their text is their value, valid by construction). It never recurses;
+ *   O(n) in the text. Text in memory costs nothing more; a file walked with
+ *   json_stream_members costs a window of it (refilled with pread), never
+ *   its whole size. json_part bounds each tree: a member other than a
+ *   string is parsed only up to JSON_PART_MAX bytes.
  */
 #ifndef ALLOY_FORMATS_JSON_MEMBERS_H
 #define ALLOY_FORMATS_JSON_MEMBERS_H
