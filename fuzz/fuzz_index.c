@@ -13,9 +13,12 @@
  *   is walked: every tensor is found by its name, lies in a shard the index
  *   names, and its bytes are read. Rejections must be one line.
  *   Writing one small file per run costs a few microseconds; the fuzzer
- *   still runs thousands of inputs per second.
+ *   still runs thousands of inputs per second. The index is read through a
+ *   window of 1 + size % 17 bytes (model_index.h), so every input is also
+ *   split across window boundaries.
  */
 #include "alloy.h"
+#include "formats/model_index.h"
 #include "fuzz.h"
 
 #include <dirent.h>
@@ -117,6 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(fd);
     struct alloy_model *m = NULL;
     struct alloy_err err = {0};
+    alloy_index_set_window(1 + size % 17);
     int rc = alloy_model_open(g_dir, &m, &err);
     if (rc != ALLOY_OK) {
         check(m == NULL);

@@ -4,7 +4,7 @@
 #   sh fuzz/run.sh [SECONDS] [TARGET...]     fuzz each target SECONDS (default 30)
 #   sh fuzz/run.sh replay TARGET FILE...     re-run inputs with the gcc + ASan build
 #
-# Targets are fuzz/fuzz_<name>.c (safetensors, index, tokenizer, gguf, imatrix, pickle, torch_zip,
+# Targets are fuzz/fuzz_<name>.c (safetensors, index, json_stream, tokenizer, gguf, imatrix, pickle, torch_zip,
 # llama_config, config, adapter_config, vocab, gguf_tokwrite, spm). Each is built with clang -fsanitize=fuzzer,address,
 # undefined against the library sources compiled the same way (through the
 # Makefile, in build-fuzz/), then run with the seed corpus fuzz/corpus/<name>/

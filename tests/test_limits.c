@@ -288,3 +288,36 @@ TEST(limits_index_memory_per_byte)
     free(json);
     free(idx);
 }
+
+/* The index is read through a 1 MiB window (src/formats/model_index.c): 48 MiB of whitespace between two
+ * entries cost the window, not the text (the whole text was held before, 48 MiB and more). */
+TEST(limits_index_text_not_held)
+{
+    const char *dir = test_tmpdir();
+    size_t len;
+    uint8_t *img = st_image("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                            "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, &len);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/s.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(img, 1, len, f) == len);
+    if (f) fclose(f);
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    f = fopen(path, "wb");
+    size_t pad = (size_t)48 << 20;
+    char *spaces = malloc(pad);
+    CHECK(f && spaces);
+    if (f && spaces) {
+        memset(spaces, ' ', pad);
+        fputs("{\"weight_map\": {\"a\": \"s.safetensors\",", f);
+        CHECK(fwrite(spaces, 1, pad, f) == pad);
+        fputs("\"b\": \"s.safetensors\"}}", f);
+    }
+    if (f) fclose(f);
+    free(spaces);
+    long growth = 0;
+    CHECK_INT(child_rss_growth(do_model_open, (void *)dir, &growth), 0);
+    CHECK_MSG(SANITIZER_BUILD || (growth >= 0 && growth < 8 * 1024),
+              "opening a 48 MiB index of two entries grew the peak RSS by %ld KiB", growth);
+    free(img);
+}

@@ -48,8 +48,17 @@ void *alloy_xaligned(size_t align, size_t n); /* align: a power of two, multiple
 char *alloy_xstrdup(const char *s);
 char *alloy_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* qsort, after one pass that finds most inputs (tensors in file order) already sorted and leaves them. */
+void alloy_qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *));
+
+/* The largest tokenizer.json read: it is parsed whole into a jansson tree (tens of bytes of memory per byte
+ * of JSON), so its size bounds that memory. */
+#define ALLOY_TOKENIZER_JSON_MAX ((size_t)64 << 20)
+
 /* Reads a whole file into a NUL-terminated buffer (max bytes; 0 = 1 GiB). */
 int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err);
+/* Opens a regular file of at most max bytes for reading (a FIFO is refused without blocking): *fd, *size. */
+int alloy_open_bounded(const char *path, size_t max, int *fd, size_t *size, struct alloy_err *err);
 int alloy_is_dir(const char *path);
 int alloy_is_file(const char *path);
 /* Copies a regular file 1 MiB at a time (holes stay holes), then fsyncs it; no size limit. The copy's mode

@@ -78,9 +78,16 @@ int alloy_is_file(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err)
+void alloy_qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
 {
-    if (!max) max = (size_t)1 << 30;
+    const char *p = base;
+    size_t run = 1;
+    while (run < n && cmp(p + (run - 1) * size, p + run * size) <= 0) run++;
+    if (run < n) qsort(base, n, size, cmp);
+}
+
+int alloy_open_bounded(const char *path, size_t max, int *fdp, size_t *size, struct alloy_err *err)
+{
     /* O_NONBLOCK: opening a FIFO without a writer must not hang; it is refused below */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return alloy_err_set(err, ALLOY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -94,7 +101,17 @@ int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struc
         return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: file is %lld bytes, more than the %zu allowed",
                              path, (long long)st.st_size, max);
     }
-    size_t n = (size_t)st.st_size, got = 0;
+    *fdp = fd;
+    *size = (size_t)st.st_size;
+    return ALLOY_OK;
+}
+
+int alloy_read_file(const char *path, size_t max, char **out, size_t *len, struct alloy_err *err)
+{
+    int fd;
+    size_t n, got = 0;
+    int rc = alloy_open_bounded(path, max ? max : (size_t)1 << 30, &fd, &n, err);
+    if (rc) return rc;
     char *buf = alloy_xmalloc(n + 1);
     if (!buf) {
         close(fd);

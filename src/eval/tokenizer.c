@@ -444,7 +444,7 @@ done:
 int alloy_tokenizer_load(const char *path, struct alloy_tokenizer **out, struct alloy_err *err)
 {
     char *text = NULL;
-    int rc = alloy_read_file(path, (size_t)256 << 20, &text, NULL, err);
+    int rc = alloy_read_file(path, ALLOY_TOKENIZER_JSON_MAX, &text, NULL, err);
     if (rc) return rc;
     rc = alloy_tokenizer_parse(text, path, out, err);
     free(text);

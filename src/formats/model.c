@@ -33,7 +33,7 @@
 #include "core/strmap.h"
 #include "formats/formats.h"
 #include "formats/gguf.h"
-#include "formats/json_members.h"
+#include "formats/model_index.h"
 #include "lora/adapter.h"
 
 #include <jansson.h>
@@ -200,190 +200,112 @@ static int cmp_tensor_offset(const void *a, const void *b)
     return ta->data < tb->data ? -1 : ta->data > tb->data;
 }
 
-/* Appends the tensors of f in data order. `want` (may be NULL) restricts them
- * to names the index assigns to shard number `shard`. */
-static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, const struct alloy_strmap *want,
-                            size_t shard, struct alloy_err *err)
+/* Appends the tensors of f in data order (a .bin's in its state dict's order). */
+static int add_file_tensors(struct alloy_model *m, struct alloy_tensor_file *f, struct alloy_err *err)
 {
     size_t n = alloy_tensor_file_count(f), first = m->count;
     const struct alloy_tensor **grown = alloy_xrealloc(m->tensors, (m->count + n) * sizeof *grown);
     if (!grown) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
     m->tensors = grown;
-    size_t added = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct alloy_tensor *t = alloy_tensor_file_tensor(f, i);
-        size_t at;
-        if (want && (!alloy_strmap_get(want, t->name, &at) || at != shard)) continue; /* not indexed here */
-        m->tensors[first + added++] = t;
-    }
+    for (size_t i = 0; i < n; i++) m->tensors[first + i] = alloy_tensor_file_tensor(f, i);
     if (strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's, kept */
-        qsort(m->tensors + first, added, sizeof *m->tensors, cmp_tensor_offset);
-    if (alloy_strmap_reserve(&m->index, m->count + added) != 0)
+        alloy_qsort(m->tensors + first, n, sizeof *m->tensors, cmp_tensor_offset);
+    if (alloy_strmap_reserve(&m->index, m->count + n) != 0)
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
-    for (size_t i = 0; i < added; i++) {
-        const struct alloy_tensor *t = m->tensors[first + i];
-        int rc = add_tensor(m, t, err);
+    for (size_t i = 0; i < n; i++) {
+        int rc = add_tensor(m, m->tensors[first + i], err);
         if (rc) return rc;
     }
     return ALLOY_OK;
 }
 
-/* ------------------------------------------------------------ the index, one weight_map entry at a time */
+/* ------------------------------------------------------------ a sharded model: its index (model_index.c) */
 
-/* The index is walked with json_members (formats/json_members.h): a plain
- * key or shard name is taken as it stands in the text, any other is decoded
- * by jansson one at a time, and what is kept per entry is its name (in an
- * arena) and shard number, so memory stays a small multiple of the index
- * size. */
-struct index_walk {
-    struct alloy_model *m;
-    const char *path;
-    struct alloy_strmap names;  /* tensor name -> shard number */
-    struct alloy_strmap shards; /* shard file name -> shard number (order of first appearance) */
-    struct alloy_arena arena;   /* the names and shard file names */
-    const char **strs;          /* names[i] is strs[i] */
-    size_t n, cap;
-    size_t wm_from, wm_to;      /* the weight_map value in the text */
-    int has_wm;
-    struct alloy_err *err;
-};
-
-static json_t *index_part(struct index_walk *w, const char *s, size_t a, size_t b, int *rc)
-{
-    return json_part(s, a, b, w->path, "not valid JSON", rc, w->err);
-}
-
-static int index_top(void *ctx, const char *s, const struct json_member *mb)
-{
-    struct index_walk *w = ctx;
-    int rc = ALLOY_OK;
-    json_t *k = index_part(w, s, mb->ks, mb->ke, &rc);
-    if (!k) return rc;
-    if (strcmp(json_string_value(k), "weight_map") == 0) {
-        if (w->has_wm) rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: not valid JSON: duplicate key 'weight_map'", w->path);
-        w->has_wm = 1;
-        w->wm_from = mb->vs;
-        w->wm_to = mb->ve;
-    } else { /* other members (metadata) are only validated */
-        json_t *v = index_part(w, s, mb->vs, mb->ve, &rc);
-        json_decref(v);
-    }
-    json_decref(k);
-    return rc;
-}
+struct shard_ctx { struct alloy_model *m; const char *path; struct alloy_err *err; };
 
 /* A shard seen for the first time is checked and opened now, as the index is read. */
-static int index_shard(struct index_walk *w, const char *key, const char *fname, size_t *shard)
+static int index_shard(void *vctx, const char *key, const char *fname, size_t *shard)
 {
-    int known = 0;
-    if (alloy_strmap_get(&w->shards, fname, shard)) return ALLOY_OK;
+    struct shard_ctx *c = vctx;
     if (!*fname || strstr(fname, "..") || fname[0] == '/')
-        return alloy_err_set(w->err, ALLOY_ERR_FORMAT,
-                             "%s: weight_map: '%s': shard name \"%s\" must be a file in the model folder", w->path,
+        return alloy_err_set(c->err, ALLOY_ERR_FORMAT,
+                             "%s: weight_map: '%s': shard name \"%s\" must be a file in the model folder", c->path,
                              key, fname);
     char *path = NULL;
-    const char *own;
-    int rc = alloy_folder_file(w->m->dir, fname, &path, w->err); /* the trust rule: inside the model root */
+    int rc = alloy_folder_file(c->m->dir, fname, &path, c->err); /* the trust rule: inside the model root */
     struct alloy_tensor_file *f;
     if (rc) return rc;
     if (!alloy_is_file(path))
-        rc = alloy_err_set(w->err, ALLOY_ERR_IO, "%s: weight_map: '%s': shard %s does not exist", w->path, key, path);
-    else if (!(rc = add_file(w->m, path, &f, w->err))) {
-        *shard = w->m->nfiles - 1;
-        if (!(own = alloy_arena_strndup(&w->arena, fname, strlen(fname))) ||
-            alloy_strmap_put(&w->shards, own, *shard, &known) != 0)
-            rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
-    }
+        rc = alloy_err_set(c->err, ALLOY_ERR_IO, "%s: weight_map: '%s': shard %s does not exist", c->path, key, path);
+    else if (!(rc = add_file(c->m, path, &f, c->err)))
+        *shard = c->m->nfiles - 1;
     free(path);
     return rc;
 }
 
-/* A string member's text: as it stands when plain, else decoded by jansson into *tree (decref'd by the caller). */
-static const char *index_string(struct index_walk *w, const char *s, size_t a, size_t b, json_t **tree, int *rc,
-                                char *buf, size_t bufsize)
+/* The tensors of shard k that the index assigns to it, in data order; each one's entry is marked found
+ * (INDEX_FOUND | its position in the model) and its key becomes the tensor's name. One lookup per tensor:
+ * the index's map becomes the model's. */
+#define INDEX_FOUND ((size_t)1 << (sizeof(size_t) * 8 - 1))
+struct placed { uint64_t key; const struct alloy_tensor *t; size_t entry; };
+
+static int cmp_placed(const void *a, const void *b)
 {
-    const char *p;
-    size_t n;
-    *tree = NULL;
-    if (json_plain_string(s, a, b, &p, &n) && n < bufsize) {
-        memcpy(buf, p, n);
-        buf[n] = '\0';
-        return buf;
-    }
-    if (!(*tree = index_part(w, s, a, b, rc))) return NULL;
-    return json_string_value(*tree); /* NULL for a value that is not a string */
+    uint64_t x = ((const struct placed *)a)->key, y = ((const struct placed *)b)->key;
+    return x < y ? -1 : x > y;
 }
 
-static int index_entry(void *ctx, const char *s, const struct json_member *mb)
+static int add_indexed(struct alloy_model *m, size_t k, struct alloy_index *ix, struct alloy_err *err)
 {
-    struct index_walk *w = ctx;
-    int rc = ALLOY_OK, dup = 0;
-    char kbuf[512], vbuf[512];
-    json_t *k, *v = NULL;
-    const char *key = index_string(w, s, mb->ks, mb->ke, &k, &rc, kbuf, sizeof kbuf);
-    const char *fname = key ? index_string(w, s, mb->vs, mb->ve, &v, &rc, vbuf, sizeof vbuf) : NULL;
-    size_t shard = 0;
-    if (!key || (!fname && rc)) goto out;
-    if (!fname) {
-        rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: weight_map: '%s': expected a shard file name", w->path, key);
-    } else if (w->n == w->cap) {
-        rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: weight_map changed while read", w->path);
-    } else if (!(rc = index_shard(w, key, fname, &shard))) {
-        if (!(w->strs[w->n] = alloy_arena_strndup(&w->arena, key, strlen(key))) ||
-            alloy_strmap_put(&w->names, w->strs[w->n], shard, &dup) != 0)
-            rc = alloy_err_set(w->err, ALLOY_ERR_NOMEM, "out of memory");
-        else if (dup)
-            rc = alloy_err_set(w->err, ALLOY_ERR_FORMAT, "%s: not valid JSON: weight_map: duplicate key '%s'",
-                               w->path, key);
-        else
-            w->n++;
+    struct alloy_tensor_file *f = m->files[k];
+    size_t n = alloy_tensor_file_count(f), added = 0;
+    const struct alloy_tensor **grown = alloy_xrealloc(m->tensors, (m->count + n) * sizeof *grown);
+    struct placed *pl = grown ? alloy_xcalloc(n ? n : 1, sizeof *pl) : NULL;
+    if (grown) m->tensors = grown;
+    if (!pl) return alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", alloy_tensor_file_path(f));
+    for (size_t i = 0; i < n; i++) {
+        const struct alloy_tensor *t = alloy_tensor_file_tensor(f, i), *ahead = alloy_tensor_file_tensor(f, i + 8);
+        if (ahead) alloy_strmap_prefetch(&ix->names, ahead->name, strlen(ahead->name)); /* hide the miss */
+        struct alloy_strmap_slot *e = alloy_strmap_find(&ix->names, t->name, strlen(t->name));
+        if (!e || ix->shard[e->val] != k) continue;
+        e->key = t->name; /* the same bytes, owned by the file: the index's copy can go */
+        pl[added++] = (struct placed){(uint64_t)(uintptr_t)t->data, t, e->val};
     }
-out:
-    json_decref(k);
-    json_decref(v);
-    return rc;
+    if (strcmp(alloy_tensor_file_format(f), "pytorch") != 0) /* a .bin's order is its state dict's, kept */
+        alloy_qsort(pl, added, sizeof *pl, cmp_placed);
+    for (size_t i = 0; i < added; i++) {
+        ix->shard[pl[i].entry] = INDEX_FOUND | m->count;
+        m->tensors[m->count++] = pl[i].t;
+    }
+    free(pl);
+    return ALLOY_OK;
 }
 
-/* Every indexed tensor must exist in its shard: the tensors added are indexed ones, each once, so only a
- * shortfall needs a search for the missing name. */
-static int index_complete(struct alloy_model *m, const struct index_walk *w, struct alloy_err *err)
+/* Every indexed tensor must exist in its shard (the first missing one, in index order, is named); then the
+ * index's map, from names to entries, becomes the model's, from names to positions (its keys are the
+ * tensors' own names by now, so the index's names are freed). */
+static int index_adopt(struct alloy_model *m, const char *path, struct alloy_index *ix, struct alloy_err *err)
 {
-    for (size_t i = 0; i < w->n && m->count != w->n; i++) {
-        size_t k = 0;
-        if (alloy_strmap_get(&m->index, w->strs[i], NULL)) continue;
-        alloy_strmap_get(&w->names, w->strs[i], &k);
-        return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: tensor '%s' is not in shard %s", w->path,
-                             w->strs[i], alloy_tensor_file_path(m->files[k]));
+    for (size_t i = 0; i < ix->n; i++) {
+        if (!(ix->shard[i] & INDEX_FOUND))
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: tensor '%s' is not in shard %s", path,
+                                 ix->strs[i], alloy_tensor_file_path(m->files[ix->shard[i]]));
+        ix->shard[i] &= ~INDEX_FOUND;
     }
+    alloy_strmap_remap(&ix->names, ix->shard);
+    m->index = ix->names;
+    ix->names = (struct alloy_strmap){0};
     return ALLOY_OK;
 }
 
 static int open_index(struct alloy_model *m, const char *index_path, struct alloy_err *err)
 {
-    char *text;
-    size_t len, count, at;
-    const char *what;
-    int rc = alloy_read_file(index_path, (size_t)256 << 20, &text, &len, err);
-    if (rc) return rc;
-    struct index_walk w = {.m = m, .path = index_path, .err = err};
-    rc = json_members(text, 0, len, index_top, &w, &count, &what, &at);
-    if (!rc && (!w.has_wm || text[w.wm_from] != '{'))
-        rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: weight_map: expected an object of tensor name -> shard file",
-                           index_path);
-    if (!rc) rc = json_members(text, w.wm_from, w.wm_to, NULL, NULL, &count, &what, &at); /* the size first */
-    if (!rc && (!(w.strs = alloy_xcalloc(count ? count : 1, sizeof *w.strs)) ||
-                alloy_strmap_reserve(&w.names, count) != 0))
-        rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu entries", index_path, count);
-    w.cap = count;
-    if (!rc) rc = json_members(text, w.wm_from, w.wm_to, index_entry, &w, &count, &what, &at);
-    if (rc < 0) rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: not valid JSON: %s (byte %zu)", index_path, what, at);
-    free(text);
-    for (size_t k = 0; k < m->nfiles && !rc; k++) rc = add_file_tensors(m, m->files[k], &w.names, k, err);
-    if (!rc) rc = index_complete(m, &w, err);
-    free(w.strs);
-    alloy_arena_free(&w.arena);
-    alloy_strmap_free(&w.names);
-    alloy_strmap_free(&w.shards);
+    struct alloy_index ix;
+    struct shard_ctx c = {m, index_path, err};
+    int rc = alloy_index_read(index_path, alloy_index_window(), index_shard, &c, &ix, err);
+    for (size_t k = 0; k < m->nfiles && !rc; k++) rc = add_indexed(m, k, &ix, err);
+    if (!rc) rc = index_adopt(m, index_path, &ix, err);
+    alloy_index_free(&ix);
     return rc;
 }
 
@@ -439,7 +361,7 @@ static int open_single(struct alloy_model *m, const char *path, struct alloy_err
 {
     struct alloy_tensor_file *f;
     int rc = add_file(m, path, &f, err);
-    return rc ? rc : add_file_tensors(m, f, NULL, 0, err);
+    return rc ? rc : add_file_tensors(m, f, err);
 }
 
 /* The weights of the folder, in mergekit's order of preference: a safetensors index or file, then a
@@ -482,7 +404,7 @@ static int open_gguf(struct alloy_model *m, struct alloy_err *err)
     struct alloy_tensor_file *f;
     if (!(m->dir = alloy_xstrdup(m->ref))) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     int rc = add_file(m, m->ref, &f, err);
-    if (!rc) rc = add_file_tensors(m, f, NULL, 0, err);
+    if (!rc) rc = add_file_tensors(m, f, err);
     if (!rc) rc = alloy_gguf_config_json(alloy_gguf_of(f), &m->config_text, err);
     return rc; /* the tokenizer is rebuilt when asked for: a model without a usable one can still be merged */
 }
@@ -574,7 +496,7 @@ int alloy_model_from_image(const char *ref, const char *dir, uint8_t *image, siz
     m->files = nf;
     if (!rc) {
         m->files[m->nfiles++] = alloy_st_file_base(st);
-        rc = add_file_tensors(m, m->files[0], NULL, 0, err);
+        rc = add_file_tensors(m, m->files[0], err);
     }
     if (rc) {
         alloy_model_close(m);

@@ -53,7 +53,11 @@ size_t alloy_utf8_check(const uint8_t *s, size_t len)
         uint8_t c = s[i];
         size_t n;
         uint32_t cp;
-        if (c < 0x80) { i++; continue; }
+        uint64_t w;
+        if (c < 0x80) {
+            for (i++; i + 8 <= len && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull)); i += 8) {} /* ASCII */
+            continue;
+        }
         else if ((c & 0xe0) == 0xc0) { n = 1; cp = c & 0x1f; }
         else if ((c & 0xf0) == 0xe0) { n = 2; cp = c & 0x0f; }
         else if ((c & 0xf8) == 0xf0) { n = 3; cp = c & 0x07; }
@@ -77,11 +81,11 @@ static uint64_t read_u64le(const uint8_t *p)
     return v;
 }
 
-static int cmp_by_offset(const void *a, const void *b, void *ctx)
+static int cmp_by_offset(const void *a, const void *b)
 {
     const struct alloy_tensor *ta = *(const struct alloy_tensor *const *)a;
     const struct alloy_tensor *tb = *(const struct alloy_tensor *const *)b;
-    (void)ctx; /* before validation, data holds the begin offset and nbytes the end offset */
+    /* before validation, data holds the begin offset and nbytes the end offset */
     if (ta->data != tb->data) return ta->data < tb->data ? -1 : 1;
     if (ta->nbytes != tb->nbytes) return ta->nbytes < tb->nbytes ? -1 : 1;
     return 0;
@@ -309,7 +313,7 @@ static int add_entry(struct hdr_ctx *c, const char *key, size_t klen, const char
     t->data = (const uint8_t *)(uintptr_t)c->begins[2 * i];
     t->nbytes = c->begins[2 * i + 1];
     c->sorted[i] = t;
-    if (alloy_strmap_put(&f->base.index, t->name, i, &dup) != 0)
+    if (alloy_strmap_putn(&f->base.index, t->name, klen, i, &dup) != 0)
         return alloy_err_set(c->err, ALLOY_ERR_NOMEM, "%s: out of memory", c->label);
     if (dup) return alloy_err_set(c->err, ALLOY_ERR_FORMAT, "%s: tensor '%s': duplicate name", c->label, t->name);
     return ALLOY_OK;
@@ -335,7 +339,7 @@ static int header_member(void *vctx, const char *s, const struct json_member *m)
 static int check_layout(struct alloy_st_file *f, struct alloy_tensor **sorted, uint64_t n, struct alloy_err *err)
 {
     const char *label = f->base.path;
-    qsort_r(sorted, f->base.count, sizeof *sorted, cmp_by_offset, NULL);
+    alloy_qsort(sorted, f->base.count, sizeof *sorted, cmp_by_offset);
     uint64_t expect = 0;
     for (size_t i = 0; i < f->base.count; i++) {
         struct alloy_tensor *t = sorted[i];

@@ -41,6 +41,9 @@ struct builder {
     size_t cap;
     int lora_round;                /* --lora-merge-dtype for lora sources, -1: none */
     const struct alloy_given_models *given; /* intermediates of a multi-stage merge, or NULL */
+    const struct alloy_tensor *hint;  /* the lead model's tensor being planned (models:), found without a lookup */
+    int hint_model;
+    int tied_seen;                    /* a tied embedding stood in for a missing head */
 };
 
 static void warnf(struct builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -221,13 +224,14 @@ static void fmt_shape(char *buf, size_t len, const struct alloy_tensor *t)
 static const struct alloy_tensor *lookup(struct builder *b, int mi, const char *name, int *tied)
 {
     const struct alloy_model *m = b->p->models[mi];
-    const struct alloy_tensor *t = alloy_model_find(m, name);
     *tied = 0;
+    if (b->hint && mi == b->hint_model && name == b->hint->name) return b->hint;
+    const struct alloy_tensor *t = alloy_model_find(m, name);
     if (t || !strstr(name, "lm_head")) return t;
     size_t n = alloy_model_count(m);
     for (size_t i = 0; i < n; i++) {
         const struct alloy_tensor *e = alloy_model_tensor(m, i);
-        if (alloy_name_is_pre(e->name)) return *tied = 1, e;
+        if (alloy_name_is_pre(e->name)) return b->tied_seen = *tied = 1, e;
     }
     return NULL;
 }
@@ -572,13 +576,17 @@ static int plan_tensors(struct builder *b)
             double t_pos = !in_stack ? 0.0 : st->nlayers == 1 ? 1.0 : (double)l / (double)(st->nlayers - 1);
             const char *names[nfirst];
             for (int k = 0; k < nfirst; k++) names[k] = name;
+            b->hint = alloy_model_tensor(m0, i), b->hint_model = first[lead].model;
             rc = add_tensor(b, &cfg->slices[0], first, nfirst, bfirst, name, names, t_pos, in_stack ? (int)l : -1);
         }
+        b->hint = NULL;
         if (!rc) rc = add_tied_heads(b, &cfg->slices[0], first, nfirst, bfirst, m0);
-        /* tensors the donor lacks are not merged: say so */
+        /* tensors the donor lacks are not merged: say so (a model that was found to hold every donor name,
+         * none tied, and holds as many tensors holds no other) */
         for (int k = 0; k < nfirst && !rc; k++) {
             const struct alloy_model *mk = p->models[first[k].model];
             size_t extra = 0;
+            if (mk == m0 || (!b->tied_seen && alloy_model_count(mk) == alloy_model_count(m0))) continue;
             const char *example = NULL;
             for (size_t i = 0; i < alloy_model_count(mk); i++)
                 if (!alloy_model_find(m0, alloy_model_tensor(mk, i)->name) &&
@@ -613,10 +621,13 @@ static int plan_tensors(struct builder *b)
     return rc;
 }
 
-/* Every output name once: two slices that produce the same name would leave a hole in the output. */
+/* Every output name once: two slices that produce the same name would leave a hole in the output. A plan
+ * of whole models (models:) names its outputs after the donor's tensors, unique in the donor's table, and
+ * adds a head only when no output has its name yet: nothing to check. */
 static int unique_names(struct builder *b)
 {
     const struct alloy_plan *p = b->p;
+    if (!p->cfg->from_slices) return ALLOY_OK;
     struct alloy_strmap seen = {0};
     int rc = alloy_strmap_reserve(&seen, p->ntensors) ? alloy_err_set(b->err, ALLOY_ERR_NOMEM, "out of memory") : 0;
     for (size_t i = 0; i < p->ntensors && !rc; i++) {

@@ -45,7 +45,7 @@ int alloy_plan_find_stack(const struct alloy_model *m, struct alloy_layer_stack 
         long long l = alloy_name_layer(name, &plen, NULL);
         if (l >= 0) v[k++] = (struct named){name, plen, i, l};
     }
-    qsort(v, k, sizeof *v, cmp_prefix);
+    alloy_qsort(v, k, sizeof *v, cmp_prefix);
     size_t best = 0, best_first = 0, best_at = 0;
     for (size_t i = 0, j; i < k; i = j) { /* runs of one prefix, each in file order */
         for (j = i + 1; j < k && v[j].plen == v[i].plen && memcmp(v[j].name, v[i].name, v[i].plen) == 0;) j++;
@@ -61,7 +61,7 @@ int alloy_plan_find_stack(const struct alloy_model *m, struct alloy_layer_stack 
             if (s->ent[i].layer + 1 > s->nlayers) s->nlayers = s->ent[i].layer + 1;
         }
         s->n = rc ? 0 : best;
-        if (!rc) qsort(s->ent, s->n, sizeof *s->ent, cmp_entry);
+        if (!rc) alloy_qsort(s->ent, s->n, sizeof *s->ent, cmp_entry);
     }
     free(v);
     return rc;

@@ -18,13 +18,11 @@
 #include "plan/vocab.h"
 #include "config/config.h"
 
-#define JSON_MAX_BYTES ((size_t)64 << 20)
-
 json_t *alloy_json_load_file(const char *path, struct alloy_err *err)
 {
     char *text;
     size_t len;
-    if (alloy_read_file(path, JSON_MAX_BYTES, &text, &len, err) != ALLOY_OK) return NULL;
+    if (alloy_read_file(path, ALLOY_TOKENIZER_JSON_MAX, &text, &len, err) != ALLOY_OK) return NULL;
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     free(text);
@@ -149,7 +147,7 @@ static int strip_tokens(json_t *doc, const struct alloy_strmap *gone, long long 
     json_t *model = json_object_get(doc, "model"), *vocab = json_object_get(model, "vocab");
     json_t *merges = json_object_get(model, "merges"), *added = json_object_get(doc, "added_tokens");
     for (size_t i = 0; i < gone->cap; i++)
-        if (gone->keys[i]) json_object_del(vocab, gone->keys[i]);
+        if (gone->slots[i].key) json_object_del(vocab, gone->slots[i].key);
     if (json_is_array(merges)) {
         json_t *keep = json_array();
         for (size_t i = 0; keep && i < json_array_size(merges); i++)
@@ -175,7 +173,7 @@ static int strip(const struct alloy_tokdoc *d, json_t **out, struct alloy_err *e
     int rc = ALLOY_OK;
     if (!(*out = json_deep_copy(d->doc))) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < d->ids.cap && !rc; i++)
-        if (d->ids.keys[i] && (long long)d->ids.vals[i] >= d->size) rc = put(&gone, d->ids.keys[i], 0, err);
+        if (d->ids.slots[i].key && (long long)d->ids.slots[i].val >= d->size) rc = put(&gone, d->ids.slots[i].key, 0, err);
     const json_t *model = json_object_get(d->doc, "model");
     const char *type = json_string_value(json_object_get(model, "type"));
     if (!rc && gone.count && (!type || strcmp(type, "BPE") != 0 || !json_is_object(json_object_get(model, "vocab"))))
@@ -300,7 +298,7 @@ static int union_add(struct uni *u, const struct alloy_tokdoc *d, struct alloy_e
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     }
     for (size_t i = 0; i < d->ids.cap; i++)
-        if (d->ids.keys[i] && d->ids.vals[i] < size) byid[d->ids.vals[i]] = d->ids.keys[i];
+        if (d->ids.slots[i].key && d->ids.slots[i].val < size) byid[d->ids.slots[i].val] = d->ids.slots[i].key;
     int rc = ALLOY_OK;
     for (size_t id = 0; id < size && !rc; id++) {
         if (!byid[id] || alloy_strmap_get(&u->seen, byid[id], &idx)) continue;
@@ -367,12 +365,12 @@ static int finish(struct alloy_vocab *v, struct outdoc *o, const char *path, lon
     if (!(v->tok = alloy_xcalloc(v->n ? v->n : 1, sizeof *v->tok)))
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < o->ids.cap; i++) {
-        if (!o->ids.keys[i]) continue;
-        size_t id = o->ids.vals[i];
+        if (!o->ids.slots[i].key) continue;
+        size_t id = o->ids.slots[i].val;
         if (id >= v->n || v->tok[id])
             return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: token ids are not 0..%zu, one each (id %zu of '%.60s')",
-                                 path, v->n - 1, id, o->ids.keys[i]);
-        v->tok[id] = o->ids.keys[i];
+                                 path, v->n - 1, id, o->ids.slots[i].key);
+        v->tok[id] = o->ids.slots[i].key;
     }
     v->index = o->ids;
     memset(&o->ids, 0, sizeof o->ids);

@@ -55,7 +55,8 @@ void alloy_vocab_free(struct alloy_vocab *v);
  * with itself, add `add` (may be NULL) and check the ids; *ntokens = the output's token count. */
 int  alloy_vocab_check_text(const char *text, size_t len, long long size, const char *add, size_t *ntokens,
                             struct alloy_err *err);
-/* Reads a JSON file of at most 64 MiB: NULL with err set when unreadable or not JSON. */
+/* Reads a tokenizer.json of at most ALLOY_TOKENIZER_JSON_MAX bytes: NULL with err set when unreadable, larger
+ * or not JSON. */
 json_t *alloy_json_load_file(const char *path, struct alloy_err *err);
 
 #endif
