@@ -328,7 +328,7 @@ static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcf
         if (!rc && access(*path, R_OK) != 0)
             rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: the vocabulary a GGUF file needs, found none "
                                "(neither tokenizer.json nor tokenizer.model)", *path);
-        if (!rc) rc = alloy_read_file(*path, (size_t)1 << 30, &text, &len, err);
+        if (!rc) rc = alloy_read_file(*path, ALLOY_TOKENIZER_JSON_MAX, &text, &len, err);
         if (!rc) rc = alloy_folder_file(alloy_model_dir(m), "tokenizer_config.json", &cpath, err);
         if (!rc && cpath && access(cpath, R_OK) != 0) {
             free(cpath);
@@ -342,7 +342,7 @@ static int tokenizer_json(const struct alloy_plan *p, json_t **tok, json_t **tcf
     if (!rc && !(*tok = load_json_text(text, *path, err))) rc = (int)err->status;
     free(text);
     text = NULL;
-    if (!rc && cpath) rc = alloy_read_file(cpath, (size_t)1 << 30, &text, &len, err);
+    if (!rc && cpath) rc = alloy_read_file(cpath, ALLOY_TOKENIZER_JSON_MAX, &text, &len, err);
     if (!rc && cpath && !(*tcfg = load_json_text(text, cpath, err))) rc = (int)err->status;
     free(text);
     free(cpath);
@@ -357,7 +357,7 @@ static int optional_json(const char *dir, const char *name, json_t **out, struct
     *out = NULL;
     int rc = alloy_folder_file(dir, name, &path, err);
     if (!rc && access(path, R_OK) == 0) {
-        rc = alloy_read_file(path, (size_t)1 << 30, &text, &len, err);
+        rc = alloy_read_file(path, ALLOY_TOKENIZER_JSON_MAX, &text, &len, err);
         if (!rc && !(*out = load_json_text(text, path, err))) rc = (int)err->status;
     }
     free(text);
