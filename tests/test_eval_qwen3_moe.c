@@ -135,15 +135,24 @@ static const char *write_qwen3(const char *name, int moe, int fused, int norm_to
     const char *dir = moe_out_path(name);
     int rc = base_tensors(&b, moe);
     if (moe) experts(&b, fused);
-    snprintf(cfg, sizeof cfg, "{\"model_type\": \"%s\", \"vocab_size\": 260, \"hidden_size\": %d, "
+    snprintf(cfg, sizeof cfg, "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"vocab_size\": 260, \"hidden_size\": %d, "
              "\"intermediate_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": 4, "
              "\"num_key_value_heads\": 2, \"head_dim\": 32, \"rms_norm_eps\": 1e-05, \"rope_theta\": 10000.0, "
              "\"max_position_embeddings\": 256, \"tie_word_embeddings\": false, \"bos_token_id\": 256%s%s}",
-             moe ? "qwen3_moe" : "qwen3", HS, FD, NL,
+             moe ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM", moe ? "qwen3_moe" : "qwen3", HS, FD, NL,
              moe ? ", \"num_experts\": 3, \"num_experts_per_tok\": 2, \"moe_intermediate_size\": 352, "
                    "\"decoder_sparse_step\": 2, \"mlp_only_layers\": [1]" : "",
              !moe ? "" : norm_topk ? ", \"norm_topk_prob\": true" : ", \"norm_topk_prob\": false");
     if (!rc) rc = test_write_model(dir, b.t, b.n, cfg);
+    for (int f = 0; f < 2 && !rc; f++) { /* tiny-llama's tokenizer, which the GGUF writer needs */
+        static const char *const files[2] = {"tokenizer.json", "tokenizer_config.json"};
+        char from[700], to[900];
+        snprintf(from, sizeof from, "tiny-llama/base/%s", files[f]);
+        snprintf(to, sizeof to, "%s/%s", dir, files[f]);
+        char *text = test_read_file(test_data(from), NULL);
+        rc = text ? test_write_text(to, text) : -1;
+        free(text);
+    }
     CHECK_MSG(rc == 0 && b.n > 0, "cannot write %s", dir);
     built_free(&b);
     return dir;
@@ -161,6 +170,21 @@ TEST(eval_qwen3_moe_sparse_layers_and_expert_size)
     const char *un = write_qwen3("q3moe-unnormed", 1, 0, 0);
     gap = moe_logit_gap(un, dense);
     CHECK_MSG(gap > 1e-3 && isfinite(gap), "norm_topk_prob false: logits differ by only %g", gap);
+}
+
+/* alloy convert to GGUF F32 and back: the GGUF of the dense Qwen3 (q/k norms: attn_q_norm, attn_k_norm)
+ * evaluates exactly as its folder. */
+TEST(eval_qwen3_gguf_round_trip)
+{
+    const char *dense = write_qwen3("q3-dense-g", 0, 0, 0);
+    char out[800], cmd[2000];
+    snprintf(out, sizeof out, "%s.gguf", dense);
+    snprintf(cmd, sizeof cmd, "%s convert %s %s --outtype f32 -q -j 2 2>&1", test_alloy_bin(), dense, out);
+    char *log = NULL;
+    CHECK_MSG(test_run(cmd, &log) == 0, "%s", log ? log : "");
+    free(log);
+    double gap = moe_logit_gap(out, dense);
+    CHECK_MSG(gap == 0, "GGUF and folder logits differ by %g", gap);
 }
 
 /* A layer the config makes sparse without a router: one error naming the tensor. */
