@@ -173,6 +173,62 @@ int alloy_llama_layer_sparse(const struct alloy_llama_config *c, int l)
     return 1;
 }
 
+/* The keys of each model_type family: activation, biases, sliding window, q/k norms, MoE keys. */
+static int parse_family(const json_t *root, const char *label, struct alloy_llama_config *c, struct alloy_err *err)
+{
+    const char *type = c->model_type;
+    int is_deepseek = strcmp(type, "deepseek") == 0, is_llama = is_deepseek || strcmp(type, "llama") == 0,
+        is_mixtral = strcmp(type, "mixtral") == 0, is_qmoe = strcmp(type, "qwen2_moe") == 0,
+        is_qwen2 = is_qmoe || strcmp(type, "qwen2") == 0, is_q3moe = strcmp(type, "qwen3_moe") == 0,
+        is_qwen3 = is_q3moe || strcmp(type, "qwen3") == 0, rc;
+    char buf[96];
+    const json_t *act = json_object_get(root, "hidden_act");
+    if (act && !json_is_null(act) &&
+        (!json_is_string(act) || (strcmp(json_string_value(act), "silu") && strcmp(json_string_value(act), "swish")))) {
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: hidden_act: %s is not supported (silu is)", label,
+                             json_kind(act, buf, sizeof buf));
+    }
+    if (is_llama) {
+        int ab = 0;
+        if ((rc = cfg_bool(root, label, "attention_bias", 0, &ab, err)) ||
+            (rc = cfg_bool(root, label, "mlp_bias", 0, &c->mlp_bias, err)))
+            return rc;
+        c->qkv_bias = c->o_bias = ab;
+    } else if (is_qwen2 || is_qwen3) {
+        int sw = 0, ab = 0;
+        c->qkv_bias = is_qwen2;
+        c->qk_norm = is_qwen3;
+        if (is_qwen3 && (rc = cfg_bool(root, label, "attention_bias", 0, &ab, err))) return rc;
+        c->qkv_bias = c->qkv_bias || ab;
+        c->o_bias = ab;
+        if ((rc = cfg_bool(root, label, "use_sliding_window", 0, &sw, err))) return rc;
+        if (sw) {
+            return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
+                                 "%s: use_sliding_window: true is not supported for %s (false is)", label, type);
+        }
+    } else {
+        if ((rc = cfg_int(root, label, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, err))) return rc;
+    }
+    c->norm_topk_prob = 1;
+    if (is_mixtral && ((rc = cfg_int(root, label, "num_local_experts", -1, 1, 1024, &c->n_experts, err)) ||
+                       (rc = cfg_int(root, label, "num_experts_per_tok", 2, 1, c->n_experts, &c->experts_per_tok, err))))
+        return rc;
+    if (is_qmoe && ((rc = cfg_int(root, label, "num_experts", 60, 1, 1024, &c->n_experts, err)) ||
+                    (rc = cfg_int(root, label, "num_experts_per_tok", 4, 1, c->n_experts, &c->experts_per_tok, err)) ||
+                    (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+                    (rc = alloy_llama_moe_check(root, label, c, err))))
+        return rc;
+    if (is_deepseek && ((rc = cfg_int(root, label, "n_routed_experts", -1, 1, 1024, &c->n_experts, err)) ||
+                        (rc = cfg_int(root, label, "num_experts_per_tok", -1, 1, c->n_experts, &c->experts_per_tok, err)) ||
+                        (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+                        (rc = alloy_llama_moe_check(root, label, c, err))))
+        return rc;
+    if (is_q3moe && (rc = parse_qwen3_moe(root, label, c, err))) return rc;
+    c->sparse_step = c->sparse_step ? c->sparse_step : 1;
+    c->moe_intermediate_size = c->moe_intermediate_size ? c->moe_intermediate_size : c->intermediate_size;
+    return ALLOY_OK;
+}
+
 int alloy_llama_config_parse(const char *json_text, const char *label, struct alloy_llama_config *c,
                              struct alloy_err *err)
 {
@@ -195,11 +251,10 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
         goto done;
     }
     const char *type = json_string_value(mt);
-    int is_deepseek = strcmp(type, "deepseek") == 0, is_llama = is_deepseek || strcmp(type, "llama") == 0,
-        is_mixtral = strcmp(type, "mixtral") == 0,
-        is_mistral = is_mixtral || strcmp(type, "mistral") == 0, is_qmoe = strcmp(type, "qwen2_moe") == 0,
-        is_qwen2 = is_qmoe || strcmp(type, "qwen2") == 0, is_q3moe = strcmp(type, "qwen3_moe") == 0,
-        is_qwen3 = is_q3moe || strcmp(type, "qwen3") == 0;
+    int is_llama = strcmp(type, "deepseek") == 0 || strcmp(type, "llama") == 0,
+        is_mistral = strcmp(type, "mixtral") == 0 || strcmp(type, "mistral") == 0,
+        is_qwen2 = strcmp(type, "qwen2_moe") == 0 || strcmp(type, "qwen2") == 0,
+        is_qwen3 = strcmp(type, "qwen3_moe") == 0 || strcmp(type, "qwen3") == 0;
     if (!is_llama && !is_mistral && !is_qwen2 && !is_qwen3) {
         rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, "
                            "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe are)", label, type);
@@ -236,52 +291,7 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
         (rc = parse_rope_scaling(json_object_get(root, "rope_scaling"), label, c, err)) ||
         (rc = cfg_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)))
         goto done;
-    const json_t *act = json_object_get(root, "hidden_act");
-    if (act && !json_is_null(act) &&
-        (!json_is_string(act) || (strcmp(json_string_value(act), "silu") && strcmp(json_string_value(act), "swish")))) {
-        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: hidden_act: %s is not supported (silu is)", label,
-                           json_kind(act, buf, sizeof buf));
-        goto done;
-    }
-    if (is_llama) {
-        int ab = 0;
-        if ((rc = cfg_bool(root, label, "attention_bias", 0, &ab, err)) ||
-            (rc = cfg_bool(root, label, "mlp_bias", 0, &c->mlp_bias, err)))
-            goto done;
-        c->qkv_bias = c->o_bias = ab;
-    } else if (is_qwen2 || is_qwen3) {
-        int sw = 0, ab = 0;
-        c->qkv_bias = is_qwen2;
-        c->qk_norm = is_qwen3;
-        if (is_qwen3 && (rc = cfg_bool(root, label, "attention_bias", 0, &ab, err))) goto done;
-        c->qkv_bias = c->qkv_bias || ab;
-        c->o_bias = ab;
-        if ((rc = cfg_bool(root, label, "use_sliding_window", 0, &sw, err))) goto done;
-        if (sw) {
-            rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
-                               "%s: use_sliding_window: true is not supported for %s (false is)", label, type);
-            goto done;
-        }
-    } else {
-        if ((rc = cfg_int(root, label, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, err))) goto done;
-    }
-    c->norm_topk_prob = 1;
-    if (is_mixtral && ((rc = cfg_int(root, label, "num_local_experts", -1, 1, 1024, &c->n_experts, err)) ||
-                       (rc = cfg_int(root, label, "num_experts_per_tok", 2, 1, c->n_experts, &c->experts_per_tok, err))))
-        goto done;
-    if (is_qmoe && ((rc = cfg_int(root, label, "num_experts", 60, 1, 1024, &c->n_experts, err)) ||
-                    (rc = cfg_int(root, label, "num_experts_per_tok", 4, 1, c->n_experts, &c->experts_per_tok, err)) ||
-                    (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
-                    (rc = alloy_llama_moe_check(root, label, c, err))))
-        goto done;
-    if (is_deepseek && ((rc = cfg_int(root, label, "n_routed_experts", -1, 1, 1024, &c->n_experts, err)) ||
-                        (rc = cfg_int(root, label, "num_experts_per_tok", -1, 1, c->n_experts, &c->experts_per_tok, err)) ||
-                        (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
-                        (rc = alloy_llama_moe_check(root, label, c, err))))
-        goto done;
-    if (is_q3moe && (rc = parse_qwen3_moe(root, label, c, err))) goto done;
-    c->sparse_step = c->sparse_step ? c->sparse_step : 1;
-    c->moe_intermediate_size = c->moe_intermediate_size ? c->moe_intermediate_size : c->intermediate_size;
+    if ((rc = parse_family(root, label, c, err))) goto done;
     const json_t *bos = json_object_get(root, "bos_token_id");
     c->bos_token_id = -1;
     if (json_is_integer(bos) && json_integer_value(bos) >= 0 && json_integer_value(bos) < c->vocab_size)
