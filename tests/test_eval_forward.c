@@ -532,6 +532,21 @@ TEST(eval_config_errors)
         {"{\"model_type\":\"llama\",\"vocab_size\":6,\"hidden_size\":9,\"intermediate_size\":4,\"num_hidden_layers\":1,"
          "\"num_attention_heads\":2}",
          "c.json: head_dim: missing, expected an integer", ALLOY_ERR_FORMAT},
+        {"{\"model_type\":\"qwen3\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":1,"
+         "\"num_attention_heads\":2,\"use_sliding_window\":true}",
+         "c.json: use_sliding_window: true is not supported for qwen3", ALLOY_ERR_UNSUPPORTED},
+        {"{\"model_type\":\"qwen3_moe\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":2,"
+         "\"num_attention_heads\":2,\"mlp_only_layers\":[0, 2]}",
+         "c.json: mlp_only_layers[1]: expected a layer index in [0, 2), found another value", ALLOY_ERR_FORMAT},
+        {"{\"model_type\":\"qwen3_moe\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":2,"
+         "\"num_attention_heads\":2,\"mlp_only_layers\":{}}",
+         "c.json: mlp_only_layers: expected an array of at most 64 layer indices, found another kind", ALLOY_ERR_UNSUPPORTED},
+        {"{\"model_type\":\"qwen3_moe\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":2,"
+         "\"num_attention_heads\":2,\"num_experts\":4,\"num_experts_per_tok\":5}",
+         "c.json: num_experts_per_tok: expected an integer in [1, 4], found 5", ALLOY_ERR_FORMAT},
+        {"{\"model_type\":\"qwen3_moe\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":2,"
+         "\"num_attention_heads\":2,\"decoder_sparse_step\":0}",
+         "c.json: decoder_sparse_step: expected an integer in [1, 100000], found 0", ALLOY_ERR_FORMAT},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct alloy_llama_config c;
