@@ -8,7 +8,7 @@
  * F32 safetensors + config.json, loads it with alloy_llama_open and compares
  * logits; variants cover GQA, q/k/v(/o) and MLP biases, tied embeddings,
  * an explicit head_dim, rope_scaling linear and llama3 (all three frequency
- * bands), and Mistral's sliding window.
+ * bands), Mistral's sliding window and Qwen3's per-head q/k norms.
  */
 #include "test.h"
 #include "eval/eval.h"
@@ -22,16 +22,18 @@ struct tiny {
     const char *type;
     int V, H, F, L, nh, nkv, hd;
     int qkv_bias, o_bias, mlp_bias, tie, window;
+    int qk_norm;         /* qwen3: q_norm / k_norm per head before RoPE */
     double theta, eps;
     int rope;            /* 0 default, 1 linear, 2 llama3 */
     double factor, lo, hi, orig;
     int bos;
     /* weights (row-major [out][in]) */
     double *embed, *lm, *norm;
-    struct { double *an, *fn, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *bo, *wg, *wu, *wd, *bg, *bu, *bd; } layer[2];
+    struct { double *an, *fn, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *bo, *wg, *wu, *wd, *bg, *bu, *bd, *qn, *kn; } layer[2];
 };
 
 static uint64_t g_rng = 12345;
+static int g_norm_after_rope; /* a mutation of the reference: Qwen3's q/k norms after RoPE */
 static double rnd(double scale)
 {
     g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
@@ -69,6 +71,8 @@ static void tiny_init(struct tiny *m)
         m->layer[l].bg = m->mlp_bias ? randv((size_t)m->F, 0, 0.3) : NULL;
         m->layer[l].bu = m->mlp_bias ? randv((size_t)m->F, 0, 0.3) : NULL;
         m->layer[l].bd = m->mlp_bias ? randv((size_t)m->H, 0, 0.3) : NULL;
+        m->layer[l].qn = m->qk_norm ? randv((size_t)m->hd, 1, 0.5) : NULL;
+        m->layer[l].kn = m->qk_norm ? randv((size_t)m->hd, 1, 0.5) : NULL;
     }
 }
 
@@ -106,6 +110,8 @@ static void write_model(const struct tiny *m, const char *dir, const char *skip_
         LADD("self_attn.k_proj.bias", KV, 0, m->layer[l].bk);
         LADD("self_attn.v_proj.bias", KV, 0, m->layer[l].bv);
         LADD("self_attn.o_proj.bias", m->H, 0, m->layer[l].bo);
+        LADD("self_attn.q_norm.weight", m->hd, 0, m->layer[l].qn);
+        LADD("self_attn.k_norm.weight", m->hd, 0, m->layer[l].kn);
         LADD("mlp.gate_proj.weight", m->F, m->H, m->layer[l].wg);
         LADD("mlp.up_proj.weight", m->F, m->H, m->layer[l].wu);
         LADD("mlp.down_proj.weight", m->H, m->F, m->layer[l].wd);
@@ -153,7 +159,7 @@ static void write_model(const struct tiny *m, const char *dir, const char *skip_
                " \"rms_norm_eps\": %g, \"rope_theta\": %g, \"max_position_embeddings\": 64, \"hidden_act\": \"silu\",\n"
                " \"tie_word_embeddings\": %s, \"bos_token_id\": %d",
             m->type, m->V, m->H, m->F, m->L, m->nh, m->nkv, m->hd, m->eps, m->theta, m->tie ? "true" : "false", m->bos);
-    if (!strcmp(m->type, "llama"))
+    if (!strcmp(m->type, "llama") || !strcmp(m->type, "qwen3"))
         fprintf(f, ", \"attention_bias\": %s, \"mlp_bias\": %s", m->o_bias ? "true" : "false", m->mlp_bias ? "true" : "false");
     if (!strcmp(m->type, "mistral")) fprintf(f, ", \"sliding_window\": %d", m->window);
     if (m->rope == 1) fprintf(f, ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": %g}", m->factor);
@@ -222,8 +228,13 @@ static void naive_logits(const struct tiny *m, const int *ids, int T, double *lo
             matvec(m->layer[l].wq, m->layer[l].bq, a, q[t], Q, H);
             matvec(m->layer[l].wk, m->layer[l].bk, a, k[t], KV, H);
             matvec(m->layer[l].wv, m->layer[l].bv, a, v[t], KV, H);
-            for (int j = 0; j < m->nh; j++) rope_head(m, q[t] + j * hd, t);
-            for (int j = 0; j < m->nkv; j++) rope_head(m, k[t] + j * hd, t);
+            for (int j = 0; j < m->nh + m->nkv; j++) { /* Qwen3: each head normed, then rotated */
+                double *x = j < m->nh ? q[t] + j * hd : k[t] + (j - m->nh) * hd;
+                const double *w = j < m->nh ? m->layer[l].qn : m->layer[l].kn;
+                if (w && !g_norm_after_rope) rms(x, w, x, hd, m->eps);
+                rope_head(m, x, t);
+                if (w && g_norm_after_rope) rms(x, w, x, hd, m->eps);
+            }
         }
         double nh[MAXT][64];
         for (int t = 0; t < T; t++) {
@@ -268,6 +279,31 @@ static void naive_logits(const struct tiny *m, const int *ids, int T, double *lo
 
 static const int k_ids[2][12] = {{0, 3, 5, 1, 1, 4, 2, 0, 5, 3, 2, 4}, {5, 5, 2, 0, 1, 3, 4, 4, 1, 0, 2, 3}};
 
+/* The largest |logit - naive logit| over two 12-token sequences run as one batch; *maxabs the largest
+ * |naive logit|. */
+static double logit_gap(const struct tiny *m, struct alloy_llama *lm, double *maxabs)
+{
+    const int T = 12;
+    int32_t ids[2 * 12];
+    for (int s = 0; s < 2; s++)
+        for (int t = 0; t < T; t++) ids[s * T + t] = k_ids[s][t];
+    float *got = malloc(sizeof(float) * 2 * T * (size_t)m->V);
+    double want[12 * 16], maxd = 0;
+    struct alloy_llama_ws *ws = alloy_llama_ws_new(lm, T, 2);
+    alloy_llama_logits(lm, ws, ids, 2, T, got); /* two sequences in one batch */
+    for (int s = 0; s < 2; s++) {
+        naive_logits(m, k_ids[s], T, want);
+        for (int i = 0; i < T * m->V; i++) {
+            double d = fabs(want[i] - got[s * T * m->V + i]);
+            if (d > maxd) maxd = d;
+            if (fabs(want[i]) > *maxabs) *maxabs = fabs(want[i]);
+        }
+    }
+    alloy_llama_ws_free(ws);
+    free(got);
+    return maxd;
+}
+
 static void check_model(struct tiny *m, const char *what)
 {
     g_rng = 12345;
@@ -279,23 +315,7 @@ static void check_model(struct tiny *m, const char *what)
     int rc = alloy_llama_open(dir, &lm, &err);
     CHECK_MSG(rc == 0, "%s: open: %s", what, err.msg);
     if (rc) { tiny_free(m); return; }
-    const int T = 12;
-    int32_t ids[2 * 12];
-    for (int s = 0; s < 2; s++)
-        for (int t = 0; t < T; t++) ids[s * T + t] = k_ids[s][t];
-    float *got = malloc(sizeof(float) * 2 * T * (size_t)m->V);
-    double want[12 * 16];
-    struct alloy_llama_ws *ws = alloy_llama_ws_new(lm, T, 2);
-    alloy_llama_logits(lm, ws, ids, 2, T, got); /* two sequences in one batch */
-    double maxd = 0, maxabs = 0;
-    for (int s = 0; s < 2; s++) {
-        naive_logits(m, k_ids[s], T, want);
-        for (int i = 0; i < T * m->V; i++) {
-            double d = fabs(want[i] - got[s * T * m->V + i]);
-            if (d > maxd) maxd = d;
-            if (fabs(want[i]) > maxabs) maxabs = fabs(want[i]);
-        }
-    }
+    double maxabs = 0, maxd = logit_gap(m, lm, &maxabs);
     CHECK_MSG(maxd < 2e-5 * (1 + maxabs), "%s: max |logit - naive| = %g (max |logit| %g)", what, maxd, maxabs);
     CHECK_MSG(maxabs > 0.1, "%s: logits suspiciously small (%g)", what, maxabs);
 
@@ -331,8 +351,6 @@ static void check_model(struct tiny *m, const char *what)
         CHECK_NEAR(r.nll, total / cnt, 2e-6);
         CHECK_NEAR(r.ppl, exp(total / cnt), 2e-5);
     }
-    alloy_llama_ws_free(ws);
-    free(got);
     alloy_llama_close(lm);
     tiny_free(m);
 }
@@ -387,6 +405,40 @@ TEST(eval_forward_mistral_sliding_window)
     struct tiny m = base_tiny();
     m.type = "mistral"; m.window = 3; m.L = 2; m.nkv = 1;
     check_model(&m, "mistral sliding_window 3");
+}
+
+/* Qwen3: no q/k/v biases, q_norm and k_norm per head before RoPE, head_dim 6 != hidden / heads. */
+TEST(eval_forward_qwen3_qk_norm)
+{
+    struct tiny m = base_tiny();
+    m.type = "qwen3"; m.qk_norm = 1; m.hd = 6; m.nh = 2; m.nkv = 1; m.L = 2; m.eps = 1e-6; m.theta = 1e6;
+    check_model(&m, "qwen3 q/k norm, GQA, head_dim 6");
+}
+
+/* Mutations: the same Qwen3 folder against a reference without the q/k norms, and with them after RoPE
+ * (rather than before), must not match. */
+TEST(eval_forward_qwen3_mutations_fail)
+{
+    struct tiny m = base_tiny();
+    m.type = "qwen3"; m.qk_norm = 1; m.hd = 6; m.nh = 2; m.nkv = 1; m.L = 2;
+    g_rng = 12345;
+    tiny_init(&m);
+    const char *dir = test_tmpdir();
+    write_model(&m, dir, NULL);
+    struct alloy_llama *lm = NULL;
+    struct alloy_err err = {0};
+    CHECK_MSG(alloy_llama_open(dir, &lm, &err) == 0, "%s", err.msg);
+    double maxabs = 0;
+    CHECK(lm && logit_gap(&m, lm, &maxabs) < 2e-5 * (1 + maxabs));
+    double *qn[2] = {m.layer[0].qn, m.layer[1].qn}, *kn[2] = {m.layer[0].kn, m.layer[1].kn};
+    for (int l = 0; l < 2; l++) m.layer[l].qn = m.layer[l].kn = NULL;
+    CHECK_MSG(lm && logit_gap(&m, lm, &maxabs) > 1e-2, "the q/k norms change nothing");
+    for (int l = 0; l < 2; l++) { m.layer[l].qn = qn[l]; m.layer[l].kn = kn[l]; }
+    g_norm_after_rope = 1;
+    CHECK_MSG(lm && logit_gap(&m, lm, &maxabs) > 1e-2, "q/k norms after RoPE match as well");
+    g_norm_after_rope = 0;
+    alloy_llama_close(lm);
+    tiny_free(&m);
 }
 
 /* ------------------------------------------------------------ bad model folders */
@@ -446,7 +498,7 @@ TEST(eval_model_errors)
 
     write_text(dir, "config.json", "{\"model_type\": \"gpt2\"}");
     snprintf(buf, sizeof buf, "%s/config.json: model_type: \"gpt2\" is not supported (llama, mistral, "
-             "mixtral, qwen2, qwen2_moe, deepseek are)", dir);
+             "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe are)", dir);
     expect_open_error(dir, buf, ALLOY_ERR_UNSUPPORTED);
 
     write_text(dir, "config.json", "{\"model_type\": \"llama\", oops}");
@@ -480,6 +532,21 @@ TEST(eval_config_errors)
         {"{\"model_type\":\"llama\",\"vocab_size\":6,\"hidden_size\":9,\"intermediate_size\":4,\"num_hidden_layers\":1,"
          "\"num_attention_heads\":2}",
          "c.json: head_dim: missing, expected an integer", ALLOY_ERR_FORMAT},
+        {"{\"model_type\":\"qwen3\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":1,"
+         "\"num_attention_heads\":2,\"use_sliding_window\":true}",
+         "c.json: use_sliding_window: true is not supported for qwen3", ALLOY_ERR_UNSUPPORTED},
+        {"{\"model_type\":\"qwen3_moe\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":2,"
+         "\"num_attention_heads\":2,\"mlp_only_layers\":[0, 2]}",
+         "c.json: mlp_only_layers[1]: expected a layer index in [0, 2), found another value", ALLOY_ERR_FORMAT},
+        {"{\"model_type\":\"qwen3_moe\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":2,"
+         "\"num_attention_heads\":2,\"mlp_only_layers\":{}}",
+         "c.json: mlp_only_layers: expected an array of at most 64 layer indices, found another kind", ALLOY_ERR_UNSUPPORTED},
+        {"{\"model_type\":\"qwen3_moe\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":2,"
+         "\"num_attention_heads\":2,\"num_experts\":4,\"num_experts_per_tok\":5}",
+         "c.json: num_experts_per_tok: expected an integer in [1, 4], found 5", ALLOY_ERR_FORMAT},
+        {"{\"model_type\":\"qwen3_moe\",\"vocab_size\":6,\"hidden_size\":8,\"intermediate_size\":4,\"num_hidden_layers\":2,"
+         "\"num_attention_heads\":2,\"decoder_sparse_step\":0}",
+         "c.json: decoder_sparse_step: expected an integer in [1, 100000], found 0", ALLOY_ERR_FORMAT},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct alloy_llama_config c;

@@ -521,11 +521,38 @@ TEST(moe_qwen3_moe_per_expert_and_fused)
     CHECK_INT(jint(j, "decoder_sparse_step"), 1);
     CHECK(json_is_true(json_object_get(j, "norm_topk_prob")) && !json_object_get(j, "shared_expert_intermediate_size"));
     json_decref(j);
-    /* the routers from the forward pass need the evaluator's Qwen3 support: a clear error */
+    /* both layouts evaluate to the same logits */
+    double gap = moe_logit_gap(pe, fu);
+    CHECK_MSG(gap == 0, "per-expert and fused Qwen3 MoE differ by %g", gap);
+    /* the routers from the forward pass of the Qwen3 base */
     char *hy = strstr(yaml, "uniform_random");
     memcpy(hy, "hidden_last   ", 14);
-    CHECK(moe_assemble(yaml, moe_out_path("qwen3moe-h"), 0, 0, 0, &err) != 0);
-    CHECK_STR_CONTAINS(err.msg, "qwen3");
+    const char *hid = moe_out_path("qwen3moe-h");
+    CHECK_MSG(moe_assemble(yaml, hid, 0, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK(!moe_same_tensor(hid, "model.layers.2.mlp.gate.weight", pe, "model.layers.2.mlp.gate.weight"));
+    CHECK(isfinite(moe_logit_gap(hid, base)));
+}
+
+/* A Qwen3 MoE whose experts are all its base computes the base's function (norm_topk_prob: the kept
+ * weights sum to 1), per expert and fused; with experts code and prose it does not. */
+TEST(moe_qwen3_moe_identical_experts_eval_as_base)
+{
+    const char *base = qwen_dir("qwen3", "base"), *code = qwen_dir("qwen3", "code"), *prose = qwen_dir("qwen3", "prose");
+    char yaml[2000];
+    struct alloy_err err = {0};
+    snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: random\ndtype: float32\nexperts_per_token: 2\n"
+             "experts: [{source_model: %s}, {source_model: %s}, {source_model: %s}]\n", base, base, base, base);
+    for (int fused = 0; fused < 2; fused++) {
+        const char *out = moe_out_path(fused ? "qwen3moe-same-fused" : "qwen3moe-same");
+        CHECK_MSG(moe_assemble(yaml, out, 0, fused, 0, &err) == 0, "%s", err.msg);
+        double gap = moe_logit_gap(out, base);
+        CHECK_MSG(gap < 2e-4, "fused %d: logits differ from the base by %g", fused, gap);
+    }
+    snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: random\ndtype: float32\nexperts_per_token: 1\n"
+             "experts: [{source_model: %s}, {source_model: %s}]\n", base, code, prose);
+    const char *mix = moe_out_path("qwen3moe-mixed");
+    CHECK_MSG(moe_assemble(yaml, mix, 0, 0, 0, &err) == 0, "%s", err.msg);
+    CHECK_MSG(moe_logit_gap(mix, base) > 1e-2, "experts code and prose score as the base");
 }
 
 /* Mixtral fused (mergekit on transformers 5): mlp.experts.gate_up_proj / down_proj and mlp.gate. */

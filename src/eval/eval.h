@@ -26,8 +26,10 @@
 
 enum alloy_rope_kind { ALLOY_ROPE_DEFAULT = 0, ALLOY_ROPE_LINEAR, ALLOY_ROPE_LLAMA3 };
 
+#define ALLOY_LLAMA_MAX_DENSE 64 /* entries of qwen3_moe's mlp_only_layers the evaluator accepts */
+
 struct alloy_llama_config {
-    char   model_type[16];          /* "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "deepseek" */
+    char   model_type[16];          /* "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "deepseek", "qwen3", "qwen3_moe" */
     int    vocab_size, hidden_size, intermediate_size;
     int    num_layers, num_heads, num_kv_heads, head_dim;
     int    max_position_embeddings;
@@ -43,7 +45,14 @@ struct alloy_llama_config {
     int    n_experts, experts_per_tok; /* mixtral, qwen2_moe, deepseek: experts per layer and per token; 0: dense */
     int    norm_topk_prob;          /* 1: the chosen experts' weights renormalised to sum 1 (Mixtral always) */
     int    shared_expert;           /* 1: a shared expert (qwen2_moe: behind a sigmoid gate; deepseek: ungated) */
+    int    qk_norm;                 /* qwen3, qwen3_moe: RMSNorm over each q and k head before RoPE */
+    int    moe_intermediate_size;   /* the routed experts' size (qwen3_moe; else intermediate_size) */
+    int    sparse_step;             /* qwen3_moe: layer l is sparse when (l + 1) % sparse_step == 0 ... */
+    int    n_dense_layers, dense_layers[ALLOY_LLAMA_MAX_DENSE]; /* ... and l is not one of mlp_only_layers */
 };
+
+/* 1 when layer l of a model of config c has a sparse MoE block (else a dense MLP). */
+int alloy_llama_layer_sparse(const struct alloy_llama_config *c, int l);
 
 /* Parses config.json text; `label` (the file path) prefixes every error. */
 int alloy_llama_config_parse(const char *json_text, const char *label, struct alloy_llama_config *cfg,

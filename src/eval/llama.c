@@ -1,6 +1,6 @@
 /*
  * llama.c — weight loading and the float32 forward pass of Llama-family
- * causal language models (Llama, Mistral, Qwen2, and the MoE blocks of
+ * causal language models (Llama, Mistral, Qwen2, Qwen3, and the MoE blocks of
  * llama_moe.c); config.json is read by llama_config.c.
  *
  * DESIGN
@@ -8,6 +8,7 @@
  *   float32: RMSNorm (w * (x * rsqrt(mean(x^2) + eps))), GQA attention with
  *   half-split RoPE (rope_theta, rope_scaling "linear" or "llama3" computed
  *   as transformers' _compute_*_parameters do), optional q/k/v(/o) biases,
+ *   Qwen3's per-head RMSNorm of q and k (q_norm, k_norm) before RoPE,
  *   causal (and Mistral sliding-window) mask, float32 softmax, SiLU-gated MLP.
  *   Weights are converted once from the memory-mapped safetensors into one
  *   float32 arena (exact upcast), with q/k/v and gate/up stacked so a layer is
@@ -138,9 +139,13 @@ static int walk_tensors(struct alloy_llama *m, const struct alloy_model *mod, co
             LLOAD("self_attn.k_proj.bias", KV, -1);
             LLOAD("self_attn.v_proj.bias", KV, -1);
         }
+        if (c->qk_norm) {
+            PTR(L->qnorm); LLOAD("self_attn.q_norm.weight", hd, -1);
+            PTR(L->knorm); LLOAD("self_attn.k_norm.weight", hd, -1);
+        }
         PTR(L->wo); LLOAD("self_attn.o_proj.weight", H, Q);
         if (c->o_bias) { PTR(L->bo); LLOAD("self_attn.o_proj.bias", H, -1); }
-        if (c->n_experts) { /* router, experts (llama_moe.c) */
+        if (alloy_llama_layer_sparse(c, l)) { /* router, experts (llama_moe.c) */
             if ((rc = alloy_llama_moe_load(m, mod, dir, l, arena, &off, err))) return rc;
             continue;
         }
@@ -255,6 +260,7 @@ struct alloy_llama_ws *alloy_llama_ws_new(const struct alloy_llama *m, int max_l
     struct alloy_llama_ws *ws = alloy_xcalloc(1, sizeof *ws);
     if (!ws) return NULL;
     size_t T = (size_t)max_len * (size_t)max_seqs, H = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
+    if ((size_t)c->moe_intermediate_size > F) F = (size_t)c->moe_intermediate_size;
     size_t hd = (size_t)c->head_dim, Q = (size_t)c->num_heads * hd, QKV = Q + 2 * (size_t)c->num_kv_heads * hd;
     size_t half = hd / 2, rows = T < LOGIT_ROWS ? T : LOGIT_ROWS;
     ws->max_len = max_len;
@@ -466,9 +472,9 @@ VEC_CLONES static void rmsnorm(const float *x, const float *w, float *out, size_
 }
 
 static void ffn(const struct alloy_llama *m, const float *wgu, const float *bgu, const float *wdown, const float *bdown,
-                const float *x, float *gu, float *act, float *y, size_t T)
+                const float *x, float *gu, float *act, float *y, size_t T, size_t F)
 {
-    size_t H = (size_t)m->cfg.hidden_size, F = (size_t)m->cfg.intermediate_size;
+    size_t H = (size_t)m->cfg.hidden_size;
     linear(x, wgu, bgu, gu, T, 2 * F, H);
     for (size_t t = 0; t < T; t++) silu_mul(gu + t * 2 * F, gu + t * 2 * F + F, act + t * F, F);
     linear(act, wdown, bdown, y, T, H, F);
@@ -511,6 +517,10 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
             size_t pos = t % n;
             float *row = ws->qkv + t * QKV;
             const float *cr = ws->cos + pos * half, *sr = ws->sin + pos * half;
+            if (L->qnorm) { /* Qwen3: each head normed over head_dim, before RoPE */
+                rmsnorm(row, L->qnorm, row, nh, hd, eps);
+                rmsnorm(row + Q, L->knorm, row + Q, nkv, hd, eps);
+            }
             for (size_t j = 0; j < nh + nkv; j++) rope(row + j * hd, cr, sr, half); /* q heads, then k heads */
         }
         if (mode == TAP_UNATTENDED) memset(ws->att, 0, T * Q * sizeof(float));
@@ -540,8 +550,8 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
         linear(ws->att, L->wo, L->bo, ws->a, T, H, Q);
         add_inplace(ws->h, ws->a, T * H);
         rmsnorm(ws->h, L->ffn_norm, ws->a, T, H, eps);
-        if (c->n_experts) alloy_llama_moe_block(m, L, ws, T, ffn);
-        else ffn(m, L->wgu, L->bgu, L->wdown, L->bdown, ws->a, ws->gu, ws->act, ws->a, T);
+        if (L->router) alloy_llama_moe_block(m, L, ws, T, ffn);
+        else ffn(m, L->wgu, L->bgu, L->wdown, L->bdown, ws->a, ws->gu, ws->act, ws->a, T, (size_t)c->intermediate_size);
         add_inplace(ws->h, ws->a, T * H);
     }
     if (taps) tap(taps + (size_t)c->num_layers * H, ws->h, n, H, mode);

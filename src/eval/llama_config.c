@@ -8,7 +8,9 @@
  *   scaling, norm epsilon, biases, sliding window), and a value out of bound
  *   or of the wrong JSON kind is one error naming the file and the key. The
  *   MoE keys (Mixtral, Qwen2-MoE, DeepSeek-MoE) are checked by
- *   alloy_llama_moe_check in llama_moe.c. Nothing here touches weights.
+ *   alloy_llama_moe_check in llama_moe.c; Qwen3-MoE's (experts of their own
+ *   size, decoder_sparse_step, mlp_only_layers) are read here by
+ *   parse_qwen3_moe. Nothing here touches weights.
  */
 #include "eval/eval.h"
 #include "eval/llama_impl.h"
@@ -136,6 +138,97 @@ static int parse_rope_scaling(const json_t *rs, const char *label, struct alloy_
                          type);
 }
 
+/* Qwen3MoeConfig: experts of moe_intermediate_size, routed by a softmax router (no shared expert); layer l
+ * sparse when (l + 1) % decoder_sparse_step == 0 and l is not in mlp_only_layers. */
+static int parse_qwen3_moe(const json_t *root, const char *label, struct alloy_llama_config *c, struct alloy_err *err)
+{
+    int rc;
+    if ((rc = cfg_int(root, label, "num_experts", 128, 1, 1024, &c->n_experts, err)) ||
+        (rc = cfg_int(root, label, "num_experts_per_tok", 8, 1, c->n_experts, &c->experts_per_tok, err)) ||
+        (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+        (rc = cfg_int(root, label, "moe_intermediate_size", 768, 1, 1 << 24, &c->moe_intermediate_size, err)) ||
+        (rc = cfg_int(root, label, "decoder_sparse_step", 1, 1, 100000, &c->sparse_step, err)))
+        return rc;
+    const json_t *only = json_object_get(root, "mlp_only_layers"), *v;
+    size_t i;
+    if (!only || json_is_null(only)) return ALLOY_OK;
+    if (!json_is_array(only) || json_array_size(only) > ALLOY_LLAMA_MAX_DENSE)
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: mlp_only_layers: expected an array of at most %d layer "
+                             "indices, found %s", label, ALLOY_LLAMA_MAX_DENSE,
+                             json_is_array(only) ? "a longer array" : "another kind");
+    json_array_foreach(only, i, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= c->num_layers)
+            return alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: mlp_only_layers[%zu]: expected a layer index in [0, %d), "
+                                 "found another value", label, i, c->num_layers);
+        c->dense_layers[c->n_dense_layers++] = (int)json_integer_value(v);
+    }
+    return ALLOY_OK;
+}
+
+int alloy_llama_layer_sparse(const struct alloy_llama_config *c, int l)
+{
+    if (!c->n_experts || (l + 1) % (c->sparse_step ? c->sparse_step : 1)) return 0;
+    for (int i = 0; i < c->n_dense_layers; i++)
+        if (c->dense_layers[i] == l) return 0;
+    return 1;
+}
+
+/* The keys of each model_type family: activation, biases, sliding window, q/k norms, MoE keys. */
+static int parse_family(const json_t *root, const char *label, struct alloy_llama_config *c, struct alloy_err *err)
+{
+    const char *type = c->model_type;
+    int is_deepseek = strcmp(type, "deepseek") == 0, is_llama = is_deepseek || strcmp(type, "llama") == 0,
+        is_mixtral = strcmp(type, "mixtral") == 0, is_qmoe = strcmp(type, "qwen2_moe") == 0,
+        is_qwen2 = is_qmoe || strcmp(type, "qwen2") == 0, is_q3moe = strcmp(type, "qwen3_moe") == 0,
+        is_qwen3 = is_q3moe || strcmp(type, "qwen3") == 0, rc;
+    char buf[96];
+    const json_t *act = json_object_get(root, "hidden_act");
+    if (act && !json_is_null(act) &&
+        (!json_is_string(act) || (strcmp(json_string_value(act), "silu") && strcmp(json_string_value(act), "swish")))) {
+        return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: hidden_act: %s is not supported (silu is)", label,
+                             json_kind(act, buf, sizeof buf));
+    }
+    if (is_llama) {
+        int ab = 0;
+        if ((rc = cfg_bool(root, label, "attention_bias", 0, &ab, err)) ||
+            (rc = cfg_bool(root, label, "mlp_bias", 0, &c->mlp_bias, err)))
+            return rc;
+        c->qkv_bias = c->o_bias = ab;
+    } else if (is_qwen2 || is_qwen3) {
+        int sw = 0, ab = 0;
+        c->qkv_bias = is_qwen2;
+        c->qk_norm = is_qwen3;
+        if (is_qwen3 && (rc = cfg_bool(root, label, "attention_bias", 0, &ab, err))) return rc;
+        c->qkv_bias = c->qkv_bias || ab;
+        c->o_bias = ab;
+        if ((rc = cfg_bool(root, label, "use_sliding_window", 0, &sw, err))) return rc;
+        if (sw) {
+            return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
+                                 "%s: use_sliding_window: true is not supported for %s (false is)", label, type);
+        }
+    } else {
+        if ((rc = cfg_int(root, label, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, err))) return rc;
+    }
+    c->norm_topk_prob = 1;
+    if (is_mixtral && ((rc = cfg_int(root, label, "num_local_experts", -1, 1, 1024, &c->n_experts, err)) ||
+                       (rc = cfg_int(root, label, "num_experts_per_tok", 2, 1, c->n_experts, &c->experts_per_tok, err))))
+        return rc;
+    if (is_qmoe && ((rc = cfg_int(root, label, "num_experts", 60, 1, 1024, &c->n_experts, err)) ||
+                    (rc = cfg_int(root, label, "num_experts_per_tok", 4, 1, c->n_experts, &c->experts_per_tok, err)) ||
+                    (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+                    (rc = alloy_llama_moe_check(root, label, c, err))))
+        return rc;
+    if (is_deepseek && ((rc = cfg_int(root, label, "n_routed_experts", -1, 1, 1024, &c->n_experts, err)) ||
+                        (rc = cfg_int(root, label, "num_experts_per_tok", -1, 1, c->n_experts, &c->experts_per_tok, err)) ||
+                        (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
+                        (rc = alloy_llama_moe_check(root, label, c, err))))
+        return rc;
+    if (is_q3moe && (rc = parse_qwen3_moe(root, label, c, err))) return rc;
+    c->sparse_step = c->sparse_step ? c->sparse_step : 1;
+    c->moe_intermediate_size = c->moe_intermediate_size ? c->moe_intermediate_size : c->intermediate_size;
+    return ALLOY_OK;
+}
+
 int alloy_llama_config_parse(const char *json_text, const char *label, struct alloy_llama_config *c,
                              struct alloy_err *err)
 {
@@ -158,13 +251,13 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
         goto done;
     }
     const char *type = json_string_value(mt);
-    int is_deepseek = strcmp(type, "deepseek") == 0, is_llama = is_deepseek || strcmp(type, "llama") == 0,
-        is_mixtral = strcmp(type, "mixtral") == 0,
-        is_mistral = is_mixtral || strcmp(type, "mistral") == 0, is_qmoe = strcmp(type, "qwen2_moe") == 0,
-        is_qwen2 = is_qmoe || strcmp(type, "qwen2") == 0;
-    if (!is_llama && !is_mistral && !is_qwen2) {
+    int is_llama = strcmp(type, "deepseek") == 0 || strcmp(type, "llama") == 0,
+        is_mistral = strcmp(type, "mixtral") == 0 || strcmp(type, "mistral") == 0,
+        is_qwen2 = strcmp(type, "qwen2_moe") == 0 || strcmp(type, "qwen2") == 0,
+        is_qwen3 = strcmp(type, "qwen3_moe") == 0 || strcmp(type, "qwen3") == 0;
+    if (!is_llama && !is_mistral && !is_qwen2 && !is_qwen3) {
         rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, "
-                           "mixtral, qwen2, qwen2_moe, deepseek are)", label, type);
+                           "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe are)", label, type);
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", type);
@@ -182,7 +275,8 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
                            c->num_heads, c->num_kv_heads);
         goto done;
     }
-    int def_hd = c->hidden_size % c->num_heads == 0 ? c->hidden_size / c->num_heads : -1;
+    /* Qwen3Config's head_dim defaults to 128, not hidden_size / heads */
+    int def_hd = is_qwen3 ? 128 : c->hidden_size % c->num_heads == 0 ? c->hidden_size / c->num_heads : -1;
     if ((rc = cfg_int(root, label, "head_dim", def_hd, 2, 1 << 16, &c->head_dim, err))) goto done;
     if (c->head_dim % 2) {
         rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: head_dim: expected an even number (RoPE rotates halves), found %d",
@@ -197,45 +291,7 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
         (rc = parse_rope_scaling(json_object_get(root, "rope_scaling"), label, c, err)) ||
         (rc = cfg_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)))
         goto done;
-    const json_t *act = json_object_get(root, "hidden_act");
-    if (act && !json_is_null(act) &&
-        (!json_is_string(act) || (strcmp(json_string_value(act), "silu") && strcmp(json_string_value(act), "swish")))) {
-        rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: hidden_act: %s is not supported (silu is)", label,
-                           json_kind(act, buf, sizeof buf));
-        goto done;
-    }
-    if (is_llama) {
-        int ab = 0;
-        if ((rc = cfg_bool(root, label, "attention_bias", 0, &ab, err)) ||
-            (rc = cfg_bool(root, label, "mlp_bias", 0, &c->mlp_bias, err)))
-            goto done;
-        c->qkv_bias = c->o_bias = ab;
-    } else if (is_qwen2) {
-        int sw = 0;
-        c->qkv_bias = 1;
-        if ((rc = cfg_bool(root, label, "use_sliding_window", 0, &sw, err))) goto done;
-        if (sw) {
-            rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED,
-                               "%s: use_sliding_window: true is not supported for qwen2 (false is)", label);
-            goto done;
-        }
-    } else {
-        if ((rc = cfg_int(root, label, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, err))) goto done;
-    }
-    c->norm_topk_prob = 1;
-    if (is_mixtral && ((rc = cfg_int(root, label, "num_local_experts", -1, 1, 1024, &c->n_experts, err)) ||
-                       (rc = cfg_int(root, label, "num_experts_per_tok", 2, 1, c->n_experts, &c->experts_per_tok, err))))
-        goto done;
-    if (is_qmoe && ((rc = cfg_int(root, label, "num_experts", 60, 1, 1024, &c->n_experts, err)) ||
-                    (rc = cfg_int(root, label, "num_experts_per_tok", 4, 1, c->n_experts, &c->experts_per_tok, err)) ||
-                    (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
-                    (rc = alloy_llama_moe_check(root, label, c, err))))
-        goto done;
-    if (is_deepseek && ((rc = cfg_int(root, label, "n_routed_experts", -1, 1, 1024, &c->n_experts, err)) ||
-                        (rc = cfg_int(root, label, "num_experts_per_tok", -1, 1, c->n_experts, &c->experts_per_tok, err)) ||
-                        (rc = cfg_bool(root, label, "norm_topk_prob", 0, &c->norm_topk_prob, err)) ||
-                        (rc = alloy_llama_moe_check(root, label, c, err))))
-        goto done;
+    if ((rc = parse_family(root, label, c, err))) goto done;
     const json_t *bos = json_object_get(root, "bos_token_id");
     c->bos_token_id = -1;
     if (json_is_integer(bos) && json_integer_value(bos) >= 0 && json_integer_value(bos) < c->vocab_size)

@@ -15,10 +15,11 @@
 struct llama_layer {
     const float *attn_norm, *ffn_norm;
     const float *wqkv, *bqkv; /* [(nh + 2 nkv) hd][H], bias or NULL */
+    const float *qnorm, *knorm; /* Qwen3: [hd] RMSNorm weights of every q and k head, else NULL */
     const float *wo, *bo;     /* [H][nh hd] */
     const float *wgu, *bgu;   /* [2 F][H]: gate rows, then up rows; Mixtral: [E][2 F][H], w1 rows then w3 rows */
     const float *wdown, *bdown; /* [H][F]; Mixtral: [E][H][F] (w2) */
-    const float *router;      /* Mixtral / Qwen2-MoE: [E][H] (block_sparse_moe.gate, mlp.gate), else NULL */
+    const float *router;      /* a sparse layer's [E][H] (block_sparse_moe.gate, mlp.gate), else NULL */
     const float *swgu, *swdown, *sgate; /* the shared expert: [2 F][H], [H][F]; Qwen2-MoE's gate [H] (else NULL) */
 };
 
@@ -42,9 +43,9 @@ struct alloy_llama_ws {
 /* The SiLU-gated MLP y[T][H] = down(silu(gate x) * up x) with weights wgu [2F][H] and wdown [H][F]
  * (biases may be NULL), scratch gu [T][2F] and act [T][F]; y may be x. */
 typedef void (*llama_ffn_fn)(const struct alloy_llama *m, const float *wgu, const float *bgu, const float *wdown,
-                             const float *bdown, const float *x, float *gu, float *act, float *y, size_t T);
+                             const float *bdown, const float *x, float *gu, float *act, float *y, size_t T, size_t F);
 
-/* Mixtral's sparse MoE block (llama_moe.c) over ws->a [T][H] (the post-attention-normed states), its
+/* The sparse MoE block (Mixtral, Qwen2-MoE, DeepSeek-MoE, Qwen3-MoE) (llama_moe.c) over ws->a [T][H] (the post-attention-normed states), its
  * output left in ws->a. */
 void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer *L, struct alloy_llama_ws *ws,
                            size_t T, llama_ffn_fn ffn);
@@ -53,7 +54,8 @@ void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer
 int alloy_llama_load_tensor(const struct alloy_model *mod, const char *dir, const char *name, int64_t d0,
                             int64_t d1, float *dst, struct alloy_err *err);
 /* Layer l's MoE weights into arena + *off, advancing *off (arena NULL: only checks): the router, every
- * expert's gate and up rows, every expert's down, and Qwen2-MoE's shared expert and its gate (llama_moe.c). */
+ * expert's gate and up rows, every expert's down, and Qwen2-MoE's shared expert and its gate (llama_moe.c);
+ * per expert or fused (Mixtral, Qwen3-MoE: mlp.experts.gate_up_proj / down_proj). */
 int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, const char *dir, int l, float *arena,
                          uint64_t *off, struct alloy_err *err);
 /* Checks a qwen2_moe or deepseek config.json (root) is one the evaluator runs: every layer sparse, experts

@@ -14,10 +14,11 @@
  *   MLPs per token. Qwen2-MoE adds its shared expert, run on every token and
  *   weighted by sigmoid(shared_expert_gate · x); DeepSeek adds its shared
  *   expert unweighted and renormalises only when it keeps several experts.
- *   Mixtral's experts are read
- *   per expert (block_sparse_moe.experts.E.w1/w3/w2) or fused
- *   (mlp.experts.gate_up_proj [E, 2F, H], down_proj [E, H, F]), which is the
- *   same layout in memory.
+ *   Qwen3-MoE's block (HF Qwen3MoeSparseMoeBlock) is Qwen2-MoE's without the
+ *   shared expert, its experts of moe_intermediate_size. Mixtral's and
+ *   Qwen3-MoE's experts are read per expert (block_sparse_moe.experts.E.w1/
+ *   w3/w2, mlp.experts.E.*_proj) or fused (mlp.experts.gate_up_proj
+ *   [E, 2F, H], down_proj [E, H, F]), which is the same layout in memory.
  */
 #include "eval/llama_impl.h"
 #include "core/internal.h"
@@ -101,11 +102,12 @@ int alloy_llama_moe_load(struct alloy_llama *m, const struct alloy_model *mod, c
     const struct alloy_llama_config *c = &m->cfg;
     struct llama_layer *L = &m->layers[l];
     int mixtral = strcmp(c->model_type, "mixtral") == 0, ds = strcmp(c->model_type, "deepseek") == 0;
+    int q3 = strcmp(c->model_type, "qwen3_moe") == 0;
     const char *const *nm = mixtral ? mx : qw;
-    int64_t H = c->hidden_size, F = c->intermediate_size;
+    int64_t H = c->hidden_size, F = c->moe_intermediate_size;
     char sub[96];
     snprintf(sub, sizeof sub, "model.layers.%d.mlp.experts.gate_up_proj", l);
-    if (mixtral && alloy_model_find(mod, sub)) { /* Mixtral's fused layout (transformers 5) */
+    if ((mixtral || q3) && alloy_model_find(mod, sub)) { /* the fused layout (transformers 5) */
         int rc = moe_tensor(mod, dir, l, "mlp.gate.weight", c->n_experts, H, arena, off, &L->router, err);
         if (!rc) rc = fused_tensor(mod, dir, l, "gate_up_proj", c->n_experts, 2 * F, H, arena, off, &L->wgu, err);
         if (!rc) rc = fused_tensor(mod, dir, l, "down_proj", c->n_experts, H, F, arena, off, &L->wdown, err);
@@ -166,7 +168,7 @@ void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer
                            size_t T, llama_ffn_fn ffn)
 {
     const struct alloy_llama_config *c = &m->cfg;
-    size_t E = (size_t)c->n_experts, H = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
+    size_t E = (size_t)c->n_experts, H = (size_t)c->hidden_size, F = (size_t)c->moe_intermediate_size;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)E, (int)H, 1.0f, ws->a, (int)H, L->router,
                 (int)H, 0.0f, ws->route, (int)E);
     for (size_t t = 0; t < T; t++) route_row(ws->route + t * E, (int)E, c->experts_per_tok, c->norm_topk_prob);
@@ -176,7 +178,7 @@ void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer
         for (size_t t = 0; t < T; t++)
             if (ws->route[t * E + e] > 0) memcpy(ws->mx + n++ * H, ws->a + t * H, H * sizeof(float));
         if (!n) continue;
-        ffn(m, L->wgu + e * 2 * F * H, NULL, L->wdown + e * H * F, NULL, ws->mx, ws->gu, ws->act, ws->mx, n);
+        ffn(m, L->wgu + e * 2 * F * H, NULL, L->wdown + e * H * F, NULL, ws->mx, ws->gu, ws->act, ws->mx, n, F);
         n = 0;
         for (size_t t = 0; t < T; t++) {
             float w = ws->route[t * E + e];
@@ -186,7 +188,7 @@ void alloy_llama_moe_block(const struct alloy_llama *m, const struct llama_layer
         }
     }
     if (L->swgu) { /* every token through the shared expert, weighted by its sigmoid gate (DeepSeek: none) */
-        ffn(m, L->swgu, NULL, L->swdown, NULL, ws->a, ws->gu, ws->act, ws->mx, T);
+        ffn(m, L->swgu, NULL, L->swdown, NULL, ws->a, ws->gu, ws->act, ws->mx, T, F);
         for (size_t t = 0; t < T; t++) {
             float g = L->sgate ? 1.0f / (1.0f + expf(-cblas_sdot((int)H, L->sgate, 1, ws->a + t * H, 1))) : 1.0f;
             for (size_t j = 0; j < H; j++) ws->my[t * H + j] += g * ws->mx[t * H + j];
