@@ -107,15 +107,8 @@ static int write_shard(const struct alloy_moe_job *m, const struct alloy_plan *p
                        struct alloy_err *err)
 {
     const struct alloy_plan_shard *s = &p->shards[si];
-    struct alloy_tensor_desc *d = alloy_xcalloc(s->count ? s->count : 1, sizeof *d);
     size_t hlen = 0;
-    uint8_t *hdr = NULL;
-    for (size_t i = 0; d && i < s->count; i++) {
-        const struct alloy_plan_tensor *t = &p->tensors[s->first + i];
-        d[i] = (struct alloy_tensor_desc){t->name, t->dtype, t->ndim, t->shape, t->offset, t->nbytes};
-    }
-    if (d) hdr = alloy_st_header(d, s->count, &hlen);
-    free(d);
+    uint8_t *hdr = alloy_plan_shard_header(p, si, &hlen);
     char *path = hdr ? alloy_xasprintf("%s/%s", dir, s->file) : NULL;
     if (!path) {
         free(hdr);

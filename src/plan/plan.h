@@ -99,6 +99,9 @@ void alloy_plan_job(const struct alloy_plan *p, size_t i, uint64_t seed, const c
 
 /* shards.c: places every tensor in an output shard of at most shard_size bytes (0: 5e9, mergekit's default). */
 int  alloy_plan_assign_shards(struct alloy_plan *p, uint64_t shard_size, struct alloy_err *err);
+/* The safetensors header of shard si (its tensors' names, dtypes, shapes and offsets), malloc'd, length in
+ * *len; NULL when out of memory. */
+uint8_t *alloy_plan_shard_header(const struct alloy_plan *p, size_t si, size_t *len);
 /* embed.c: makes embedding-like tensor t (its stored inputs found) read every input re-indexed to p->vocab:
  * rows per mergekit's PermutedEmbeddings (own row, else the token's default), padded rows past it. */
 int  alloy_plan_embed(const struct alloy_plan *p, struct alloy_plan_tensor *t, alloy_plan_warn_fn warn, void *user,

@@ -5,6 +5,7 @@
  * and the file names (model.safetensors, or model-0000i-of-0000N.safetensors).
  */
 #include "core/internal.h"
+#include "formats/formats.h"
 #include "plan/plan.h"
 
 int alloy_plan_assign_shards(struct alloy_plan *p, uint64_t shard_size, struct alloy_err *err)
@@ -39,4 +40,18 @@ int alloy_plan_assign_shards(struct alloy_plan *p, uint64_t shard_size, struct a
         if (!p->shards[s].file) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
     }
     return ALLOY_OK;
+}
+
+uint8_t *alloy_plan_shard_header(const struct alloy_plan *p, size_t si, size_t *len)
+{
+    const struct alloy_plan_shard *s = &p->shards[si];
+    struct alloy_tensor_desc *d = alloy_xcalloc(s->count ? s->count : 1, sizeof *d);
+    if (!d) return NULL;
+    for (size_t i = 0; i < s->count; i++) {
+        const struct alloy_plan_tensor *t = &p->tensors[s->first + i];
+        d[i] = (struct alloy_tensor_desc){t->name, t->dtype, t->ndim, t->shape, t->offset, t->nbytes};
+    }
+    uint8_t *hdr = alloy_st_header(d, s->count, len);
+    free(d);
+    return hdr;
 }

@@ -46,15 +46,8 @@ static int open_shard(struct folder_sink *f, size_t si, struct alloy_err *err)
 {
     const struct alloy_plan *p = f->p;
     const struct alloy_plan_shard *s = &p->shards[si];
-    struct alloy_tensor_desc *d = alloy_xcalloc(s->count ? s->count : 1, sizeof *d);
     size_t hlen = 0;
-    uint8_t *hdr = NULL;
-    for (size_t i = 0; d && i < s->count; i++) {
-        const struct alloy_plan_tensor *t = &p->tensors[s->first + i];
-        d[i] = (struct alloy_tensor_desc){t->name, t->dtype, t->ndim, t->shape, t->offset, t->nbytes};
-    }
-    if (d) hdr = alloy_st_header(d, s->count, &hlen);
-    free(d);
+    uint8_t *hdr = alloy_plan_shard_header(p, si, &hlen);
     if (!hdr || !(f->path = alloy_xasprintf("%s/%s", f->tmp, s->file))) {
         free(hdr);
         return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory building the header of %s", s->file);
