@@ -106,3 +106,14 @@ TEST(security_gguf_out_never_replaces_inputs_or_user_files)
     }
     CHECK_INT(test_leftovers(dir), 0);
 }
+
+/* A second `alloy moe` into the same OUT replaces the first one's output: mergekit_moe_config.yml is a name a
+ * model output holds (it was taken for a user's file, so every rerun was refused). */
+TEST(security_moe_output_is_replaced_by_a_rerun)
+{
+    const char *dir = test_tmpdir();
+    char args[3000];
+    snprintf(args, sizeof args, "moe examples/moe/tiny_mixtral.yml %s/moe", dir);
+    if (succeeds(args) == 0) succeeds(args);
+    CHECK_INT(test_leftovers(dir), 0);
+}

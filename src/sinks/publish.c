@@ -154,12 +154,12 @@ static int check_input(const struct alloy_model *m, const char *out, const char 
     return ALLOY_OK;
 }
 
-/* 1 for a name a model or adapter output folder holds (what output.c, the shards and adapter_write.c write,
- * a GGUF file). */
+/* 1 for a name a model or adapter output folder holds (what output.c, the shards, moe.c and adapter_write.c
+ * write, a GGUF file). */
 static int output_name(const char *name)
 {
     static const char *const names[] = {"config.json", "model.safetensors.index.json", "README.md", "mergekit_config.yml",
-                                        "adapter_config.json"};
+                                        "mergekit_moe_config.yml", "adapter_config.json"};
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(names); i++)
         if (strcmp(name, names[i]) == 0) return 1;
     for (size_t i = 0; alloy_output_tokenizer_file(i); i++)
