@@ -117,3 +117,17 @@ TEST(security_moe_output_is_replaced_by_a_rerun)
     if (succeeds(args) == 0) succeeds(args);
     CHECK_INT(test_leftovers(dir), 0);
 }
+
+/* Under an address-space limit too small for OpenBLAS's per-core buffers, every command hung before its
+ * work (`alloy --version` too): the CLI now runs OpenBLAS single-threaded under a finite RLIMIT_AS. */
+TEST(security_small_address_space_does_not_hang)
+{
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) /* sanitizers reserve terabytes */
+    char cmd[2000], *log = NULL;
+    snprintf(cmd, sizeof cmd, "ulimit -v 120000 && env -u OPENBLAS_NUM_THREADS timeout 30 %s --version",
+             test_alloy_bin());
+    int rc = test_run(cmd, &log);
+    CHECK_MSG(rc == 0 && log && strstr(log, "alloy "), "exit %d: %s", rc, log ? log : "");
+    free(log);
+#endif
+}
