@@ -298,6 +298,10 @@ TEST(lora_adapter_literal_patterns_match_like_regexes)
                       keys[k], names[n]);
         }
         CHECK_INT(alloy_lora_rank_for(&a, "model.layers.1.q_proj"), k < 2 ? 7 : 2);
+        for (size_t i = 0; i < a.ntarget_modules; i++) free(a.target_modules[i]);
+        for (size_t i = 0; i < b.ntarget_modules; i++) free(b.target_modules[i]);
+        free(a.target_modules);
+        free(b.target_modules);
         alloy_lora_cfg_free(a.cfg);
         alloy_lora_cfg_free(b.cfg);
     }
@@ -316,6 +320,8 @@ TEST(lora_adapter_literal_patterns_match_like_regexes)
         CHECK(alloy_lora_cfg_parse(big, pos, "big.json", &a, &err) != 0);
         CHECK_STR_CONTAINS(err.msg, pass ? "big.json: rank_pattern.(a)m1024: expected at most 1024 regular expressions"
                                          : "big.json: rank_pattern.m65536: expected at most 65536 module patterns");
+        for (size_t i = 0; i < a.ntarget_modules; i++) free(a.target_modules[i]);
+        free(a.target_modules);
         alloy_lora_cfg_free(a.cfg);
     }
     free(big);

@@ -210,9 +210,9 @@ static int get_patterns(struct cfg_ctx *C, const json_t *root, const char *key, 
         int rc = is_rank ? get_rank(C, sub, v, &r) : get_alpha(C, sub, v, &p->value);
         if (rc) return rc;
         if (is_rank) p->value = r;
+        if ((rc = count_entry(C, sub, !literal_key(k)))) return rc;
         if (!(p->key = alloy_xstrdup(k))) return alloy_err_set(C->err, ALLOY_ERR_NOMEM, "out of memory");
         p->is_re = !literal_key(k);
-        if ((rc = count_entry(C, sub, p->is_re))) return rc;
         if (p->is_re && alloy_lora_regex(k, "^(.*\\.)?", "$", &p->re, why, sizeof why)) {
             free(p->key);
             p->key = NULL;
