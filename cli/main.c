@@ -230,8 +230,22 @@ static void raise_fd_limit(void)
     }
 }
 
+/* OpenBLAS's pthread build starts a worker per core when it loads, each reserving buffers; under an
+ * address-space limit (ulimit -v) too small for them a worker retries its allocation forever and the
+ * process hangs at the first join, before any work (even `alloy --version`). OpenBLAS reads
+ * OPENBLAS_NUM_THREADS only when it loads, so under a finite RLIMIT_AS, with the variable unset, the CLI
+ * sets it to 1 and executes itself again (the workers go with the old image). Merges use no BLAS, and
+ * eval and lora run one BLAS thread per worker, so little is lost. execv failing (no /proc) changes nothing. */
+static void blas_single_under_limit(char **argv)
+{
+    struct rlimit rl;
+    if (getenv("OPENBLAS_NUM_THREADS") || getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+    if (setenv("OPENBLAS_NUM_THREADS", "1", 1) == 0) execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv)
 {
+    blas_single_under_limit(argv);
     alloy_blas_idle();
     raise_fd_limit();
     const char *prog = strrchr(argv[0], '/');

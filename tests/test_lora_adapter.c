@@ -269,3 +269,60 @@ TEST(lora_adapter_from_hf_cache_as_base_model)
     unsetenv("HF_HUB_CACHE");
     CHECK_STR_CONTAINS(plan, "+org/ad:model.layers.0.self_attn.q_proj.weight (lora)");
 }
+
+/* rank_pattern keys of letters, digits, '_', '-' and '.' are matched without compiling a regex; a key in
+ * parentheses is compiled. Both must agree with PEFT's rule ^(.*\.)?(KEY)$ ('.' any character) on names
+ * chosen to hit each edge, and so must modules_to_save's ^(.*\.)?(KEY)(\..*)?$. Then the limits. */
+TEST(lora_adapter_literal_patterns_match_like_regexes)
+{
+    static const char *const keys[] = {"q_proj", "layers.1.q_proj", "1.q", "a-b", "x.y"};
+    static const char *const names[] = {"q_proj", "model.layers.1.q_proj", "model.layers.11.q_proj", "layersX1Xq_proj",
+                                        "model.layers.1.q_proj.base", "xq_proj", "a-b", "m.a-b", "x.y", "xzy", "p.xzy",
+                                        "1.q", "m.1.q", "m.21.q", "m.1.qq", "", "q"};
+    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+        char lit[200], re[200];
+        struct alloy_adapter a = {0}, b = {0};
+        struct alloy_err err = {0};
+        snprintf(lit, sizeof lit, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"q\"], \"rank_pattern\": "
+                 "{\"%s\": 7}, \"modules_to_save\": [\"%s\"]}", keys[k], keys[k]);
+        snprintf(re, sizeof re, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"q\"], \"rank_pattern\": "
+                 "{\"(%s)\": 7}, \"modules_to_save\": [\"(%s)\"]}", keys[k], keys[k]);
+        CHECK_MSG(alloy_lora_cfg_parse(lit, strlen(lit), "a.json", &a, &err) == 0, "%s", err.msg);
+        CHECK_MSG(alloy_lora_cfg_parse(re, strlen(re), "b.json", &b, &err) == 0, "%s", err.msg);
+        if (!a.cfg || !b.cfg || !a.cfg->rank || !b.cfg->rank) continue;
+        CHECK(!a.cfg->rank[0].is_re && b.cfg->rank[0].is_re);
+        for (size_t n = 0; n < sizeof names / sizeof *names; n++) {
+            CHECK_MSG(alloy_lora_rank_for(&a, names[n]) == alloy_lora_rank_for(&b, names[n]), "key %s, name %s",
+                      keys[k], names[n]);
+            CHECK_MSG(alloy_lora_saved(&a, names[n]) == alloy_lora_saved(&b, names[n]), "saved: key %s, name %s",
+                      keys[k], names[n]);
+        }
+        CHECK_INT(alloy_lora_rank_for(&a, "model.layers.1.q_proj"), k < 2 ? 7 : 2);
+        for (size_t i = 0; i < a.ntarget_modules; i++) free(a.target_modules[i]);
+        for (size_t i = 0; i < b.ntarget_modules; i++) free(b.target_modules[i]);
+        free(a.target_modules);
+        free(b.target_modules);
+        alloy_lora_cfg_free(a.cfg);
+        alloy_lora_cfg_free(b.cfg);
+    }
+    /* 65,537 literal keys, or 1,025 regexes, are refused naming the file and the key, quickly */
+    size_t cap = 40u * 70000 + 200, pos = 0;
+    char *big = malloc(cap);
+    CHECK(big != NULL);
+    for (int pass = 0; big && pass < 2; pass++) {
+        int n = pass ? 1025 : 65537;
+        pos = (size_t)snprintf(big, cap, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"q\"], \"rank_pattern\": {");
+        for (int i = 0; i < n; i++)
+            pos += (size_t)snprintf(big + pos, cap - pos, "%s\"%sm%d\": 3", i ? ", " : "", pass ? "(a)" : "", i);
+        pos += (size_t)snprintf(big + pos, cap - pos, "}}");
+        struct alloy_adapter a = {0};
+        struct alloy_err err = {0};
+        CHECK(alloy_lora_cfg_parse(big, pos, "big.json", &a, &err) != 0);
+        CHECK_STR_CONTAINS(err.msg, pass ? "big.json: rank_pattern.(a)m1024: expected at most 1024 regular expressions"
+                                         : "big.json: rank_pattern.m65536: expected at most 65536 module patterns");
+        for (size_t i = 0; i < a.ntarget_modules; i++) free(a.target_modules[i]);
+        free(a.target_modules);
+        alloy_lora_cfg_free(a.cfg);
+    }
+    free(big);
+}

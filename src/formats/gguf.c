@@ -747,3 +747,10 @@ struct alloy_gguf *alloy_gguf_of(struct alloy_tensor_file *f)
 {
     return f && f->ops == &gguf_ops ? (struct alloy_gguf *)f : NULL;
 }
+
+const char *alloy_tensor_file_part(const struct alloy_tensor_file *f, size_t i)
+{
+    if (f->ops != &gguf_ops) return i == 0 ? f->path : NULL;
+    const struct alloy_gguf *g = (const struct alloy_gguf *)f;
+    return i < g->nshards ? g->shards[i].path : NULL;
+}

@@ -27,6 +27,8 @@ int alloy_gguf_open(const char *path, struct alloy_gguf **out, struct alloy_err 
 struct alloy_tensor_file *alloy_gguf_base(struct alloy_gguf *g);
 /* f as a GGUF file, or NULL when it is another format. */
 struct alloy_gguf *alloy_gguf_of(struct alloy_tensor_file *f);
+/* The i-th file f reads (its path; a split GGUF's shards in order), NULL past the last. */
+const char *alloy_tensor_file_part(const struct alloy_tensor_file *f, size_t i);
 /* general.architecture ("llama"), borrowed. */
 const char *alloy_gguf_arch(const struct alloy_gguf *g);
 /* A derived tensor by its GGUF name (rope_freqs.weight, rope_factors_long/short.weight): not among the

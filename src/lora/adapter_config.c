@@ -128,7 +128,30 @@ int alloy_lora_regex_match(const regex_t *re, const char *s) { return regexec(re
 struct cfg_ctx {
     const char *path;
     struct alloy_err *err;
+    size_t entries, regexes; /* pattern keys and list entries so far, those compiled as regexes */
 };
+
+/* 1 when the Python regex k has no operator but '.': it is matched by literal_match, never compiled. */
+static int literal_key(const char *k)
+{
+    if (!*k) return 0;
+    for (; *k; k++)
+        if (!isalnum((unsigned char)*k) && *k != '_' && *k != '-' && *k != '.') return 0;
+    return 1;
+}
+
+/* Counts one more entry of key (a regex when is_re) against the limits of lora_config.h. */
+static int count_entry(struct cfg_ctx *C, const char *key, int is_re)
+{
+    if (++C->entries > ALLOY_LORA_MAX_ENTRIES)
+        return alloy_err_set(C->err, ALLOY_ERR_FORMAT, "%s: %s: expected at most %d module patterns and names in all, "
+                             "found more", C->path, key, ALLOY_LORA_MAX_ENTRIES);
+    if (is_re && ++C->regexes > ALLOY_LORA_MAX_REGEX)
+        return alloy_err_set(C->err, ALLOY_ERR_FORMAT, "%s: %s: expected at most %d regular expressions in all, "
+                             "found more (patterns of letters, digits, '_', '-' and '.' do not count)", C->path, key,
+                             ALLOY_LORA_MAX_REGEX);
+    return ALLOY_OK;
+}
 
 static int bad(const struct cfg_ctx *C, const char *key, const char *expected, const json_t *v)
 {
@@ -168,7 +191,7 @@ static int get_alpha(const struct cfg_ctx *C, const char *key, const json_t *v, 
 }
 
 /* rank_pattern / alpha_pattern: an object (or null), its keys in file order. */
-static int get_patterns(const struct cfg_ctx *C, const json_t *root, const char *key, int is_rank,
+static int get_patterns(struct cfg_ctx *C, const json_t *root, const char *key, int is_rank,
                         struct alloy_lora_pattern **out, size_t *n)
 {
     const json_t *obj = json_object_get(root, key);
@@ -187,8 +210,10 @@ static int get_patterns(const struct cfg_ctx *C, const json_t *root, const char 
         int rc = is_rank ? get_rank(C, sub, v, &r) : get_alpha(C, sub, v, &p->value);
         if (rc) return rc;
         if (is_rank) p->value = r;
+        if ((rc = count_entry(C, sub, !literal_key(k)))) return rc;
         if (!(p->key = alloy_xstrdup(k))) return alloy_err_set(C->err, ALLOY_ERR_NOMEM, "out of memory");
-        if (alloy_lora_regex(k, "^(.*\\.)?", "$", &p->re, why, sizeof why)) {
+        p->is_re = !literal_key(k);
+        if (p->is_re && alloy_lora_regex(k, "^(.*\\.)?", "$", &p->re, why, sizeof why)) {
             free(p->key);
             p->key = NULL;
             return alloy_err_set(C->err, ALLOY_ERR_UNSUPPORTED, "%s: %s: expected a regular expression, found %s",
@@ -200,7 +225,7 @@ static int get_patterns(const struct cfg_ctx *C, const json_t *root, const char 
 }
 
 /* A list of names (or, with allow_regex, one regex string) into sel; regexes wrapped pre(...)post. */
-static int get_sel(const struct cfg_ctx *C, const json_t *root, const char *key, int allow_regex, const char *pre,
+static int get_sel(struct cfg_ctx *C, const json_t *root, const char *key, int allow_regex, const char *pre,
                    const char *post, int compile_names, struct alloy_lora_sel *sel)
 {
     const json_t *v = json_object_get(root, key);
@@ -221,19 +246,24 @@ static int get_sel(const struct cfg_ctx *C, const json_t *root, const char *key,
     sel->kind = SEL_LIST;
     if (!n) return ALLOY_OK;
     if (!(sel->names = alloy_xcalloc(n, sizeof *sel->names)) ||
-        (compile_names && !(sel->res = alloy_xcalloc(n, sizeof *sel->res))))
+        (compile_names && (!(sel->res = alloy_xcalloc(n, sizeof *sel->res)) || !(sel->is_re = alloy_xcalloc(n, 1)))))
         return alloy_err_set(C->err, ALLOY_ERR_NOMEM, "out of memory");
+    sel->nres = compile_names ? 1 : 0;
     for (size_t i = 0; i < n; i++) {
         const json_t *e = json_array_get(v, i);
         if (!json_is_string(e)) return bad(C, key, "a list of module names", e);
         if (!(sel->names[i] = alloy_xstrdup(json_string_value(e))))
             return alloy_err_set(C->err, ALLOY_ERR_NOMEM, "out of memory");
         sel->n++;
-        if (!compile_names) continue;
+        int is_re = compile_names && !literal_key(sel->names[i]), rc = count_entry(C, key, is_re);
+        if (rc || !is_re) {
+            if (rc) return rc;
+            continue;
+        }
         if (alloy_lora_regex(sel->names[i], "^(.*\\.)?", "(\\..*)?$", &sel->res[i], why, sizeof why))
             return alloy_err_set(C->err, ALLOY_ERR_UNSUPPORTED, "%s: %s[%zu]: expected a regular expression, found %s",
                                  C->path, key, i, why);
-        sel->nres++;
+        sel->is_re[i] = 1;
     }
     return ALLOY_OK;
 }
@@ -354,16 +384,19 @@ int alloy_lora_cfg_parse(const char *text, size_t len, const char *path, struct 
 static void sel_free(struct alloy_lora_sel *s)
 {
     for (size_t i = 0; i < s->n; i++) free(s->names[i]);
-    for (size_t i = 0; i < s->nres; i++) regfree(&s->res[i]);
+    if (s->kind == SEL_REGEX) regfree(&s->res[0]);
+    for (size_t i = 0; s->is_re && i < s->n; i++)
+        if (s->is_re[i]) regfree(&s->res[i]);
     free(s->names);
     free(s->res);
+    free(s->is_re);
 }
 
 static void patterns_free(struct alloy_lora_pattern *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         free(p[i].key);
-        regfree(&p[i].re);
+        if (p[i].is_re) regfree(&p[i].re);
     }
     free(p);
 }
@@ -383,10 +416,30 @@ void alloy_lora_cfg_free(struct alloy_lora_cfg *c)
 
 /* ------------------------------------------------------------ per-module questions */
 
+/* name[s, s + strlen(key)) matches the literal key, whose '.' matches any character (as in the regex). */
+static int literal_at(const char *name, size_t s, const char *key)
+{
+    for (size_t i = 0; key[i]; i++)
+        if (key[i] != '.' && key[i] != name[s + i]) return 0;
+    return 1;
+}
+
+/* The regex ^(.*\.)?(key)$, or with any_tail ^(.*\.)?(key)(\..*)?$, for a literal key: the key starts at
+ * the name's start or after a '.', and ends at the name's end (or, any_tail, before a '.'). */
+static int literal_match(const char *name, const char *key, int any_tail)
+{
+    size_t n = strlen(name), k = strlen(key);
+    for (size_t s = n >= k ? n - k : 1; n >= k; s--) {
+        if ((s == 0 || name[s - 1] == '.') && (s + k == n || name[s + k] == '.') && literal_at(name, s, key)) return 1;
+        if (!any_tail || s == 0) break;
+    }
+    return 0;
+}
+
 static const struct alloy_lora_pattern *first_match(const struct alloy_lora_pattern *p, size_t n, const char *name)
 {
     for (size_t i = 0; i < n; i++)
-        if (alloy_lora_regex_match(&p[i].re, name)) return &p[i];
+        if (p[i].is_re ? alloy_lora_regex_match(&p[i].re, name) : literal_match(name, p[i].key, 0)) return &p[i];
     return NULL;
 }
 
@@ -414,7 +467,9 @@ static int sel_match(const struct alloy_lora_sel *s, const char *name)
     if (s->kind == SEL_REGEX) return alloy_lora_regex_match(&s->res[0], name);
     if (s->kind == SEL_ALL_LINEAR) return strcmp(name, "lm_head") != 0 && !suffix_match(name, "lm_head");
     for (size_t i = 0; i < s->n; i++)
-        if (s->nres ? alloy_lora_regex_match(&s->res[i], name) : suffix_match(name, s->names[i])) return 1;
+        if (!s->nres ? suffix_match(name, s->names[i])
+                     : s->is_re[i] ? alloy_lora_regex_match(&s->res[i], name) : literal_match(name, s->names[i], 1))
+            return 1;
     return 0;
 }
 

@@ -270,7 +270,7 @@ static int check_options(const struct alloy_lora_extract_options *o, struct allo
     if (o->max_rank < 1)
         return alloy_err_set(err, ALLOY_ERR_CONFIG, "--max-rank: an integer >= 1 expected, found %d", o->max_rank);
     if (!(o->sv_epsilon >= 0) || !isfinite(o->sv_epsilon))
-        return alloy_err_set(err, ALLOY_ERR_CONFIG, "--sv-epsilon: a number >= 0 expected, found %g", o->sv_epsilon);
+        return alloy_err_set(err, ALLOY_ERR_CONFIG, "--sv-epsilon: a finite number >= 0 expected, found %g", o->sv_epsilon);
     if (!(o->rank_energy >= 0 && o->rank_energy <= 1))
         return alloy_err_set(err, ALLOY_ERR_CONFIG, "--rank-energy: a fraction in (0, 1] expected, found %g",
                              o->rank_energy);

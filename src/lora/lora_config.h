@@ -18,9 +18,16 @@
 
 struct alloy_lora_pattern {
     char *key;          /* as written */
+    int is_re;          /* re compiled; 0: KEY is literal (letters, digits, _ - and '.', which matches any
+                           character), matched without a regex (adapter_config.c) */
     regex_t re;         /* ^(.*\.)?(KEY)$ */
     double value;
 };
+
+/* At most this many rank_pattern + alpha_pattern keys and list entries per adapter_config.json, and at most
+ * ALLOY_LORA_MAX_REGEX of them compiled as regexes (a compiled POSIX regex costs about 12 KB). */
+#define ALLOY_LORA_MAX_ENTRIES 65536
+#define ALLOY_LORA_MAX_REGEX   1024
 
 /* target_modules / exclude_modules / modules_to_save: absent, a list of names, or one regex. */
 enum alloy_lora_sel_kind { SEL_NONE, SEL_LIST, SEL_REGEX, SEL_ALL_LINEAR };
@@ -29,8 +36,9 @@ struct alloy_lora_sel {
     enum alloy_lora_sel_kind kind;
     char **names;
     size_t n;
-    regex_t *res;       /* SEL_LIST of modules_to_save: one compiled regex per name; SEL_REGEX: one */
-    size_t nres;
+    regex_t *res;       /* SEL_LIST of modules_to_save: one compiled regex per non-literal name; SEL_REGEX: one */
+    unsigned char *is_re; /* SEL_LIST of modules_to_save: [n], res[i] compiled */
+    size_t nres;        /* SEL_REGEX, or a SEL_LIST matched as modules_to_save: 1 */
 };
 
 enum alloy_lora_bias { LORA_BIAS_NONE, LORA_BIAS_ALL, LORA_BIAS_LORA_ONLY };

@@ -501,25 +501,12 @@ static int build_header(struct gguf_sink *g, struct gguf_buf *out, struct alloy_
 
 /* ------------------------------------------------------------ the file */
 
-/* Refuses an output that is a folder or a file an input reads (a GGUF input, or a file in an input's folder). */
-static int check_out_file(const struct alloy_plan *p, const char *out, struct alloy_err *err)
+/* Refuses an output that is a folder, a file an input reads, a file inside an input's folder, or (unless
+ * --overwrite) an existing file that is not a GGUF file (publish.c). */
+static int check_out_file(const struct gguf_sink *g, const struct alloy_plan *p, struct alloy_err *err)
 {
-    struct stat st, ms;
-    if (stat(out, &st) == 0 && S_ISDIR(st.st_mode))
-        return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: a GGUF file to write, found a folder", out);
-    char *copy = alloy_xstrdup(out), dir[PATH_MAX], mdir[PATH_MAX];
-    if (!copy) return alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-    int have_dir = realpath(dirname(copy), dir) != NULL, rc = ALLOY_OK;
-    for (size_t i = 0; i < p->nmodels && !rc; i++) {
-        const char *m = alloy_model_dir(p->models[i]);
-        int same_file = stat(out, &st) == 0 && stat(m, &ms) == 0 && st.st_dev == ms.st_dev && st.st_ino == ms.st_ino;
-        int inside = have_dir && realpath(m, mdir) && strcmp(dir, mdir) == 0;
-        if (same_file || inside)
-            rc = alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: an output outside the inputs, found %s input %s", out,
-                               same_file ? "the" : "a file in the folder of", alloy_model_ref(p->models[i]));
-    }
-    free(copy);
-    return rc;
+    return alloy_check_out_file_models((const struct alloy_model *const *)p->models, p->nmodels, g->o->out_dir,
+                                       g->o->overwrite, err);
 }
 
 static int create_file(struct gguf_sink *g, uint64_t total, struct alloy_err *err)
@@ -546,7 +533,7 @@ static int create_file(struct gguf_sink *g, uint64_t total, struct alloy_err *er
 static int layout(struct gguf_sink *g, const struct alloy_plan *p, struct gguf_buf *hdr, struct alloy_err *err)
 {
     g->p = p;
-    int rc = check_out_file(p, g->o->out_dir, err);
+    int rc = check_out_file(g, p, err);
     if (!rc && g->o->outtype && gguf_mix_init(&g->mix, g->o->outtype, 0, 1, 0, NULL, 0, err)) rc = (int)err->status;
     g->quantized = g->o->outtype && !g->mix.float_only;
     if (!rc && g->o->imatrix && !g->quantized)

@@ -20,6 +20,9 @@
  *   the link stays). Removal never follows a symlink.
  */
 #include "core/internal.h"
+#include "formats/formats.h"
+#include "formats/gguf.h"
+#include "lora/adapter.h"
 #include "sinks/output.h"
 #include "sinks/publish.h"
 
@@ -81,10 +84,10 @@ static char *parent_dir(const char *path)
 
 /* ------------------------------------------------------------ where the output may go */
 
-static int refuse_input(const char *out, const char *what, const char *ref, struct alloy_err *err)
+static int refuse_input(const char *out, const char *what, const char *kind, const char *ref, struct alloy_err *err)
 {
-    return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: output folder %s input model %s; choose another output folder "
-                         "(alloy never overwrites its inputs)", out, what, ref);
+    return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: output folder %s input %s %s; choose another output folder "
+                         "(alloy never overwrites its inputs)", out, what, kind, ref);
 }
 
 static int refuse_file(const char *out, const char *real_file, const char *ref, struct alloy_err *err)
@@ -100,9 +103,11 @@ static int check_input_files(const struct alloy_model *m, const char *out, const
     const struct alloy_tensor_file *last = NULL;
     for (size_t k = 0; k < alloy_model_count(m); k++) {
         const struct alloy_tensor_file *f = alloy_model_tensor(m, k)->file;
-        if (f == last || !realpath(alloy_tensor_file_path(f), real_file)) continue;
+        if (f == last) continue;
         last = f;
-        if (alloy_path_within(real_file, real_out)) return refuse_file(out, real_file, alloy_model_ref(m), err);
+        for (size_t i = 0; alloy_tensor_file_part(f, i); i++) /* every shard of a split GGUF */
+            if (realpath(alloy_tensor_file_part(f, i), real_file) && alloy_path_within(real_file, real_out))
+                return refuse_file(out, real_file, alloy_model_ref(m), err);
     }
     static const char *const fixed[] = {"config.json", "model.safetensors.index.json", "model.safetensors"};
     for (size_t i = 0;; i++) {
@@ -117,15 +122,30 @@ static int check_input_files(const struct alloy_model *m, const char *out, const
     return ALLOY_OK;
 }
 
-/* Refuses real_out when it is, contains or lies inside model m's folder, or its HF repository folder. */
+/* Refuses real_out when it is, contains or lies inside the input folder dir (of input ref). */
+static int check_folder(const char *dir, const char *kind, const char *ref, const char *out, const char *real_out,
+                        struct alloy_err *err)
+{
+    char real_in[PATH_MAX];
+    if (!realpath(dir, real_in)) return ALLOY_OK;
+    if (strcmp(real_out, real_in) == 0) return refuse_input(out, "is the", kind, ref, err);
+    if (alloy_path_within(real_in, real_out)) return refuse_input(out, "contains the", kind, ref, err);
+    if (alloy_path_within(real_out, real_in)) return refuse_input(out, "lies inside the", kind, ref, err);
+    return ALLOY_OK;
+}
+
+/* Refuses real_out when it is, contains or lies inside model m's folder, its HF repository folder, or the
+ * folder of the adapter a `model+adapter` reference applies. */
 static int check_input(const struct alloy_model *m, const char *out, const char *real_out, struct alloy_err *err)
 {
     char real_in[PATH_MAX], root[PATH_MAX];
-    if (!realpath(alloy_model_dir(m), real_in)) return ALLOY_OK;
-    if (strcmp(real_out, real_in) == 0) return refuse_input(out, "is the", alloy_model_ref(m), err);
-    if (alloy_path_within(real_in, real_out)) return refuse_input(out, "contains the", alloy_model_ref(m), err);
-    if (alloy_path_within(real_out, real_in)) return refuse_input(out, "lies inside the", alloy_model_ref(m), err);
-    int rc = check_input_files(m, out, real_out, err);
+    const struct alloy_adapter *a = alloy_model_adapter(m);
+    int rc = a ? check_folder(a->dir, "adapter", a->dir, out, real_out, err) : ALLOY_OK;
+    if (a && !rc && alloy_folder_root(a->dir, root) == 0 && realpath(a->dir, real_in) && strcmp(root, real_in) != 0)
+        rc = check_folder(root, "adapter", a->dir, out, real_out, err); /* an adapter in the HF cache: its repository */
+    if (rc || !realpath(alloy_model_dir(m), real_in)) return rc;
+    if ((rc = check_folder(alloy_model_dir(m), "model", alloy_model_ref(m), out, real_out, err))) return rc;
+    rc = check_input_files(m, out, real_out, err);
     if (rc || alloy_folder_root(alloy_model_dir(m), root) != 0 || strcmp(root, real_in) == 0) return rc;
     if (alloy_path_within(real_out, root) || alloy_path_within(root, real_out)) /* refs/, blobs/ of a cache repo */
         return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: output folder %s the Hugging Face cache folder %s of input "
@@ -134,12 +154,12 @@ static int check_input(const struct alloy_model *m, const char *out, const char 
     return ALLOY_OK;
 }
 
-/* 1 for a name a model or adapter output folder holds (what output.c, the shards and adapter_write.c write,
- * a GGUF file). */
+/* 1 for a name a model or adapter output folder holds (what output.c, the shards, moe.c and adapter_write.c
+ * write, a GGUF file). */
 static int output_name(const char *name)
 {
     static const char *const names[] = {"config.json", "model.safetensors.index.json", "README.md", "mergekit_config.yml",
-                                        "adapter_config.json"};
+                                        "mergekit_moe_config.yml", "adapter_config.json"};
     for (size_t i = 0; i < ALLOY_ARRAY_LEN(names); i++)
         if (strcmp(name, names[i]) == 0) return 1;
     for (size_t i = 0; alloy_output_tokenizer_file(i); i++)
@@ -200,8 +220,9 @@ int alloy_check_out_dir(const struct alloy_plan *p, const char *out, int overwri
     return alloy_check_out_dir_models((const struct alloy_model *const *)p->models, p->nmodels, out, overwrite, err);
 }
 
-int alloy_check_out_dir_models(const struct alloy_model *const *models, size_t nmodels, const char *out,
-                               int overwrite, struct alloy_err *err)
+/* Refuses out (a folder or a file) when it is, contains or lies inside an input, or holds a file one reads. */
+static int check_out_inputs(const struct alloy_model *const *models, size_t nmodels, const char *out,
+                            struct alloy_err *err)
 {
     char real_out[PATH_MAX], real_parent[PATH_MAX];
     char *parent = parent_dir(out);
@@ -223,11 +244,45 @@ int alloy_check_out_dir_models(const struct alloy_model *const *models, size_t n
         int rc = check_input(models[i], out, real_out, err);
         if (rc) return rc;
     }
+    return ALLOY_OK;
+}
+
+int alloy_check_out_dir_models(const struct alloy_model *const *models, size_t nmodels, const char *out,
+                               int overwrite, struct alloy_err *err)
+{
+    int rc = check_out_inputs(models, nmodels, out, err);
+    if (rc) return rc;
     struct stat st;
     if (stat(out, &st) == 0 && !S_ISDIR(st.st_mode)) /* publishing would delete it */
         return alloy_err_set(err, ALLOY_ERR_IO, "%s: exists and is not a folder; alloy only replaces a folder "
                              "(move it away or choose another output path)", out);
     return overwrite ? ALLOY_OK : check_contents(out, err);
+}
+
+/* 1 when path is a regular file that starts with GGUF's magic. */
+static int is_gguf(const char *path)
+{
+    char magic[4];
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC), ok = 0;
+    if (fd < 0) return 0;
+    struct stat st;
+    ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && pread(fd, magic, 4, 0) == 4 && memcmp(magic, "GGUF", 4) == 0;
+    close(fd);
+    return ok;
+}
+
+int alloy_check_out_file_models(const struct alloy_model *const *models, size_t nmodels, const char *out,
+                                int overwrite, struct alloy_err *err)
+{
+    int rc = check_out_inputs(models, nmodels, out, err);
+    if (rc) return rc;
+    struct stat st;
+    if (stat(out, &st) != 0) return ALLOY_OK;
+    if (S_ISDIR(st.st_mode)) return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: a GGUF file to write, found a folder", out);
+    if (overwrite || is_gguf(out)) return ALLOY_OK;
+    return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: the file exists and is not a GGUF file; alloy replaces the "
+                         "output file as a whole: move it away, choose another path, or pass --overwrite to replace "
+                         "it anyway", out);
 }
 
 /* ------------------------------------------------------------ temporary folders */

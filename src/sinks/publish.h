@@ -16,6 +16,10 @@ int  alloy_check_out_dir(const struct alloy_plan *p, const char *out, int overwr
 /* The same rule against a list of input models (an adapter output: the models it was extracted from). */
 int  alloy_check_out_dir_models(const struct alloy_model *const *models, size_t nmodels, const char *out,
                                 int overwrite, struct alloy_err *err);
+/* The same rule for an output file (GGUF): refused when it is an input file, lies inside an input folder (or
+ * its HF repository folder), is a folder, or (unless overwrite) exists and is not a GGUF file. */
+int  alloy_check_out_file_models(const struct alloy_model *const *models, size_t nmodels, const char *out,
+                                 int overwrite, struct alloy_err *err);
 /* Removes the temporary folders or files "<out>.alloy-tmp-<pid>-*" (and set-aside "<out>.alloy-old-<pid>") of
  * runs into out whose process is gone. */
 void alloy_remove_stale(const char *out);
