@@ -63,7 +63,7 @@ static void usage(FILE *f)
             "  -q, --quiet              no notes\n"
             "  -h, --help               this help\n"
             "\n"
-            "Exit status: 0 ok, 1 bad input or failed assembly, 2 usage error.\n"
+            "Exit status: 0 ok, 1 bad input or failed assembly, 2 usage error, 130 interrupted.\n"
             "See docs/moe.md.\n");
 }
 
@@ -103,12 +103,15 @@ int cmd_moe(int argc, char **argv)
     o.config_path = pos[0];
     o.out_dir = pos[1];
     o.log = cli_log;
+    o.interrupt = &cli_interrupt;
+    cli_catch_signals();
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     struct alloy_err err = {0};
-    if (alloy_moe(&o, &err)) {
+    int rc = alloy_moe(&o, &err);
+    if (rc) {
         cli_error("%s", err.msg);
-        return 1;
+        return rc == ALLOY_ERR_INTERRUPTED || cli_interrupt ? 130 : 1;
     }
     if (!cli_quiet) fprintf(stderr, "alloy: assembled the MoE into %s (%.1f s)\n", o.out_dir, cli_seconds_since(&start));
     return 0;

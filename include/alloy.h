@@ -562,6 +562,7 @@ struct alloy_moe_options {
     uint64_t    shard_size;    /* max bytes per output shard; 0: default 5e9 */
     alloy_log_fn log;
     void       *log_user;
+    volatile int *interrupt;   /* when non-NULL and set, the assembly stops cleanly (ALLOY_ERR_INTERRUPTED) */
 };
 
 void alloy_moe_options_init(struct alloy_moe_options *o);

@@ -12,6 +12,7 @@
  *   in docs/security.md ("What alloy writes") with these names.
  */
 #include "test.h"
+#include "alloy.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -116,6 +117,50 @@ TEST(security_moe_output_is_replaced_by_a_rerun)
     snprintf(args, sizeof args, "moe examples/moe/tiny_mixtral.yml %s/moe", dir);
     if (succeeds(args) == 0) succeeds(args);
     CHECK_INT(test_leftovers(dir), 0);
+}
+
+/* `alloy moe` copies the base's tokenizer files under the model-folder trust rule, checked before any work: a
+ * tokenizer.model that links out of the base (a secret) is refused by name and nothing is written. */
+TEST(security_moe_tokenizer_link_out_of_the_base_refused)
+{
+    const char *dir = test_tmpdir();
+    char base[600], secret[600], cfg[700], yaml[1600], args[3000];
+    snprintf(base, sizeof base, "%s/base", dir);
+    snprintf(secret, sizeof secret, "%s/id_secret", dir);
+    sh("mkdir -p %s && cp tests/data/tiny-llama/base/* %s/", base, base);
+    CHECK_INT(test_write_text(secret, "PRIVATE KEY\n"), 0);
+    sh("ln -sf %s %s/tokenizer.model", secret, base);
+    snprintf(yaml, sizeof yaml, "base_model: %s\ngate_mode: random\nexperts_per_token: 1\nexperts:\n"
+             "  - source_model: tests/data/tiny-llama/code\n  - source_model: tests/data/tiny-llama/prose\n", base);
+    snprintf(cfg, sizeof cfg, "%s/moe.yml", dir);
+    CHECK_INT(test_write_text(cfg, yaml), 0);
+    snprintf(args, sizeof args, "moe %s %s/out", cfg, dir);
+    refused(args, "tokenizer.model", "base");
+    snprintf(args, sizeof args, "%s/out", dir);
+    CHECK(access(args, F_OK) != 0);
+    CHECK_INT(test_leftovers(dir), 0);
+}
+
+/* An interrupt (the CLI sets the flag on SIGINT/SIGTERM and exits 130) stops `alloy moe` before its next piece
+ * of work: ALLOY_ERR_INTERRUPTED, no output folder, no temporary folder left. */
+TEST(security_moe_interrupted_leaves_nothing)
+{
+    const char *dir = test_tmpdir();
+    char out[600];
+    snprintf(out, sizeof out, "%s/out", dir);
+    volatile int stop = 1;
+    struct alloy_moe_options o;
+    alloy_moe_options_init(&o);
+    o.config_path = "examples/moe/tiny_mixtral.yml";
+    o.out_dir = out;
+    o.interrupt = &stop;
+    struct alloy_err err = {0};
+    CHECK_INT(alloy_moe(&o, &err), ALLOY_ERR_INTERRUPTED);
+    CHECK(access(out, F_OK) != 0);
+    CHECK_INT(test_leftovers(dir), 0);
+    stop = 0;
+    CHECK_MSG(alloy_moe(&o, &err) == ALLOY_OK, "%s", err.msg);
+    CHECK(access(out, F_OK) == 0);
 }
 
 /* Under an address-space limit too small for OpenBLAS's per-core buffers, every command hung before its

@@ -20,6 +20,7 @@
 #include "config/moe_config.h"
 #include "config/yaml_tree.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -56,8 +57,9 @@ static int scale(struct cfgp *P, const struct ynode *e, const char *name, const 
     const struct ynode *v = alloy_cfg_map_val(e, name);
     if (!v) return 0;
     if (alloy_cfg_get_number(P, v, key, out)) return (int)P->err->status;
-    if (!isfinite(*out) || *out < 0)
-        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, key, "expected a finite number >= 0, found %s", v->text);
+    if (!isfinite(*out) || *out < 0 || *out > FLT_MAX) /* past float32's range every nonzero weight becomes Inf */
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, key, "expected a finite number from 0 to 3.4e38 (float32's "
+                             "range), found %s", v->text);
     if (has) *has = 1;
     return 0;
 }

@@ -37,8 +37,14 @@
 #define CHUNK ((size_t)1 << 16)
 
 /* A piece whose values change on the way: float32 chunks, scaled, noised, converted to `to`. */
-static int write_converted(const struct alloy_moe_piece *p, enum alloy_dtype to, int fd, const char *path, uint64_t at,
-                           struct alloy_err *err)
+static int stopped(const struct alloy_moe_job *m, struct alloy_err *err)
+{
+    return m->o->interrupt && *m->o->interrupt ? alloy_err_set(err, ALLOY_ERR_INTERRUPTED, "interrupted") : ALLOY_OK;
+}
+
+/* A piece whose dtype, scale or noise changes: through float32 in chunks. *bad counts the NaN/Inf written. */
+static int write_converted(const struct alloy_moe_job *m, const struct alloy_moe_piece *p, enum alloy_dtype to, int fd,
+                           const char *path, uint64_t at, uint64_t *bad, struct alloy_err *err)
 {
     const struct alloy_tensor *s = p->src;
     size_t ein = alloy_dtype_traits(s->dtype)->block_bytes, eout = alloy_dtype_traits(to)->block_bytes;
@@ -48,6 +54,7 @@ static int write_converted(const struct alloy_moe_piece *p, enum alloy_dtype to,
     int rc = f && raw ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory writing %s", s->name);
     for (uint64_t e0 = 0; e0 < numel && !rc; e0 += CHUNK) {
         size_t k = (size_t)(numel - e0 < CHUNK ? numel - e0 : CHUNK);
+        if ((rc = stopped(m, err))) break;
         rc = alloy_tensor_pread(s, e0 * ein, raw, k * ein, err);
         if (rc) break;
         alloy_to_f32(s->dtype, raw, f, k);
@@ -56,7 +63,7 @@ static int write_converted(const struct alloy_moe_piece *p, enum alloy_dtype to,
             if (p->noise > 0) v += p->noise * alloy_moe_normal(p->key, e0 + i);
             f[i] = (float)v;
         }
-        alloy_from_f32(to, f, raw, k);
+        *bad += alloy_from_f32_count(to, f, raw, k);
         rc = alloy_pwrite_all(fd, raw, k * eout, at + e0 * eout, path, err);
     }
     free(f);
@@ -64,15 +71,16 @@ static int write_converted(const struct alloy_moe_piece *p, enum alloy_dtype to,
     return rc;
 }
 
-static int write_piece(const struct alloy_moe_piece *p, enum alloy_dtype to, int fd, const char *path, uint64_t at,
-                       struct alloy_err *err)
+static int write_piece(const struct alloy_moe_job *m, const struct alloy_moe_piece *p, enum alloy_dtype to, int fd,
+                       const char *path, uint64_t at, uint64_t *bad, struct alloy_err *err)
 {
-    if (p->src->dtype != to || p->scale != 1 || p->noise > 0) return write_converted(p, to, fd, path, at, err);
+    if (p->src->dtype != to || p->scale != 1 || p->noise > 0) return write_converted(m, p, to, fd, path, at, bad, err);
     const uint64_t step = (uint64_t)1 << 20;
     uint8_t *buf = alloy_xmalloc(step);
     int rc = buf ? ALLOY_OK : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory copying %s", p->src->name);
     for (uint64_t off = 0; off < p->src->nbytes && !rc; off += step) {
         size_t k = (size_t)(p->src->nbytes - off < step ? p->src->nbytes - off : step);
+        if ((rc = stopped(m, err))) break;
         rc = alloy_tensor_pread(p->src, off, buf, k, err);
         if (!rc) rc = alloy_pwrite_all(fd, buf, k, at + off, path, err);
     }
@@ -86,10 +94,21 @@ static int write_tensor(const struct alloy_moe_job *m, const struct alloy_moe_ou
     if (t->kind == ALLOY_MOE_COPY) {
         int rc = ALLOY_OK;
         size_t eout = alloy_dtype_traits(t->dtype)->block_bytes;
+        uint64_t bad = 0, numel = t->nbytes / eout;
         for (size_t i = 0; i < t->npc && !rc; i++) {
-            rc = write_piece(&t->pc[i], t->dtype, fd, path, at, err);
+            rc = write_piece(m, &t->pc[i], t->dtype, fd, path, at, &bad, err);
             at += t->pc[i].src->dtype == t->dtype ? t->pc[i].src->nbytes
                                                   : t->pc[i].src->nbytes / alloy_dtype_traits(t->pc[i].src->dtype)->block_bytes * eout;
+        }
+        if (!rc && bad && bad == numel) /* scaled or converted into nothing usable: an error, as for merges */
+            return alloy_err_set(err, ALLOY_ERR_CONFIG, "%s: tensor '%s': every one of its %llu values is NaN or Inf "
+                                 "(check residual_scale and noise_scale)", m->o->config_path ? m->o->config_path : "config",
+                                 t->name, (unsigned long long)bad);
+        if (!rc && bad && m->o->log) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "tensor '%.400s': %llu of %llu values are NaN or Inf", t->name,
+                     (unsigned long long)bad, (unsigned long long)numel);
+            m->o->log(m->o->log_user, 0, msg);
         }
         return rc;
     }
@@ -269,6 +288,18 @@ static int set_padding(const char *dir, const char *file, int side, struct alloy
     return rc;
 }
 
+/* Before any work: every tokenizer file to copy resolves inside the base's folder (docs/security.md). */
+static int check_tokenizer(const struct alloy_moe_job *m, struct alloy_err *err)
+{
+    int rc = ALLOY_OK;
+    for (size_t i = 0; m->o->copy_tokenizer && !rc && alloy_output_tokenizer_file(i); i++) {
+        char *path = NULL;
+        rc = alloy_folder_file(alloy_model_dir(m->base), alloy_output_tokenizer_file(i), &path, err);
+        free(path);
+    }
+    return rc;
+}
+
 static int write_files(const struct alloy_moe_job *m, const char *dir, struct alloy_err *err)
 {
     int rc = write_config(m, dir, err);
@@ -280,9 +311,10 @@ static int write_files(const struct alloy_moe_job *m, const char *dir, struct al
     }
     for (size_t i = 0; m->o->copy_tokenizer && !rc && alloy_output_tokenizer_file(i); i++) {
         const char *f = alloy_output_tokenizer_file(i);
-        char *from = alloy_xasprintf("%s/%s", alloy_model_dir(m->base), f), *to = alloy_xasprintf("%s/%s", dir, f);
-        if (!from || !to) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
-        else if (alloy_is_file(from)) rc = alloy_copy_file(from, to, err);
+        char *from = NULL, *to = NULL;
+        rc = alloy_folder_file(alloy_model_dir(m->base), f, &from, err); /* the trust rule: inside the base */
+        if (!rc && !(to = alloy_xasprintf("%s/%s", dir, f))) rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+        if (!rc && alloy_is_file(from)) rc = alloy_copy_file(from, to, err);
         free(from);
         free(to);
     }
@@ -302,6 +334,7 @@ int alloy_moe_write(struct alloy_moe_job *m, struct alloy_err *err)
         for (size_t e = 1; e < nm; e++) models[e] = m->experts[e - 1];
         rc = alloy_check_out_dir_models(models, nm, out, m->o->overwrite, err);
     }
+    if (!rc) rc = check_tokenizer(m, err);
     if (!rc) rc = alloy_make_tmp_dir(out, &tmp, err);
     if (!rc) rc = write_weights(m, tmp, err);
     if (!rc) rc = write_files(m, tmp, err);
