@@ -174,5 +174,27 @@ TEST(security_small_address_space_does_not_hang)
     int rc = test_run(cmd, &log);
     CHECK_MSG(rc == 0 && log && strstr(log, "alloy "), "exit %d: %s", rc, log ? log : "");
     free(log);
+#ifdef ALLOY_HAVE_OPENBLAS
+    /* the BLAS commands: OpenBLAS's per-thread buffer does not fit, and it would retry forever (lora extract
+     * spun until killed): one error line instead, no output, no leftover */
+    static const char *const cmds[] = {
+        "lora extract --model tests/data/tiny-llama/code --base-model tests/data/tiny-llama/base --out-path %s/lx "
+        "--max-rank 4",
+        "eval tests/data/tiny-llama/base --text tests/data/eval_code.txt",
+        "lora apply tests/data/tiny-llama/base tests/data/tiny-llama-lora/code-r8 %s/la",
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        char args[600];
+        snprintf(args, sizeof args, cmds[i], test_tmpdir());
+        snprintf(cmd, sizeof cmd, "ulimit -v 100000 && env -u OPENBLAS_NUM_THREADS timeout -s KILL 60 %s %s -q 2>&1",
+                 test_alloy_bin(), args);
+        log = NULL;
+        rc = test_run(cmd, &log);
+        CHECK_MSG(rc == 1 && test_count_lines(log, "alloy: error: ") == 1 && strstr(log, "ulimit -v"),
+                  "%s: exit %d: %s", cmds[i], rc, log ? log : "");
+        free(log);
+    }
+    CHECK_INT(test_leftovers(test_tmpdir()), 0);
+#endif
 #endif
 }

@@ -26,6 +26,7 @@
  *   tensor's layer, so a seed gives the same routers on any machine.
  */
 #include "core/internal.h"
+#include "linalg/svd.h"
 #include "engine/moe.h"
 #include "eval/eval.h"
 #include "formats/formats.h"
@@ -224,6 +225,7 @@ static int hidden_mean(struct fwd *f, const struct prompts *pc, char *const *pro
     float *taps = alloy_xmalloc(((size_t)layers + 1) * (size_t)hidden * sizeof *taps);
     int rc = ids && nids && taps ? encode_batch(f, pc, prompts, n, ids, nids, &T, err)
                                  : alloy_err_set(err, ALLOY_ERR_NOMEM, "out of memory");
+    if (!rc) rc = alloy_blas_room(err); /* the forward passes below run BLAS on this thread */
     for (size_t p = 0; p < n && !rc; p++) {
         if (avg && nids[p] < T) rc = pad_states(f, layers, hidden, prompts[p], err);
         struct alloy_llama_ws *ws = rc ? NULL : alloy_llama_ws_new(f->lm, (int)nids[p], 1);

@@ -20,6 +20,7 @@
  */
 #include "eval/eval.h"
 #include "core/internal.h"
+#include "linalg/svd.h"
 
 #include <cblas.h>
 #include <ctype.h>
@@ -146,6 +147,7 @@ int alloy_eval_ids(const struct alloy_llama *m, const int32_t *ids, size_t n, co
         }
     }
 
+    if ((rc = alloy_blas_room(err))) goto done; /* under ulimit -v: an error, not OpenBLAS's endless retry */
 #ifdef ALLOY_HAVE_OPENBLAS /* windows run in parallel on the pool: one BLAS thread each */
     int saved_blas = openblas_get_num_threads();
     openblas_set_num_threads(1);

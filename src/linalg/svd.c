@@ -164,6 +164,7 @@ static int range_finder(const float *x, int R, int C, int L, float *q, float *z,
 int alloy_svd_randomized(const float *a, size_t m, size_t n, size_t k, size_t l, float *u, float *s, float *vt,
                          struct alloy_err *err)
 {
+    if (alloy_blas_room(err)) return (int)err->status;
     size_t mn = m < n ? m : n;
     if (l < k) l = k;
     if (l > mn) l = mn;
@@ -193,6 +194,7 @@ int alloy_svd_randomized(const float *a, size_t m, size_t n, size_t k, size_t l,
 int alloy_svd_truncated(const float *a, size_t m, size_t n, size_t k, float *u, float *s, float *vt, float *sv_all,
                         struct alloy_err *err)
 {
+    if (alloy_blas_room(err)) return (int)err->status;
     if (m > INT_MAX || n > INT_MAX || (m && n > SIZE_MAX / sizeof(float) / m))
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "svd: matrix [%zu, %zu]: dimensions below 2^31 expected", m, n);
     for (size_t i = 0; i < m * n; i++)

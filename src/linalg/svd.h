@@ -30,4 +30,8 @@ int alloy_svd_truncated(const float *a, size_t m, size_t n, size_t k, float *u, 
 int alloy_svd_randomized(const float *a, size_t m, size_t n, size_t k, size_t l, float *u, float *s, float *vt,
                          struct alloy_err *err);
 
+/* blas_room.c: before a thread's first BLAS/LAPACK call, an error instead of OpenBLAS's endless retry when
+ * its per-thread work buffer does not fit under a finite RLIMIT_AS. */
+int alloy_blas_room(struct alloy_err *err);
+
 #endif

@@ -14,6 +14,7 @@
  *   win; torch.topk leaves that order unspecified).
  */
 #include "lora/combine.h"
+#include "linalg/svd.h"
 
 #include <cblas.h>
 #include <inttypes.h>
@@ -201,7 +202,7 @@ int alloy_lora_target(const struct alloy_lora_mix *m, const struct alloy_lora_pa
     uint64_t n = rows * cols;
     float **d = alloy_xcalloc(np, sizeof *d);
     double *w = alloy_xcalloc(np, sizeof *w);
-    int rc = d && w ? 0 : alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", m->name);
+    int rc = d && w ? alloy_blas_room(err) : alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory", m->name);
     for (size_t i = 0; !rc && i < np; i++) {
         if (!(d[i] = alloy_xmalloc(n * sizeof **d))) {
             rc = alloy_err_set(err, ALLOY_ERR_NOMEM, "%s: out of memory for %zu dense %" PRIu64 " x %" PRIu64

@@ -116,6 +116,7 @@ static double residual(const struct alloy_extract_item *it, float *d)
 
 static int factor_one(const struct alloy_extract *x, struct alloy_extract_item *it, struct alloy_err *err)
 {
+    if (alloy_blas_room(err)) return (int)err->status;
     const struct alloy_lora_extract_options *o = x->o;
     const char *file = alloy_tensor_file_path(it->ft->file);
     float *d = NULL;

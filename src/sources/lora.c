@@ -25,6 +25,7 @@
 #include "formats/formats.h"
 #include "lora/adapter.h"
 #include "sources/source.h"
+#include "linalg/svd.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -76,6 +77,7 @@ static int applied_rows(const struct lora_ctx *c, const struct alloy_tensor *w, 
     const struct alloy_lora_module *m = c->m;
     uint64_t cols = (uint64_t)w->shape[1];
     int rc = read_stored_range(w, r0 * cols, r1 * cols, out, err);
+    if (!rc) rc = alloy_blas_room(err);
     if (rc) return rc;
     if (c->round >= 0) round_to(c->round, out, (size_t)((r1 - r0) * cols));
     int nr = (int)(r1 - r0), r = (int)m->rank;
