@@ -17,6 +17,7 @@
 #include "config/lora_merge_config.h"
 #include "config/yaml_tree.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -42,7 +43,9 @@ static int input_entry(struct cfgp *P, const struct ynode *e, size_t i, struct a
     if (!(v = alloy_cfg_map_val(pm, "weight")))
         return alloy_cfg_err(P, ALLOY_ERR_CONFIG, pm->pos, sub, "expected a number, found nothing");
     if (alloy_cfg_get_number(P, v, sub, &in->weight)) return (int)P->err->status;
-    if (!isfinite(in->weight)) return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, sub, "expected a finite number, found %s", v->text);
+    if (!isfinite(in->weight) || fabs(in->weight) > FLT_MAX) /* past float32's range the merged factors overflow */
+        return alloy_cfg_err(P, ALLOY_ERR_CONFIG, v->pos, sub, "expected a finite number within float32's range "
+                             "(|w| <= 3.4e38), found %s", v->text);
     return 0;
 }
 
