@@ -49,6 +49,7 @@ struct alloy_llama_config {
     int    moe_intermediate_size;   /* the routed experts' size (qwen3_moe; else intermediate_size) */
     int    sparse_step;             /* qwen3_moe: layer l is sparse when (l + 1) % sparse_step == 0 ... */
     int    n_dense_layers, dense_layers[ALLOY_LLAMA_MAX_DENSE]; /* ... and l is not one of mlp_only_layers */
+    int    gemma;                   /* gemma: embeddings * sqrt(H), norms x * (1 + w), GeGLU (gelu tanh) MLP */
 };
 
 /* 1 when layer l of a model of config c has a sparse MoE block (else a dense MLP). */

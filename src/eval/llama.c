@@ -1,7 +1,7 @@
 /*
  * llama.c — weight loading and the float32 forward pass of Llama-family
- * causal language models (Llama, Mistral, Qwen2, Qwen3, and the MoE blocks of
- * llama_moe.c); config.json is read by llama_config.c.
+ * causal language models (Llama, Mistral, Qwen2, Qwen3, Gemma through the hooks of
+ * llama_gemma.c, and the MoE blocks of llama_moe.c); config.json is read by llama_config.c.
  *
  * DESIGN
  *   The forward pass is HF `LlamaForCausalLM` with eager attention, in
@@ -220,6 +220,7 @@ int alloy_llama_new(const struct alloy_model *mod, struct alloy_llama **out, str
         goto fail;
     }
     if ((rc = walk_tensors(m, mod, dir, m->arena, &total2, err))) goto fail;
+    if (c->gemma) alloy_gemma_prepare(m);
     compute_inv_freq(c, m->inv_freq);
     *out = m;
     return ALLOY_OK;
@@ -476,7 +477,8 @@ static void ffn(const struct alloy_llama *m, const float *wgu, const float *bgu,
 {
     size_t H = (size_t)m->cfg.hidden_size;
     linear(x, wgu, bgu, gu, T, 2 * F, H);
-    for (size_t t = 0; t < T; t++) silu_mul(gu + t * 2 * F, gu + t * 2 * F + F, act + t * F, F);
+    for (size_t t = 0; t < T; t++)
+        (m->cfg.gemma ? alloy_gemma_gelu_mul : silu_mul)(gu + t * 2 * F, gu + t * 2 * F + F, act + t * F, F);
     linear(act, wdown, bdown, y, T, H, F);
 }
 
@@ -508,6 +510,7 @@ static void forward_hidden(const struct alloy_llama *m, struct alloy_llama_ws *w
     size_t n = (size_t)len;
 
     for (size_t t = 0; t < T; t++) memcpy(ws->h + t * H, m->embed + (size_t)ids[t] * H, H * sizeof(float));
+    if (c->gemma) alloy_gemma_embed_scale(c, ws->h, T);
     for (int l = 0; l < c->num_layers; l++) {
         const struct llama_layer *L = &m->layers[l];
         if (taps) tap(taps + (size_t)l * H, ws->h, n, H, mode);

@@ -183,7 +183,12 @@ static int parse_family(const json_t *root, const char *label, struct alloy_llam
         is_qwen3 = is_q3moe || strcmp(type, "qwen3") == 0, rc;
     char buf[96];
     const json_t *act = json_object_get(root, "hidden_act");
-    if (act && !json_is_null(act) &&
+    if (strcmp(type, "gemma") == 0) {
+        int ab = 0;
+        if ((rc = alloy_gemma_config(root, label, c, err)) || (rc = cfg_bool(root, label, "attention_bias", 0, &ab, err)))
+            return rc;
+        c->qkv_bias = c->o_bias = ab;
+    } else if (act && !json_is_null(act) &&
         (!json_is_string(act) || (strcmp(json_string_value(act), "silu") && strcmp(json_string_value(act), "swish")))) {
         return alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: hidden_act: %s is not supported (silu is)", label,
                              json_kind(act, buf, sizeof buf));
@@ -254,10 +259,10 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
     int is_llama = strcmp(type, "deepseek") == 0 || strcmp(type, "llama") == 0,
         is_mistral = strcmp(type, "mixtral") == 0 || strcmp(type, "mistral") == 0,
         is_qwen2 = strcmp(type, "qwen2_moe") == 0 || strcmp(type, "qwen2") == 0,
-        is_qwen3 = strcmp(type, "qwen3_moe") == 0 || strcmp(type, "qwen3") == 0;
-    if (!is_llama && !is_mistral && !is_qwen2 && !is_qwen3) {
+        is_qwen3 = strcmp(type, "qwen3_moe") == 0 || strcmp(type, "qwen3") == 0, is_gemma = strcmp(type, "gemma") == 0;
+    if (!is_llama && !is_mistral && !is_qwen2 && !is_qwen3 && !is_gemma) {
         rc = alloy_err_set(err, ALLOY_ERR_UNSUPPORTED, "%s: model_type: \"%.60s\" is not supported (llama, mistral, "
-                           "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe are)", label, type);
+                           "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe, gemma are)", label, type);
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", type);
@@ -275,21 +280,21 @@ int alloy_llama_config_parse(const char *json_text, const char *label, struct al
                            c->num_heads, c->num_kv_heads);
         goto done;
     }
-    /* Qwen3Config's head_dim defaults to 128, not hidden_size / heads */
-    int def_hd = is_qwen3 ? 128 : c->hidden_size % c->num_heads == 0 ? c->hidden_size / c->num_heads : -1;
+    /* Qwen3Config's head_dim defaults to 128, GemmaConfig's to 256, not hidden_size / heads */
+    int def_hd = is_qwen3 ? 128 : is_gemma ? 256 : c->hidden_size % c->num_heads == 0 ? c->hidden_size / c->num_heads : -1;
     if ((rc = cfg_int(root, label, "head_dim", def_hd, 2, 1 << 16, &c->head_dim, err))) goto done;
     if (c->head_dim % 2) {
         rc = alloy_err_set(err, ALLOY_ERR_FORMAT, "%s: head_dim: expected an even number (RoPE rotates halves), found %d",
                            label, c->head_dim);
         goto done;
     }
-    int def_maxpos = is_llama ? 2048 : is_mistral ? 131072 : 32768;
+    int def_maxpos = is_llama ? 2048 : is_mistral ? 131072 : is_gemma ? 8192 : 32768;
     if ((rc = cfg_int(root, label, "max_position_embeddings", def_maxpos, 1, 1 << 30, &c->max_position_embeddings,
                       err)) ||
         (rc = cfg_pos(root, label, "", "rms_norm_eps", 1e-6, &c->rms_norm_eps, err)) ||
         (rc = cfg_pos(root, label, "", "rope_theta", 10000.0, &c->rope_theta, err)) ||
         (rc = parse_rope_scaling(json_object_get(root, "rope_scaling"), label, c, err)) ||
-        (rc = cfg_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)))
+        (rc = cfg_bool(root, label, "tie_word_embeddings", is_gemma, &c->tie_word_embeddings, err)))
         goto done;
     if ((rc = parse_family(root, label, c, err))) goto done;
     const json_t *bos = json_object_get(root, "bos_token_id");

@@ -65,4 +65,14 @@ int alloy_llama_moe_check(const json_t *root, const char *label, struct alloy_ll
 /* Allocates the workspace's MoE buffers for T tokens; 0, or -1 when out of memory. */
 int alloy_llama_moe_ws(const struct alloy_llama *m, struct alloy_llama_ws *ws, size_t T);
 
+/* Gemma (llama_gemma.c): reads the gemma keys of config.json (hidden_act / hidden_activation, whose
+ * only accepted value is the tanh GELU); sets c->gemma. */
+int alloy_gemma_config(const json_t *root, const char *label, struct alloy_llama_config *c, struct alloy_err *err);
+/* Adds 1 to every RMSNorm weight of a loaded Gemma model, so the shared rmsnorm computes x * (1 + w). */
+void alloy_gemma_prepare(struct alloy_llama *m);
+/* Scales the embedded rows h[T][H] by float32(sqrt(H)), as GemmaModel does. */
+void alloy_gemma_embed_scale(const struct alloy_llama_config *c, float *h, size_t T);
+/* o = gelu_tanh(g) * u over n floats (GemmaMLP with gelu_pytorch_tanh). */
+void alloy_gemma_gelu_mul(const float *g, const float *u, float *o, size_t n);
+
 #endif
