@@ -364,7 +364,7 @@ TEST(eval_cli_bad_input)
     d = make_model("{\"model_type\": \"gpt2\", \"n_embd\": 128}", NULL);
     snprintf(args, sizeof args, "%s --text tests/data/eval_code.txt", d);
     snprintf(want, sizeof want, "alloy: error: %s/config.json: model_type: \"gpt2\" is not supported (llama, mistral, "
-             "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe are)", d);
+             "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe, gemma are)", d);
     expect_cli(args, 1, want);
 
     d = make_model("{\"model_type\":\"llama\",\"vocab_size\":260,\"hidden_size\":128,\"intermediate_size\":344,"

@@ -498,7 +498,7 @@ TEST(eval_model_errors)
 
     write_text(dir, "config.json", "{\"model_type\": \"gpt2\"}");
     snprintf(buf, sizeof buf, "%s/config.json: model_type: \"gpt2\" is not supported (llama, mistral, "
-             "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe are)", dir);
+             "mixtral, qwen2, qwen2_moe, deepseek, qwen3, qwen3_moe, gemma are)", dir);
     expect_open_error(dir, buf, ALLOY_ERR_UNSUPPORTED);
 
     write_text(dir, "config.json", "{\"model_type\": \"llama\", oops}");
