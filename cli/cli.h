@@ -75,6 +75,8 @@ void   cli_merge_progress(void *user, const struct alloy_progress *p);
 extern volatile int cli_interrupt;
 /* SIGINT/SIGTERM set cli_interrupt (the merge or eval stops; exit 130). */
 void cli_catch_signals(void);
+/* Prints a failed command's error line and returns its exit status: 130 when it was interrupted, else 1. */
+int  cli_failed(int rc, const struct alloy_err *err);
 
 /* ------------------------------------------------------------ commands */
 

@@ -73,10 +73,7 @@ static int run(const char *in, struct alloy_merge_options *o)
     o->outtype = gguf ? outtype : NULL;
     if (!rc) rc = alloy_merge(o, &err);
     alloy_config_free(c);
-    if (rc) {
-        cli_error("%s", err.msg);
-        return rc == ALLOY_ERR_INTERRUPTED || cli_interrupt ? 130 : 1;
-    }
+    if (rc) return cli_failed(rc, &err);
     if (!cli_quiet) fprintf(stderr, "alloy: converted %s into %s\n", in, o->out_dir);
     return 0;
 }

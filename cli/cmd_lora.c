@@ -118,10 +118,7 @@ static int lora_apply(int argc, char **argv)
     if (!rc) rc = alloy_merge(&o, &err);
     cli_bar_end(&bar, 1);
     alloy_config_free(cfg);
-    if (rc) {
-        cli_error("%s", err.msg);
-        return rc == ALLOY_ERR_INTERRUPTED || cli_interrupt ? 130 : 1;
-    }
+    if (rc) return cli_failed(rc, &err);
     if (!cli_quiet) fprintf(stderr, "alloy: applied %s to %s into %s (%.1f s)\n", pos[1], pos[0], pos[2],
                             cli_seconds_since(&bar.start));
     return 0;

@@ -91,10 +91,7 @@ int cli_lora_merge(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &start);
     struct alloy_err err = {0};
     int rc = alloy_lora_merge(&o, &err);
-    if (rc) {
-        cli_error("%s", err.msg);
-        return rc == ALLOY_ERR_INTERRUPTED || cli_interrupt ? 130 : 1;
-    }
+    if (rc) return cli_failed(rc, &err);
     if (!cli_quiet) fprintf(stderr, "alloy: merged the adapters into %s (%.1f s)\n", o.out_dir, cli_seconds_since(&start));
     return 0;
 }

@@ -230,10 +230,7 @@ int cmd_merge(int argc, char **argv, int multi)
     struct alloy_err err = {0};
     rc = alloy_merge(&o, &err);
     cli_bar_end(&bar, 1);
-    if (rc) {
-        cli_error("%s", err.msg);
-        return rc == ALLOY_ERR_INTERRUPTED || cli_interrupt ? 130 : 1;
-    }
+    if (rc) return cli_failed(rc, &err);
     if (!cli_quiet && !o.dry_run)
         fprintf(stderr, "alloy: merged into %s (%.1f s)\n", o.out_dir ? o.out_dir : o.intermediate_dir,
                 cli_seconds_since(&bar.start));

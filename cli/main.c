@@ -128,6 +128,12 @@ void cli_log(void *user, int level, const char *msg)
 
 /* ------------------------------------------------------------ progress */
 
+int cli_failed(int rc, const struct alloy_err *err)
+{
+    cli_error("%s", err->msg);
+    return rc == ALLOY_ERR_INTERRUPTED || cli_interrupt ? 130 : 1;
+}
+
 double cli_seconds_since(const struct timespec *t)
 {
     struct timespec now;
